@@ -1,0 +1,2 @@
+//! The kernel ABI shared by the eBPF programs and `cordon-enforcer`.
+#![no_std]
