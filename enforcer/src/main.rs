@@ -1,2 +1,293 @@
 //! `cordon-enforcer`: isolates this host with eBPF on command and lifts the isolation on time.
-fn main() {}
+//!
+//! Exit codes: 0 done; 1 could not be done (the message says why); 2 bad command line or input
+//! (nothing was changed).
+
+mod bpf;
+mod config;
+mod exclusion;
+mod isolation;
+mod rule_table;
+mod sever;
+mod store;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::EnforcerConfig;
+use crate::exclusion::{parse_duration, validate_process_name, Exclusion};
+use crate::isolation::{IsolateRequest, Restored, Target};
+
+#[derive(Parser, Debug)]
+#[command(name = "cordon-enforcer", version, about = "Isolates this host from the network with eBPF, and lets it back on.")]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalOptions,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct GlobalOptions {
+    /// The cgroup v2 directory whose processes are isolated [default: the cgroup v2 root, i.e. the whole host]
+    #[arg(long, global = true, value_name = "PATH")]
+    cgroup: Option<PathBuf>,
+    /// Where programs, maps and links are pinned [default: /sys/fs/bpf/cordon]
+    #[arg(long, global = true, value_name = "PATH")]
+    pin_dir: Option<PathBuf>,
+    /// Where the agent keeps its state [default: /var/lib/cordon]
+    #[arg(long, global = true, value_name = "PATH")]
+    state_dir: Option<PathBuf>,
+    /// The agent's configuration file (its brokers are the management channel) [default: /etc/cordon/enforcer.toml if it exists]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Cut this host (or the cgroup) off the network. Run again to change a live isolation.
+    Isolate(IsolateArgs),
+    /// Lift the isolation (succeeds also when the host is not isolated).
+    Release,
+    /// Show whether the host is isolated, until when, with which exclusions, and counters.
+    Status {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The long-running agent: restores isolation at start-up and lifts it at its deadline.
+    Run,
+}
+
+#[derive(Args, Debug)]
+struct IsolateArgs {
+    /// Automatic (timed) isolation lifted after DUR, e.g. 90s, 15m, 4h, 7d; without it, manual
+    #[arg(long, value_name = "DUR", value_parser = duration_arg)]
+    duration: Option<Duration>,
+    /// Traffic that keeps flowing: DIR,PROTO,CIDR[,PORTS], e.g. out,tcp,198.51.100.7/32,443
+    #[arg(long = "allow", value_name = "SPEC", value_parser = exclusion_arg)]
+    allow: Vec<Exclusion>,
+    /// A process (by name, as in /proc/PID/comm) whose sockets keep working both ways
+    #[arg(long = "allow-process", value_name = "NAME", value_parser = process_arg)]
+    allow_process: Vec<String>,
+    /// Keep DNS to the resolvers in /etc/resolv.conf working
+    #[arg(long)]
+    allow_dns: bool,
+    /// Keep DHCP (v4 and v6) working
+    #[arg(long)]
+    allow_dhcp: bool,
+    /// Why, for the record
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
+    /// Interface whose incoming ICMP echo requests are dropped too [default: every interface but lo when isolating the whole host, none for a child cgroup]
+    #[arg(long = "interface", value_name = "NAME")]
+    interfaces: Vec<String>,
+}
+
+fn duration_arg(text: &str) -> Result<Duration, String> {
+    parse_duration(text).map_err(|e| e.to_string())
+}
+
+fn exclusion_arg(text: &str) -> Result<Exclusion, String> {
+    text.parse().map_err(|e: exclusion::InvalidInput| e.to_string())
+}
+
+fn process_arg(text: &str) -> Result<String, String> {
+    validate_process_name(text).map(|()| text.to_owned()).map_err(|e| e.to_string())
+}
+
+/// An error that means "bad input, nothing changed": exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("cordon-enforcer: error: {error:#}");
+            if error.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let config = load_config(cli.global.config.as_ref())?;
+    let target = resolve_target(&cli.global, &config)?;
+    match cli.command {
+        Command::Isolate(args) => isolate(&target, &config, args),
+        Command::Release => {
+            require_root()?;
+            if isolation::release(&target, "cli", "released")? {
+                println!("Released: the host is back on the network.");
+            } else {
+                println!("Not isolated: nothing to release.");
+            }
+            Ok(())
+        }
+        Command::Status { json } => {
+            require_root()?;
+            let status = isolation::status(&target)?;
+            if json {
+                println!("{}", serde_json::to_string(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }
+        Command::Run => agent(&target),
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<EnforcerConfig> {
+    match path {
+        Some(path) => EnforcerConfig::load(path).map_err(|e| UsageError(format!("{e:#}")).into()),
+        None => {
+            let default = PathBuf::from("/etc/cordon/enforcer.toml");
+            if default.exists() {
+                EnforcerConfig::load(&default).map_err(|e| UsageError(format!("{e:#}")).into())
+            } else {
+                Ok(EnforcerConfig::default())
+            }
+        }
+    }
+}
+
+fn resolve_target(global: &GlobalOptions, config: &EnforcerConfig) -> Result<Target> {
+    let cgroup = match global.cgroup.clone().or_else(|| config.cgroup.clone()) {
+        Some(cgroup) => cgroup,
+        None => isolation::cgroup2_root()?,
+    };
+    isolation::validate_cgroup(&cgroup).map_err(|e| UsageError(format!("--cgroup: {e:#}")))?;
+    let pin_dir = global.pin_dir.clone().or_else(|| config.pin_dir.clone()).unwrap_or_else(|| "/sys/fs/bpf/cordon".into());
+    let state_dir = global.state_dir.clone().or_else(|| config.state_dir.clone()).unwrap_or_else(|| "/var/lib/cordon".into());
+    Ok(Target { cgroup, pins: bpf::Pins::new(&pin_dir), state_dir })
+}
+
+fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "cordon-enforcer must run as root: it loads eBPF programs and severs connections \
+             (it needs CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN and CAP_SYS_PTRACE)"
+        );
+    }
+    Ok(())
+}
+
+fn isolate(target: &Target, config: &EnforcerConfig, args: IsolateArgs) -> Result<()> {
+    require_root()?;
+    bpf::ensure_bpffs(target.pins.root())?;
+    let management = isolation::management_exclusions(&config.brokers()).map_err(|e| UsageError(format!("{e:#}")))?;
+    let whole_host = isolation::cgroup2_root().is_ok_and(|root| root == target.cgroup);
+    let interfaces = if !args.interfaces.is_empty() {
+        args.interfaces
+    } else if let Some(configured) = &config.interfaces {
+        configured.clone()
+    } else if whole_host {
+        isolation::non_loopback_interfaces()
+    } else {
+        Vec::new()
+    };
+    let request = IsolateRequest {
+        duration: args.duration,
+        exclusions: args.allow,
+        allowed_processes: args.allow_process,
+        allow_dns: args.allow_dns,
+        allow_dhcp: args.allow_dhcp,
+        reason: args.reason,
+        interfaces,
+        management,
+        actor: "cli".into(),
+    };
+    let exclusions_ok = rule_table::compile(&request.exclusions);
+    if let Err(error) = exclusions_ok {
+        return Err(UsageError(error.to_string()).into());
+    }
+    let outcome = isolation::isolate(target, &request)?;
+    let record = &outcome.record;
+    let until = match record.expires_at_unix_ms {
+        Some(deadline) => format!("automatic, until {}", isolation::format_time(deadline)),
+        None => "manual, until released".to_owned(),
+    };
+    let verb = if outcome.updated_live { "Isolation updated" } else { "Isolated" };
+    println!("{verb}: {} ({until}).", isolation::ISOLATED_TAG);
+    println!(
+        "Severed {} connection(s), spared {}; {} exclusion(s), {} exempt process(es), management channel: {}.",
+        outcome.severed.severed,
+        outcome.severed.spared,
+        record.exclusions.len(),
+        outcome.exempt_processes,
+        if record.management.is_empty() { "none configured".to_owned() } else { record.management.join(" ") }
+    );
+    Ok(())
+}
+
+fn print_status(status: &isolation::Status) {
+    if status.isolated {
+        let mode = match status.mode {
+            Some(store::Mode::Automatic) => "automatic",
+            _ => "manual",
+        };
+        println!("ISOLATED FROM NETWORK ({mode})");
+        if let Some(expires) = &status.expires_at {
+            println!("  lifted at:    {expires}");
+        }
+        if let Some(started) = &status.started_at {
+            println!("  since:        {started}");
+        }
+        if let Some(reason) = &status.reason {
+            println!("  reason:       {reason}");
+        }
+        let list = |items: &[String]| if items.is_empty() { "none".to_owned() } else { items.join(", ") };
+        println!("  exclusions:   {}", list(&status.exclusions));
+        println!("  management:   {}", list(&status.management));
+        println!("  processes:    {}", list(&status.allowed_processes));
+        println!("  dns / dhcp:   {} / {}", status.allow_dns, status.allow_dhcp);
+    } else {
+        println!("Not isolated.");
+    }
+    let c = &status.counters;
+    println!(
+        "  counters:     {} packets dropped, {} allowed, {} connects refused, {} raw sockets refused, {} echo requests dropped",
+        c.packets_dropped, c.packets_allowed, c.connects_refused, c.raw_sockets_refused, c.echo_requests_dropped
+    );
+    println!("  cgroup:       {}", status.cgroup.display());
+    if let Some(attention) = &status.attention {
+        println!("  attention:    {attention}");
+    }
+}
+
+/// The agent: restore first, then lift every deadline on time and keep exempt processes known.
+fn agent(target: &Target) -> Result<()> {
+    require_root()?;
+    bpf::ensure_bpffs(target.pins.root())?;
+    let restored = isolation::restore(target).context("start-up restore failed")?;
+    let restored = match restored {
+        Restored::Nothing => "nothing to restore",
+        Restored::Adopted => "adopted the pinned isolation",
+        Restored::Reinstalled => "re-installed the recorded isolation (pins were gone)",
+        Restored::Expired => "lifted an isolation whose deadline passed while the agent was down",
+    };
+    eprintln!("cordon-enforcer: agent started for cgroup {}: {restored}.", target.cgroup.display());
+    loop {
+        let wait = match isolation::expire_if_due(target) {
+            Ok(Some(remaining)) => remaining.min(Duration::from_millis(500)),
+            Ok(None) => Duration::from_millis(500),
+            Err(error) => {
+                eprintln!("cordon-enforcer: error: checking the deadline failed: {error:#}");
+                Duration::from_secs(1)
+            }
+        };
+        std::thread::sleep(wait);
+    }
+}

@@ -1,0 +1,379 @@
+//! The kernel side of isolation: loads, attaches, pins, adopts, updates and removes the eBPF
+//! programs and maps. The only module that talks to aya.
+//!
+//! Pin layout under `<pin dir>/<PIN_LAYOUT_VERSION>/`:
+//! - `maps/<MAP_NAME>`: every map (pinned by the loader, reused while they exist);
+//! - `links/<program>` and `links/tc-ingress-<interface>`: every attachment. A pinned link
+//!   keeps its program attached after the agent exits or is killed; removing the pin (and
+//!   closing the last descriptor) detaches it.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{CgroupAttachMode, CgroupSkbAttachType, SchedClassifier, TcAttachType};
+use aya::EbpfLoader;
+use enforcer_common::{
+    Config, RuleList, COMM_LEN, MAP_CONFIG, MAP_EXEMPT_COMM, MAP_EXEMPT_TGID, MAP_RULES_V4,
+    MAP_RULES_V6, MAP_STATS, N_STATS, PIN_LAYOUT_VERSION, PROG_CONNECT4, PROG_CONNECT6,
+    PROG_EGRESS, PROG_INGRESS, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_CREATE, PROG_TC_INGRESS,
+    STAT_CONNECTS_REFUSED, STAT_ECHO_DROPPED, STAT_EXEMPT_SOCKETS, STAT_PACKETS_ALLOWED,
+    STAT_PACKETS_DROPPED, STAT_SOCKETS_REFUSED,
+};
+
+use crate::exclusion::Network;
+use crate::rule_table::RuleTables;
+
+/// The compiled eBPF object, built by build.rs.
+static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer-ebpf"));
+
+/// The cgroup programs, in the order they are attached.
+const CGROUP_PROGRAMS: [&str; 7] =
+    [PROG_SOCK_CREATE, PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6, PROG_EGRESS, PROG_INGRESS];
+
+/// Where one isolation's kernel objects are pinned.
+#[derive(Clone, Debug)]
+pub struct Pins {
+    root: PathBuf,
+}
+
+impl Pins {
+    pub fn new(pin_dir: &Path) -> Pins {
+        Pins { root: pin_dir.join(PIN_LAYOUT_VERSION) }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn maps_dir(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+
+    /// Names of the pinned links, sorted.
+    pub fn links(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.links_dir())
+            .map(|entries| entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Whether programs are pinned here (an isolation was installed and not removed).
+    pub fn installed(&self) -> bool {
+        !self.links().is_empty() && self.map(MAP_CONFIG).exists()
+    }
+}
+
+/// Everything the kernel must enforce.
+#[derive(Debug)]
+pub struct Enforcement<'a> {
+    pub tables: &'a RuleTables,
+    pub exempt_names: &'a [[u8; COMM_LEN]],
+    pub exempt_tgids: &'a [u32],
+    /// `CLOCK_BOOTTIME` nanoseconds; 0 for manual isolation.
+    pub expires_at_boot_ns: u64,
+}
+
+/// Counters read from the kernel, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Counters {
+    pub packets_allowed: u64,
+    pub packets_dropped: u64,
+    pub connects_refused: u64,
+    pub raw_sockets_refused: u64,
+    pub exempt_sockets_created: u64,
+    pub echo_requests_dropped: u64,
+}
+
+/// What the pinned state says right now.
+#[derive(Debug)]
+pub struct KernelState {
+    pub config: Config,
+    pub counters: Counters,
+    pub links: Vec<String>,
+}
+
+/// Makes sure bpffs is mounted at the pin directory's filesystem.
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
+    let bpffs: Vec<&str> = mounts
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(2) == Some(&"bpf")).then(|| fields[1])
+        })
+        .collect();
+    if bpffs.iter().any(|mount| pin_dir.starts_with(mount)) {
+        return Ok(());
+    }
+    bail!(
+        "{} is not on a BPF filesystem (bpffs); mount one with `mount -t bpf bpf /sys/fs/bpf` \
+         or pass --pin-dir under a bpffs mount",
+        pin_dir.display()
+    )
+}
+
+/// Loads and attaches every program to `cgroup` (and the TC program to `interfaces`), pins
+/// them, fills the maps and turns enforcement on. On any failure everything done so far is
+/// undone and the error returned: never a half-installed isolation.
+pub fn install(pins: &Pins, cgroup: &Path, interfaces: &[String], enforcement: &Enforcement<'_>, generation: u64) -> Result<()> {
+    if pins.root.exists() {
+        // Leftovers of an isolation whose links are gone: start clean, never reuse stale maps.
+        remove_pins(pins)?;
+    }
+    let result = install_fresh(pins, cgroup, interfaces, enforcement, generation);
+    if result.is_err() {
+        if let Err(cleanup) = remove_pins(pins) {
+            return result.context(format!("and rolling back failed too: {cleanup:#}"));
+        }
+    }
+    result
+}
+
+fn install_fresh(pins: &Pins, cgroup: &Path, interfaces: &[String], enforcement: &Enforcement<'_>, generation: u64) -> Result<()> {
+    fs::create_dir_all(pins.maps_dir()).with_context(|| format!("cannot create {}", pins.maps_dir().display()))?;
+    fs::create_dir_all(pins.links_dir()).with_context(|| format!("cannot create {}", pins.links_dir().display()))?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pins.maps_dir())
+        .load(PROGRAMS_OBJECT)
+        .context("the kernel refused to load cordon's eBPF programs")?;
+    let cgroup_file = File::open(cgroup).with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
+
+    // Attach while the config still says "inactive" (maps start zeroed): nothing is enforced
+    // until every piece is in place.
+    for name in CGROUP_PROGRAMS {
+        let program = ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?;
+        let link: FdLink = match program {
+            aya::programs::Program::CgroupSkb(skb) => {
+                skb.load().with_context(|| format!("cannot load {name}"))?;
+                let attach_type = if name == PROG_EGRESS { CgroupSkbAttachType::Egress } else { CgroupSkbAttachType::Ingress };
+                let id = skb.attach(&cgroup_file, attach_type, CgroupAttachMode::Single).with_context(|| format!("cannot attach {name} to {}", cgroup.display()))?;
+                skb.take_link(id)?.try_into()?
+            }
+            aya::programs::Program::CgroupSockAddr(sock_addr) => {
+                sock_addr.load().with_context(|| format!("cannot load {name}"))?;
+                let id = sock_addr.attach(&cgroup_file, CgroupAttachMode::Single).with_context(|| format!("cannot attach {name} to {}", cgroup.display()))?;
+                sock_addr.take_link(id)?.try_into()?
+            }
+            aya::programs::Program::CgroupSock(sock) => {
+                sock.load().with_context(|| format!("cannot load {name}"))?;
+                let id = sock.attach(&cgroup_file, CgroupAttachMode::Single).with_context(|| format!("cannot attach {name} to {}", cgroup.display()))?;
+                sock.take_link(id)?.try_into()?
+            }
+            _ => bail!("program {name} has an unexpected type"),
+        };
+        pin_link(link, &pins.links_dir().join(name))?;
+    }
+    if !interfaces.is_empty() {
+        let classifier: &mut SchedClassifier = ebpf
+            .program_mut(PROG_TC_INGRESS)
+            .context("program cordon_tc_ingress missing from the object")?
+            .try_into()?;
+        classifier.load().context("cannot load cordon_tc_ingress")?;
+        for interface in interfaces {
+            let id = classifier
+                .attach(interface, TcAttachType::Ingress)
+                .with_context(|| format!("cannot attach cordon_tc_ingress to interface {interface}"))?;
+            let link: FdLink = classifier
+                .take_link(id)?
+                .try_into()
+                .context("interface programs need tcx links (kernel 6.6 or newer)")?;
+            pin_link(link, &pins.links_dir().join(format!("tc-ingress-{interface}")))?;
+        }
+    }
+    drop(ebpf); // The pinned links keep the programs; the loader's handles are no longer needed.
+
+    let mut maps = LiveMaps::open(pins)?;
+    maps.apply(enforcement, generation)
+}
+
+fn pin_link(link: FdLink, path: &Path) -> Result<()> {
+    link.pin(path).with_context(|| format!("cannot pin link at {}", path.display()))?;
+    Ok(())
+}
+
+/// Turns enforcement off at once, then removes every pin so the programs detach and the maps
+/// are freed. Safe to call when nothing is installed.
+pub fn uninstall(pins: &Pins) -> Result<()> {
+    if pins.map(MAP_CONFIG).exists() {
+        if let Ok(mut maps) = LiveMaps::open(pins) {
+            // Best effort: if this fails the links are still removed below.
+            let _ = maps.deactivate();
+        }
+    }
+    remove_pins(pins)
+}
+
+fn remove_pins(pins: &Pins) -> Result<()> {
+    for link in pins.links() {
+        let path = pins.links_dir().join(&link);
+        match PinnedLink::from_pin(&path) {
+            Ok(pinned) => {
+                pinned.unpin().with_context(|| format!("cannot remove pinned link {}", path.display()))?;
+            }
+            Err(_) => fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?,
+        }
+    }
+    if pins.root.exists() {
+        fs::remove_dir_all(&pins.root).with_context(|| format!("cannot remove {}", pins.root.display()))?;
+    }
+    if let Some(pin_dir) = pins.root.parent() {
+        // Only succeeds when nothing else lives there; anything else is not ours to remove.
+        let _ = fs::remove_dir(pin_dir);
+    }
+    Ok(())
+}
+
+/// Reads the pinned config and counters; `None` when nothing is installed.
+pub fn read_state(pins: &Pins) -> Result<Option<KernelState>> {
+    if !pins.map(MAP_CONFIG).exists() {
+        return Ok(None);
+    }
+    let maps = LiveMaps::open(pins)?;
+    Ok(Some(KernelState { config: maps.config()?, counters: maps.counters()?, links: pins.links() }))
+}
+
+/// Open handles on the pinned maps of an installed isolation.
+pub struct LiveMaps {
+    config: Array<MapData, Config>,
+    rules_v4: LpmTrie<MapData, [u8; 4], RuleList>,
+    rules_v6: LpmTrie<MapData, [u8; 16], RuleList>,
+    exempt_comm: HashMap<MapData, [u8; COMM_LEN], u8>,
+    exempt_tgid: HashMap<MapData, u32, u8>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+fn open_map(pins: &Pins, name: &str) -> Result<Map> {
+    let path = pins.map(name);
+    let data = MapData::from_pin(&path).with_context(|| format!("cannot open pinned map {}", path.display()))?;
+    Map::from_map_data(data).with_context(|| format!("pinned map {} has an unexpected type", path.display()))
+}
+
+impl LiveMaps {
+    pub fn open(pins: &Pins) -> Result<LiveMaps> {
+        Ok(LiveMaps {
+            config: open_map(pins, MAP_CONFIG)?.try_into()?,
+            rules_v4: open_map(pins, MAP_RULES_V4)?.try_into()?,
+            rules_v6: open_map(pins, MAP_RULES_V6)?.try_into()?,
+            exempt_comm: open_map(pins, MAP_EXEMPT_COMM)?.try_into()?,
+            exempt_tgid: open_map(pins, MAP_EXEMPT_TGID)?.try_into()?,
+            stats: open_map(pins, MAP_STATS)?.try_into()?,
+        })
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        Ok(self.config.get(&0, 0).context("cannot read the config map")?)
+    }
+
+    fn deactivate(&mut self) -> Result<()> {
+        let config = Config { active: 0, ..self.config()? };
+        self.config.set(0, config, 0).context("cannot write the config map")?;
+        Ok(())
+    }
+
+    /// Brings the maps to `enforcement`, then writes the config. New entries go in before stale
+    /// ones come out, so while a change lands the host is never more open than the union of
+    /// the old and new exclusions, and never cuts what both allow.
+    pub fn apply(&mut self, enforcement: &Enforcement<'_>, generation: u64) -> Result<()> {
+        let keep_v4: HashSet<Vec<u8>> = enforcement.tables.v4.iter().map(|(net, _)| key_bytes(*net)).collect();
+        let keep_v6: HashSet<Vec<u8>> = enforcement.tables.v6.iter().map(|(net, _)| key_bytes(*net)).collect();
+        for (network, list) in &enforcement.tables.v4 {
+            let key = Key::new(u32::from(network.prefix_len), to_array::<4>(&key_bytes(*network)));
+            self.rules_v4.insert(&key, list, 0).with_context(|| format!("cannot add exclusion for {network}"))?;
+        }
+        for (network, list) in &enforcement.tables.v6 {
+            let key = Key::new(u32::from(network.prefix_len), to_array::<16>(&key_bytes(*network)));
+            self.rules_v6.insert(&key, list, 0).with_context(|| format!("cannot add exclusion for {network}"))?;
+        }
+        let stale_v4: Vec<Key<[u8; 4]>> = self
+            .rules_v4
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !keep_v4.contains(&masked(key.data(), key.prefix_len())))
+            .collect();
+        for key in stale_v4 {
+            self.rules_v4.remove(&key).context("cannot remove a stale exclusion")?;
+        }
+        let stale_v6: Vec<Key<[u8; 16]>> = self
+            .rules_v6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !keep_v6.contains(&masked(key.data(), key.prefix_len())))
+            .collect();
+        for key in stale_v6 {
+            self.rules_v6.remove(&key).context("cannot remove a stale exclusion")?;
+        }
+
+        for name in enforcement.exempt_names {
+            self.exempt_comm.insert(name, 1, 0).context("cannot add an exempt process name")?;
+        }
+        let stale_names: Vec<[u8; COMM_LEN]> =
+            self.exempt_comm.keys().filter_map(Result::ok).filter(|k| !enforcement.exempt_names.contains(k)).collect();
+        for name in stale_names {
+            self.exempt_comm.remove(&name).context("cannot remove an exempt process name")?;
+        }
+        for tgid in enforcement.exempt_tgids {
+            self.exempt_tgid.insert(tgid, 1, 0).context("cannot add an exempt process")?;
+        }
+        let stale_tgids: Vec<u32> =
+            self.exempt_tgid.keys().filter_map(Result::ok).filter(|k| !enforcement.exempt_tgids.contains(k)).collect();
+        for tgid in stale_tgids {
+            self.exempt_tgid.remove(&tgid).context("cannot remove an exempt process")?;
+        }
+
+        let config = Config { active: 1, flags: 0, expires_at_boot_ns: enforcement.expires_at_boot_ns, generation };
+        self.config.set(0, config, 0).context("cannot write the config map")?;
+        Ok(())
+    }
+
+    pub fn counters(&self) -> Result<Counters> {
+        let total = |index: u32| -> Result<u64> {
+            let values = self.stats.get(&index, 0).context("cannot read the counters map")?;
+            Ok(values.iter().sum())
+        };
+        debug_assert!(STAT_ECHO_DROPPED < N_STATS);
+        Ok(Counters {
+            packets_allowed: total(STAT_PACKETS_ALLOWED)?,
+            packets_dropped: total(STAT_PACKETS_DROPPED)?,
+            connects_refused: total(STAT_CONNECTS_REFUSED)?,
+            raw_sockets_refused: total(STAT_SOCKETS_REFUSED)?,
+            exempt_sockets_created: total(STAT_EXEMPT_SOCKETS)?,
+            echo_requests_dropped: total(STAT_ECHO_DROPPED)?,
+        })
+    }
+}
+
+fn key_bytes(network: Network) -> Vec<u8> {
+    match network.address {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+    .into_iter()
+    .chain(std::iter::once(network.prefix_len))
+    .collect()
+}
+
+fn masked(data: impl AsRef<[u8]>, prefix_len: u32) -> Vec<u8> {
+    let mut bytes = data.as_ref().to_vec();
+    bytes.push(u8::try_from(prefix_len).unwrap_or(u8::MAX));
+    bytes
+}
+
+fn to_array<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut array = [0u8; N];
+    array.copy_from_slice(&bytes[..N]);
+    array
+}

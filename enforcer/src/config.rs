@@ -1,0 +1,69 @@
+//! `enforcer.toml`: the agent's configuration file. Unknown keys are errors naming the key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnforcerConfig {
+    /// This host's id in commands (default: /etc/machine-id).
+    pub host_id: Option<String>,
+    pub kafka: Option<KafkaConfig>,
+    pub signing: Option<SigningConfig>,
+    /// The cgroup v2 directory whose processes are isolated (default: the cgroup v2 root).
+    pub cgroup: Option<PathBuf>,
+    /// Where programs, maps and links are pinned (default /sys/fs/bpf/cordon).
+    pub pin_dir: Option<PathBuf>,
+    /// Where the agent keeps its sled state (default /var/lib/cordon).
+    pub state_dir: Option<PathBuf>,
+    /// Interfaces that get the ICMP echo guard (default: every interface but loopback when the
+    /// whole host is isolated, none when a child cgroup is).
+    pub interfaces: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list: the management channel, always reachable.
+    pub brokers: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningConfig {
+    pub public_key_file: PathBuf,
+}
+
+impl EnforcerConfig {
+    pub fn load(path: &Path) -> Result<EnforcerConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).map_err(|error| anyhow::anyhow!("{}: {}", path.display(), error.to_string().trim_end()))
+    }
+
+    /// The broker addresses, as `host:port` strings.
+    pub fn brokers(&self) -> Vec<String> {
+        self.kafka
+            .as_ref()
+            .map(|kafka| kafka.brokers.split(',').map(str::trim).filter(|b| !b.is_empty()).map(String::from).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let error = toml::from_str::<EnforcerConfig>("host_id = \"a\"\n[kafka]\nbrokers = \"b:1\"\nbroker = \"x\"\n").unwrap_err();
+        assert!(error.to_string().contains("unknown field `broker`"), "{error}");
+    }
+
+    #[test]
+    fn brokers_are_split() {
+        let config: EnforcerConfig = toml::from_str("[kafka]\nbrokers = \"a:9092, b:9093\"\n").unwrap();
+        assert_eq!(config.brokers(), vec!["a:9092", "b:9093"]);
+    }
+}

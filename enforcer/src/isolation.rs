@@ -1,0 +1,445 @@
+//! What the enforcer does, step by step: isolate, update, release, report, restore and expire.
+//! Joins the kernel (`bpf`), the severing pass (`sever`) and the durable record (`store`).
+
+use std::net::{IpAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::bpf::{self, Counters, Enforcement, Pins};
+use crate::exclusion::{comm_key, Direction, Exclusion, Network, PortRange, Protocol};
+use crate::rule_table;
+use crate::sever::{self, SeverReport};
+use crate::store::{AuditEntry, IsolationRecord, Mode, Store};
+
+/// The tag an isolated host carries, exactly.
+pub const ISOLATED_TAG: &str = "ISOLATED FROM NETWORK";
+
+/// Where an isolation applies and where its state lives.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub cgroup: PathBuf,
+    pub pins: Pins,
+    pub state_dir: PathBuf,
+}
+
+/// What the caller asks for.
+#[derive(Clone, Debug, Default)]
+pub struct IsolateRequest {
+    pub duration: Option<Duration>,
+    pub exclusions: Vec<Exclusion>,
+    pub allowed_processes: Vec<String>,
+    pub allow_dns: bool,
+    pub allow_dhcp: bool,
+    pub reason: Option<String>,
+    pub interfaces: Vec<String>,
+    /// The agent's own management channel (its Kafka brokers), always allowed.
+    pub management: Vec<Exclusion>,
+    /// Who asked: `cli`, `agent`, a command id.
+    pub actor: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IsolateOutcome {
+    pub updated_live: bool,
+    pub severed: SeverReport,
+    pub exempt_processes: usize,
+    pub exempt_sockets_marked: usize,
+    pub record: IsolationRecord,
+}
+
+/// Clocks, read in one place.
+pub fn now_unix_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
+
+pub fn now_boot_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// The boot-clock deadline matching a wall-clock deadline (kernel programs read the boot clock,
+/// which no wall-clock change can move).
+fn boot_deadline(expires_at_unix_ms: Option<i64>) -> u64 {
+    match expires_at_unix_ms {
+        None => 0,
+        Some(deadline) => {
+            let remaining_ms = u64::try_from(deadline.saturating_sub(now_unix_ms())).unwrap_or(0);
+            // Never 0 (which means "manual"): an already-due deadline becomes "now".
+            now_boot_ns().saturating_add(remaining_ms.saturating_mul(1_000_000)).max(1)
+        }
+    }
+}
+
+/// Resolves `host:port` broker addresses into exclusions that keep the channel open.
+pub fn management_exclusions(brokers: &[String]) -> Result<Vec<Exclusion>> {
+    let mut exclusions = Vec::new();
+    for broker in brokers {
+        let addresses = broker
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve management broker '{broker}' (expected host:port)"))?;
+        for address in addresses {
+            let exclusion = Exclusion {
+                direction: Direction::Out,
+                protocol: Protocol::Tcp,
+                network: Network::host(address.ip()),
+                ports: Some(PortRange { first: address.port(), last: address.port() }),
+            };
+            if !exclusions.contains(&exclusion) {
+                exclusions.push(exclusion);
+            }
+        }
+    }
+    Ok(exclusions)
+}
+
+/// Resolvers named in /etc/resolv.conf.
+pub fn resolvers(resolv_conf: &str) -> Vec<IpAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().split('%').next()?.parse().ok())
+        .collect()
+}
+
+fn dns_exclusions(resolvers: &[IpAddr]) -> Vec<Exclusion> {
+    resolvers
+        .iter()
+        .flat_map(|resolver| {
+            [Protocol::Udp, Protocol::Tcp].map(|protocol| Exclusion {
+                direction: Direction::Out,
+                protocol,
+                network: Network::host(*resolver),
+                ports: Some(PortRange { first: 53, last: 53 }),
+            })
+        })
+        .collect()
+}
+
+fn dhcp_exclusions() -> Vec<Exclusion> {
+    ["out,udp,0.0.0.0/0,67", "in,udp,0.0.0.0/0,68", "out,udp,::/0,547", "in,udp,::/0,546"]
+        .iter()
+        .map(|spec| spec.parse().expect("built-in DHCP exclusions are valid"))
+        .collect()
+}
+
+/// Every exclusion the kernel enforces for `record`: the user's, the management channel's, and
+/// DNS and DHCP when asked for.
+pub fn effective_exclusions(record: &IsolationRecord) -> Result<Vec<Exclusion>> {
+    let mut all: Vec<Exclusion> = Vec::new();
+    for spec in record.management.iter().chain(&record.exclusions) {
+        all.push(spec.parse().with_context(|| format!("stored exclusion '{spec}' is invalid"))?);
+    }
+    if record.allow_dns {
+        let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        all.extend(dns_exclusions(&resolvers(&text)));
+    }
+    if record.allow_dhcp {
+        all.extend(dhcp_exclusions());
+    }
+    Ok(all)
+}
+
+/// Isolates the target, or updates the isolation in force without ever opening it.
+pub fn isolate(target: &Target, request: &IsolateRequest) -> Result<IsolateOutcome> {
+    let store = Store::open(&target.state_dir)?;
+    let previous = store.current()?;
+    let now = now_unix_ms();
+    let expires_at_unix_ms = request
+        .duration
+        .map(|d| now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
+    let record = IsolationRecord {
+        version: IsolationRecord::new_version(),
+        mode: if request.duration.is_some() { Mode::Automatic } else { Mode::Manual },
+        started_at_unix_ms: previous.as_ref().filter(|_| target.pins.installed()).map_or(now, |p| p.started_at_unix_ms),
+        expires_at_unix_ms,
+        reason: request.reason.clone(),
+        exclusions: request.exclusions.iter().map(ToString::to_string).collect(),
+        management: request.management.iter().map(ToString::to_string).collect(),
+        allowed_processes: request.allowed_processes.clone(),
+        allow_dns: request.allow_dns,
+        allow_dhcp: request.allow_dhcp,
+        cgroup: target.cgroup.clone(),
+        interfaces: request.interfaces.clone(),
+        generation: previous.as_ref().map_or(0, |p| p.generation) + 1,
+    };
+    let updated_live = target.pins.installed();
+    let outcome = apply_record(target, &record)?;
+    if let Err(error) = store.set_current(&record) {
+        if !updated_live {
+            let _ = bpf::uninstall(&target.pins);
+        }
+        return Err(error.context("the isolation was rolled back because it could not be recorded"));
+    }
+    let detail = match record.expires_at_unix_ms {
+        Some(deadline) => format!("automatic until {}", format_time(deadline)),
+        None => "manual".to_owned(),
+    };
+    store.audit(&AuditEntry {
+        at_unix_ms: now,
+        event: if updated_live { "updated" } else { "isolated" }.into(),
+        actor: request.actor.clone(),
+        detail: format!("{detail}; reason: {}", record.reason.as_deref().unwrap_or("none given")),
+    })?;
+    Ok(IsolateOutcome { updated_live, record, ..outcome })
+}
+
+/// Installs or updates the kernel state for `record`, marks exempt sockets and severs.
+fn apply_record(target: &Target, record: &IsolationRecord) -> Result<IsolateOutcome> {
+    let exclusions = effective_exclusions(record)?;
+    let tables = rule_table::compile(&exclusions)?;
+    let exempt_names: Vec<_> = record.allowed_processes.iter().map(|n| comm_key(n)).collect();
+    let pids = sever::cgroup_pids(&target.cgroup);
+    let exempt_tgids = sever::processes_named(&pids, &record.allowed_processes);
+    let enforcement = Enforcement {
+        tables: &tables,
+        exempt_names: &exempt_names,
+        exempt_tgids: &exempt_tgids,
+        expires_at_boot_ns: boot_deadline(record.expires_at_unix_ms),
+    };
+    // Mark what exempt processes already hold before anything is enforced.
+    let exempt_sockets_marked = sever::mark_existing_sockets(&exempt_tgids);
+    let updated_live = target.pins.installed();
+    if updated_live {
+        bpf::LiveMaps::open(&target.pins)?.apply(&enforcement, record.generation)?;
+    } else {
+        bpf::install(&target.pins, &target.cgroup, &record.interfaces, &enforcement, record.generation)?;
+    }
+    let severed = match sever::sever_connections(&target.cgroup, &exclusions) {
+        Ok(report) => report,
+        Err(error) => {
+            if !updated_live {
+                let _ = bpf::uninstall(&target.pins);
+            }
+            return Err(error.context("existing connections could not be severed, so the isolation was rolled back"));
+        }
+    };
+    Ok(IsolateOutcome {
+        updated_live,
+        severed,
+        exempt_processes: exempt_tgids.len(),
+        exempt_sockets_marked,
+        record: record.clone(),
+    })
+}
+
+/// Lifts the isolation: enforcement off, programs detached, pins removed, record closed.
+/// Returns whether anything was isolated.
+pub fn release(target: &Target, actor: &str, event: &str) -> Result<bool> {
+    let was_installed = target.pins.root().exists();
+    bpf::uninstall(&target.pins)?;
+    let store = Store::open(&target.state_dir)?;
+    let had_record = store.current()?.is_some();
+    store.clear_current()?;
+    if was_installed || had_record {
+        store.audit(&AuditEntry { at_unix_ms: now_unix_ms(), event: event.into(), actor: actor.into(), detail: String::new() })?;
+    }
+    Ok(was_installed || had_record)
+}
+
+/// What `status` reports.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub isolated: bool,
+    pub mode: Option<Mode>,
+    pub expires_at: Option<String>,
+    pub started_at: Option<String>,
+    pub reason: Option<String>,
+    pub tags: Vec<&'static str>,
+    pub exclusions: Vec<String>,
+    pub management: Vec<String>,
+    pub allowed_processes: Vec<String>,
+    pub allow_dns: bool,
+    pub allow_dhcp: bool,
+    pub counters: Counters,
+    pub cgroup: PathBuf,
+    pub pin_dir: PathBuf,
+    pub pinned_links: Vec<String>,
+    pub generation: Option<u64>,
+    /// Something is recorded or pinned that does not match what is enforced (e.g. the kernel
+    /// deadline passed while the agent was down, or a reboot removed the pins).
+    pub attention: Option<String>,
+}
+
+pub fn status(target: &Target) -> Result<Status> {
+    let kernel = bpf::read_state(&target.pins)?;
+    let record = Store::open(&target.state_dir)?.current()?;
+    let now_boot = now_boot_ns();
+    let enforcing = kernel.as_ref().is_some_and(|k| k.config.enforcing_at(now_boot) && !k.links.is_empty());
+    let attention = match (&kernel, &record, enforcing) {
+        (Some(_), _, false) => Some("programs are still pinned but no longer enforce (the deadline passed while the agent was not running); run `cordon-enforcer release` or start the agent to clean up".to_owned()),
+        (None, Some(_), _) => Some("an isolation is recorded but nothing is pinned (the host rebooted?); start the agent (`cordon-enforcer run`) to restore it".to_owned()),
+        _ => None,
+    };
+    let record_in_force = record.as_ref().filter(|_| enforcing);
+    let expires_at = match (&kernel, enforcing) {
+        (Some(k), true) if k.config.expires_at_boot_ns != 0 => {
+            let remaining_ms = i64::try_from(k.config.expires_at_boot_ns.saturating_sub(now_boot) / 1_000_000).unwrap_or(0);
+            Some(record_in_force.and_then(|r| r.expires_at_unix_ms).unwrap_or(now_unix_ms() + remaining_ms))
+        }
+        _ => None,
+    };
+    let mode = enforcing.then(|| if expires_at.is_some() { Mode::Automatic } else { Mode::Manual });
+    Ok(Status {
+        isolated: enforcing,
+        mode,
+        expires_at: expires_at.map(format_time),
+        started_at: record_in_force.map(|r| format_time(r.started_at_unix_ms)),
+        reason: record_in_force.and_then(|r| r.reason.clone()),
+        tags: if enforcing { vec![ISOLATED_TAG] } else { Vec::new() },
+        exclusions: record_in_force.map(|r| r.exclusions.clone()).unwrap_or_default(),
+        management: record_in_force.map(|r| r.management.clone()).unwrap_or_default(),
+        allowed_processes: record_in_force.map(|r| r.allowed_processes.clone()).unwrap_or_default(),
+        allow_dns: record_in_force.is_some_and(|r| r.allow_dns),
+        allow_dhcp: record_in_force.is_some_and(|r| r.allow_dhcp),
+        counters: kernel.as_ref().map(|k| k.counters).unwrap_or_default(),
+        cgroup: target.cgroup.clone(),
+        pin_dir: target.pins.root().to_path_buf(),
+        pinned_links: kernel.as_ref().map(|k| k.links.clone()).unwrap_or_default(),
+        generation: kernel.as_ref().map(|k| k.config.generation),
+        attention,
+    })
+}
+
+/// What start-up restoration did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Restored {
+    Nothing,
+    /// The pins were there: adopted as they are.
+    Adopted,
+    /// The pins were gone (reboot): the recorded isolation was installed again.
+    Reinstalled,
+    /// The recorded isolation's deadline passed while the agent was down: lifted.
+    Expired,
+}
+
+/// Run by the agent at start-up, before anything else.
+pub fn restore(target: &Target) -> Result<Restored> {
+    let record = Store::open(&target.state_dir)?.current()?;
+    let installed = target.pins.installed();
+    match (record, installed) {
+        (Some(record), _) if record.overdue_at(now_unix_ms()) => {
+            release(target, "agent", "expired")?;
+            Ok(Restored::Expired)
+        }
+        (Some(_), true) => {
+            audit(target, "adopted", "agent", "pinned isolation adopted at start-up")?;
+            Ok(Restored::Adopted)
+        }
+        (Some(record), false) => {
+            if record.cgroup != target.cgroup {
+                bail!(
+                    "the recorded isolation applies to cgroup {} but the agent was started for {}",
+                    record.cgroup.display(),
+                    target.cgroup.display()
+                );
+            }
+            apply_record(target, &record).context("cannot restore the recorded isolation")?;
+            audit(target, "restored", "agent", "isolation re-installed at start-up (pins were gone)")?;
+            Ok(Restored::Reinstalled)
+        }
+        (None, true) => Ok(Restored::Adopted),
+        (None, false) => Ok(Restored::Nothing),
+    }
+}
+
+fn audit(target: &Target, event: &str, actor: &str, detail: &str) -> Result<()> {
+    Store::open(&target.state_dir)?.audit(&AuditEntry {
+        at_unix_ms: now_unix_ms(),
+        event: event.into(),
+        actor: actor.into(),
+        detail: detail.into(),
+    })
+}
+
+/// If the kernel-held deadline has passed, lifts the isolation properly. Returns the time left
+/// until the deadline when one is pending.
+pub fn expire_if_due(target: &Target) -> Result<Option<Duration>> {
+    let Some(kernel) = bpf::read_state(&target.pins)? else { return Ok(None) };
+    let deadline = kernel.config.expires_at_boot_ns;
+    if kernel.config.active == 0 || deadline == 0 {
+        return Ok(None);
+    }
+    let now = now_boot_ns();
+    if now >= deadline {
+        release(target, "agent", "expired")?;
+        return Ok(None);
+    }
+    Ok(Some(Duration::from_nanos(deadline - now)))
+}
+
+pub fn format_time(unix_ms: i64) -> String {
+    let nanos = i128::from(unix_ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix_ms.to_string())
+}
+
+/// The default cgroup: the cgroup v2 root, found from /proc/mounts.
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
+    mounts
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
+        })
+        .context("no cgroup v2 filesystem is mounted; cordon-enforcer needs cgroup v2 (mount -t cgroup2 none /sys/fs/cgroup)")
+}
+
+/// Checks that `cgroup` is a directory of a cgroup v2 filesystem.
+pub fn validate_cgroup(cgroup: &Path) -> Result<()> {
+    if !cgroup.join("cgroup.procs").exists() {
+        bail!("{} is not a cgroup v2 directory (it has no cgroup.procs)", cgroup.display());
+    }
+    let root = cgroup2_root()?;
+    if !cgroup.starts_with(&root) {
+        bail!("{} is not under the cgroup v2 mount {}", cgroup.display(), root.display());
+    }
+    Ok(())
+}
+
+/// Interfaces of this network namespace except loopback.
+pub fn non_loopback_interfaces() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|entries| entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    names.retain(|name| name != "lo");
+    names.sort();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolvers_are_read_from_resolv_conf() {
+        let text = "# comment\nnameserver 192.0.2.53\nsearch example.org\nnameserver fe80::1%eth0\nnameserver  2001:db8::53\n";
+        let found = resolvers(text);
+        assert_eq!(found, vec!["192.0.2.53".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap(), "2001:db8::53".parse().unwrap()]);
+        let specs: Vec<String> = dns_exclusions(&found[..1]).iter().map(ToString::to_string).collect();
+        assert_eq!(specs, vec!["out,udp,192.0.2.53/32,53", "out,tcp,192.0.2.53/32,53"]);
+    }
+
+    #[test]
+    fn management_brokers_become_out_tcp_exclusions() {
+        let exclusions = management_exclusions(&["127.0.0.1:9092".into(), "[::1]:9093".into()]).unwrap();
+        let specs: Vec<String> = exclusions.iter().map(ToString::to_string).collect();
+        assert_eq!(specs, vec!["out,tcp,127.0.0.1/32,9092", "out,tcp,::1/128,9093"]);
+        let error = management_exclusions(&["no-port".into()]).unwrap_err();
+        assert!(format!("{error:#}").contains("cannot resolve management broker 'no-port'"), "{error:#}");
+    }
+
+    #[test]
+    fn times_are_rfc3339() {
+        assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_time(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+}

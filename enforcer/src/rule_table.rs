@@ -1,0 +1,136 @@
+//! Compiles exclusions into the kernel's longest-prefix-match tables. Pure: no I/O.
+//!
+//! An LPM trie answers only with the longest matching prefix, so a rule stored under a short
+//! prefix would be hidden for addresses that also fall under a longer one. Each prefix's entry
+//! therefore carries every rule whose network covers that prefix ("flattening").
+
+use std::collections::BTreeSet;
+
+use enforcer_common::{
+    Rule, RuleList, DIRECTION_IN, DIRECTION_OUT, MAX_PREFIXES, MAX_RULES_PER_PREFIX, PROTO_ANY,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::exclusion::{Direction, Exclusion, Network, PortRange, Protocol};
+
+/// What the kernel maps must hold: one entry per distinct prefix and family.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RuleTables {
+    pub v4: Vec<(Network, RuleList)>,
+    pub v6: Vec<(Network, RuleList)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TableError {
+    #[error("{count} different exclusions apply to {network}; at most {MAX_RULES_PER_PREFIX} may overlap one network")]
+    TooManyOverlapping { network: Network, count: usize },
+    #[error("{count} different networks are excluded; at most {MAX_PREFIXES} per address family")]
+    TooManyNetworks { count: usize },
+}
+
+pub fn kernel_rule(exclusion: &Exclusion) -> Rule {
+    let protocol = match exclusion.protocol {
+        Protocol::Any => PROTO_ANY,
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+        Protocol::Icmp => PROTO_ICMP,
+    };
+    let directions = match exclusion.direction {
+        Direction::In => DIRECTION_IN,
+        Direction::Out => DIRECTION_OUT,
+        Direction::Both => DIRECTION_IN | DIRECTION_OUT,
+    };
+    let ports = exclusion.ports.unwrap_or(PortRange::ALL);
+    Rule { protocol, directions, port_lo: ports.first, port_hi: ports.last, reserved: 0 }
+}
+
+pub fn compile(exclusions: &[Exclusion]) -> Result<RuleTables, TableError> {
+    let mut tables = RuleTables::default();
+    let networks: BTreeSet<(bool, Network)> =
+        exclusions.iter().map(|e| (e.network.address.is_ipv6(), e.network)).collect();
+    for (ipv6, network) in networks {
+        let mut rules: Vec<Rule> = Vec::new();
+        for exclusion in exclusions.iter().filter(|e| e.network.covers(network)) {
+            let rule = kernel_rule(exclusion);
+            if !rules.contains(&rule) {
+                rules.push(rule);
+            }
+        }
+        if rules.len() > MAX_RULES_PER_PREFIX {
+            return Err(TableError::TooManyOverlapping { network, count: rules.len() });
+        }
+        let mut list = RuleList { len: u32::try_from(rules.len()).unwrap_or(u32::MAX), ..RuleList::default() };
+        list.rules[..rules.len()].copy_from_slice(&rules);
+        if ipv6 { &mut tables.v6 } else { &mut tables.v4 }.push((network, list));
+    }
+    for table in [&tables.v4, &tables.v6] {
+        if table.len() > MAX_PREFIXES as usize {
+            return Err(TableError::TooManyNetworks { count: table.len() });
+        }
+    }
+    Ok(tables)
+}
+
+impl std::cmp::PartialOrd for Network {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::cmp::Ord for Network {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.address, self.prefix_len).cmp(&(other.address, other.prefix_len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exclusions(specs: &[&str]) -> Vec<Exclusion> {
+        specs.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn longer_prefixes_inherit_the_rules_of_the_networks_that_cover_them() {
+        let tables = compile(&exclusions(&["out,tcp,10.0.0.0/8,443", "out,udp,10.1.0.0/16,53"])).unwrap();
+        assert_eq!(tables.v4.len(), 2);
+        let (wide, wide_rules) = &tables.v4[0];
+        assert_eq!(wide.to_string(), "10.0.0.0/8");
+        assert_eq!(wide_rules.len, 1);
+        let (narrow, narrow_rules) = &tables.v4[1];
+        assert_eq!(narrow.to_string(), "10.1.0.0/16");
+        assert_eq!(narrow_rules.len, 2);
+        assert_eq!(narrow_rules.rules[0].protocol, PROTO_TCP);
+        assert_eq!(narrow_rules.rules[1].protocol, PROTO_UDP);
+    }
+
+    #[test]
+    fn families_are_kept_apart_and_duplicates_merged() {
+        let tables = compile(&exclusions(&[
+            "both,any,fd00::/8",
+            "both,any,fd00::/8",
+            "in,tcp,0.0.0.0/0,22",
+        ]))
+        .unwrap();
+        assert_eq!(tables.v6.len(), 1);
+        assert_eq!(tables.v6[0].1.len, 1);
+        assert_eq!(tables.v6[0].1.rules[0].directions, DIRECTION_IN | DIRECTION_OUT);
+        assert_eq!(tables.v4[0].1.rules[0].port_lo, 22);
+    }
+
+    #[test]
+    fn too_many_overlapping_rules_is_refused() {
+        let specs: Vec<String> = (1..=17).map(|port| format!("out,tcp,10.0.0.0/8,{port}")).collect();
+        let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+        let error = compile(&exclusions(&specs)).unwrap_err();
+        assert_eq!(error.to_string(), "17 different exclusions apply to 10.0.0.0/8; at most 16 may overlap one network");
+    }
+
+    #[test]
+    fn a_thousand_disjoint_exclusions_fit() {
+        let specs: Vec<String> = (0..1000).map(|i| format!("out,tcp,10.{}.{}.0/24,443", i / 256, i % 256)).collect();
+        let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+        assert_eq!(compile(&exclusions(&specs)).unwrap().v4.len(), 1000);
+    }
+}

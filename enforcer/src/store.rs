@@ -1,0 +1,130 @@
+//! The agent's durable state in sled: the isolation in force (so it can be restored after a
+//! reboot) and an append-only audit trail of every change.
+//!
+//! The database is opened for each operation and closed after it: sled takes an exclusive lock,
+//! and the command line must work while the agent runs. Opening retries while the other
+//! process holds the lock.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+const CURRENT_KEY: &[u8] = b"current";
+const RECORD_VERSION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Automatic,
+    Manual,
+}
+
+/// Everything needed to re-create an isolation from nothing (after a reboot).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IsolationRecord {
+    pub version: u32,
+    pub mode: Mode,
+    pub started_at_unix_ms: i64,
+    /// `None` for manual isolation.
+    pub expires_at_unix_ms: Option<i64>,
+    pub reason: Option<String>,
+    /// As the user gave them (canonical SPEC form).
+    pub exclusions: Vec<String>,
+    /// The agent's own channel, always allowed.
+    pub management: Vec<String>,
+    pub allowed_processes: Vec<String>,
+    pub allow_dns: bool,
+    pub allow_dhcp: bool,
+    pub cgroup: PathBuf,
+    pub interfaces: Vec<String>,
+    pub generation: u64,
+}
+
+impl IsolationRecord {
+    pub fn new_version() -> u32 {
+        RECORD_VERSION
+    }
+
+    pub fn overdue_at(&self, now_unix_ms: i64) -> bool {
+        self.expires_at_unix_ms.is_some_and(|deadline| now_unix_ms >= deadline)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at_unix_ms: i64,
+    /// `isolated`, `updated`, `released`, `expired`, `restored`, `adopted`, `failed`.
+    pub event: String,
+    pub actor: String,
+    pub detail: String,
+}
+
+pub struct Store {
+    db: sled::Db,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `state_dir`, waiting up to 10 s for a lock
+    /// another cordon-enforcer process holds.
+    pub fn open(state_dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(state_dir).with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+        let path = state_dir.join("enforcer.sled");
+        let started = Instant::now();
+        loop {
+            match sled::Config::new().path(&path).mode(sled::Mode::LowSpace).open() {
+                Ok(db) => return Ok(Store { db }),
+                Err(sled::Error::Io(error)) if error.kind() == std::io::ErrorKind::WouldBlock && started.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(error) => {
+                    let held = matches!(&error, sled::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+                    let hint = if held { " (another cordon-enforcer process kept it locked for 10 s)" } else { "" };
+                    return Err(error).with_context(|| format!("cannot open state store {}{hint}", path.display()));
+                }
+            }
+        }
+    }
+
+    pub fn current(&self) -> Result<Option<IsolationRecord>> {
+        let Some(bytes) = self.db.get(CURRENT_KEY).context("cannot read the isolation record")? else { return Ok(None) };
+        let record = serde_json::from_slice(&bytes).context("the stored isolation record is unreadable")?;
+        Ok(Some(record))
+    }
+
+    pub fn set_current(&self, record: &IsolationRecord) -> Result<()> {
+        let bytes = serde_json::to_vec(record).context("cannot encode the isolation record")?;
+        self.db.insert(CURRENT_KEY, bytes).context("cannot write the isolation record")?;
+        self.db.flush().context("cannot flush the state store")?;
+        Ok(())
+    }
+
+    pub fn clear_current(&self) -> Result<()> {
+        self.db.remove(CURRENT_KEY).context("cannot remove the isolation record")?;
+        self.db.flush().context("cannot flush the state store")?;
+        Ok(())
+    }
+
+    pub fn audit(&self, entry: &AuditEntry) -> Result<()> {
+        let audit = self.db.open_tree("audit").context("cannot open the audit trail")?;
+        let id = self.db.generate_id().context("cannot number the audit entry")?;
+        audit.insert(id.to_be_bytes(), serde_json::to_vec(entry)?).context("cannot append to the audit trail")?;
+        self.db.flush().context("cannot flush the state store")?;
+        Ok(())
+    }
+
+    /// The last `n` audit entries, oldest first.
+    pub fn recent_audit(&self, n: usize) -> Result<Vec<AuditEntry>> {
+        let audit = self.db.open_tree("audit").context("cannot open the audit trail")?;
+        let mut entries: Vec<AuditEntry> = audit
+            .iter()
+            .rev()
+            .take(n)
+            .filter_map(|item| item.ok().and_then(|(_, v)| serde_json::from_slice(&v).ok()))
+            .collect();
+        entries.reverse();
+        Ok(entries)
+    }
+}
