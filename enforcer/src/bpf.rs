@@ -29,11 +29,19 @@ use crate::exclusion::Network;
 use crate::rule_table::RuleTables;
 
 /// The compiled eBPF object, built by build.rs.
-static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer-ebpf"));
+static PROGRAMS_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer-ebpf"));
 
 /// The cgroup programs, in the order they are attached.
-const CGROUP_PROGRAMS: [&str; 7] =
-    [PROG_SOCK_CREATE, PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6, PROG_EGRESS, PROG_INGRESS];
+const CGROUP_PROGRAMS: [&str; 7] = [
+    PROG_SOCK_CREATE,
+    PROG_CONNECT4,
+    PROG_CONNECT6,
+    PROG_SENDMSG4,
+    PROG_SENDMSG6,
+    PROG_EGRESS,
+    PROG_INGRESS,
+];
 
 /// Where one isolation's kernel objects are pinned.
 #[derive(Clone, Debug)]
@@ -43,7 +51,9 @@ pub struct Pins {
 
 impl Pins {
     pub fn new(pin_dir: &Path) -> Pins {
-        Pins { root: pin_dir.join(PIN_LAYOUT_VERSION) }
+        Pins {
+            root: pin_dir.join(PIN_LAYOUT_VERSION),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -65,7 +75,11 @@ impl Pins {
     /// Names of the pinned links, sorted.
     pub fn links(&self) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(self.links_dir())
-            .map(|entries| entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
             .unwrap_or_default();
         names.sort();
         names
@@ -129,7 +143,13 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
 /// Loads and attaches every program to `cgroup` (and the TC program to `interfaces`), pins
 /// them, fills the maps and turns enforcement on. On any failure everything done so far is
 /// undone and the error returned: never a half-installed isolation.
-pub fn install(pins: &Pins, cgroup: &Path, interfaces: &[String], enforcement: &Enforcement<'_>, generation: u64) -> Result<()> {
+pub fn install(
+    pins: &Pins,
+    cgroup: &Path,
+    interfaces: &[String],
+    enforcement: &Enforcement<'_>,
+    generation: u64,
+) -> Result<()> {
     if pins.root.exists() {
         // Leftovers of an isolation whose links are gone: start clean, never reuse stale maps.
         remove_pins(pins)?;
@@ -143,34 +163,57 @@ pub fn install(pins: &Pins, cgroup: &Path, interfaces: &[String], enforcement: &
     result
 }
 
-fn install_fresh(pins: &Pins, cgroup: &Path, interfaces: &[String], enforcement: &Enforcement<'_>, generation: u64) -> Result<()> {
-    fs::create_dir_all(pins.maps_dir()).with_context(|| format!("cannot create {}", pins.maps_dir().display()))?;
-    fs::create_dir_all(pins.links_dir()).with_context(|| format!("cannot create {}", pins.links_dir().display()))?;
+fn install_fresh(
+    pins: &Pins,
+    cgroup: &Path,
+    interfaces: &[String],
+    enforcement: &Enforcement<'_>,
+    generation: u64,
+) -> Result<()> {
+    fs::create_dir_all(pins.maps_dir())
+        .with_context(|| format!("cannot create {}", pins.maps_dir().display()))?;
+    fs::create_dir_all(pins.links_dir())
+        .with_context(|| format!("cannot create {}", pins.links_dir().display()))?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pins.maps_dir())
         .load(PROGRAMS_OBJECT)
         .context("the kernel refused to load cordon's eBPF programs")?;
-    let cgroup_file = File::open(cgroup).with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
+    let cgroup_file =
+        File::open(cgroup).with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
 
     // Attach while the config still says "inactive" (maps start zeroed): nothing is enforced
     // until every piece is in place.
     for name in CGROUP_PROGRAMS {
-        let program = ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?;
+        let program = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?;
         let link: FdLink = match program {
             aya::programs::Program::CgroupSkb(skb) => {
                 skb.load().with_context(|| format!("cannot load {name}"))?;
-                let attach_type = if name == PROG_EGRESS { CgroupSkbAttachType::Egress } else { CgroupSkbAttachType::Ingress };
-                let id = skb.attach(&cgroup_file, attach_type, CgroupAttachMode::Single).with_context(|| format!("cannot attach {name} to {}", cgroup.display()))?;
+                let attach_type = if name == PROG_EGRESS {
+                    CgroupSkbAttachType::Egress
+                } else {
+                    CgroupSkbAttachType::Ingress
+                };
+                let id = skb
+                    .attach(&cgroup_file, attach_type, CgroupAttachMode::Single)
+                    .with_context(|| format!("cannot attach {name} to {}", cgroup.display()))?;
                 skb.take_link(id)?.try_into()?
             }
             aya::programs::Program::CgroupSockAddr(sock_addr) => {
-                sock_addr.load().with_context(|| format!("cannot load {name}"))?;
-                let id = sock_addr.attach(&cgroup_file, CgroupAttachMode::Single).with_context(|| format!("cannot attach {name} to {}", cgroup.display()))?;
+                sock_addr
+                    .load()
+                    .with_context(|| format!("cannot load {name}"))?;
+                let id = sock_addr
+                    .attach(&cgroup_file, CgroupAttachMode::Single)
+                    .with_context(|| format!("cannot attach {name} to {}", cgroup.display()))?;
                 sock_addr.take_link(id)?.try_into()?
             }
             aya::programs::Program::CgroupSock(sock) => {
                 sock.load().with_context(|| format!("cannot load {name}"))?;
-                let id = sock.attach(&cgroup_file, CgroupAttachMode::Single).with_context(|| format!("cannot attach {name} to {}", cgroup.display()))?;
+                let id = sock
+                    .attach(&cgroup_file, CgroupAttachMode::Single)
+                    .with_context(|| format!("cannot attach {name} to {}", cgroup.display()))?;
                 sock.take_link(id)?.try_into()?
             }
             _ => bail!("program {name} has an unexpected type"),
@@ -186,12 +229,17 @@ fn install_fresh(pins: &Pins, cgroup: &Path, interfaces: &[String], enforcement:
         for interface in interfaces {
             let id = classifier
                 .attach(interface, TcAttachType::Ingress)
-                .with_context(|| format!("cannot attach cordon_tc_ingress to interface {interface}"))?;
+                .with_context(|| {
+                    format!("cannot attach cordon_tc_ingress to interface {interface}")
+                })?;
             let link: FdLink = classifier
                 .take_link(id)?
                 .try_into()
                 .context("interface programs need tcx links (kernel 6.6 or newer)")?;
-            pin_link(link, &pins.links_dir().join(format!("tc-ingress-{interface}")))?;
+            pin_link(
+                link,
+                &pins.links_dir().join(format!("tc-ingress-{interface}")),
+            )?;
         }
     }
     drop(ebpf); // The pinned links keep the programs; the loader's handles are no longer needed.
@@ -201,7 +249,8 @@ fn install_fresh(pins: &Pins, cgroup: &Path, interfaces: &[String], enforcement:
 }
 
 fn pin_link(link: FdLink, path: &Path) -> Result<()> {
-    link.pin(path).with_context(|| format!("cannot pin link at {}", path.display()))?;
+    link.pin(path)
+        .with_context(|| format!("cannot pin link at {}", path.display()))?;
     Ok(())
 }
 
@@ -222,13 +271,17 @@ fn remove_pins(pins: &Pins) -> Result<()> {
         let path = pins.links_dir().join(&link);
         match PinnedLink::from_pin(&path) {
             Ok(pinned) => {
-                pinned.unpin().with_context(|| format!("cannot remove pinned link {}", path.display()))?;
+                pinned
+                    .unpin()
+                    .with_context(|| format!("cannot remove pinned link {}", path.display()))?;
             }
-            Err(_) => fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?,
+            Err(_) => fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?,
         }
     }
     if pins.root.exists() {
-        fs::remove_dir_all(&pins.root).with_context(|| format!("cannot remove {}", pins.root.display()))?;
+        fs::remove_dir_all(&pins.root)
+            .with_context(|| format!("cannot remove {}", pins.root.display()))?;
     }
     if let Some(pin_dir) = pins.root.parent() {
         // Only succeeds when nothing else lives there; anything else is not ours to remove.
@@ -243,7 +296,11 @@ pub fn read_state(pins: &Pins) -> Result<Option<KernelState>> {
         return Ok(None);
     }
     let maps = LiveMaps::open(pins)?;
-    Ok(Some(KernelState { config: maps.config()?, counters: maps.counters()?, links: pins.links() }))
+    Ok(Some(KernelState {
+        config: maps.config()?,
+        counters: maps.counters()?,
+        links: pins.links(),
+    }))
 }
 
 /// Open handles on the pinned maps of an installed isolation.
@@ -258,8 +315,10 @@ pub struct LiveMaps {
 
 fn open_map(pins: &Pins, name: &str) -> Result<Map> {
     let path = pins.map(name);
-    let data = MapData::from_pin(&path).with_context(|| format!("cannot open pinned map {}", path.display()))?;
-    Map::from_map_data(data).with_context(|| format!("pinned map {} has an unexpected type", path.display()))
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("cannot open pinned map {}", path.display()))?;
+    Map::from_map_data(data)
+        .with_context(|| format!("pinned map {} has an unexpected type", path.display()))
 }
 
 impl LiveMaps {
@@ -275,12 +334,20 @@ impl LiveMaps {
     }
 
     pub fn config(&self) -> Result<Config> {
-        Ok(self.config.get(&0, 0).context("cannot read the config map")?)
+        Ok(self
+            .config
+            .get(&0, 0)
+            .context("cannot read the config map")?)
     }
 
     fn deactivate(&mut self) -> Result<()> {
-        let config = Config { active: 0, ..self.config()? };
-        self.config.set(0, config, 0).context("cannot write the config map")?;
+        let config = Config {
+            active: 0,
+            ..self.config()?
+        };
+        self.config
+            .set(0, config, 0)
+            .context("cannot write the config map")?;
         Ok(())
     }
 
@@ -288,15 +355,35 @@ impl LiveMaps {
     /// ones come out, so while a change lands the host is never more open than the union of
     /// the old and new exclusions, and never cuts what both allow.
     pub fn apply(&mut self, enforcement: &Enforcement<'_>, generation: u64) -> Result<()> {
-        let keep_v4: HashSet<Vec<u8>> = enforcement.tables.v4.iter().map(|(net, _)| key_bytes(*net)).collect();
-        let keep_v6: HashSet<Vec<u8>> = enforcement.tables.v6.iter().map(|(net, _)| key_bytes(*net)).collect();
+        let keep_v4: HashSet<Vec<u8>> = enforcement
+            .tables
+            .v4
+            .iter()
+            .map(|(net, _)| key_bytes(*net))
+            .collect();
+        let keep_v6: HashSet<Vec<u8>> = enforcement
+            .tables
+            .v6
+            .iter()
+            .map(|(net, _)| key_bytes(*net))
+            .collect();
         for (network, list) in &enforcement.tables.v4 {
-            let key = Key::new(u32::from(network.prefix_len), to_array::<4>(&key_bytes(*network)));
-            self.rules_v4.insert(&key, list, 0).with_context(|| format!("cannot add exclusion for {network}"))?;
+            let key = Key::new(
+                u32::from(network.prefix_len),
+                to_array::<4>(&key_bytes(*network)),
+            );
+            self.rules_v4
+                .insert(&key, list, 0)
+                .with_context(|| format!("cannot add exclusion for {network}"))?;
         }
         for (network, list) in &enforcement.tables.v6 {
-            let key = Key::new(u32::from(network.prefix_len), to_array::<16>(&key_bytes(*network)));
-            self.rules_v6.insert(&key, list, 0).with_context(|| format!("cannot add exclusion for {network}"))?;
+            let key = Key::new(
+                u32::from(network.prefix_len),
+                to_array::<16>(&key_bytes(*network)),
+            );
+            self.rules_v6
+                .insert(&key, list, 0)
+                .with_context(|| format!("cannot add exclusion for {network}"))?;
         }
         let stale_v4: Vec<Key<[u8; 4]>> = self
             .rules_v4
@@ -305,7 +392,9 @@ impl LiveMaps {
             .filter(|key| !keep_v4.contains(&masked(key.data(), key.prefix_len())))
             .collect();
         for key in stale_v4 {
-            self.rules_v4.remove(&key).context("cannot remove a stale exclusion")?;
+            self.rules_v4
+                .remove(&key)
+                .context("cannot remove a stale exclusion")?;
         }
         let stale_v6: Vec<Key<[u8; 16]>> = self
             .rules_v6
@@ -314,34 +403,62 @@ impl LiveMaps {
             .filter(|key| !keep_v6.contains(&masked(key.data(), key.prefix_len())))
             .collect();
         for key in stale_v6 {
-            self.rules_v6.remove(&key).context("cannot remove a stale exclusion")?;
+            self.rules_v6
+                .remove(&key)
+                .context("cannot remove a stale exclusion")?;
         }
 
         for name in enforcement.exempt_names {
-            self.exempt_comm.insert(name, 1, 0).context("cannot add an exempt process name")?;
+            self.exempt_comm
+                .insert(name, 1, 0)
+                .context("cannot add an exempt process name")?;
         }
-        let stale_names: Vec<[u8; COMM_LEN]> =
-            self.exempt_comm.keys().filter_map(Result::ok).filter(|k| !enforcement.exempt_names.contains(k)).collect();
+        let stale_names: Vec<[u8; COMM_LEN]> = self
+            .exempt_comm
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !enforcement.exempt_names.contains(k))
+            .collect();
         for name in stale_names {
-            self.exempt_comm.remove(&name).context("cannot remove an exempt process name")?;
+            self.exempt_comm
+                .remove(&name)
+                .context("cannot remove an exempt process name")?;
         }
         for tgid in enforcement.exempt_tgids {
-            self.exempt_tgid.insert(tgid, 1, 0).context("cannot add an exempt process")?;
+            self.exempt_tgid
+                .insert(tgid, 1, 0)
+                .context("cannot add an exempt process")?;
         }
-        let stale_tgids: Vec<u32> =
-            self.exempt_tgid.keys().filter_map(Result::ok).filter(|k| !enforcement.exempt_tgids.contains(k)).collect();
+        let stale_tgids: Vec<u32> = self
+            .exempt_tgid
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !enforcement.exempt_tgids.contains(k))
+            .collect();
         for tgid in stale_tgids {
-            self.exempt_tgid.remove(&tgid).context("cannot remove an exempt process")?;
+            self.exempt_tgid
+                .remove(&tgid)
+                .context("cannot remove an exempt process")?;
         }
 
-        let config = Config { active: 1, flags: 0, expires_at_boot_ns: enforcement.expires_at_boot_ns, generation };
-        self.config.set(0, config, 0).context("cannot write the config map")?;
+        let config = Config {
+            active: 1,
+            flags: 0,
+            expires_at_boot_ns: enforcement.expires_at_boot_ns,
+            generation,
+        };
+        self.config
+            .set(0, config, 0)
+            .context("cannot write the config map")?;
         Ok(())
     }
 
     pub fn counters(&self) -> Result<Counters> {
         let total = |index: u32| -> Result<u64> {
-            let values = self.stats.get(&index, 0).context("cannot read the counters map")?;
+            let values = self
+                .stats
+                .get(&index, 0)
+                .context("cannot read the counters map")?;
             Ok(values.iter().sum())
         };
         debug_assert!(STAT_ECHO_DROPPED < N_STATS);

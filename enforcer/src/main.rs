@@ -23,7 +23,11 @@ use crate::exclusion::{parse_duration, validate_process_name, Exclusion};
 use crate::isolation::{IsolateRequest, Restored, Target};
 
 #[derive(Parser, Debug)]
-#[command(name = "cordon-enforcer", version, about = "Isolates this host from the network with eBPF, and lets it back on.")]
+#[command(
+    name = "cordon-enforcer",
+    version,
+    about = "Isolates this host from the network with eBPF, and lets it back on."
+)]
 struct Cli {
     #[command(flatten)]
     global: GlobalOptions,
@@ -93,11 +97,14 @@ fn duration_arg(text: &str) -> Result<Duration, String> {
 }
 
 fn exclusion_arg(text: &str) -> Result<Exclusion, String> {
-    text.parse().map_err(|e: exclusion::InvalidInput| e.to_string())
+    text.parse()
+        .map_err(|e: exclusion::InvalidInput| e.to_string())
 }
 
 fn process_arg(text: &str) -> Result<String, String> {
-    validate_process_name(text).map(|()| text.to_owned()).map_err(|e| e.to_string())
+    validate_process_name(text)
+        .map(|()| text.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// An error that means "bad input, nothing changed": exit code 2.
@@ -168,9 +175,21 @@ fn resolve_target(global: &GlobalOptions, config: &EnforcerConfig) -> Result<Tar
         None => isolation::cgroup2_root()?,
     };
     isolation::validate_cgroup(&cgroup).map_err(|e| UsageError(format!("--cgroup: {e:#}")))?;
-    let pin_dir = global.pin_dir.clone().or_else(|| config.pin_dir.clone()).unwrap_or_else(|| "/sys/fs/bpf/cordon".into());
-    let state_dir = global.state_dir.clone().or_else(|| config.state_dir.clone()).unwrap_or_else(|| "/var/lib/cordon".into());
-    Ok(Target { cgroup, pins: bpf::Pins::new(&pin_dir), state_dir })
+    let pin_dir = global
+        .pin_dir
+        .clone()
+        .or_else(|| config.pin_dir.clone())
+        .unwrap_or_else(|| "/sys/fs/bpf/cordon".into());
+    let state_dir = global
+        .state_dir
+        .clone()
+        .or_else(|| config.state_dir.clone())
+        .unwrap_or_else(|| "/var/lib/cordon".into());
+    Ok(Target {
+        cgroup,
+        pins: bpf::Pins::new(&pin_dir),
+        state_dir,
+    })
 }
 
 fn require_root() -> Result<()> {
@@ -187,7 +206,8 @@ fn require_root() -> Result<()> {
 fn isolate(target: &Target, config: &EnforcerConfig, args: IsolateArgs) -> Result<()> {
     require_root()?;
     bpf::ensure_bpffs(target.pins.root())?;
-    let management = isolation::management_exclusions(&config.brokers()).map_err(|e| UsageError(format!("{e:#}")))?;
+    let management = isolation::management_exclusions(&config.brokers())
+        .map_err(|e| UsageError(format!("{e:#}")))?;
     let whole_host = isolation::cgroup2_root().is_ok_and(|root| root == target.cgroup);
     let interfaces = if !args.interfaces.is_empty() {
         args.interfaces
@@ -219,7 +239,11 @@ fn isolate(target: &Target, config: &EnforcerConfig, args: IsolateArgs) -> Resul
         Some(deadline) => format!("automatic, until {}", isolation::format_time(deadline)),
         None => "manual, until released".to_owned(),
     };
-    let verb = if outcome.updated_live { "Isolation updated" } else { "Isolated" };
+    let verb = if outcome.updated_live {
+        "Isolation updated"
+    } else {
+        "Isolated"
+    };
     println!("{verb}: {} ({until}).", isolation::ISOLATED_TAG);
     println!(
         "Severed {} connection(s), spared {}; {} exclusion(s), {} exempt process(es), management channel: {}.",
@@ -248,11 +272,20 @@ fn print_status(status: &isolation::Status) {
         if let Some(reason) = &status.reason {
             println!("  reason:       {reason}");
         }
-        let list = |items: &[String]| if items.is_empty() { "none".to_owned() } else { items.join(", ") };
+        let list = |items: &[String]| {
+            if items.is_empty() {
+                "none".to_owned()
+            } else {
+                items.join(", ")
+            }
+        };
         println!("  exclusions:   {}", list(&status.exclusions));
         println!("  management:   {}", list(&status.management));
         println!("  processes:    {}", list(&status.allowed_processes));
-        println!("  dns / dhcp:   {} / {}", status.allow_dns, status.allow_dhcp);
+        println!(
+            "  dns / dhcp:   {} / {}",
+            status.allow_dns, status.allow_dhcp
+        );
     } else {
         println!("Not isolated.");
     }
@@ -278,11 +311,21 @@ fn agent(target: &Target) -> Result<()> {
         Restored::Reinstalled => "re-installed the recorded isolation (pins were gone)",
         Restored::Expired => "lifted an isolation whose deadline passed while the agent was down",
     };
-    eprintln!("cordon-enforcer: agent started for cgroup {}: {restored}.", target.cgroup.display());
+    // The agent's own log goes to standard output (the journal under systemd); errors to stderr.
+    println!(
+        "cordon-enforcer: agent started for cgroup {}: {restored}.",
+        target.cgroup.display()
+    );
     loop {
         let wait = match isolation::expire_if_due(target) {
-            Ok(Some(remaining)) => remaining.min(Duration::from_millis(500)),
-            Ok(None) => Duration::from_millis(500),
+            Ok(isolation::Deadline::Pending(remaining)) => {
+                remaining.min(Duration::from_millis(500))
+            }
+            Ok(isolation::Deadline::Lifted) => {
+                println!("cordon-enforcer: deadline reached: isolation lifted.");
+                Duration::from_millis(500)
+            }
+            Ok(isolation::Deadline::None) => Duration::from_millis(500),
             Err(error) => {
                 eprintln!("cordon-enforcer: error: checking the deadline failed: {error:#}");
                 Duration::from_secs(1)

@@ -27,7 +27,8 @@ const INET_DIAG_MARK: u16 = 15;
 const INET_DIAG_CGROUP_ID: u16 = 21;
 const TCP_LISTEN: u8 = 10;
 /// TCP states worth severing: everything but LISTEN, CLOSE and TIME_WAIT.
-const SEVERABLE_STATES: u32 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11);
+const SEVERABLE_STATES: u32 =
+    (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11);
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -113,7 +114,8 @@ pub fn cgroup_ids(cgroup: &Path) -> Result<HashSet<u64>> {
     let mut ids = HashSet::new();
     let mut pending = vec![cgroup.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        let meta = fs::metadata(&dir).with_context(|| format!("cannot read cgroup {}", dir.display()))?;
+        let meta =
+            fs::metadata(&dir).with_context(|| format!("cannot read cgroup {}", dir.display()))?;
         ids.insert(meta.ino());
         if let Ok(entries) = fs::read_dir(&dir) {
             for entry in entries.flatten() {
@@ -132,7 +134,10 @@ pub fn cgroup_pids(cgroup: &Path) -> Vec<u32> {
     let mut pending = vec![cgroup.to_path_buf()];
     while let Some(dir) = pending.pop() {
         if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
-            pids.extend(text.lines().filter_map(|line| line.trim().parse::<u32>().ok()));
+            pids.extend(
+                text.lines()
+                    .filter_map(|line| line.trim().parse::<u32>().ok()),
+            );
         }
         if let Ok(entries) = fs::read_dir(&dir) {
             for entry in entries.flatten() {
@@ -162,7 +167,10 @@ fn namespaces_of(pids: &[u32]) -> Vec<PathBuf> {
 pub fn sever_connections(cgroup: &Path, exclusions: &[Exclusion]) -> Result<SeverReport> {
     let ids = cgroup_ids(cgroup)?;
     let namespaces = namespaces_of(&cgroup_pids(cgroup));
-    let mut report = SeverReport { namespaces: namespaces.len(), ..SeverReport::default() };
+    let mut report = SeverReport {
+        namespaces: namespaces.len(),
+        ..SeverReport::default()
+    };
     for namespace in namespaces {
         let exclusions = exclusions.to_vec();
         let ids = ids.clone();
@@ -174,8 +182,12 @@ pub fn sever_connections(cgroup: &Path, exclusions: &[Exclusion]) -> Result<Seve
 }
 
 /// Runs `work` on a thread that has joined the network namespace at `namespace`.
-fn in_namespace<T: Send + 'static>(namespace: &Path, work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let file = fs::File::open(namespace).with_context(|| format!("cannot open {}", namespace.display()))?;
+fn in_namespace<T: Send + 'static>(
+    namespace: &Path,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    let file = fs::File::open(namespace)
+        .with_context(|| format!("cannot open {}", namespace.display()))?;
     let thread = std::thread::spawn(move || {
         // SAFETY: plain syscall on an open namespace fd; it only changes this new thread.
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -183,7 +195,9 @@ fn in_namespace<T: Send + 'static>(namespace: &Path, work: impl FnOnce() -> T + 
         }
         Ok(work())
     });
-    let joined = thread.join().map_err(|_| anyhow::anyhow!("severing thread panicked"))?;
+    let joined = thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("severing thread panicked"))?;
     joined.with_context(|| format!("cannot enter network namespace {}", namespace.display()))
 }
 
@@ -198,8 +212,9 @@ fn sever_here(cgroup_ids: &HashSet<u64>, exclusions: &[Exclusion]) -> Result<(us
                 continue;
             }
             let loopback = is_loopback(info.remote) || local_addresses.contains(&info.remote);
-            let excluded =
-                exclusions.iter().any(|e| e.spares_connection(true, info.remote, info.local_port, info.remote_port));
+            let excluded = exclusions
+                .iter()
+                .any(|e| e.spares_connection(true, info.remote, info.local_port, info.remote_port));
             if loopback || excluded || info.mark == EXEMPT_SOCKET_MARK {
                 spared += 1;
                 continue;
@@ -209,11 +224,16 @@ fn sever_here(cgroup_ids: &HashSet<u64>, exclusions: &[Exclusion]) -> Result<(us
                 // Closed between the dump and the destroy: nothing left to sever.
                 Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                    return Err(error).context("the kernel cannot destroy sockets (CONFIG_INET_DIAG_DESTROY is off)");
+                    return Err(error).context(
+                        "the kernel cannot destroy sockets (CONFIG_INET_DIAG_DESTROY is off)",
+                    );
                 }
                 Err(error) => {
                     return Err(error).with_context(|| {
-                        format!("cannot sever {}:{} -> {}:{}", info.local, info.local_port, info.remote, info.remote_port)
+                        format!(
+                            "cannot sever {}:{} -> {}:{}",
+                            info.local, info.local_port, info.remote, info.remote_port
+                        )
                     })
                 }
             }
@@ -225,7 +245,9 @@ fn sever_here(cgroup_ids: &HashSet<u64>, exclusions: &[Exclusion]) -> Result<(us
 fn is_loopback(address: IpAddr) -> bool {
     match address {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -247,7 +269,9 @@ fn local_addresses() -> HashSet<IpAddr> {
                 match i32::from((*entry.ifa_addr).sa_family) {
                     libc::AF_INET => {
                         let sin = &*entry.ifa_addr.cast::<libc::sockaddr_in>();
-                        addresses.insert(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+                        addresses.insert(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                            sin.sin_addr.s_addr,
+                        ))));
                     }
                     libc::AF_INET6 => {
                         let sin6 = &*entry.ifa_addr.cast::<libc::sockaddr_in6>();
@@ -280,24 +304,40 @@ fn read_struct<T: Copy + Default>(bytes: &[u8]) -> Option<T> {
     }
     let mut value = T::default();
     // SAFETY: length checked; T is plain data, any bytes are a valid value.
-    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), std::ptr::from_mut(&mut value).cast::<u8>(), size_of::<T>()) };
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            std::ptr::from_mut(&mut value).cast::<u8>(),
+            size_of::<T>(),
+        )
+    };
     Some(value)
 }
 
 impl DiagSocket {
     fn open() -> Result<DiagSocket> {
         // SAFETY: plain socket(2) call.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_SOCK_DIAG,
+            )
+        };
         if fd < 0 {
-            return Err(io::Error::last_os_error()).context("cannot open a NETLINK_SOCK_DIAG socket");
+            return Err(io::Error::last_os_error())
+                .context("cannot open a NETLINK_SOCK_DIAG socket");
         }
         // SAFETY: fd was just created and is owned by nothing else.
-        Ok(DiagSocket { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(DiagSocket {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     fn send(&self, kind: u16, flags: u16, request: &InetDiagReqV2) -> io::Result<()> {
         let header = NlMsgHdr {
-            len: u32::try_from(size_of::<NlMsgHdr>() + size_of::<InetDiagReqV2>()).unwrap_or(u32::MAX),
+            len: u32::try_from(size_of::<NlMsgHdr>() + size_of::<InetDiagReqV2>())
+                .unwrap_or(u32::MAX),
             kind,
             flags,
             seq: 1,
@@ -307,7 +347,14 @@ impl DiagSocket {
         message.extend_from_slice(as_bytes(&header));
         message.extend_from_slice(as_bytes(request));
         // SAFETY: sending a buffer we own.
-        let sent = unsafe { libc::send(self.fd.as_raw_fd(), message.as_ptr().cast(), message.len(), 0) };
+        let sent = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                message.as_ptr().cast(),
+                message.len(),
+                0,
+            )
+        };
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -316,7 +363,14 @@ impl DiagSocket {
 
     fn receive(&self, buffer: &mut [u8]) -> io::Result<usize> {
         // SAFETY: receiving into a buffer we own.
-        let received = unsafe { libc::recv(self.fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+        let received = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                0,
+            )
+        };
         usize::try_from(received).map_err(|_| io::Error::last_os_error())
     }
 
@@ -328,14 +382,19 @@ impl DiagSocket {
             ..InetDiagReqV2::default()
         };
         let flags = u16::try_from(libc::NLM_F_REQUEST | libc::NLM_F_DUMP).unwrap_or(0);
-        self.send(SOCK_DIAG_BY_FAMILY, flags, &request).context("cannot ask the kernel for its TCP sockets")?;
+        self.send(SOCK_DIAG_BY_FAMILY, flags, &request)
+            .context("cannot ask the kernel for its TCP sockets")?;
         let mut sockets = Vec::new();
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
-            let received = self.receive(&mut buffer).context("cannot read the kernel's socket list")?;
+            let received = self
+                .receive(&mut buffer)
+                .context("cannot read the kernel's socket list")?;
             let mut offset = 0;
             while offset + size_of::<NlMsgHdr>() <= received {
-                let Some(header) = read_struct::<NlMsgHdr>(&buffer[offset..received]) else { break };
+                let Some(header) = read_struct::<NlMsgHdr>(&buffer[offset..received]) else {
+                    break;
+                };
                 let length = header.len as usize;
                 if length < size_of::<NlMsgHdr>() || offset + length > received {
                     break;
@@ -343,11 +402,18 @@ impl DiagSocket {
                 match header.kind {
                     NLMSG_DONE => return Ok(sockets),
                     NLMSG_ERROR => {
-                        let code = read_struct::<i32>(&buffer[offset + size_of::<NlMsgHdr>()..offset + length]).unwrap_or(0);
-                        return Err(io::Error::from_raw_os_error(-code)).context("the kernel refused to list sockets");
+                        let code = read_struct::<i32>(
+                            &buffer[offset + size_of::<NlMsgHdr>()..offset + length],
+                        )
+                        .unwrap_or(0);
+                        return Err(io::Error::from_raw_os_error(-code))
+                            .context("the kernel refused to list sockets");
                     }
                     _ => {
-                        if let Some(info) = parse_socket(family, &buffer[offset + size_of::<NlMsgHdr>()..offset + length]) {
+                        if let Some(info) = parse_socket(
+                            family,
+                            &buffer[offset + size_of::<NlMsgHdr>()..offset + length],
+                        ) {
                             sockets.push(info);
                         }
                     }
@@ -377,7 +443,8 @@ impl DiagSocket {
         self.send(SOCK_DESTROY, flags, &request)?;
         let mut buffer = [0u8; 512];
         let received = self.receive(&mut buffer)?;
-        let header = read_struct::<NlMsgHdr>(&buffer[..received]).ok_or_else(|| io::Error::other("short netlink answer"))?;
+        let header = read_struct::<NlMsgHdr>(&buffer[..received])
+            .ok_or_else(|| io::Error::other("short netlink answer"))?;
         if header.kind == NLMSG_ERROR {
             let code = read_struct::<i32>(&buffer[size_of::<NlMsgHdr>()..received]).unwrap_or(0);
             if code != 0 {
@@ -443,7 +510,8 @@ pub fn processes_named(pids: &[u32], names: &[String]) -> Vec<u32> {
     pids.iter()
         .copied()
         .filter(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| names.iter().any(|n| n == comm.trim_end_matches('\n')))
+            fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| names.iter().any(|n| n == comm.trim_end_matches('\n')))
         })
         .collect()
 }
@@ -454,19 +522,30 @@ pub fn processes_named(pids: &[u32], names: &[String]) -> Vec<u32> {
 pub fn mark_existing_sockets(tgids: &[u32]) -> usize {
     let mut marked = 0;
     for &tgid in tgids {
-        let Ok(entries) = fs::read_dir(format!("/proc/{tgid}/fd")) else { continue };
+        let Ok(entries) = fs::read_dir(format!("/proc/{tgid}/fd")) else {
+            continue;
+        };
         let pid = libc::pid_t::try_from(tgid).unwrap_or(0);
         // SAFETY: pidfd_open(2) with no flags; the result is checked and owned below.
         let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        let Ok(pidfd) = i32::try_from(pidfd) else { continue };
+        let Ok(pidfd) = i32::try_from(pidfd) else {
+            continue;
+        };
         if pidfd < 0 {
             continue;
         }
         // SAFETY: fresh descriptor owned by nothing else.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
         for entry in entries.flatten() {
-            let is_socket = fs::read_link(entry.path()).is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
-            let Some(target_fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            let is_socket = fs::read_link(entry.path())
+                .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+            let Some(target_fd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
             if is_socket && mark_remote_socket(&pidfd, target_fd) {
                 marked += 1;
             }
@@ -478,7 +557,9 @@ pub fn mark_existing_sockets(tgids: &[u32]) -> usize {
 fn mark_remote_socket(pidfd: &OwnedFd, target_fd: i32) -> bool {
     // SAFETY: pidfd_getfd(2) duplicates the target's descriptor into ours; checked below.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target_fd, 0) };
-    let Ok(fd) = i32::try_from(fd) else { return false };
+    let Ok(fd) = i32::try_from(fd) else {
+        return false;
+    };
     if fd < 0 {
         return false;
     }
@@ -488,7 +569,13 @@ fn mark_remote_socket(pidfd: &OwnedFd, target_fd: i32) -> bool {
     let mut length = libc::socklen_t::try_from(size_of::<libc::c_int>()).unwrap_or(4);
     // SAFETY: getsockopt into a local int of the given length.
     let ok = unsafe {
-        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN, (&raw mut domain).cast(), &raw mut length)
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&raw mut domain).cast(),
+            &raw mut length,
+        )
     } == 0;
     if !ok || (domain != libc::AF_INET && domain != libc::AF_INET6) {
         return false;

@@ -1,1 +1,349 @@
-//! Shared harness for the end-to-end tests (network namespaces, cgroups, processes).
+//! Shared harness for the end-to-end tests: a sandbox of two network namespaces joined by a veth
+//! pair and a dedicated cgroup, the processes started inside it, and the probe that tests run
+//! there to observe the network.
+//!
+//! Safety (see shared/TOOLCHAIN.md): everything a sandbox creates (network namespaces, veth pair,
+//! cgroup, bpffs pin directory, state directory) is its own, uniquely named, and removed by
+//! `Drop` even when the test fails. Addresses come from 198.18.0.0/15 and fd00::/8 and are never
+//! routed to the machine's own namespace. Programs are attached only to the sandbox's cgroup and,
+//! through `nsenter`, only to interfaces inside its namespaces.
+
+pub mod probe;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static NEXT_SANDBOX: AtomicU32 = AtomicU32::new(1);
+
+/// The cgroup v2 mount point, read from /proc/mounts (never hard-coded).
+pub fn cgroup2_root() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
+    mounts
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
+        })
+        .expect("these tests need a cgroup v2 mount")
+}
+
+/// Panics with a clear reason when the kernel tests cannot run here: they must fail loudly,
+/// never skip silently.
+pub fn require_kernel_test_environment() {
+    // SAFETY: geteuid has no preconditions.
+    assert!(unsafe { libc::geteuid() } == 0, "kernel tests must run as root (they create network namespaces, cgroups and load eBPF programs)");
+    let mounts = fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(2) == Some("bpf")),
+        "bpffs is not mounted: run `mount -t bpf bpf /sys/fs/bpf` (ops/install-toolchain.sh does)"
+    );
+    for tool in ["ip", "nsenter"] {
+        assert!(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "kernel tests need `{tool}`"
+        );
+    }
+}
+
+/// A test host and its peer: netns `<name>-host` (the host to isolate, 198.18.N.1 and
+/// fd00:c0d:N::1) and `<name>-peer` (198.18.N.2, fd00:c0d:N::2), a veth pair between them, a
+/// cgroup, a pin directory and a state directory.
+pub struct Sandbox {
+    pub name: String,
+    pub cgroup: PathBuf,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub host_ns: String,
+    pub peer_ns: String,
+    pub host_if: String,
+    pub subnet: u32,
+    children: Vec<Child>,
+}
+
+fn run(program: &str, args: &[&str]) -> Output {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        require_kernel_test_environment();
+        let n = NEXT_SANDBOX.fetch_add(1, Ordering::SeqCst);
+        let name = format!("cordon-t{}-{n}", std::process::id() % 100_000);
+        let subnet = (std::process::id() + n) % 250 + 1;
+        let cgroup = cgroup2_root().join(&name);
+        fs::create_dir_all(&cgroup).expect("create test cgroup");
+        let state_dir = std::env::temp_dir().join(format!("{name}-state"));
+        let _ = fs::remove_dir_all(&state_dir);
+        let sandbox = Sandbox {
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/{name}")),
+            state_dir,
+            host_ns: format!("{name}-host"),
+            peer_ns: format!("{name}-peer"),
+            host_if: format!("ct{n}h"),
+            cgroup,
+            subnet,
+            name,
+            children: Vec::new(),
+        };
+        sandbox.build_network();
+        sandbox
+    }
+
+    fn build_network(&self) {
+        let (h, p) = (&self.host_ns, &self.peer_ns);
+        let peer_if = self.host_if.replace('h', "p");
+        run("ip", &["netns", "add", h]);
+        run("ip", &["netns", "add", p]);
+        // Created inside the host namespace, so the machine's own namespace never sees it.
+        run(
+            "ip",
+            &[
+                "-n",
+                h,
+                "link",
+                "add",
+                &self.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer_if,
+                "netns",
+                p,
+            ],
+        );
+        let s = self.subnet;
+        for (ns, dev, v4, v6) in [
+            (
+                h,
+                self.host_if.as_str(),
+                format!("198.18.{s}.1/24"),
+                format!("fd00:c0d:{s}::1/64"),
+            ),
+            (
+                p,
+                peer_if.as_str(),
+                format!("198.18.{s}.2/24"),
+                format!("fd00:c0d:{s}::2/64"),
+            ),
+        ] {
+            run("ip", &["-n", ns, "addr", "add", &v4, "dev", dev]);
+            run("ip", &["-n", ns, "addr", "add", &v6, "dev", dev, "nodad"]);
+            run("ip", &["-n", ns, "link", "set", dev, "up"]);
+            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+    }
+
+    pub fn host_v4(&self) -> String {
+        format!("198.18.{}.1", self.subnet)
+    }
+    pub fn peer_v4(&self) -> String {
+        format!("198.18.{}.2", self.subnet)
+    }
+    pub fn host_v6(&self) -> String {
+        format!("fd00:c0d:{}::1", self.subnet)
+    }
+    pub fn peer_v6(&self) -> String {
+        format!("fd00:c0d:{}::2", self.subnet)
+    }
+
+    /// `cordon-enforcer` with this sandbox's cgroup, pin and state directories, run inside the
+    /// host namespace (so interface names resolve there and nowhere else).
+    pub fn enforcer(&self, enforcer: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", self.host_ns))
+            .arg(enforcer);
+        command
+            .arg("--cgroup")
+            .arg(&self.cgroup)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(args);
+        command
+    }
+
+    /// A command that runs `program args` as a process of the isolated host: inside the test
+    /// cgroup and the host namespace.
+    pub fn on_host(&self, program: &Path, args: &[&str]) -> Command {
+        self.in_namespace(&self.host_ns, true, program, args)
+    }
+
+    /// A command that runs `program args` on the peer (outside the test cgroup).
+    pub fn on_peer(&self, program: &Path, args: &[&str]) -> Command {
+        self.in_namespace(&self.peer_ns, false, program, args)
+    }
+
+    fn in_namespace(
+        &self,
+        namespace: &str,
+        in_cgroup: bool,
+        program: &Path,
+        args: &[&str],
+    ) -> Command {
+        let mut script = String::new();
+        if in_cgroup {
+            script.push_str(&format!(
+                "echo $$ > {}/cgroup.procs && ",
+                self.cgroup.display()
+            ));
+        }
+        script.push_str(&format!(
+            "exec nsenter --net=/run/netns/{namespace} \"$0\" \"$@\""
+        ));
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(script).arg(program).args(args);
+        command
+    }
+
+    /// Starts `command` in the background; it is killed when the sandbox is dropped. Returns a
+    /// reader over its standard output.
+    pub fn spawn(&mut self, mut command: Command) -> LineReader {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn test process");
+        let stdout = child.stdout.take().expect("stdout");
+        self.children.push(child);
+        LineReader {
+            lines: BufReader::new(stdout),
+        }
+    }
+
+    /// Kills the background processes started so far.
+    pub fn kill_children(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox::new()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.kill_children();
+        // Detach whatever is still pinned: removing the pins closes the links.
+        let _ = fs::remove_dir_all(&self.pin_dir);
+        for ns in [&self.host_ns, &self.peer_ns] {
+            let _ = Command::new("ip").args(["netns", "delete", ns]).output();
+        }
+        // Processes spawned into the cgroup may take a moment to be reaped.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs::remove_dir(&self.cgroup).is_err()
+            && self.cgroup.exists()
+            && Instant::now() < deadline
+        {
+            if let Ok(procs) = fs::read_to_string(self.cgroup.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    // SAFETY: signalling a process that lives in our own test cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+/// Reads a background process's output line by line, with a timeout.
+pub struct LineReader {
+    lines: BufReader<ChildStdout>,
+}
+
+impl LineReader {
+    /// The next line, or a panic naming `what` if none arrives within `timeout`.
+    pub fn expect_line(&mut self, what: &str, timeout: Duration) -> String {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(self.lines.get_ref());
+        if self.lines.buffer().is_empty() {
+            let mut poll = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+            // SAFETY: polling one valid descriptor we own.
+            let ready = unsafe { libc::poll(&raw mut poll, 1, millis) };
+            assert!(
+                ready > 0,
+                "no output from the process within {timeout:?} while waiting for {what}"
+            );
+        }
+        let mut line = String::new();
+        self.lines
+            .read_line(&mut line)
+            .expect("read process output");
+        assert!(
+            !line.is_empty(),
+            "the process ended while waiting for {what}"
+        );
+        line.trim_end().to_owned()
+    }
+
+    /// Succeeds if the process prints nothing (and does not end) for `duration`.
+    pub fn expect_silence(&mut self, duration: Duration) -> Result<(), String> {
+        if !self.lines.buffer().is_empty() || self.readable_within(duration) {
+            let mut line = String::new();
+            let _ = self.lines.read_line(&mut line);
+            return Err(format!(
+                "expected silence for {duration:?}, got '{}'",
+                line.trim_end()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Succeeds once the process has closed its output, within `timeout`.
+    pub fn expect_eof(&mut self, timeout: Duration) -> Result<(), String> {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if self.readable_within(until.saturating_duration_since(Instant::now())) {
+                let mut line = String::new();
+                if self.lines.read_line(&mut line).map_or(true, |n| n == 0) {
+                    return Ok(());
+                }
+            }
+        }
+        Err(format!("the process did not end within {timeout:?}"))
+    }
+
+    fn readable_within(&self, timeout: Duration) -> bool {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(self.lines.get_ref());
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: polling one valid descriptor we own.
+        unsafe { libc::poll(&raw mut poll, 1, millis) > 0 }
+    }
+}

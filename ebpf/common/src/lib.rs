@@ -137,7 +137,11 @@ pub struct RuleList {
 
 impl Default for RuleList {
     fn default() -> Self {
-        Self { len: 0, reserved: 0, rules: [Rule::default(); MAX_RULES_PER_PREFIX] }
+        Self {
+            len: 0,
+            reserved: 0,
+            rules: [Rule::default(); MAX_RULES_PER_PREFIX],
+        }
     }
 }
 
@@ -159,27 +163,54 @@ mod tests {
     fn layouts_are_what_the_kernel_maps_were_created_with() {
         assert_eq!(core::mem::size_of::<Config>(), 24);
         assert_eq!(core::mem::size_of::<Rule>(), 8);
-        assert_eq!(core::mem::size_of::<RuleList>(), 8 + 8 * MAX_RULES_PER_PREFIX);
+        assert_eq!(
+            core::mem::size_of::<RuleList>(),
+            8 + 8 * MAX_RULES_PER_PREFIX
+        );
     }
 
     #[test]
     fn rule_matches_protocol_direction_and_port_range() {
-        let rule = Rule { protocol: PROTO_TCP, directions: DIRECTION_OUT, port_lo: 5000, port_hi: 5010, reserved: 0 };
+        let rule = Rule {
+            protocol: PROTO_TCP,
+            directions: DIRECTION_OUT,
+            port_lo: 5000,
+            port_hi: 5010,
+            reserved: 0,
+        };
         assert!(rule.allows(PROTO_TCP, DIRECTION_OUT, 5005));
         assert!(!rule.allows(PROTO_TCP, DIRECTION_OUT, 5011));
         assert!(!rule.allows(PROTO_UDP, DIRECTION_OUT, 5005));
         assert!(!rule.allows(PROTO_TCP, DIRECTION_IN, 5005));
-        let icmp = Rule { protocol: PROTO_ICMP, directions: DIRECTION_IN | DIRECTION_OUT, port_lo: 0, port_hi: u16::MAX, reserved: 0 };
+        let icmp = Rule {
+            protocol: PROTO_ICMP,
+            directions: DIRECTION_IN | DIRECTION_OUT,
+            port_lo: 0,
+            port_hi: u16::MAX,
+            reserved: 0,
+        };
         assert!(icmp.allows(PROTO_ICMPV6, DIRECTION_IN, 0));
     }
 
     #[test]
     fn deadline_zero_means_manual() {
-        let manual = Config { active: 1, flags: 0, expires_at_boot_ns: 0, generation: 1 };
+        let manual = Config {
+            active: 1,
+            flags: 0,
+            expires_at_boot_ns: 0,
+            generation: 1,
+        };
         assert!(manual.enforcing_at(u64::MAX));
-        let timed = Config { expires_at_boot_ns: 100, ..manual };
+        let timed = Config {
+            expires_at_boot_ns: 100,
+            ..manual
+        };
         assert!(timed.enforcing_at(99));
         assert!(!timed.enforcing_at(100));
-        assert!(!Config { active: 0, ..manual }.enforcing_at(0));
+        assert!(!Config {
+            active: 0,
+            ..manual
+        }
+        .enforcing_at(0));
     }
 }

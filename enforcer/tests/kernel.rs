@@ -1,0 +1,782 @@
+//! Kernel tests of `cordon-enforcer`: real eBPF programs in the real kernel, in sandboxes of
+//! network namespaces and a test cgroup (see `cordon-tests`). Run as root; they fail loudly, never
+//! skip, when the machine cannot run them.
+//!
+//! This binary is also the probe the sandboxes run (`kernel probe ...`), so no other helper
+//! program has to be built or installed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cordon_tests::{LineReader, Sandbox};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+const ENFORCER: &str = env!("CARGO_BIN_EXE_cordon-enforcer");
+/// Name under which an exempt copy of the probe runs (its comm).
+const EXEMPT_NAME: &str = "cordon-exempt";
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("probe") {
+        std::process::exit(cordon_tests::probe::main(&args[2..]));
+    }
+    let tests = vec![
+        Trial::test(
+            "established_tcp_connection_is_severed_within_a_second",
+            severs_established_connections,
+        ),
+        Trial::test(
+            "new_tcp_udp_and_icmp_are_refused_both_ways_v4_and_v6",
+            refuses_new_traffic,
+        ),
+        Trial::test(
+            "exclusions_allow_exactly_their_ports_ranges_and_direction",
+            exclusions_are_exact,
+        ),
+        Trial::test(
+            "management_channel_stays_open",
+            management_channel_stays_open,
+        ),
+        Trial::test(
+            "excluded_process_connects_out_and_accepts_in_others_do_not",
+            process_exclusion,
+        ),
+        Trial::test("loopback_keeps_working", loopback_keeps_working),
+        Trial::test(
+            "kill_9_of_the_agent_keeps_isolation_and_restart_adopts_it",
+            survives_agent_kill,
+        ),
+        Trial::test(
+            "timed_isolation_ends_on_time_with_the_agent_running",
+            timed_isolation_with_agent,
+        ),
+        Trial::test(
+            "timed_isolation_ends_on_time_with_the_agent_dead",
+            timed_isolation_without_agent,
+        ),
+        Trial::test(
+            "release_restores_everything_and_leaves_nothing_pinned",
+            release_cleans_up,
+        ),
+        Trial::test(
+            "agent_restores_isolation_after_the_pins_are_gone",
+            restores_after_reboot,
+        ),
+        Trial::test("exclusions_change_on_a_live_isolation", live_update),
+        Trial::test(
+            "failed_isolation_is_rolled_back",
+            failed_isolation_is_rolled_back,
+        ),
+        Trial::test(
+            "bad_input_exits_2_and_changes_nothing",
+            bad_input_changes_nothing,
+        ),
+    ];
+    libtest_mimic::run(&Arguments::from_args(), tests).exit();
+}
+
+fn probe_binary() -> PathBuf {
+    std::env::current_exe().expect("current exe")
+}
+
+/// A symlink to this binary named `cordon-exempt`, so the process it starts has that name.
+fn exempt_probe(sandbox: &Sandbox) -> PathBuf {
+    let dir = sandbox.state_dir.with_extension("bin");
+    std::fs::create_dir_all(&dir).expect("create bin dir");
+    let link = dir.join(EXEMPT_NAME);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(probe_binary(), &link).expect("symlink exempt probe");
+    link
+}
+
+fn output_of(mut command: Command) -> (i32, String, String) {
+    let output = command.output().expect("run command");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+    )
+}
+
+fn enforcer_ok(sandbox: &Sandbox, args: &[&str]) -> String {
+    let (code, stdout, stderr) = output_of(sandbox.enforcer(Path::new(ENFORCER), args));
+    assert_eq!(
+        code, 0,
+        "cordon-enforcer {args:?} failed: {stderr}\n{stdout}"
+    );
+    stdout
+}
+
+fn status(sandbox: &Sandbox) -> serde_json::Value {
+    serde_json::from_str(&enforcer_ok(sandbox, &["status", "--json"]))
+        .expect("status --json is JSON")
+}
+
+/// One probe run on the isolated host; returns its answer line.
+fn on_host(sandbox: &Sandbox, args: &[&str]) -> String {
+    let mut full = vec!["probe"];
+    full.extend_from_slice(args);
+    output_of(sandbox.on_host(&probe_binary(), &full)).1
+}
+
+fn on_peer(sandbox: &Sandbox, args: &[&str]) -> String {
+    let mut full = vec!["probe"];
+    full.extend_from_slice(args);
+    output_of(sandbox.on_peer(&probe_binary(), &full)).1
+}
+
+fn start_peer_servers(sandbox: &mut Sandbox, ports: &[&str]) {
+    let mut args = vec!["probe", "serve"];
+    args.extend_from_slice(ports);
+    let command = sandbox.on_peer(&probe_binary(), &args);
+    let mut reader = sandbox.spawn(command);
+    assert_eq!(
+        reader.expect_line("peer servers", Duration::from_secs(5)),
+        "ready"
+    );
+}
+
+fn check(what: &str, got: &str, expected: &str) -> Result<(), Failed> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(format!("{what}: got '{got}', expected '{expected}'").into())
+    }
+}
+
+fn spawn_agent(sandbox: &mut Sandbox) -> LineReader {
+    let command = sandbox.enforcer(Path::new(ENFORCER), &["run"]);
+    sandbox.spawn(command)
+}
+
+fn pids_named(sandbox: &Sandbox, needle: &str) -> Vec<i32> {
+    // The agent runs outside the test cgroup; find it by its command line.
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle)
+            && cmdline.contains(&sandbox.name)
+            && cmdline.contains(" run")
+            && !cmdline.starts_with("nsenter")
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn kill_9(pid: i32) {
+    // SAFETY: signalling the agent this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn severs_established_connections() -> Result<(), Failed> {
+    let mut sandbox = Sandbox::new();
+    start_peer_servers(&mut sandbox, &["8080"]);
+    let peer = sandbox.peer_v4();
+    let peer6 = sandbox.peer_v6();
+    let mut held =
+        sandbox.spawn(sandbox.on_host(&probe_binary(), &["probe", "hold", &peer, "8080"]));
+    let mut held6 =
+        sandbox.spawn(sandbox.on_host(&probe_binary(), &["probe", "hold", &peer6, "8080"]));
+    check(
+        "v4 connection before isolation",
+        &held.expect_line("connect", Duration::from_secs(3)),
+        "connected",
+    )?;
+    check(
+        "v6 connection before isolation",
+        &held6.expect_line("connect", Duration::from_secs(3)),
+        "connected",
+    )?;
+    let started = Instant::now();
+    enforcer_ok(&sandbox, &["isolate"]);
+    let end = held.expect_line("the connection to end", Duration::from_secs(1));
+    let end6 = held6.expect_line("the v6 connection to end", Duration::from_secs(1));
+    let elapsed = started.elapsed();
+    check("v4 connection after isolation", &end, "broken ECONNABORTED")?;
+    check(
+        "v6 connection after isolation",
+        &end6,
+        "broken ECONNABORTED",
+    )?;
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "severing took {elapsed:?}"
+    );
+    Ok(())
+}
+
+fn refuses_new_traffic() -> Result<(), Failed> {
+    let mut sandbox = Sandbox::new();
+    start_peer_servers(&mut sandbox, &["8080"]);
+    let (peer, peer6, host, host6) = (
+        sandbox.peer_v4(),
+        sandbox.peer_v6(),
+        sandbox.host_v4(),
+        sandbox.host_v6(),
+    );
+    // Everything works before.
+    for (what, answer) in [
+        ("tcp v4", on_host(&sandbox, &["connect", &peer, "8080"])),
+        ("tcp v6", on_host(&sandbox, &["connect", &peer6, "8080"])),
+        ("udp v4", on_host(&sandbox, &["udp", &peer, "8080"])),
+        ("udp v6", on_host(&sandbox, &["udp", &peer6, "8080"])),
+        ("ping out v4", on_host(&sandbox, &["ping", &peer])),
+        ("ping out v6", on_host(&sandbox, &["ping", &peer6])),
+        ("ping in v4", on_peer(&sandbox, &["ping", &host])),
+        ("ping in v6", on_peer(&sandbox, &["ping", &host6])),
+    ] {
+        check(&format!("{what} before isolation"), &answer, "ok")?;
+    }
+    let host_if = sandbox.host_if.clone();
+    enforcer_ok(&sandbox, &["isolate", "--interface", &host_if]);
+    for (what, answer, expected) in [
+        (
+            "tcp v4",
+            on_host(&sandbox, &["connect", &peer, "8080"]),
+            "error EPERM",
+        ),
+        (
+            "tcp v6",
+            on_host(&sandbox, &["connect", &peer6, "8080"]),
+            "error EPERM",
+        ),
+        (
+            "udp v4",
+            on_host(&sandbox, &["udp", &peer, "8080"]),
+            "error EPERM",
+        ),
+        (
+            "udp v6",
+            on_host(&sandbox, &["udp", &peer6, "8080"]),
+            "error EPERM",
+        ),
+        (
+            "ping out v4 (raw socket)",
+            on_host(&sandbox, &["ping", &peer]),
+            "error EPERM",
+        ),
+        (
+            "ping out v6 (raw socket)",
+            on_host(&sandbox, &["ping", &peer6]),
+            "error EPERM",
+        ),
+        ("ping in v4", on_peer(&sandbox, &["ping", &host]), "timeout"),
+        (
+            "ping in v6",
+            on_peer(&sandbox, &["ping", &host6]),
+            "timeout",
+        ),
+    ] {
+        check(&format!("{what} while isolated"), &answer, expected)?;
+    }
+    // A service listening on the isolated host is unreachable: the SYN is dropped.
+    let mut servers = sandbox.spawn(sandbox.on_host(&probe_binary(), &["probe", "serve", "7300"]));
+    check(
+        "servers on the host",
+        &servers.expect_line("ready", Duration::from_secs(3)),
+        "ready",
+    )?;
+    check(
+        "tcp in v4 from the peer",
+        &on_peer(&sandbox, &["connect", &host, "7300"]),
+        "timeout",
+    )?;
+    check(
+        "tcp in v6 from the peer",
+        &on_peer(&sandbox, &["connect", &host6, "7300"]),
+        "timeout",
+    )?;
+    check(
+        "udp in v4 from the peer",
+        &on_peer(&sandbox, &["udp", &host, "7300"]),
+        "timeout",
+    )?;
+    check(
+        "udp in v6 from the peer",
+        &on_peer(&sandbox, &["udp", &host6, "7300"]),
+        "timeout",
+    )?;
+    let counters = &status(&sandbox)["counters"];
+    assert!(
+        counters["connects_refused"].as_u64() >= Some(4),
+        "counters: {counters}"
+    );
+    assert!(
+        counters["echo_requests_dropped"].as_u64() >= Some(2),
+        "counters: {counters}"
+    );
+    assert!(
+        counters["raw_sockets_refused"].as_u64() >= Some(2),
+        "counters: {counters}"
+    );
+    Ok(())
+}
+
+fn exclusions_are_exact() -> Result<(), Failed> {
+    let mut sandbox = Sandbox::new();
+    start_peer_servers(&mut sandbox, &["9000", "9001", "9100", "9102", "9103"]);
+    let (peer, peer6, host) = (sandbox.peer_v4(), sandbox.peer_v6(), sandbox.host_v4());
+    let single = format!("out,tcp,{peer}/32,9000");
+    let range = format!("out,tcp,{peer}/32,9100-9102");
+    let range6 = format!("both,tcp,{}/64,9100-9102", peer6.trim_end_matches('2'));
+    let inbound = "in,tcp,0.0.0.0/0,7000".to_owned();
+    enforcer_ok(
+        &sandbox,
+        &[
+            "isolate", "--allow", &single, "--allow", &range, "--allow", &range6, "--allow",
+            &inbound,
+        ],
+    );
+    check(
+        "excluded port 9000",
+        &on_host(&sandbox, &["connect", &peer, "9000"]),
+        "ok",
+    )?;
+    check(
+        "neighbour port 9001",
+        &on_host(&sandbox, &["connect", &peer, "9001"]),
+        "error EPERM",
+    )?;
+    check(
+        "port 9100 in range",
+        &on_host(&sandbox, &["connect", &peer, "9100"]),
+        "ok",
+    )?;
+    check(
+        "port 9102 in range",
+        &on_host(&sandbox, &["connect", &peer, "9102"]),
+        "ok",
+    )?;
+    check(
+        "port 9103 past range",
+        &on_host(&sandbox, &["connect", &peer, "9103"]),
+        "error EPERM",
+    )?;
+    check(
+        "v6 port 9102 in range",
+        &on_host(&sandbox, &["connect", &peer6, "9102"]),
+        "ok",
+    )?;
+    check(
+        "v6 port 9000 (v4-only rule)",
+        &on_host(&sandbox, &["connect", &peer6, "9000"]),
+        "error EPERM",
+    )?;
+    // `in` exclusion: the peer may connect to local port 7000, not to 7001.
+    for (port, expected) in [("7000", "accepted"), ("7001", "timeout")] {
+        let mut listener =
+            sandbox.spawn(sandbox.on_host(&probe_binary(), &["probe", "accept", port]));
+        check(
+            "listener",
+            &listener.expect_line("listening", Duration::from_secs(3)),
+            "listening",
+        )?;
+        let peer_answer = on_peer(&sandbox, &["connect", &host, port]);
+        let accepted = listener.expect_line("accept", Duration::from_secs(5));
+        check(&format!("inbound to {port}"), &accepted, expected)?;
+        check(
+            &format!("peer's connect to {port}"),
+            &peer_answer,
+            if expected == "accepted" {
+                "ok"
+            } else {
+                "timeout"
+            },
+        )?;
+    }
+    Ok(())
+}
+
+fn management_channel_stays_open() -> Result<(), Failed> {
+    let mut sandbox = Sandbox::new();
+    start_peer_servers(&mut sandbox, &["9092", "9093"]);
+    let peer = sandbox.peer_v4();
+    let config = sandbox.state_dir.with_extension("toml");
+    std::fs::write(&config, format!("[kafka]\nbrokers = \"{peer}:9092\"\n")).expect("write config");
+    let config = config.to_string_lossy().into_owned();
+    let out = enforcer_ok(&sandbox, &["--config", &config, "isolate"]);
+    assert!(
+        out.contains(&format!("out,tcp,{peer}/32,9092")),
+        "isolate output: {out}"
+    );
+    check(
+        "broker port",
+        &on_host(&sandbox, &["connect", &peer, "9092"]),
+        "ok",
+    )?;
+    check(
+        "other port on the broker host",
+        &on_host(&sandbox, &["connect", &peer, "9093"]),
+        "error EPERM",
+    )?;
+    let status = status(&sandbox);
+    assert_eq!(
+        status["management"],
+        serde_json::json!([format!("out,tcp,{peer}/32,9092")])
+    );
+    let _ = std::fs::remove_file(&config);
+    Ok(())
+}
+
+fn process_exclusion() -> Result<(), Failed> {
+    let mut sandbox = Sandbox::new();
+    start_peer_servers(&mut sandbox, &["8080"]);
+    let exempt = exempt_probe(&sandbox);
+    let (peer, host) = (sandbox.peer_v4(), sandbox.host_v4());
+    // An exempt process's connection made before isolation survives it.
+    let mut held = sandbox.spawn(sandbox.on_host(&exempt, &["probe", "hold", &peer, "8080"]));
+    check(
+        "exempt connection before isolation",
+        &held.expect_line("connect", Duration::from_secs(3)),
+        "connected",
+    )?;
+    enforcer_ok(&sandbox, &["isolate", "--allow-process", EXEMPT_NAME]);
+    held.expect_silence(Duration::from_millis(1500))?;
+
+    let exempt_connect =
+        output_of(sandbox.on_host(&exempt, &["probe", "connect", &peer, "8080"])).1;
+    check("exempt process connects out", &exempt_connect, "ok")?;
+    check(
+        "other process connects out",
+        &on_host(&sandbox, &["connect", &peer, "8080"]),
+        "error EPERM",
+    )?;
+    for (program, port, expected) in [
+        (exempt.clone(), "7100", "accepted"),
+        (probe_binary(), "7101", "timeout"),
+    ] {
+        let mut listener = sandbox.spawn(sandbox.on_host(&program, &["probe", "accept", port]));
+        check(
+            "listener",
+            &listener.expect_line("listening", Duration::from_secs(3)),
+            "listening",
+        )?;
+        let _ = on_peer(&sandbox, &["connect", &host, port]);
+        check(
+            &format!("{} accepts on {port}", program.display()),
+            &listener.expect_line("accept", Duration::from_secs(5)),
+            expected,
+        )?;
+    }
+    Ok(())
+}
+
+fn loopback_keeps_working() -> Result<(), Failed> {
+    let sandbox = Sandbox::new();
+    enforcer_ok(&sandbox, &["isolate"]);
+    check(
+        "loopback v4 and v6 while isolated",
+        &on_host(&sandbox, &["loopback"]),
+        "ok",
+    )
+}
+
+fn survives_agent_kill() -> Result<(), Failed> {
+    let mut sandbox = Sandbox::new();
+    start_peer_servers(&mut sandbox, &["8080"]);
+    let peer = sandbox.peer_v4();
+    let mut agent = spawn_agent(&mut sandbox);
+    enforcer_ok(&sandbox, &["isolate", "--reason", "kill test"]);
+    let before = status(&sandbox);
+    for pid in pids_named(&sandbox, "cordon-enforcer") {
+        kill_9(pid);
+    }
+    let _ = agent.expect_eof(Duration::from_secs(2));
+    check(
+        "new connection after kill -9",
+        &on_host(&sandbox, &["connect", &peer, "8080"]),
+        "error EPERM",
+    )?;
+    let after_kill = status(&sandbox);
+    assert_eq!(
+        after_kill["isolated"], true,
+        "status after kill: {after_kill}"
+    );
+    let mut restarted = spawn_agent(&mut sandbox);
+    let started = restarted.expect_line("agent start", Duration::from_secs(5));
+    assert!(
+        started.contains("adopted the pinned isolation"),
+        "agent said: {started}"
+    );
+    let after_restart = status(&sandbox);
+    assert_eq!(after_restart["isolated"], true);
+    assert_eq!(
+        after_restart["generation"], before["generation"],
+        "a restart must not install a second copy"
+    );
+    assert_eq!(after_restart["pinned_links"], before["pinned_links"]);
+    assert_eq!(after_restart["reason"], "kill test");
+    check(
+        "new connection after restart",
+        &on_host(&sandbox, &["connect", &peer, "8080"]),
+        "error EPERM",
+    )
+}
+
+/// Polls until the host can connect to the peer again; returns when that happened.
+fn wait_until_connects(sandbox: &Sandbox, peer: &str, limit: Duration) -> Option<Instant> {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if on_host(sandbox, &["connect", peer, "8080"]) == "ok" {
+            return Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+fn timed_isolation_with_agent() -> Result<(), Failed> {
+    let mut sandbox = Sandbox::new();
+    start_peer_servers(&mut sandbox, &["8080"]);
+    let peer = sandbox.peer_v4();
+    let mut agent = spawn_agent(&mut sandbox);
+    agent.expect_line("agent start", Duration::from_secs(5));
+    let before = Instant::now();
+    enforcer_ok(&sandbox, &["isolate", "--duration", "3s"]);
+    let after = Instant::now();
+    let status_now = status(&sandbox);
+    assert_eq!(status_now["mode"], "automatic");
+    assert!(status_now["expires_at"].is_string(), "{status_now}");
+    check(
+        "during the isolation",
+        &on_host(&sandbox, &["connect", &peer, "8080"]),
+        "error EPERM",
+    )?;
+    // The agent lifts it properly: pins gone, status says so, traffic flows.
+    let until = before + Duration::from_secs(3) + Duration::from_secs(2);
+    let mut lifted = None;
+    while Instant::now() < until {
+        if !sandbox.pin_dir.exists() {
+            lifted = Some(Instant::now());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lifted = lifted.ok_or("the agent did not lift the isolation within 2 s of its deadline")?;
+    assert!(lifted >= before + Duration::from_secs(3), "lifted early");
+    assert!(
+        lifted <= after + Duration::from_secs(4),
+        "lifted {:?} after the deadline",
+        lifted - (after + Duration::from_secs(3))
+    );
+    assert_eq!(status(&sandbox)["isolated"], false);
+    check(
+        "after the deadline",
+        &on_host(&sandbox, &["connect", &peer, "8080"]),
+        "ok",
+    )
+}
+
+fn timed_isolation_without_agent() -> Result<(), Failed> {
+    let mut sandbox = Sandbox::new();
+    start_peer_servers(&mut sandbox, &["8080"]);
+    let peer = sandbox.peer_v4();
+    let before = Instant::now();
+    enforcer_ok(&sandbox, &["isolate", "--duration", "2s"]);
+    let after = Instant::now();
+    check(
+        "during the isolation",
+        &on_host(&sandbox, &["connect", &peer, "8080"]),
+        "error EPERM",
+    )?;
+    let flowing = wait_until_connects(&sandbox, &peer, Duration::from_secs(5))
+        .ok_or("traffic never flowed again")?;
+    assert!(
+        flowing >= before + Duration::from_secs(2),
+        "enforcement stopped early"
+    );
+    let late = flowing.saturating_duration_since(after + Duration::from_secs(2));
+    assert!(
+        late < Duration::from_secs(1),
+        "the kernel kept enforcing {late:?} past the deadline"
+    );
+    let leftover = status(&sandbox);
+    assert_eq!(leftover["isolated"], false);
+    assert!(
+        leftover["attention"].is_string(),
+        "status should ask for clean-up: {leftover}"
+    );
+    Ok(())
+}
+
+fn release_cleans_up() -> Result<(), Failed> {
+    let mut sandbox = Sandbox::new();
+    start_peer_servers(&mut sandbox, &["8080"]);
+    let peer = sandbox.peer_v4();
+    let host_if = sandbox.host_if.clone();
+    enforcer_ok(&sandbox, &["isolate", "--interface", &host_if]);
+    assert_eq!(
+        status(&sandbox)["tags"],
+        serde_json::json!(["ISOLATED FROM NETWORK"])
+    );
+    let out = enforcer_ok(&sandbox, &["release"]);
+    assert!(out.contains("Released"), "{out}");
+    let after = status(&sandbox);
+    assert_eq!(after["isolated"], false);
+    assert_eq!(after["tags"], serde_json::json!([]));
+    assert!(
+        !sandbox.pin_dir.exists(),
+        "pins left behind in {}",
+        sandbox.pin_dir.display()
+    );
+    check(
+        "tcp after release",
+        &on_host(&sandbox, &["connect", &peer, "8080"]),
+        "ok",
+    )?;
+    check(
+        "ping in after release",
+        &on_peer(&sandbox, &["ping", &sandbox.host_v4()]),
+        "ok",
+    )?;
+    let again = enforcer_ok(&sandbox, &["release"]);
+    assert!(again.contains("Not isolated"), "{again}");
+    Ok(())
+}
+
+fn restores_after_reboot() -> Result<(), Failed> {
+    let mut sandbox = Sandbox::new();
+    start_peer_servers(&mut sandbox, &["8080"]);
+    let peer = sandbox.peer_v4();
+    let allow = format!("out,tcp,{peer}/32,9000");
+    enforcer_ok(
+        &sandbox,
+        &["isolate", "--allow", &allow, "--reason", "reboot test"],
+    );
+    // A reboot loses bpffs: removing the pins detaches everything.
+    std::fs::remove_dir_all(&sandbox.pin_dir).expect("remove pins");
+    check(
+        "with the pins gone",
+        &on_host(&sandbox, &["connect", &peer, "8080"]),
+        "ok",
+    )?;
+    assert!(status(&sandbox)["attention"]
+        .as_str()
+        .is_some_and(|a| a.contains("restore")));
+    let mut agent = spawn_agent(&mut sandbox);
+    let started = agent.expect_line("agent start", Duration::from_secs(5));
+    assert!(started.contains("re-installed"), "agent said: {started}");
+    check(
+        "after the agent restored it",
+        &on_host(&sandbox, &["connect", &peer, "8080"]),
+        "error EPERM",
+    )?;
+    let restored = status(&sandbox);
+    assert_eq!(restored["isolated"], true);
+    assert_eq!(restored["exclusions"], serde_json::json!([allow]));
+    assert_eq!(restored["reason"], "reboot test");
+    Ok(())
+}
+
+fn live_update() -> Result<(), Failed> {
+    let mut sandbox = Sandbox::new();
+    start_peer_servers(&mut sandbox, &["9000", "9001"]);
+    let peer = sandbox.peer_v4();
+    let allow_9000 = format!("out,tcp,{peer}/32,9000");
+    let allow_9001 = format!("out,tcp,{peer}/32,9001");
+    enforcer_ok(&sandbox, &["isolate", "--allow", &allow_9000]);
+    let mut held =
+        sandbox.spawn(sandbox.on_host(&probe_binary(), &["probe", "hold", &peer, "9000"]));
+    check(
+        "excluded connection",
+        &held.expect_line("connect", Duration::from_secs(3)),
+        "connected",
+    )?;
+    let out = enforcer_ok(
+        &sandbox,
+        &["isolate", "--allow", &allow_9000, "--allow", &allow_9001],
+    );
+    assert!(out.starts_with("Isolation updated"), "{out}");
+    held.expect_silence(Duration::from_millis(500))?;
+    check(
+        "newly excluded port",
+        &on_host(&sandbox, &["connect", &peer, "9001"]),
+        "ok",
+    )?;
+    // Dropping the 9000 exclusion severs its connection and refuses new ones.
+    enforcer_ok(&sandbox, &["isolate", "--allow", &allow_9001]);
+    check(
+        "connection no longer excluded",
+        &held.expect_line("sever", Duration::from_secs(1)),
+        "broken ECONNABORTED",
+    )?;
+    check(
+        "port no longer excluded",
+        &on_host(&sandbox, &["connect", &peer, "9000"]),
+        "error EPERM",
+    )?;
+    assert_eq!(status(&sandbox)["generation"], 3);
+    Ok(())
+}
+
+fn failed_isolation_is_rolled_back() -> Result<(), Failed> {
+    let mut sandbox = Sandbox::new();
+    start_peer_servers(&mut sandbox, &["8080"]);
+    let peer = sandbox.peer_v4();
+    let (code, _, stderr) = output_of(sandbox.enforcer(
+        Path::new(ENFORCER),
+        &["isolate", "--interface", "no-such-if0"],
+    ));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot attach cordon_tc_ingress to interface no-such-if0"),
+        "{stderr}"
+    );
+    assert!(
+        !sandbox.pin_dir.exists(),
+        "a failed isolation left pins behind"
+    );
+    assert_eq!(status(&sandbox)["isolated"], false);
+    check(
+        "traffic after the failed attempt",
+        &on_host(&sandbox, &["connect", &peer, "8080"]),
+        "ok",
+    )
+}
+
+fn bad_input_changes_nothing() -> Result<(), Failed> {
+    let sandbox = Sandbox::new();
+    for (args, message) in [
+        (
+            vec!["isolate", "--allow", "out,tcp,10.0.0.1/8,443"],
+            "has host bits set; the network is 10.0.0.0/8",
+        ),
+        (
+            vec!["isolate", "--duration", "10"],
+            "invalid duration '10': it has no unit",
+        ),
+        (
+            vec!["isolate", "--allow-process", "a/b"],
+            "give the process name, not a path",
+        ),
+        (vec!["isolate", "--bogus"], "unexpected argument '--bogus'"),
+    ] {
+        let (code, _, stderr) = output_of(sandbox.enforcer(Path::new(ENFORCER), &args));
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+    let (code, _, stderr) = output_of({
+        let mut command = Command::new(ENFORCER);
+        command.args(["--cgroup", "/tmp", "status"]);
+        command
+    });
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("/tmp is not a cgroup v2 directory"),
+        "{stderr}"
+    );
+    assert_eq!(status(&sandbox)["isolated"], false);
+    assert!(!sandbox.pin_dir.exists());
+    Ok(())
+}

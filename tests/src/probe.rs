@@ -1,0 +1,309 @@
+//! The probe: a tiny network client/server that tests run inside the sandbox (as the test binary
+//! re-executed with `probe ...` arguments) and whose one-line answers they assert on.
+//!
+//! Answers: `ok`, `error <ERRNO>` (e.g. `error EPERM`), `timeout`, plus `ready`, `connected`,
+//! `listening`, `accepted` and `broken <ERRNO|EOF>` for the long-running modes.
+
+use std::io::{self, Read, Write};
+use std::mem::size_of;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+fn errno_name(error: &io::Error) -> String {
+    if error.kind() == io::ErrorKind::TimedOut || error.kind() == io::ErrorKind::WouldBlock {
+        return "timeout".into();
+    }
+    let name = match error.raw_os_error() {
+        Some(libc::EPERM) => "EPERM",
+        Some(libc::EACCES) => "EACCES",
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED",
+        Some(libc::ECONNABORTED) => "ECONNABORTED",
+        Some(libc::ECONNRESET) => "ECONNRESET",
+        Some(libc::ETIMEDOUT) => "ETIMEDOUT",
+        Some(libc::EHOSTUNREACH) => "EHOSTUNREACH",
+        Some(libc::ENETUNREACH) => "ENETUNREACH",
+        Some(code) => return format!("error errno{code}"),
+        None => return format!("error {error}"),
+    };
+    format!("error {name}")
+}
+
+fn say(line: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn address(host: &str, port: &str) -> SocketAddr {
+    let ip: IpAddr = host.parse().expect("probe: bad address");
+    SocketAddr::new(ip, port.parse().expect("probe: bad port"))
+}
+
+/// Entry point: `args` are the words after `probe`. Returns the exit code.
+pub fn main(args: &[String]) -> i32 {
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["serve", ports @ ..] => serve(ports),
+        ["connect", host, port] => say(&connect(address(host, port))),
+        ["hold", host, port] => hold(address(host, port)),
+        ["udp", host, port] => say(&udp(address(host, port))),
+        ["ping", host] => say(&ping(host.parse().expect("probe: bad address"))),
+        ["accept", port] => accept(port.parse().expect("probe: bad port")),
+        ["loopback"] => say(&loopback()),
+        _ => {
+            eprintln!("probe: unknown arguments {words:?}");
+            return 2;
+        }
+    }
+    0
+}
+
+/// TCP servers that greet with `hi` and UDP servers that echo, on every port, IPv4 and IPv6.
+fn serve(ports: &[&str]) {
+    for port in ports {
+        let port: u16 = port.parse().expect("probe: bad port");
+        let listener = TcpListener::bind(("::", port)).expect("probe: bind tcp");
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let _ = stream.write_all(b"hi\n");
+                    let mut buffer = [0u8; 64];
+                    while let Ok(n) = stream.read(&mut buffer) {
+                        if n == 0 || stream.write_all(&buffer[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let udp = UdpSocket::bind(("::", port)).expect("probe: bind udp");
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 512];
+            while let Ok((n, from)) = udp.recv_from(&mut buffer) {
+                let _ = udp.send_to(&buffer[..n], from);
+            }
+        });
+    }
+    say("ready");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn greet(stream: &mut TcpStream) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut greeting = [0u8; 3];
+    stream.read_exact(&mut greeting)?;
+    Ok(())
+}
+
+fn connect(target: SocketAddr) -> String {
+    match TcpStream::connect_timeout(&target, Duration::from_secs(2))
+        .and_then(|mut s| greet(&mut s))
+    {
+        Ok(()) => "ok".into(),
+        Err(error) => errno_name(&error),
+    }
+}
+
+/// Connects, reports `connected`, then reports how the connection ends.
+fn hold(target: SocketAddr) {
+    let mut stream = match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+        Ok(stream) => stream,
+        Err(error) => return say(&errno_name(&error)),
+    };
+    if let Err(error) = greet(&mut stream) {
+        return say(&errno_name(&error));
+    }
+    say("connected");
+    let _ = stream.set_read_timeout(None);
+    let mut buffer = [0u8; 64];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return say("broken EOF"),
+            Ok(_) => {}
+            Err(error) => {
+                return say(&format!(
+                    "broken {}",
+                    errno_name(&error).trim_start_matches("error ")
+                ))
+            }
+        }
+    }
+}
+
+fn udp(target: SocketAddr) -> String {
+    let bind = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let socket = match UdpSocket::bind(bind) {
+        Ok(socket) => socket,
+        Err(error) => return errno_name(&error),
+    };
+    if let Err(error) = socket.send_to(b"ping", target) {
+        return errno_name(&error);
+    }
+    let _ = socket.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut buffer = [0u8; 16];
+    match socket.recv_from(&mut buffer) {
+        Ok(_) => "ok".into(),
+        Err(error) => errno_name(&error),
+    }
+}
+
+fn accept(port: u16) {
+    let listener = TcpListener::bind(("::", port)).expect("probe: bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    say("listening");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                let _ = stream.set_nonblocking(false);
+                let greeted = stream.write_all(b"hi\n");
+                return say(if greeted.is_ok() {
+                    "accepted"
+                } else {
+                    "error write"
+                });
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(error) => return say(&errno_name(&error)),
+        }
+    }
+    say("timeout");
+}
+
+fn loopback() -> String {
+    for host in ["127.0.0.1", "::1"] {
+        let listener = match TcpListener::bind((host, 0)) {
+            Ok(listener) => listener,
+            Err(error) => return errno_name(&error),
+        };
+        let target = listener.local_addr().expect("local addr");
+        std::thread::spawn(move || {
+            if let Ok((mut stream, _)) = listener.accept() {
+                let _ = stream.write_all(b"hi\n");
+            }
+        });
+        let answer = connect(target);
+        if answer != "ok" {
+            return format!("{answer} ({host})");
+        }
+    }
+    "ok".into()
+}
+
+/// ICMP / ICMPv6 echo over a raw socket (refused with EPERM while the host is isolated).
+fn ping(target: IpAddr) -> String {
+    let (domain, protocol, request_type, reply_type) = match target {
+        IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP, 8u8, 0u8),
+        IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128u8, 129u8),
+    };
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
+    if fd < 0 {
+        return errno_name(&io::Error::last_os_error());
+    }
+    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&socket);
+    let identifier = u16::try_from(std::process::id() & 0xffff).unwrap_or(1);
+    let mut packet = [
+        request_type,
+        0,
+        0,
+        0,
+        (identifier >> 8) as u8,
+        identifier as u8,
+        0,
+        1,
+        b'c',
+        b'o',
+        b'r',
+        b'd',
+    ];
+    if target.is_ipv4() {
+        let checksum = internet_checksum(&packet);
+        packet[2..4].copy_from_slice(&checksum.to_be_bytes());
+    }
+    let sent = match target {
+        IpAddr::V4(v4) => {
+            let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_addr.s_addr = u32::from(v4).to_be();
+            // SAFETY: sendto with a local buffer and a sockaddr_in of the given size.
+            unsafe {
+                libc::sendto(
+                    raw,
+                    packet.as_ptr().cast(),
+                    packet.len(),
+                    0,
+                    (&raw const sin).cast(),
+                    size_of::<libc::sockaddr_in>() as u32,
+                )
+            }
+        }
+        IpAddr::V6(v6) => {
+            let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_addr.s6_addr = v6.octets();
+            // SAFETY: as above with a sockaddr_in6.
+            unsafe {
+                libc::sendto(
+                    raw,
+                    packet.as_ptr().cast(),
+                    packet.len(),
+                    0,
+                    (&raw const sin6).cast(),
+                    size_of::<libc::sockaddr_in6>() as u32,
+                )
+            }
+        }
+    };
+    if sent < 0 {
+        return errno_name(&io::Error::last_os_error());
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut buffer = [0u8; 1500];
+    while Instant::now() < deadline {
+        let mut poll = libc::pollfd {
+            fd: raw,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polling our own descriptor.
+        if unsafe { libc::poll(&raw mut poll, 1, 100) } <= 0 {
+            continue;
+        }
+        // SAFETY: receiving into a local buffer.
+        let n = unsafe { libc::recv(raw, buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+        let Ok(n) = usize::try_from(n) else { continue };
+        // IPv4 raw sockets deliver the IP header too; IPv6 ones do not.
+        let icmp = if target.is_ipv4() {
+            &buffer[usize::from(buffer[0] & 0x0f) * 4..n]
+        } else {
+            &buffer[..n]
+        };
+        if icmp.len() >= 8 && icmp[0] == reply_type && icmp[4..6] == packet[4..6] {
+            return "ok".into();
+        }
+    }
+    "timeout".into()
+}
+
+fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in bytes.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
