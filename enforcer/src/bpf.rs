@@ -99,6 +99,8 @@ pub struct Enforcement<'a> {
     pub exempt_tgids: &'a [u32],
     /// `CLOCK_BOOTTIME` nanoseconds; 0 for manual isolation.
     pub expires_at_boot_ns: u64,
+    /// false: attached but not isolated ("armed"), every program a no-op.
+    pub active: bool,
 }
 
 /// Counters read from the kernel, summed over CPUs.
@@ -442,7 +444,7 @@ impl LiveMaps {
         }
 
         let config = Config {
-            active: 1,
+            active: u32::from(enforcement.active),
             flags: 0,
             expires_at_boot_ns: enforcement.expires_at_boot_ns,
             generation,

@@ -196,10 +196,11 @@ pub fn isolate(target: &Target, request: &IsolateRequest) -> Result<IsolateOutco
         interfaces: request.interfaces.clone(),
         generation: previous.as_ref().map_or(0, |p| p.generation) + 1,
     };
-    let updated_live = target.pins.installed();
+    let was_installed = target.pins.installed();
+    let updated_live = was_installed && previous.is_some();
     let outcome = apply_record(target, &record)?;
     if let Err(error) = store.set_current(&record) {
-        if !updated_live {
+        if !was_installed {
             let _ = bpf::uninstall(&target.pins);
         }
         return Err(error.context("the isolation was rolled back because it could not be recorded"));
@@ -240,6 +241,7 @@ fn apply_record(target: &Target, record: &IsolationRecord) -> Result<IsolateOutc
         exempt_names: &exempt_names,
         exempt_tgids: &exempt_tgids,
         expires_at_boot_ns: boot_deadline(record.expires_at_unix_ms),
+        active: true,
     };
     // Mark what exempt processes already hold before anything is enforced.
     let exempt_sockets_marked = sever::mark_existing_sockets(&exempt_tgids);
@@ -273,6 +275,26 @@ fn apply_record(target: &Target, record: &IsolationRecord) -> Result<IsolateOutc
         exempt_sockets_marked,
         record: record.clone(),
     })
+}
+
+/// Attaches the programs without isolating ("armed"): every program is a no-op until an
+/// isolation flips the switch, which then takes effect in microseconds instead of the time it
+/// takes to load and attach. Returns false when programs were already attached.
+pub fn arm(target: &Target, interfaces: &[String]) -> Result<bool> {
+    if target.pins.installed() {
+        return Ok(false);
+    }
+    let tables = rule_table::RuleTables::default();
+    let enforcement = Enforcement {
+        tables: &tables,
+        exempt_names: &[],
+        exempt_tgids: &[],
+        expires_at_boot_ns: 0,
+        active: false,
+    };
+    bpf::install(&target.pins, &target.cgroup, interfaces, &enforcement, 0)?;
+    audit(target, "armed", "cli", "programs attached, not isolating")?;
+    Ok(true)
 }
 
 /// Lifts the isolation: enforcement off, programs detached, pins removed, record closed.
@@ -312,6 +334,8 @@ pub struct Status {
     pub cgroup: PathBuf,
     pub pin_dir: PathBuf,
     pub pinned_links: Vec<String>,
+    /// Programs attached but not isolating (see `arm`).
+    pub armed: bool,
     pub generation: Option<u64>,
     /// Something is recorded or pinned that does not match what is enforced (e.g. the kernel
     /// deadline passed while the agent was down, or a reboot removed the pins).
@@ -325,7 +349,11 @@ pub fn status(target: &Target) -> Result<Status> {
     let enforcing = kernel
         .as_ref()
         .is_some_and(|k| k.config.enforcing_at(now_boot) && !k.links.is_empty());
+    let armed = kernel
+        .as_ref()
+        .is_some_and(|k| k.config.active == 0 && !k.links.is_empty());
     let attention = match (&kernel, &record, enforcing) {
+        (Some(_), _, false) if armed => None,
         (Some(_), _, false) => Some("programs are still pinned but no longer enforce (the deadline passed while the agent was not running); run `cordon-enforcer release` or start the agent to clean up".to_owned()),
         (None, Some(_), _) => Some("an isolation is recorded but nothing is pinned (the host rebooted?); start the agent (`cordon-enforcer run`) to restore it".to_owned()),
         _ => None,
@@ -377,6 +405,7 @@ pub fn status(target: &Target) -> Result<Status> {
         cgroup: target.cgroup.clone(),
         pin_dir: target.pins.root().to_path_buf(),
         pinned_links: kernel.as_ref().map(|k| k.links.clone()).unwrap_or_default(),
+        armed,
         generation: kernel.as_ref().map(|k| k.config.generation),
         attention,
     })

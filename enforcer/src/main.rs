@@ -55,8 +55,14 @@ struct GlobalOptions {
 enum Command {
     /// Cut this host (or the cgroup) off the network. Run again to change a live isolation.
     Isolate(IsolateArgs),
-    /// Lift the isolation (succeeds also when the host is not isolated).
+    /// Lift the isolation (succeeds also when the host is not isolated). Detaches everything.
     Release,
+    /// Attach the programs without isolating, so a later `isolate` takes effect at once.
+    Arm {
+        /// Interface that gets the ICMP echo guard [default: as for isolate]
+        #[arg(long = "interface", value_name = "NAME")]
+        interfaces: Vec<String>,
+    },
     /// Show whether the host is isolated, until when, with which exclusions, and counters.
     Status {
         /// One JSON object instead of text.
@@ -141,6 +147,17 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Arm { interfaces } => {
+            require_root()?;
+            bpf::ensure_bpffs(target.pins.root())?;
+            let interfaces = choose_interfaces(&target, &config, interfaces);
+            if isolation::arm(&target, &interfaces)? {
+                println!("Armed: programs attached, not isolating.");
+            } else {
+                println!("Already attached: nothing to do.");
+            }
+            Ok(())
+        }
         Command::Status { json } => {
             require_root()?;
             let status = isolation::status(&target)?;
@@ -208,16 +225,7 @@ fn isolate(target: &Target, config: &EnforcerConfig, args: IsolateArgs) -> Resul
     bpf::ensure_bpffs(target.pins.root())?;
     let management = isolation::management_exclusions(&config.brokers())
         .map_err(|e| UsageError(format!("{e:#}")))?;
-    let whole_host = isolation::cgroup2_root().is_ok_and(|root| root == target.cgroup);
-    let interfaces = if !args.interfaces.is_empty() {
-        args.interfaces
-    } else if let Some(configured) = &config.interfaces {
-        configured.clone()
-    } else if whole_host {
-        isolation::non_loopback_interfaces()
-    } else {
-        Vec::new()
-    };
+    let interfaces = choose_interfaces(target, config, args.interfaces);
     let request = IsolateRequest {
         duration: args.duration,
         exclusions: args.allow,
@@ -256,6 +264,21 @@ fn isolate(target: &Target, config: &EnforcerConfig, args: IsolateArgs) -> Resul
     Ok(())
 }
 
+/// The interfaces that get the ICMP echo guard: those given, else those configured, else every
+/// interface but loopback when the whole host is isolated, else none.
+fn choose_interfaces(target: &Target, config: &EnforcerConfig, given: Vec<String>) -> Vec<String> {
+    let whole_host = isolation::cgroup2_root().is_ok_and(|root| root == target.cgroup);
+    if !given.is_empty() {
+        given
+    } else if let Some(configured) = &config.interfaces {
+        configured.clone()
+    } else if whole_host {
+        isolation::non_loopback_interfaces()
+    } else {
+        Vec::new()
+    }
+}
+
 fn print_status(status: &isolation::Status) {
     if status.isolated {
         let mode = match status.mode {
@@ -286,6 +309,8 @@ fn print_status(status: &isolation::Status) {
             "  dns / dhcp:   {} / {}",
             status.allow_dns, status.allow_dhcp
         );
+    } else if status.armed {
+        println!("Not isolated (armed: programs attached, ready to isolate at once).");
     } else {
         println!("Not isolated.");
     }

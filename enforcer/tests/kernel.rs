@@ -65,6 +65,10 @@ fn main() {
         ),
         Trial::test("exclusions_change_on_a_live_isolation", live_update),
         Trial::test(
+            "armed_programs_change_nothing_until_isolate",
+            armed_then_isolated,
+        ),
+        Trial::test(
             "failed_isolation_is_rolled_back",
             failed_isolation_is_rolled_back,
         ),
@@ -717,6 +721,48 @@ fn live_update() -> Result<(), Failed> {
         "error EPERM",
     )?;
     assert_eq!(status(&sandbox)["generation"], 3);
+    Ok(())
+}
+
+fn armed_then_isolated() -> Result<(), Failed> {
+    let mut sandbox = Sandbox::new();
+    start_peer_servers(&mut sandbox, &["8080"]);
+    let peer = sandbox.peer_v4();
+    let mut held =
+        sandbox.spawn(sandbox.on_host(&probe_binary(), &["probe", "hold", &peer, "8080"]));
+    check(
+        "connection before arming",
+        &held.expect_line("connect", Duration::from_secs(3)),
+        "connected",
+    )?;
+    assert!(enforcer_ok(&sandbox, &["arm"]).starts_with("Armed"));
+    let armed = status(&sandbox);
+    assert_eq!(armed["isolated"], false, "{armed}");
+    assert_eq!(armed["armed"], true, "{armed}");
+    assert_eq!(armed["tags"], serde_json::json!([]));
+    assert!(armed["attention"].is_null(), "{armed}");
+    held.expect_silence(Duration::from_millis(300))?;
+    check(
+        "new connection while armed",
+        &on_host(&sandbox, &["connect", &peer, "8080"]),
+        "ok",
+    )?;
+    assert!(enforcer_ok(&sandbox, &["isolate"]).starts_with("Isolated:"));
+    check(
+        "armed connection once isolated",
+        &held.expect_line("sever", Duration::from_secs(1)),
+        "broken ECONNABORTED",
+    )?;
+    check(
+        "new connection once isolated",
+        &on_host(&sandbox, &["connect", &peer, "8080"]),
+        "error EPERM",
+    )?;
+    enforcer_ok(&sandbox, &["release"]);
+    assert!(
+        !sandbox.pin_dir.exists(),
+        "release must detach armed programs too"
+    );
     Ok(())
 }
 

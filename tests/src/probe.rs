@@ -50,6 +50,17 @@ pub fn main(args: &[String]) -> i32 {
         ["ping", host] => say(&ping(host.parse().expect("probe: bad address"))),
         ["accept", port] => accept(port.parse().expect("probe: bad port")),
         ["loopback"] => say(&loopback()),
+        ["sink", port] => sink(port.parse().expect("probe: bad port")),
+        ["open", host, port, count] => open(
+            address(host, port),
+            count.parse().expect("probe: bad count"),
+        ),
+        ["connrate", host, port, seconds] => {
+            connection_rate(
+                address(host, port),
+                Duration::from_secs(seconds.parse().expect("probe: bad seconds")),
+            );
+        }
         _ => {
             eprintln!("probe: unknown arguments {words:?}");
             return 2;
@@ -89,6 +100,93 @@ fn serve(ports: &[&str]) {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// Raises the open-file limit as far as allowed (for thousands of connections).
+fn raise_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: get/setrlimit on a local struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit);
+        limit.rlim_cur = limit.rlim_max.max(65_536);
+        limit.rlim_max = limit.rlim_cur;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
+    }
+}
+
+/// Accepts connections and keeps them open without a thread each (for the severing benchmark
+/// and the connection-rate benchmark).
+fn sink(port: u16) {
+    raise_file_limit();
+    let listener = TcpListener::bind(("::", port)).expect("probe: bind");
+    say("ready");
+    let mut held = Vec::new();
+    for stream in listener.incoming().flatten() {
+        held.push(stream);
+        if held.len() > 20_000 {
+            held.clear();
+        }
+    }
+}
+
+/// Opens `count` connections, reports `open <count>`, then reports how many are still usable
+/// each time a line arrives on standard input.
+fn open(target: SocketAddr, count: usize) {
+    raise_file_limit();
+    let mut streams = Vec::with_capacity(count);
+    for _ in 0..count {
+        match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+            Ok(stream) => streams.push(stream),
+            Err(error) => return say(&errno_name(&error)),
+        }
+    }
+    say(&format!("open {}", streams.len()));
+    let mut line = String::new();
+    while io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+        let alive = streams
+            .iter()
+            .filter(|s| s.take_error().ok().flatten().is_none() && s.peer_addr().is_ok())
+            .count();
+        say(&format!("alive {alive}"));
+        line.clear();
+    }
+}
+
+/// Connects and closes as fast as one thread can for `duration`; reports connections per second.
+fn connection_rate(target: SocketAddr, duration: Duration) {
+    let started = Instant::now();
+    let mut count = 0u64;
+    while started.elapsed() < duration {
+        match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+            Ok(stream) => {
+                // Close with a reset so no TIME_WAIT state piles up and exhausts the ports.
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                // SAFETY: setsockopt on our own socket with a local struct.
+                unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(&stream),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&raw const linger).cast(),
+                        size_of::<libc::linger>() as u32,
+                    );
+                }
+                drop(stream);
+                count += 1;
+            }
+            Err(error) => return say(&errno_name(&error)),
+        }
+    }
+    say(&format!(
+        "rate {:.0}",
+        count as f64 / started.elapsed().as_secs_f64()
+    ));
 }
 
 fn greet(stream: &mut TcpStream) -> io::Result<()> {
