@@ -456,7 +456,7 @@ mod tests {
         let long = validate_process_name("elastic-endpoint-agent")
             .unwrap_err()
             .to_string();
-        assert!(long.contains("('elastic-endpoi')"), "{long}");
+        assert!(long.contains("('elastic-endpoin')"), "{long}");
         assert!(validate_process_name("/usr/bin/curl").is_err());
         assert_eq!(&comm_key("curl")[..5], b"curl\0");
     }

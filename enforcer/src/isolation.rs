@@ -50,6 +50,35 @@ pub struct IsolateOutcome {
     pub record: IsolationRecord,
 }
 
+/// Held while the kernel state or the record changes: the command line and the agent may act
+/// at the same moment (an isolate while the agent arms or lifts), and every change must see the
+/// state the previous one left. An exclusive `flock` on `<state dir>/enforcer.lock`.
+pub struct ChangeLock {
+    _file: std::fs::File,
+}
+
+pub fn lock_changes(target: &Target) -> Result<ChangeLock> {
+    std::fs::create_dir_all(&target.state_dir).with_context(|| {
+        format!(
+            "cannot create state directory {}",
+            target.state_dir.display()
+        )
+    })?;
+    let path = target.state_dir.join("enforcer.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; released when the file is closed.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot lock {}", path.display()));
+    }
+    Ok(ChangeLock { _file: file })
+}
+
 /// Clocks, read in one place.
 pub fn now_unix_ms() -> i64 {
     let since_epoch = std::time::SystemTime::now()
@@ -168,6 +197,7 @@ pub fn effective_exclusions(record: &IsolationRecord) -> Result<Vec<Exclusion>> 
 
 /// Isolates the target, or updates the isolation in force without ever opening it.
 pub fn isolate(target: &Target, request: &IsolateRequest) -> Result<IsolateOutcome> {
+    let _lock = lock_changes(target)?;
     let store = Store::open(&target.state_dir)?;
     let previous = store.current()?;
     let now = now_unix_ms();
@@ -281,6 +311,7 @@ fn apply_record(target: &Target, record: &IsolationRecord) -> Result<IsolateOutc
 /// isolation flips the switch, which then takes effect in microseconds instead of the time it
 /// takes to load and attach. Returns false when programs were already attached.
 pub fn arm(target: &Target, interfaces: &[String]) -> Result<bool> {
+    let _lock = lock_changes(target)?;
     if target.pins.installed() {
         return Ok(false);
     }
@@ -300,6 +331,11 @@ pub fn arm(target: &Target, interfaces: &[String]) -> Result<bool> {
 /// Lifts the isolation: enforcement off, programs detached, pins removed, record closed.
 /// Returns whether anything was isolated.
 pub fn release(target: &Target, actor: &str, event: &str) -> Result<bool> {
+    let _lock = lock_changes(target)?;
+    release_locked(target, actor, event)
+}
+
+fn release_locked(target: &Target, actor: &str, event: &str) -> Result<bool> {
     let was_installed = target.pins.root().exists();
     bpf::uninstall(&target.pins)?;
     let store = Store::open(&target.state_dir)?;
@@ -425,11 +461,12 @@ pub enum Restored {
 
 /// Run by the agent at start-up, before anything else.
 pub fn restore(target: &Target) -> Result<Restored> {
+    let _lock = lock_changes(target)?;
     let record = Store::open(&target.state_dir)?.current()?;
     let installed = target.pins.installed();
     match (record, installed) {
         (Some(record), _) if record.overdue_at(now_unix_ms()) => {
-            release(target, "agent", "expired")?;
+            release_locked(target, "agent", "expired")?;
             Ok(Restored::Expired)
         }
         (Some(_), true) => {
@@ -494,7 +531,17 @@ pub fn expire_if_due(target: &Target) -> Result<Deadline> {
     }
     let now = now_boot_ns();
     if now >= deadline {
-        release(target, "agent", "expired")?;
+        let _lock = lock_changes(target)?;
+        // Re-check under the lock: the command line may have changed it meanwhile.
+        let still_due = bpf::read_state(&target.pins)?.is_some_and(|k| {
+            k.config.active == 1
+                && k.config.expires_at_boot_ns != 0
+                && now_boot_ns() >= k.config.expires_at_boot_ns
+        });
+        if !still_due {
+            return Ok(Deadline::None);
+        }
+        release_locked(target, "agent", "expired")?;
         return Ok(Deadline::Lifted);
     }
     Ok(Deadline::Pending(Duration::from_nanos(deadline - now)))

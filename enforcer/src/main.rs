@@ -168,7 +168,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Run => agent(&target),
+        Command::Run => agent(&target, &config),
     }
 }
 
@@ -325,8 +325,8 @@ fn print_status(status: &isolation::Status) {
     }
 }
 
-/// The agent: restore first, then lift every deadline on time and keep exempt processes known.
-fn agent(target: &Target) -> Result<()> {
+/// The agent: restore first, then keep the programs armed, lift every deadline on time.
+fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
     require_root()?;
     bpf::ensure_bpffs(target.pins.root())?;
     let restored = isolation::restore(target).context("start-up restore failed")?;
@@ -341,14 +341,25 @@ fn agent(target: &Target) -> Result<()> {
         "cordon-enforcer: agent started for cgroup {}: {restored}.",
         target.cgroup.display()
     );
+    let arm = config.arm.unwrap_or(true);
+    let interfaces = choose_interfaces(target, config, Vec::new());
     loop {
+        if arm && !target.pins.installed() {
+            match isolation::arm(target, &interfaces) {
+                Ok(true) => {
+                    println!("cordon-enforcer: armed: programs attached, ready to isolate at once.")
+                }
+                Ok(false) => {}
+                Err(error) => eprintln!("cordon-enforcer: error: cannot arm: {error:#}"),
+            }
+        }
         let wait = match isolation::expire_if_due(target) {
             Ok(isolation::Deadline::Pending(remaining)) => {
                 remaining.min(Duration::from_millis(500))
             }
             Ok(isolation::Deadline::Lifted) => {
                 println!("cordon-enforcer: deadline reached: isolation lifted.");
-                Duration::from_millis(500)
+                Duration::ZERO
             }
             Ok(isolation::Deadline::None) => Duration::from_millis(500),
             Err(error) => {

@@ -63,6 +63,12 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// sled reports a lock held by another process as an I/O error whose message says so.
+fn is_lock_held(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().contains("could not acquire lock"))
+}
+
 pub struct Store {
     db: sled::Db,
 }
@@ -82,15 +88,13 @@ impl Store {
                 .open()
             {
                 Ok(db) => return Ok(Store { db }),
-                Err(sled::Error::Io(error))
-                    if error.kind() == std::io::ErrorKind::WouldBlock
-                        && started.elapsed() < Duration::from_secs(10) =>
+                Err(error)
+                    if is_lock_held(&error) && started.elapsed() < Duration::from_secs(10) =>
                 {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(error) => {
-                    let held = matches!(&error, sled::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock);
-                    let hint = if held {
+                    let hint = if is_lock_held(&error) {
                         " (another cordon-enforcer process kept it locked for 10 s)"
                     } else {
                         ""

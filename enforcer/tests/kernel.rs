@@ -546,6 +546,8 @@ fn timed_isolation_with_agent() -> Result<(), Failed> {
     let peer = sandbox.peer_v4();
     let mut agent = spawn_agent(&mut sandbox);
     agent.expect_line("agent start", Duration::from_secs(5));
+    let armed = agent.expect_line("arming", Duration::from_secs(5));
+    assert!(armed.contains("armed"), "agent said: {armed}");
     let before = Instant::now();
     enforcer_ok(&sandbox, &["isolate", "--duration", "3s"]);
     let after = Instant::now();
@@ -557,29 +559,31 @@ fn timed_isolation_with_agent() -> Result<(), Failed> {
         &on_host(&sandbox, &["connect", &peer, "8080"]),
         "error EPERM",
     )?;
-    // The agent lifts it properly: pins gone, status says so, traffic flows.
-    let until = before + Duration::from_secs(3) + Duration::from_secs(2);
-    let mut lifted = None;
-    while Instant::now() < until {
-        if !sandbox.pin_dir.exists() {
-            lifted = Some(Instant::now());
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let lifted = lifted.ok_or("the agent did not lift the isolation within 2 s of its deadline")?;
-    assert!(lifted >= before + Duration::from_secs(3), "lifted early");
+    // The agent lifts it properly (detach, unpin, record) and says so.
+    let lifted_line = agent.expect_line("the deadline", Duration::from_secs(5));
+    let lifted = Instant::now();
     assert!(
-        lifted <= after + Duration::from_secs(4),
-        "lifted {:?} after the deadline",
-        lifted - (after + Duration::from_secs(3))
+        lifted_line.contains("deadline reached: isolation lifted"),
+        "agent said: {lifted_line}"
     );
-    assert_eq!(status(&sandbox)["isolated"], false);
+    assert!(lifted >= before + Duration::from_secs(3), "lifted early");
+    let late = lifted.saturating_duration_since(after + Duration::from_secs(3));
+    assert!(
+        late < Duration::from_secs(1),
+        "lifted {late:?} after the deadline"
+    );
     check(
         "after the deadline",
         &on_host(&sandbox, &["connect", &peer, "8080"]),
         "ok",
-    )
+    )?;
+    // Then it re-arms, so the next isolation is instant again.
+    let rearmed = agent.expect_line("re-arming", Duration::from_secs(2));
+    assert!(rearmed.contains("armed"), "agent said: {rearmed}");
+    let after_lift = status(&sandbox);
+    assert_eq!(after_lift["isolated"], false);
+    assert_eq!(after_lift["armed"], true);
+    Ok(())
 }
 
 fn timed_isolation_without_agent() -> Result<(), Failed> {

@@ -151,6 +151,21 @@ impl Sandbox {
             run("ip", &["-n", ns, "link", "set", dev, "up"]);
             run("ip", &["-n", ns, "link", "set", "lo", "up"]);
         }
+        // Both ends must report the link up before a test sends anything.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (ns, dev) in [(h, self.host_if.as_str()), (p, peer_if.as_str())] {
+            loop {
+                let shown = run("ip", &["-n", ns, "-o", "link", "show", "dev", dev]);
+                if String::from_utf8_lossy(&shown.stdout).contains("state UP") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "veth {dev} in {ns} did not come up"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 
     pub fn host_v4(&self) -> String {

@@ -51,6 +51,7 @@ pub fn main(args: &[String]) -> i32 {
         ["accept", port] => accept(port.parse().expect("probe: bad port")),
         ["loopback"] => say(&loopback()),
         ["sink", port] => sink(port.parse().expect("probe: bad port")),
+        ["drain", port] => drain(port.parse().expect("probe: bad port")),
         ["open", host, port, count] => open(
             address(host, port),
             count.parse().expect("probe: bad count"),
@@ -111,29 +112,34 @@ fn raise_file_limit() {
     // SAFETY: get/setrlimit on a local struct.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit);
-        limit.rlim_cur = limit.rlim_max.max(65_536);
-        limit.rlim_max = limit.rlim_cur;
+        // Root may raise the hard limit too.
+        limit.rlim_max = limit.rlim_max.max(65_536);
+        limit.rlim_cur = limit.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
     }
 }
 
-/// Accepts connections and keeps them open without a thread each (for the severing benchmark
-/// and the connection-rate benchmark).
+/// Accepts connections and keeps them open without a thread each (for the severing benchmark).
 fn sink(port: u16) {
     raise_file_limit();
-    let listener = TcpListener::bind(("::", port)).expect("probe: bind");
+    let listener = listen(port);
     say("ready");
     let mut held = Vec::new();
     for stream in listener.incoming().flatten() {
         held.push(stream);
-        if held.len() > 20_000 {
-            held.clear();
-        }
     }
 }
 
-/// Opens `count` connections, reports `open <count>`, then reports how many are still usable
-/// each time a line arrives on standard input.
+/// Accepts connections and closes them at once (for the connection-rate benchmark).
+fn drain(port: u16) {
+    let listener = listen(port);
+    say("ready");
+    for stream in listener.incoming() {
+        drop(stream);
+    }
+}
+
+/// Opens `count` connections, reports `open <count>`, then holds them until killed.
 fn open(target: SocketAddr, count: usize) {
     raise_file_limit();
     let mut streams = Vec::with_capacity(count);
@@ -144,15 +150,18 @@ fn open(target: SocketAddr, count: usize) {
         }
     }
     say(&format!("open {}", streams.len()));
-    let mut line = String::new();
-    while io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
-        let alive = streams
-            .iter()
-            .filter(|s| s.take_error().ok().flatten().is_none() && s.peer_addr().is_ok())
-            .count();
-        say(&format!("alive {alive}"));
-        line.clear();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// Binds a dual-stack listener with a deep accept queue, so a burst of connections is not
+/// dropped while the accepting thread waits for a core.
+fn listen(port: u16) -> TcpListener {
+    let listener = TcpListener::bind(("::", port)).expect("probe: bind");
+    // SAFETY: listen(2) again on a listening socket only changes its backlog.
+    unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4096) };
+    listener
 }
 
 /// Connects and closes as fast as one thread can for `duration`; reports connections per second.

@@ -314,28 +314,36 @@ mod programs {
         if egress && packet.bare_reset {
             return ALLOW;
         }
-        let allows = |direction: u8, port: u16| {
-            if packet.ipv6 {
-                v6_allows(packet.remote_v6, packet.protocol, direction, port)
-            } else {
-                v4_allows(packet.remote_v4, packet.protocol, direction, port)
-            }
+        // One longest-prefix lookup; its rule list answers for both directions.
+        let list = if packet.ipv6 {
+            CORDON_RULES_V6.get(Key::new(128, packet.remote_v6))
+        } else {
+            CORDON_RULES_V4.get(Key::new(32, packet.remote_v4))
         };
+        let Some(list) = list else { return DENY };
         // `in` rules name the local port, `out` rules the remote one. Packets of connections
         // this host started match `out` rules in both directions; a listener's incoming
         // packets are new connections towards this host and match only `in` rules.
-        let allowed = allows(DIRECTION_IN, packet.local_port)
-            || ((egress || !listening) && allows(DIRECTION_OUT, packet.remote_port));
-        if allowed {
-            ALLOW
-        } else {
-            DENY
+        let out_applies = egress || !listening;
+        let len = list.len as usize;
+        let mut i = 0;
+        while i < MAX_RULES_PER_PREFIX && i < len {
+            let rule = &list.rules[i];
+            if rule.allows(packet.protocol, DIRECTION_IN, packet.local_port)
+                || (out_applies && rule.allows(packet.protocol, DIRECTION_OUT, packet.remote_port))
+            {
+                return ALLOW;
+            }
+            i += 1;
         }
+        DENY
     }
 
+    /// Reads what the verdict needs with as few helper calls as possible: one for an IPv4
+    /// header, two for IPv6, one for the transport header.
     #[inline(always)]
     fn parse_packet(ctx: &SkBuffContext, egress: bool) -> Result<Packet, ()> {
-        let first: u8 = ctx.load(0).map_err(|_| ())?;
+        let header: [u8; 20] = ctx.load(0).map_err(|_| ())?;
         let mut packet = Packet {
             ipv6: false,
             remote_v4: [0; 4],
@@ -345,13 +353,14 @@ mod programs {
             remote_port: 0,
             bare_reset: false,
         };
-        let (l4_offset, l3_payload_len) = match first >> 4 {
+        let (l4_offset, l3_payload_len) = match header[0] >> 4 {
             4 => {
-                let header_len = usize::from(first & 0x0f) * 4;
-                let total_len = u16::from_be(ctx.load::<u16>(2).map_err(|_| ())?);
-                let fragment = u16::from_be(ctx.load::<u16>(6).map_err(|_| ())?);
-                packet.protocol = ctx.load(9).map_err(|_| ())?;
-                packet.remote_v4 = ctx.load(if egress { 16 } else { 12 }).map_err(|_| ())?;
+                let header_len = usize::from(header[0] & 0x0f) * 4;
+                let total_len = u16::from_be_bytes([header[2], header[3]]);
+                let fragment = u16::from_be_bytes([header[6], header[7]]);
+                packet.protocol = header[9];
+                let at = if egress { 16 } else { 12 };
+                packet.remote_v4 = [header[at], header[at + 1], header[at + 2], header[at + 3]];
                 if fragment & 0x1fff != 0 {
                     // Not the first fragment: no transport header to read.
                     return Ok(packet);
@@ -360,30 +369,33 @@ mod programs {
             }
             6 => {
                 packet.ipv6 = true;
-                let payload_len = u16::from_be(ctx.load::<u16>(4).map_err(|_| ())?);
-                packet.protocol = ctx.load(6).map_err(|_| ())?;
+                packet.protocol = header[6];
                 packet.remote_v6 = ctx.load(if egress { 24 } else { 8 }).map_err(|_| ())?;
-                (40, usize::from(payload_len))
+                (40, usize::from(u16::from_be_bytes([header[4], header[5]])))
             }
             _ => return Err(()),
         };
-        if packet.protocol == PROTO_ICMP || packet.protocol == PROTO_ICMPV6 {
-            return Ok(packet);
-        }
-        if let Ok(ports) = ctx.load::<[u8; 4]>(l4_offset) {
-            let source = u16::from_be_bytes([ports[0], ports[1]]);
-            let destination = u16::from_be_bytes([ports[2], ports[3]]);
-            (packet.local_port, packet.remote_port) =
-                if egress { (source, destination) } else { (destination, source) };
-        }
         if packet.protocol == PROTO_TCP {
-            if let Ok(tcp) = ctx.load::<[u8; 2]>(l4_offset + 12) {
-                let data_offset = usize::from(tcp[0] >> 4) * 4;
-                let reset = tcp[1] & 0x04 != 0;
-                packet.bare_reset = reset && l3_payload_len == data_offset;
+            // Ports, then data offset and flags at bytes 12 and 13.
+            if let Ok(tcp) = ctx.load::<[u8; 14]>(l4_offset) {
+                set_ports(&mut packet, egress, [tcp[0], tcp[1], tcp[2], tcp[3]]);
+                let data_offset = usize::from(tcp[12] >> 4) * 4;
+                packet.bare_reset = tcp[13] & 0x04 != 0 && l3_payload_len == data_offset;
+            }
+        } else if packet.protocol != PROTO_ICMP && packet.protocol != PROTO_ICMPV6 {
+            if let Ok(ports) = ctx.load::<[u8; 4]>(l4_offset) {
+                set_ports(&mut packet, egress, ports);
             }
         }
         Ok(packet)
+    }
+
+    #[inline(always)]
+    fn set_ports(packet: &mut Packet, egress: bool, ports: [u8; 4]) {
+        let source = u16::from_be_bytes([ports[0], ports[1]]);
+        let destination = u16::from_be_bytes([ports[2], ports[3]]);
+        (packet.local_port, packet.remote_port) =
+            if egress { (source, destination) } else { (destination, source) };
     }
 
     // ---------------------------------------------------------------------------------------

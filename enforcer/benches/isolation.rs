@@ -1,0 +1,333 @@
+//! Enforcer benchmark: what isolation costs and how fast it acts, measured in a sandbox of two
+//! network namespaces joined by a veth pair (see `cordon-tests`). Run as root:
+//!
+//!     cargo bench -p enforcer --bench isolation
+//!
+//! It prints a Markdown table for BENCHMARKS.md. Scenarios, all on the same veth path:
+//! - `none`: no program attached;
+//! - `armed`: programs attached, not isolating (what every host pays every day);
+//! - `isolated, 1,000 exclusions`: isolated, the benchmark traffic allowed by 2 of 1,000 rules;
+//! - `nftables linear` / `nftables set`: an nftables ruleset with the same meaning (default drop,
+//!   loopback and the same 1,000 exclusions), as one rule per exclusion and as one interval set.
+//!
+//! This binary is also the probe the sandbox runs (`isolation probe ...`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cordon_tests::Sandbox;
+
+const ENFORCER: &str = env!("CARGO_BIN_EXE_cordon-enforcer");
+const ROUNDS: usize = 3;
+const SECONDS_PER_RUN: &str = "3";
+const SEVER_CONNECTIONS: usize = 10_000;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("probe") {
+        std::process::exit(cordon_tests::probe::main(&args[2..]));
+    }
+    cordon_tests::require_kernel_test_environment();
+    let iperf3 = which("iperf3");
+    let nft = which("nft");
+    let mut sandbox = Sandbox::new();
+    let peer = sandbox.peer_v4();
+    let mut sinks = sandbox.spawn(sandbox.on_peer(&probe(), &["probe", "drain", "8080"]));
+    assert_eq!(sinks.expect_line("sink", Duration::from_secs(5)), "ready");
+    let mut sever_sink = sandbox.spawn(sandbox.on_peer(&probe(), &["probe", "sink", "8081"]));
+    assert_eq!(
+        sever_sink.expect_line("sink", Duration::from_secs(5)),
+        "ready"
+    );
+
+    let exclusions = exclusion_specs(&peer);
+    let scenarios = [
+        "none",
+        "armed",
+        "isolated, 1,000 exclusions",
+        "nftables linear, 1,000 rules",
+        "nftables set, 1,000 elements",
+    ];
+    let mut throughput: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
+    let mut rate: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
+    // Rounds interleave the scenarios so drift on the shared machine hits them all alike.
+    for round in 0..ROUNDS {
+        for (index, scenario) in scenarios.iter().enumerate() {
+            set_up(&sandbox, index, &exclusions, &peer, &nft);
+            throughput[index].push(iperf_gbits(&mut sandbox, &iperf3, &peer));
+            rate[index].push(connection_rate(&sandbox, &peer));
+            tear_down(&sandbox, index, &nft);
+            eprintln!(
+                "round {round}: {scenario}: {:.2} Gbit/s, {:.0} conn/s",
+                throughput[index][round], rate[index][round]
+            );
+        }
+    }
+
+    println!("| scenario | TCP throughput (Gbit/s) | ratio | TCP connections/s | ratio |");
+    println!("|---|---|---|---|---|");
+    let (base_throughput, base_rate) = (median(&throughput[0]), median(&rate[0]));
+    for (index, scenario) in scenarios.iter().enumerate() {
+        let (t, r) = (median(&throughput[index]), median(&rate[index]));
+        println!(
+            "| {scenario} | {t:.2} | {:.3} | {r:.0} | {:.3} |",
+            t / base_throughput,
+            r / base_rate
+        );
+    }
+
+    // Time from `isolate` to enforced, nothing to sever: the command's wall time.
+    let cold = time_isolations(&sandbox, false);
+    let armed = time_isolations(&sandbox, true);
+    println!();
+    println!("| isolate → enforced (wall time of `cordon-enforcer isolate`, no connections) | median | max |");
+    println!("|---|---|---|");
+    println!(
+        "| cold (load, verify, attach, pin) | {:.1} ms | {:.1} ms |",
+        median(&cold),
+        max(&cold)
+    );
+    println!(
+        "| armed (flip the switch) | {:.1} ms | {:.1} ms |",
+        median(&armed),
+        max(&armed)
+    );
+
+    // Severing 10,000 established connections.
+    let mut holder = sandbox.spawn(sandbox.on_host(
+        &probe(),
+        &[
+            "probe",
+            "open",
+            &peer,
+            "8081",
+            &SEVER_CONNECTIONS.to_string(),
+        ],
+    ));
+    let opened = holder.expect_line("connections opened", Duration::from_secs(60));
+    assert_eq!(
+        opened,
+        format!("open {SEVER_CONNECTIONS}"),
+        "could not open the connections"
+    );
+    let established_before = established_on_host(&sandbox, "8081");
+    assert_eq!(
+        established_before, SEVER_CONNECTIONS,
+        "connections established before isolating"
+    );
+    let started = Instant::now();
+    let output = enforcer(&sandbox, &["isolate"]);
+    let elapsed = started.elapsed();
+    let severed_line = output
+        .lines()
+        .find(|l| l.starts_with("Severed"))
+        .unwrap_or_default()
+        .to_owned();
+    let still_established = established_on_host(&sandbox, "8081");
+    println!();
+    println!("| sever {SEVER_CONNECTIONS} established connections | wall time of `isolate` | still established after |");
+    println!("|---|---|---|");
+    println!(
+        "| {severed_line} | {:.0} ms | {still_established} |",
+        elapsed.as_secs_f64() * 1000.0
+    );
+    enforcer(&sandbox, &["release"]);
+}
+
+fn which(tool: &str) -> PathBuf {
+    let output = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .expect("sh");
+    assert!(
+        output.status.success(),
+        "the benchmark needs {tool} (ops/install-toolchain.sh installs it)"
+    );
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
+
+fn probe() -> PathBuf {
+    std::env::current_exe().expect("current exe")
+}
+
+fn enforcer(sandbox: &Sandbox, args: &[&str]) -> String {
+    let output = sandbox
+        .enforcer(Path::new(ENFORCER), args)
+        .output()
+        .expect("run cordon-enforcer");
+    assert!(
+        output.status.success(),
+        "cordon-enforcer {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// 998 disjoint exclusions nobody uses, then the two the benchmark traffic needs (last, the
+/// worst place for a linear ruleset).
+fn exclusion_specs(peer: &str) -> Vec<String> {
+    let mut specs: Vec<String> = (0..998)
+        .map(|i| format!("out,tcp,10.{}.{}.0/24,443", i / 256, i % 256))
+        .collect();
+    specs.push(format!("out,tcp,{peer}/32,5201"));
+    specs.push(format!("out,tcp,{peer}/32,8080"));
+    specs
+}
+
+fn set_up(sandbox: &Sandbox, scenario: usize, exclusions: &[String], peer: &str, nft: &Path) {
+    match scenario {
+        1 => {
+            enforcer(sandbox, &["arm"]);
+        }
+        2 => {
+            let mut args = vec!["isolate".to_owned()];
+            for spec in exclusions {
+                args.push("--allow".into());
+                args.push(spec.clone());
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            enforcer(sandbox, &args);
+        }
+        3 | 4 => {
+            let ruleset = nft_ruleset(exclusions, peer, scenario == 4);
+            let file = sandbox.state_dir.with_extension("nft");
+            std::fs::write(&file, ruleset).expect("write nft ruleset");
+            nft_in_host(sandbox, nft, &["-f", &file.to_string_lossy()]);
+        }
+        _ => {}
+    }
+}
+
+fn tear_down(sandbox: &Sandbox, scenario: usize, nft: &Path) {
+    match scenario {
+        1 | 2 => {
+            enforcer(sandbox, &["release"]);
+        }
+        3 | 4 => nft_in_host(sandbox, nft, &["delete", "table", "inet", "cordon_bench"]),
+        _ => {}
+    }
+}
+
+fn nft_in_host(sandbox: &Sandbox, nft: &Path, args: &[&str]) {
+    let output = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", sandbox.host_ns))
+        .arg(nft)
+        .args(args)
+        .output()
+        .expect("run nft");
+    assert!(
+        output.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The same meaning as the eBPF isolation with these exclusions: drop by default, loopback
+/// allowed, `out,tcp,NET,PORT` allows packets to NET:PORT and their replies from NET:PORT.
+fn nft_ruleset(exclusions: &[String], _peer: &str, as_set: bool) -> String {
+    let parsed: Vec<(String, String)> = exclusions
+        .iter()
+        .map(|spec| {
+            let fields: Vec<&str> = spec.split(',').collect();
+            (fields[2].to_owned(), fields[3].to_owned())
+        })
+        .collect();
+    let mut text = String::from("table inet cordon_bench {\n");
+    if as_set {
+        let elements: Vec<String> = parsed
+            .iter()
+            .map(|(net, port)| format!("{net} . {port}"))
+            .collect();
+        text.push_str(&format!(
+            "  set allowed {{ type ipv4_addr . inet_service; flags interval; elements = {{ {} }} }}\n",
+            elements.join(", ")
+        ));
+        text.push_str("  chain output { type filter hook output priority 0; policy drop;\n    oifname \"lo\" accept\n    ip daddr . tcp dport @allowed accept\n  }\n");
+        text.push_str("  chain input { type filter hook input priority 0; policy drop;\n    iifname \"lo\" accept\n    ip saddr . tcp sport @allowed accept\n  }\n");
+    } else {
+        text.push_str("  chain output { type filter hook output priority 0; policy drop;\n    oifname \"lo\" accept\n");
+        for (net, port) in &parsed {
+            text.push_str(&format!("    ip daddr {net} tcp dport {port} accept\n"));
+        }
+        text.push_str("  }\n  chain input { type filter hook input priority 0; policy drop;\n    iifname \"lo\" accept\n");
+        for (net, port) in &parsed {
+            text.push_str(&format!("    ip saddr {net} tcp sport {port} accept\n"));
+        }
+        text.push_str("  }\n");
+    }
+    text.push_str("}\n");
+    text
+}
+
+fn iperf_gbits(sandbox: &mut Sandbox, iperf3: &Path, peer: &str) -> f64 {
+    // A fresh one-shot server per run (`-1`): start it, then run the client.
+    let mut server =
+        sandbox.spawn(sandbox.on_peer(iperf3, &["-s", "-1", "-p", "5201", "--forceflush"]));
+    let _ = server.expect_line("iperf3 server start", Duration::from_secs(5));
+    let output = sandbox
+        .on_host(
+            iperf3,
+            &["-c", peer, "-p", "5201", "-t", SECONDS_PER_RUN, "-J"],
+        )
+        .output()
+        .expect("run iperf3");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("iperf3 JSON");
+    let bits = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("iperf3 failed: {}", report["error"]));
+    bits / 1e9
+}
+
+fn connection_rate(sandbox: &Sandbox, peer: &str) -> f64 {
+    let output = sandbox
+        .on_host(
+            &probe(),
+            &["probe", "connrate", peer, "8080", SECONDS_PER_RUN],
+        )
+        .output()
+        .expect("connrate");
+    let line = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    line.strip_prefix("rate ")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("connrate said '{line}'"))
+}
+
+fn time_isolations(sandbox: &Sandbox, armed: bool) -> Vec<f64> {
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        if armed {
+            enforcer(sandbox, &["arm"]);
+        }
+        let started = Instant::now();
+        enforcer(sandbox, &["isolate"]);
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        enforcer(sandbox, &["release"]);
+    }
+    times
+}
+
+fn established_on_host(sandbox: &Sandbox, port: &str) -> usize {
+    let output = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", sandbox.host_ns))
+        .args([
+            "ss",
+            "-Htn",
+            "state",
+            "established",
+            &format!("( dport = :{port} )"),
+        ])
+        .output()
+        .expect("ss");
+    String::from_utf8_lossy(&output.stdout).lines().count()
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+fn max(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::MIN, f64::max)
+}
