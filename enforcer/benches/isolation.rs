@@ -5,7 +5,10 @@
 //!
 //! It prints a Markdown table for BENCHMARKS.md. Scenarios, all on the same veth path:
 //! - `none`: no program attached;
-//! - `armed`: programs attached, not isolating (what every host pays every day);
+//! - `armed`: programs loaded and verified, not attached (what a host with the agent pays every
+//!   day);
+//! - `attached, not enforcing`: programs attached to the cgroup, every one returning at once (a
+//!   timed isolation whose kernel deadline passed while the agent was down);
 //! - `isolated, 1,000 exclusions`: isolated, the benchmark traffic allowed by 2 of 1,000 rules;
 //! - `nftables linear` / `nftables set`: an nftables ruleset with the same meaning (default drop,
 //!   loopback and the same 1,000 exclusions), as one rule per exclusion and as one interval set.
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 use cordon_tests::Sandbox;
 
 const ENFORCER: &str = env!("CARGO_BIN_EXE_cordon-enforcer");
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 7;
 const SECONDS_PER_RUN: &str = "3";
 const SEVER_CONNECTIONS: usize = 10_000;
 
@@ -44,7 +47,8 @@ fn main() {
     let exclusions = exclusion_specs(&peer);
     let scenarios = [
         "none",
-        "armed",
+        "armed (loaded, not attached)",
+        "attached, not enforcing",
         "isolated, 1,000 exclusions",
         "nftables linear, 1,000 rules",
         "nftables set, 1,000 elements",
@@ -65,15 +69,21 @@ fn main() {
         }
     }
 
-    println!("| scenario | TCP throughput (Gbit/s) | ratio | TCP connections/s | ratio |");
-    println!("|---|---|---|---|---|");
+    println!("| scenario | TCP throughput (Gbit/s), median | ratio | spread (min–max ratio) | TCP connections/s, median | ratio | spread |");
+    println!("|---|---|---|---|---|---|---|");
     let (base_throughput, base_rate) = (median(&throughput[0]), median(&rate[0]));
     for (index, scenario) in scenarios.iter().enumerate() {
         let (t, r) = (median(&throughput[index]), median(&rate[index]));
+        let spread = |values: &[f64], base: f64| {
+            let min = values.iter().copied().fold(f64::MAX, f64::min) / base;
+            format!("{min:.3}–{:.3}", max(values) / base)
+        };
         println!(
-            "| {scenario} | {t:.2} | {:.3} | {r:.0} | {:.3} |",
+            "| {scenario} | {t:.2} | {:.3} | {} | {r:.0} | {:.3} | {} |",
             t / base_throughput,
-            r / base_rate
+            spread(&throughput[index], base_throughput),
+            r / base_rate,
+            spread(&rate[index], base_rate)
         );
     }
 
@@ -89,7 +99,7 @@ fn main() {
         max(&cold)
     );
     println!(
-        "| armed (flip the switch) | {:.1} ms | {:.1} ms |",
+        "| armed (attach, then flip the switch) | {:.1} ms | {:.1} ms |",
         median(&armed),
         max(&armed)
     );
@@ -181,6 +191,11 @@ fn set_up(sandbox: &Sandbox, scenario: usize, exclusions: &[String], peer: &str,
             enforcer(sandbox, &["arm"]);
         }
         2 => {
+            // Attached, then the kernel deadline passes (no agent runs here to lift it).
+            enforcer(sandbox, &["isolate", "--duration", "1s"]);
+            std::thread::sleep(Duration::from_millis(1300));
+        }
+        3 => {
             let mut args = vec!["isolate".to_owned()];
             for spec in exclusions {
                 args.push("--allow".into());
@@ -189,8 +204,8 @@ fn set_up(sandbox: &Sandbox, scenario: usize, exclusions: &[String], peer: &str,
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             enforcer(sandbox, &args);
         }
-        3 | 4 => {
-            let ruleset = nft_ruleset(exclusions, peer, scenario == 4);
+        4 | 5 => {
+            let ruleset = nft_ruleset(exclusions, peer, scenario == 5);
             let file = sandbox.state_dir.with_extension("nft");
             std::fs::write(&file, ruleset).expect("write nft ruleset");
             nft_in_host(sandbox, nft, &["-f", &file.to_string_lossy()]);
@@ -201,10 +216,10 @@ fn set_up(sandbox: &Sandbox, scenario: usize, exclusions: &[String], peer: &str,
 
 fn tear_down(sandbox: &Sandbox, scenario: usize, nft: &Path) {
     match scenario {
-        1 | 2 => {
+        1..=3 => {
             enforcer(sandbox, &["release"]);
         }
-        3 | 4 => nft_in_host(sandbox, nft, &["delete", "table", "inet", "cordon_bench"]),
+        4 | 5 => nft_in_host(sandbox, nft, &["delete", "table", "inet", "cordon_bench"]),
         _ => {}
     }
 }

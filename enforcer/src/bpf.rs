@@ -15,7 +15,10 @@ use anyhow::{bail, Context, Result};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSkbAttachType, SchedClassifier, TcAttachType};
+use aya::programs::{
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
+    CgroupSockAddrAttachType, CgroupSockAttachType, Program, SchedClassifier, TcAttachType,
+};
 use aya::EbpfLoader;
 use enforcer_common::{
     Config, RuleList, COMM_LEN, MAP_CONFIG, MAP_EXEMPT_COMM, MAP_EXEMPT_TGID, MAP_RULES_V4,
@@ -32,15 +35,38 @@ use crate::rule_table::RuleTables;
 static PROGRAMS_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer-ebpf"));
 
+/// How a cgroup program attaches.
+#[derive(Clone, Copy)]
+enum Hook {
+    Skb(CgroupSkbAttachType),
+    SockAddr(CgroupSockAddrAttachType),
+    Sock(CgroupSockAttachType),
+}
+
 /// The cgroup programs, in the order they are attached.
-const CGROUP_PROGRAMS: [&str; 7] = [
-    PROG_SOCK_CREATE,
-    PROG_CONNECT4,
-    PROG_CONNECT6,
-    PROG_SENDMSG4,
-    PROG_SENDMSG6,
-    PROG_EGRESS,
-    PROG_INGRESS,
+const CGROUP_PROGRAMS: [(&str, Hook); 7] = [
+    (
+        PROG_SOCK_CREATE,
+        Hook::Sock(CgroupSockAttachType::SockCreate),
+    ),
+    (
+        PROG_CONNECT4,
+        Hook::SockAddr(CgroupSockAddrAttachType::Connect4),
+    ),
+    (
+        PROG_CONNECT6,
+        Hook::SockAddr(CgroupSockAddrAttachType::Connect6),
+    ),
+    (
+        PROG_SENDMSG4,
+        Hook::SockAddr(CgroupSockAddrAttachType::UDPSendMsg4),
+    ),
+    (
+        PROG_SENDMSG6,
+        Hook::SockAddr(CgroupSockAddrAttachType::UDPSendMsg6),
+    ),
+    (PROG_EGRESS, Hook::Skb(CgroupSkbAttachType::Egress)),
+    (PROG_INGRESS, Hook::Skb(CgroupSkbAttachType::Ingress)),
 ];
 
 /// Where one isolation's kernel objects are pinned.
@@ -68,6 +94,14 @@ impl Pins {
         self.root.join("links")
     }
 
+    fn progs_dir(&self) -> PathBuf {
+        self.root.join("progs")
+    }
+
+    fn prog(&self, name: &str) -> PathBuf {
+        self.progs_dir().join(name)
+    }
+
     fn map(&self, name: &str) -> PathBuf {
         self.maps_dir().join(name)
     }
@@ -85,9 +119,23 @@ impl Pins {
         names
     }
 
-    /// Whether programs are pinned here (an isolation was installed and not removed).
+    /// Whether programs are attached (links pinned): an isolation is installed, enforcing or
+    /// past its kernel deadline.
     pub fn installed(&self) -> bool {
         !self.links().is_empty() && self.map(MAP_CONFIG).exists()
+    }
+
+    /// Whether the programs are loaded and pinned (armed or attached).
+    pub fn loaded(&self) -> bool {
+        CGROUP_PROGRAMS
+            .iter()
+            .all(|(name, _)| self.prog(name).exists())
+            && self.map(MAP_CONFIG).exists()
+    }
+
+    /// Loaded and pinned but not attached: no cost per packet, attaching takes a millisecond.
+    pub fn armed(&self) -> bool {
+        self.loaded() && self.links().is_empty()
     }
 }
 
@@ -142,9 +190,10 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     )
 }
 
-/// Loads and attaches every program to `cgroup` (and the TC program to `interfaces`), pins
-/// them, fills the maps and turns enforcement on. On any failure everything done so far is
-/// undone and the error returned: never a half-installed isolation.
+/// Makes the kernel enforce `enforcement` for `cgroup`: loads the programs unless they are
+/// armed already, attaches them (and the TC program to `interfaces`), pins the links, fills the
+/// maps and turns enforcement on. On any failure everything done here is undone (armed
+/// programs stay armed) and the error returned: never a half-installed isolation.
 pub fn install(
     pins: &Pins,
     cgroup: &Path,
@@ -152,82 +201,118 @@ pub fn install(
     enforcement: &Enforcement<'_>,
     generation: u64,
 ) -> Result<()> {
-    if pins.root.exists() {
+    let was_armed = pins.armed();
+    if !was_armed && pins.root.exists() {
         // Leftovers of an isolation whose links are gone: start clean, never reuse stale maps.
         remove_pins(pins)?;
     }
-    let result = install_fresh(pins, cgroup, interfaces, enforcement, generation);
+    let result = (|| {
+        if !was_armed {
+            load(pins)?;
+        }
+        attach(pins, cgroup, interfaces)?;
+        LiveMaps::open(pins)?.apply(enforcement, generation)
+    })();
     if result.is_err() {
-        if let Err(cleanup) = remove_pins(pins) {
+        if let Err(cleanup) = roll_back(pins, was_armed) {
             return result.context(format!("and rolling back failed too: {cleanup:#}"));
         }
     }
     result
 }
 
-fn install_fresh(
-    pins: &Pins,
-    cgroup: &Path,
-    interfaces: &[String],
-    enforcement: &Enforcement<'_>,
-    generation: u64,
-) -> Result<()> {
-    fs::create_dir_all(pins.maps_dir())
-        .with_context(|| format!("cannot create {}", pins.maps_dir().display()))?;
-    fs::create_dir_all(pins.links_dir())
-        .with_context(|| format!("cannot create {}", pins.links_dir().display()))?;
+/// Loads and pins the programs and maps without attaching anything (see [`Pins::armed`]).
+pub fn arm(pins: &Pins, enforcement: &Enforcement<'_>) -> Result<()> {
+    if pins.root.exists() {
+        remove_pins(pins)?;
+    }
+    let result = load(pins).and_then(|()| LiveMaps::open(pins)?.apply(enforcement, 0));
+    if result.is_err() {
+        let _ = remove_pins(pins);
+    }
+    result
+}
+
+/// Undoes a failed install: back to armed, or to nothing.
+pub fn roll_back(pins: &Pins, to_armed: bool) -> Result<()> {
+    if to_armed {
+        if let Ok(mut maps) = LiveMaps::open(pins) {
+            maps.deactivate()?;
+        }
+        remove_links(pins)
+    } else {
+        remove_pins(pins)
+    }
+}
+
+/// Loads (the kernel verifies them: the slow part) and pins every program, creating and
+/// pinning the maps on the way.
+fn load(pins: &Pins) -> Result<()> {
+    for dir in [pins.maps_dir(), pins.links_dir(), pins.progs_dir()] {
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pins.maps_dir())
         .load(PROGRAMS_OBJECT)
         .context("the kernel refused to load cordon's eBPF programs")?;
-    let cgroup_file =
-        File::open(cgroup).with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
-
-    // Attach while the config still says "inactive" (maps start zeroed): nothing is enforced
-    // until every piece is in place.
-    for name in CGROUP_PROGRAMS {
+    let names = CGROUP_PROGRAMS
+        .iter()
+        .map(|(name, _)| *name)
+        .chain([PROG_TC_INGRESS]);
+    for name in names {
         let program = ebpf
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the object"))?;
-        let link: FdLink = match program {
-            aya::programs::Program::CgroupSkb(skb) => {
-                skb.load().with_context(|| format!("cannot load {name}"))?;
-                let attach_type = if name == PROG_EGRESS {
-                    CgroupSkbAttachType::Egress
-                } else {
-                    CgroupSkbAttachType::Ingress
-                };
-                let id = skb
-                    .attach(&cgroup_file, attach_type, CgroupAttachMode::Single)
-                    .with_context(|| format!("cannot attach {name} to {}", cgroup.display()))?;
-                skb.take_link(id)?.try_into()?
-            }
-            aya::programs::Program::CgroupSockAddr(sock_addr) => {
-                sock_addr
-                    .load()
-                    .with_context(|| format!("cannot load {name}"))?;
-                let id = sock_addr
-                    .attach(&cgroup_file, CgroupAttachMode::Single)
-                    .with_context(|| format!("cannot attach {name} to {}", cgroup.display()))?;
-                sock_addr.take_link(id)?.try_into()?
-            }
-            aya::programs::Program::CgroupSock(sock) => {
-                sock.load().with_context(|| format!("cannot load {name}"))?;
-                let id = sock
-                    .attach(&cgroup_file, CgroupAttachMode::Single)
-                    .with_context(|| format!("cannot attach {name} to {}", cgroup.display()))?;
-                sock.take_link(id)?.try_into()?
-            }
+        match program {
+            Program::CgroupSkb(p) => p.load(),
+            Program::CgroupSockAddr(p) => p.load(),
+            Program::CgroupSock(p) => p.load(),
+            Program::SchedClassifier(p) => p.load(),
             _ => bail!("program {name} has an unexpected type"),
+        }
+        .with_context(|| format!("the kernel refused program {name}"))?;
+        program
+            .pin(pins.prog(name))
+            .with_context(|| format!("cannot pin program {name}"))?;
+    }
+    Ok(())
+}
+
+/// Attaches the pinned programs to `cgroup` and `interfaces` and pins the links. The config
+/// still says "inactive" when this runs, so nothing is enforced until every piece is in place.
+fn attach(pins: &Pins, cgroup: &Path, interfaces: &[String]) -> Result<()> {
+    let cgroup_file =
+        File::open(cgroup).with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
+    for (name, hook) in CGROUP_PROGRAMS {
+        let path = pins.prog(name);
+        let attach_error = || format!("cannot attach {name} to {}", cgroup.display());
+        let link: FdLink = match hook {
+            Hook::Skb(attach_type) => {
+                let mut program = CgroupSkb::from_pin(&path, attach_type)?;
+                let id = program
+                    .attach(&cgroup_file, attach_type, CgroupAttachMode::Single)
+                    .with_context(attach_error)?;
+                program.take_link(id)?.try_into()?
+            }
+            Hook::SockAddr(attach_type) => {
+                let mut program = CgroupSockAddr::from_pin(&path, attach_type)?;
+                let id = program
+                    .attach(&cgroup_file, CgroupAttachMode::Single)
+                    .with_context(attach_error)?;
+                program.take_link(id)?.try_into()?
+            }
+            Hook::Sock(attach_type) => {
+                let mut program = CgroupSock::from_pin(&path, attach_type)?;
+                let id = program
+                    .attach(&cgroup_file, CgroupAttachMode::Single)
+                    .with_context(attach_error)?;
+                program.take_link(id)?.try_into()?
+            }
         };
         pin_link(link, &pins.links_dir().join(name))?;
     }
     if !interfaces.is_empty() {
-        let classifier: &mut SchedClassifier = ebpf
-            .program_mut(PROG_TC_INGRESS)
-            .context("program cordon_tc_ingress missing from the object")?
-            .try_into()?;
-        classifier.load().context("cannot load cordon_tc_ingress")?;
+        let mut classifier = SchedClassifier::from_pin(pins.prog(PROG_TC_INGRESS))?;
         for interface in interfaces {
             let id = classifier
                 .attach(interface, TcAttachType::Ingress)
@@ -244,10 +329,7 @@ fn install_fresh(
             )?;
         }
     }
-    drop(ebpf); // The pinned links keep the programs; the loader's handles are no longer needed.
-
-    let mut maps = LiveMaps::open(pins)?;
-    maps.apply(enforcement, generation)
+    Ok(())
 }
 
 fn pin_link(link: FdLink, path: &Path) -> Result<()> {
@@ -269,6 +351,20 @@ pub fn uninstall(pins: &Pins) -> Result<()> {
 }
 
 fn remove_pins(pins: &Pins) -> Result<()> {
+    remove_links(pins)?;
+    if pins.root.exists() {
+        fs::remove_dir_all(&pins.root)
+            .with_context(|| format!("cannot remove {}", pins.root.display()))?;
+    }
+    if let Some(pin_dir) = pins.root.parent() {
+        // Only succeeds when nothing else lives there; anything else is not ours to remove.
+        let _ = fs::remove_dir(pin_dir);
+    }
+    Ok(())
+}
+
+/// Detaches: removes every link pin (the links close with their last descriptor).
+fn remove_links(pins: &Pins) -> Result<()> {
     for link in pins.links() {
         let path = pins.links_dir().join(&link);
         match PinnedLink::from_pin(&path) {
@@ -280,14 +376,6 @@ fn remove_pins(pins: &Pins) -> Result<()> {
             Err(_) => fs::remove_file(&path)
                 .with_context(|| format!("cannot remove {}", path.display()))?,
         }
-    }
-    if pins.root.exists() {
-        fs::remove_dir_all(&pins.root)
-            .with_context(|| format!("cannot remove {}", pins.root.display()))?;
-    }
-    if let Some(pin_dir) = pins.root.parent() {
-        // Only succeeds when nothing else lives there; anything else is not ours to remove.
-        let _ = fs::remove_dir(pin_dir);
     }
     Ok(())
 }

@@ -21,8 +21,8 @@ pub struct EnforcerConfig {
     /// Interfaces that get the ICMP echo guard (default: every interface but loopback when the
     /// whole host is isolated, none when a child cgroup is).
     pub interfaces: Option<Vec<String>>,
-    /// Whether the agent keeps the programs attached (idle) while not isolating, so isolation
-    /// takes effect in about 10 ms instead of about 130 ms (default true).
+    /// Whether the agent keeps the programs loaded (verified, not attached: no cost to any
+    /// packet) while not isolating, so isolation only has to attach them (default true).
     pub arm: Option<bool>,
 }
 

@@ -227,11 +227,12 @@ pub fn isolate(target: &Target, request: &IsolateRequest) -> Result<IsolateOutco
         generation: previous.as_ref().map_or(0, |p| p.generation) + 1,
     };
     let was_installed = target.pins.installed();
+    let was_armed = target.pins.armed();
     let updated_live = was_installed && previous.is_some();
     let outcome = apply_record(target, &record)?;
     if let Err(error) = store.set_current(&record) {
         if !was_installed {
-            let _ = bpf::uninstall(&target.pins);
+            let _ = bpf::roll_back(&target.pins, was_armed);
         }
         return Err(error.context("the isolation was rolled back because it could not be recorded"));
     }
@@ -276,6 +277,7 @@ fn apply_record(target: &Target, record: &IsolationRecord) -> Result<IsolateOutc
     // Mark what exempt processes already hold before anything is enforced.
     let exempt_sockets_marked = sever::mark_existing_sockets(&exempt_tgids);
     let updated_live = target.pins.installed();
+    let was_armed = target.pins.armed();
     if updated_live {
         bpf::LiveMaps::open(&target.pins)?.apply(&enforcement, record.generation)?;
     } else {
@@ -291,7 +293,7 @@ fn apply_record(target: &Target, record: &IsolationRecord) -> Result<IsolateOutc
         Ok(report) => report,
         Err(error) => {
             if !updated_live {
-                let _ = bpf::uninstall(&target.pins);
+                let _ = bpf::roll_back(&target.pins, was_armed);
             }
             return Err(error.context(
                 "existing connections could not be severed, so the isolation was rolled back",
@@ -307,12 +309,12 @@ fn apply_record(target: &Target, record: &IsolationRecord) -> Result<IsolateOutc
     })
 }
 
-/// Attaches the programs without isolating ("armed"): every program is a no-op until an
-/// isolation flips the switch, which then takes effect in microseconds instead of the time it
-/// takes to load and attach. Returns false when programs were already attached.
-pub fn arm(target: &Target, interfaces: &[String]) -> Result<bool> {
+/// Loads, verifies and pins the programs without attaching them ("armed"): no cost to any
+/// packet, and a later isolation only attaches (about a millisecond) instead of loading
+/// (about a hundred). Returns false when the programs were already loaded.
+pub fn arm(target: &Target) -> Result<bool> {
     let _lock = lock_changes(target)?;
-    if target.pins.installed() {
+    if target.pins.loaded() {
         return Ok(false);
     }
     let tables = rule_table::RuleTables::default();
@@ -323,8 +325,8 @@ pub fn arm(target: &Target, interfaces: &[String]) -> Result<bool> {
         expires_at_boot_ns: 0,
         active: false,
     };
-    bpf::install(&target.pins, &target.cgroup, interfaces, &enforcement, 0)?;
-    audit(target, "armed", "cli", "programs attached, not isolating")?;
+    bpf::arm(&target.pins, &enforcement)?;
+    audit(target, "armed", "cli", "programs loaded, not attached")?;
     Ok(true)
 }
 
@@ -385,9 +387,7 @@ pub fn status(target: &Target) -> Result<Status> {
     let enforcing = kernel
         .as_ref()
         .is_some_and(|k| k.config.enforcing_at(now_boot) && !k.links.is_empty());
-    let armed = kernel
-        .as_ref()
-        .is_some_and(|k| k.config.active == 0 && !k.links.is_empty());
+    let armed = target.pins.armed();
     let attention = match (&kernel, &record, enforcing) {
         (Some(_), _, false) if armed => None,
         (Some(_), _, false) => Some("programs are still pinned but no longer enforce (the deadline passed while the agent was not running); run `cordon-enforcer release` or start the agent to clean up".to_owned()),

@@ -57,12 +57,9 @@ enum Command {
     Isolate(IsolateArgs),
     /// Lift the isolation (succeeds also when the host is not isolated). Detaches everything.
     Release,
-    /// Attach the programs without isolating, so a later `isolate` takes effect at once.
-    Arm {
-        /// Interface that gets the ICMP echo guard [default: as for isolate]
-        #[arg(long = "interface", value_name = "NAME")]
-        interfaces: Vec<String>,
-    },
+    /// Load and verify the programs without attaching them, so a later `isolate` takes
+    /// effect in milliseconds. Costs no packet anything.
+    Arm,
     /// Show whether the host is isolated, until when, with which exclusions, and counters.
     Status {
         /// One JSON object instead of text.
@@ -147,14 +144,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Arm { interfaces } => {
+        Command::Arm => {
             require_root()?;
             bpf::ensure_bpffs(target.pins.root())?;
-            let interfaces = choose_interfaces(&target, &config, interfaces);
-            if isolation::arm(&target, &interfaces)? {
-                println!("Armed: programs attached, not isolating.");
+            if isolation::arm(&target)? {
+                println!("Armed: programs loaded and verified, not attached.");
             } else {
-                println!("Already attached: nothing to do.");
+                println!("Already loaded: nothing to do.");
             }
             Ok(())
         }
@@ -310,7 +306,7 @@ fn print_status(status: &isolation::Status) {
             status.allow_dns, status.allow_dhcp
         );
     } else if status.armed {
-        println!("Not isolated (armed: programs attached, ready to isolate at once).");
+        println!("Not isolated (armed: programs loaded, ready to isolate at once).");
     } else {
         println!("Not isolated.");
     }
@@ -342,12 +338,11 @@ fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
         target.cgroup.display()
     );
     let arm = config.arm.unwrap_or(true);
-    let interfaces = choose_interfaces(target, config, Vec::new());
     loop {
-        if arm && !target.pins.installed() {
-            match isolation::arm(target, &interfaces) {
+        if arm && !target.pins.loaded() {
+            match isolation::arm(target) {
                 Ok(true) => {
-                    println!("cordon-enforcer: armed: programs attached, ready to isolate at once.")
+                    println!("cordon-enforcer: armed: programs loaded, ready to isolate at once.");
                 }
                 Ok(false) => {}
                 Err(error) => eprintln!("cordon-enforcer: error: cannot arm: {error:#}"),

@@ -745,6 +745,11 @@ fn armed_then_isolated() -> Result<(), Failed> {
     assert_eq!(armed["armed"], true, "{armed}");
     assert_eq!(armed["tags"], serde_json::json!([]));
     assert!(armed["attention"].is_null(), "{armed}");
+    assert_eq!(
+        armed["pinned_links"],
+        serde_json::json!([]),
+        "armed programs are not attached"
+    );
     held.expect_silence(Duration::from_millis(300))?;
     check(
         "new connection while armed",

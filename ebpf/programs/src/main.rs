@@ -58,12 +58,14 @@ mod programs {
     const ICMP_ECHO_REQUEST: u8 = 8;
     const ICMPV6_ECHO_REQUEST: u8 = 128;
 
+    /// Whether to enforce now. Checks the switch before reading the clock, so armed programs
+    /// cost one array lookup.
     #[inline(always)]
     fn enforcing() -> bool {
         match CORDON_CONFIG.get(0) {
             // SAFETY: the helper has no preconditions.
-            Some(config) => config.enforcing_at(unsafe { bpf_ktime_get_boot_ns() }),
-            None => false,
+            Some(config) if config.active == 1 => config.enforcing_at(unsafe { bpf_ktime_get_boot_ns() }),
+            _ => false,
         }
     }
 
@@ -127,15 +129,17 @@ mod programs {
         sock_create_verdict(ctx.sock)
     }
 
+    /// Sockets of exempt processes get the exempt mark (sockets they held before isolation
+    /// are marked by the agent); raw sockets are refused while isolated.
     #[inline(always)]
     fn sock_create_verdict(sock: *mut bpf_sock) -> i32 {
+        if !enforcing() {
+            return ALLOW;
+        }
         if process_is_exempt() {
             // SAFETY: the kernel hands sock_create programs a valid, writable socket context.
             unsafe { (*sock).mark = EXEMPT_SOCKET_MARK };
             count(STAT_EXEMPT_SOCKETS);
-            return ALLOW;
-        }
-        if !enforcing() {
             return ALLOW;
         }
         // SAFETY: as above; `type` is readable.
