@@ -1,1 +1,36 @@
 //! The response-rule language and its engine: compiles SOC-authored rules and decides, for each detection event, whether and how to isolate a host. Pure: no I/O, time is an argument.
+//!
+//! The flow: [`parse_rule_file`] and [`parse_policy`] validate texts (the caller reads the files),
+//! [`Ruleset::compile`] builds the indexed rule set, and [`evaluate`] decides for each [`Event`],
+//! updating an [`EngineState`] the caller persists. [`RuleDirectory`] does the first steps for a
+//! whole directory and runs the rules' `tests:`.
+
+mod condition;
+mod config;
+mod decision;
+mod diagnostic;
+mod duration;
+mod engine;
+mod event;
+pub mod exclusion;
+mod matcher;
+mod ruleset;
+mod state;
+mod testing;
+mod yaml;
+
+pub use config::{
+    parse_policy, parse_rule_file, Ceiling, Policy, ResponseMode, Retrigger, RuleConfig, RuleFile,
+    TestCase, DEFAULT_ESCALATION_WINDOW,
+};
+pub use decision::{Action, Decision, Exclusions, Isolation, IsolationMode, Reason, ReasonKind};
+pub use diagnostic::{Diagnostic, Position};
+pub use duration::{format_duration, parse_duration, DurationError, MAX_DURATION};
+pub use engine::{dry_run, dry_run_rule, evaluate, DryRun, RuleVerdict};
+pub use event::{Event, EventError};
+pub use exclusion::{parse_allow_spec, AllowSpec, AllowSpecError};
+pub use ruleset::Ruleset;
+pub use state::{EngineState, DEDUP_CAPACITY};
+pub use testing::{
+    describe_decision, run_test, RuleDirectory, SourceFile, TestOutcome, TestResult,
+};

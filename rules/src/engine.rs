@@ -1,0 +1,594 @@
+//! Evaluation: for one event, which rules fire, what each would do, how their answers combine
+//! (strongest isolation wins), and how protection and the ceiling override them.
+//!
+//! Every evaluation first computes a plan against a read-only state (the decisions and the state
+//! changes they imply); `evaluate` then applies the changes, `dry_run` does not.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use crate::config::{ResponseMode, Retrigger, RuleConfig, Threshold};
+use crate::decision::{Action, Decision, Isolation, IsolationMode, Reason};
+use crate::duration::millis;
+use crate::event::Event;
+use crate::ruleset::Ruleset;
+use crate::state::{event_key, ActiveIsolation, EngineState, EscalationCount, ThresholdWindow};
+
+/// What `dry_run` found: the decisions `evaluate` would return, and each matching rule's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DryRun {
+    /// The event was already seen for this host: `evaluate` would ignore it.
+    pub duplicate: bool,
+    pub decisions: Vec<Decision>,
+    pub verdicts: Vec<RuleVerdict>,
+}
+
+/// One rule whose condition held for the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleVerdict {
+    pub rule: String,
+    pub selections: Vec<String>,
+    /// For rules with a threshold: matches counted in the window including this one, and the count needed.
+    pub threshold: Option<(u32, u32)>,
+    /// Whether the rule fired (its condition held and its threshold, if any, was reached).
+    pub fired: bool,
+}
+
+/// Evaluates one event and updates `state`. `now_ms` is the current time (epoch ms); `host_tags`
+/// are the tags the orchestrator knows for the event's host (they decide protection).
+/// A repeated (host, event id) returns no decision.
+pub fn evaluate<T: AsRef<str>>(
+    ruleset: &Ruleset,
+    state: &mut EngineState,
+    event: &Event,
+    now_ms: i64,
+    host_tags: &[T],
+) -> Vec<Decision> {
+    let key = event_key(event.host(), event.id());
+    if state.seen.contains(key) {
+        return Vec::new();
+    }
+    state.seen.insert(key);
+    let candidates = ruleset.candidates(event);
+    if candidates.is_empty() {
+        return Vec::new();
+    }
+    let plan = plan(ruleset, state, event, now_ms, host_tags, &candidates);
+    for change in plan.changes {
+        apply(state, change);
+    }
+    plan.decisions
+}
+
+/// What `evaluate` would decide, without changing anything.
+pub fn dry_run<T: AsRef<str>>(
+    ruleset: &Ruleset,
+    state: &EngineState,
+    event: &Event,
+    now_ms: i64,
+    host_tags: &[T],
+) -> DryRun {
+    let duplicate = state.seen.contains(event_key(event.host(), event.id()));
+    if duplicate {
+        return DryRun {
+            duplicate,
+            decisions: Vec::new(),
+            verdicts: Vec::new(),
+        };
+    }
+    let plan = plan(
+        ruleset,
+        state,
+        event,
+        now_ms,
+        host_tags,
+        &ruleset.candidates(event),
+    );
+    DryRun {
+        duplicate,
+        decisions: plan.decisions,
+        verdicts: plan.verdicts,
+    }
+}
+
+/// What the rule `rule_id` alone would decide for the event (policy included), without changing
+/// anything. None if the rule set has no enabled rule with that id.
+pub fn dry_run_rule<T: AsRef<str>>(
+    ruleset: &Ruleset,
+    rule_id: &str,
+    state: &EngineState,
+    event: &Event,
+    now_ms: i64,
+    host_tags: &[T],
+) -> Option<DryRun> {
+    let index = u32::try_from(ruleset.rule_index(rule_id)?).ok()?;
+    let duplicate = state.seen.contains(event_key(event.host(), event.id()));
+    let plan = plan(ruleset, state, event, now_ms, host_tags, &[index]);
+    Some(DryRun {
+        duplicate,
+        decisions: plan.decisions,
+        verdicts: plan.verdicts,
+    })
+}
+
+#[derive(Debug)]
+enum Change {
+    ThresholdHit {
+        rule: String,
+        group: String,
+        at: i64,
+        within_ms: i64,
+        keep: usize,
+    },
+    ThresholdFired {
+        rule: String,
+        group: String,
+    },
+    Isolated {
+        host: String,
+        isolation: ActiveIsolation,
+    },
+    Escalation {
+        rule: String,
+        host: String,
+        count: EscalationCount,
+    },
+    NewIsolation {
+        at: i64,
+        keep: usize,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Plan {
+    decisions: Vec<Decision>,
+    verdicts: Vec<RuleVerdict>,
+    changes: Vec<Change>,
+}
+
+/// What one fired rule would do on its own.
+#[derive(Debug)]
+enum Outcome {
+    Isolate {
+        isolation: Isolation,
+        own_duration_ms: i64,
+        escalation: Option<EscalationCount>,
+    },
+    Approval(Isolation),
+    Nothing,
+}
+
+struct Fired<'r> {
+    rule: &'r RuleConfig,
+    outcome: Outcome,
+    reasons: Vec<Reason>,
+}
+
+fn plan<T: AsRef<str>>(
+    ruleset: &Ruleset,
+    state: &EngineState,
+    event: &Event,
+    now_ms: i64,
+    host_tags: &[T],
+    candidates: &[u32],
+) -> Plan {
+    let mut plan = Plan::default();
+    let host = event.host();
+    let active = state
+        .active
+        .get(host)
+        .filter(|active| active.in_force(now_ms));
+    let mut fired = Vec::new();
+    for &index in candidates {
+        let rule = &ruleset.rules[index as usize];
+        if !rule.matches(event.fields()) {
+            continue;
+        }
+        let selections = rule.matching_selections(event.fields());
+        let mut reasons = vec![Reason::Matched {
+            rule: rule.id.clone(),
+            selections: selections.clone(),
+        }];
+        let mut verdict = RuleVerdict {
+            rule: rule.id.clone(),
+            selections,
+            threshold: None,
+            fired: true,
+        };
+        if let Some(threshold) = &rule.threshold {
+            let group = group_key(threshold, event);
+            let within_ms = millis(threshold.within);
+            let oldest = now_ms.saturating_sub(within_ms);
+            let earlier = state
+                .thresholds
+                .get(&rule.id)
+                .and_then(|groups| groups.get(&group))
+                .map_or(0, |window| {
+                    window.hits.iter().filter(|&&at| at > oldest).count()
+                });
+            let hits = u32::try_from(earlier + 1).unwrap_or(u32::MAX);
+            verdict.threshold = Some((hits, threshold.count));
+            if hits < threshold.count {
+                verdict.fired = false;
+                let keep = threshold.count as usize - 1;
+                plan.changes.push(Change::ThresholdHit {
+                    rule: rule.id.clone(),
+                    group,
+                    at: now_ms,
+                    within_ms,
+                    keep,
+                });
+                plan.verdicts.push(verdict);
+                continue;
+            }
+            plan.changes.push(Change::ThresholdFired {
+                rule: rule.id.clone(),
+                group,
+            });
+            reasons.push(Reason::ThresholdReached {
+                rule: rule.id.clone(),
+                count: threshold.count,
+                within: threshold.within,
+            });
+        }
+        plan.verdicts.push(verdict);
+        let outcome = rule_outcome(rule, state, active, host, now_ms, &mut reasons);
+        fired.push(Fired {
+            rule,
+            outcome,
+            reasons,
+        });
+    }
+    if let Some(decision) = combine(
+        ruleset,
+        state,
+        event,
+        now_ms,
+        host_tags,
+        active,
+        &fired,
+        &mut plan.changes,
+    ) {
+        plan.decisions.push(decision);
+    }
+    plan
+}
+
+fn group_key(threshold: &Threshold, event: &Event) -> String {
+    let Some(paths) = &threshold.group_by else {
+        return event.host().to_owned();
+    };
+    let mut key = String::new();
+    for (i, path) in paths.iter().enumerate() {
+        if i > 0 {
+            key.push('\u{1f}');
+        }
+        path.any_value(event.fields(), &mut |value| {
+            match value {
+                serde_json::Value::String(text) => key.push_str(text),
+                serde_json::Value::Null => return false,
+                other => key.push_str(&other.to_string()),
+            }
+            true
+        });
+    }
+    key
+}
+
+fn rule_outcome(
+    rule: &RuleConfig,
+    state: &EngineState,
+    active: Option<&ActiveIsolation>,
+    host: &str,
+    now_ms: i64,
+    reasons: &mut Vec<Reason>,
+) -> Outcome {
+    let response = &rule.response;
+    let exclusions = response.exclusions.clone();
+    let isolated_by_rule = active
+        .and_then(|active| active.rules.get(&rule.id))
+        .copied();
+    match response.mode {
+        ResponseMode::Approval => {
+            reasons.push(Reason::ApprovalRequired {
+                rule: rule.id.clone(),
+            });
+            let mode = if response.duration.is_some() {
+                IsolationMode::Automatic
+            } else {
+                IsolationMode::Manual
+            };
+            Outcome::Approval(Isolation {
+                mode,
+                duration: response.duration,
+                deadline_ms: None,
+                exclusions,
+            })
+        }
+        ResponseMode::Manual if isolated_by_rule.is_some() => Outcome::Nothing,
+        ResponseMode::Manual => Outcome::Isolate {
+            isolation: Isolation {
+                mode: IsolationMode::Manual,
+                duration: None,
+                deadline_ms: None,
+                exclusions,
+            },
+            own_duration_ms: 0,
+            escalation: None,
+        },
+        ResponseMode::Automatic => {
+            let duration = match (isolated_by_rule, response.on_retrigger) {
+                (Some(_), Retrigger::Keep) => {
+                    reasons.push(Reason::Retriggered {
+                        rule: rule.id.clone(),
+                        on_retrigger: Retrigger::Keep,
+                    });
+                    return Outcome::Nothing;
+                }
+                (Some(own_ms), Retrigger::Extend) => {
+                    reasons.push(Reason::Retriggered {
+                        rule: rule.id.clone(),
+                        on_retrigger: Retrigger::Extend,
+                    });
+                    let duration = Duration::from_millis(u64::try_from(own_ms).unwrap_or(0));
+                    return timed(duration, now_ms, exclusions, None);
+                }
+                (Some(_), Retrigger::Escalate) => {
+                    reasons.push(Reason::Retriggered {
+                        rule: rule.id.clone(),
+                        on_retrigger: Retrigger::Escalate,
+                    });
+                    response.duration
+                }
+                (None, _) => response.duration,
+            };
+            if response.escalation.is_empty() {
+                return timed(duration.unwrap_or_default(), now_ms, exclusions, None);
+            }
+            let previous = state
+                .escalations
+                .get(&rule.id)
+                .and_then(|hosts| hosts.get(host))
+                .map_or(0, |count| count.current(now_ms));
+            let step = response.escalation[(previous as usize).min(response.escalation.len() - 1)];
+            let number = previous.saturating_add(1);
+            if number > 1 {
+                reasons.push(Reason::Escalated {
+                    rule: rule.id.clone(),
+                    isolation_number: number,
+                    duration: step,
+                });
+            }
+            let count = EscalationCount {
+                isolations: number,
+                last_ms: now_ms,
+                window_ms: millis(response.escalation_window),
+            };
+            timed(step, now_ms, exclusions, Some(count))
+        }
+    }
+}
+
+fn timed(
+    duration: Duration,
+    now_ms: i64,
+    exclusions: crate::decision::Exclusions,
+    escalation: Option<EscalationCount>,
+) -> Outcome {
+    let own_duration_ms = millis(duration);
+    Outcome::Isolate {
+        isolation: Isolation {
+            mode: IsolationMode::Automatic,
+            duration: Some(duration),
+            deadline_ms: Some(now_ms.saturating_add(own_duration_ms)),
+            exclusions,
+        },
+        own_duration_ms,
+        escalation,
+    }
+}
+
+/// Orders isolations: manual beats automatic, then the later deadline wins.
+fn strength(isolation: &Isolation) -> (IsolationMode, i64, u64) {
+    (
+        isolation.mode,
+        isolation.deadline_ms.unwrap_or(i64::MIN),
+        isolation.duration.map_or(0, |d| d.as_secs()),
+    )
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one step of plan(), split out for readability; the arguments are plan's locals"
+)]
+fn combine<T: AsRef<str>>(
+    ruleset: &Ruleset,
+    state: &EngineState,
+    event: &Event,
+    now_ms: i64,
+    host_tags: &[T],
+    active: Option<&ActiveIsolation>,
+    fired: &[Fired<'_>],
+    changes: &mut Vec<Change>,
+) -> Option<Decision> {
+    if fired.is_empty() {
+        return None;
+    }
+    let rules: Vec<String> = fired.iter().map(|f| f.rule.id.clone()).collect();
+    let mut why: Vec<Reason> = fired
+        .iter()
+        .flat_map(|f| f.reasons.iter().cloned())
+        .collect();
+    let strongest_isolation = fired
+        .iter()
+        .filter_map(|f| match &f.outcome {
+            Outcome::Isolate { isolation, .. } => Some(isolation),
+            _ => None,
+        })
+        .max_by_key(|isolation| strength(isolation));
+    let strongest_approval = fired
+        .iter()
+        .filter_map(|f| match &f.outcome {
+            Outcome::Approval(isolation) => Some(isolation),
+            _ => None,
+        })
+        .max_by_key(|isolation| strength(isolation));
+    let protected: Vec<String> = host_tags
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|tag| {
+            ruleset
+                .protected_tags
+                .iter()
+                .any(|protected| protected == &tag.to_lowercase())
+        })
+        .map(str::to_owned)
+        .collect();
+    let decision = |action: Action, why: Vec<Reason>| Decision {
+        host: event.host().to_owned(),
+        event_id: event.id().to_owned(),
+        action,
+        rules: rules.clone(),
+        why,
+    };
+
+    let Some(strongest) = strongest_isolation else {
+        let proposal = strongest_approval?.clone();
+        if !protected.is_empty() {
+            why.push(Reason::Protected { tags: protected });
+        }
+        return Some(decision(Action::RequestApproval(proposal), why));
+    };
+    let mut isolation = strongest.clone();
+    if let Some(active) = active {
+        let current = Isolation {
+            mode: active.mode,
+            duration: None,
+            deadline_ms: active.deadline_ms,
+            exclusions: isolation.exclusions.clone(),
+        };
+        if strength(&current) > strength(&isolation) {
+            isolation.mode = active.mode;
+            isolation.deadline_ms = active.deadline_ms;
+            isolation.duration = active.deadline_ms.map(|deadline| {
+                Duration::from_millis(u64::try_from(deadline.saturating_sub(now_ms)).unwrap_or(0))
+            });
+            why.push(Reason::CurrentIsolationKept {
+                mode: active.mode,
+                deadline_ms: active.deadline_ms,
+            });
+        }
+    }
+    let proposal = |isolation: &Isolation| Isolation {
+        deadline_ms: None,
+        ..isolation.clone()
+    };
+    if !protected.is_empty() {
+        why.push(Reason::Protected { tags: protected });
+        return Some(decision(Action::RequestApproval(proposal(strongest)), why));
+    }
+    let new_host_isolation = active.is_none();
+    if let (true, Some(ceiling)) = (new_host_isolation, ruleset.policy.max_automatic) {
+        let oldest = now_ms.saturating_sub(millis(ceiling.within));
+        let recent = state
+            .recent_isolations
+            .iter()
+            .filter(|&&at| at > oldest)
+            .count();
+        if recent >= ceiling.count as usize {
+            why.push(Reason::CeilingReached {
+                count: ceiling.count,
+                within: ceiling.within,
+            });
+            return Some(decision(Action::RequestApproval(proposal(strongest)), why));
+        }
+    }
+    if let (true, Some(ceiling)) = (new_host_isolation, ruleset.policy.max_automatic) {
+        changes.push(Change::NewIsolation {
+            at: now_ms,
+            keep: ceiling.count as usize,
+        });
+    }
+    let mut isolated_by: BTreeMap<String, i64> = active
+        .map(|active| active.rules.clone())
+        .unwrap_or_default();
+    for f in fired {
+        if let Outcome::Isolate {
+            own_duration_ms,
+            escalation,
+            ..
+        } = &f.outcome
+        {
+            isolated_by.insert(f.rule.id.clone(), *own_duration_ms);
+            if let Some(count) = escalation {
+                changes.push(Change::Escalation {
+                    rule: f.rule.id.clone(),
+                    host: event.host().to_owned(),
+                    count: *count,
+                });
+            }
+        }
+    }
+    changes.push(Change::Isolated {
+        host: event.host().to_owned(),
+        isolation: ActiveIsolation {
+            mode: isolation.mode,
+            deadline_ms: isolation.deadline_ms,
+            rules: isolated_by,
+        },
+    });
+    Some(decision(Action::Isolate(isolation), why))
+}
+
+fn apply(state: &mut EngineState, change: Change) {
+    match change {
+        Change::ThresholdHit {
+            rule,
+            group,
+            at,
+            within_ms,
+            keep,
+        } => {
+            let window = state
+                .thresholds
+                .entry(rule)
+                .or_default()
+                .entry(group)
+                .or_insert_with(|| ThresholdWindow {
+                    hits: VecDeque::new(),
+                    within_ms,
+                });
+            window.within_ms = within_ms;
+            let oldest = at.saturating_sub(within_ms);
+            window.hits.retain(|&hit| hit > oldest);
+            window.hits.push_back(at);
+            while window.hits.len() > keep {
+                window.hits.pop_front();
+            }
+        }
+        Change::ThresholdFired { rule, group } => {
+            if let Some(groups) = state.thresholds.get_mut(&rule) {
+                groups.remove(&group);
+                if groups.is_empty() {
+                    state.thresholds.remove(&rule);
+                }
+            }
+        }
+        Change::Isolated { host, isolation } => {
+            state.active.insert(host, isolation);
+        }
+        Change::Escalation { rule, host, count } => {
+            state
+                .escalations
+                .entry(rule)
+                .or_default()
+                .insert(host, count);
+        }
+        Change::NewIsolation { at, keep } => {
+            state.recent_isolations.push_back(at);
+            while state.recent_isolations.len() > keep {
+                state.recent_isolations.pop_front();
+            }
+        }
+    }
+}
