@@ -39,10 +39,7 @@ fn main() {
     let mut sinks = sandbox.spawn(sandbox.on_peer(&probe(), &["probe", "drain", "8080"]));
     assert_eq!(sinks.expect_line("sink", Duration::from_secs(5)), "ready");
     let mut sever_sink = sandbox.spawn(sandbox.on_peer(&probe(), &["probe", "sink", "8081"]));
-    assert_eq!(
-        sever_sink.expect_line("sink", Duration::from_secs(5)),
-        "ready"
-    );
+    assert_eq!(sever_sink.expect_line("sink", Duration::from_secs(5)), "ready");
 
     let exclusions = exclusion_specs(&peer);
     let scenarios = [
@@ -91,69 +88,35 @@ fn main() {
     let cold = time_isolations(&sandbox, false);
     let armed = time_isolations(&sandbox, true);
     println!();
-    println!("| isolate → enforced (wall time of `cordon-enforcer isolate`, no connections) | median | max |");
+    println!(
+        "| isolate → enforced (wall time of `cordon-enforcer isolate`, no connections) | median | max |"
+    );
     println!("|---|---|---|");
-    println!(
-        "| cold (load, verify, attach, pin) | {:.1} ms | {:.1} ms |",
-        median(&cold),
-        max(&cold)
-    );
-    println!(
-        "| armed (attach, then flip the switch) | {:.1} ms | {:.1} ms |",
-        median(&armed),
-        max(&armed)
-    );
+    println!("| cold (load, verify, attach, pin) | {:.1} ms | {:.1} ms |", median(&cold), max(&cold));
+    println!("| armed (attach, then flip the switch) | {:.1} ms | {:.1} ms |", median(&armed), max(&armed));
 
     // Severing 10,000 established connections.
-    let mut holder = sandbox.spawn(sandbox.on_host(
-        &probe(),
-        &[
-            "probe",
-            "open",
-            &peer,
-            "8081",
-            &SEVER_CONNECTIONS.to_string(),
-        ],
-    ));
+    let mut holder = sandbox
+        .spawn(sandbox.on_host(&probe(), &["probe", "open", &peer, "8081", &SEVER_CONNECTIONS.to_string()]));
     let opened = holder.expect_line("connections opened", Duration::from_secs(60));
-    assert_eq!(
-        opened,
-        format!("open {SEVER_CONNECTIONS}"),
-        "could not open the connections"
-    );
+    assert_eq!(opened, format!("open {SEVER_CONNECTIONS}"), "could not open the connections");
     let established_before = established_on_host(&sandbox, "8081");
-    assert_eq!(
-        established_before, SEVER_CONNECTIONS,
-        "connections established before isolating"
-    );
+    assert_eq!(established_before, SEVER_CONNECTIONS, "connections established before isolating");
     let started = Instant::now();
     let output = enforcer(&sandbox, &["isolate"]);
     let elapsed = started.elapsed();
-    let severed_line = output
-        .lines()
-        .find(|l| l.starts_with("Severed"))
-        .unwrap_or_default()
-        .to_owned();
+    let severed_line = output.lines().find(|l| l.starts_with("Severed")).unwrap_or_default().to_owned();
     let still_established = established_on_host(&sandbox, "8081");
     println!();
     println!("| sever {SEVER_CONNECTIONS} established connections | wall time of `isolate` | still established after |");
     println!("|---|---|---|");
-    println!(
-        "| {severed_line} | {:.0} ms | {still_established} |",
-        elapsed.as_secs_f64() * 1000.0
-    );
+    println!("| {severed_line} | {:.0} ms | {still_established} |", elapsed.as_secs_f64() * 1000.0);
     enforcer(&sandbox, &["release"]);
 }
 
 fn which(tool: &str) -> PathBuf {
-    let output = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .expect("sh");
-    assert!(
-        output.status.success(),
-        "the benchmark needs {tool} (ops/install-toolchain.sh installs it)"
-    );
+    let output = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().expect("sh");
+    assert!(output.status.success(), "the benchmark needs {tool} (ops/install-toolchain.sh installs it)");
     PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
 }
 
@@ -162,24 +125,16 @@ fn probe() -> PathBuf {
 }
 
 fn enforcer(sandbox: &Sandbox, args: &[&str]) -> String {
-    let output = sandbox
-        .enforcer(Path::new(ENFORCER), args)
-        .output()
-        .expect("run cordon-enforcer");
-    assert!(
-        output.status.success(),
-        "cordon-enforcer {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = sandbox.enforcer(Path::new(ENFORCER), args).output().expect("run cordon-enforcer");
+    assert!(output.status.success(), "cordon-enforcer {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// 998 disjoint exclusions nobody uses, then the two the benchmark traffic needs (last, the
 /// worst place for a linear ruleset).
 fn exclusion_specs(peer: &str) -> Vec<String> {
-    let mut specs: Vec<String> = (0..998)
-        .map(|i| format!("out,tcp,10.{}.{}.0/24,443", i / 256, i % 256))
-        .collect();
+    let mut specs: Vec<String> =
+        (0..998).map(|i| format!("out,tcp,10.{}.{}.0/24,443", i / 256, i % 256)).collect();
     specs.push(format!("out,tcp,{peer}/32,5201"));
     specs.push(format!("out,tcp,{peer}/32,8080"));
     specs
@@ -231,11 +186,7 @@ fn nft_in_host(sandbox: &Sandbox, nft: &Path, args: &[&str]) {
         .args(args)
         .output()
         .expect("run nft");
-    assert!(
-        output.status.success(),
-        "nft {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "nft {args:?}: {}", String::from_utf8_lossy(&output.stderr));
 }
 
 /// The same meaning as the eBPF isolation with these exclusions: drop by default, loopback
@@ -250,10 +201,7 @@ fn nft_ruleset(exclusions: &[String], _peer: &str, as_set: bool) -> String {
         .collect();
     let mut text = String::from("table inet cordon_bench {\n");
     if as_set {
-        let elements: Vec<String> = parsed
-            .iter()
-            .map(|(net, port)| format!("{net} . {port}"))
-            .collect();
+        let elements: Vec<String> = parsed.iter().map(|(net, port)| format!("{net} . {port}")).collect();
         text.push_str(&format!(
             "  set allowed {{ type ipv4_addr . inet_service; flags interval; elements = {{ {} }} }}\n",
             elements.join(", ")
@@ -261,7 +209,9 @@ fn nft_ruleset(exclusions: &[String], _peer: &str, as_set: bool) -> String {
         text.push_str("  chain output { type filter hook output priority 0; policy drop;\n    oifname \"lo\" accept\n    ip daddr . tcp dport @allowed accept\n  }\n");
         text.push_str("  chain input { type filter hook input priority 0; policy drop;\n    iifname \"lo\" accept\n    ip saddr . tcp sport @allowed accept\n  }\n");
     } else {
-        text.push_str("  chain output { type filter hook output priority 0; policy drop;\n    oifname \"lo\" accept\n");
+        text.push_str(
+            "  chain output { type filter hook output priority 0; policy drop;\n    oifname \"lo\" accept\n",
+        );
         for (net, port) in &parsed {
             text.push_str(&format!("    ip daddr {net} tcp dport {port} accept\n"));
         }
@@ -277,14 +227,10 @@ fn nft_ruleset(exclusions: &[String], _peer: &str, as_set: bool) -> String {
 
 fn iperf_gbits(sandbox: &mut Sandbox, iperf3: &Path, peer: &str) -> f64 {
     // A fresh one-shot server per run (`-1`): start it, then run the client.
-    let mut server =
-        sandbox.spawn(sandbox.on_peer(iperf3, &["-s", "-1", "-p", "5201", "--forceflush"]));
+    let mut server = sandbox.spawn(sandbox.on_peer(iperf3, &["-s", "-1", "-p", "5201", "--forceflush"]));
     let _ = server.expect_line("iperf3 server start", Duration::from_secs(5));
     let output = sandbox
-        .on_host(
-            iperf3,
-            &["-c", peer, "-p", "5201", "-t", SECONDS_PER_RUN, "-J"],
-        )
+        .on_host(iperf3, &["-c", peer, "-p", "5201", "-t", SECONDS_PER_RUN, "-J"])
         .output()
         .expect("run iperf3");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("iperf3 JSON");
@@ -296,10 +242,7 @@ fn iperf_gbits(sandbox: &mut Sandbox, iperf3: &Path, peer: &str) -> f64 {
 
 fn connection_rate(sandbox: &Sandbox, peer: &str) -> f64 {
     let output = sandbox
-        .on_host(
-            &probe(),
-            &["probe", "connrate", peer, "8080", SECONDS_PER_RUN],
-        )
+        .on_host(&probe(), &["probe", "connrate", peer, "8080", SECONDS_PER_RUN])
         .output()
         .expect("connrate");
     let line = String::from_utf8_lossy(&output.stdout).trim().to_owned();
@@ -325,13 +268,7 @@ fn time_isolations(sandbox: &Sandbox, armed: bool) -> Vec<f64> {
 fn established_on_host(sandbox: &Sandbox, port: &str) -> usize {
     let output = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", sandbox.host_ns))
-        .args([
-            "ss",
-            "-Htn",
-            "state",
-            "established",
-            &format!("( dport = :{port} )"),
-        ])
+        .args(["ss", "-Htn", "state", "established", &format!("( dport = :{port} )")])
         .output()
         .expect("ss");
     String::from_utf8_lossy(&output.stdout).lines().count()

@@ -16,24 +16,22 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{
-    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
-    CgroupSockAddrAttachType, CgroupSockAttachType, Program, SchedClassifier, TcAttachType,
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockAddrAttachType,
+    CgroupSockAttachType, Program, SchedClassifier, TcAttachType,
 };
 use aya::EbpfLoader;
 use enforcer_common::{
-    Config, RuleList, COMM_LEN, MAP_CONFIG, MAP_EXEMPT_COMM, MAP_EXEMPT_TGID, MAP_RULES_V4,
-    MAP_RULES_V6, MAP_STATS, N_STATS, PIN_LAYOUT_VERSION, PROG_CONNECT4, PROG_CONNECT6,
-    PROG_EGRESS, PROG_INGRESS, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_CREATE, PROG_TC_INGRESS,
-    STAT_CONNECTS_REFUSED, STAT_ECHO_DROPPED, STAT_EXEMPT_SOCKETS, STAT_PACKETS_ALLOWED,
-    STAT_PACKETS_DROPPED, STAT_SOCKETS_REFUSED,
+    Config, RuleList, COMM_LEN, MAP_CONFIG, MAP_EXEMPT_COMM, MAP_EXEMPT_TGID, MAP_RULES_V4, MAP_RULES_V6,
+    MAP_STATS, N_STATS, PIN_LAYOUT_VERSION, PROG_CONNECT4, PROG_CONNECT6, PROG_EGRESS, PROG_INGRESS,
+    PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_CREATE, PROG_TC_INGRESS, STAT_CONNECTS_REFUSED,
+    STAT_ECHO_DROPPED, STAT_EXEMPT_SOCKETS, STAT_PACKETS_ALLOWED, STAT_PACKETS_DROPPED, STAT_SOCKETS_REFUSED,
 };
 
 use crate::exclusion::Network;
 use crate::rule_table::RuleTables;
 
 /// The compiled eBPF object, built by build.rs.
-static PROGRAMS_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer-ebpf"));
+static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer-ebpf"));
 
 /// How a cgroup program attaches.
 #[derive(Clone, Copy)]
@@ -45,26 +43,11 @@ enum Hook {
 
 /// The cgroup programs, in the order they are attached.
 const CGROUP_PROGRAMS: [(&str, Hook); 7] = [
-    (
-        PROG_SOCK_CREATE,
-        Hook::Sock(CgroupSockAttachType::SockCreate),
-    ),
-    (
-        PROG_CONNECT4,
-        Hook::SockAddr(CgroupSockAddrAttachType::Connect4),
-    ),
-    (
-        PROG_CONNECT6,
-        Hook::SockAddr(CgroupSockAddrAttachType::Connect6),
-    ),
-    (
-        PROG_SENDMSG4,
-        Hook::SockAddr(CgroupSockAddrAttachType::UDPSendMsg4),
-    ),
-    (
-        PROG_SENDMSG6,
-        Hook::SockAddr(CgroupSockAddrAttachType::UDPSendMsg6),
-    ),
+    (PROG_SOCK_CREATE, Hook::Sock(CgroupSockAttachType::SockCreate)),
+    (PROG_CONNECT4, Hook::SockAddr(CgroupSockAddrAttachType::Connect4)),
+    (PROG_CONNECT6, Hook::SockAddr(CgroupSockAddrAttachType::Connect6)),
+    (PROG_SENDMSG4, Hook::SockAddr(CgroupSockAddrAttachType::UDPSendMsg4)),
+    (PROG_SENDMSG6, Hook::SockAddr(CgroupSockAddrAttachType::UDPSendMsg6)),
     (PROG_EGRESS, Hook::Skb(CgroupSkbAttachType::Egress)),
     (PROG_INGRESS, Hook::Skb(CgroupSkbAttachType::Ingress)),
 ];
@@ -77,9 +60,7 @@ pub struct Pins {
 
 impl Pins {
     pub fn new(pin_dir: &Path) -> Pins {
-        Pins {
-            root: pin_dir.join(PIN_LAYOUT_VERSION),
-        }
+        Pins { root: pin_dir.join(PIN_LAYOUT_VERSION) }
     }
 
     pub fn root(&self) -> &Path {
@@ -109,11 +90,7 @@ impl Pins {
     /// Names of the pinned links, sorted.
     pub fn links(&self) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(self.links_dir())
-            .map(|entries| {
-                entries
-                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                    .collect()
-            })
+            .map(|entries| entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
             .unwrap_or_default();
         names.sort();
         names
@@ -127,10 +104,7 @@ impl Pins {
 
     /// Whether the programs are loaded and pinned (armed or attached).
     pub fn loaded(&self) -> bool {
-        CGROUP_PROGRAMS
-            .iter()
-            .all(|(name, _)| self.prog(name).exists())
-            && self.map(MAP_CONFIG).exists()
+        CGROUP_PROGRAMS.iter().all(|(name, _)| self.prog(name).exists()) && self.map(MAP_CONFIG).exists()
     }
 
     /// Loaded and pinned but not attached: no cost per packet, attaching takes a millisecond.
@@ -255,14 +229,10 @@ fn load(pins: &Pins) -> Result<()> {
         .default_map_pin_directory(pins.maps_dir())
         .load(PROGRAMS_OBJECT)
         .context("the kernel refused to load cordon's eBPF programs")?;
-    let names = CGROUP_PROGRAMS
-        .iter()
-        .map(|(name, _)| *name)
-        .chain([PROG_TC_INGRESS]);
+    let names = CGROUP_PROGRAMS.iter().map(|(name, _)| *name).chain([PROG_TC_INGRESS]);
     for name in names {
-        let program = ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing from the object"))?;
+        let program =
+            ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?;
         match program {
             Program::CgroupSkb(p) => p.load(),
             Program::CgroupSockAddr(p) => p.load(),
@@ -271,9 +241,7 @@ fn load(pins: &Pins) -> Result<()> {
             _ => bail!("program {name} has an unexpected type"),
         }
         .with_context(|| format!("the kernel refused program {name}"))?;
-        program
-            .pin(pins.prog(name))
-            .with_context(|| format!("cannot pin program {name}"))?;
+        program.pin(pins.prog(name)).with_context(|| format!("cannot pin program {name}"))?;
     }
     Ok(())
 }
@@ -296,16 +264,12 @@ fn attach(pins: &Pins, cgroup: &Path, interfaces: &[String]) -> Result<()> {
             }
             Hook::SockAddr(attach_type) => {
                 let mut program = CgroupSockAddr::from_pin(&path, attach_type)?;
-                let id = program
-                    .attach(&cgroup_file, CgroupAttachMode::Single)
-                    .with_context(attach_error)?;
+                let id = program.attach(&cgroup_file, CgroupAttachMode::Single).with_context(attach_error)?;
                 program.take_link(id)?.try_into()?
             }
             Hook::Sock(attach_type) => {
                 let mut program = CgroupSock::from_pin(&path, attach_type)?;
-                let id = program
-                    .attach(&cgroup_file, CgroupAttachMode::Single)
-                    .with_context(attach_error)?;
+                let id = program.attach(&cgroup_file, CgroupAttachMode::Single).with_context(attach_error)?;
                 program.take_link(id)?.try_into()?
             }
         };
@@ -316,25 +280,19 @@ fn attach(pins: &Pins, cgroup: &Path, interfaces: &[String]) -> Result<()> {
         for interface in interfaces {
             let id = classifier
                 .attach(interface, TcAttachType::Ingress)
-                .with_context(|| {
-                    format!("cannot attach cordon_tc_ingress to interface {interface}")
-                })?;
+                .with_context(|| format!("cannot attach cordon_tc_ingress to interface {interface}"))?;
             let link: FdLink = classifier
                 .take_link(id)?
                 .try_into()
                 .context("interface programs need tcx links (kernel 6.6 or newer)")?;
-            pin_link(
-                link,
-                &pins.links_dir().join(format!("tc-ingress-{interface}")),
-            )?;
+            pin_link(link, &pins.links_dir().join(format!("tc-ingress-{interface}")))?;
         }
     }
     Ok(())
 }
 
 fn pin_link(link: FdLink, path: &Path) -> Result<()> {
-    link.pin(path)
-        .with_context(|| format!("cannot pin link at {}", path.display()))?;
+    link.pin(path).with_context(|| format!("cannot pin link at {}", path.display()))?;
     Ok(())
 }
 
@@ -353,8 +311,7 @@ pub fn uninstall(pins: &Pins) -> Result<()> {
 fn remove_pins(pins: &Pins) -> Result<()> {
     remove_links(pins)?;
     if pins.root.exists() {
-        fs::remove_dir_all(&pins.root)
-            .with_context(|| format!("cannot remove {}", pins.root.display()))?;
+        fs::remove_dir_all(&pins.root).with_context(|| format!("cannot remove {}", pins.root.display()))?;
     }
     if let Some(pin_dir) = pins.root.parent() {
         // Only succeeds when nothing else lives there; anything else is not ours to remove.
@@ -369,12 +326,9 @@ fn remove_links(pins: &Pins) -> Result<()> {
         let path = pins.links_dir().join(&link);
         match PinnedLink::from_pin(&path) {
             Ok(pinned) => {
-                pinned
-                    .unpin()
-                    .with_context(|| format!("cannot remove pinned link {}", path.display()))?;
+                pinned.unpin().with_context(|| format!("cannot remove pinned link {}", path.display()))?;
             }
-            Err(_) => fs::remove_file(&path)
-                .with_context(|| format!("cannot remove {}", path.display()))?,
+            Err(_) => fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?,
         }
     }
     Ok(())
@@ -386,11 +340,7 @@ pub fn read_state(pins: &Pins) -> Result<Option<KernelState>> {
         return Ok(None);
     }
     let maps = LiveMaps::open(pins)?;
-    Ok(Some(KernelState {
-        config: maps.config()?,
-        counters: maps.counters()?,
-        links: pins.links(),
-    }))
+    Ok(Some(KernelState { config: maps.config()?, counters: maps.counters()?, links: pins.links() }))
 }
 
 /// Open handles on the pinned maps of an installed isolation.
@@ -405,10 +355,9 @@ pub struct LiveMaps {
 
 fn open_map(pins: &Pins, name: &str) -> Result<Map> {
     let path = pins.map(name);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("cannot open pinned map {}", path.display()))?;
-    Map::from_map_data(data)
-        .with_context(|| format!("pinned map {} has an unexpected type", path.display()))
+    let data =
+        MapData::from_pin(&path).with_context(|| format!("cannot open pinned map {}", path.display()))?;
+    Map::from_map_data(data).with_context(|| format!("pinned map {} has an unexpected type", path.display()))
 }
 
 impl LiveMaps {
@@ -424,20 +373,12 @@ impl LiveMaps {
     }
 
     pub fn config(&self) -> Result<Config> {
-        Ok(self
-            .config
-            .get(&0, 0)
-            .context("cannot read the config map")?)
+        Ok(self.config.get(&0, 0).context("cannot read the config map")?)
     }
 
     fn deactivate(&mut self) -> Result<()> {
-        let config = Config {
-            active: 0,
-            ..self.config()?
-        };
-        self.config
-            .set(0, config, 0)
-            .context("cannot write the config map")?;
+        let config = Config { active: 0, ..self.config()? };
+        self.config.set(0, config, 0).context("cannot write the config map")?;
         Ok(())
     }
 
@@ -445,32 +386,18 @@ impl LiveMaps {
     /// ones come out, so while a change lands the host is never more open than the union of
     /// the old and new exclusions, and never cuts what both allow.
     pub fn apply(&mut self, enforcement: &Enforcement<'_>, generation: u64) -> Result<()> {
-        let keep_v4: HashSet<Vec<u8>> = enforcement
-            .tables
-            .v4
-            .iter()
-            .map(|(net, _)| key_bytes(*net))
-            .collect();
-        let keep_v6: HashSet<Vec<u8>> = enforcement
-            .tables
-            .v6
-            .iter()
-            .map(|(net, _)| key_bytes(*net))
-            .collect();
+        let keep_v4: HashSet<Vec<u8>> =
+            enforcement.tables.v4.iter().map(|(net, _)| key_bytes(*net)).collect();
+        let keep_v6: HashSet<Vec<u8>> =
+            enforcement.tables.v6.iter().map(|(net, _)| key_bytes(*net)).collect();
         for (network, list) in &enforcement.tables.v4 {
-            let key = Key::new(
-                u32::from(network.prefix_len),
-                to_array::<4>(&key_bytes(*network)),
-            );
+            let key = Key::new(u32::from(network.prefix_len), to_array::<4>(&key_bytes(*network)));
             self.rules_v4
                 .insert(&key, list, 0)
                 .with_context(|| format!("cannot add exclusion for {network}"))?;
         }
         for (network, list) in &enforcement.tables.v6 {
-            let key = Key::new(
-                u32::from(network.prefix_len),
-                to_array::<16>(&key_bytes(*network)),
-            );
+            let key = Key::new(u32::from(network.prefix_len), to_array::<16>(&key_bytes(*network)));
             self.rules_v6
                 .insert(&key, list, 0)
                 .with_context(|| format!("cannot add exclusion for {network}"))?;
@@ -482,9 +409,7 @@ impl LiveMaps {
             .filter(|key| !keep_v4.contains(&masked(key.data(), key.prefix_len())))
             .collect();
         for key in stale_v4 {
-            self.rules_v4
-                .remove(&key)
-                .context("cannot remove a stale exclusion")?;
+            self.rules_v4.remove(&key).context("cannot remove a stale exclusion")?;
         }
         let stale_v6: Vec<Key<[u8; 16]>> = self
             .rules_v6
@@ -493,15 +418,11 @@ impl LiveMaps {
             .filter(|key| !keep_v6.contains(&masked(key.data(), key.prefix_len())))
             .collect();
         for key in stale_v6 {
-            self.rules_v6
-                .remove(&key)
-                .context("cannot remove a stale exclusion")?;
+            self.rules_v6.remove(&key).context("cannot remove a stale exclusion")?;
         }
 
         for name in enforcement.exempt_names {
-            self.exempt_comm
-                .insert(name, 1, 0)
-                .context("cannot add an exempt process name")?;
+            self.exempt_comm.insert(name, 1, 0).context("cannot add an exempt process name")?;
         }
         let stale_names: Vec<[u8; COMM_LEN]> = self
             .exempt_comm
@@ -510,14 +431,10 @@ impl LiveMaps {
             .filter(|k| !enforcement.exempt_names.contains(k))
             .collect();
         for name in stale_names {
-            self.exempt_comm
-                .remove(&name)
-                .context("cannot remove an exempt process name")?;
+            self.exempt_comm.remove(&name).context("cannot remove an exempt process name")?;
         }
         for tgid in enforcement.exempt_tgids {
-            self.exempt_tgid
-                .insert(tgid, 1, 0)
-                .context("cannot add an exempt process")?;
+            self.exempt_tgid.insert(tgid, 1, 0).context("cannot add an exempt process")?;
         }
         let stale_tgids: Vec<u32> = self
             .exempt_tgid
@@ -526,9 +443,7 @@ impl LiveMaps {
             .filter(|k| !enforcement.exempt_tgids.contains(k))
             .collect();
         for tgid in stale_tgids {
-            self.exempt_tgid
-                .remove(&tgid)
-                .context("cannot remove an exempt process")?;
+            self.exempt_tgid.remove(&tgid).context("cannot remove an exempt process")?;
         }
 
         let config = Config {
@@ -537,18 +452,13 @@ impl LiveMaps {
             expires_at_boot_ns: enforcement.expires_at_boot_ns,
             generation,
         };
-        self.config
-            .set(0, config, 0)
-            .context("cannot write the config map")?;
+        self.config.set(0, config, 0).context("cannot write the config map")?;
         Ok(())
     }
 
     pub fn counters(&self) -> Result<Counters> {
         let total = |index: u32| -> Result<u64> {
-            let values = self
-                .stats
-                .get(&index, 0)
-                .context("cannot read the counters map")?;
+            let values = self.stats.get(&index, 0).context("cannot read the counters map")?;
             Ok(values.iter().sum())
         };
         debug_assert!(STAT_ECHO_DROPPED < N_STATS);

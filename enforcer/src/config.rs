@@ -43,9 +43,8 @@ impl EnforcerConfig {
     pub fn load(path: &Path) -> Result<EnforcerConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).map_err(|error| {
-            anyhow::anyhow!("{}: {}", path.display(), error.to_string().trim_end())
-        })
+        toml::from_str(&text)
+            .map_err(|error| anyhow::anyhow!("{}: {}", path.display(), error.to_string().trim_end()))
     }
 
     /// The broker addresses, as `host:port` strings.
@@ -53,13 +52,7 @@ impl EnforcerConfig {
         self.kafka
             .as_ref()
             .map(|kafka| {
-                kafka
-                    .brokers
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|b| !b.is_empty())
-                    .map(String::from)
-                    .collect()
+                kafka.brokers.split(',').map(str::trim).filter(|b| !b.is_empty()).map(String::from).collect()
             })
             .unwrap_or_default()
     }
@@ -71,20 +64,15 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let error = toml::from_str::<EnforcerConfig>(
-            "host_id = \"a\"\n[kafka]\nbrokers = \"b:1\"\nbroker = \"x\"\n",
-        )
-        .unwrap_err();
-        assert!(
-            error.to_string().contains("unknown field `broker`"),
-            "{error}"
-        );
+        let error =
+            toml::from_str::<EnforcerConfig>("host_id = \"a\"\n[kafka]\nbrokers = \"b:1\"\nbroker = \"x\"\n")
+                .unwrap_err();
+        assert!(error.to_string().contains("unknown field `broker`"), "{error}");
     }
 
     #[test]
     fn brokers_are_split() {
-        let config: EnforcerConfig =
-            toml::from_str("[kafka]\nbrokers = \"a:9092, b:9093\"\n").unwrap();
+        let config: EnforcerConfig = toml::from_str("[kafka]\nbrokers = \"a:9092, b:9093\"\n").unwrap();
         assert_eq!(config.brokers(), vec!["a:9092", "b:9093"]);
     }
 }

@@ -35,10 +35,7 @@ pub struct PortRange {
 }
 
 impl PortRange {
-    pub const ALL: PortRange = PortRange {
-        first: 0,
-        last: u16::MAX,
-    };
+    pub const ALL: PortRange = PortRange { first: 0, last: u16::MAX };
 
     pub fn contains(self, port: u16) -> bool {
         (self.first..=self.last).contains(&port)
@@ -56,15 +53,11 @@ impl Network {
     pub fn contains(self, address: IpAddr) -> bool {
         match (self.address, address) {
             (IpAddr::V4(net), IpAddr::V4(addr)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix_len))
-                    .unwrap_or(0);
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
                 u32::from(net) & mask == u32::from(addr) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(addr)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix_len))
-                    .unwrap_or(0);
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix_len)).unwrap_or(0);
                 u128::from(net) & mask == u128::from(addr) & mask
             }
             _ => false,
@@ -79,10 +72,7 @@ impl Network {
     /// A single host: /32 or /128.
     pub fn host(address: IpAddr) -> Network {
         let prefix_len = if address.is_ipv4() { 32 } else { 128 };
-        Network {
-            address,
-            prefix_len,
-        }
+        Network { address, prefix_len }
     }
 }
 
@@ -117,37 +107,23 @@ impl FromStr for Exclusion {
     type Err = InvalidInput;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let fail = |problem: String| InvalidInput::Exclusion {
-            spec: spec.to_owned(),
-            problem,
-        };
+        let fail = |problem: String| InvalidInput::Exclusion { spec: spec.to_owned(), problem };
         let fields: Vec<&str> = spec.split(',').map(str::trim).collect();
         if !(3..=4).contains(&fields.len()) {
-            return Err(fail(format!(
-                "it has {} comma-separated fields, expected 3 or 4",
-                fields.len()
-            )));
+            return Err(fail(format!("it has {} comma-separated fields, expected 3 or 4", fields.len())));
         }
         let direction = match fields[0] {
             "in" => Direction::In,
             "out" => Direction::Out,
             "both" => Direction::Both,
-            other => {
-                return Err(fail(format!(
-                    "direction '{other}' is not one of in, out, both"
-                )))
-            }
+            other => return Err(fail(format!("direction '{other}' is not one of in, out, both"))),
         };
         let protocol = match fields[1] {
             "tcp" => Protocol::Tcp,
             "udp" => Protocol::Udp,
             "icmp" => Protocol::Icmp,
             "any" => Protocol::Any,
-            other => {
-                return Err(fail(format!(
-                    "protocol '{other}' is not one of tcp, udp, icmp, any"
-                )))
-            }
+            other => return Err(fail(format!("protocol '{other}' is not one of tcp, udp, icmp, any"))),
         };
         let network = parse_network(fields[2]).map_err(fail)?;
         let ports = match fields.get(3) {
@@ -155,46 +131,28 @@ impl FromStr for Exclusion {
             Some(text) => Some(parse_ports(text).map_err(fail)?),
         };
         if ports.is_some() && protocol == Protocol::Icmp {
-            return Err(fail(
-                "ICMP has no ports; drop the PORTS field or use tcp, udp or any".into(),
-            ));
+            return Err(fail("ICMP has no ports; drop the PORTS field or use tcp, udp or any".into()));
         }
-        Ok(Exclusion {
-            direction,
-            protocol,
-            network,
-            ports,
-        })
+        Ok(Exclusion { direction, protocol, network, ports })
     }
 }
 
 fn parse_network(text: &str) -> Result<Network, String> {
     let Some((address, prefix)) = text.split_once('/') else {
-        return Err(format!(
-            "'{text}' is not a CIDR: add a prefix length, e.g. {text}/32 or {text}/128"
-        ));
+        return Err(format!("'{text}' is not a CIDR: add a prefix length, e.g. {text}/32 or {text}/128"));
     };
-    let address: IpAddr = address
-        .parse()
-        .map_err(|_| format!("'{address}' is not an IPv4 or IPv6 address"))?;
+    let address: IpAddr =
+        address.parse().map_err(|_| format!("'{address}' is not an IPv4 or IPv6 address"))?;
     let max = if address.is_ipv4() { 32 } else { 128 };
     let prefix_len: u8 = prefix
         .parse()
         .ok()
         .filter(|len| *len <= max)
         .ok_or_else(|| format!("prefix length '{prefix}' is not a number from 0 to {max}"))?;
-    let network = Network {
-        address,
-        prefix_len,
-    };
-    let canonical = Network {
-        address: mask_address(address, prefix_len),
-        prefix_len,
-    };
+    let network = Network { address, prefix_len };
+    let canonical = Network { address: mask_address(address, prefix_len), prefix_len };
     if canonical != network {
-        return Err(format!(
-            "'{text}' has host bits set; the network is {canonical}"
-        ));
+        return Err(format!("'{text}' has host bits set; the network is {canonical}"));
     }
     Ok(network)
 }
@@ -202,15 +160,11 @@ fn parse_network(text: &str) -> Result<Network, String> {
 fn mask_address(address: IpAddr, prefix_len: u8) -> IpAddr {
     match address {
         IpAddr::V4(v4) => {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(prefix_len))
-                .unwrap_or(0);
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
             IpAddr::V4((u32::from(v4) & mask).into())
         }
         IpAddr::V6(v6) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(prefix_len))
-                .unwrap_or(0);
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix_len)).unwrap_or(0);
             IpAddr::V6((u128::from(v6) & mask).into())
         }
     }
@@ -224,16 +178,10 @@ fn parse_ports(text: &str) -> Result<PortRange, String> {
             .ok_or_else(|| format!("port '{part}' is not a number from 1 to 65535"))
     };
     let range = match text.split_once('-') {
-        Some((first, last)) => PortRange {
-            first: port(first)?,
-            last: port(last)?,
-        },
+        Some((first, last)) => PortRange { first: port(first)?, last: port(last)? },
         None => {
             let single = port(text)?;
-            PortRange {
-                first: single,
-                last: single,
-            }
+            PortRange { first: single, last: single }
         }
     };
     if range.first > range.last {
@@ -267,13 +215,7 @@ impl fmt::Display for Exclusion {
 impl Exclusion {
     /// Whether this exclusion spares an existing connection (used when severing): an `out`
     /// exclusion by the remote port, an `in` exclusion by the local port.
-    pub fn spares_connection(
-        &self,
-        tcp: bool,
-        remote: IpAddr,
-        local_port: u16,
-        remote_port: u16,
-    ) -> bool {
+    pub fn spares_connection(&self, tcp: bool, remote: IpAddr, local_port: u16, remote_port: u16) -> bool {
         let protocol_ok = match self.protocol {
             Protocol::Any => true,
             Protocol::Tcp => tcp,
@@ -281,31 +223,23 @@ impl Exclusion {
             Protocol::Icmp => false,
         };
         let ports = self.ports.unwrap_or(PortRange::ALL);
-        let out_ok = matches!(self.direction, Direction::Out | Direction::Both)
-            && ports.contains(remote_port);
-        let in_ok =
-            matches!(self.direction, Direction::In | Direction::Both) && ports.contains(local_port);
+        let out_ok =
+            matches!(self.direction, Direction::Out | Direction::Both) && ports.contains(remote_port);
+        let in_ok = matches!(self.direction, Direction::In | Direction::Both) && ports.contains(local_port);
         protocol_ok && self.network.contains(remote) && (out_ok || in_ok)
     }
 }
 
 /// Parses `90s`, `15m`, `4h`, `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration, InvalidInput> {
-    let fail = |problem: &str| InvalidInput::Duration {
-        text: text.to_owned(),
-        problem: problem.to_owned(),
-    };
+    let fail = |problem: &str| InvalidInput::Duration { text: text.to_owned(), problem: problem.to_owned() };
     let trimmed = text.trim();
-    let unit_at = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| fail("it has no unit"))?;
+    let unit_at = trimmed.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| fail("it has no unit"))?;
     let (number, unit) = trimmed.split_at(unit_at);
     if number.is_empty() {
         return Err(fail("it does not start with a whole number"));
     }
-    let count: u64 = number
-        .parse()
-        .map_err(|_| fail("the number is too large"))?;
+    let count: u64 = number.parse().map_err(|_| fail("the number is too large"))?;
     let seconds_per_unit = match unit {
         "s" => 1,
         "m" => 60,
@@ -316,20 +250,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, InvalidInput> {
     if count == 0 {
         return Err(fail("a duration must be longer than zero"));
     }
-    let seconds = count
-        .checked_mul(seconds_per_unit)
-        .filter(|s| *s <= 10 * 365 * 86_400);
-    seconds
-        .map(Duration::from_secs)
-        .ok_or_else(|| fail("it is longer than ten years"))
+    let seconds = count.checked_mul(seconds_per_unit).filter(|s| *s <= 10 * 365 * 86_400);
+    seconds.map(Duration::from_secs).ok_or_else(|| fail("it is longer than ten years"))
 }
 
 /// Checks a process name as the kernel stores it (`comm`: at most 15 bytes, no NUL, no '/').
 pub fn validate_process_name(name: &str) -> Result<(), InvalidInput> {
-    let fail = |problem: String| InvalidInput::ProcessName {
-        name: name.to_owned(),
-        problem,
-    };
+    let fail = |problem: String| InvalidInput::ProcessName { name: name.to_owned(), problem };
     if name.is_empty() {
         return Err(fail("it is empty".into()));
     }
@@ -342,9 +269,7 @@ pub fn validate_process_name(name: &str) -> Result<(), InvalidInput> {
         )));
     }
     if name.contains(['\0', '/']) {
-        return Err(fail(
-            "it contains NUL or '/'; give the process name, not a path".into(),
-        ));
+        return Err(fail("it contains NUL or '/'; give the process name, not a path".into()));
     }
     Ok(())
 }
@@ -376,58 +301,22 @@ mod tests {
 
     #[test]
     fn exclusion_specs() {
-        check_spec(
-            "out,tcp,198.51.100.7/32,443",
-            Ok("out,tcp,198.51.100.7/32,443"),
-        );
-        check_spec(
-            "both,udp,fd00::/8,5000-5010",
-            Ok("both,udp,fd00::/8,5000-5010"),
-        );
+        check_spec("out,tcp,198.51.100.7/32,443", Ok("out,tcp,198.51.100.7/32,443"));
+        check_spec("both,udp,fd00::/8,5000-5010", Ok("both,udp,fd00::/8,5000-5010"));
         check_spec("in,icmp,0.0.0.0/0", Ok("in,icmp,0.0.0.0/0"));
         check_spec(" out , any , 10.0.0.0/8 ", Ok("out,any,10.0.0.0/8"));
-        check_spec(
-            "up,tcp,10.0.0.0/8",
-            Err("direction 'up' is not one of in, out, both"),
-        );
-        check_spec(
-            "out,sctp,10.0.0.0/8",
-            Err("protocol 'sctp' is not one of tcp, udp, icmp, any"),
-        );
+        check_spec("up,tcp,10.0.0.0/8", Err("direction 'up' is not one of in, out, both"));
+        check_spec("out,sctp,10.0.0.0/8", Err("protocol 'sctp' is not one of tcp, udp, icmp, any"));
         check_spec("out,tcp,10.0.0.1", Err("'10.0.0.1' is not a CIDR"));
-        check_spec(
-            "out,tcp,10.0.0.1/33",
-            Err("prefix length '33' is not a number from 0 to 32"),
-        );
-        check_spec(
-            "out,tcp,10.0.0.1/8",
-            Err("has host bits set; the network is 10.0.0.0/8"),
-        );
-        check_spec(
-            "out,tcp,300.0.0.0/8",
-            Err("'300.0.0.0' is not an IPv4 or IPv6 address"),
-        );
-        check_spec(
-            "out,tcp,10.0.0.0/8,0",
-            Err("port '0' is not a number from 1 to 65535"),
-        );
-        check_spec(
-            "out,tcp,10.0.0.0/8,70000",
-            Err("port '70000' is not a number from 1 to 65535"),
-        );
-        check_spec(
-            "out,tcp,10.0.0.0/8,20-10",
-            Err("port range '20-10' ends before it starts"),
-        );
+        check_spec("out,tcp,10.0.0.1/33", Err("prefix length '33' is not a number from 0 to 32"));
+        check_spec("out,tcp,10.0.0.1/8", Err("has host bits set; the network is 10.0.0.0/8"));
+        check_spec("out,tcp,300.0.0.0/8", Err("'300.0.0.0' is not an IPv4 or IPv6 address"));
+        check_spec("out,tcp,10.0.0.0/8,0", Err("port '0' is not a number from 1 to 65535"));
+        check_spec("out,tcp,10.0.0.0/8,70000", Err("port '70000' is not a number from 1 to 65535"));
+        check_spec("out,tcp,10.0.0.0/8,20-10", Err("port range '20-10' ends before it starts"));
         check_spec("out,icmp,10.0.0.0/8,7", Err("ICMP has no ports"));
-        check_spec(
-            "out,tcp",
-            Err("it has 2 comma-separated fields, expected 3 or 4"),
-        );
-        check_spec(
-            "out,tcp,10.0.0.0/8,1,2",
-            Err("it has 5 comma-separated fields"),
-        );
+        check_spec("out,tcp", Err("it has 2 comma-separated fields, expected 3 or 4"));
+        check_spec("out,tcp,10.0.0.0/8,1,2", Err("it has 5 comma-separated fields"));
     }
 
     #[test]
@@ -453,9 +342,7 @@ mod tests {
     #[test]
     fn process_names() {
         assert!(validate_process_name("backup-agent").is_ok());
-        let long = validate_process_name("elastic-endpoint-agent")
-            .unwrap_err()
-            .to_string();
+        let long = validate_process_name("elastic-endpoint-agent").unwrap_err().to_string();
         assert!(long.contains("('elastic-endpoin')"), "{long}");
         assert!(validate_process_name("/usr/bin/curl").is_err());
         assert_eq!(&comm_key("curl")[..5], b"curl\0");

@@ -58,12 +58,8 @@ pub struct ChangeLock {
 }
 
 pub fn lock_changes(target: &Target) -> Result<ChangeLock> {
-    std::fs::create_dir_all(&target.state_dir).with_context(|| {
-        format!(
-            "cannot create state directory {}",
-            target.state_dir.display()
-        )
-    })?;
+    std::fs::create_dir_all(&target.state_dir)
+        .with_context(|| format!("cannot create state directory {}", target.state_dir.display()))?;
     let path = target.state_dir.join("enforcer.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -81,17 +77,12 @@ pub fn lock_changes(target: &Target) -> Result<ChangeLock> {
 
 /// Clocks, read in one place.
 pub fn now_unix_ms() -> i64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
 pub fn now_boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the local timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
@@ -105,9 +96,7 @@ fn boot_deadline(expires_at_unix_ms: Option<i64>) -> u64 {
         Some(deadline) => {
             let remaining_ms = u64::try_from(deadline.saturating_sub(now_unix_ms())).unwrap_or(0);
             // Never 0 (which means "manual"): an already-due deadline becomes "now".
-            now_boot_ns()
-                .saturating_add(remaining_ms.saturating_mul(1_000_000))
-                .max(1)
+            now_boot_ns().saturating_add(remaining_ms.saturating_mul(1_000_000)).max(1)
         }
     }
 }
@@ -116,18 +105,15 @@ fn boot_deadline(expires_at_unix_ms: Option<i64>) -> u64 {
 pub fn management_exclusions(brokers: &[String]) -> Result<Vec<Exclusion>> {
     let mut exclusions = Vec::new();
     for broker in brokers {
-        let addresses = broker.to_socket_addrs().with_context(|| {
-            format!("cannot resolve management broker '{broker}' (expected host:port)")
-        })?;
+        let addresses = broker
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve management broker '{broker}' (expected host:port)"))?;
         for address in addresses {
             let exclusion = Exclusion {
                 direction: Direction::Out,
                 protocol: Protocol::Tcp,
                 network: Network::host(address.ip()),
-                ports: Some(PortRange {
-                    first: address.port(),
-                    last: address.port(),
-                }),
+                ports: Some(PortRange { first: address.port(), last: address.port() }),
             };
             if !exclusions.contains(&exclusion) {
                 exclusions.push(exclusion);
@@ -154,25 +140,17 @@ fn dns_exclusions(resolvers: &[IpAddr]) -> Vec<Exclusion> {
                 direction: Direction::Out,
                 protocol,
                 network: Network::host(*resolver),
-                ports: Some(PortRange {
-                    first: 53,
-                    last: 53,
-                }),
+                ports: Some(PortRange { first: 53, last: 53 }),
             })
         })
         .collect()
 }
 
 fn dhcp_exclusions() -> Vec<Exclusion> {
-    [
-        "out,udp,0.0.0.0/0,67",
-        "in,udp,0.0.0.0/0,68",
-        "out,udp,::/0,547",
-        "in,udp,::/0,546",
-    ]
-    .iter()
-    .map(|spec| spec.parse().expect("built-in DHCP exclusions are valid"))
-    .collect()
+    ["out,udp,0.0.0.0/0,67", "in,udp,0.0.0.0/0,68", "out,udp,::/0,547", "in,udp,::/0,546"]
+        .iter()
+        .map(|spec| spec.parse().expect("built-in DHCP exclusions are valid"))
+        .collect()
 }
 
 /// Every exclusion the kernel enforces for `record`: the user's, the management channel's, and
@@ -180,10 +158,7 @@ fn dhcp_exclusions() -> Vec<Exclusion> {
 pub fn effective_exclusions(record: &IsolationRecord) -> Result<Vec<Exclusion>> {
     let mut all: Vec<Exclusion> = Vec::new();
     for spec in record.management.iter().chain(&record.exclusions) {
-        all.push(
-            spec.parse()
-                .with_context(|| format!("stored exclusion '{spec}' is invalid"))?,
-        );
+        all.push(spec.parse().with_context(|| format!("stored exclusion '{spec}' is invalid"))?);
     }
     if record.allow_dns {
         let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -201,16 +176,11 @@ pub fn isolate(target: &Target, request: &IsolateRequest) -> Result<IsolateOutco
     let store = Store::open(&target.state_dir)?;
     let previous = store.current()?;
     let now = now_unix_ms();
-    let expires_at_unix_ms = request
-        .duration
-        .map(|d| now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
+    let expires_at_unix_ms =
+        request.duration.map(|d| now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
     let record = IsolationRecord {
         version: IsolationRecord::new_version(),
-        mode: if request.duration.is_some() {
-            Mode::Automatic
-        } else {
-            Mode::Manual
-        },
+        mode: if request.duration.is_some() { Mode::Automatic } else { Mode::Manual },
         started_at_unix_ms: previous
             .as_ref()
             .filter(|_| target.pins.installed())
@@ -244,27 +214,16 @@ pub fn isolate(target: &Target, request: &IsolateRequest) -> Result<IsolateOutco
         at_unix_ms: now,
         event: if updated_live { "updated" } else { "isolated" }.into(),
         actor: request.actor.clone(),
-        detail: format!(
-            "{detail}; reason: {}",
-            record.reason.as_deref().unwrap_or("none given")
-        ),
+        detail: format!("{detail}; reason: {}", record.reason.as_deref().unwrap_or("none given")),
     })?;
-    Ok(IsolateOutcome {
-        updated_live,
-        record,
-        ..outcome
-    })
+    Ok(IsolateOutcome { updated_live, record, ..outcome })
 }
 
 /// Installs or updates the kernel state for `record`, marks exempt sockets and severs.
 fn apply_record(target: &Target, record: &IsolationRecord) -> Result<IsolateOutcome> {
     let exclusions = effective_exclusions(record)?;
     let tables = rule_table::compile(&exclusions)?;
-    let exempt_names: Vec<_> = record
-        .allowed_processes
-        .iter()
-        .map(|n| comm_key(n))
-        .collect();
+    let exempt_names: Vec<_> = record.allowed_processes.iter().map(|n| comm_key(n)).collect();
     let pids = sever::cgroup_pids(&target.cgroup);
     let exempt_tgids = sever::processes_named(&pids, &record.allowed_processes);
     let enforcement = Enforcement {
@@ -281,13 +240,7 @@ fn apply_record(target: &Target, record: &IsolationRecord) -> Result<IsolateOutc
     if updated_live {
         bpf::LiveMaps::open(&target.pins)?.apply(&enforcement, record.generation)?;
     } else {
-        bpf::install(
-            &target.pins,
-            &target.cgroup,
-            &record.interfaces,
-            &enforcement,
-            record.generation,
-        )?;
+        bpf::install(&target.pins, &target.cgroup, &record.interfaces, &enforcement, record.generation)?;
     }
     let severed = match sever::sever_connections(&target.cgroup, &exclusions) {
         Ok(report) => report,
@@ -295,9 +248,9 @@ fn apply_record(target: &Target, record: &IsolationRecord) -> Result<IsolateOutc
             if !updated_live {
                 let _ = bpf::roll_back(&target.pins, was_armed);
             }
-            return Err(error.context(
-                "existing connections could not be severed, so the isolation was rolled back",
-            ));
+            return Err(
+                error.context("existing connections could not be severed, so the isolation was rolled back")
+            );
         }
     };
     Ok(IsolateOutcome {
@@ -384,9 +337,7 @@ pub fn status(target: &Target) -> Result<Status> {
     let kernel = bpf::read_state(&target.pins)?;
     let record = Store::open(&target.state_dir)?.current()?;
     let now_boot = now_boot_ns();
-    let enforcing = kernel
-        .as_ref()
-        .is_some_and(|k| k.config.enforcing_at(now_boot) && !k.links.is_empty());
+    let enforcing = kernel.as_ref().is_some_and(|k| k.config.enforcing_at(now_boot) && !k.links.is_empty());
     let armed = target.pins.armed();
     let attention = match (&kernel, &record, enforcing) {
         (Some(_), _, false) if armed => None,
@@ -398,43 +349,22 @@ pub fn status(target: &Target) -> Result<Status> {
     let expires_at = match (&kernel, enforcing) {
         (Some(k), true) if k.config.expires_at_boot_ns != 0 => {
             let remaining_ms =
-                i64::try_from(k.config.expires_at_boot_ns.saturating_sub(now_boot) / 1_000_000)
-                    .unwrap_or(0);
-            Some(
-                record_in_force
-                    .and_then(|r| r.expires_at_unix_ms)
-                    .unwrap_or(now_unix_ms() + remaining_ms),
-            )
+                i64::try_from(k.config.expires_at_boot_ns.saturating_sub(now_boot) / 1_000_000).unwrap_or(0);
+            Some(record_in_force.and_then(|r| r.expires_at_unix_ms).unwrap_or(now_unix_ms() + remaining_ms))
         }
         _ => None,
     };
-    let mode = enforcing.then(|| {
-        if expires_at.is_some() {
-            Mode::Automatic
-        } else {
-            Mode::Manual
-        }
-    });
+    let mode = enforcing.then(|| if expires_at.is_some() { Mode::Automatic } else { Mode::Manual });
     Ok(Status {
         isolated: enforcing,
         mode,
         expires_at: expires_at.map(format_time),
         started_at: record_in_force.map(|r| format_time(r.started_at_unix_ms)),
         reason: record_in_force.and_then(|r| r.reason.clone()),
-        tags: if enforcing {
-            vec![ISOLATED_TAG]
-        } else {
-            Vec::new()
-        },
-        exclusions: record_in_force
-            .map(|r| r.exclusions.clone())
-            .unwrap_or_default(),
-        management: record_in_force
-            .map(|r| r.management.clone())
-            .unwrap_or_default(),
-        allowed_processes: record_in_force
-            .map(|r| r.allowed_processes.clone())
-            .unwrap_or_default(),
+        tags: if enforcing { vec![ISOLATED_TAG] } else { Vec::new() },
+        exclusions: record_in_force.map(|r| r.exclusions.clone()).unwrap_or_default(),
+        management: record_in_force.map(|r| r.management.clone()).unwrap_or_default(),
+        allowed_processes: record_in_force.map(|r| r.allowed_processes.clone()).unwrap_or_default(),
         allow_dns: record_in_force.is_some_and(|r| r.allow_dns),
         allow_dhcp: record_in_force.is_some_and(|r| r.allow_dhcp),
         counters: kernel.as_ref().map(|k| k.counters).unwrap_or_default(),
@@ -470,12 +400,7 @@ pub fn restore(target: &Target) -> Result<Restored> {
             Ok(Restored::Expired)
         }
         (Some(_), true) => {
-            audit(
-                target,
-                "adopted",
-                "agent",
-                "pinned isolation adopted at start-up",
-            )?;
+            audit(target, "adopted", "agent", "pinned isolation adopted at start-up")?;
             Ok(Restored::Adopted)
         }
         (Some(record), false) => {
@@ -487,12 +412,7 @@ pub fn restore(target: &Target) -> Result<Restored> {
                 );
             }
             apply_record(target, &record).context("cannot restore the recorded isolation")?;
-            audit(
-                target,
-                "restored",
-                "agent",
-                "isolation re-installed at start-up (pins were gone)",
-            )?;
+            audit(target, "restored", "agent", "isolation re-installed at start-up (pins were gone)")?;
             Ok(Restored::Reinstalled)
         }
         (None, true) => Ok(Restored::Adopted),
@@ -551,10 +471,7 @@ pub fn format_time(unix_ms: i64) -> String {
     let nanos = i128::from(unix_ms) * 1_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| unix_ms.to_string())
 }
 
@@ -573,18 +490,11 @@ pub fn cgroup2_root() -> Result<PathBuf> {
 /// Checks that `cgroup` is a directory of a cgroup v2 filesystem.
 pub fn validate_cgroup(cgroup: &Path) -> Result<()> {
     if !cgroup.join("cgroup.procs").exists() {
-        bail!(
-            "{} is not a cgroup v2 directory (it has no cgroup.procs)",
-            cgroup.display()
-        );
+        bail!("{} is not a cgroup v2 directory (it has no cgroup.procs)", cgroup.display());
     }
     let root = cgroup2_root()?;
     if !cgroup.starts_with(&root) {
-        bail!(
-            "{} is not under the cgroup v2 mount {}",
-            cgroup.display(),
-            root.display()
-        );
+        bail!("{} is not under the cgroup v2 mount {}", cgroup.display(), root.display());
     }
     Ok(())
 }
@@ -592,11 +502,7 @@ pub fn validate_cgroup(cgroup: &Path) -> Result<()> {
 /// Interfaces of this network namespace except loopback.
 pub fn non_loopback_interfaces() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .collect()
-        })
+        .map(|entries| entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
         .unwrap_or_default();
     names.retain(|name| name != "lo");
     names.sort();
@@ -619,30 +525,17 @@ mod tests {
                 "2001:db8::53".parse().unwrap()
             ]
         );
-        let specs: Vec<String> = dns_exclusions(&found[..1])
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(
-            specs,
-            vec!["out,udp,192.0.2.53/32,53", "out,tcp,192.0.2.53/32,53"]
-        );
+        let specs: Vec<String> = dns_exclusions(&found[..1]).iter().map(ToString::to_string).collect();
+        assert_eq!(specs, vec!["out,udp,192.0.2.53/32,53", "out,tcp,192.0.2.53/32,53"]);
     }
 
     #[test]
     fn management_brokers_become_out_tcp_exclusions() {
-        let exclusions =
-            management_exclusions(&["127.0.0.1:9092".into(), "[::1]:9093".into()]).unwrap();
+        let exclusions = management_exclusions(&["127.0.0.1:9092".into(), "[::1]:9093".into()]).unwrap();
         let specs: Vec<String> = exclusions.iter().map(ToString::to_string).collect();
-        assert_eq!(
-            specs,
-            vec!["out,tcp,127.0.0.1/32,9092", "out,tcp,::1/128,9093"]
-        );
+        assert_eq!(specs, vec!["out,tcp,127.0.0.1/32,9092", "out,tcp,::1/128,9093"]);
         let error = management_exclusions(&["no-port".into()]).unwrap_err();
-        assert!(
-            format!("{error:#}").contains("cannot resolve management broker 'no-port'"),
-            "{error:#}"
-        );
+        assert!(format!("{error:#}").contains("cannot resolve management broker 'no-port'"), "{error:#}");
     }
 
     #[test]

@@ -100,14 +100,11 @@ fn duration_arg(text: &str) -> Result<Duration, String> {
 }
 
 fn exclusion_arg(text: &str) -> Result<Exclusion, String> {
-    text.parse()
-        .map_err(|e: exclusion::InvalidInput| e.to_string())
+    text.parse().map_err(|e: exclusion::InvalidInput| e.to_string())
 }
 
 fn process_arg(text: &str) -> Result<String, String> {
-    validate_process_name(text)
-        .map(|()| text.to_owned())
-        .map_err(|e| e.to_string())
+    validate_process_name(text).map(|()| text.to_owned()).map_err(|e| e.to_string())
 }
 
 /// An error that means "bad input, nothing changed": exit code 2.
@@ -198,11 +195,7 @@ fn resolve_target(global: &GlobalOptions, config: &EnforcerConfig) -> Result<Tar
         .clone()
         .or_else(|| config.state_dir.clone())
         .unwrap_or_else(|| "/var/lib/cordon".into());
-    Ok(Target {
-        cgroup,
-        pins: bpf::Pins::new(&pin_dir),
-        state_dir,
-    })
+    Ok(Target { cgroup, pins: bpf::Pins::new(&pin_dir), state_dir })
 }
 
 fn require_root() -> Result<()> {
@@ -219,8 +212,8 @@ fn require_root() -> Result<()> {
 fn isolate(target: &Target, config: &EnforcerConfig, args: IsolateArgs) -> Result<()> {
     require_root()?;
     bpf::ensure_bpffs(target.pins.root())?;
-    let management = isolation::management_exclusions(&config.brokers())
-        .map_err(|e| UsageError(format!("{e:#}")))?;
+    let management =
+        isolation::management_exclusions(&config.brokers()).map_err(|e| UsageError(format!("{e:#}")))?;
     let interfaces = choose_interfaces(target, config, args.interfaces);
     let request = IsolateRequest {
         duration: args.duration,
@@ -243,11 +236,7 @@ fn isolate(target: &Target, config: &EnforcerConfig, args: IsolateArgs) -> Resul
         Some(deadline) => format!("automatic, until {}", isolation::format_time(deadline)),
         None => "manual, until released".to_owned(),
     };
-    let verb = if outcome.updated_live {
-        "Isolation updated"
-    } else {
-        "Isolated"
-    };
+    let verb = if outcome.updated_live { "Isolation updated" } else { "Isolated" };
     println!("{verb}: {} ({until}).", isolation::ISOLATED_TAG);
     println!(
         "Severed {} connection(s), spared {}; {} exclusion(s), {} exempt process(es), management channel: {}.",
@@ -301,10 +290,7 @@ fn print_status(status: &isolation::Status) {
         println!("  exclusions:   {}", list(&status.exclusions));
         println!("  management:   {}", list(&status.management));
         println!("  processes:    {}", list(&status.allowed_processes));
-        println!(
-            "  dns / dhcp:   {} / {}",
-            status.allow_dns, status.allow_dhcp
-        );
+        println!("  dns / dhcp:   {} / {}", status.allow_dns, status.allow_dhcp);
     } else if status.armed {
         println!("Not isolated (armed: programs loaded, ready to isolate at once).");
     } else {
@@ -333,10 +319,7 @@ fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
         Restored::Expired => "lifted an isolation whose deadline passed while the agent was down",
     };
     // The agent's own log goes to standard output (the journal under systemd); errors to stderr.
-    println!(
-        "cordon-enforcer: agent started for cgroup {}: {restored}.",
-        target.cgroup.display()
-    );
+    println!("cordon-enforcer: agent started for cgroup {}: {restored}.", target.cgroup.display());
     let arm = config.arm.unwrap_or(true);
     loop {
         if arm && !target.pins.loaded() {
@@ -349,9 +332,7 @@ fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
             }
         }
         let wait = match isolation::expire_if_due(target) {
-            Ok(isolation::Deadline::Pending(remaining)) => {
-                remaining.min(Duration::from_millis(500))
-            }
+            Ok(isolation::Deadline::Pending(remaining)) => remaining.min(Duration::from_millis(500)),
             Ok(isolation::Deadline::Lifted) => {
                 println!("cordon-enforcer: deadline reached: isolation lifted.");
                 Duration::ZERO

@@ -7,8 +7,8 @@
 use std::collections::BTreeSet;
 
 use enforcer_common::{
-    Rule, RuleList, DIRECTION_IN, DIRECTION_OUT, MAX_PREFIXES, MAX_RULES_PER_PREFIX, PROTO_ANY,
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    Rule, RuleList, DIRECTION_IN, DIRECTION_OUT, MAX_PREFIXES, MAX_RULES_PER_PREFIX, PROTO_ANY, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP,
 };
 
 use crate::exclusion::{Direction, Exclusion, Network, PortRange, Protocol};
@@ -41,21 +41,13 @@ pub fn kernel_rule(exclusion: &Exclusion) -> Rule {
         Direction::Both => DIRECTION_IN | DIRECTION_OUT,
     };
     let ports = exclusion.ports.unwrap_or(PortRange::ALL);
-    Rule {
-        protocol,
-        directions,
-        port_lo: ports.first,
-        port_hi: ports.last,
-        reserved: 0,
-    }
+    Rule { protocol, directions, port_lo: ports.first, port_hi: ports.last, reserved: 0 }
 }
 
 pub fn compile(exclusions: &[Exclusion]) -> Result<RuleTables, TableError> {
     let mut tables = RuleTables::default();
-    let networks: BTreeSet<(bool, Network)> = exclusions
-        .iter()
-        .map(|e| (e.network.address.is_ipv6(), e.network))
-        .collect();
+    let networks: BTreeSet<(bool, Network)> =
+        exclusions.iter().map(|e| (e.network.address.is_ipv6(), e.network)).collect();
     for (ipv6, network) in networks {
         let mut rules: Vec<Rule> = Vec::new();
         for exclusion in exclusions.iter().filter(|e| e.network.covers(network)) {
@@ -65,15 +57,10 @@ pub fn compile(exclusions: &[Exclusion]) -> Result<RuleTables, TableError> {
             }
         }
         if rules.len() > MAX_RULES_PER_PREFIX {
-            return Err(TableError::TooManyOverlapping {
-                network,
-                count: rules.len(),
-            });
+            return Err(TableError::TooManyOverlapping { network, count: rules.len() });
         }
-        let mut list = RuleList {
-            len: u32::try_from(rules.len()).unwrap_or(u32::MAX),
-            ..RuleList::default()
-        };
+        let mut list =
+            RuleList { len: u32::try_from(rules.len()).unwrap_or(u32::MAX), ..RuleList::default() };
         list.rules[..rules.len()].copy_from_slice(&rules);
         if ipv6 { &mut tables.v6 } else { &mut tables.v4 }.push((network, list));
     }
@@ -107,11 +94,7 @@ mod tests {
 
     #[test]
     fn longer_prefixes_inherit_the_rules_of_the_networks_that_cover_them() {
-        let tables = compile(&exclusions(&[
-            "out,tcp,10.0.0.0/8,443",
-            "out,udp,10.1.0.0/16,53",
-        ]))
-        .unwrap();
+        let tables = compile(&exclusions(&["out,tcp,10.0.0.0/8,443", "out,udp,10.1.0.0/16,53"])).unwrap();
         assert_eq!(tables.v4.len(), 2);
         let (wide, wide_rules) = &tables.v4[0];
         assert_eq!(wide.to_string(), "10.0.0.0/8");
@@ -125,26 +108,17 @@ mod tests {
 
     #[test]
     fn families_are_kept_apart_and_duplicates_merged() {
-        let tables = compile(&exclusions(&[
-            "both,any,fd00::/8",
-            "both,any,fd00::/8",
-            "in,tcp,0.0.0.0/0,22",
-        ]))
-        .unwrap();
+        let tables =
+            compile(&exclusions(&["both,any,fd00::/8", "both,any,fd00::/8", "in,tcp,0.0.0.0/0,22"])).unwrap();
         assert_eq!(tables.v6.len(), 1);
         assert_eq!(tables.v6[0].1.len, 1);
-        assert_eq!(
-            tables.v6[0].1.rules[0].directions,
-            DIRECTION_IN | DIRECTION_OUT
-        );
+        assert_eq!(tables.v6[0].1.rules[0].directions, DIRECTION_IN | DIRECTION_OUT);
         assert_eq!(tables.v4[0].1.rules[0].port_lo, 22);
     }
 
     #[test]
     fn too_many_overlapping_rules_is_refused() {
-        let specs: Vec<String> = (1..=17)
-            .map(|port| format!("out,tcp,10.0.0.0/8,{port}"))
-            .collect();
+        let specs: Vec<String> = (1..=17).map(|port| format!("out,tcp,10.0.0.0/8,{port}")).collect();
         let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
         let error = compile(&exclusions(&specs)).unwrap_err();
         assert_eq!(
@@ -155,9 +129,8 @@ mod tests {
 
     #[test]
     fn a_thousand_disjoint_exclusions_fit() {
-        let specs: Vec<String> = (0..1000)
-            .map(|i| format!("out,tcp,10.{}.{}.0/24,443", i / 256, i % 256))
-            .collect();
+        let specs: Vec<String> =
+            (0..1000).map(|i| format!("out,tcp,10.{}.{}.0/24,443", i / 256, i % 256)).collect();
         let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
         assert_eq!(compile(&exclusions(&specs)).unwrap().v4.len(), 1000);
     }

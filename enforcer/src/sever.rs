@@ -114,8 +114,7 @@ pub fn cgroup_ids(cgroup: &Path) -> Result<HashSet<u64>> {
     let mut ids = HashSet::new();
     let mut pending = vec![cgroup.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        let meta =
-            fs::metadata(&dir).with_context(|| format!("cannot read cgroup {}", dir.display()))?;
+        let meta = fs::metadata(&dir).with_context(|| format!("cannot read cgroup {}", dir.display()))?;
         ids.insert(meta.ino());
         if let Ok(entries) = fs::read_dir(&dir) {
             for entry in entries.flatten() {
@@ -134,10 +133,7 @@ pub fn cgroup_pids(cgroup: &Path) -> Vec<u32> {
     let mut pending = vec![cgroup.to_path_buf()];
     while let Some(dir) = pending.pop() {
         if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
-            pids.extend(
-                text.lines()
-                    .filter_map(|line| line.trim().parse::<u32>().ok()),
-            );
+            pids.extend(text.lines().filter_map(|line| line.trim().parse::<u32>().ok()));
         }
         if let Ok(entries) = fs::read_dir(&dir) {
             for entry in entries.flatten() {
@@ -167,10 +163,7 @@ fn namespaces_of(pids: &[u32]) -> Vec<PathBuf> {
 pub fn sever_connections(cgroup: &Path, exclusions: &[Exclusion]) -> Result<SeverReport> {
     let ids = cgroup_ids(cgroup)?;
     let namespaces = namespaces_of(&cgroup_pids(cgroup));
-    let mut report = SeverReport {
-        namespaces: namespaces.len(),
-        ..SeverReport::default()
-    };
+    let mut report = SeverReport { namespaces: namespaces.len(), ..SeverReport::default() };
     for namespace in namespaces {
         let exclusions = exclusions.to_vec();
         let ids = ids.clone();
@@ -182,12 +175,8 @@ pub fn sever_connections(cgroup: &Path, exclusions: &[Exclusion]) -> Result<Seve
 }
 
 /// Runs `work` on a thread that has joined the network namespace at `namespace`.
-fn in_namespace<T: Send + 'static>(
-    namespace: &Path,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T> {
-    let file = fs::File::open(namespace)
-        .with_context(|| format!("cannot open {}", namespace.display()))?;
+fn in_namespace<T: Send + 'static>(namespace: &Path, work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let file = fs::File::open(namespace).with_context(|| format!("cannot open {}", namespace.display()))?;
     let thread = std::thread::spawn(move || {
         // SAFETY: plain syscall on an open namespace fd; it only changes this new thread.
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -195,9 +184,7 @@ fn in_namespace<T: Send + 'static>(
         }
         Ok(work())
     });
-    let joined = thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("severing thread panicked"))?;
+    let joined = thread.join().map_err(|_| anyhow::anyhow!("severing thread panicked"))?;
     joined.with_context(|| format!("cannot enter network namespace {}", namespace.display()))
 }
 
@@ -224,9 +211,8 @@ fn sever_here(cgroup_ids: &HashSet<u64>, exclusions: &[Exclusion]) -> Result<(us
                 // Closed between the dump and the destroy: nothing left to sever.
                 Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                    return Err(error).context(
-                        "the kernel cannot destroy sockets (CONFIG_INET_DIAG_DESTROY is off)",
-                    );
+                    return Err(error)
+                        .context("the kernel cannot destroy sockets (CONFIG_INET_DIAG_DESTROY is off)");
                 }
                 Err(error) => {
                     return Err(error).with_context(|| {
@@ -245,9 +231,7 @@ fn sever_here(cgroup_ids: &HashSet<u64>, exclusions: &[Exclusion]) -> Result<(us
 fn is_loopback(address: IpAddr) -> bool {
     match address {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
     }
 }
 
@@ -269,9 +253,7 @@ fn local_addresses() -> HashSet<IpAddr> {
                 match i32::from((*entry.ifa_addr).sa_family) {
                     libc::AF_INET => {
                         let sin = &*entry.ifa_addr.cast::<libc::sockaddr_in>();
-                        addresses.insert(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                            sin.sin_addr.s_addr,
-                        ))));
+                        addresses.insert(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
                     }
                     libc::AF_INET6 => {
                         let sin6 = &*entry.ifa_addr.cast::<libc::sockaddr_in6>();
@@ -318,26 +300,18 @@ impl DiagSocket {
     fn open() -> Result<DiagSocket> {
         // SAFETY: plain socket(2) call.
         let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_SOCK_DIAG,
-            )
+            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG)
         };
         if fd < 0 {
-            return Err(io::Error::last_os_error())
-                .context("cannot open a NETLINK_SOCK_DIAG socket");
+            return Err(io::Error::last_os_error()).context("cannot open a NETLINK_SOCK_DIAG socket");
         }
         // SAFETY: fd was just created and is owned by nothing else.
-        Ok(DiagSocket {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        Ok(DiagSocket { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
 
     fn send(&self, kind: u16, flags: u16, request: &InetDiagReqV2) -> io::Result<()> {
         let header = NlMsgHdr {
-            len: u32::try_from(size_of::<NlMsgHdr>() + size_of::<InetDiagReqV2>())
-                .unwrap_or(u32::MAX),
+            len: u32::try_from(size_of::<NlMsgHdr>() + size_of::<InetDiagReqV2>()).unwrap_or(u32::MAX),
             kind,
             flags,
             seq: 1,
@@ -347,14 +321,7 @@ impl DiagSocket {
         message.extend_from_slice(as_bytes(&header));
         message.extend_from_slice(as_bytes(request));
         // SAFETY: sending a buffer we own.
-        let sent = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                message.as_ptr().cast(),
-                message.len(),
-                0,
-            )
-        };
+        let sent = unsafe { libc::send(self.fd.as_raw_fd(), message.as_ptr().cast(), message.len(), 0) };
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -363,14 +330,8 @@ impl DiagSocket {
 
     fn receive(&self, buffer: &mut [u8]) -> io::Result<usize> {
         // SAFETY: receiving into a buffer we own.
-        let received = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                0,
-            )
-        };
+        let received =
+            unsafe { libc::recv(self.fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), 0) };
         usize::try_from(received).map_err(|_| io::Error::last_os_error())
     }
 
@@ -387,9 +348,7 @@ impl DiagSocket {
         let mut sockets = Vec::new();
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
-            let received = self
-                .receive(&mut buffer)
-                .context("cannot read the kernel's socket list")?;
+            let received = self.receive(&mut buffer).context("cannot read the kernel's socket list")?;
             let mut offset = 0;
             while offset + size_of::<NlMsgHdr>() <= received {
                 let Some(header) = read_struct::<NlMsgHdr>(&buffer[offset..received]) else {
@@ -402,18 +361,16 @@ impl DiagSocket {
                 match header.kind {
                     NLMSG_DONE => return Ok(sockets),
                     NLMSG_ERROR => {
-                        let code = read_struct::<i32>(
-                            &buffer[offset + size_of::<NlMsgHdr>()..offset + length],
-                        )
-                        .unwrap_or(0);
+                        let code =
+                            read_struct::<i32>(&buffer[offset + size_of::<NlMsgHdr>()..offset + length])
+                                .unwrap_or(0);
                         return Err(io::Error::from_raw_os_error(-code))
                             .context("the kernel refused to list sockets");
                     }
                     _ => {
-                        if let Some(info) = parse_socket(
-                            family,
-                            &buffer[offset + size_of::<NlMsgHdr>()..offset + length],
-                        ) {
+                        if let Some(info) =
+                            parse_socket(family, &buffer[offset + size_of::<NlMsgHdr>()..offset + length])
+                        {
                             sockets.push(info);
                         }
                     }
@@ -539,11 +496,7 @@ pub fn mark_existing_sockets(tgids: &[u32]) -> usize {
         for entry in entries.flatten() {
             let is_socket = fs::read_link(entry.path())
                 .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
-            let Some(target_fd) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
+            let Some(target_fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
                 continue;
             };
             if is_socket && mark_remote_socket(&pidfd, target_fd) {

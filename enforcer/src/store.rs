@@ -49,8 +49,7 @@ impl IsolationRecord {
     }
 
     pub fn overdue_at(&self, now_unix_ms: i64) -> bool {
-        self.expires_at_unix_ms
-            .is_some_and(|deadline| now_unix_ms >= deadline)
+        self.expires_at_unix_ms.is_some_and(|deadline| now_unix_ms >= deadline)
     }
 }
 
@@ -82,15 +81,9 @@ impl Store {
         let path = state_dir.join("enforcer.sled");
         let started = Instant::now();
         loop {
-            match sled::Config::new()
-                .path(&path)
-                .mode(sled::Mode::LowSpace)
-                .open()
-            {
+            match sled::Config::new().path(&path).mode(sled::Mode::LowSpace).open() {
                 Ok(db) => return Ok(Store { db }),
-                Err(error)
-                    if is_lock_held(&error) && started.elapsed() < Duration::from_secs(10) =>
-                {
+                Err(error) if is_lock_held(&error) && started.elapsed() < Duration::from_secs(10) => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(error) => {
@@ -99,53 +92,37 @@ impl Store {
                     } else {
                         ""
                     };
-                    return Err(error).with_context(|| {
-                        format!("cannot open state store {}{hint}", path.display())
-                    });
+                    return Err(error)
+                        .with_context(|| format!("cannot open state store {}{hint}", path.display()));
                 }
             }
         }
     }
 
     pub fn current(&self) -> Result<Option<IsolationRecord>> {
-        let Some(bytes) = self
-            .db
-            .get(CURRENT_KEY)
-            .context("cannot read the isolation record")?
-        else {
+        let Some(bytes) = self.db.get(CURRENT_KEY).context("cannot read the isolation record")? else {
             return Ok(None);
         };
-        let record =
-            serde_json::from_slice(&bytes).context("the stored isolation record is unreadable")?;
+        let record = serde_json::from_slice(&bytes).context("the stored isolation record is unreadable")?;
         Ok(Some(record))
     }
 
     pub fn set_current(&self, record: &IsolationRecord) -> Result<()> {
         let bytes = serde_json::to_vec(record).context("cannot encode the isolation record")?;
-        self.db
-            .insert(CURRENT_KEY, bytes)
-            .context("cannot write the isolation record")?;
+        self.db.insert(CURRENT_KEY, bytes).context("cannot write the isolation record")?;
         self.db.flush().context("cannot flush the state store")?;
         Ok(())
     }
 
     pub fn clear_current(&self) -> Result<()> {
-        self.db
-            .remove(CURRENT_KEY)
-            .context("cannot remove the isolation record")?;
+        self.db.remove(CURRENT_KEY).context("cannot remove the isolation record")?;
         self.db.flush().context("cannot flush the state store")?;
         Ok(())
     }
 
     pub fn audit(&self, entry: &AuditEntry) -> Result<()> {
-        let audit = self
-            .db
-            .open_tree("audit")
-            .context("cannot open the audit trail")?;
-        let id = self
-            .db
-            .generate_id()
-            .context("cannot number the audit entry")?;
+        let audit = self.db.open_tree("audit").context("cannot open the audit trail")?;
+        let id = self.db.generate_id().context("cannot number the audit entry")?;
         audit
             .insert(id.to_be_bytes(), serde_json::to_vec(entry)?)
             .context("cannot append to the audit trail")?;
@@ -155,10 +132,7 @@ impl Store {
 
     /// The last `n` audit entries, oldest first.
     pub fn recent_audit(&self, n: usize) -> Result<Vec<AuditEntry>> {
-        let audit = self
-            .db
-            .open_tree("audit")
-            .context("cannot open the audit trail")?;
+        let audit = self.db.open_tree("audit").context("cannot open the audit trail")?;
         let mut entries: Vec<AuditEntry> = audit
             .iter()
             .rev()

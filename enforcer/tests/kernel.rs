@@ -22,60 +22,23 @@ fn main() {
         std::process::exit(cordon_tests::probe::main(&args[2..]));
     }
     let tests = vec![
-        Trial::test(
-            "established_tcp_connection_is_severed_within_a_second",
-            severs_established_connections,
-        ),
-        Trial::test(
-            "new_tcp_udp_and_icmp_are_refused_both_ways_v4_and_v6",
-            refuses_new_traffic,
-        ),
-        Trial::test(
-            "exclusions_allow_exactly_their_ports_ranges_and_direction",
-            exclusions_are_exact,
-        ),
-        Trial::test(
-            "management_channel_stays_open",
-            management_channel_stays_open,
-        ),
-        Trial::test(
-            "excluded_process_connects_out_and_accepts_in_others_do_not",
-            process_exclusion,
-        ),
+        Trial::test("established_tcp_connection_is_severed_within_a_second", severs_established_connections),
+        Trial::test("new_tcp_udp_and_icmp_are_refused_both_ways_v4_and_v6", refuses_new_traffic),
+        Trial::test("exclusions_allow_exactly_their_ports_ranges_and_direction", exclusions_are_exact),
+        Trial::test("management_channel_stays_open", management_channel_stays_open),
+        Trial::test("excluded_process_connects_out_and_accepts_in_others_do_not", process_exclusion),
         Trial::test("loopback_keeps_working", loopback_keeps_working),
-        Trial::test(
-            "kill_9_of_the_agent_keeps_isolation_and_restart_adopts_it",
-            survives_agent_kill,
-        ),
-        Trial::test(
-            "timed_isolation_ends_on_time_with_the_agent_running",
-            timed_isolation_with_agent,
-        ),
-        Trial::test(
-            "timed_isolation_ends_on_time_with_the_agent_dead",
-            timed_isolation_without_agent,
-        ),
-        Trial::test(
-            "release_restores_everything_and_leaves_nothing_pinned",
-            release_cleans_up,
-        ),
-        Trial::test(
-            "agent_restores_isolation_after_the_pins_are_gone",
-            restores_after_reboot,
-        ),
+        Trial::test("kill_9_of_the_agent_keeps_isolation_and_restart_adopts_it", survives_agent_kill),
+        Trial::test("timed_isolation_ends_on_time_with_the_agent_running", timed_isolation_with_agent),
+        Trial::test("timed_isolation_ends_on_time_with_the_agent_dead", timed_isolation_without_agent),
+        Trial::test("release_restores_everything_and_leaves_nothing_pinned", release_cleans_up),
+        Trial::test("agent_restores_isolation_after_the_pins_are_gone", restores_after_reboot),
         Trial::test("exclusions_change_on_a_live_isolation", live_update),
-        Trial::test(
-            "armed_programs_change_nothing_until_isolate",
-            armed_then_isolated,
-        ),
-        Trial::test(
-            "failed_isolation_is_rolled_back",
-            failed_isolation_is_rolled_back,
-        ),
-        Trial::test(
-            "bad_input_exits_2_and_changes_nothing",
-            bad_input_changes_nothing,
-        ),
+        Trial::test("armed_programs_change_nothing_until_isolate", armed_then_isolated),
+        Trial::test("dns_and_dhcp_only_when_asked_for", dns_and_dhcp_on_request),
+        Trial::test("not_root_is_told_what_is_missing", not_root_is_refused),
+        Trial::test("failed_isolation_is_rolled_back", failed_isolation_is_rolled_back),
+        Trial::test("bad_input_exits_2_and_changes_nothing", bad_input_changes_nothing),
     ];
     libtest_mimic::run(&Arguments::from_args(), tests).exit();
 }
@@ -105,16 +68,12 @@ fn output_of(mut command: Command) -> (i32, String, String) {
 
 fn enforcer_ok(sandbox: &Sandbox, args: &[&str]) -> String {
     let (code, stdout, stderr) = output_of(sandbox.enforcer(Path::new(ENFORCER), args));
-    assert_eq!(
-        code, 0,
-        "cordon-enforcer {args:?} failed: {stderr}\n{stdout}"
-    );
+    assert_eq!(code, 0, "cordon-enforcer {args:?} failed: {stderr}\n{stdout}");
     stdout
 }
 
 fn status(sandbox: &Sandbox) -> serde_json::Value {
-    serde_json::from_str(&enforcer_ok(sandbox, &["status", "--json"]))
-        .expect("status --json is JSON")
+    serde_json::from_str(&enforcer_ok(sandbox, &["status", "--json"])).expect("status --json is JSON")
 }
 
 /// One probe run on the isolated host; returns its answer line.
@@ -135,10 +94,7 @@ fn start_peer_servers(sandbox: &mut Sandbox, ports: &[&str]) {
     args.extend_from_slice(ports);
     let command = sandbox.on_peer(&probe_binary(), &args);
     let mut reader = sandbox.spawn(command);
-    assert_eq!(
-        reader.expect_line("peer servers", Duration::from_secs(5)),
-        "ready"
-    );
+    assert_eq!(reader.expect_line("peer servers", Duration::from_secs(5)), "ready");
 }
 
 fn check(what: &str, got: &str, expected: &str) -> Result<(), Failed> {
@@ -188,10 +144,8 @@ fn severs_established_connections() -> Result<(), Failed> {
     start_peer_servers(&mut sandbox, &["8080"]);
     let peer = sandbox.peer_v4();
     let peer6 = sandbox.peer_v6();
-    let mut held =
-        sandbox.spawn(sandbox.on_host(&probe_binary(), &["probe", "hold", &peer, "8080"]));
-    let mut held6 =
-        sandbox.spawn(sandbox.on_host(&probe_binary(), &["probe", "hold", &peer6, "8080"]));
+    let mut held = sandbox.spawn(sandbox.on_host(&probe_binary(), &["probe", "hold", &peer, "8080"]));
+    let mut held6 = sandbox.spawn(sandbox.on_host(&probe_binary(), &["probe", "hold", &peer6, "8080"]));
     check(
         "v4 connection before isolation",
         &held.expect_line("connect", Duration::from_secs(3)),
@@ -208,27 +162,16 @@ fn severs_established_connections() -> Result<(), Failed> {
     let end6 = held6.expect_line("the v6 connection to end", Duration::from_secs(1));
     let elapsed = started.elapsed();
     check("v4 connection after isolation", &end, "broken ECONNABORTED")?;
-    check(
-        "v6 connection after isolation",
-        &end6,
-        "broken ECONNABORTED",
-    )?;
-    assert!(
-        elapsed < Duration::from_secs(1),
-        "severing took {elapsed:?}"
-    );
+    check("v6 connection after isolation", &end6, "broken ECONNABORTED")?;
+    assert!(elapsed < Duration::from_secs(1), "severing took {elapsed:?}");
     Ok(())
 }
 
 fn refuses_new_traffic() -> Result<(), Failed> {
     let mut sandbox = Sandbox::new();
     start_peer_servers(&mut sandbox, &["8080"]);
-    let (peer, peer6, host, host6) = (
-        sandbox.peer_v4(),
-        sandbox.peer_v6(),
-        sandbox.host_v4(),
-        sandbox.host_v6(),
-    );
+    let (peer, peer6, host, host6) =
+        (sandbox.peer_v4(), sandbox.peer_v6(), sandbox.host_v4(), sandbox.host_v6());
     // Everything works before.
     for (what, answer) in [
         ("tcp v4", on_host(&sandbox, &["connect", &peer, "8080"])),
@@ -245,85 +188,28 @@ fn refuses_new_traffic() -> Result<(), Failed> {
     let host_if = sandbox.host_if.clone();
     enforcer_ok(&sandbox, &["isolate", "--interface", &host_if]);
     for (what, answer, expected) in [
-        (
-            "tcp v4",
-            on_host(&sandbox, &["connect", &peer, "8080"]),
-            "error EPERM",
-        ),
-        (
-            "tcp v6",
-            on_host(&sandbox, &["connect", &peer6, "8080"]),
-            "error EPERM",
-        ),
-        (
-            "udp v4",
-            on_host(&sandbox, &["udp", &peer, "8080"]),
-            "error EPERM",
-        ),
-        (
-            "udp v6",
-            on_host(&sandbox, &["udp", &peer6, "8080"]),
-            "error EPERM",
-        ),
-        (
-            "ping out v4 (raw socket)",
-            on_host(&sandbox, &["ping", &peer]),
-            "error EPERM",
-        ),
-        (
-            "ping out v6 (raw socket)",
-            on_host(&sandbox, &["ping", &peer6]),
-            "error EPERM",
-        ),
+        ("tcp v4", on_host(&sandbox, &["connect", &peer, "8080"]), "error EPERM"),
+        ("tcp v6", on_host(&sandbox, &["connect", &peer6, "8080"]), "error EPERM"),
+        ("udp v4", on_host(&sandbox, &["udp", &peer, "8080"]), "error EPERM"),
+        ("udp v6", on_host(&sandbox, &["udp", &peer6, "8080"]), "error EPERM"),
+        ("ping out v4 (raw socket)", on_host(&sandbox, &["ping", &peer]), "error EPERM"),
+        ("ping out v6 (raw socket)", on_host(&sandbox, &["ping", &peer6]), "error EPERM"),
         ("ping in v4", on_peer(&sandbox, &["ping", &host]), "timeout"),
-        (
-            "ping in v6",
-            on_peer(&sandbox, &["ping", &host6]),
-            "timeout",
-        ),
+        ("ping in v6", on_peer(&sandbox, &["ping", &host6]), "timeout"),
     ] {
         check(&format!("{what} while isolated"), &answer, expected)?;
     }
     // A service listening on the isolated host is unreachable: the SYN is dropped.
     let mut servers = sandbox.spawn(sandbox.on_host(&probe_binary(), &["probe", "serve", "7300"]));
-    check(
-        "servers on the host",
-        &servers.expect_line("ready", Duration::from_secs(3)),
-        "ready",
-    )?;
-    check(
-        "tcp in v4 from the peer",
-        &on_peer(&sandbox, &["connect", &host, "7300"]),
-        "timeout",
-    )?;
-    check(
-        "tcp in v6 from the peer",
-        &on_peer(&sandbox, &["connect", &host6, "7300"]),
-        "timeout",
-    )?;
-    check(
-        "udp in v4 from the peer",
-        &on_peer(&sandbox, &["udp", &host, "7300"]),
-        "timeout",
-    )?;
-    check(
-        "udp in v6 from the peer",
-        &on_peer(&sandbox, &["udp", &host6, "7300"]),
-        "timeout",
-    )?;
+    check("servers on the host", &servers.expect_line("ready", Duration::from_secs(3)), "ready")?;
+    check("tcp in v4 from the peer", &on_peer(&sandbox, &["connect", &host, "7300"]), "timeout")?;
+    check("tcp in v6 from the peer", &on_peer(&sandbox, &["connect", &host6, "7300"]), "timeout")?;
+    check("udp in v4 from the peer", &on_peer(&sandbox, &["udp", &host, "7300"]), "timeout")?;
+    check("udp in v6 from the peer", &on_peer(&sandbox, &["udp", &host6, "7300"]), "timeout")?;
     let counters = &status(&sandbox)["counters"];
-    assert!(
-        counters["connects_refused"].as_u64() >= Some(4),
-        "counters: {counters}"
-    );
-    assert!(
-        counters["echo_requests_dropped"].as_u64() >= Some(2),
-        "counters: {counters}"
-    );
-    assert!(
-        counters["raw_sockets_refused"].as_u64() >= Some(2),
-        "counters: {counters}"
-    );
+    assert!(counters["connects_refused"].as_u64() >= Some(4), "counters: {counters}");
+    assert!(counters["echo_requests_dropped"].as_u64() >= Some(2), "counters: {counters}");
+    assert!(counters["raw_sockets_refused"].as_u64() >= Some(2), "counters: {counters}");
     Ok(())
 }
 
@@ -337,66 +223,26 @@ fn exclusions_are_exact() -> Result<(), Failed> {
     let inbound = "in,tcp,0.0.0.0/0,7000".to_owned();
     enforcer_ok(
         &sandbox,
-        &[
-            "isolate", "--allow", &single, "--allow", &range, "--allow", &range6, "--allow",
-            &inbound,
-        ],
+        &["isolate", "--allow", &single, "--allow", &range, "--allow", &range6, "--allow", &inbound],
     );
-    check(
-        "excluded port 9000",
-        &on_host(&sandbox, &["connect", &peer, "9000"]),
-        "ok",
-    )?;
-    check(
-        "neighbour port 9001",
-        &on_host(&sandbox, &["connect", &peer, "9001"]),
-        "error EPERM",
-    )?;
-    check(
-        "port 9100 in range",
-        &on_host(&sandbox, &["connect", &peer, "9100"]),
-        "ok",
-    )?;
-    check(
-        "port 9102 in range",
-        &on_host(&sandbox, &["connect", &peer, "9102"]),
-        "ok",
-    )?;
-    check(
-        "port 9103 past range",
-        &on_host(&sandbox, &["connect", &peer, "9103"]),
-        "error EPERM",
-    )?;
-    check(
-        "v6 port 9102 in range",
-        &on_host(&sandbox, &["connect", &peer6, "9102"]),
-        "ok",
-    )?;
-    check(
-        "v6 port 9000 (v4-only rule)",
-        &on_host(&sandbox, &["connect", &peer6, "9000"]),
-        "error EPERM",
-    )?;
+    check("excluded port 9000", &on_host(&sandbox, &["connect", &peer, "9000"]), "ok")?;
+    check("neighbour port 9001", &on_host(&sandbox, &["connect", &peer, "9001"]), "error EPERM")?;
+    check("port 9100 in range", &on_host(&sandbox, &["connect", &peer, "9100"]), "ok")?;
+    check("port 9102 in range", &on_host(&sandbox, &["connect", &peer, "9102"]), "ok")?;
+    check("port 9103 past range", &on_host(&sandbox, &["connect", &peer, "9103"]), "error EPERM")?;
+    check("v6 port 9102 in range", &on_host(&sandbox, &["connect", &peer6, "9102"]), "ok")?;
+    check("v6 port 9000 (v4-only rule)", &on_host(&sandbox, &["connect", &peer6, "9000"]), "error EPERM")?;
     // `in` exclusion: the peer may connect to local port 7000, not to 7001.
     for (port, expected) in [("7000", "accepted"), ("7001", "timeout")] {
-        let mut listener =
-            sandbox.spawn(sandbox.on_host(&probe_binary(), &["probe", "accept", port]));
-        check(
-            "listener",
-            &listener.expect_line("listening", Duration::from_secs(3)),
-            "listening",
-        )?;
+        let mut listener = sandbox.spawn(sandbox.on_host(&probe_binary(), &["probe", "accept", port]));
+        check("listener", &listener.expect_line("listening", Duration::from_secs(3)), "listening")?;
         let peer_answer = on_peer(&sandbox, &["connect", &host, port]);
         let accepted = listener.expect_line("accept", Duration::from_secs(5));
         check(&format!("inbound to {port}"), &accepted, expected)?;
         check(
             &format!("peer's connect to {port}"),
             &peer_answer,
-            if expected == "accepted" {
-                "ok"
-            } else {
-                "timeout"
-            },
+            if expected == "accepted" { "ok" } else { "timeout" },
         )?;
     }
     Ok(())
@@ -410,25 +256,11 @@ fn management_channel_stays_open() -> Result<(), Failed> {
     std::fs::write(&config, format!("[kafka]\nbrokers = \"{peer}:9092\"\n")).expect("write config");
     let config = config.to_string_lossy().into_owned();
     let out = enforcer_ok(&sandbox, &["--config", &config, "isolate"]);
-    assert!(
-        out.contains(&format!("out,tcp,{peer}/32,9092")),
-        "isolate output: {out}"
-    );
-    check(
-        "broker port",
-        &on_host(&sandbox, &["connect", &peer, "9092"]),
-        "ok",
-    )?;
-    check(
-        "other port on the broker host",
-        &on_host(&sandbox, &["connect", &peer, "9093"]),
-        "error EPERM",
-    )?;
+    assert!(out.contains(&format!("out,tcp,{peer}/32,9092")), "isolate output: {out}");
+    check("broker port", &on_host(&sandbox, &["connect", &peer, "9092"]), "ok")?;
+    check("other port on the broker host", &on_host(&sandbox, &["connect", &peer, "9093"]), "error EPERM")?;
     let status = status(&sandbox);
-    assert_eq!(
-        status["management"],
-        serde_json::json!([format!("out,tcp,{peer}/32,9092")])
-    );
+    assert_eq!(status["management"], serde_json::json!([format!("out,tcp,{peer}/32,9092")]));
     let _ = std::fs::remove_file(&config);
     Ok(())
 }
@@ -448,24 +280,14 @@ fn process_exclusion() -> Result<(), Failed> {
     enforcer_ok(&sandbox, &["isolate", "--allow-process", EXEMPT_NAME]);
     held.expect_silence(Duration::from_millis(1500))?;
 
-    let exempt_connect =
-        output_of(sandbox.on_host(&exempt, &["probe", "connect", &peer, "8080"])).1;
+    let exempt_connect = output_of(sandbox.on_host(&exempt, &["probe", "connect", &peer, "8080"])).1;
     check("exempt process connects out", &exempt_connect, "ok")?;
-    check(
-        "other process connects out",
-        &on_host(&sandbox, &["connect", &peer, "8080"]),
-        "error EPERM",
-    )?;
-    for (program, port, expected) in [
-        (exempt.clone(), "7100", "accepted"),
-        (probe_binary(), "7101", "timeout"),
-    ] {
+    check("other process connects out", &on_host(&sandbox, &["connect", &peer, "8080"]), "error EPERM")?;
+    for (program, port, expected) in
+        [(exempt.clone(), "7100", "accepted"), (probe_binary(), "7101", "timeout")]
+    {
         let mut listener = sandbox.spawn(sandbox.on_host(&program, &["probe", "accept", port]));
-        check(
-            "listener",
-            &listener.expect_line("listening", Duration::from_secs(3)),
-            "listening",
-        )?;
+        check("listener", &listener.expect_line("listening", Duration::from_secs(3)), "listening")?;
         let _ = on_peer(&sandbox, &["connect", &host, port]);
         check(
             &format!("{} accepts on {port}", program.display()),
@@ -479,11 +301,7 @@ fn process_exclusion() -> Result<(), Failed> {
 fn loopback_keeps_working() -> Result<(), Failed> {
     let sandbox = Sandbox::new();
     enforcer_ok(&sandbox, &["isolate"]);
-    check(
-        "loopback v4 and v6 while isolated",
-        &on_host(&sandbox, &["loopback"]),
-        "ok",
-    )
+    check("loopback v4 and v6 while isolated", &on_host(&sandbox, &["loopback"]), "ok")
 }
 
 fn survives_agent_kill() -> Result<(), Failed> {
@@ -497,35 +315,18 @@ fn survives_agent_kill() -> Result<(), Failed> {
         kill_9(pid);
     }
     let _ = agent.expect_eof(Duration::from_secs(2));
-    check(
-        "new connection after kill -9",
-        &on_host(&sandbox, &["connect", &peer, "8080"]),
-        "error EPERM",
-    )?;
+    check("new connection after kill -9", &on_host(&sandbox, &["connect", &peer, "8080"]), "error EPERM")?;
     let after_kill = status(&sandbox);
-    assert_eq!(
-        after_kill["isolated"], true,
-        "status after kill: {after_kill}"
-    );
+    assert_eq!(after_kill["isolated"], true, "status after kill: {after_kill}");
     let mut restarted = spawn_agent(&mut sandbox);
     let started = restarted.expect_line("agent start", Duration::from_secs(5));
-    assert!(
-        started.contains("adopted the pinned isolation"),
-        "agent said: {started}"
-    );
+    assert!(started.contains("adopted the pinned isolation"), "agent said: {started}");
     let after_restart = status(&sandbox);
     assert_eq!(after_restart["isolated"], true);
-    assert_eq!(
-        after_restart["generation"], before["generation"],
-        "a restart must not install a second copy"
-    );
+    assert_eq!(after_restart["generation"], before["generation"], "a restart must not install a second copy");
     assert_eq!(after_restart["pinned_links"], before["pinned_links"]);
     assert_eq!(after_restart["reason"], "kill test");
-    check(
-        "new connection after restart",
-        &on_host(&sandbox, &["connect", &peer, "8080"]),
-        "error EPERM",
-    )
+    check("new connection after restart", &on_host(&sandbox, &["connect", &peer, "8080"]), "error EPERM")
 }
 
 /// Polls until the host can connect to the peer again; returns when that happened.
@@ -554,29 +355,15 @@ fn timed_isolation_with_agent() -> Result<(), Failed> {
     let status_now = status(&sandbox);
     assert_eq!(status_now["mode"], "automatic");
     assert!(status_now["expires_at"].is_string(), "{status_now}");
-    check(
-        "during the isolation",
-        &on_host(&sandbox, &["connect", &peer, "8080"]),
-        "error EPERM",
-    )?;
+    check("during the isolation", &on_host(&sandbox, &["connect", &peer, "8080"]), "error EPERM")?;
     // The agent lifts it properly (detach, unpin, record) and says so.
     let lifted_line = agent.expect_line("the deadline", Duration::from_secs(5));
     let lifted = Instant::now();
-    assert!(
-        lifted_line.contains("deadline reached: isolation lifted"),
-        "agent said: {lifted_line}"
-    );
+    assert!(lifted_line.contains("deadline reached: isolation lifted"), "agent said: {lifted_line}");
     assert!(lifted >= before + Duration::from_secs(3), "lifted early");
     let late = lifted.saturating_duration_since(after + Duration::from_secs(3));
-    assert!(
-        late < Duration::from_secs(1),
-        "lifted {late:?} after the deadline"
-    );
-    check(
-        "after the deadline",
-        &on_host(&sandbox, &["connect", &peer, "8080"]),
-        "ok",
-    )?;
+    assert!(late < Duration::from_secs(1), "lifted {late:?} after the deadline");
+    check("after the deadline", &on_host(&sandbox, &["connect", &peer, "8080"]), "ok")?;
     // Then it re-arms, so the next isolation is instant again.
     let rearmed = agent.expect_line("re-arming", Duration::from_secs(2));
     assert!(rearmed.contains("armed"), "agent said: {rearmed}");
@@ -593,28 +380,15 @@ fn timed_isolation_without_agent() -> Result<(), Failed> {
     let before = Instant::now();
     enforcer_ok(&sandbox, &["isolate", "--duration", "2s"]);
     let after = Instant::now();
-    check(
-        "during the isolation",
-        &on_host(&sandbox, &["connect", &peer, "8080"]),
-        "error EPERM",
-    )?;
-    let flowing = wait_until_connects(&sandbox, &peer, Duration::from_secs(5))
-        .ok_or("traffic never flowed again")?;
-    assert!(
-        flowing >= before + Duration::from_secs(2),
-        "enforcement stopped early"
-    );
+    check("during the isolation", &on_host(&sandbox, &["connect", &peer, "8080"]), "error EPERM")?;
+    let flowing =
+        wait_until_connects(&sandbox, &peer, Duration::from_secs(5)).ok_or("traffic never flowed again")?;
+    assert!(flowing >= before + Duration::from_secs(2), "enforcement stopped early");
     let late = flowing.saturating_duration_since(after + Duration::from_secs(2));
-    assert!(
-        late < Duration::from_secs(1),
-        "the kernel kept enforcing {late:?} past the deadline"
-    );
+    assert!(late < Duration::from_secs(1), "the kernel kept enforcing {late:?} past the deadline");
     let leftover = status(&sandbox);
     assert_eq!(leftover["isolated"], false);
-    assert!(
-        leftover["attention"].is_string(),
-        "status should ask for clean-up: {leftover}"
-    );
+    assert!(leftover["attention"].is_string(), "status should ask for clean-up: {leftover}");
     Ok(())
 }
 
@@ -624,30 +398,15 @@ fn release_cleans_up() -> Result<(), Failed> {
     let peer = sandbox.peer_v4();
     let host_if = sandbox.host_if.clone();
     enforcer_ok(&sandbox, &["isolate", "--interface", &host_if]);
-    assert_eq!(
-        status(&sandbox)["tags"],
-        serde_json::json!(["ISOLATED FROM NETWORK"])
-    );
+    assert_eq!(status(&sandbox)["tags"], serde_json::json!(["ISOLATED FROM NETWORK"]));
     let out = enforcer_ok(&sandbox, &["release"]);
     assert!(out.contains("Released"), "{out}");
     let after = status(&sandbox);
     assert_eq!(after["isolated"], false);
     assert_eq!(after["tags"], serde_json::json!([]));
-    assert!(
-        !sandbox.pin_dir.exists(),
-        "pins left behind in {}",
-        sandbox.pin_dir.display()
-    );
-    check(
-        "tcp after release",
-        &on_host(&sandbox, &["connect", &peer, "8080"]),
-        "ok",
-    )?;
-    check(
-        "ping in after release",
-        &on_peer(&sandbox, &["ping", &sandbox.host_v4()]),
-        "ok",
-    )?;
+    assert!(!sandbox.pin_dir.exists(), "pins left behind in {}", sandbox.pin_dir.display());
+    check("tcp after release", &on_host(&sandbox, &["connect", &peer, "8080"]), "ok")?;
+    check("ping in after release", &on_peer(&sandbox, &["ping", &sandbox.host_v4()]), "ok")?;
     let again = enforcer_ok(&sandbox, &["release"]);
     assert!(again.contains("Not isolated"), "{again}");
     Ok(())
@@ -658,28 +417,15 @@ fn restores_after_reboot() -> Result<(), Failed> {
     start_peer_servers(&mut sandbox, &["8080"]);
     let peer = sandbox.peer_v4();
     let allow = format!("out,tcp,{peer}/32,9000");
-    enforcer_ok(
-        &sandbox,
-        &["isolate", "--allow", &allow, "--reason", "reboot test"],
-    );
+    enforcer_ok(&sandbox, &["isolate", "--allow", &allow, "--reason", "reboot test"]);
     // A reboot loses bpffs: removing the pins detaches everything.
     std::fs::remove_dir_all(&sandbox.pin_dir).expect("remove pins");
-    check(
-        "with the pins gone",
-        &on_host(&sandbox, &["connect", &peer, "8080"]),
-        "ok",
-    )?;
-    assert!(status(&sandbox)["attention"]
-        .as_str()
-        .is_some_and(|a| a.contains("restore")));
+    check("with the pins gone", &on_host(&sandbox, &["connect", &peer, "8080"]), "ok")?;
+    assert!(status(&sandbox)["attention"].as_str().is_some_and(|a| a.contains("restore")));
     let mut agent = spawn_agent(&mut sandbox);
     let started = agent.expect_line("agent start", Duration::from_secs(5));
     assert!(started.contains("re-installed"), "agent said: {started}");
-    check(
-        "after the agent restored it",
-        &on_host(&sandbox, &["connect", &peer, "8080"]),
-        "error EPERM",
-    )?;
+    check("after the agent restored it", &on_host(&sandbox, &["connect", &peer, "8080"]), "error EPERM")?;
     let restored = status(&sandbox);
     assert_eq!(restored["isolated"], true);
     assert_eq!(restored["exclusions"], serde_json::json!([allow]));
@@ -694,24 +440,12 @@ fn live_update() -> Result<(), Failed> {
     let allow_9000 = format!("out,tcp,{peer}/32,9000");
     let allow_9001 = format!("out,tcp,{peer}/32,9001");
     enforcer_ok(&sandbox, &["isolate", "--allow", &allow_9000]);
-    let mut held =
-        sandbox.spawn(sandbox.on_host(&probe_binary(), &["probe", "hold", &peer, "9000"]));
-    check(
-        "excluded connection",
-        &held.expect_line("connect", Duration::from_secs(3)),
-        "connected",
-    )?;
-    let out = enforcer_ok(
-        &sandbox,
-        &["isolate", "--allow", &allow_9000, "--allow", &allow_9001],
-    );
+    let mut held = sandbox.spawn(sandbox.on_host(&probe_binary(), &["probe", "hold", &peer, "9000"]));
+    check("excluded connection", &held.expect_line("connect", Duration::from_secs(3)), "connected")?;
+    let out = enforcer_ok(&sandbox, &["isolate", "--allow", &allow_9000, "--allow", &allow_9001]);
     assert!(out.starts_with("Isolation updated"), "{out}");
     held.expect_silence(Duration::from_millis(500))?;
-    check(
-        "newly excluded port",
-        &on_host(&sandbox, &["connect", &peer, "9001"]),
-        "ok",
-    )?;
+    check("newly excluded port", &on_host(&sandbox, &["connect", &peer, "9001"]), "ok")?;
     // Dropping the 9000 exclusion severs its connection and refuses new ones.
     enforcer_ok(&sandbox, &["isolate", "--allow", &allow_9001]);
     check(
@@ -719,11 +453,7 @@ fn live_update() -> Result<(), Failed> {
         &held.expect_line("sever", Duration::from_secs(1)),
         "broken ECONNABORTED",
     )?;
-    check(
-        "port no longer excluded",
-        &on_host(&sandbox, &["connect", &peer, "9000"]),
-        "error EPERM",
-    )?;
+    check("port no longer excluded", &on_host(&sandbox, &["connect", &peer, "9000"]), "error EPERM")?;
     assert_eq!(status(&sandbox)["generation"], 3);
     Ok(())
 }
@@ -732,46 +462,93 @@ fn armed_then_isolated() -> Result<(), Failed> {
     let mut sandbox = Sandbox::new();
     start_peer_servers(&mut sandbox, &["8080"]);
     let peer = sandbox.peer_v4();
-    let mut held =
-        sandbox.spawn(sandbox.on_host(&probe_binary(), &["probe", "hold", &peer, "8080"]));
-    check(
-        "connection before arming",
-        &held.expect_line("connect", Duration::from_secs(3)),
-        "connected",
-    )?;
+    let mut held = sandbox.spawn(sandbox.on_host(&probe_binary(), &["probe", "hold", &peer, "8080"]));
+    check("connection before arming", &held.expect_line("connect", Duration::from_secs(3)), "connected")?;
     assert!(enforcer_ok(&sandbox, &["arm"]).starts_with("Armed"));
     let armed = status(&sandbox);
     assert_eq!(armed["isolated"], false, "{armed}");
     assert_eq!(armed["armed"], true, "{armed}");
     assert_eq!(armed["tags"], serde_json::json!([]));
     assert!(armed["attention"].is_null(), "{armed}");
-    assert_eq!(
-        armed["pinned_links"],
-        serde_json::json!([]),
-        "armed programs are not attached"
-    );
+    assert_eq!(armed["pinned_links"], serde_json::json!([]), "armed programs are not attached");
     held.expect_silence(Duration::from_millis(300))?;
-    check(
-        "new connection while armed",
-        &on_host(&sandbox, &["connect", &peer, "8080"]),
-        "ok",
-    )?;
+    check("new connection while armed", &on_host(&sandbox, &["connect", &peer, "8080"]), "ok")?;
     assert!(enforcer_ok(&sandbox, &["isolate"]).starts_with("Isolated:"));
     check(
         "armed connection once isolated",
         &held.expect_line("sever", Duration::from_secs(1)),
         "broken ECONNABORTED",
     )?;
-    check(
-        "new connection once isolated",
-        &on_host(&sandbox, &["connect", &peer, "8080"]),
-        "error EPERM",
-    )?;
+    check("new connection once isolated", &on_host(&sandbox, &["connect", &peer, "8080"]), "error EPERM")?;
     enforcer_ok(&sandbox, &["release"]);
-    assert!(
-        !sandbox.pin_dir.exists(),
-        "release must detach armed programs too"
-    );
+    assert!(!sandbox.pin_dir.exists(), "release must detach armed programs too");
+    Ok(())
+}
+
+/// Runs `cordon-enforcer args` for the sandbox with `/etc/resolv.conf` replaced (in a private
+/// mount namespace) by one naming `resolver`.
+fn enforcer_with_resolver(sandbox: &Sandbox, resolver: &str, args: &[&str]) -> String {
+    let resolv = sandbox.state_dir.with_extension("resolv.conf");
+    std::fs::write(&resolv, format!("nameserver {resolver}\n")).expect("write resolv.conf");
+    let inner = sandbox.enforcer(Path::new(ENFORCER), args);
+    let mut words: Vec<String> = vec![inner.get_program().to_string_lossy().into_owned()];
+    words.extend(inner.get_args().map(|a| a.to_string_lossy().into_owned()));
+    let script = format!("mount --bind {} /etc/resolv.conf && exec \"$@\"", resolv.display());
+    let mut command = Command::new("unshare");
+    command.args(["-m", "sh", "-c", &script, "sh"]).args(&words);
+    let (code, stdout, stderr) = output_of(command);
+    assert_eq!(code, 0, "cordon-enforcer {args:?} failed: {stderr}");
+    let _ = std::fs::remove_file(&resolv);
+    stdout
+}
+
+fn dns_and_dhcp_on_request() -> Result<(), Failed> {
+    let mut sandbox = Sandbox::new();
+    start_peer_servers(&mut sandbox, &["53", "54", "67"]);
+    let peer = sandbox.peer_v4();
+    // Off unless asked for.
+    enforcer_with_resolver(&sandbox, &peer, &["isolate"]);
+    check("dns without --allow-dns", &on_host(&sandbox, &["udp", &peer, "53"]), "error EPERM")?;
+    check("dhcp without --allow-dhcp", &on_host(&sandbox, &["udp", &peer, "67"]), "error EPERM")?;
+    // Asked for: DNS to the configured resolver only, on port 53 only; DHCP to its port.
+    enforcer_with_resolver(&sandbox, &peer, &["isolate", "--allow-dns", "--allow-dhcp"]);
+    check("dns (udp) to the resolver", &on_host(&sandbox, &["udp", &peer, "53"]), "ok")?;
+    check("dns (tcp) to the resolver", &on_host(&sandbox, &["connect", &peer, "53"]), "ok")?;
+    check("another port on the resolver", &on_host(&sandbox, &["udp", &peer, "54"]), "error EPERM")?;
+    check("dhcp server port", &on_host(&sandbox, &["udp", &peer, "67"]), "ok")?;
+    let status = status(&sandbox);
+    assert_eq!(status["allow_dns"], true);
+    assert_eq!(status["allow_dhcp"], true);
+    // A resolver that is not the configured one gets nothing.
+    enforcer_with_resolver(&sandbox, "198.51.100.53", &["isolate", "--allow-dns"]);
+    check("dns to a host that is not the resolver", &on_host(&sandbox, &["udp", &peer, "53"]), "error EPERM")
+}
+
+fn not_root_is_refused() -> Result<(), Failed> {
+    let sandbox = Sandbox::new();
+    // A copy nobody can run (our target directory lives under /root).
+    let dir = sandbox.state_dir.with_extension("nobody");
+    std::fs::create_dir_all(&dir).expect("create dir");
+    let copy = dir.join("cordon-enforcer");
+    std::fs::copy(ENFORCER, &copy).expect("copy enforcer");
+    for path in [&dir, &copy] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    }
+    let cgroup = sandbox.cgroup.to_string_lossy().into_owned();
+    let mut command = Command::new("setpriv");
+    command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&copy).args([
+        "--cgroup",
+        &cgroup,
+        "--state-dir",
+        "/tmp/cordon-nobody",
+        "isolate",
+    ]);
+    let (code, _, stderr) = output_of(command);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cordon-enforcer must run as root"), "{stderr}");
+    assert!(stderr.contains("CAP_BPF"), "{stderr}");
+    assert_eq!(status(&sandbox)["isolated"], false);
     Ok(())
 }
 
@@ -779,25 +556,13 @@ fn failed_isolation_is_rolled_back() -> Result<(), Failed> {
     let mut sandbox = Sandbox::new();
     start_peer_servers(&mut sandbox, &["8080"]);
     let peer = sandbox.peer_v4();
-    let (code, _, stderr) = output_of(sandbox.enforcer(
-        Path::new(ENFORCER),
-        &["isolate", "--interface", "no-such-if0"],
-    ));
+    let (code, _, stderr) =
+        output_of(sandbox.enforcer(Path::new(ENFORCER), &["isolate", "--interface", "no-such-if0"]));
     assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains("cannot attach cordon_tc_ingress to interface no-such-if0"),
-        "{stderr}"
-    );
-    assert!(
-        !sandbox.pin_dir.exists(),
-        "a failed isolation left pins behind"
-    );
+    assert!(stderr.contains("cannot attach cordon_tc_ingress to interface no-such-if0"), "{stderr}");
+    assert!(!sandbox.pin_dir.exists(), "a failed isolation left pins behind");
     assert_eq!(status(&sandbox)["isolated"], false);
-    check(
-        "traffic after the failed attempt",
-        &on_host(&sandbox, &["connect", &peer, "8080"]),
-        "ok",
-    )
+    check("traffic after the failed attempt", &on_host(&sandbox, &["connect", &peer, "8080"]), "ok")
 }
 
 fn bad_input_changes_nothing() -> Result<(), Failed> {
@@ -807,14 +572,8 @@ fn bad_input_changes_nothing() -> Result<(), Failed> {
             vec!["isolate", "--allow", "out,tcp,10.0.0.1/8,443"],
             "has host bits set; the network is 10.0.0.0/8",
         ),
-        (
-            vec!["isolate", "--duration", "10"],
-            "invalid duration '10': it has no unit",
-        ),
-        (
-            vec!["isolate", "--allow-process", "a/b"],
-            "give the process name, not a path",
-        ),
+        (vec!["isolate", "--duration", "10"], "invalid duration '10': it has no unit"),
+        (vec!["isolate", "--allow-process", "a/b"], "give the process name, not a path"),
         (vec!["isolate", "--bogus"], "unexpected argument '--bogus'"),
     ] {
         let (code, _, stderr) = output_of(sandbox.enforcer(Path::new(ENFORCER), &args));
@@ -827,10 +586,7 @@ fn bad_input_changes_nothing() -> Result<(), Failed> {
         command
     });
     assert_eq!(code, 2);
-    assert!(
-        stderr.contains("/tmp is not a cgroup v2 directory"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("/tmp is not a cgroup v2 directory"), "{stderr}");
     assert_eq!(status(&sandbox)["isolated"], false);
     assert!(!sandbox.pin_dir.exists());
     Ok(())

@@ -35,12 +35,13 @@ pub fn cgroup2_root() -> PathBuf {
 /// never skip silently.
 pub fn require_kernel_test_environment() {
     // SAFETY: geteuid has no preconditions.
-    assert!(unsafe { libc::geteuid() } == 0, "kernel tests must run as root (they create network namespaces, cgroups and load eBPF programs)");
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "kernel tests must run as root (they create network namespaces, cgroups and load eBPF programs)"
+    );
     let mounts = fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
     assert!(
-        mounts
-            .lines()
-            .any(|l| l.split_whitespace().nth(2) == Some("bpf")),
+        mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf")),
         "bpffs is not mounted: run `mount -t bpf bpf /sys/fs/bpf` (ops/install-toolchain.sh does)"
     );
     for tool in ["ip", "nsenter"] {
@@ -70,10 +71,8 @@ pub struct Sandbox {
 }
 
 fn run(program: &str, args: &[&str]) -> Output {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let output =
+        Command::new(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
     assert!(
         output.status.success(),
         "{program} {} failed: {}",
@@ -116,35 +115,12 @@ impl Sandbox {
         // Created inside the host namespace, so the machine's own namespace never sees it.
         run(
             "ip",
-            &[
-                "-n",
-                h,
-                "link",
-                "add",
-                &self.host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &peer_if,
-                "netns",
-                p,
-            ],
+            &["-n", h, "link", "add", &self.host_if, "type", "veth", "peer", "name", &peer_if, "netns", p],
         );
         let s = self.subnet;
         for (ns, dev, v4, v6) in [
-            (
-                h,
-                self.host_if.as_str(),
-                format!("198.18.{s}.1/24"),
-                format!("fd00:c0d:{s}::1/64"),
-            ),
-            (
-                p,
-                peer_if.as_str(),
-                format!("198.18.{s}.2/24"),
-                format!("fd00:c0d:{s}::2/64"),
-            ),
+            (h, self.host_if.as_str(), format!("198.18.{s}.1/24"), format!("fd00:c0d:{s}::1/64")),
+            (p, peer_if.as_str(), format!("198.18.{s}.2/24"), format!("fd00:c0d:{s}::2/64")),
         ] {
             run("ip", &["-n", ns, "addr", "add", &v4, "dev", dev]);
             run("ip", &["-n", ns, "addr", "add", &v6, "dev", dev, "nodad"]);
@@ -159,10 +135,7 @@ impl Sandbox {
                 if String::from_utf8_lossy(&shown.stdout).contains("state UP") {
                     break;
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "veth {dev} in {ns} did not come up"
-                );
+                assert!(Instant::now() < deadline, "veth {dev} in {ns} did not come up");
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
@@ -185,9 +158,7 @@ impl Sandbox {
     /// host namespace (so interface names resolve there and nowhere else).
     pub fn enforcer(&self, enforcer: &Path, args: &[&str]) -> Command {
         let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net=/run/netns/{}", self.host_ns))
-            .arg(enforcer);
+        command.arg(format!("--net=/run/netns/{}", self.host_ns)).arg(enforcer);
         command
             .arg("--cgroup")
             .arg(&self.cgroup)
@@ -210,23 +181,12 @@ impl Sandbox {
         self.in_namespace(&self.peer_ns, false, program, args)
     }
 
-    fn in_namespace(
-        &self,
-        namespace: &str,
-        in_cgroup: bool,
-        program: &Path,
-        args: &[&str],
-    ) -> Command {
+    fn in_namespace(&self, namespace: &str, in_cgroup: bool, program: &Path, args: &[&str]) -> Command {
         let mut script = String::new();
         if in_cgroup {
-            script.push_str(&format!(
-                "echo $$ > {}/cgroup.procs && ",
-                self.cgroup.display()
-            ));
+            script.push_str(&format!("echo $$ > {}/cgroup.procs && ", self.cgroup.display()));
         }
-        script.push_str(&format!(
-            "exec nsenter --net=/run/netns/{namespace} \"$0\" \"$@\""
-        ));
+        script.push_str(&format!("exec nsenter --net=/run/netns/{namespace} \"$0\" \"$@\""));
         let mut command = Command::new("sh");
         command.arg("-c").arg(script).arg(program).args(args);
         command
@@ -235,16 +195,11 @@ impl Sandbox {
     /// Starts `command` in the background; it is killed when the sandbox is dropped. Returns a
     /// reader over its standard output.
     pub fn spawn(&mut self, mut command: Command) -> LineReader {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn test process");
+        let mut child =
+            command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn test process");
         let stdout = child.stdout.take().expect("stdout");
         self.children.push(child);
-        LineReader {
-            lines: BufReader::new(stdout),
-        }
+        LineReader { lines: BufReader::new(stdout) }
     }
 
     /// Kills the background processes started so far.
@@ -273,10 +228,7 @@ impl Drop for Sandbox {
         }
         // Processes spawned into the cgroup may take a moment to be reaped.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while fs::remove_dir(&self.cgroup).is_err()
-            && self.cgroup.exists()
-            && Instant::now() < deadline
-        {
+        while fs::remove_dir(&self.cgroup).is_err() && self.cgroup.exists() && Instant::now() < deadline {
             if let Ok(procs) = fs::read_to_string(self.cgroup.join("cgroup.procs")) {
                 for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
                     // SAFETY: signalling a process that lives in our own test cgroup.
@@ -299,27 +251,15 @@ impl LineReader {
     pub fn expect_line(&mut self, what: &str, timeout: Duration) -> String {
         let fd = std::os::fd::AsRawFd::as_raw_fd(self.lines.get_ref());
         if self.lines.buffer().is_empty() {
-            let mut poll = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
+            let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
             let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
             // SAFETY: polling one valid descriptor we own.
             let ready = unsafe { libc::poll(&raw mut poll, 1, millis) };
-            assert!(
-                ready > 0,
-                "no output from the process within {timeout:?} while waiting for {what}"
-            );
+            assert!(ready > 0, "no output from the process within {timeout:?} while waiting for {what}");
         }
         let mut line = String::new();
-        self.lines
-            .read_line(&mut line)
-            .expect("read process output");
-        assert!(
-            !line.is_empty(),
-            "the process ended while waiting for {what}"
-        );
+        self.lines.read_line(&mut line).expect("read process output");
+        assert!(!line.is_empty(), "the process ended while waiting for {what}");
         line.trim_end().to_owned()
     }
 
@@ -328,10 +268,7 @@ impl LineReader {
         if !self.lines.buffer().is_empty() || self.readable_within(duration) {
             let mut line = String::new();
             let _ = self.lines.read_line(&mut line);
-            return Err(format!(
-                "expected silence for {duration:?}, got '{}'",
-                line.trim_end()
-            ));
+            return Err(format!("expected silence for {duration:?}, got '{}'", line.trim_end()));
         }
         Ok(())
     }
@@ -352,11 +289,7 @@ impl LineReader {
 
     fn readable_within(&self, timeout: Duration) -> bool {
         let fd = std::os::fd::AsRawFd::as_raw_fd(self.lines.get_ref());
-        let mut poll = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: polling one valid descriptor we own.
         unsafe { libc::poll(&raw mut poll, 1, millis) > 0 }

@@ -52,10 +52,7 @@ pub fn main(args: &[String]) -> i32 {
         ["loopback"] => say(&loopback()),
         ["sink", port] => sink(port.parse().expect("probe: bad port")),
         ["drain", port] => drain(port.parse().expect("probe: bad port")),
-        ["open", host, port, count] => open(
-            address(host, port),
-            count.parse().expect("probe: bad count"),
-        ),
+        ["open", host, port, count] => open(address(host, port), count.parse().expect("probe: bad count")),
         ["connrate", host, port, seconds] => {
             connection_rate(
                 address(host, port),
@@ -105,10 +102,7 @@ fn serve(ports: &[&str]) {
 
 /// Raises the open-file limit as far as allowed (for thousands of connections).
 fn raise_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: get/setrlimit on a local struct.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit);
@@ -172,10 +166,7 @@ fn connection_rate(target: SocketAddr, duration: Duration) {
         match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
             Ok(stream) => {
                 // Close with a reset so no TIME_WAIT state piles up and exhausts the ports.
-                let linger = libc::linger {
-                    l_onoff: 1,
-                    l_linger: 0,
-                };
+                let linger = libc::linger { l_onoff: 1, l_linger: 0 };
                 // SAFETY: setsockopt on our own socket with a local struct.
                 unsafe {
                     libc::setsockopt(
@@ -192,10 +183,7 @@ fn connection_rate(target: SocketAddr, duration: Duration) {
             Err(error) => return say(&errno_name(&error)),
         }
     }
-    say(&format!(
-        "rate {:.0}",
-        count as f64 / started.elapsed().as_secs_f64()
-    ));
+    say(&format!("rate {:.0}", count as f64 / started.elapsed().as_secs_f64()));
 }
 
 fn greet(stream: &mut TcpStream) -> io::Result<()> {
@@ -206,9 +194,7 @@ fn greet(stream: &mut TcpStream) -> io::Result<()> {
 }
 
 fn connect(target: SocketAddr) -> String {
-    match TcpStream::connect_timeout(&target, Duration::from_secs(2))
-        .and_then(|mut s| greet(&mut s))
-    {
+    match TcpStream::connect_timeout(&target, Duration::from_secs(2)).and_then(|mut s| greet(&mut s)) {
         Ok(()) => "ok".into(),
         Err(error) => errno_name(&error),
     }
@@ -230,22 +216,13 @@ fn hold(target: SocketAddr) {
         match stream.read(&mut buffer) {
             Ok(0) => return say("broken EOF"),
             Ok(_) => {}
-            Err(error) => {
-                return say(&format!(
-                    "broken {}",
-                    errno_name(&error).trim_start_matches("error ")
-                ))
-            }
+            Err(error) => return say(&format!("broken {}", errno_name(&error).trim_start_matches("error "))),
         }
     }
 }
 
 fn udp(target: SocketAddr) -> String {
-    let bind = if target.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    };
+    let bind = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
     let socket = match UdpSocket::bind(bind) {
         Ok(socket) => socket,
         Err(error) => return errno_name(&error),
@@ -271,11 +248,7 @@ fn accept(port: u16) {
             Ok((mut stream, _)) => {
                 let _ = stream.set_nonblocking(false);
                 let greeted = stream.write_all(b"hi\n");
-                return say(if greeted.is_ok() {
-                    "accepted"
-                } else {
-                    "error write"
-                });
+                return say(if greeted.is_ok() { "accepted" } else { "error write" });
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(10))
@@ -320,20 +293,8 @@ fn ping(target: IpAddr) -> String {
     let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let raw = std::os::fd::AsRawFd::as_raw_fd(&socket);
     let identifier = u16::try_from(std::process::id() & 0xffff).unwrap_or(1);
-    let mut packet = [
-        request_type,
-        0,
-        0,
-        0,
-        (identifier >> 8) as u8,
-        identifier as u8,
-        0,
-        1,
-        b'c',
-        b'o',
-        b'r',
-        b'd',
-    ];
+    let mut packet =
+        [request_type, 0, 0, 0, (identifier >> 8) as u8, identifier as u8, 0, 1, b'c', b'o', b'r', b'd'];
     if target.is_ipv4() {
         let checksum = internet_checksum(&packet);
         packet[2..4].copy_from_slice(&checksum.to_be_bytes());
@@ -378,11 +339,7 @@ fn ping(target: IpAddr) -> String {
     let deadline = Instant::now() + Duration::from_secs(1);
     let mut buffer = [0u8; 1500];
     while Instant::now() < deadline {
-        let mut poll = libc::pollfd {
-            fd: raw,
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut poll = libc::pollfd { fd: raw, events: libc::POLLIN, revents: 0 };
         // SAFETY: polling our own descriptor.
         if unsafe { libc::poll(&raw mut poll, 1, 100) } <= 0 {
             continue;
@@ -391,11 +348,8 @@ fn ping(target: IpAddr) -> String {
         let n = unsafe { libc::recv(raw, buffer.as_mut_ptr().cast(), buffer.len(), 0) };
         let Ok(n) = usize::try_from(n) else { continue };
         // IPv4 raw sockets deliver the IP header too; IPv6 ones do not.
-        let icmp = if target.is_ipv4() {
-            &buffer[usize::from(buffer[0] & 0x0f) * 4..n]
-        } else {
-            &buffer[..n]
-        };
+        let icmp =
+            if target.is_ipv4() { &buffer[usize::from(buffer[0] & 0x0f) * 4..n] } else { &buffer[..n] };
         if icmp.len() >= 8 && icmp[0] == reply_type && icmp[4..6] == packet[4..6] {
             return "ok".into();
         }

@@ -119,10 +119,7 @@ impl Rule {
         let protocol_matches = self.protocol == PROTO_ANY
             || self.protocol == protocol
             || (self.protocol == PROTO_ICMP && protocol == PROTO_ICMPV6);
-        protocol_matches
-            && self.directions & direction != 0
-            && port >= self.port_lo
-            && port <= self.port_hi
+        protocol_matches && self.directions & direction != 0 && port >= self.port_lo && port <= self.port_hi
     }
 }
 
@@ -137,11 +134,7 @@ pub struct RuleList {
 
 impl Default for RuleList {
     fn default() -> Self {
-        Self {
-            len: 0,
-            reserved: 0,
-            rules: [Rule::default(); MAX_RULES_PER_PREFIX],
-        }
+        Self { len: 0, reserved: 0, rules: [Rule::default(); MAX_RULES_PER_PREFIX] }
     }
 }
 
@@ -163,10 +156,7 @@ mod tests {
     fn layouts_are_what_the_kernel_maps_were_created_with() {
         assert_eq!(core::mem::size_of::<Config>(), 24);
         assert_eq!(core::mem::size_of::<Rule>(), 8);
-        assert_eq!(
-            core::mem::size_of::<RuleList>(),
-            8 + 8 * MAX_RULES_PER_PREFIX
-        );
+        assert_eq!(core::mem::size_of::<RuleList>(), 8 + 8 * MAX_RULES_PER_PREFIX);
     }
 
     #[test]
@@ -194,23 +184,11 @@ mod tests {
 
     #[test]
     fn deadline_zero_means_manual() {
-        let manual = Config {
-            active: 1,
-            flags: 0,
-            expires_at_boot_ns: 0,
-            generation: 1,
-        };
+        let manual = Config { active: 1, flags: 0, expires_at_boot_ns: 0, generation: 1 };
         assert!(manual.enforcing_at(u64::MAX));
-        let timed = Config {
-            expires_at_boot_ns: 100,
-            ..manual
-        };
+        let timed = Config { expires_at_boot_ns: 100, ..manual };
         assert!(timed.enforcing_at(99));
         assert!(!timed.enforcing_at(100));
-        assert!(!Config {
-            active: 0,
-            ..manual
-        }
-        .enforcing_at(0));
+        assert!(!Config { active: 0, ..manual }.enforcing_at(0));
     }
 }
