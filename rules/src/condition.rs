@@ -33,9 +33,7 @@ const KEYWORDS: &[&str] = &["and", "or", "not", "of", "them", "all", "1"];
 /// Whether `name` may name a selection: letters, digits, `_` and `-`, and not a keyword.
 pub(crate) fn is_valid_selection_name(name: &str) -> bool {
     !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+        && name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-')
         && !KEYWORDS.contains(&name)
 }
 
@@ -90,17 +88,10 @@ pub(crate) fn parse_condition(text: &str, names: &[&str]) -> Result<Condition, C
         return Err(ConditionError {
             offset: 0,
             message: "empty condition".to_owned(),
-            hint: Some(
-                "name the selections that must match, e.g. `selection and not filter`".to_owned(),
-            ),
+            hint: Some("name the selections that must match, e.g. `selection and not filter`".to_owned()),
         });
     }
-    let mut parser = ConditionParser {
-        tokens,
-        next: 0,
-        end: text.chars().count(),
-        names,
-    };
+    let mut parser = ConditionParser { tokens, next: 0, end: text.chars().count(), names };
     let condition = parser.or()?;
     if let Some((offset, token)) = parser.tokens.get(parser.next) {
         let message = match token {
@@ -110,11 +101,7 @@ pub(crate) fn parse_condition(text: &str, names: &[&str]) -> Result<Condition, C
                 format!("unexpected `{word}`; join expressions with `and` or `or`")
             }
         };
-        return Err(ConditionError {
-            offset: *offset,
-            message,
-            hint: None,
-        });
+        return Err(ConditionError { offset: *offset, message, hint: None });
     }
     Ok(condition)
 }
@@ -125,17 +112,11 @@ impl<'a> ConditionParser<'a, '_> {
     }
 
     fn offset(&self) -> usize {
-        self.tokens
-            .get(self.next)
-            .map_or(self.end, |(offset, _)| *offset)
+        self.tokens.get(self.next).map_or(self.end, |(offset, _)| *offset)
     }
 
     fn error(&self, message: String, hint: Option<String>) -> ConditionError {
-        ConditionError {
-            offset: self.offset(),
-            message,
-            hint,
-        }
+        ConditionError { offset: self.offset(), message, hint }
     }
 
     fn keyword(&mut self, keyword: &str) -> bool {
@@ -152,11 +133,7 @@ impl<'a> ConditionParser<'a, '_> {
         while self.keyword("or") {
             terms.push(self.and()?);
         }
-        Ok(if terms.len() == 1 {
-            terms.remove(0)
-        } else {
-            Condition::Or(terms)
-        })
+        Ok(if terms.len() == 1 { terms.remove(0) } else { Condition::Or(terms) })
     }
 
     fn and(&mut self) -> Result<Condition, ConditionError> {
@@ -164,11 +141,7 @@ impl<'a> ConditionParser<'a, '_> {
         while self.keyword("and") {
             terms.push(self.unary()?);
         }
-        Ok(if terms.len() == 1 {
-            terms.remove(0)
-        } else {
-            Condition::And(terms)
-        })
+        Ok(if terms.len() == 1 { terms.remove(0) } else { Condition::And(terms) })
     }
 
     fn unary(&mut self) -> Result<Condition, ConditionError> {
@@ -181,10 +154,9 @@ impl<'a> ConditionParser<'a, '_> {
     fn primary(&mut self) -> Result<Condition, ConditionError> {
         let offset = self.offset();
         match self.peek().cloned() {
-            None => Err(self.error(
-                "the condition ends where a selection name was expected".to_owned(),
-                None,
-            )),
+            None => {
+                Err(self.error("the condition ends where a selection name was expected".to_owned(), None))
+            }
             Some(Token::Open) => {
                 self.next += 1;
                 let inner = self.or()?;
@@ -199,10 +171,9 @@ impl<'a> ConditionParser<'a, '_> {
                     })
                 }
             }
-            Some(Token::Close) => Err(self.error(
-                "unexpected `)` where a selection name was expected".to_owned(),
-                None,
-            )),
+            Some(Token::Close) => {
+                Err(self.error("unexpected `)` where a selection name was expected".to_owned(), None))
+            }
             Some(Token::Word(word)) => {
                 self.next += 1;
                 match word {
@@ -229,23 +200,18 @@ impl<'a> ConditionParser<'a, '_> {
     }
 
     fn selection(&self, name: &str, offset: usize) -> Result<usize, ConditionError> {
-        self.names
-            .iter()
-            .position(|candidate| *candidate == name)
-            .ok_or_else(|| {
-                let defined = self.names.join(", ");
-                let hint = match crate::diagnostic::closest(name, self.names.iter().copied()) {
-                    Some(guess) => format!("did you mean `{guess}`? defined: {defined}"),
-                    None => format!("defined: {defined}"),
-                };
-                ConditionError {
-                    offset,
-                    message: format!(
-                        "condition names `{name}`, which is not a selection of this rule"
-                    ),
-                    hint: Some(hint),
-                }
-            })
+        self.names.iter().position(|candidate| *candidate == name).ok_or_else(|| {
+            let defined = self.names.join(", ");
+            let hint = match crate::diagnostic::closest(name, self.names.iter().copied()) {
+                Some(guess) => format!("did you mean `{guess}`? defined: {defined}"),
+                None => format!("defined: {defined}"),
+            };
+            ConditionError {
+                offset,
+                message: format!("condition names `{name}`, which is not a selection of this rule"),
+                hint: Some(hint),
+            }
+        })
     }
 
     fn quantified(&mut self, quantifier: &str, offset: usize) -> Result<Condition, ConditionError> {
@@ -264,20 +230,15 @@ impl<'a> ConditionParser<'a, '_> {
         }
         let target_offset = self.offset();
         let Some(Token::Word(target)) = self.peek().cloned() else {
-            return Err(self.error(
-                format!("expected a name pattern or `them` after `{quantifier} of`"),
-                None,
-            ));
+            return Err(
+                self.error(format!("expected a name pattern or `them` after `{quantifier} of`"), None)
+            );
         };
         self.next += 1;
         let indexes: Vec<usize> = if target == "them" {
-            (0..self.names.len())
-                .filter(|&i| !self.names[i].starts_with('_'))
-                .collect()
+            (0..self.names.len()).filter(|&i| !self.names[i].starts_with('_')).collect()
         } else if target.contains('*') {
-            (0..self.names.len())
-                .filter(|&i| glob_matches(target, self.names[i]))
-                .collect()
+            (0..self.names.len()).filter(|&i| glob_matches(target, self.names[i])).collect()
         } else {
             vec![self.selection(target, target_offset)?]
         };
@@ -290,10 +251,7 @@ impl<'a> ConditionParser<'a, '_> {
         }
         let terms: Vec<Condition> = indexes.into_iter().map(Condition::Selection).collect();
         Ok(match (quantifier, terms.len()) {
-            (_, 1) => terms
-                .into_iter()
-                .next()
-                .unwrap_or(Condition::And(Vec::new())),
+            (_, 1) => terms.into_iter().next().unwrap_or(Condition::And(Vec::new())),
             ("all", _) => Condition::And(terms),
             _ => Condition::Or(terms),
         })
@@ -339,9 +297,7 @@ impl Condition {
                 }
             }
             Self::Not(inner) => inner.selections(out),
-            Self::And(terms) | Self::Or(terms) => {
-                terms.iter().for_each(|term| term.selections(out))
-            }
+            Self::And(terms) | Self::Or(terms) => terms.iter().for_each(|term| term.selections(out)),
         }
     }
 }
@@ -366,10 +322,7 @@ mod tests {
         use Condition::{And, Not, Or, Selection};
         assert_eq!(
             parse("selection and not filter_a or filter_b").unwrap(),
-            Or(vec![
-                And(vec![Selection(0), Not(Box::new(Selection(1)))]),
-                Selection(2)
-            ])
+            Or(vec![And(vec![Selection(0), Not(Box::new(Selection(1)))]), Selection(2)])
         );
         assert_eq!(
             parse("selection and (filter_a or filter_b)").unwrap(),
@@ -380,18 +333,9 @@ mod tests {
     #[test]
     fn quantifiers_expand_patterns_and_them() {
         use Condition::{And, Or, Selection};
-        assert_eq!(
-            parse("1 of filter_*").unwrap(),
-            Or(vec![Selection(1), Selection(2)])
-        );
-        assert_eq!(
-            parse("all of filter_*").unwrap(),
-            And(vec![Selection(1), Selection(2)])
-        );
-        assert_eq!(
-            parse("all of them").unwrap(),
-            And(vec![Selection(0), Selection(1), Selection(2)])
-        );
+        assert_eq!(parse("1 of filter_*").unwrap(), Or(vec![Selection(1), Selection(2)]));
+        assert_eq!(parse("all of filter_*").unwrap(), And(vec![Selection(1), Selection(2)]));
+        assert_eq!(parse("all of them").unwrap(), And(vec![Selection(0), Selection(1), Selection(2)]));
         assert_eq!(parse("1 of sel*").unwrap(), Selection(0));
         assert_eq!(parse("1 of *_b").unwrap(), Selection(2));
     }
@@ -400,45 +344,24 @@ mod tests {
     fn errors_point_at_the_offending_word() {
         assert_eq!(
             error("selection and not fliter_a"),
-            (
-                18,
-                "condition names `fliter_a`, which is not a selection of this rule".to_owned()
-            )
+            (18, "condition names `fliter_a`, which is not a selection of this rule".to_owned())
         );
-        assert_eq!(
-            error("selection and (filter_a"),
-            (14, "unclosed `(`".to_owned())
-        );
+        assert_eq!(error("selection and (filter_a"), (14, "unclosed `(`".to_owned()));
         assert_eq!(
             error("selection filter_a"),
-            (
-                10,
-                "unexpected `filter_a`; join expressions with `and` or `or`".to_owned()
-            )
+            (10, "unexpected `filter_a`; join expressions with `and` or `or`".to_owned())
         );
         assert_eq!(
             error("selection and"),
-            (
-                13,
-                "the condition ends where a selection name was expected".to_owned()
-            )
+            (13, "the condition ends where a selection name was expected".to_owned())
         );
-        assert_eq!(
-            error("1 of nothing*"),
-            (5, "`nothing*` matches no selection".to_owned())
-        );
-        assert_eq!(
-            error("2 of them"),
-            (0, "`2 of` is not supported".to_owned())
-        );
+        assert_eq!(error("1 of nothing*"), (5, "`nothing*` matches no selection".to_owned()));
+        assert_eq!(error("2 of them"), (0, "`2 of` is not supported".to_owned()));
         assert_eq!(
             error("selection | count() > 5"),
             (10, "unexpected character `|` in condition".to_owned())
         );
-        assert_eq!(
-            error("filter_*"),
-            (0, "wildcard `filter_*` needs a quantifier".to_owned())
-        );
+        assert_eq!(error("filter_*"), (0, "wildcard `filter_*` needs a quantifier".to_owned()));
         assert_eq!(error("selection)"), (9, "unmatched `)`".to_owned()));
         assert_eq!(error("  "), (0, "empty condition".to_owned()));
     }

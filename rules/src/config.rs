@@ -127,10 +127,7 @@ impl TestCase {
     /// Where the test is written, `FILE:LINE:COLUMN`.
     #[must_use]
     pub fn location(&self) -> String {
-        format!(
-            "{}:{}:{}",
-            self.file, self.position.line, self.position.column
-        )
+        format!("{}:{}:{}", self.file, self.position.line, self.position.column)
     }
 }
 
@@ -182,16 +179,8 @@ pub struct RuleFile {
     pub directory_tests: Vec<TestCase>,
 }
 
-const RULE_FIELDS: &[&str] = &[
-    "id",
-    "title",
-    "description",
-    "enabled",
-    "detection",
-    "threshold",
-    "response",
-    "tests",
-];
+const RULE_FIELDS: &[&str] =
+    &["id", "title", "description", "enabled", "detection", "threshold", "response", "tests"];
 const THRESHOLD_FIELDS: &[&str] = &["count", "within", "group_by"];
 const RESPONSE_FIELDS: &[&str] = &["isolate", "on_retrigger"];
 const ISOLATE_FIELDS: &[&str] = &[
@@ -205,16 +194,8 @@ const ISOLATE_FIELDS: &[&str] = &[
     "allow_dhcp",
 ];
 const TEST_FIELDS: &[&str] = &["name", "host_tags", "events", "expect"];
-const EXPECT_FIELDS: &[&str] = &[
-    "event",
-    "host",
-    "action",
-    "mode",
-    "duration",
-    "deadline_ms",
-    "rules",
-    "why",
-];
+const EXPECT_FIELDS: &[&str] =
+    &["event", "host", "action", "mode", "duration", "deadline_ms", "rules", "why"];
 const POLICY_FIELDS: &[&str] = &["protect", "max_automatic"];
 const CEILING_FIELDS: &[&str] = &["count", "within"];
 
@@ -226,19 +207,14 @@ struct Fields<'n> {
 impl<'n> Fields<'n> {
     fn read(node: &'n Node, what: &str, known: &[&str], report: &mut Report<'_>) -> Option<Self> {
         let NodeKind::Mapping(pairs) = &node.kind else {
-            report.error(
-                node.position,
-                format!("{what} must be a mapping, found {}", node.describe()),
-            );
+            report.error(node.position, format!("{what} must be a mapping, found {}", node.describe()));
             return None;
         };
         let mut entries: Vec<(&'n str, &'n Node, &'n Node)> = Vec::with_capacity(pairs.len());
         for (key, value) in pairs {
             let Some(name) = key.as_text() else {
-                report.error(
-                    key.position,
-                    format!("keys of {what} must be strings, found {}", key.describe()),
-                );
+                report
+                    .error(key.position, format!("keys of {what} must be strings, found {}", key.describe()));
                 continue;
             };
             if !known.is_empty() && !known.contains(&name) {
@@ -253,8 +229,8 @@ impl<'n> Fields<'n> {
                 report.error(
                     key.position,
                     format!(
-                        "field `{name}` is given twice in {what} (first at line {})",
-                        first.position.line
+                        "field `{name}` is given twice in {what} (first at {}:{})",
+                        first.position.line, first.position.column
                     ),
                 );
                 continue;
@@ -265,25 +241,13 @@ impl<'n> Fields<'n> {
     }
 
     fn get(&self, name: &str) -> Option<&'n Node> {
-        self.entries
-            .iter()
-            .find(|(key, _, _)| *key == name)
-            .map(|(_, _, value)| *value)
+        self.entries.iter().find(|(key, _, _)| *key == name).map(|(_, _, value)| *value)
     }
 
-    fn require(
-        &self,
-        name: &str,
-        what: &str,
-        at: &Node,
-        report: &mut Report<'_>,
-    ) -> Option<&'n Node> {
+    fn require(&self, name: &str, what: &str, at: &Node, report: &mut Report<'_>) -> Option<&'n Node> {
         let value = self.get(name);
         if value.is_none() {
-            report.error(
-                at.position,
-                format!("{what} is missing required field `{name}`"),
-            );
+            report.error(at.position, format!("{what} is missing required field `{name}`"));
         }
         value
     }
@@ -291,17 +255,15 @@ impl<'n> Fields<'n> {
 
 fn read_text(node: &Node, what: &str, report: &mut Report<'_>) -> Option<String> {
     match node.as_scalar().map(|scalar| (scalar, scalar.resolve())) {
-        Some((
-            scalar,
-            ScalarValue::String(_) | ScalarValue::Integer(_) | ScalarValue::Float(_),
-        )) if !scalar.text.trim().is_empty() => Some(scalar.text.clone()),
+        Some((scalar, ScalarValue::String(_) | ScalarValue::Integer(_) | ScalarValue::Float(_)))
+            if !scalar.text.trim().is_empty() =>
+        {
+            Some(scalar.text.clone())
+        }
         _ => {
             report.error(
                 node.position,
-                format!(
-                    "{what} must be a non-empty string, found {}",
-                    node.describe()
-                ),
+                format!("{what} must be a non-empty string, found {}", node.describe()),
             );
             None
         }
@@ -321,11 +283,7 @@ fn read_bool(node: &Node, what: &str, report: &mut Report<'_>) -> Option<bool> {
 }
 
 fn read_duration(node: &Node, what: &str, report: &mut Report<'_>) -> Option<Duration> {
-    let Some(text) = node
-        .as_scalar()
-        .filter(|_| !node.is_null())
-        .map(|scalar| scalar.text.as_str())
-    else {
+    let Some(text) = node.as_scalar().filter(|_| !node.is_null()).map(|scalar| scalar.text.as_str()) else {
         report.error_with_hint(
             node.position,
             format!("{what} must be a duration, found {}", node.describe()),
@@ -345,19 +303,13 @@ fn read_duration(node: &Node, what: &str, report: &mut Report<'_>) -> Option<Dur
 fn read_count(node: &Node, what: &str, report: &mut Report<'_>) -> Option<u32> {
     match node.as_scalar().map(crate::yaml::Scalar::resolve) {
         Some(ScalarValue::Integer(n)) if n >= 1 => u32::try_from(n).ok().or_else(|| {
-            report.error(
-                node.position,
-                format!("{what} {n} is too large (at most {})", u32::MAX),
-            );
+            report.error(node.position, format!("{what} {n} is too large (at most {})", u32::MAX));
             None
         }),
         _ => {
             report.error(
                 node.position,
-                format!(
-                    "{what} must be a whole number of at least 1, found {}",
-                    scalar_or_kind(node)
-                ),
+                format!("{what} must be a whole number of at least 1, found {}", scalar_or_kind(node)),
             );
             None
         }
@@ -375,10 +327,7 @@ fn read_list<'n>(node: &'n Node, what: &str, report: &mut Report<'_>) -> Option<
     if let NodeKind::Sequence(items) = &node.kind {
         Some(items)
     } else {
-        report.error(
-            node.position,
-            format!("{what} must be a list, found {}", node.describe()),
-        );
+        report.error(node.position, format!("{what} must be a list, found {}", node.describe()));
         None
     }
 }
@@ -409,14 +358,7 @@ fn read_keyword<T: Copy>(
     }
     report.error_with_hint(
         node.position,
-        format!(
-            "unknown {what} `{}`",
-            if text.is_empty() {
-                node.describe()
-            } else {
-                text
-            }
-        ),
+        format!("unknown {what} `{}`", if text.is_empty() { node.describe() } else { text }),
         choices_hint(text, &names),
     );
     None
@@ -441,8 +383,7 @@ pub fn parse_rule_file(name: &str, text: &str) -> Result<RuleFile, Vec<Diagnosti
         let is_suite = matches!(&document.kind, NodeKind::Mapping(pairs)
             if pairs.iter().any(|(k, _)| k.as_text() == Some("tests")) && !pairs.iter().any(|(k, _)| k.as_text() == Some("id")));
         if is_suite {
-            let Some(fields) =
-                Fields::read(document, "a test suite document", &["tests"], &mut report)
+            let Some(fields) = Fields::read(document, "a test suite document", &["tests"], &mut report)
             else {
                 continue;
             };
@@ -460,21 +401,30 @@ pub fn parse_rule_file(name: &str, text: &str) -> Result<RuleFile, Vec<Diagnosti
     }
 }
 
+/// The `id` of every rule document in a file, with its position, even when the rules have other
+/// errors: duplicate ids are reported across the directory in the same run as everything else.
+pub(crate) fn rule_ids(text: &str) -> Vec<(String, Position)> {
+    let Ok(documents) = parse_documents(text) else { return Vec::new() };
+    documents
+        .iter()
+        .filter_map(|document| match &document.kind {
+            NodeKind::Mapping(pairs) => pairs.iter().find(|(key, _)| key.as_text() == Some("id")),
+            _ => None,
+        })
+        .filter_map(|(_, value)| Some((value.as_text()?.to_owned(), value.position)))
+        .collect()
+}
+
 fn read_rule(document: &Node, report: &mut Report<'_>) -> Option<RuleConfig> {
     let fields = Fields::read(document, "a rule", RULE_FIELDS, report)?;
     let before = report.diagnostics.len();
     let id_node = fields.require("id", "the rule", document, report);
     let id = id_node.and_then(|node| read_text(node, "`id`", report));
     if let (Some(id), Some(node)) = (&id, id_node) {
-        if !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
+        if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
             report.error_with_hint(
                 node.position,
-                format!(
-                    "rule id `{id}` has characters other than letters, digits, `-`, `_` and `.`"
-                ),
+                format!("rule id `{id}` has characters other than letters, digits, `-`, `_` and `.`"),
                 "ids appear in decisions and logs; keep them simple, e.g. ransomware-encryption",
             );
         }
@@ -485,9 +435,7 @@ fn read_rule(document: &Node, report: &mut Report<'_>) -> Option<RuleConfig> {
     if let Some(node) = fields.get("description") {
         read_text(node, "`description`", report);
     }
-    let enabled = fields
-        .get("enabled")
-        .map_or(Some(true), |node| read_bool(node, "`enabled`", report));
+    let enabled = fields.get("enabled").map_or(Some(true), |node| read_bool(node, "`enabled`", report));
     let detection = fields
         .require("detection", "the rule", document, report)
         .and_then(|node| read_detection(node, report));
@@ -495,13 +443,9 @@ fn read_rule(document: &Node, report: &mut Report<'_>) -> Option<RuleConfig> {
         Some(node) => read_threshold(node, report).map(Some),
         None => Some(None),
     };
-    let response = fields
-        .require("response", "the rule", document, report)
-        .and_then(|node| read_response(node, report));
-    let tests = fields
-        .get("tests")
-        .map(|node| read_tests(node, report))
-        .unwrap_or_default();
+    let response =
+        fields.require("response", "the rule", document, report).and_then(|node| read_response(node, report));
+    let tests = fields.get("tests").map(|node| read_tests(node, report)).unwrap_or_default();
     if report.diagnostics.len() != before {
         return None;
     }
@@ -522,6 +466,7 @@ fn read_rule(document: &Node, report: &mut Report<'_>) -> Option<RuleConfig> {
 
 fn read_detection(node: &Node, report: &mut Report<'_>) -> Option<(Vec<Selection>, Condition)> {
     let fields = Fields::read(node, "`detection`", &[], report)?;
+    let mut names = Vec::new();
     let mut selections = Vec::new();
     let mut ok = true;
     for (name, key, value) in &fields.entries {
@@ -537,24 +482,21 @@ fn read_detection(node: &Node, report: &mut Report<'_>) -> Option<(Vec<Selection
             ok = false;
             continue;
         }
+        names.push(*name);
         match read_selection(name, value, report) {
             Some(selection) => selections.push(selection),
             None => ok = false,
         }
     }
     let Some(condition_node) = fields.get("condition") else {
-        let hint = selections.first().map_or_else(
+        let hint = names.first().map_or_else(
             || "add selections and a condition".to_owned(),
-            |s| format!("add `condition: {}`", s.name),
+            |name| format!("add `condition: {name}`"),
         );
-        report.error_with_hint(
-            node.position,
-            "`detection` is missing required field `condition`",
-            hint,
-        );
+        report.error_with_hint(node.position, "`detection` is missing required field `condition`", hint);
         return None;
     };
-    if selections.is_empty() && ok {
+    if names.is_empty() && ok {
         report.error_with_hint(
             node.position,
             "`detection` has no selections",
@@ -562,27 +504,21 @@ fn read_detection(node: &Node, report: &mut Report<'_>) -> Option<(Vec<Selection
         );
         return None;
     }
-    let Some(condition_text) = condition_node
-        .as_scalar()
-        .filter(|_| !condition_node.is_null())
-        .map(|s| s.text.as_str())
+    let Some(condition_text) =
+        condition_node.as_scalar().filter(|_| !condition_node.is_null()).map(|s| s.text.as_str())
     else {
         report.error_with_hint(
             condition_node.position,
-            format!(
-                "`condition` must be a string, found {}",
-                condition_node.describe()
-            ),
+            format!("`condition` must be a string, found {}", condition_node.describe()),
             "write one condition expression, e.g. `selection and not filter`",
         );
         return None;
     };
-    if !ok {
-        return None;
-    }
-    let names: Vec<&str> = selections.iter().map(|s| s.name.as_str()).collect();
+    // The condition is checked against every well-named selection, even those with errors of
+    // their own, so that its problems are reported in the same run.
     match parse_condition(condition_text, &names) {
-        Ok(condition) => Some((selections, condition)),
+        Ok(condition) if ok => Some((selections, condition)),
+        Ok(_) => None,
         Err(error) => {
             let position = condition_node.position_in_text(error.offset);
             match error.hint {
@@ -615,10 +551,7 @@ fn read_selection(name: &str, node: &Node, report: &mut Report<'_>) -> Option<Se
     let alternatives = match &node.kind {
         NodeKind::Mapping(_) => vec![read_alternative(node, report)?],
         NodeKind::Sequence(items)
-            if !items.is_empty()
-                && items
-                    .iter()
-                    .all(|item| matches!(item.kind, NodeKind::Mapping(_))) =>
+            if !items.is_empty() && items.iter().all(|item| matches!(item.kind, NodeKind::Mapping(_))) =>
         {
             let mut alternatives = Vec::new();
             let mut ok = true;
@@ -631,25 +564,23 @@ fn read_selection(name: &str, node: &Node, report: &mut Report<'_>) -> Option<Se
             ok.then_some(alternatives)?
         }
         NodeKind::Sequence(_) => {
-            report.error_with_hint(node.position, format!("selection `{name}` is a list of keywords"), "keyword searches are not supported; name the field, e.g. `process.cmd_line|contains: [...]`");
+            report.error_with_hint(
+                node.position,
+                format!("selection `{name}` is a list of keywords"),
+                "keyword searches are not supported; name the field, e.g. `process.cmd_line|contains: [...]`",
+            );
             return None;
         }
         NodeKind::Scalar(_) => {
             report.error_with_hint(
                 node.position,
-                format!(
-                    "selection `{name}` must be a mapping of fields, found {}",
-                    node.describe()
-                ),
+                format!("selection `{name}` must be a mapping of fields, found {}", node.describe()),
                 "e.g. `selection: {severity_id|gte: 4}`",
             );
             return None;
         }
     };
-    Some(Selection {
-        name: name.to_owned(),
-        alternatives,
-    })
+    Some(Selection { name: name.to_owned(), alternatives })
 }
 
 fn read_threshold(node: &Node, report: &mut Report<'_>) -> Option<Threshold> {
@@ -672,18 +603,10 @@ fn read_threshold(node: &Node, report: &mut Report<'_>) -> Option<Threshold> {
                 return None;
             }
             let default = paths.len() == 1 && paths[0] == "device.uid";
-            Some(if default {
-                None
-            } else {
-                Some(paths.iter().map(|p| FieldPath::new(p)).collect())
-            })
+            Some(if default { None } else { Some(paths.iter().map(|p| FieldPath::new(p)).collect()) })
         }),
     };
-    Some(Threshold {
-        count: count?,
-        within: within?,
-        group_by: group_by?,
-    })
+    Some(Threshold { count: count?, within: within?, group_by: group_by? })
 }
 
 fn read_response(node: &Node, report: &mut Report<'_>) -> Option<Response> {
@@ -693,11 +616,7 @@ fn read_response(node: &Node, report: &mut Report<'_>) -> Option<Response> {
         read_keyword(
             n,
             "on_retrigger",
-            &[
-                ("extend", Retrigger::Extend),
-                ("keep", Retrigger::Keep),
-                ("escalate", Retrigger::Escalate),
-            ],
+            &[("extend", Retrigger::Extend), ("keep", Retrigger::Keep), ("escalate", Retrigger::Escalate)],
             report,
         )
     });
@@ -732,68 +651,24 @@ fn read_response(node: &Node, report: &mut Report<'_>) -> Option<Response> {
             );
             return None;
         }
-        let steps: Vec<Option<Duration>> = items
-            .iter()
-            .map(|item| read_duration(item, "escalation step", report))
-            .collect();
+        let steps: Vec<Option<Duration>> =
+            items.iter().map(|item| read_duration(item, "escalation step", report)).collect();
         steps.into_iter().collect()
     });
     let escalation_window = fields
         .get("escalation_window")
-        .map_or(Some(DEFAULT_ESCALATION_WINDOW), |n| {
-            read_duration(n, "`escalation_window`", report)
-        });
-    let allow = fields.get("allow").map_or(Some(Vec::new()), |n| {
-        let items = read_list(n, "`allow`", report)?;
-        let mut specs = Vec::new();
-        let mut ok = true;
-        for item in items {
-            match item.as_text().map(parse_allow_spec) {
-                Some(Ok(spec)) => specs.push(spec),
-                Some(Err(error)) => {
-                    report.error_with_hint(
-                        item.position,
-                        format!("invalid exclusion SPEC: {error}"),
-                        "write DIR,PROTO,CIDR[,PORTS], e.g. out,tcp,198.51.100.7/32,443",
-                    );
-                    ok = false;
-                }
-                None => {
-                    report.error(
-                        item.position,
-                        format!(
-                            "each entry of `allow` must be a SPEC string, found {}",
-                            item.describe()
-                        ),
-                    );
-                    ok = false;
-                }
-            }
-        }
-        ok.then_some(specs)
-    });
-    let allow_processes = fields.get("allow_processes").map_or(Some(Vec::new()), |n| {
-        read_text_list(n, "`allow_processes`", report)
-    });
-    let allow_dns = fields
-        .get("allow_dns")
-        .map_or(Some(false), |n| read_bool(n, "`allow_dns`", report));
-    let allow_dhcp = fields
-        .get("allow_dhcp")
-        .map_or(Some(false), |n| read_bool(n, "`allow_dhcp`", report));
+        .map_or(Some(DEFAULT_ESCALATION_WINDOW), |n| read_duration(n, "`escalation_window`", report));
+    let allow = fields.get("allow").map_or(Some(Vec::new()), |n| read_allow_specs(n, report));
+    let allow_processes = fields
+        .get("allow_processes")
+        .map_or(Some(Vec::new()), |n| read_text_list(n, "`allow_processes`", report));
+    let allow_dns = fields.get("allow_dns").map_or(Some(false), |n| read_bool(n, "`allow_dns`", report));
+    let allow_dhcp = fields.get("allow_dhcp").map_or(Some(false), |n| read_bool(n, "`allow_dhcp`", report));
 
     let mode = mode?;
-    check_mode_fields(
-        mode,
-        isolate,
-        duration_node,
-        escalation_node,
-        on_retrigger_node,
-        report,
-    );
+    check_mode_fields(mode, isolate, duration_node, escalation_node, on_retrigger_node, report);
     let (duration, escalation) = (duration?, escalation?);
-    if let (Some(duration), Some(first), Some(node)) = (duration, escalation.first(), duration_node)
-    {
+    if let (Some(duration), Some(first), Some(node)) = (duration, escalation.first(), duration_node) {
         if duration != *first {
             report.error_with_hint(
                 node.position,
@@ -821,6 +696,34 @@ fn read_response(node: &Node, report: &mut Report<'_>) -> Option<Response> {
         },
         on_retrigger: on_retrigger?,
     })
+}
+
+/// The `allow:` list of exclusion SPECs, each checked with the enforcer's syntax.
+fn read_allow_specs(node: &Node, report: &mut Report<'_>) -> Option<Vec<crate::exclusion::AllowSpec>> {
+    let items = read_list(node, "`allow`", report)?;
+    let mut specs = Vec::new();
+    let mut ok = true;
+    for item in items {
+        match item.as_text().map(parse_allow_spec) {
+            Some(Ok(spec)) => specs.push(spec),
+            Some(Err(error)) => {
+                report.error_with_hint(
+                    item.position,
+                    format!("invalid exclusion SPEC: {error}"),
+                    "write DIR,PROTO,CIDR[,PORTS], e.g. out,tcp,198.51.100.7/32,443",
+                );
+                ok = false;
+            }
+            None => {
+                report.error(
+                    item.position,
+                    format!("each entry of `allow` must be a SPEC string, found {}", item.describe()),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(specs)
 }
 
 /// Which fields make sense with which mode.
@@ -854,7 +757,11 @@ fn check_mode_fields(
             );
         }
         if let Some(node) = on_retrigger {
-            report.error_with_hint(node.position, "`on_retrigger` applies only to `mode: automatic`", "manual isolations already last until released; approvals are coalesced by the orchestrator");
+            report.error_with_hint(
+                node.position,
+                "`on_retrigger` applies only to `mode: automatic`",
+                "manual isolations already last until released; approvals are coalesced by the orchestrator",
+            );
         }
     }
 }
@@ -863,10 +770,7 @@ fn read_tests(node: &Node, report: &mut Report<'_>) -> Vec<TestCase> {
     let Some(items) = read_list(node, "`tests`", report) else {
         return Vec::new();
     };
-    items
-        .iter()
-        .filter_map(|item| read_test(item, report))
-        .collect()
+    items.iter().filter_map(|item| read_test(item, report)).collect()
 }
 
 fn read_test(node: &Node, report: &mut Report<'_>) -> Option<TestCase> {
@@ -877,8 +781,7 @@ fn read_test(node: &Node, report: &mut Report<'_>) -> Option<TestCase> {
         .and_then(|n| read_text(n, "the test's `name`", report));
     let mut host_tags = HashMap::new();
     if let Some(tags_node) = fields.get("host_tags") {
-        if let Some(tag_fields) = Fields::read(tags_node, "`host_tags` (host: [tags])", &[], report)
-        {
+        if let Some(tag_fields) = Fields::read(tags_node, "`host_tags` (host: [tags])", &[], report) {
             for (host, _, tags) in &tag_fields.entries {
                 if let Some(tags) = read_text_list(tags, &format!("the tags of `{host}`"), report) {
                     host_tags.insert((*host).to_owned(), tags);
@@ -887,9 +790,8 @@ fn read_test(node: &Node, report: &mut Report<'_>) -> Option<TestCase> {
         }
     }
     let mut events = Vec::new();
-    if let Some(list) = fields
-        .require("events", "the test", node, report)
-        .and_then(|n| read_list(n, "`events`", report))
+    if let Some(list) =
+        fields.require("events", "the test", node, report).and_then(|n| read_list(n, "`events`", report))
     {
         for item in list {
             if !matches!(item.kind, NodeKind::Mapping(_)) {
@@ -910,9 +812,8 @@ fn read_test(node: &Node, report: &mut Report<'_>) -> Option<TestCase> {
         }
     }
     let mut expect = Vec::new();
-    if let Some(list) = fields
-        .require("expect", "the test", node, report)
-        .and_then(|n| read_list(n, "`expect`", report))
+    if let Some(list) =
+        fields.require("expect", "the test", node, report).and_then(|n| read_list(n, "`expect`", report))
     {
         expect.extend(list.iter().filter_map(|item| read_expected(item, report)));
     }
@@ -931,27 +832,19 @@ fn read_test(node: &Node, report: &mut Report<'_>) -> Option<TestCase> {
 
 fn read_expected(node: &Node, report: &mut Report<'_>) -> Option<ExpectedDecision> {
     let fields = Fields::read(node, "an expected decision", EXPECT_FIELDS, report)?;
-    let action = fields
-        .require("action", "the expected decision", node, report)
-        .and_then(|n| {
-            read_keyword(
-                n,
-                "action",
-                &[
-                    ("isolate", ExpectedAction::Isolate),
-                    ("request_approval", ExpectedAction::RequestApproval),
-                ],
-                report,
-            )
-        });
+    let action = fields.require("action", "the expected decision", node, report).and_then(|n| {
+        read_keyword(
+            n,
+            "action",
+            &[("isolate", ExpectedAction::Isolate), ("request_approval", ExpectedAction::RequestApproval)],
+            report,
+        )
+    });
     let mode = fields.get("mode").map(|n| {
         read_keyword(
             n,
             "mode",
-            &[
-                ("automatic", IsolationMode::Automatic),
-                ("manual", IsolationMode::Manual),
-            ],
+            &[("automatic", IsolationMode::Automatic), ("manual", IsolationMode::Manual)],
             report,
         )
     });
@@ -968,29 +861,20 @@ fn read_expected(node: &Node, report: &mut Report<'_>) -> Option<ExpectedDecisio
         } else {
             report.error(
                 n.position,
-                format!(
-                    "`deadline_ms` must be an integer (epoch milliseconds), found {}",
-                    n.describe()
-                ),
+                format!("`deadline_ms` must be an integer (epoch milliseconds), found {}", n.describe()),
             );
             None
         }
     });
-    let rules = fields
-        .get("rules")
-        .map(|n| read_text_list(n, "`rules`", report));
+    let rules = fields.get("rules").map(|n| read_text_list(n, "`rules`", report));
     let why = fields.get("why").map_or(Some(Vec::new()), |n| {
         let items = read_list(n, "`why`", report)?;
-        let kinds: Vec<Option<ReasonKind>> = items
-            .iter()
-            .map(|item| read_keyword(item, "reason", ReasonKind::NAMES, report))
-            .collect();
+        let kinds: Vec<Option<ReasonKind>> =
+            items.iter().map(|item| read_keyword(item, "reason", ReasonKind::NAMES, report)).collect();
         kinds.into_iter().collect()
     });
     let text = |name: &str, report: &mut Report<'_>| {
-        fields
-            .get(name)
-            .map(|n| read_text(n, &format!("`{name}`"), report))
+        fields.get(name).map(|n| read_text(n, &format!("`{name}`"), report))
     };
     let event = text("event", report);
     let host = text("host", report);
@@ -1013,10 +897,7 @@ pub fn parse_policy(name: &str, text: &str) -> Result<Policy, Vec<Diagnostic>> {
     let documents = match parse_documents(text) {
         Ok(documents) => documents,
         Err(error) => {
-            report.error(
-                error.position,
-                format!("YAML syntax error: {}", error.message),
-            );
+            report.error(error.position, format!("YAML syntax error: {}", error.message));
             return Err(report.diagnostics);
         }
     };
@@ -1026,17 +907,14 @@ pub fn parse_policy(name: &str, text: &str) -> Result<Policy, Vec<Diagnostic>> {
         [document] => {
             if let Some(fields) = Fields::read(document, "the policy", POLICY_FIELDS, &mut report) {
                 if let Some(node) = fields.get("protect") {
-                    policy.protect =
-                        read_text_list(node, "`protect`", &mut report).unwrap_or_default();
+                    policy.protect = read_text_list(node, "`protect`", &mut report).unwrap_or_default();
                 }
                 if let Some(node) = fields.get("max_automatic") {
                     policy.max_automatic = read_ceiling(node, &mut report);
                 }
             }
         }
-        [_, second, ..] => {
-            report.error(second.position, "the policy must be a single YAML document")
-        }
+        [_, second, ..] => report.error(second.position, "the policy must be a single YAML document"),
     }
     if report.diagnostics.is_empty() {
         Ok(policy)
@@ -1053,8 +931,5 @@ fn read_ceiling(node: &Node, report: &mut Report<'_>) -> Option<Ceiling> {
     let within = fields
         .require("within", "`max_automatic`", node, report)
         .and_then(|n| read_duration(n, "`max_automatic.within`", report));
-    Some(Ceiling {
-        count: count?,
-        within: within?,
-    })
+    Some(Ceiling { count: count?, within: within? })
 }

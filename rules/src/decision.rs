@@ -7,9 +7,7 @@ use crate::config::Retrigger;
 use crate::exclusion::AllowSpec;
 
 /// How an isolation ends.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IsolationMode {
     /// At its deadline.
@@ -72,10 +70,7 @@ impl Action {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Reason {
     /// The rule's condition held; these selections matched.
-    Matched {
-        rule: String,
-        selections: Vec<String>,
-    },
+    Matched { rule: String, selections: Vec<String> },
     /// The rule's threshold was reached: `count` matches within `within`.
     ThresholdReached {
         rule: String,
@@ -91,10 +86,7 @@ pub enum Reason {
         duration: Duration,
     },
     /// The host was still isolated by the rule; `on_retrigger` decided what happens.
-    Retriggered {
-        rule: String,
-        on_retrigger: Retrigger,
-    },
+    Retriggered { rule: String, on_retrigger: Retrigger },
     /// The rule's mode is `approval`.
     ApprovalRequired { rule: String },
     /// The host carries protected tags: never isolated without approval.
@@ -106,10 +98,7 @@ pub enum Reason {
         within: Duration,
     },
     /// The host's current isolation is stronger or lasts longer; it is kept.
-    CurrentIsolationKept {
-        mode: IsolationMode,
-        deadline_ms: Option<i64>,
-    },
+    CurrentIsolationKept { mode: IsolationMode, deadline_ms: Option<i64> },
 }
 
 /// The kinds of [`Reason`], as named in `why:` of a test's expected decision.
@@ -139,10 +128,7 @@ impl ReasonKind {
 
     #[must_use]
     pub fn name(self) -> &'static str {
-        Self::NAMES
-            .iter()
-            .find(|(_, kind)| *kind == self)
-            .map_or("", |(name, _)| name)
+        Self::NAMES.iter().find(|(_, kind)| *kind == self).map_or("", |(name, _)| name)
     }
 }
 
@@ -177,10 +163,7 @@ pub struct Decision {
 mod seconds {
     use std::time::Duration;
 
-    pub fn serialize<S: serde::Serializer>(
-        duration: &Duration,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_u64(duration.as_secs())
     }
 }
@@ -188,10 +171,7 @@ mod seconds {
 mod optional_seconds {
     use std::time::Duration;
 
-    #[expect(
-        clippy::ref_option,
-        reason = "serde's `with` passes a reference to the field"
-    )]
+    #[expect(clippy::ref_option, reason = "serde's `with` passes a reference to the field")]
     pub fn serialize<S: serde::Serializer>(
         duration: &Option<Duration>,
         serializer: S,

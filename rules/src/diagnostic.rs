@@ -18,10 +18,7 @@ impl Position {
     /// The position `offset` characters further along the same line.
     #[must_use]
     pub fn shifted(self, offset: usize) -> Self {
-        Self {
-            line: self.line,
-            column: self.column + offset,
-        }
+        Self { line: self.line, column: self.column + offset }
     }
 }
 
@@ -36,12 +33,7 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(file: &str, position: Position, message: impl Into<String>) -> Self {
-        Self {
-            file: file.to_owned(),
-            position,
-            message: message.into(),
-            hint: None,
-        }
+        Self { file: file.to_owned(), position, message: message.into(), hint: None }
     }
 
     #[must_use]
@@ -58,11 +50,7 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file, self.position.line, self.position.column, self.message
-        )?;
+        write!(f, "{}:{}:{}: {}", self.file, self.position.line, self.position.column, self.message)?;
         if let Some(hint) = &self.hint {
             write!(f, "\n  hint: {hint}")?;
         }
@@ -79,15 +67,11 @@ pub(crate) struct Report<'a> {
 
 impl<'a> Report<'a> {
     pub fn new(file: &'a str) -> Self {
-        Self {
-            file,
-            diagnostics: Vec::new(),
-        }
+        Self { file, diagnostics: Vec::new() }
     }
 
     pub fn error(&mut self, position: Position, message: impl Into<String>) {
-        self.diagnostics
-            .push(Diagnostic::new(self.file, position, message));
+        self.diagnostics.push(Diagnostic::new(self.file, position, message));
     }
 
     pub fn error_with_hint(
@@ -96,16 +80,12 @@ impl<'a> Report<'a> {
         message: impl Into<String>,
         hint: impl Into<String>,
     ) {
-        self.diagnostics
-            .push(Diagnostic::new(self.file, position, message).with_hint(hint));
+        self.diagnostics.push(Diagnostic::new(self.file, position, message).with_hint(hint));
     }
 }
 
 /// The closest of `candidates` to `word` if it is close enough to be a likely typo.
-pub(crate) fn closest<'c>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'c str>,
-) -> Option<&'c str> {
+pub(crate) fn closest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
     let limit = (word.chars().count() / 3).max(1);
     candidates
         .into_iter()
@@ -157,10 +137,7 @@ mod tests {
     #[test]
     fn closest_finds_typos_but_not_strangers() {
         assert_eq!(closest("tittle", ["id", "title", "enabled"]), Some("title"));
-        assert_eq!(
-            closest("contians", ["contains", "startswith"]),
-            Some("contains")
-        );
+        assert_eq!(closest("contians", ["contains", "startswith"]), Some("contains"));
         assert_eq!(closest("zzz", ["contains", "startswith"]), None);
     }
 }

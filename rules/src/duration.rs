@@ -34,9 +34,7 @@ impl DurationError {
                 "write a positive whole number and a unit: s, m, h or d (e.g. 90s, 15m, 4h, 7d)"
             }
             Self::Negative(_) | Self::Zero(_) => "durations are positive, e.g. 15m",
-            Self::NotWhole(_) => {
-                "use a smaller unit instead of a fraction, e.g. 90m rather than 1.5h"
-            }
+            Self::NotWhole(_) => "use a smaller unit instead of a fraction, e.g. 90m rather than 1.5h",
             Self::TooLong(_) => "the longest duration is 3650d (ten years)",
         }
     }
@@ -50,15 +48,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     if text.starts_with('-') {
         return Err(DurationError::Negative(text.to_owned()));
     }
-    let digits_end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(digits_end);
     if number.is_empty() {
-        return Err(DurationError::UnknownUnit {
-            text: text.to_owned(),
-            unit: text.to_owned(),
-        });
+        return Err(DurationError::UnknownUnit { text: text.to_owned(), unit: text.to_owned() });
     }
     let unit_seconds: u64 = match unit {
         "s" => 1,
@@ -67,12 +60,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         "d" => 86_400,
         "" => return Err(DurationError::MissingUnit(text.to_owned())),
         _ if unit.starts_with(['.', ',']) => return Err(DurationError::NotWhole(text.to_owned())),
-        _ => {
-            return Err(DurationError::UnknownUnit {
-                text: text.to_owned(),
-                unit: unit.to_owned(),
-            })
-        }
+        _ => return Err(DurationError::UnknownUnit { text: text.to_owned(), unit: unit.to_owned() }),
     };
     let Ok(count) = number.parse::<u64>() else {
         return Err(DurationError::TooLong(text.to_owned()));
@@ -127,19 +115,10 @@ mod tests {
         assert_eq!(message("15x"), "duration `15x` has an unknown unit `x`");
         assert_eq!(message("4 h"), "duration `4 h` has an unknown unit ` h`");
         assert_eq!(message("h"), "duration `h` has an unknown unit `h`");
-        assert_eq!(
-            message("1.5h"),
-            "duration `1.5h` is not a whole number of units"
-        );
+        assert_eq!(message("1.5h"), "duration `1.5h` is not a whole number of units");
         assert_eq!(message("3651d"), "duration `3651d` is too long");
-        assert_eq!(
-            message("99999999999999999999999d"),
-            "duration `99999999999999999999999d` is too long"
-        );
-        assert_eq!(
-            message("18446744073709551615s"),
-            "duration `18446744073709551615s` is too long"
-        );
+        assert_eq!(message("99999999999999999999999d"), "duration `99999999999999999999999d` is too long");
+        assert_eq!(message("18446744073709551615s"), "duration `18446744073709551615s` is too long");
     }
 
     #[test]

@@ -70,25 +70,10 @@ pub fn dry_run<T: AsRef<str>>(
 ) -> DryRun {
     let duplicate = state.seen.contains(event_key(event.host(), event.id()));
     if duplicate {
-        return DryRun {
-            duplicate,
-            decisions: Vec::new(),
-            verdicts: Vec::new(),
-        };
+        return DryRun { duplicate, decisions: Vec::new(), verdicts: Vec::new() };
     }
-    let plan = plan(
-        ruleset,
-        state,
-        event,
-        now_ms,
-        host_tags,
-        &ruleset.candidates(event),
-    );
-    DryRun {
-        duplicate,
-        decisions: plan.decisions,
-        verdicts: plan.verdicts,
-    }
+    let plan = plan(ruleset, state, event, now_ms, host_tags, &ruleset.candidates(event));
+    DryRun { duplicate, decisions: plan.decisions, verdicts: plan.verdicts }
 }
 
 /// What the rule `rule_id` alone would decide for the event (policy included), without changing
@@ -104,39 +89,16 @@ pub fn dry_run_rule<T: AsRef<str>>(
     let index = u32::try_from(ruleset.rule_index(rule_id)?).ok()?;
     let duplicate = state.seen.contains(event_key(event.host(), event.id()));
     let plan = plan(ruleset, state, event, now_ms, host_tags, &[index]);
-    Some(DryRun {
-        duplicate,
-        decisions: plan.decisions,
-        verdicts: plan.verdicts,
-    })
+    Some(DryRun { duplicate, decisions: plan.decisions, verdicts: plan.verdicts })
 }
 
 #[derive(Debug)]
 enum Change {
-    ThresholdHit {
-        rule: String,
-        group: String,
-        at: i64,
-        within_ms: i64,
-        keep: usize,
-    },
-    ThresholdFired {
-        rule: String,
-        group: String,
-    },
-    Isolated {
-        host: String,
-        isolation: ActiveIsolation,
-    },
-    Escalation {
-        rule: String,
-        host: String,
-        count: EscalationCount,
-    },
-    NewIsolation {
-        at: i64,
-        keep: usize,
-    },
+    ThresholdHit { rule: String, group: String, at: i64, within_ms: i64, keep: usize },
+    ThresholdFired { rule: String, group: String },
+    Isolated { host: String, isolation: ActiveIsolation },
+    Escalation { rule: String, host: String, count: EscalationCount },
+    NewIsolation { at: i64, keep: usize },
 }
 
 #[derive(Debug, Default)]
@@ -149,11 +111,7 @@ struct Plan {
 /// What one fired rule would do on its own.
 #[derive(Debug)]
 enum Outcome {
-    Isolate {
-        isolation: Isolation,
-        own_duration_ms: i64,
-        escalation: Option<EscalationCount>,
-    },
+    Isolate { isolation: Isolation, own_duration_ms: i64, escalation: Option<EscalationCount> },
     Approval(Isolation),
     Nothing,
 }
@@ -174,10 +132,7 @@ fn plan<T: AsRef<str>>(
 ) -> Plan {
     let mut plan = Plan::default();
     let host = event.host();
-    let active = state
-        .active
-        .get(host)
-        .filter(|active| active.in_force(now_ms));
+    let active = state.active.get(host).filter(|active| active.in_force(now_ms));
     let mut fired = Vec::new();
     for &index in candidates {
         let rule = &ruleset.rules[index as usize];
@@ -185,16 +140,8 @@ fn plan<T: AsRef<str>>(
             continue;
         }
         let selections = rule.matching_selections(event.fields());
-        let mut reasons = vec![Reason::Matched {
-            rule: rule.id.clone(),
-            selections: selections.clone(),
-        }];
-        let mut verdict = RuleVerdict {
-            rule: rule.id.clone(),
-            selections,
-            threshold: None,
-            fired: true,
-        };
+        let mut reasons = vec![Reason::Matched { rule: rule.id.clone(), selections: selections.clone() }];
+        let mut verdict = RuleVerdict { rule: rule.id.clone(), selections, threshold: None, fired: true };
         if let Some(threshold) = &rule.threshold {
             let group = group_key(threshold, event);
             let within_ms = millis(threshold.within);
@@ -203,9 +150,7 @@ fn plan<T: AsRef<str>>(
                 .thresholds
                 .get(&rule.id)
                 .and_then(|groups| groups.get(&group))
-                .map_or(0, |window| {
-                    window.hits.iter().filter(|&&at| at > oldest).count()
-                });
+                .map_or(0, |window| window.hits.iter().filter(|&&at| at > oldest).count());
             let hits = u32::try_from(earlier + 1).unwrap_or(u32::MAX);
             verdict.threshold = Some((hits, threshold.count));
             if hits < threshold.count {
@@ -221,10 +166,7 @@ fn plan<T: AsRef<str>>(
                 plan.verdicts.push(verdict);
                 continue;
             }
-            plan.changes.push(Change::ThresholdFired {
-                rule: rule.id.clone(),
-                group,
-            });
+            plan.changes.push(Change::ThresholdFired { rule: rule.id.clone(), group });
             reasons.push(Reason::ThresholdReached {
                 rule: rule.id.clone(),
                 count: threshold.count,
@@ -233,22 +175,11 @@ fn plan<T: AsRef<str>>(
         }
         plan.verdicts.push(verdict);
         let outcome = rule_outcome(rule, state, active, host, now_ms, &mut reasons);
-        fired.push(Fired {
-            rule,
-            outcome,
-            reasons,
-        });
+        fired.push(Fired { rule, outcome, reasons });
     }
-    if let Some(decision) = combine(
-        ruleset,
-        state,
-        event,
-        now_ms,
-        host_tags,
-        active,
-        &fired,
-        &mut plan.changes,
-    ) {
+    if let Some(decision) =
+        combine(ruleset, state, event, now_ms, host_tags, active, &fired, &mut plan.changes)
+    {
         plan.decisions.push(decision);
     }
     plan
@@ -285,25 +216,13 @@ fn rule_outcome(
 ) -> Outcome {
     let response = &rule.response;
     let exclusions = response.exclusions.clone();
-    let isolated_by_rule = active
-        .and_then(|active| active.rules.get(&rule.id))
-        .copied();
+    let isolated_by_rule = active.and_then(|active| active.rules.get(&rule.id)).copied();
     match response.mode {
         ResponseMode::Approval => {
-            reasons.push(Reason::ApprovalRequired {
-                rule: rule.id.clone(),
-            });
-            let mode = if response.duration.is_some() {
-                IsolationMode::Automatic
-            } else {
-                IsolationMode::Manual
-            };
-            Outcome::Approval(Isolation {
-                mode,
-                duration: response.duration,
-                deadline_ms: None,
-                exclusions,
-            })
+            reasons.push(Reason::ApprovalRequired { rule: rule.id.clone() });
+            let mode =
+                if response.duration.is_some() { IsolationMode::Automatic } else { IsolationMode::Manual };
+            Outcome::Approval(Isolation { mode, duration: response.duration, deadline_ms: None, exclusions })
         }
         ResponseMode::Manual if isolated_by_rule.is_some() => Outcome::Nothing,
         ResponseMode::Manual => Outcome::Isolate {
@@ -319,17 +238,13 @@ fn rule_outcome(
         ResponseMode::Automatic => {
             let duration = match (isolated_by_rule, response.on_retrigger) {
                 (Some(_), Retrigger::Keep) => {
-                    reasons.push(Reason::Retriggered {
-                        rule: rule.id.clone(),
-                        on_retrigger: Retrigger::Keep,
-                    });
+                    reasons
+                        .push(Reason::Retriggered { rule: rule.id.clone(), on_retrigger: Retrigger::Keep });
                     return Outcome::Nothing;
                 }
                 (Some(own_ms), Retrigger::Extend) => {
-                    reasons.push(Reason::Retriggered {
-                        rule: rule.id.clone(),
-                        on_retrigger: Retrigger::Extend,
-                    });
+                    reasons
+                        .push(Reason::Retriggered { rule: rule.id.clone(), on_retrigger: Retrigger::Extend });
                     let duration = Duration::from_millis(u64::try_from(own_ms).unwrap_or(0));
                     return timed(duration, now_ms, exclusions, None);
                 }
@@ -390,11 +305,7 @@ fn timed(
 
 /// Orders isolations: manual beats automatic, then the later deadline wins.
 fn strength(isolation: &Isolation) -> (IsolationMode, i64, u64) {
-    (
-        isolation.mode,
-        isolation.deadline_ms.unwrap_or(i64::MIN),
-        isolation.duration.map_or(0, |d| d.as_secs()),
-    )
+    (isolation.mode, isolation.deadline_ms.unwrap_or(i64::MIN), isolation.duration.map_or(0, |d| d.as_secs()))
 }
 
 #[expect(
@@ -415,10 +326,7 @@ fn combine<T: AsRef<str>>(
         return None;
     }
     let rules: Vec<String> = fired.iter().map(|f| f.rule.id.clone()).collect();
-    let mut why: Vec<Reason> = fired
-        .iter()
-        .flat_map(|f| f.reasons.iter().cloned())
-        .collect();
+    let mut why: Vec<Reason> = fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect();
     let strongest_isolation = fired
         .iter()
         .filter_map(|f| match &f.outcome {
@@ -436,12 +344,7 @@ fn combine<T: AsRef<str>>(
     let protected: Vec<String> = host_tags
         .iter()
         .map(AsRef::as_ref)
-        .filter(|tag| {
-            ruleset
-                .protected_tags
-                .iter()
-                .any(|protected| protected == &tag.to_lowercase())
-        })
+        .filter(|tag| ruleset.protected_tags.iter().any(|protected| protected == &tag.to_lowercase()))
         .map(str::to_owned)
         .collect();
     let decision = |action: Action, why: Vec<Reason>| Decision {
@@ -473,16 +376,10 @@ fn combine<T: AsRef<str>>(
             isolation.duration = active.deadline_ms.map(|deadline| {
                 Duration::from_millis(u64::try_from(deadline.saturating_sub(now_ms)).unwrap_or(0))
             });
-            why.push(Reason::CurrentIsolationKept {
-                mode: active.mode,
-                deadline_ms: active.deadline_ms,
-            });
+            why.push(Reason::CurrentIsolationKept { mode: active.mode, deadline_ms: active.deadline_ms });
         }
     }
-    let proposal = |isolation: &Isolation| Isolation {
-        deadline_ms: None,
-        ..isolation.clone()
-    };
+    let proposal = |isolation: &Isolation| Isolation { deadline_ms: None, ..isolation.clone() };
     if !protected.is_empty() {
         why.push(Reason::Protected { tags: protected });
         return Some(decision(Action::RequestApproval(proposal(strongest)), why));
@@ -490,35 +387,19 @@ fn combine<T: AsRef<str>>(
     let new_host_isolation = active.is_none();
     if let (true, Some(ceiling)) = (new_host_isolation, ruleset.policy.max_automatic) {
         let oldest = now_ms.saturating_sub(millis(ceiling.within));
-        let recent = state
-            .recent_isolations
-            .iter()
-            .filter(|&&at| at > oldest)
-            .count();
+        let recent = state.recent_isolations.iter().filter(|&&at| at > oldest).count();
         if recent >= ceiling.count as usize {
-            why.push(Reason::CeilingReached {
-                count: ceiling.count,
-                within: ceiling.within,
-            });
+            why.push(Reason::CeilingReached { count: ceiling.count, within: ceiling.within });
             return Some(decision(Action::RequestApproval(proposal(strongest)), why));
         }
     }
     if let (true, Some(ceiling)) = (new_host_isolation, ruleset.policy.max_automatic) {
-        changes.push(Change::NewIsolation {
-            at: now_ms,
-            keep: ceiling.count as usize,
-        });
+        changes.push(Change::NewIsolation { at: now_ms, keep: ceiling.count as usize });
     }
-    let mut isolated_by: BTreeMap<String, i64> = active
-        .map(|active| active.rules.clone())
-        .unwrap_or_default();
+    let mut isolated_by: BTreeMap<String, i64> =
+        active.map(|active| active.rules.clone()).unwrap_or_default();
     for f in fired {
-        if let Outcome::Isolate {
-            own_duration_ms,
-            escalation,
-            ..
-        } = &f.outcome
-        {
+        if let Outcome::Isolate { own_duration_ms, escalation, .. } = &f.outcome {
             isolated_by.insert(f.rule.id.clone(), *own_duration_ms);
             if let Some(count) = escalation {
                 changes.push(Change::Escalation {
@@ -542,22 +423,13 @@ fn combine<T: AsRef<str>>(
 
 fn apply(state: &mut EngineState, change: Change) {
     match change {
-        Change::ThresholdHit {
-            rule,
-            group,
-            at,
-            within_ms,
-            keep,
-        } => {
+        Change::ThresholdHit { rule, group, at, within_ms, keep } => {
             let window = state
                 .thresholds
                 .entry(rule)
                 .or_default()
                 .entry(group)
-                .or_insert_with(|| ThresholdWindow {
-                    hits: VecDeque::new(),
-                    within_ms,
-                });
+                .or_insert_with(|| ThresholdWindow { hits: VecDeque::new(), within_ms });
             window.within_ms = within_ms;
             let oldest = at.saturating_sub(within_ms);
             window.hits.retain(|&hit| hit > oldest);
@@ -578,11 +450,7 @@ fn apply(state: &mut EngineState, change: Change) {
             state.active.insert(host, isolation);
         }
         Change::Escalation { rule, host, count } => {
-            state
-                .escalations
-                .entry(rule)
-                .or_default()
-                .insert(host, count);
+            state.escalations.entry(rule).or_default().insert(host, count);
         }
         Change::NewIsolation { at, keep } => {
             state.recent_isolations.push_back(at);

@@ -24,11 +24,7 @@ pub enum EventError {
     #[error("missing required field `{0}`")]
     Missing(&'static str),
     #[error("field `{field}` must be {expected}, found {found}")]
-    WrongType {
-        field: &'static str,
-        expected: &'static str,
-        found: String,
-    },
+    WrongType { field: &'static str, expected: &'static str, found: String },
     #[error("field `severity_id` must be 0-6, found {0}")]
     SeverityOutOfRange(String),
 }
@@ -65,11 +61,9 @@ fn nonempty_string(
             expected: "a non-empty string",
             found: "an empty string".to_owned(),
         }),
-        Some(other) => Err(EventError::WrongType {
-            field: name,
-            expected: "a string",
-            found: describe(other),
-        }),
+        Some(other) => {
+            Err(EventError::WrongType { field: name, expected: "a string", found: describe(other) })
+        }
     }
 }
 
@@ -119,13 +113,7 @@ impl Event {
                 })
             }
         };
-        Ok(Self {
-            fields,
-            host,
-            id,
-            time_ms,
-            severity_id,
-        })
+        Ok(Self { fields, host, id, time_ms, severity_id })
     }
 
     /// The host: `device.uid`, or `device.hostname` when the event has no uid.
@@ -180,9 +168,7 @@ pub(crate) struct FieldPath {
 
 impl FieldPath {
     pub fn new(text: &str) -> Self {
-        Self {
-            segments: text.split('.').map(Into::into).collect(),
-        }
+        Self { segments: text.split('.').map(Into::into).collect() }
     }
 
     /// Calls `visit` on every value the path reaches, stepping into arrays on the way and at the
@@ -199,9 +185,7 @@ fn walk(value: &Value, segments: &[Box<str>], visit: &mut impl FnMut(&Value) -> 
             other => visit(other),
         },
         Some((head, rest)) => match value {
-            Value::Object(map) => map
-                .get(&**head)
-                .is_some_and(|child| walk(child, rest, visit)),
+            Value::Object(map) => map.get(&**head).is_some_and(|child| walk(child, rest, visit)),
             Value::Array(items) => items.iter().any(|item| walk(item, segments, visit)),
             _ => false,
         },
@@ -227,20 +211,14 @@ mod tests {
     fn reads_the_required_fields() {
         let event = Event::from_json(minimal()).unwrap();
         assert_eq!(
-            (
-                event.host(),
-                event.id(),
-                event.time_ms(),
-                event.severity_id()
-            ),
+            (event.host(), event.id(), event.time_ms(), event.severity_id()),
             ("ws-1", "e1", 1_700_000_000_000, 4)
         );
     }
 
     #[test]
     fn falls_back_to_the_hostname() {
-        let event =
-            Event::from_json(error_free(|f| f["device"] = json!({"hostname": "plc-7"}))).unwrap();
+        let event = Event::from_json(error_free(|f| f["device"] = json!({"hostname": "plc-7"}))).unwrap();
         assert_eq!(event.host(), "plc-7");
     }
 
@@ -252,10 +230,7 @@ mod tests {
 
     #[test]
     fn reports_each_missing_or_wrong_field_precisely() {
-        assert_eq!(
-            error_with(|f| f["device"] = json!({})),
-            "missing required field `device.uid`"
-        );
+        assert_eq!(error_with(|f| f["device"] = json!({})), "missing required field `device.uid`");
         assert_eq!(
             error_with(|f| f["device"]["uid"] = json!(7)),
             "field `device.uid` must be a string, found 7"
@@ -268,10 +243,7 @@ mod tests {
             error_with(|f| f["finding_info"] = json!(null)),
             "missing required field `finding_info.uid`"
         );
-        assert_eq!(
-            error_with(|f| f["time"] = json!(null)),
-            "missing required field `time`"
-        );
+        assert_eq!(error_with(|f| f["time"] = json!(null)), "missing required field `time`");
         assert_eq!(
             error_with(|f| f["time"] = json!("2024-01-01")),
             "field `time` must be an integer (epoch milliseconds), found the string \"2024-01-01\""
@@ -280,10 +252,7 @@ mod tests {
             error_with(|f| f["time"] = json!(1.5)),
             "field `time` must be an integer (epoch milliseconds), found 1.5"
         );
-        assert_eq!(
-            error_with(|f| f["severity_id"] = json!(9)),
-            "field `severity_id` must be 0-6, found 9"
-        );
+        assert_eq!(error_with(|f| f["severity_id"] = json!(9)), "field `severity_id` must be 0-6, found 9");
         assert_eq!(
             error_with(|f| f["severity_id"] = json!("high")),
             "field `severity_id` must be an integer 0-6, found the string \"high\""
@@ -292,10 +261,7 @@ mod tests {
             Event::from_json(json!([1])).unwrap_err().to_string(),
             "an event must be a JSON object, found an array"
         );
-        assert!(Event::parse("{")
-            .unwrap_err()
-            .to_string()
-            .starts_with("not JSON: EOF while parsing"));
+        assert!(Event::parse("{").unwrap_err().to_string().starts_with("not JSON: EOF while parsing"));
     }
 
     #[test]

@@ -41,11 +41,7 @@ pub enum NetworkError {
     #[error("`{0}` is not an IP address")]
     BadAddress(String),
     #[error("prefix length `{prefix}` is not valid for {family} (0-{max})")]
-    BadPrefix {
-        prefix: String,
-        family: &'static str,
-        max: u8,
-    },
+    BadPrefix { prefix: String, family: &'static str, max: u8 },
     #[error("`{text}` has bits set past the prefix; the network is {network}")]
     HostBitsSet { text: String, network: String },
 }
@@ -84,35 +80,19 @@ impl IpNetwork {
             None if require_prefix => return Err(NetworkError::MissingPrefix(text.to_owned())),
             None => (text, None),
         };
-        let address = IpAddr::from_str(address_text)
-            .map_err(|_| NetworkError::BadAddress(address_text.to_owned()))?;
-        let (family, max) = if address.is_ipv4() {
-            ("IPv4", 32)
-        } else {
-            ("IPv6", 128)
-        };
+        let address =
+            IpAddr::from_str(address_text).map_err(|_| NetworkError::BadAddress(address_text.to_owned()))?;
+        let (family, max) = if address.is_ipv4() { ("IPv4", 32) } else { ("IPv6", 128) };
         let prefix = match prefix_text {
             None => max,
             Some(prefix_text) => match prefix_text.parse::<u8>() {
                 Ok(prefix) if prefix <= max && !prefix_text.starts_with('+') => prefix,
-                _ => {
-                    return Err(NetworkError::BadPrefix {
-                        prefix: prefix_text.to_owned(),
-                        family,
-                        max,
-                    })
-                }
+                _ => return Err(NetworkError::BadPrefix { prefix: prefix_text.to_owned(), family, max }),
             },
         };
-        let network = Self {
-            address: masked(address, prefix),
-            prefix,
-        };
+        let network = Self { address: masked(address, prefix), prefix };
         if network.address != address {
-            return Err(NetworkError::HostBitsSet {
-                text: text.to_owned(),
-                network: network.to_string(),
-            });
+            return Err(NetworkError::HostBitsSet { text: text.to_owned(), network: network.to_string() });
         }
         Ok(network)
     }
@@ -203,12 +183,7 @@ pub fn parse_allow_spec(text: &str) -> Result<AllowSpec, AllowSpecError> {
         Some(_) if protocol == Protocol::Icmp => return Err(AllowSpecError::PortsWithIcmp),
         Some(ports) => Some(parse_ports(ports)?),
     };
-    Ok(AllowSpec {
-        direction,
-        protocol,
-        network,
-        ports,
-    })
+    Ok(AllowSpec { direction, protocol, network, ports })
 }
 
 fn parse_ports(text: &str) -> Result<PortRange, AllowSpecError> {
@@ -217,16 +192,10 @@ fn parse_ports(text: &str) -> Result<PortRange, AllowSpecError> {
         _ => Err(AllowSpecError::Port(part.to_owned())),
     };
     let range = if let Some((first, last)) = text.split_once('-') {
-        PortRange {
-            first: port(first)?,
-            last: port(last)?,
-        }
+        PortRange { first: port(first)?, last: port(last)? }
     } else {
         let single = port(text)?;
-        PortRange {
-            first: single,
-            last: single,
-        }
+        PortRange { first: single, last: single }
     };
     if range.first > range.last {
         return Err(AllowSpecError::ReversedRange(text.to_owned()));
@@ -288,13 +257,7 @@ mod tests {
             assert_eq!(parse_allow_spec(spec).unwrap().to_string(), spec);
         }
         let spec = parse_allow_spec("in,udp,10.0.0.0/8,5000-5010").unwrap();
-        assert_eq!(
-            spec.ports,
-            Some(PortRange {
-                first: 5000,
-                last: 5010
-            })
-        );
+        assert_eq!(spec.ports, Some(PortRange { first: 5000, last: 5010 }));
         assert_eq!(spec.direction, Direction::In);
     }
 
@@ -304,26 +267,11 @@ mod tests {
             error("out,tcp"),
             "SPEC `out,tcp` has 2 fields; expected DIR,PROTO,CIDR or DIR,PROTO,CIDR,PORTS"
         );
-        assert_eq!(
-            error("out, tcp,1.2.3.4/32"),
-            "SPEC `out, tcp,1.2.3.4/32` contains whitespace"
-        );
-        assert_eq!(
-            error("up,tcp,1.2.3.4/32"),
-            "unknown direction `up`; expected in, out or both"
-        );
-        assert_eq!(
-            error("out,sctp,1.2.3.4/32"),
-            "unknown protocol `sctp`; expected tcp, udp, icmp or any"
-        );
-        assert_eq!(
-            error("out,tcp,1.2.3.4"),
-            "invalid CIDR: `1.2.3.4` has no prefix length"
-        );
-        assert_eq!(
-            error("out,tcp,1.2.3/24"),
-            "invalid CIDR: `1.2.3` is not an IP address"
-        );
+        assert_eq!(error("out, tcp,1.2.3.4/32"), "SPEC `out, tcp,1.2.3.4/32` contains whitespace");
+        assert_eq!(error("up,tcp,1.2.3.4/32"), "unknown direction `up`; expected in, out or both");
+        assert_eq!(error("out,sctp,1.2.3.4/32"), "unknown protocol `sctp`; expected tcp, udp, icmp or any");
+        assert_eq!(error("out,tcp,1.2.3.4"), "invalid CIDR: `1.2.3.4` has no prefix length");
+        assert_eq!(error("out,tcp,1.2.3/24"), "invalid CIDR: `1.2.3` is not an IP address");
         assert_eq!(
             error("out,tcp,1.2.3.4/33"),
             "invalid CIDR: prefix length `33` is not valid for IPv4 (0-32)"
@@ -336,26 +284,14 @@ mod tests {
             error("out,tcp,198.51.100.7/24"),
             "invalid CIDR: `198.51.100.7/24` has bits set past the prefix; the network is 198.51.100.0/24"
         );
-        assert_eq!(
-            error("out,tcp,1.2.3.4/32,0"),
-            "invalid port `0`; ports are 1-65535"
-        );
-        assert_eq!(
-            error("out,tcp,1.2.3.4/32,65536"),
-            "invalid port `65536`; ports are 1-65535"
-        );
-        assert_eq!(
-            error("out,tcp,1.2.3.4/32,+80"),
-            "invalid port `+80`; ports are 1-65535"
-        );
+        assert_eq!(error("out,tcp,1.2.3.4/32,0"), "invalid port `0`; ports are 1-65535");
+        assert_eq!(error("out,tcp,1.2.3.4/32,65536"), "invalid port `65536`; ports are 1-65535");
+        assert_eq!(error("out,tcp,1.2.3.4/32,+80"), "invalid port `+80`; ports are 1-65535");
         assert_eq!(
             error("out,tcp,1.2.3.4/32,5010-5000"),
             "invalid port range `5010-5000`: the first port is above the last"
         );
-        assert_eq!(
-            error("out,icmp,1.2.3.4/32,7"),
-            "ports are not allowed with icmp"
-        );
+        assert_eq!(error("out,icmp,1.2.3.4/32,7"), "ports are not allowed with icmp");
     }
 
     #[test]
@@ -369,9 +305,6 @@ mod tests {
         let v6 = IpNetwork::parse("fd00::/8", true).unwrap();
         assert!(v6.contains("fd12::1".parse().unwrap()));
         assert!(!v6.contains("fe80::1".parse().unwrap()));
-        assert_eq!(
-            IpNetwork::parse("192.0.2.1", false).unwrap().to_string(),
-            "192.0.2.1/32"
-        );
+        assert_eq!(IpNetwork::parse("192.0.2.1", false).unwrap().to_string(), "192.0.2.1/32");
     }
 }

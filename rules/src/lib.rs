@@ -20,8 +20,8 @@ mod testing;
 mod yaml;
 
 pub use config::{
-    parse_policy, parse_rule_file, Ceiling, Policy, ResponseMode, Retrigger, RuleConfig, RuleFile,
-    TestCase, DEFAULT_ESCALATION_WINDOW,
+    parse_policy, parse_rule_file, Ceiling, Policy, ResponseMode, Retrigger, RuleConfig, RuleFile, TestCase,
+    DEFAULT_ESCALATION_WINDOW,
 };
 pub use decision::{Action, Decision, Exclusions, Isolation, IsolationMode, Reason, ReasonKind};
 pub use diagnostic::{Diagnostic, Position};
@@ -31,6 +31,4 @@ pub use event::{Event, EventError};
 pub use exclusion::{parse_allow_spec, AllowSpec, AllowSpecError};
 pub use ruleset::Ruleset;
 pub use state::{EngineState, DEDUP_CAPACITY};
-pub use testing::{
-    describe_decision, run_test, RuleDirectory, SourceFile, TestOutcome, TestResult,
-};
+pub use testing::{describe_decision, run_test, RuleDirectory, SourceFile, TestOutcome, TestResult};

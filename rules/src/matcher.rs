@@ -18,19 +18,8 @@ use crate::yaml::{Node, NodeKind, ScalarValue};
 /// Compiled regexes may use at most this much memory each; larger ones are refused at load time.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
-pub(crate) const MODIFIERS: &[&str] = &[
-    "contains",
-    "startswith",
-    "endswith",
-    "re",
-    "cidr",
-    "gt",
-    "gte",
-    "lt",
-    "lte",
-    "exists",
-    "all",
-];
+pub(crate) const MODIFIERS: &[&str] =
+    &["contains", "startswith", "endswith", "re", "cidr", "gt", "gte", "lt", "lte", "exists", "all"];
 
 /// How a value is compared, chosen by the modifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,10 +66,7 @@ enum Pattern {
 #[derive(Debug, Clone)]
 enum AnyOf {
     /// Equality with any of these folded texts, or numerically with any of these numbers.
-    Literals {
-        texts: HashSet<Box<str>>,
-        numbers: Vec<f64>,
-    },
+    Literals { texts: HashSet<Box<str>>, numbers: Vec<f64> },
     /// Substring, prefix or suffix match of any of these folded texts.
     Substrings { automaton: AhoCorasick, kind: Kind },
 }
@@ -112,14 +98,8 @@ impl FieldMatcher {
     pub fn cost(&self) -> u8 {
         match &self.test {
             Test::Exists(_) => 0,
-            Test::Any {
-                fast: Some(AnyOf::Literals { .. }),
-                ..
-            } => 1,
-            Test::Any {
-                fast: Some(AnyOf::Substrings { .. }),
-                ..
-            } => 3,
+            Test::Any { fast: Some(AnyOf::Literals { .. }), .. } => 1,
+            Test::Any { fast: Some(AnyOf::Substrings { .. }), .. } => 3,
             Test::All(patterns) | Test::Any { patterns, .. } => {
                 patterns.iter().map(Pattern::cost).max().unwrap_or(0)
             }
@@ -130,38 +110,30 @@ impl FieldMatcher {
     /// any-of-literals equality: used to index rules by a value the event must carry.
     pub fn required_literals(&self) -> Option<&HashSet<Box<str>>> {
         match &self.test {
-            Test::Any {
-                fast: Some(AnyOf::Literals { texts, numbers }),
-                ..
-            } if numbers.is_empty() => Some(texts),
+            Test::Any { fast: Some(AnyOf::Literals { texts, numbers }), .. } if numbers.is_empty() => {
+                Some(texts)
+            }
             _ => None,
         }
     }
 
     pub fn matches(&self, event: &Value) -> bool {
         match &self.test {
-            Test::Exists(expected) => {
-                self.path.any_value(event, &mut |value| !value.is_null()) == *expected
+            Test::Exists(expected) => self.path.any_value(event, &mut |value| !value.is_null()) == *expected,
+            Test::Any { fast: Some(fast), .. } => {
+                self.path.any_value(event, &mut |value| fast.matches(value))
             }
-            Test::Any {
-                fast: Some(fast), ..
-            } => self.path.any_value(event, &mut |value| fast.matches(value)),
-            Test::Any {
-                patterns,
-                fast: None,
-            } => {
+            Test::Any { patterns, fast: None } => {
                 let null_matches = patterns.iter().any(|p| matches!(p, Pattern::Null))
                     && !self.path.any_value(event, &mut |v| !v.is_null());
                 null_matches
-                    || self.path.any_value(event, &mut |value| {
-                        patterns.iter().any(|pattern| pattern.matches(value))
-                    })
+                    || self
+                        .path
+                        .any_value(event, &mut |value| patterns.iter().any(|pattern| pattern.matches(value)))
             }
             Test::All(patterns) => patterns.iter().all(|pattern| match pattern {
                 Pattern::Null => !self.path.any_value(event, &mut |v| !v.is_null()),
-                _ => self
-                    .path
-                    .any_value(event, &mut |value| pattern.matches(value)),
+                _ => self.path.any_value(event, &mut |value| pattern.matches(value)),
             }),
         }
     }
@@ -214,19 +186,16 @@ impl AnyOf {
                 if let Value::Number(number) = value {
                     return number.as_f64().is_some_and(|n| numbers.contains(&n));
                 }
-                scalar_text(value)
-                    .is_some_and(|text| with_folded(&text, |folded| texts.contains(folded)))
+                scalar_text(value).is_some_and(|text| with_folded(&text, |folded| texts.contains(folded)))
             }
             Self::Substrings { automaton, kind } => scalar_text(value).is_some_and(|text| {
                 with_folded(&text, |folded| match kind {
                     Kind::StartsWith => automaton
-                        .find(
-                            aho_corasick::Input::new(folded).anchored(aho_corasick::Anchored::Yes),
-                        )
+                        .find(aho_corasick::Input::new(folded).anchored(aho_corasick::Anchored::Yes))
                         .is_some(),
-                    Kind::EndsWith => automaton
-                        .find_overlapping_iter(folded)
-                        .any(|m| m.end() == folded.len()),
+                    Kind::EndsWith => {
+                        automaton.find_overlapping_iter(folded).any(|m| m.end() == folded.len())
+                    }
                     _ => automaton.is_match(folded),
                 })
             }),
@@ -253,29 +222,28 @@ impl Pattern {
                 }
                 scalar_text(value).is_some_and(|text| with_folded(&text, |text| text == &**folded))
             }
-            Self::Contains(needle) => scalar_text(value)
-                .is_some_and(|text| with_folded(&text, |text| text.contains(&**needle))),
-            Self::StartsWith(prefix) => scalar_text(value)
-                .is_some_and(|text| with_folded(&text, |text| text.starts_with(&**prefix))),
-            Self::EndsWith(suffix) => scalar_text(value)
-                .is_some_and(|text| with_folded(&text, |text| text.ends_with(&**suffix))),
+            Self::Contains(needle) => {
+                scalar_text(value).is_some_and(|text| with_folded(&text, |text| text.contains(&**needle)))
+            }
+            Self::StartsWith(prefix) => {
+                scalar_text(value).is_some_and(|text| with_folded(&text, |text| text.starts_with(&**prefix)))
+            }
+            Self::EndsWith(suffix) => {
+                scalar_text(value).is_some_and(|text| with_folded(&text, |text| text.ends_with(&**suffix)))
+            }
             Self::Wildcard(regex) | Self::Regex(regex) => {
                 scalar_text(value).is_some_and(|text| regex.is_match(&text))
             }
             Self::Cidr(network) => match value {
-                Value::String(text) => text
-                    .parse::<IpAddr>()
-                    .is_ok_and(|address| network.contains(address)),
+                Value::String(text) => text.parse::<IpAddr>().is_ok_and(|address| network.contains(address)),
                 _ => false,
             },
-            Self::Compare(comparison, bound) => {
-                scalar_number(value).is_some_and(|n| match comparison {
-                    Comparison::Greater => n > *bound,
-                    Comparison::GreaterOrEqual => n >= *bound,
-                    Comparison::Less => n < *bound,
-                    Comparison::LessOrEqual => n <= *bound,
-                })
-            }
+            Self::Compare(comparison, bound) => scalar_number(value).is_some_and(|n| match comparison {
+                Comparison::Greater => n > *bound,
+                Comparison::GreaterOrEqual => n >= *bound,
+                Comparison::Less => n < *bound,
+                Comparison::LessOrEqual => n <= *bound,
+            }),
         }
     }
 }
@@ -330,7 +298,7 @@ fn wildcard_regex(text: &str, kind: Kind) -> Result<Regex, regex::Error> {
     while let Some(c) = chars.next() {
         match c {
             '\\' if matches!(chars.peek(), Some('*' | '?' | '\\')) => {
-                literal.push(chars.next().unwrap_or('\\'))
+                literal.push(chars.next().unwrap_or('\\'));
             }
             '*' | '?' => {
                 pattern.push_str(&regex::escape(&literal));
@@ -345,9 +313,7 @@ fn wildcard_regex(text: &str, kind: Kind) -> Result<Regex, regex::Error> {
         pattern.push_str(".*");
     }
     pattern.push('$');
-    RegexBuilder::new(&pattern)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
+    RegexBuilder::new(&pattern).size_limit(REGEX_SIZE_LIMIT).build()
 }
 
 /// The message and the column (0-based, within the pattern) of a regex syntax error.
@@ -355,31 +321,22 @@ fn regex_error(error: &regex::Error) -> (String, Option<usize>) {
     match error {
         regex::Error::Syntax(text) => {
             let lines: Vec<&str> = text.lines().collect();
-            let message = lines
-                .iter()
-                .find_map(|line| line.strip_prefix("error: "))
-                .unwrap_or(text)
-                .to_owned();
+            let message =
+                lines.iter().find_map(|line| line.strip_prefix("error: ")).unwrap_or(text).to_owned();
             let column = lines
                 .iter()
                 .find(|line| line.trim_start().starts_with('^'))
                 .map(|line| line.find('^').unwrap_or(4).saturating_sub(4));
             (message, column)
         }
-        regex::Error::CompiledTooBig(limit) => (
-            format!("the compiled regex is larger than {limit} bytes"),
-            None,
-        ),
+        regex::Error::CompiledTooBig(limit) => {
+            (format!("the compiled regex is larger than {limit} bytes"), None)
+        }
         other => (other.to_string(), None),
     }
 }
 
-fn parse_kind(
-    key: &Node,
-    field: &str,
-    modifiers: &[&str],
-    report: &mut Report<'_>,
-) -> Option<(Kind, bool)> {
+fn parse_kind(key: &Node, field: &str, modifiers: &[&str], report: &mut Report<'_>) -> Option<(Kind, bool)> {
     let mut kind = None;
     let mut all = false;
     let mut offset = field.chars().count() + 1;
@@ -427,18 +384,11 @@ fn parse_kind(
         kind = Some(this);
     }
     let kind = kind.unwrap_or(Kind::Equals);
-    if all
-        && !matches!(
-            kind,
-            Kind::Equals | Kind::Contains | Kind::StartsWith | Kind::EndsWith | Kind::Regex
-        )
+    if all && !matches!(kind, Kind::Equals | Kind::Contains | Kind::StartsWith | Kind::EndsWith | Kind::Regex)
     {
         report.error_with_hint(
             key.position,
-            format!(
-                "modifier `all` cannot be combined with `{}`",
-                modifier_name(kind)
-            ),
+            format!("modifier `all` cannot be combined with `{}`", modifier_name(kind)),
             "`all` works with plain values, contains, startswith, endswith and re",
         );
         ok = false;
@@ -463,16 +413,9 @@ fn modifier_name(kind: Kind) -> &'static str {
 }
 
 /// Compiles one `field|modifiers: value-or-list` entry, reporting every problem in it.
-pub(crate) fn compile_field(
-    key: &Node,
-    value: &Node,
-    report: &mut Report<'_>,
-) -> Option<FieldMatcher> {
+pub(crate) fn compile_field(key: &Node, value: &Node, report: &mut Report<'_>) -> Option<FieldMatcher> {
     let Some(key_text) = key.as_text() else {
-        report.error(
-            key.position,
-            format!("a field name must be a string, found {}", key.describe()),
-        );
+        report.error(key.position, format!("a field name must be a string, found {}", key.describe()));
         return None;
     };
     let mut parts = key_text.split('|');
@@ -517,14 +460,10 @@ pub(crate) fn compile_field(
         }
     };
     if kind == Kind::Exists {
-        if let ([_], Some(ScalarValue::Bool(expected))) = (
-            values.as_slice(),
-            values[0].as_scalar().map(crate::yaml::Scalar::resolve),
-        ) {
-            return ok.then(|| FieldMatcher {
-                path: FieldPath::new(field),
-                test: Test::Exists(expected),
-            });
+        if let ([_], Some(ScalarValue::Bool(expected))) =
+            (values.as_slice(), values[0].as_scalar().map(crate::yaml::Scalar::resolve))
+        {
+            return ok.then(|| FieldMatcher { path: FieldPath::new(field), test: Test::Exists(expected) });
         }
         report.error_with_hint(
             value.position,
@@ -546,16 +485,10 @@ pub(crate) fn compile_field(
     }
     let path = FieldPath::new(field);
     if all {
-        return Some(FieldMatcher {
-            path,
-            test: Test::All(patterns),
-        });
+        return Some(FieldMatcher { path, test: Test::All(patterns) });
     }
     let fast = build_any_of(&patterns, kind);
-    Some(FieldMatcher {
-        path,
-        test: Test::Any { patterns, fast },
-    })
+    Some(FieldMatcher { path, test: Test::Any { patterns, fast } })
 }
 
 fn build_any_of(patterns: &[Pattern], kind: Kind) -> Option<AnyOf> {
@@ -576,17 +509,14 @@ fn build_any_of(patterns: &[Pattern], kind: Kind) -> Option<AnyOf> {
             let needles: Option<Vec<&str>> = patterns
                 .iter()
                 .map(|pattern| match pattern {
-                    Pattern::Contains(text)
-                    | Pattern::StartsWith(text)
-                    | Pattern::EndsWith(text) => Some(&**text),
+                    Pattern::Contains(text) | Pattern::StartsWith(text) | Pattern::EndsWith(text) => {
+                        Some(&**text)
+                    }
                     _ => None,
                 })
                 .collect();
-            let match_kind = if kind == Kind::EndsWith {
-                MatchKind::Standard
-            } else {
-                MatchKind::LeftmostFirst
-            };
+            let match_kind =
+                if kind == Kind::EndsWith { MatchKind::Standard } else { MatchKind::LeftmostFirst };
             let automaton = AhoCorasickBuilder::new()
                 .match_kind(match_kind)
                 .start_kind(aho_corasick::StartKind::Both)
@@ -627,10 +557,7 @@ fn compile_pattern(node: &Node, kind: Kind, report: &mut Report<'_>) -> Option<P
                     Err(error) => {
                         report.error(
                             node.position,
-                            format!(
-                                "wildcard value `{text}` cannot be compiled: {}",
-                                regex_error(&error).0
-                            ),
+                            format!("wildcard value `{text}` cannot be compiled: {}", regex_error(&error).0),
                         );
                         None
                     }

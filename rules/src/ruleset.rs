@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::condition::Condition;
 use crate::config::{Policy, RuleConfig, Selection};
-use crate::diagnostic::Diagnostic;
+use crate::diagnostic::{Diagnostic, Position};
 use crate::event::{Event, FieldPath};
 use crate::matcher::with_folded;
 
@@ -40,17 +40,13 @@ impl Ruleset {
         let mut first_seen: HashMap<&str, &RuleConfig> = HashMap::new();
         for rule in &rules {
             if let Some(first) = first_seen.get(rule.id.as_str()) {
-                diagnostics.push(
-                    Diagnostic::new(
-                        &rule.file,
-                        rule.id_position,
-                        format!("duplicate rule id `{}`", rule.id),
-                    )
-                    .with_hint(format!(
-                        "first defined at {}:{}:{}; ids are unique across the directory",
-                        first.file, first.id_position.line, first.id_position.column
-                    )),
-                );
+                diagnostics.push(duplicate_id(
+                    &rule.id,
+                    &rule.file,
+                    rule.id_position,
+                    &first.file,
+                    first.id_position,
+                ));
             } else {
                 first_seen.insert(&rule.id, rule);
             }
@@ -65,40 +61,19 @@ impl Ruleset {
             let index = u32::try_from(index).unwrap_or(u32::MAX);
             match guard(&rule.condition, &rule.selections) {
                 Some((path, literals)) => {
-                    let position =
-                        dispatch
-                            .iter()
-                            .position(|d| d.path == path)
-                            .unwrap_or_else(|| {
-                                dispatch.push(Dispatch {
-                                    path,
-                                    rules_by_value: HashMap::new(),
-                                });
-                                dispatch.len() - 1
-                            });
+                    let position = dispatch.iter().position(|d| d.path == path).unwrap_or_else(|| {
+                        dispatch.push(Dispatch { path, rules_by_value: HashMap::new() });
+                        dispatch.len() - 1
+                    });
                     for literal in literals {
-                        dispatch[position]
-                            .rules_by_value
-                            .entry(literal)
-                            .or_default()
-                            .push(index);
+                        dispatch[position].rules_by_value.entry(literal).or_default().push(index);
                     }
                 }
                 None => unindexed.push(index),
             }
         }
-        let protected_tags = policy
-            .protect
-            .iter()
-            .map(|tag| tag.to_lowercase())
-            .collect();
-        Ok(Self {
-            rules,
-            policy,
-            protected_tags,
-            dispatch,
-            unindexed,
-        })
+        let protected_tags = policy.protect.iter().map(|tag| tag.to_lowercase()).collect();
+        Ok(Self { rules, policy, protected_tags, dispatch, unindexed })
     }
 
     /// The number of enabled rules.
@@ -158,11 +133,24 @@ impl Ruleset {
     }
 }
 
+/// "duplicate rule id", reported where the id is repeated, with where it was first defined.
+pub(crate) fn duplicate_id(
+    id: &str,
+    file: &str,
+    position: Position,
+    first_file: &str,
+    first: Position,
+) -> Diagnostic {
+    Diagnostic::new(file, position, format!("duplicate rule id `{id}`")).with_hint(format!(
+        "first defined at {first_file}:{}:{}; ids are unique across the directory",
+        first.line, first.column
+    ))
+}
+
 impl RuleConfig {
     /// Whether the rule's condition holds for the event.
     pub(crate) fn matches(&self, fields: &Value) -> bool {
-        self.condition
-            .evaluate(&mut |index| selection_matches(&self.selections[index], fields))
+        self.condition.evaluate(&mut |index| selection_matches(&self.selections[index], fields))
     }
 
     /// The names of the selections named in the condition that match the event.
@@ -178,24 +166,17 @@ impl RuleConfig {
 }
 
 fn selection_matches(selection: &Selection, fields: &Value) -> bool {
-    selection
-        .alternatives
-        .iter()
-        .any(|matchers| matchers.iter().all(|matcher| matcher.matches(fields)))
+    selection.alternatives.iter().any(|matchers| matchers.iter().all(|matcher| matcher.matches(fields)))
 }
 
 /// A field and literals such that the condition can only hold if the field equals one of them.
-fn guard(
-    condition: &Condition,
-    selections: &[Selection],
-) -> Option<(FieldPath, HashSet<Box<str>>)> {
+fn guard(condition: &Condition, selections: &[Selection]) -> Option<(FieldPath, HashSet<Box<str>>)> {
     match condition {
         Condition::Selection(index) => selection_guard(&selections[*index]),
         Condition::Not(_) => None,
-        Condition::And(terms) => terms
-            .iter()
-            .filter_map(|term| guard(term, selections))
-            .min_by_key(|(_, literals)| literals.len()),
+        Condition::And(terms) => {
+            terms.iter().filter_map(|term| guard(term, selections)).min_by_key(|(_, literals)| literals.len())
+        }
         Condition::Or(terms) => {
             let mut guards = terms.iter().map(|term| guard(term, selections));
             let (path, mut literals) = guards.next()??;
@@ -216,11 +197,7 @@ fn selection_guard(selection: &Selection) -> Option<(FieldPath, HashSet<Box<str>
     let (first, rest) = selection.alternatives.split_first()?;
     first
         .iter()
-        .filter_map(|matcher| {
-            matcher
-                .required_literals()
-                .map(|literals| (matcher.path(), literals))
-        })
+        .filter_map(|matcher| matcher.required_literals().map(|literals| (matcher.path(), literals)))
         .find_map(|(path, literals)| {
             let mut union = literals.clone();
             for alternative in rest {

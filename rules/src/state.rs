@@ -110,8 +110,7 @@ pub(crate) struct ActiveIsolation {
 
 impl ActiveIsolation {
     pub fn in_force(&self, now_ms: i64) -> bool {
-        self.mode == IsolationMode::Manual
-            || self.deadline_ms.is_some_and(|deadline| deadline > now_ms)
+        self.mode == IsolationMode::Manual || self.deadline_ms.is_some_and(|deadline| deadline > now_ms)
     }
 }
 

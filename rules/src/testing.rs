@@ -1,11 +1,12 @@
 //! Rules as data-tested artefacts: runs the `tests:` written beside rules (and directory test
 //! suites) through the engine and compares the decisions with the expected ones.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::config::{ExpectedAction, ExpectedDecision, Policy, RuleConfig, TestCase};
 use crate::decision::{Action, Decision, IsolationMode};
-use crate::diagnostic::Diagnostic;
+use crate::diagnostic::{Diagnostic, Position};
 use crate::duration::format_duration;
 use crate::engine::evaluate;
 use crate::ruleset::Ruleset;
@@ -48,10 +49,7 @@ pub struct TestOutcome {
 impl RuleDirectory {
     /// Validates every rule file and the policy, and compiles the rule set. Returns every problem
     /// of every file at once, sorted by file, line and column.
-    pub fn load(
-        rule_files: &[SourceFile],
-        policy: Option<&SourceFile>,
-    ) -> Result<Self, Vec<Diagnostic>> {
+    pub fn load(rule_files: &[SourceFile], policy: Option<&SourceFile>) -> Result<Self, Vec<Diagnostic>> {
         let mut diagnostics = Vec::new();
         let mut rules = Vec::new();
         let mut directory_tests = Vec::new();
@@ -72,21 +70,18 @@ impl RuleDirectory {
                 Policy::default()
             }
         };
-        let ruleset = Ruleset::compile(rules.clone(), policy.clone());
-        if let Err(problems) = &ruleset {
-            diagnostics.extend(problems.iter().cloned());
-        }
         if !diagnostics.is_empty() {
+            diagnostics.extend(duplicate_ids(rule_files));
             Diagnostic::sort(&mut diagnostics);
             return Err(diagnostics);
         }
+        let ruleset = Ruleset::compile(rules.clone(), policy.clone());
+        if let Err(mut problems) = ruleset {
+            Diagnostic::sort(&mut problems);
+            return Err(problems);
+        }
         let ruleset = ruleset.map_err(|_| Vec::new())?;
-        Ok(Self {
-            rules,
-            policy,
-            ruleset,
-            directory_tests,
-        })
+        Ok(Self { rules, policy, ruleset, directory_tests })
     }
 
     /// The rule set of the enabled rules.
@@ -108,11 +103,7 @@ impl RuleDirectory {
 
     #[must_use]
     pub fn test_count(&self) -> usize {
-        self.rules
-            .iter()
-            .map(|rule| rule.tests.len())
-            .sum::<usize>()
-            + self.directory_tests.len()
+        self.rules.iter().map(|rule| rule.tests.len()).sum::<usize>() + self.directory_tests.len()
     }
 
     /// Runs every test: a rule's tests against that rule alone (with the directory's policy), a
@@ -148,6 +139,25 @@ impl RuleDirectory {
     }
 }
 
+/// Duplicate rule ids across the files, found from the raw documents so that files with other
+/// errors take part.
+fn duplicate_ids(rule_files: &[SourceFile]) -> Vec<Diagnostic> {
+    let mut first_seen: HashMap<String, (String, Position)> = HashMap::new();
+    let mut diagnostics = Vec::new();
+    for file in rule_files {
+        for (id, position) in crate::config::rule_ids(&file.text) {
+            match first_seen.get(&id) {
+                Some((first_file, first)) => diagnostics
+                    .push(crate::ruleset::duplicate_id(&id, &file.name, position, first_file, *first)),
+                None => {
+                    first_seen.insert(id, (file.name.clone(), position));
+                }
+            }
+        }
+    }
+    diagnostics
+}
+
 /// Replays the test's events in order (each event's `time` is now) against a fresh state and
 /// compares the decisions with the expected ones. Host tags come from the test's `host_tags`, or
 /// else from the event's `device.groups[].name`.
@@ -156,11 +166,7 @@ pub fn run_test(ruleset: &Ruleset, test: &TestCase) -> TestResult {
     let mut state = EngineState::new();
     let mut decisions = Vec::new();
     for event in &test.events {
-        let tags = test
-            .host_tags
-            .get(event.host())
-            .cloned()
-            .unwrap_or_else(|| event.device_group_names());
+        let tags = test.host_tags.get(event.host()).cloned().unwrap_or_else(|| event.device_group_names());
         decisions.extend(evaluate(ruleset, &mut state, event, event.time_ms(), &tags));
     }
     let mut mismatches = Vec::new();
@@ -169,11 +175,7 @@ pub fn run_test(ruleset: &Ruleset, test: &TestCase) -> TestResult {
             compare(number + 1, expected, decision, &mut mismatches);
         }
     } else {
-        let mut message = format!(
-            "expected {} decision(s), got {}",
-            test.expect.len(),
-            decisions.len()
-        );
+        let mut message = format!("expected {} decision(s), got {}", test.expect.len(), decisions.len());
         for decision in &decisions {
             let _ = write!(message, "\n      got: {}", describe_decision(decision));
         }
@@ -186,29 +188,18 @@ pub fn run_test(ruleset: &Ruleset, test: &TestCase) -> TestResult {
     }
 }
 
-fn compare(
-    number: usize,
-    expected: &ExpectedDecision,
-    decision: &Decision,
-    mismatches: &mut Vec<String>,
-) {
+fn compare(number: usize, expected: &ExpectedDecision, decision: &Decision, mismatches: &mut Vec<String>) {
     let mut differences = Vec::new();
     let action = match expected.action {
         ExpectedAction::Isolate => "isolate",
         ExpectedAction::RequestApproval => "request_approval",
     };
     if action != decision.action.name() {
-        differences.push(format!(
-            "action: expected {action}, got {}",
-            decision.action.name()
-        ));
+        differences.push(format!("action: expected {action}, got {}", decision.action.name()));
     }
     if let Some(event) = &expected.event {
         if *event != decision.event_id {
-            differences.push(format!(
-                "event: expected {event}, got {}",
-                decision.event_id
-            ));
+            differences.push(format!("event: expected {event}, got {}", decision.event_id));
         }
     }
     if let Some(host) = &expected.host {
@@ -239,9 +230,7 @@ fn compare(
         if Some(deadline) != isolation.deadline_ms {
             differences.push(format!(
                 "deadline_ms: expected {deadline}, got {}",
-                isolation
-                    .deadline_ms
-                    .map_or_else(|| "none".to_owned(), |d| d.to_string())
+                isolation.deadline_ms.map_or_else(|| "none".to_owned(), |d| d.to_string())
             ));
         }
     }
@@ -256,16 +245,8 @@ fn compare(
     }
     for kind in &expected.why {
         if !decision.why.iter().any(|reason| reason.kind() == *kind) {
-            let got: Vec<&str> = decision
-                .why
-                .iter()
-                .map(|reason| reason.kind().name())
-                .collect();
-            differences.push(format!(
-                "why: expected a `{}` reason, got [{}]",
-                kind.name(),
-                got.join(", ")
-            ));
+            let got: Vec<&str> = decision.why.iter().map(|reason| reason.kind().name()).collect();
+            differences.push(format!("why: expected a `{}` reason, got [{}]", kind.name(), got.join(", ")));
         }
     }
     if !differences.is_empty() {
@@ -307,16 +288,7 @@ pub fn describe_decision(decision: &Decision) -> String {
     if let (Action::Isolate(_), Some(deadline)) = (&decision.action, isolation.deadline_ms) {
         let _ = write!(line, " until {deadline}");
     }
-    let reasons: Vec<&str> = decision
-        .why
-        .iter()
-        .map(|reason| reason.kind().name())
-        .collect();
-    let _ = write!(
-        line,
-        " by [{}] ({})",
-        decision.rules.join(", "),
-        reasons.join(", ")
-    );
+    let reasons: Vec<&str> = decision.why.iter().map(|reason| reason.kind().name()).collect();
+    let _ = write!(line, " by [{}] ({})", decision.rules.join(", "), reasons.join(", "));
     line
 }

@@ -151,10 +151,9 @@ impl Node {
     /// The position of the character `offset` characters into this scalar's text, if it is on one line.
     pub fn position_in_text(&self, offset: usize) -> Position {
         match &self.kind {
-            NodeKind::Scalar(Scalar {
-                quote_width: Some(width),
-                ..
-            }) => self.position.shifted(width + offset),
+            NodeKind::Scalar(Scalar { quote_width: Some(width), .. }) => {
+                self.position.shifted(width + offset)
+            }
             _ => self.position,
         }
     }
@@ -177,10 +176,7 @@ impl Node {
                 entries
                     .iter()
                     .map(|(key, value)| {
-                        (
-                            key.as_scalar().map_or_else(String::new, |s| s.text.clone()),
-                            value.to_json(),
-                        )
+                        (key.as_scalar().map_or_else(String::new, |s| s.text.clone()), value.to_json())
                     })
                     .collect(),
             ),
@@ -200,17 +196,8 @@ fn position_of(span: Span) -> Position {
 }
 
 enum Frame {
-    Sequence {
-        position: Position,
-        anchor: usize,
-        items: Vec<Node>,
-    },
-    Mapping {
-        position: Position,
-        anchor: usize,
-        entries: Vec<(Node, Node)>,
-        key: Option<Node>,
-    },
+    Sequence { position: Position, anchor: usize, items: Vec<Node> },
+    Mapping { position: Position, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node> },
 }
 
 /// Parses every document of a YAML stream (`---` separated) into node trees. Empty documents are dropped.
@@ -229,11 +216,7 @@ pub(crate) fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
             Event::Scalar(value, style, anchor, _tag) => {
                 let quote_width = match style {
                     ScalarStyle::Plain if !value.contains('\n') => Some(0),
-                    ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted
-                        if !value.contains('\n') =>
-                    {
-                        Some(1)
-                    }
+                    ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted if !value.contains('\n') => Some(1),
                     _ => None,
                 };
                 let node = Node {
@@ -246,9 +229,7 @@ pub(crate) fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
                 };
                 Some((node, anchor))
             }
-            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _)
-                if stack.len() >= MAX_DEPTH =>
-            {
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) if stack.len() >= MAX_DEPTH => {
                 let _ = anchor;
                 return Err(SyntaxError {
                     position,
@@ -256,54 +237,25 @@ pub(crate) fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
                 });
             }
             Event::SequenceStart(anchor, _) => {
-                stack.push(Frame::Sequence {
-                    position,
-                    anchor,
-                    items: Vec::new(),
-                });
+                stack.push(Frame::Sequence { position, anchor, items: Vec::new() });
                 None
             }
             Event::MappingStart(anchor, _) => {
-                stack.push(Frame::Mapping {
-                    position,
-                    anchor,
-                    entries: Vec::new(),
-                    key: None,
-                });
+                stack.push(Frame::Mapping { position, anchor, entries: Vec::new(), key: None });
                 None
             }
             Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
-                Some(Frame::Sequence {
-                    position,
-                    anchor,
-                    items,
-                }) => Some((
-                    Node {
-                        position,
-                        kind: NodeKind::Sequence(items),
-                    },
-                    anchor,
-                )),
-                Some(Frame::Mapping {
-                    position,
-                    anchor,
-                    entries,
-                    ..
-                }) => Some((
-                    Node {
-                        position,
-                        kind: NodeKind::Mapping(entries),
-                    },
-                    anchor,
-                )),
+                Some(Frame::Sequence { position, anchor, items }) => {
+                    Some((Node { position, kind: NodeKind::Sequence(items) }, anchor))
+                }
+                Some(Frame::Mapping { position, anchor, entries, .. }) => {
+                    Some((Node { position, kind: NodeKind::Mapping(entries) }, anchor))
+                }
                 None => None,
             },
             Event::Alias(id) => {
                 let Some(node) = anchors.get(&id) else {
-                    return Err(SyntaxError {
-                        position,
-                        message: "alias to an unknown anchor".to_owned(),
-                    });
+                    return Err(SyntaxError { position, message: "alias to an unknown anchor".to_owned() });
                 };
                 let size = node_count(node);
                 if size > alias_budget {
@@ -350,10 +302,7 @@ fn node_count(node: &Node) -> usize {
         NodeKind::Scalar(_) => 1,
         NodeKind::Sequence(items) => 1 + items.iter().map(node_count).sum::<usize>(),
         NodeKind::Mapping(entries) => {
-            1 + entries
-                .iter()
-                .map(|(k, v)| node_count(k) + node_count(v))
-                .sum::<usize>()
+            1 + entries.iter().map(|(k, v)| node_count(k) + node_count(v)).sum::<usize>()
         }
     }
 }
@@ -363,23 +312,15 @@ mod tests {
     use super::*;
 
     fn scalar(text: &str, plain: bool) -> Scalar {
-        Scalar {
-            text: text.to_owned(),
-            plain,
-            quote_width: Some(0),
-        }
+        Scalar { text: text.to_owned(), plain, quote_width: Some(0) }
     }
 
     #[test]
     fn positions_are_one_based_lines_and_columns() {
         let documents = parse_documents("id: a\ndetection:\n  sel:\n    x: 1\n").unwrap();
-        let NodeKind::Mapping(entries) = &documents[0].kind else {
-            panic!("expected a mapping")
-        };
+        let NodeKind::Mapping(entries) = &documents[0].kind else { panic!("expected a mapping") };
         assert_eq!(entries[1].0.position, Position::new(2, 1));
-        let NodeKind::Mapping(detection) = &entries[1].1.kind else {
-            panic!("expected a mapping")
-        };
+        let NodeKind::Mapping(detection) = &entries[1].1.kind else { panic!("expected a mapping") };
         assert_eq!(detection[0].0.position, Position::new(3, 3));
     }
 
@@ -401,34 +342,19 @@ mod tests {
         assert_eq!(scalar("1.5e3", true).resolve(), ScalarValue::Float(1500.0));
         assert_eq!(scalar("yes", true).resolve(), ScalarValue::String("yes"));
         assert_eq!(scalar("~", true).resolve(), ScalarValue::Null);
-        assert_eq!(
-            scalar("T1486", true).resolve(),
-            ScalarValue::String("T1486")
-        );
-        assert_eq!(
-            scalar("1.2.3.4", true).resolve(),
-            ScalarValue::String("1.2.3.4")
-        );
+        assert_eq!(scalar("T1486", true).resolve(), ScalarValue::String("T1486"));
+        assert_eq!(scalar("1.2.3.4", true).resolve(), ScalarValue::String("1.2.3.4"));
     }
 
     #[test]
     fn aliases_are_expanded_within_a_budget() {
         let documents = parse_documents("a: &x [1, 2]\nb: *x\n").unwrap();
-        assert_eq!(
-            documents[0].to_json(),
-            serde_json::json!({"a": [1, 2], "b": [1, 2]})
-        );
+        assert_eq!(documents[0].to_json(), serde_json::json!({"a": [1, 2], "b": [1, 2]}));
         let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
-        for (name, previous) in ["b", "c", "d", "e", "f"]
-            .iter()
-            .zip(["a", "b", "c", "d", "e"])
-        {
+        for (name, previous) in ["b", "c", "d", "e", "f"].iter().zip(["a", "b", "c", "d", "e"]) {
             let items = vec![format!("*{previous}"); 10].join(", ");
             bomb.extend([name, ": &", name, " [", &items, "]\n"]);
         }
-        assert!(parse_documents(&bomb)
-            .unwrap_err()
-            .message
-            .contains("aliases expand"));
+        assert!(parse_documents(&bomb).unwrap_err().message.contains("aliases expand"));
     }
 }

@@ -1,0 +1,205 @@
+//! `cordon rules check` and `cordon rules test`: read a rules directory and event files, hand the
+//! texts to the pure `rules` engine, print what it says.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use rules::{
+    describe_decision, evaluate, Decision, Diagnostic, EngineState, Event, RuleDirectory, SourceFile,
+    TestResult,
+};
+use serde_json::json;
+
+/// The policy's file names; every other `*.yaml`/`*.yml` file in the directory holds rules.
+const POLICY_FILES: &[&str] = &["policy.yaml", "policy.yml"];
+
+/// The rule files (sorted by name) and the policy file of a rules directory. Subdirectories are not read.
+pub fn read_directory(dir: &Path) -> anyhow::Result<(Vec<SourceFile>, Option<SourceFile>)> {
+    let entries =
+        fs::read_dir(dir).with_context(|| format!("cannot read the rules directory {}", dir.display()))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry.with_context(|| format!("cannot list {}", dir.display()))?.path();
+        let is_yaml = path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml");
+        if is_yaml && path.is_file() {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    let mut rule_files = Vec::new();
+    let mut policy = None;
+    for path in paths {
+        let text = fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {} as UTF-8 text", path.display()))?;
+        let file = SourceFile { name: path.display().to_string(), text };
+        let is_policy =
+            path.file_name().and_then(|name| name.to_str()).is_some_and(|name| POLICY_FILES.contains(&name));
+        if is_policy {
+            if policy.is_some() {
+                bail!("{} has both policy.yaml and policy.yml; keep one", dir.display());
+            }
+            policy = Some(file);
+        } else {
+            rule_files.push(file);
+        }
+    }
+    if rule_files.is_empty() {
+        bail!("no rule files (*.yaml, *.yml) in {}", dir.display());
+    }
+    Ok((rule_files, policy))
+}
+
+/// Loads and validates a rules directory; on problems, prints them all to `err` and returns None.
+fn load(dir: &Path, err: &mut impl Write) -> anyhow::Result<Option<(RuleDirectory, usize)>> {
+    let (rule_files, policy) = read_directory(dir)?;
+    match RuleDirectory::load(&rule_files, policy.as_ref()) {
+        Ok(directory) => Ok(Some((directory, rule_files.len()))),
+        Err(diagnostics) => {
+            print_diagnostics(&diagnostics, err)?;
+            Ok(None)
+        }
+    }
+}
+
+fn print_diagnostics(diagnostics: &[Diagnostic], err: &mut impl Write) -> anyhow::Result<()> {
+    for diagnostic in diagnostics {
+        writeln!(err, "{diagnostic}")?;
+    }
+    let files: std::collections::BTreeSet<&str> = diagnostics.iter().map(|d| d.file.as_str()).collect();
+    let plural = |n: usize, word: &str| if n == 1 { format!("{n} {word}") } else { format!("{n} {word}s") };
+    writeln!(err, "{} in {}", plural(diagnostics.len(), "problem"), plural(files.len(), "file"))?;
+    Ok(())
+}
+
+/// `cordon rules check DIR`: Ok(true) and a one-line summary when the directory is valid.
+pub fn check(dir: &Path, out: &mut impl Write, err: &mut impl Write) -> anyhow::Result<bool> {
+    let Some((directory, file_count)) = load(dir, err)? else { return Ok(false) };
+    let enabled = directory.ruleset().len();
+    let total = directory.rules().len();
+    let policy = directory.policy();
+    let mut policy_text = Vec::new();
+    if !policy.protect.is_empty() {
+        policy_text.push(format!("protect [{}]", policy.protect.join(", ")));
+    }
+    if let Some(ceiling) = policy.max_automatic {
+        policy_text.push(format!(
+            "max_automatic {} within {}",
+            ceiling.count,
+            rules::format_duration(ceiling.within)
+        ));
+    }
+    let policy_text = if policy_text.is_empty() { "none".to_owned() } else { policy_text.join(", ") };
+    writeln!(
+        out,
+        "ok: {total} rules ({enabled} enabled) in {file_count} files, {} tests, policy: {policy_text}",
+        directory.test_count()
+    )?;
+    Ok(true)
+}
+
+/// `cordon rules test DIR` without `--events`: runs every `tests:` entry, reports each, Ok(false) on any failure.
+pub fn run_tests(dir: &Path, json: bool, out: &mut impl Write, err: &mut impl Write) -> anyhow::Result<bool> {
+    let Some((directory, _)) = load(dir, err)? else { return Ok(false) };
+    let outcomes = directory.run_tests();
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for outcome in &outcomes {
+        let scope = outcome.rule.as_deref().unwrap_or("(directory)");
+        let (status, details): (&str, &[String]) = match &outcome.result {
+            TestResult::Passed => {
+                passed += 1;
+                ("pass", &[])
+            }
+            TestResult::Failed(mismatches) => {
+                failed += 1;
+                ("fail", mismatches)
+            }
+            TestResult::Skipped(why) => {
+                skipped += 1;
+                ("skip", std::slice::from_ref(why))
+            }
+        };
+        if json {
+            let line = json!({"rule": outcome.rule, "name": outcome.name, "location": outcome.location, "result": status, "details": details});
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(out, "{} {scope}: {} ({})", status.to_uppercase(), outcome.name, outcome.location)?;
+            for detail in details {
+                writeln!(out, "    {detail}")?;
+            }
+        }
+    }
+    let summary = format!("{passed} passed, {failed} failed, {skipped} skipped");
+    if json {
+        writeln!(err, "{summary}")?;
+    } else {
+        writeln!(out, "{summary}")?;
+    }
+    Ok(failed == 0)
+}
+
+/// One decision as a JSON object: `host`, `action`, `mode`, `duration_seconds` (or null), `rules`,
+/// `event_id`, `deadline_ms` (or null), `exclusions` and `why`.
+#[must_use]
+pub fn decision_json(decision: &Decision) -> serde_json::Value {
+    let isolation = decision.action.isolation();
+    json!({
+        "event_id": decision.event_id,
+        "host": decision.host,
+        "action": decision.action.name(),
+        "mode": isolation.mode,
+        "duration_seconds": isolation.duration.map(|d| d.as_secs()),
+        "deadline_ms": isolation.deadline_ms,
+        "rules": decision.rules,
+        "exclusions": isolation.exclusions,
+        "why": decision.why,
+    })
+}
+
+/// `cordon rules test DIR --events FILE`: replays NDJSON events in file order, each at its own
+/// `time`, with the host tags taken from `device.groups[].name`. Ok(false) if any line was not a valid event.
+pub fn replay(
+    dir: &Path,
+    events: &Path,
+    json: bool,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> anyhow::Result<bool> {
+    let Some((directory, _)) = load(dir, err)? else { return Ok(false) };
+    let (reader, name): (Box<dyn BufRead>, String) = if events.as_os_str() == "-" {
+        (Box::new(BufReader::new(std::io::stdin())), "<stdin>".to_owned())
+    } else {
+        let file = fs::File::open(events)
+            .with_context(|| format!("cannot open the events file {}", events.display()))?;
+        (Box::new(BufReader::new(file)), events.display().to_string())
+    };
+    let mut state = EngineState::new();
+    let (mut replayed, mut decided, mut invalid) = (0_usize, 0_usize, 0_usize);
+    for (number, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read {name} line {}", number + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event = match Event::parse(&line) {
+            Ok(event) => event,
+            Err(error) => {
+                writeln!(err, "{name}:{}: invalid event: {error}", number + 1)?;
+                invalid += 1;
+                continue;
+            }
+        };
+        replayed += 1;
+        let tags = event.device_group_names();
+        for decision in evaluate(directory.ruleset(), &mut state, &event, event.time_ms(), &tags) {
+            decided += 1;
+            if json {
+                writeln!(out, "{}", decision_json(&decision))?;
+            } else {
+                writeln!(out, "{}", describe_decision(&decision))?;
+            }
+        }
+    }
+    writeln!(err, "replayed {replayed} events: {decided} decisions, {invalid} invalid lines")?;
+    Ok(invalid == 0)
+}
