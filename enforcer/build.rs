@@ -1,5 +1,5 @@
 //! Builds the eBPF programs in ebpf/programs with aya-build (nightly, bpf-linker) and leaves the
-//! object in OUT_DIR for `include_bytes_aligned!`.
+//! object in `OUT_DIR` for `include_bytes_aligned!`.
 fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
     let root_dir = format!("{manifest_dir}/../ebpf/programs");

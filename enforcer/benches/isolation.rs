@@ -15,6 +15,7 @@
 //!
 //! This binary is also the probe the sandbox runs (`isolation probe ...`).
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -98,7 +99,7 @@ fn main() {
     // Severing 10,000 established connections.
     let mut holder = sandbox
         .spawn(sandbox.on_host(&probe(), &["probe", "open", &peer, "8081", &SEVER_CONNECTIONS.to_string()]));
-    let opened = holder.expect_line("connections opened", Duration::from_secs(60));
+    let opened = holder.expect_line("connections opened", Duration::from_mins(1));
     assert_eq!(opened, format!("open {SEVER_CONNECTIONS}"), "could not open the connections");
     let established_before = established_on_host(&sandbox, "8081");
     assert_eq!(established_before, SEVER_CONNECTIONS, "connections established before isolating");
@@ -202,10 +203,11 @@ fn nft_ruleset(exclusions: &[String], _peer: &str, as_set: bool) -> String {
     let mut text = String::from("table inet cordon_bench {\n");
     if as_set {
         let elements: Vec<String> = parsed.iter().map(|(net, port)| format!("{net} . {port}")).collect();
-        text.push_str(&format!(
-            "  set allowed {{ type ipv4_addr . inet_service; flags interval; elements = {{ {} }} }}\n",
+        let _ = writeln!(
+            text,
+            "  set allowed {{ type ipv4_addr . inet_service; flags interval; elements = {{ {} }} }}",
             elements.join(", ")
-        ));
+        );
         text.push_str("  chain output { type filter hook output priority 0; policy drop;\n    oifname \"lo\" accept\n    ip daddr . tcp dport @allowed accept\n  }\n");
         text.push_str("  chain input { type filter hook input priority 0; policy drop;\n    iifname \"lo\" accept\n    ip saddr . tcp sport @allowed accept\n  }\n");
     } else {
@@ -213,11 +215,11 @@ fn nft_ruleset(exclusions: &[String], _peer: &str, as_set: bool) -> String {
             "  chain output { type filter hook output priority 0; policy drop;\n    oifname \"lo\" accept\n",
         );
         for (net, port) in &parsed {
-            text.push_str(&format!("    ip daddr {net} tcp dport {port} accept\n"));
+            let _ = writeln!(text, "    ip daddr {net} tcp dport {port} accept");
         }
         text.push_str("  }\n  chain input { type filter hook input priority 0; policy drop;\n    iifname \"lo\" accept\n");
         for (net, port) in &parsed {
-            text.push_str(&format!("    ip saddr {net} tcp sport {port} accept\n"));
+            let _ = writeln!(text, "    ip saddr {net} tcp sport {port} accept");
         }
         text.push_str("  }\n");
     }

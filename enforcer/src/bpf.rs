@@ -125,6 +125,8 @@ pub struct Enforcement<'a> {
     pub active: bool,
 }
 
+const _: () = assert!(STAT_ECHO_DROPPED < N_STATS, "every counter index must fit the counters map");
+
 /// Counters read from the kernel, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct Counters {
@@ -146,15 +148,7 @@ pub struct KernelState {
 
 /// Makes sure bpffs is mounted at the pin directory's filesystem.
 pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
-    let mounts = fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
-    let bpffs: Vec<&str> = mounts
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields.get(2) == Some(&"bpf")).then(|| fields[1])
-        })
-        .collect();
-    if bpffs.iter().any(|mount| pin_dir.starts_with(mount)) {
+    if crate::host::mount_points("bpf")?.iter().any(|mount| pin_dir.starts_with(mount)) {
         return Ok(());
     }
     bail!(
@@ -373,7 +367,7 @@ impl LiveMaps {
     }
 
     pub fn config(&self) -> Result<Config> {
-        Ok(self.config.get(&0, 0).context("cannot read the config map")?)
+        self.config.get(&0, 0).context("cannot read the config map")
     }
 
     fn deactivate(&mut self) -> Result<()> {
@@ -386,66 +380,12 @@ impl LiveMaps {
     /// ones come out, so while a change lands the host is never more open than the union of
     /// the old and new exclusions, and never cuts what both allow.
     pub fn apply(&mut self, enforcement: &Enforcement<'_>, generation: u64) -> Result<()> {
-        let keep_v4: HashSet<Vec<u8>> =
-            enforcement.tables.v4.iter().map(|(net, _)| key_bytes(*net)).collect();
-        let keep_v6: HashSet<Vec<u8>> =
-            enforcement.tables.v6.iter().map(|(net, _)| key_bytes(*net)).collect();
-        for (network, list) in &enforcement.tables.v4 {
-            let key = Key::new(u32::from(network.prefix_len), to_array::<4>(&key_bytes(*network)));
-            self.rules_v4
-                .insert(&key, list, 0)
-                .with_context(|| format!("cannot add exclusion for {network}"))?;
-        }
-        for (network, list) in &enforcement.tables.v6 {
-            let key = Key::new(u32::from(network.prefix_len), to_array::<16>(&key_bytes(*network)));
-            self.rules_v6
-                .insert(&key, list, 0)
-                .with_context(|| format!("cannot add exclusion for {network}"))?;
-        }
-        let stale_v4: Vec<Key<[u8; 4]>> = self
-            .rules_v4
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| !keep_v4.contains(&masked(key.data(), key.prefix_len())))
-            .collect();
-        for key in stale_v4 {
-            self.rules_v4.remove(&key).context("cannot remove a stale exclusion")?;
-        }
-        let stale_v6: Vec<Key<[u8; 16]>> = self
-            .rules_v6
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| !keep_v6.contains(&masked(key.data(), key.prefix_len())))
-            .collect();
-        for key in stale_v6 {
-            self.rules_v6.remove(&key).context("cannot remove a stale exclusion")?;
-        }
-
-        for name in enforcement.exempt_names {
-            self.exempt_comm.insert(name, 1, 0).context("cannot add an exempt process name")?;
-        }
-        let stale_names: Vec<[u8; COMM_LEN]> = self
-            .exempt_comm
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !enforcement.exempt_names.contains(k))
-            .collect();
-        for name in stale_names {
-            self.exempt_comm.remove(&name).context("cannot remove an exempt process name")?;
-        }
-        for tgid in enforcement.exempt_tgids {
-            self.exempt_tgid.insert(tgid, 1, 0).context("cannot add an exempt process")?;
-        }
-        let stale_tgids: Vec<u32> = self
-            .exempt_tgid
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !enforcement.exempt_tgids.contains(k))
-            .collect();
-        for tgid in stale_tgids {
-            self.exempt_tgid.remove(&tgid).context("cannot remove an exempt process")?;
-        }
-
+        sync_trie(&mut self.rules_v4, &enforcement.tables.v4)?;
+        sync_trie(&mut self.rules_v6, &enforcement.tables.v6)?;
+        sync_set(&mut self.exempt_comm, enforcement.exempt_names)
+            .context("cannot update the exempt process names")?;
+        sync_set(&mut self.exempt_tgid, enforcement.exempt_tgids)
+            .context("cannot update the exempt processes")?;
         let config = Config {
             active: u32::from(enforcement.active),
             flags: 0,
@@ -461,7 +401,6 @@ impl LiveMaps {
             let values = self.stats.get(&index, 0).context("cannot read the counters map")?;
             Ok(values.iter().sum())
         };
-        debug_assert!(STAT_ECHO_DROPPED < N_STATS);
         Ok(Counters {
             packets_allowed: total(STAT_PACKETS_ALLOWED)?,
             packets_dropped: total(STAT_PACKETS_DROPPED)?,
@@ -473,24 +412,50 @@ impl LiveMaps {
     }
 }
 
-fn key_bytes(network: Network) -> Vec<u8> {
-    match network.address {
+/// Makes `trie` hold exactly `entries`, adding and updating before removing.
+fn sync_trie<const N: usize>(
+    trie: &mut LpmTrie<MapData, [u8; N], RuleList>,
+    entries: &[(Network, RuleList)],
+) -> Result<()> {
+    let mut wanted = HashSet::new();
+    for (network, list) in entries {
+        let key = Key::new(u32::from(network.prefix_len), address_bytes::<N>(network.address));
+        trie.insert(&key, list, 0).with_context(|| format!("cannot add exclusion for {network}"))?;
+        wanted.insert((key.prefix_len(), key.data()));
+    }
+    let stale: Vec<Key<[u8; N]>> = trie
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| !wanted.contains(&(key.prefix_len(), key.data())))
+        .collect();
+    for key in stale {
+        trie.remove(&key).context("cannot remove a stale exclusion")?;
+    }
+    Ok(())
+}
+
+/// Makes the set-like `map` hold exactly `wanted`, adding before removing.
+fn sync_set<K: aya::Pod + Eq + std::hash::Hash>(
+    map: &mut HashMap<MapData, K, u8>,
+    wanted: &[K],
+) -> Result<()> {
+    for key in wanted {
+        map.insert(key, 1, 0)?;
+    }
+    let stale: Vec<K> = map.keys().filter_map(Result::ok).filter(|key| !wanted.contains(key)).collect();
+    for key in stale {
+        map.remove(&key)?;
+    }
+    Ok(())
+}
+
+/// The address in network byte order, as the tries store it (`N` is 4 or 16).
+fn address_bytes<const N: usize>(address: std::net::IpAddr) -> [u8; N] {
+    let octets = match address {
         std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
         std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
-    }
-    .into_iter()
-    .chain(std::iter::once(network.prefix_len))
-    .collect()
-}
-
-fn masked(data: impl AsRef<[u8]>, prefix_len: u32) -> Vec<u8> {
-    let mut bytes = data.as_ref().to_vec();
-    bytes.push(u8::try_from(prefix_len).unwrap_or(u8::MAX));
+    };
+    let mut bytes = [0u8; N];
+    bytes.copy_from_slice(&octets[..N]);
     bytes
-}
-
-fn to_array<const N: usize>(bytes: &[u8]) -> [u8; N] {
-    let mut array = [0u8; N];
-    array.copy_from_slice(&bytes[..N]);
-    array
 }

@@ -22,7 +22,7 @@ pub enum Direction {
 pub enum Protocol {
     Tcp,
     Udp,
-    /// ICMP for IPv4, ICMPv6 for IPv6.
+    /// ICMP for IPv4, `ICMPv6` for IPv6.
     Icmp,
     Any,
 }
@@ -177,12 +177,11 @@ fn parse_ports(text: &str) -> Result<PortRange, String> {
             .filter(|port| *port != 0)
             .ok_or_else(|| format!("port '{part}' is not a number from 1 to 65535"))
     };
-    let range = match text.split_once('-') {
-        Some((first, last)) => PortRange { first: port(first)?, last: port(last)? },
-        None => {
-            let single = port(text)?;
-            PortRange { first: single, last: single }
-        }
+    let range = if let Some((first, last)) = text.split_once('-') {
+        PortRange { first: port(first)?, last: port(last)? }
+    } else {
+        let single = port(text)?;
+        PortRange { first: single, last: single }
     };
     if range.first > range.last {
         return Err(format!("port range '{text}' ends before it starts"));
@@ -322,9 +321,9 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("4h"), Ok(Duration::from_secs(14_400)));
-        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_mins(15)));
+        assert_eq!(parse_duration("4h"), Ok(Duration::from_hours(4)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_hours(168)));
         for (text, problem) in [
             ("90", "it has no unit"),
             ("h", "does not start with a whole number"),

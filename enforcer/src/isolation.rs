@@ -2,7 +2,7 @@
 //! Joins the kernel (`bpf`), the severing pass (`sever`) and the durable record (`store`).
 
 use std::net::{IpAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -309,6 +309,7 @@ fn release_locked(target: &Target, actor: &str, event: &str) -> Result<bool> {
 
 /// What `status` reports.
 #[derive(Debug, Serialize)]
+#[expect(clippy::struct_excessive_bools, reason = "a report: each flag is a separate fact for the operator")]
 pub struct Status {
     pub isolated: bool,
     pub mode: Option<Mode>,
@@ -328,6 +329,8 @@ pub struct Status {
     /// Programs attached but not isolating (see `arm`).
     pub armed: bool,
     pub generation: Option<u64>,
+    /// The last changes, oldest first (from the audit trail).
+    pub history: Vec<AuditEntry>,
     /// Something is recorded or pinned that does not match what is enforced (e.g. the kernel
     /// deadline passed while the agent was down, or a reboot removed the pins).
     pub attention: Option<String>,
@@ -335,7 +338,10 @@ pub struct Status {
 
 pub fn status(target: &Target) -> Result<Status> {
     let kernel = bpf::read_state(&target.pins)?;
-    let record = Store::open(&target.state_dir)?.current()?;
+    let store = Store::open(&target.state_dir)?;
+    let record = store.current()?;
+    let history = store.recent_audit(5)?;
+    drop(store);
     let now_boot = now_boot_ns();
     let enforcing = kernel.as_ref().is_some_and(|k| k.config.enforcing_at(now_boot) && !k.links.is_empty());
     let armed = target.pins.armed();
@@ -373,6 +379,7 @@ pub fn status(target: &Target) -> Result<Status> {
         pinned_links: kernel.as_ref().map(|k| k.links.clone()).unwrap_or_default(),
         armed,
         generation: kernel.as_ref().map(|k| k.config.generation),
+        history,
         attention,
     })
 }
@@ -473,40 +480,6 @@ pub fn format_time(unix_ms: i64) -> String {
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| unix_ms.to_string())
-}
-
-/// The default cgroup: the cgroup v2 root, found from /proc/mounts.
-pub fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
-    mounts
-        .lines()
-        .find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
-        })
-        .context("no cgroup v2 filesystem is mounted; cordon-enforcer needs cgroup v2 (mount -t cgroup2 none /sys/fs/cgroup)")
-}
-
-/// Checks that `cgroup` is a directory of a cgroup v2 filesystem.
-pub fn validate_cgroup(cgroup: &Path) -> Result<()> {
-    if !cgroup.join("cgroup.procs").exists() {
-        bail!("{} is not a cgroup v2 directory (it has no cgroup.procs)", cgroup.display());
-    }
-    let root = cgroup2_root()?;
-    if !cgroup.starts_with(&root) {
-        bail!("{} is not under the cgroup v2 mount {}", cgroup.display(), root.display());
-    }
-    Ok(())
-}
-
-/// Interfaces of this network namespace except loopback.
-pub fn non_loopback_interfaces() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .map(|entries| entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
-        .unwrap_or_default();
-    names.retain(|name| name != "lo");
-    names.sort();
-    names
 }
 
 #[cfg(test)]

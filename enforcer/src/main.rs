@@ -6,6 +6,7 @@
 mod bpf;
 mod config;
 mod exclusion;
+mod host;
 mod isolation;
 mod rule_table;
 mod sever;
@@ -166,15 +167,14 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<EnforcerConfig> {
-    match path {
-        Some(path) => EnforcerConfig::load(path).map_err(|e| UsageError(format!("{e:#}")).into()),
-        None => {
-            let default = PathBuf::from("/etc/cordon/enforcer.toml");
-            if default.exists() {
-                EnforcerConfig::load(&default).map_err(|e| UsageError(format!("{e:#}")).into())
-            } else {
-                Ok(EnforcerConfig::default())
-            }
+    if let Some(path) = path {
+        EnforcerConfig::load(path).map_err(|e| UsageError(format!("{e:#}")).into())
+    } else {
+        let default = PathBuf::from("/etc/cordon/enforcer.toml");
+        if default.exists() {
+            EnforcerConfig::load(&default).map_err(|e| UsageError(format!("{e:#}")).into())
+        } else {
+            Ok(EnforcerConfig::default())
         }
     }
 }
@@ -182,9 +182,9 @@ fn load_config(path: Option<&PathBuf>) -> Result<EnforcerConfig> {
 fn resolve_target(global: &GlobalOptions, config: &EnforcerConfig) -> Result<Target> {
     let cgroup = match global.cgroup.clone().or_else(|| config.cgroup.clone()) {
         Some(cgroup) => cgroup,
-        None => isolation::cgroup2_root()?,
+        None => host::cgroup2_root()?,
     };
-    isolation::validate_cgroup(&cgroup).map_err(|e| UsageError(format!("--cgroup: {e:#}")))?;
+    host::validate_cgroup(&cgroup).map_err(|e| UsageError(format!("--cgroup: {e:#}")))?;
     let pin_dir = global
         .pin_dir
         .clone()
@@ -252,13 +252,13 @@ fn isolate(target: &Target, config: &EnforcerConfig, args: IsolateArgs) -> Resul
 /// The interfaces that get the ICMP echo guard: those given, else those configured, else every
 /// interface but loopback when the whole host is isolated, else none.
 fn choose_interfaces(target: &Target, config: &EnforcerConfig, given: Vec<String>) -> Vec<String> {
-    let whole_host = isolation::cgroup2_root().is_ok_and(|root| root == target.cgroup);
+    let whole_host = host::cgroup2_root().is_ok_and(|root| root == target.cgroup);
     if !given.is_empty() {
         given
     } else if let Some(configured) = &config.interfaces {
         configured.clone()
     } else if whole_host {
-        isolation::non_loopback_interfaces()
+        host::non_loopback_interfaces()
     } else {
         Vec::new()
     }
@@ -302,6 +302,15 @@ fn print_status(status: &isolation::Status) {
         c.packets_dropped, c.packets_allowed, c.connects_refused, c.raw_sockets_refused, c.echo_requests_dropped
     );
     println!("  cgroup:       {}", status.cgroup.display());
+    for entry in &status.history {
+        let detail = if entry.detail.is_empty() { String::new() } else { format!(": {}", entry.detail) };
+        println!(
+            "  history:      {} {} by {}{detail}",
+            isolation::format_time(entry.at_unix_ms),
+            entry.event,
+            entry.actor
+        );
+    }
     if let Some(attention) = &status.attention {
         println!("  attention:    {attention}");
     }

@@ -26,7 +26,9 @@ const NLMSG_DONE: u16 = 3;
 const INET_DIAG_MARK: u16 = 15;
 const INET_DIAG_CGROUP_ID: u16 = 21;
 const TCP_LISTEN: u8 = 10;
-/// TCP states worth severing: everything but LISTEN, CLOSE and TIME_WAIT.
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+/// TCP states worth severing: everything but LISTEN, CLOSE and `TIME_WAIT`.
 const SEVERABLE_STATES: u32 =
     (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11);
 
@@ -41,7 +43,7 @@ struct NlMsgHdr {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 struct InetDiagSockId {
     sport: u16,
     dport: u16,
@@ -87,18 +89,9 @@ pub struct SocketInfo {
     pub state: u8,
     pub mark: u32,
     pub cgroup_id: u64,
-    id: InetDiagSockIdCopy,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct InetDiagSockIdCopy {
     family: u8,
-    sport: u16,
-    dport: u16,
-    src: [u32; 4],
-    dst: [u32; 4],
-    interface: u32,
-    cookie: [u32; 2],
+    /// The kernel's identity of the socket (addresses, ports, cookie), echoed to destroy it.
+    id: InetDiagSockId,
 }
 
 /// What one severing pass did.
@@ -193,7 +186,7 @@ fn sever_here(cgroup_ids: &HashSet<u64>, exclusions: &[Exclusion]) -> Result<(us
     let local_addresses = local_addresses();
     let mut severed = 0;
     let mut spared = 0;
-    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+    for family in [AF_INET, AF_INET6] {
         for info in socket.dump_tcp(family)? {
             if !cgroup_ids.contains(&info.cgroup_id) || info.state == TCP_LISTEN {
                 continue;
@@ -252,11 +245,11 @@ fn local_addresses() -> HashSet<IpAddr> {
             unsafe {
                 match i32::from((*entry.ifa_addr).sa_family) {
                     libc::AF_INET => {
-                        let sin = &*entry.ifa_addr.cast::<libc::sockaddr_in>();
+                        let sin = std::ptr::read_unaligned(entry.ifa_addr.cast::<libc::sockaddr_in>());
                         addresses.insert(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
                     }
                     libc::AF_INET6 => {
-                        let sin6 = &*entry.ifa_addr.cast::<libc::sockaddr_in6>();
+                        let sin6 = std::ptr::read_unaligned(entry.ifa_addr.cast::<libc::sockaddr_in6>());
                         addresses.insert(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
                     }
                     _ => {}
@@ -291,7 +284,7 @@ fn read_struct<T: Copy + Default>(bytes: &[u8]) -> Option<T> {
             bytes.as_ptr(),
             std::ptr::from_mut(&mut value).cast::<u8>(),
             size_of::<T>(),
-        )
+        );
     };
     Some(value)
 }
@@ -382,19 +375,12 @@ impl DiagSocket {
 
     fn destroy(&self, info: &SocketInfo) -> io::Result<()> {
         let request = InetDiagReqV2 {
-            family: info.id.family,
+            family: info.family,
             protocol: u8::try_from(libc::IPPROTO_TCP).unwrap_or(6),
             ext: 0,
             pad: 0,
             states: u32::MAX,
-            id: InetDiagSockId {
-                sport: info.id.sport,
-                dport: info.id.dport,
-                src: info.id.src,
-                dst: info.id.dst,
-                interface: info.id.interface,
-                cookie: info.id.cookie,
-            },
+            id: info.id,
         };
         let flags = u16::try_from(libc::NLM_F_REQUEST | libc::NLM_F_ACK).unwrap_or(0);
         self.send(SOCK_DESTROY, flags, &request)?;
@@ -434,15 +420,8 @@ fn parse_socket(family: u8, payload: &[u8]) -> Option<SocketInfo> {
         state: message.state,
         mark: 0,
         cgroup_id: 0,
-        id: InetDiagSockIdCopy {
-            family,
-            sport: message.id.sport,
-            dport: message.id.dport,
-            src: message.id.src,
-            dst: message.id.dst,
-            interface: message.id.interface,
-            cookie: message.id.cookie,
-        },
+        family,
+        id: message.id,
     };
     let mut offset = (size_of::<InetDiagMsg>() + 3) & !3;
     while offset + 4 <= payload.len() {

@@ -524,6 +524,7 @@ fn dns_and_dhcp_on_request() -> Result<(), Failed> {
     check("dns to a host that is not the resolver", &on_host(&sandbox, &["udp", &peer, "53"]), "error EPERM")
 }
 
+#[expect(clippy::unnecessary_wraps, reason = "libtest-mimic test functions return Result")]
 fn not_root_is_refused() -> Result<(), Failed> {
     let sandbox = Sandbox::new();
     // A copy nobody can run (our target directory lives under /root).
@@ -565,6 +566,7 @@ fn failed_isolation_is_rolled_back() -> Result<(), Failed> {
     check("traffic after the failed attempt", &on_host(&sandbox, &["connect", &peer, "8080"]), "ok")
 }
 
+#[expect(clippy::unnecessary_wraps, reason = "libtest-mimic test functions return Result")]
 fn bad_input_changes_nothing() -> Result<(), Failed> {
     let sandbox = Sandbox::new();
     for (args, message) in [

@@ -4,7 +4,7 @@
 //!
 //! Safety (see shared/TOOLCHAIN.md): everything a sandbox creates (network namespaces, veth pair,
 //! cgroup, bpffs pin directory, state directory) is its own, uniquely named, and removed by
-//! `Drop` even when the test fails. Addresses come from 198.18.0.0/15 and fd00::/8 and are never
+//! `Drop` even when the test fails. Addresses come from 198.18.0.0/15 and `fd00::/8` and are never
 //! routed to the machine's own namespace. Programs are attached only to the sandbox's cgroup and,
 //! through `nsenter`, only to interfaces inside its namespaces.
 
@@ -56,7 +56,7 @@ pub fn require_kernel_test_environment() {
 }
 
 /// A test host and its peer: netns `<name>-host` (the host to isolate, 198.18.N.1 and
-/// fd00:c0d:N::1) and `<name>-peer` (198.18.N.2, fd00:c0d:N::2), a veth pair between them, a
+/// `fd00:c0d:N::1`) and `<name>-peer` (198.18.N.2, `fd00:c0d:N::2`), a veth pair between them, a
 /// cgroup, a pin directory and a state directory.
 pub struct Sandbox {
     pub name: String,
@@ -182,11 +182,12 @@ impl Sandbox {
     }
 
     fn in_namespace(&self, namespace: &str, in_cgroup: bool, program: &Path, args: &[&str]) -> Command {
-        let mut script = String::new();
-        if in_cgroup {
-            script.push_str(&format!("echo $$ > {}/cgroup.procs && ", self.cgroup.display()));
-        }
-        script.push_str(&format!("exec nsenter --net=/run/netns/{namespace} \"$0\" \"$@\""));
+        let join_cgroup = if in_cgroup {
+            format!("echo $$ > {}/cgroup.procs && ", self.cgroup.display())
+        } else {
+            String::new()
+        };
+        let script = format!("{join_cgroup}exec nsenter --net=/run/netns/{namespace} \"$0\" \"$@\"");
         let mut command = Command::new("sh");
         command.arg("-c").arg(script).arg(program).args(args);
         command

@@ -4,6 +4,12 @@
 //! Answers: `ok`, `error <ERRNO>` (e.g. `error EPERM`), `timeout`, plus `ready`, `connected`,
 //! `listening`, `accepted` and `broken <ERRNO|EOF>` for the long-running modes.
 
+#![expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss,
+    reason = "socket-API lengths, ICMP fields and rates here are small by construction"
+)]
+
 use std::io::{self, Read, Write};
 use std::mem::size_of;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -96,7 +102,7 @@ fn serve(ports: &[&str]) {
     }
     say("ready");
     loop {
-        std::thread::sleep(Duration::from_secs(3600));
+        std::thread::sleep(Duration::from_hours(1));
     }
 }
 
@@ -145,7 +151,7 @@ fn open(target: SocketAddr, count: usize) {
     }
     say(&format!("open {}", streams.len()));
     loop {
-        std::thread::sleep(Duration::from_secs(3600));
+        std::thread::sleep(Duration::from_hours(1));
     }
 }
 
@@ -251,7 +257,7 @@ fn accept(port: u16) {
                 return say(if greeted.is_ok() { "accepted" } else { "error write" });
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(10))
+                std::thread::sleep(Duration::from_millis(10));
             }
             Err(error) => return say(&errno_name(&error)),
         }
@@ -279,7 +285,7 @@ fn loopback() -> String {
     "ok".into()
 }
 
-/// ICMP / ICMPv6 echo over a raw socket (refused with EPERM while the host is isolated).
+/// ICMP / `ICMPv6` echo over a raw socket (refused with EPERM while the host is isolated).
 fn ping(target: IpAddr) -> String {
     let (domain, protocol, request_type, reply_type) = match target {
         IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP, 8u8, 0u8),

@@ -48,7 +48,7 @@ pub const EXEMPT_SOCKET_MARK: u32 = 0xC0D0_0E5E;
 pub const COMM_LEN: usize = 16;
 
 /// Protocol selector values in [`Rule::protocol`] (IANA numbers; `PROTO_ICMP` means ICMP for
-/// IPv4 and ICMPv6 for IPv6).
+/// IPv4 and `ICMPv6` for IPv6).
 pub const PROTO_ANY: u8 = 0;
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -89,6 +89,10 @@ pub struct Config {
 impl Config {
     /// Whether the programs must enforce at `now_boot_ns`.
     #[inline(always)]
+    #[expect(
+        clippy::inline_always,
+        reason = "runs in every eBPF hook; a call would cost verifier state and time"
+    )]
     pub fn enforcing_at(&self, now_boot_ns: u64) -> bool {
         self.active == 1 && (self.expires_at_boot_ns == 0 || now_boot_ns < self.expires_at_boot_ns)
     }
@@ -115,6 +119,10 @@ impl Rule {
     /// `protocol` is the packet's IANA protocol, `direction` one `DIRECTION_*` bit, and `port`
     /// the remote port when asking about `out` and the local port when asking about `in`.
     #[inline(always)]
+    #[expect(
+        clippy::inline_always,
+        reason = "runs per packet in eBPF; a call would cost verifier state and time"
+    )]
     pub fn allows(&self, protocol: u8, direction: u8, port: u16) -> bool {
         let protocol_matches = self.protocol == PROTO_ANY
             || self.protocol == protocol
