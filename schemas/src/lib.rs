@@ -1,0 +1,304 @@
+//! The wire contracts between `cordon serve` and `cordon-enforcer`: commands (orchestrator to
+//! agent, signed) and status reports (agent to orchestrator), version 1.
+//!
+//! A command travels as an envelope `{"payload": "<JSON text>", "signature": "<base64>"}`: the
+//! Ed25519 signature covers the exact payload bytes, so nothing has to be canonicalised and a
+//! verifier never parses what it has not verified. The JSON Schemas beside this crate
+//! (`command.schema.json`, `status.schema.json`) describe the same messages for other tools.
+//!
+//! Only this crate and `schemas/` define serialized forms of these messages; domain types in
+//! the enforcer and the orchestrator convert to and from them.
+
+use base64::Engine as _;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+/// The message format version this crate speaks.
+pub const WIRE_VERSION: u32 = 1;
+
+/// A signed command, as it is stored in the commands topic (keyed by host id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// The JSON text of a [`Command`].
+    pub payload: String,
+    /// Base64 (standard, padded) Ed25519 signature of the payload bytes.
+    pub signature: String,
+}
+
+/// What the orchestrator asks one host's agent to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    pub version: u32,
+    /// Unique per command; echoed in the status that answers it.
+    pub command_id: String,
+    /// The host that must apply it; every other host refuses it.
+    pub host_id: String,
+    /// Per host, strictly increasing: an agent refuses a command not newer than the last it
+    /// applied, so a replayed or reordered command never applies twice.
+    pub generation: u64,
+    pub issued_at_ms: i64,
+    /// After this instant the command is refused (a late delivery must not act).
+    pub expires_at_ms: i64,
+    pub action: Action,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    Isolate {
+        /// `None`: manual (until released).
+        duration_seconds: Option<u64>,
+        /// Exclusion SPECs, `DIR,PROTO,CIDR[,PORTS]`.
+        #[serde(default)]
+        exclusions: Vec<String>,
+        #[serde(default)]
+        allowed_processes: Vec<String>,
+        #[serde(default)]
+        allow_dns: bool,
+        #[serde(default)]
+        allow_dhcp: bool,
+        reason: String,
+    },
+    Release {
+        reason: String,
+    },
+}
+
+/// Why an agent refused a command (reported in [`Status::refusal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    #[error("the message is not a command envelope")]
+    Malformed,
+    #[error("the command carries no signature")]
+    Unsigned,
+    #[error("the signature does not verify with the configured public key")]
+    BadSignature,
+    #[error("the command is for another host")]
+    WrongHost,
+    #[error("the command has expired")]
+    Expired,
+    #[error("the command is not newer than the last one applied (replayed or reordered)")]
+    StaleGeneration,
+    #[error("the command speaks a wire version this agent does not know")]
+    UnsupportedVersion,
+    #[error("the command is well-formed and authentic but its content is invalid")]
+    InvalidContent,
+}
+
+/// Checks an envelope's signature, then its payload; returns the command only when it is
+/// authentic. Host, expiry and generation are the caller's to check (they need its state).
+pub fn open(envelope_bytes: &[u8], key: &VerifyingKey) -> Result<Command, Refusal> {
+    let envelope: Envelope = serde_json::from_slice(envelope_bytes).map_err(|_| Refusal::Malformed)?;
+    if envelope.signature.is_empty() {
+        return Err(Refusal::Unsigned);
+    }
+    let signature_bytes =
+        base64::engine::general_purpose::STANDARD.decode(&envelope.signature).map_err(|_| Refusal::BadSignature)?;
+    let signature = Signature::from_slice(&signature_bytes).map_err(|_| Refusal::BadSignature)?;
+    key.verify(envelope.payload.as_bytes(), &signature).map_err(|_| Refusal::BadSignature)?;
+    let command: Command = serde_json::from_str(&envelope.payload).map_err(|_| Refusal::InvalidContent)?;
+    if command.version != WIRE_VERSION {
+        return Err(Refusal::UnsupportedVersion);
+    }
+    Ok(command)
+}
+
+/// Serializes and signs `command` into envelope bytes.
+pub fn seal(command: &Command, key: &SigningKey) -> Vec<u8> {
+    let payload = serde_json::to_string(command).expect("a command always serializes");
+    let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(payload.as_bytes()).to_bytes());
+    serde_json::to_vec(&Envelope { payload, signature }).expect("an envelope always serializes")
+}
+
+/// What an agent reports: on every change, on every command (applied or refused), and as a
+/// heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    pub version: u32,
+    pub host_id: String,
+    pub sent_at_ms: i64,
+    pub kind: StatusKind,
+    /// The command this answers, if any.
+    pub command_id: Option<String>,
+    /// The last generation applied.
+    pub generation: u64,
+    pub isolated: bool,
+    /// `automatic`, `manual` or absent.
+    pub mode: Option<String>,
+    pub expires_at_ms: Option<i64>,
+    pub exclusions: Vec<String>,
+    /// Contains `ISOLATED FROM NETWORK` exactly while isolated.
+    pub tags: Vec<String>,
+    pub refusal: Option<Refusal>,
+    /// What went wrong applying an authentic command.
+    pub error: Option<String>,
+    pub packets_dropped: u64,
+    pub packets_allowed: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusKind {
+    /// A command was applied.
+    Applied,
+    /// A command was refused (see `refusal`) or failed (see `error`).
+    Refused,
+    /// The state changed without a command (deadline reached, local release, restore).
+    Changed,
+    Heartbeat,
+}
+
+/// Reads an Ed25519 public key from its base64 text (as `cordon keygen` writes it).
+pub fn verifying_key_from_base64(text: &str) -> Result<VerifyingKey, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| format!("the public key is not base64: {e}"))?;
+    let bytes: [u8; 32] =
+        bytes.try_into().map_err(|_| "an Ed25519 public key is 32 bytes".to_owned())?;
+    VerifyingKey::from_bytes(&bytes).map_err(|e| format!("not an Ed25519 public key: {e}"))
+}
+
+/// Reads an Ed25519 signing key from its base64 text.
+pub fn signing_key_from_base64(text: &str) -> Result<SigningKey, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| format!("the signing key is not base64: {e}"))?;
+    let bytes: [u8; 32] =
+        bytes.try_into().map_err(|_| "an Ed25519 signing key is 32 bytes".to_owned())?;
+    Ok(SigningKey::from_bytes(&bytes))
+}
+
+/// Base64 text of a key's bytes (public or secret), for key files.
+pub fn key_to_base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A fresh signing key from the operating system's random source.
+pub fn generate_signing_key() -> SigningKey {
+    SigningKey::generate(&mut rand_core::OsRng)
+}
+
+/// The partition a host's commands go to: Kafka's default (murmur2) partitioner, so an agent
+/// reads only its own partition and the producer needs nothing special beyond
+/// `partitioner=murmur2_random`.
+pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
+    (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
+}
+
+/// Kafka's murmur2 (seed 0x9747b28c), as its Java client and librdkafka's `murmur2` compute it.
+pub fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let length = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    let mut h = SEED ^ length;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command() -> Command {
+        Command {
+            version: WIRE_VERSION,
+            command_id: "c-1".into(),
+            host_id: "web-01".into(),
+            generation: 3,
+            issued_at_ms: 1_000,
+            expires_at_ms: 61_000,
+            action: Action::Isolate {
+                duration_seconds: Some(14_400),
+                exclusions: vec!["out,tcp,198.51.100.7/32,443".into()],
+                allowed_processes: vec![],
+                allow_dns: false,
+                allow_dhcp: false,
+                reason: "rule ransomware-encryption".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn sealed_commands_open_with_the_matching_key_only() {
+        let key = generate_signing_key();
+        let sealed = seal(&command(), &key);
+        assert_eq!(open(&sealed, &key.verifying_key()), Ok(command()));
+        let other = generate_signing_key();
+        assert_eq!(open(&sealed, &other.verifying_key()), Err(Refusal::BadSignature));
+    }
+
+    #[test]
+    fn tampering_unsigned_and_garbage_are_refused() {
+        let key = generate_signing_key();
+        let mut envelope: Envelope = serde_json::from_slice(&seal(&command(), &key)).unwrap();
+        envelope.payload = envelope.payload.replace("web-01", "web-02");
+        let tampered = serde_json::to_vec(&envelope).unwrap();
+        assert_eq!(open(&tampered, &key.verifying_key()), Err(Refusal::BadSignature));
+        envelope.signature = String::new();
+        assert_eq!(open(&serde_json::to_vec(&envelope).unwrap(), &key.verifying_key()), Err(Refusal::Unsigned));
+        assert_eq!(open(b"{not json", &key.verifying_key()), Err(Refusal::Malformed));
+        assert_eq!(open(b"{\"payload\":\"x\"}", &key.verifying_key()), Err(Refusal::Malformed));
+    }
+
+    #[test]
+    fn example_messages_match_the_types() {
+        let example = include_str!("../examples/command.json");
+        let command: Command = serde_json::from_str(example).expect("examples/command.json is a command");
+        assert_eq!(command.version, WIRE_VERSION);
+        let status: Status =
+            serde_json::from_str(include_str!("../examples/status.json")).expect("examples/status.json is a status");
+        assert_eq!(status.tags, vec!["ISOLATED FROM NETWORK"]);
+    }
+
+    #[test]
+    fn murmur2_matches_kafka() {
+        // Values from Kafka's own UtilsTest.testMurmur2 (as signed Java ints).
+        let cases: [(&[u8], i32); 5] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(murmur2(input).cast_signed(), expected, "{}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn keys_round_trip_through_base64() {
+        let key = generate_signing_key();
+        let public = verifying_key_from_base64(&key_to_base64(key.verifying_key().as_bytes())).unwrap();
+        assert_eq!(public, key.verifying_key());
+        let secret = signing_key_from_base64(&key_to_base64(&key.to_bytes())).unwrap();
+        assert_eq!(secret.verifying_key(), key.verifying_key());
+        assert!(verifying_key_from_base64("AAAA").unwrap_err().contains("32 bytes"));
+    }
+}
