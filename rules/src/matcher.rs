@@ -3,11 +3,11 @@
 //! regexes compiled once) and matched against event values with Sigma semantics.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::net::IpAddr;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::{Regex, RegexBuilder};
+use rustc_hash::FxHashSet;
 use serde_json::Value;
 
 use crate::diagnostic::{choices_hint, Report};
@@ -50,9 +50,8 @@ enum Pattern {
         folded: Box<str>,
         number: Option<f64>,
     },
-    Contains(Box<str>),
-    StartsWith(Box<str>),
-    EndsWith(Box<str>),
+    /// `contains`, `startswith` or `endswith` with one value.
+    Substring(Substrings),
     /// A Sigma wildcard value (`*`, `?`), compiled to an anchored case-insensitive regex.
     Wildcard(Regex),
     Regex(Regex),
@@ -66,9 +65,75 @@ enum Pattern {
 #[derive(Debug, Clone)]
 enum AnyOf {
     /// Equality with any of these folded texts, or numerically with any of these numbers.
-    Literals { texts: HashSet<Box<str>>, numbers: Vec<f64> },
-    /// Substring, prefix or suffix match of any of these folded texts.
-    Substrings { automaton: AhoCorasick, kind: Kind },
+    Literals { texts: FxHashSet<Box<str>>, numbers: Vec<f64> },
+    /// Substring, prefix or suffix match of any of several texts.
+    Substrings(Substrings),
+}
+
+/// Case-insensitive substring, prefix or suffix search for one or more needles in one pass.
+#[derive(Debug, Clone)]
+pub(crate) struct Substrings {
+    /// Built on the lowercased needles, ASCII case-insensitive.
+    automaton: AhoCorasick,
+    kind: Kind,
+    /// The lowercased needles.
+    needles: Box<[Box<str>]>,
+    /// All needles are ASCII: an ASCII haystack can be searched as is, without lowercasing it.
+    ascii: bool,
+}
+
+impl Substrings {
+    /// Finds any of `needles` anywhere in a text.
+    pub fn anywhere(needles: &[&str]) -> Option<Self> {
+        Self::new(needles, Kind::Contains)
+    }
+
+    /// Calls `found` with the index of every needle that occurs in `text`.
+    pub fn for_each_found(&self, text: &str, found: &mut impl FnMut(usize)) {
+        let mut search = |haystack: &str| {
+            for m in self.automaton.find_overlapping_iter(haystack) {
+                found(m.pattern().as_usize());
+            }
+        };
+        if self.ascii && text.is_ascii() {
+            search(text);
+        } else {
+            with_folded(text, search);
+        }
+    }
+
+    fn new(needles: &[&str], kind: Kind) -> Option<Self> {
+        let folded: Vec<String> = needles.iter().map(|needle| needle.to_lowercase()).collect();
+        let automaton = AhoCorasickBuilder::new()
+            .match_kind(MatchKind::Standard)
+            .start_kind(aho_corasick::StartKind::Both)
+            .ascii_case_insensitive(true)
+            .build(&folded)
+            .ok()?;
+        let ascii = folded.iter().all(|needle| needle.is_ascii());
+        Some(Self { automaton, kind, needles: folded.into_iter().map(Into::into).collect(), ascii })
+    }
+
+    fn matches(&self, text: &str) -> bool {
+        if self.ascii && text.is_ascii() {
+            self.search(text)
+        } else {
+            with_folded(text, |folded| self.search(folded))
+        }
+    }
+
+    fn search(&self, haystack: &str) -> bool {
+        match self.kind {
+            Kind::StartsWith => self
+                .automaton
+                .find(aho_corasick::Input::new(haystack).anchored(aho_corasick::Anchored::Yes))
+                .is_some(),
+            Kind::EndsWith => {
+                self.automaton.find_overlapping_iter(haystack).any(|m| m.end() == haystack.len())
+            }
+            _ => self.automaton.is_match(haystack),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -108,13 +173,40 @@ impl FieldMatcher {
 
     /// The folded literal texts this matcher requires the field to equal, if it is a plain
     /// any-of-literals equality: used to index rules by a value the event must carry.
-    pub fn required_literals(&self) -> Option<&HashSet<Box<str>>> {
+    pub fn required_literals(&self) -> Option<&FxHashSet<Box<str>>> {
         match &self.test {
             Test::Any { fast: Some(AnyOf::Literals { texts, numbers }), .. } if numbers.is_empty() => {
                 Some(texts)
             }
             _ => None,
         }
+    }
+
+    /// Lowercased texts one of which the field must contain for this matcher to hold (from
+    /// `contains`, `startswith` and `endswith` without wildcards), if there are such texts.
+    pub fn required_substrings(&self) -> Option<Vec<&str>> {
+        let needles: Vec<&str> = match &self.test {
+            Test::Any { fast: Some(AnyOf::Substrings(substrings)), .. } => {
+                substrings.needles.iter().map(|n| &**n).collect()
+            }
+            Test::Any { patterns, fast: None } => match patterns.as_slice() {
+                [Pattern::Substring(substrings)] => substrings.needles.iter().map(|n| &**n).collect(),
+                _ => return None,
+            },
+            // With `all`, every needle is required: the longest is the most selective.
+            Test::All(patterns) => {
+                let longest = patterns
+                    .iter()
+                    .filter_map(|pattern| match pattern {
+                        Pattern::Substring(substrings) => substrings.needles.first().map(|n| &**n),
+                        _ => None,
+                    })
+                    .max_by_key(|needle| needle.len())?;
+                vec![longest]
+            }
+            _ => return None,
+        };
+        (!needles.is_empty() && needles.iter().all(|needle| !needle.is_empty())).then_some(needles)
     }
 
     pub fn matches(&self, event: &Value) -> bool {
@@ -188,17 +280,7 @@ impl AnyOf {
                 }
                 scalar_text(value).is_some_and(|text| with_folded(&text, |folded| texts.contains(folded)))
             }
-            Self::Substrings { automaton, kind } => scalar_text(value).is_some_and(|text| {
-                with_folded(&text, |folded| match kind {
-                    Kind::StartsWith => automaton
-                        .find(aho_corasick::Input::new(folded).anchored(aho_corasick::Anchored::Yes))
-                        .is_some(),
-                    Kind::EndsWith => {
-                        automaton.find_overlapping_iter(folded).any(|m| m.end() == folded.len())
-                    }
-                    _ => automaton.is_match(folded),
-                })
-            }),
+            Self::Substrings(substrings) => scalar_text(value).is_some_and(|text| substrings.matches(&text)),
         }
     }
 }
@@ -207,7 +289,7 @@ impl Pattern {
     fn cost(&self) -> u8 {
         match self {
             Self::Null | Self::Equals { .. } | Self::Compare(..) | Self::Cidr(_) => 1,
-            Self::Contains(_) | Self::StartsWith(_) | Self::EndsWith(_) => 2,
+            Self::Substring(_) => 2,
             Self::Wildcard(_) => 4,
             Self::Regex(_) => 5,
         }
@@ -222,15 +304,7 @@ impl Pattern {
                 }
                 scalar_text(value).is_some_and(|text| with_folded(&text, |text| text == &**folded))
             }
-            Self::Contains(needle) => {
-                scalar_text(value).is_some_and(|text| with_folded(&text, |text| text.contains(&**needle)))
-            }
-            Self::StartsWith(prefix) => {
-                scalar_text(value).is_some_and(|text| with_folded(&text, |text| text.starts_with(&**prefix)))
-            }
-            Self::EndsWith(suffix) => {
-                scalar_text(value).is_some_and(|text| with_folded(&text, |text| text.ends_with(&**suffix)))
-            }
+            Self::Substring(substrings) => scalar_text(value).is_some_and(|text| substrings.matches(&text)),
             Self::Wildcard(regex) | Self::Regex(regex) => {
                 scalar_text(value).is_some_and(|text| regex.is_match(&text))
             }
@@ -494,7 +568,7 @@ pub(crate) fn compile_field(key: &Node, value: &Node, report: &mut Report<'_>) -
 fn build_any_of(patterns: &[Pattern], kind: Kind) -> Option<AnyOf> {
     match kind {
         Kind::Equals => {
-            let mut texts = HashSet::new();
+            let mut texts = FxHashSet::default();
             let mut numbers = Vec::new();
             for pattern in patterns {
                 let Pattern::Equals { folded, number } = pattern else {
@@ -506,23 +580,12 @@ fn build_any_of(patterns: &[Pattern], kind: Kind) -> Option<AnyOf> {
             Some(AnyOf::Literals { texts, numbers })
         }
         Kind::Contains | Kind::StartsWith | Kind::EndsWith if patterns.len() > 1 => {
-            let needles: Option<Vec<&str>> = patterns
-                .iter()
-                .map(|pattern| match pattern {
-                    Pattern::Contains(text) | Pattern::StartsWith(text) | Pattern::EndsWith(text) => {
-                        Some(&**text)
-                    }
-                    _ => None,
-                })
-                .collect();
-            let match_kind =
-                if kind == Kind::EndsWith { MatchKind::Standard } else { MatchKind::LeftmostFirst };
-            let automaton = AhoCorasickBuilder::new()
-                .match_kind(match_kind)
-                .start_kind(aho_corasick::StartKind::Both)
-                .build(needles?)
-                .ok()?;
-            Some(AnyOf::Substrings { automaton, kind })
+            let mut needles = Vec::with_capacity(patterns.len());
+            for pattern in patterns {
+                let Pattern::Substring(single) = pattern else { return None };
+                needles.extend(single.needles.iter().map(|needle| &**needle));
+            }
+            Substrings::new(&needles, kind).map(AnyOf::Substrings)
         }
         _ => None,
     }
@@ -565,9 +628,13 @@ fn compile_pattern(node: &Node, kind: Kind, report: &mut Report<'_>) -> Option<P
             }
             let folded: Box<str> = unescape(text).to_lowercase().into();
             Some(match kind {
-                Kind::Contains => Pattern::Contains(folded),
-                Kind::StartsWith => Pattern::StartsWith(folded),
-                Kind::EndsWith => Pattern::EndsWith(folded),
+                Kind::Contains | Kind::StartsWith | Kind::EndsWith => {
+                    let Some(substrings) = Substrings::new(&[&folded], kind) else {
+                        report.error(node.position, format!("value `{text}` is too large to search for"));
+                        return None;
+                    };
+                    Pattern::Substring(substrings)
+                }
                 _ => {
                     let number = match resolved {
                         ScalarValue::Integer(n) => Some(integer_as_f64(n)),

@@ -5,7 +5,9 @@
 //! Such a rule is filed under that field and those literals; for each event the engine reads the
 //! field once, looks its values up, and evaluates only the rules found plus the unindexed ones.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use serde_json::Value;
 
@@ -13,7 +15,7 @@ use crate::condition::Condition;
 use crate::config::{Policy, RuleConfig, Selection};
 use crate::diagnostic::{Diagnostic, Position};
 use crate::event::{Event, FieldPath};
-use crate::matcher::with_folded;
+use crate::matcher::{with_folded, FieldMatcher, Substrings};
 
 /// The rules to evaluate and the policy that overrides them. Build it once, share it read-only.
 #[derive(Debug, Clone)]
@@ -23,13 +25,22 @@ pub struct Ruleset {
     /// The protected tags, lowercased.
     pub(crate) protected_tags: Vec<String>,
     dispatch: Vec<Dispatch>,
+    substring_dispatch: Vec<SubstringDispatch>,
     unindexed: Vec<u32>,
+}
+
+/// Rules filed under texts a field must contain: one automaton finds all of them in one pass.
+#[derive(Debug, Clone)]
+struct SubstringDispatch {
+    path: FieldPath,
+    needles: Substrings,
+    rules_by_needle: Vec<Vec<u32>>,
 }
 
 #[derive(Debug, Clone)]
 struct Dispatch {
     path: FieldPath,
-    rules_by_value: HashMap<Box<str>, Vec<u32>>,
+    rules_by_value: FxHashMap<Box<str>, Vec<u32>>,
 }
 
 impl Ruleset {
@@ -55,25 +66,9 @@ impl Ruleset {
             return Err(diagnostics);
         }
         let rules: Vec<RuleConfig> = rules.into_iter().filter(|rule| rule.enabled).collect();
-        let mut dispatch: Vec<Dispatch> = Vec::new();
-        let mut unindexed = Vec::new();
-        for (index, rule) in rules.iter().enumerate() {
-            let index = u32::try_from(index).unwrap_or(u32::MAX);
-            match guard(&rule.condition, &rule.selections) {
-                Some((path, literals)) => {
-                    let position = dispatch.iter().position(|d| d.path == path).unwrap_or_else(|| {
-                        dispatch.push(Dispatch { path, rules_by_value: HashMap::new() });
-                        dispatch.len() - 1
-                    });
-                    for literal in literals {
-                        dispatch[position].rules_by_value.entry(literal).or_default().push(index);
-                    }
-                }
-                None => unindexed.push(index),
-            }
-        }
+        let (dispatch, substring_dispatch, unindexed) = index_rules(&rules);
         let protected_tags = policy.protect.iter().map(|tag| tag.to_lowercase()).collect();
-        Ok(Self { rules, policy, protected_tags, dispatch, unindexed })
+        Ok(Self { rules, policy, protected_tags, dispatch, substring_dispatch, unindexed })
     }
 
     /// The number of enabled rules.
@@ -125,12 +120,81 @@ impl Ruleset {
                 false
             });
         }
-        if !self.dispatch.is_empty() {
+        for dispatch in &self.substring_dispatch {
+            dispatch.path.any_value(event.fields(), &mut |value| {
+                let text = match value {
+                    Value::String(text) => std::borrow::Cow::Borrowed(text.as_str()),
+                    Value::Number(number) => std::borrow::Cow::Owned(number.to_string()),
+                    Value::Bool(flag) => std::borrow::Cow::Borrowed(if *flag { "true" } else { "false" }),
+                    _ => return false,
+                };
+                dispatch.needles.for_each_found(&text, &mut |needle| {
+                    candidates.extend_from_slice(&dispatch.rules_by_needle[needle]);
+                });
+                false
+            });
+        }
+        if !self.dispatch.is_empty() || !self.substring_dispatch.is_empty() {
             candidates.sort_unstable();
             candidates.dedup();
         }
         candidates
     }
+}
+
+/// Texts a field must contain, each with the rules that require it.
+type NeedlesByField = Vec<(FieldPath, Vec<(Box<str>, u32)>)>;
+
+/// Files each rule under its guard: equality guards in hash maps, substring guards in one
+/// automaton per field; rules without a guard are checked on every event.
+fn index_rules(rules: &[RuleConfig]) -> (Vec<Dispatch>, Vec<SubstringDispatch>, Vec<u32>) {
+    let mut dispatch: Vec<Dispatch> = Vec::new();
+    let mut by_substring: NeedlesByField = Vec::new();
+    let mut unindexed = Vec::new();
+    for (index, rule) in rules.iter().enumerate() {
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        match guard(&rule.condition, &rule.selections) {
+            Some(Guard::Equals(path, literals)) => {
+                let position = dispatch.iter().position(|d| d.path == path).unwrap_or_else(|| {
+                    dispatch.push(Dispatch { path, rules_by_value: FxHashMap::default() });
+                    dispatch.len() - 1
+                });
+                for literal in literals {
+                    dispatch[position].rules_by_value.entry(literal).or_default().push(index);
+                }
+            }
+            Some(Guard::Contains(path, needles)) => {
+                let position = by_substring.iter().position(|(p, _)| *p == path).unwrap_or_else(|| {
+                    by_substring.push((path, Vec::new()));
+                    by_substring.len() - 1
+                });
+                by_substring[position].1.extend(needles.into_iter().map(|needle| (needle, index)));
+            }
+            None => unindexed.push(index),
+        }
+    }
+    let mut substring_dispatch = Vec::new();
+    for (path, entries) in by_substring {
+        let mut needle_index: FxHashMap<&str, usize> = FxHashMap::default();
+        let mut needles: Vec<&str> = Vec::new();
+        let mut rules_by_needle: Vec<Vec<u32>> = Vec::new();
+        for (needle, rule) in &entries {
+            let position = *needle_index.entry(needle).or_insert_with(|| {
+                needles.push(needle);
+                rules_by_needle.push(Vec::new());
+                needles.len() - 1
+            });
+            rules_by_needle[position].push(*rule);
+        }
+        if let Some(automaton) = Substrings::anywhere(&needles) {
+            substring_dispatch.push(SubstringDispatch { path, needles: automaton, rules_by_needle });
+        } else {
+            unindexed.extend(entries.iter().map(|(_, rule)| *rule));
+        }
+    }
+    unindexed.sort_unstable();
+    unindexed.dedup();
+    (dispatch, substring_dispatch, unindexed)
 }
 
 /// "duplicate rule id", reported where the id is repeated, with where it was first defined.
@@ -169,44 +233,82 @@ fn selection_matches(selection: &Selection, fields: &Value) -> bool {
     selection.alternatives.iter().any(|matchers| matchers.iter().all(|matcher| matcher.matches(fields)))
 }
 
-/// A field and literals such that the condition can only hold if the field equals one of them.
-fn guard(condition: &Condition, selections: &[Selection]) -> Option<(FieldPath, HashSet<Box<str>>)> {
-    match condition {
-        Condition::Selection(index) => selection_guard(&selections[*index]),
-        Condition::Not(_) => None,
-        Condition::And(terms) => {
-            terms.iter().filter_map(|term| guard(term, selections)).min_by_key(|(_, literals)| literals.len())
+/// Something the event must carry for a condition to hold: a field equal to one of some
+/// literals, or a field containing one of some texts. All texts are lowercased.
+#[derive(Debug, Clone)]
+enum Guard {
+    Equals(FieldPath, FxHashSet<Box<str>>),
+    Contains(FieldPath, FxHashSet<Box<str>>),
+}
+
+impl Guard {
+    /// Equality guards are cheaper to check and fewer values pass them.
+    fn rank(&self) -> (u8, usize) {
+        match self {
+            Self::Equals(_, texts) => (0, texts.len()),
+            Self::Contains(_, texts) => (1, texts.len()),
         }
-        Condition::Or(terms) => {
-            let mut guards = terms.iter().map(|term| guard(term, selections));
-            let (path, mut literals) = guards.next()??;
-            for next in guards {
-                let (other_path, other_literals) = next?;
-                if other_path != path {
-                    return None;
-                }
-                literals.extend(other_literals);
+    }
+
+    /// The union of two guards on the same field and of the same kind: what either term needs.
+    fn union(self, other: Self) -> Option<Self> {
+        match (self, other) {
+            (Self::Equals(path, mut texts), Self::Equals(other_path, other_texts)) if path == other_path => {
+                texts.extend(other_texts);
+                Some(Self::Equals(path, texts))
             }
-            Some((path, literals))
+            (Self::Contains(path, mut texts), Self::Contains(other_path, other_texts))
+                if path == other_path =>
+            {
+                texts.extend(other_texts);
+                Some(Self::Contains(path, texts))
+            }
+            _ => None,
         }
     }
 }
 
-/// For a selection (an OR of ANDs), a field that every alternative requires to equal a literal.
-fn selection_guard(selection: &Selection) -> Option<(FieldPath, HashSet<Box<str>>)> {
-    let (first, rest) = selection.alternatives.split_first()?;
-    first
-        .iter()
-        .filter_map(|matcher| matcher.required_literals().map(|literals| (matcher.path(), literals)))
-        .find_map(|(path, literals)| {
-            let mut union = literals.clone();
-            for alternative in rest {
-                let other = alternative
-                    .iter()
-                    .find(|matcher| matcher.path() == path)
-                    .and_then(|matcher| matcher.required_literals())?;
-                union.extend(other.iter().cloned());
+/// A guard for the condition: it can only hold if the event passes the guard.
+fn guard(condition: &Condition, selections: &[Selection]) -> Option<Guard> {
+    match condition {
+        Condition::Selection(index) => selection_guard(&selections[*index]),
+        Condition::Not(_) => None,
+        Condition::And(terms) => {
+            terms.iter().filter_map(|term| guard(term, selections)).min_by_key(Guard::rank)
+        }
+        Condition::Or(terms) => {
+            let mut guards = terms.iter().map(|term| guard(term, selections));
+            let mut union = guards.next()??;
+            for next in guards {
+                union = union.union(next?)?;
             }
-            Some((path.clone(), union))
+            Some(union)
+        }
+    }
+}
+
+fn matcher_guards(matchers: &[FieldMatcher]) -> Vec<Guard> {
+    let mut guards: Vec<Guard> = matchers
+        .iter()
+        .filter_map(|matcher| {
+            if let Some(literals) = matcher.required_literals() {
+                return Some(Guard::Equals(matcher.path().clone(), literals.clone()));
+            }
+            let needles = matcher.required_substrings()?;
+            Some(Guard::Contains(matcher.path().clone(), needles.into_iter().map(Into::into).collect()))
         })
+        .collect();
+    guards.sort_by_key(Guard::rank);
+    guards
+}
+
+/// For a selection (an OR of ANDs), a guard that every alternative shares the kind and field of.
+fn selection_guard(selection: &Selection) -> Option<Guard> {
+    let (first, rest) = selection.alternatives.split_first()?;
+    let rest_guards: Vec<Vec<Guard>> = rest.iter().map(|alternative| matcher_guards(alternative)).collect();
+    matcher_guards(first).into_iter().find_map(|candidate| {
+        rest_guards.iter().try_fold(candidate, |union, guards| {
+            guards.iter().find_map(|other| union.clone().union(other.clone()))
+        })
+    })
 }
