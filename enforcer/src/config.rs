@@ -9,16 +9,8 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct EnforcerConfig {
     /// This host's id in commands (default: /etc/machine-id).
-    #[expect(
-        dead_code,
-        reason = "read by the Kafka command channel (issue 4); parsed now so the file is checked whole"
-    )]
     pub host_id: Option<String>,
     pub kafka: Option<KafkaConfig>,
-    #[expect(
-        dead_code,
-        reason = "read by the Kafka command channel (issue 4); parsed now so the file is checked whole"
-    )]
     pub signing: Option<SigningConfig>,
     /// The cgroup v2 directory whose processes are isolated (default: the cgroup v2 root).
     pub cgroup: Option<PathBuf>,
@@ -32,6 +24,8 @@ pub struct EnforcerConfig {
     /// Whether the agent keeps the programs loaded (verified, not attached: no cost to any
     /// packet) while not isolating, so isolation only has to attach them (default true).
     pub arm: Option<bool>,
+    /// Seconds between status heartbeats on the status topic (default 30).
+    pub heartbeat_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,12 +33,16 @@ pub struct EnforcerConfig {
 pub struct KafkaConfig {
     /// Comma-separated `host:port` list: the management channel, always reachable.
     pub brokers: String,
+    /// Where signed commands arrive (default `cordon.commands`).
+    pub commands_topic: Option<String>,
+    /// Where this agent reports (default `cordon.status`).
+    pub status_topic: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SigningConfig {
-    #[expect(dead_code, reason = "read by the Kafka command channel (issue 4)")]
+    /// The orchestrator's Ed25519 public key (base64), as `cordon keygen` writes it.
     pub public_key_file: PathBuf,
 }
 
@@ -54,6 +52,32 @@ impl EnforcerConfig {
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         toml::from_str(&text)
             .map_err(|error| anyhow::anyhow!("{}: {}", path.display(), error.to_string().trim_end()))
+    }
+
+    /// The channel settings, when a `[kafka]` section is configured.
+    pub fn channel_settings(&self) -> Result<Option<crate::channel::ChannelSettings>> {
+        let Some(kafka) = &self.kafka else { return Ok(None) };
+        let signing = self.signing.as_ref().context(
+            "[kafka] is configured but [signing] public_key_file is not: the agent refuses to take unsigned orders",
+        )?;
+        let text = std::fs::read_to_string(&signing.public_key_file)
+            .with_context(|| format!("cannot read the public key {}", signing.public_key_file.display()))?;
+        let public_key = cordon_wire::verifying_key_from_base64(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", signing.public_key_file.display()))?;
+        let host_id = match &self.host_id {
+            Some(id) => id.clone(),
+            None => std::fs::read_to_string("/etc/machine-id")
+                .context("no host_id configured and /etc/machine-id is unreadable")?
+                .trim()
+                .to_owned(),
+        };
+        Ok(Some(crate::channel::ChannelSettings {
+            brokers: kafka.brokers.clone(),
+            commands_topic: kafka.commands_topic.clone().unwrap_or_else(|| "cordon.commands".into()),
+            status_topic: kafka.status_topic.clone().unwrap_or_else(|| "cordon.status".into()),
+            host_id,
+            public_key,
+        }))
     }
 
     /// The broker addresses, as `host:port` strings.

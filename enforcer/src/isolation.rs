@@ -314,6 +314,8 @@ pub struct Status {
     pub isolated: bool,
     pub mode: Option<Mode>,
     pub expires_at: Option<String>,
+    #[serde(skip)]
+    pub expires_at_unix_ms: Option<i64>,
     pub started_at: Option<String>,
     pub reason: Option<String>,
     pub tags: Vec<&'static str>,
@@ -365,6 +367,7 @@ pub fn status(target: &Target) -> Result<Status> {
         isolated: enforcing,
         mode,
         expires_at: expires_at.map(format_time),
+        expires_at_unix_ms: expires_at,
         started_at: record_in_force.map(|r| format_time(r.started_at_unix_ms)),
         reason: record_in_force.and_then(|r| r.reason.clone()),
         tags: if enforcing { vec![ISOLATED_TAG] } else { Vec::new() },

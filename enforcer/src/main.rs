@@ -4,6 +4,7 @@
 //! (nothing was changed).
 
 mod bpf;
+mod channel;
 mod config;
 mod exclusion;
 mod host;
@@ -14,7 +15,7 @@ mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -330,20 +331,53 @@ fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
     // The agent's own log goes to standard output (the journal under systemd); errors to stderr.
     println!("cordon-enforcer: agent started for cgroup {}: {restored}.", target.cgroup.display());
     let arm = config.arm.unwrap_or(true);
+    let management = isolation::management_exclusions(&config.brokers())?;
+    let interfaces = choose_interfaces(target, config, Vec::new());
+    let apply = channel::Apply { target, management: &management, interfaces: &interfaces };
+    let heartbeat = Duration::from_secs(config.heartbeat_seconds.unwrap_or(30).max(1));
+    let mut settings = config.channel_settings()?;
+    let mut channel: Option<channel::Channel> = None;
+    let mut next_connect = Instant::now();
+    let mut next_heartbeat = Instant::now();
     loop {
         if arm && !target.pins.loaded() {
             match isolation::arm(target) {
-                Ok(true) => {
-                    println!("cordon-enforcer: armed: programs loaded, ready to isolate at once.");
-                }
+                Ok(true) => println!("cordon-enforcer: armed: programs loaded, ready to isolate at once."),
                 Ok(false) => {}
                 Err(error) => eprintln!("cordon-enforcer: error: cannot arm: {error:#}"),
+            }
+        }
+        // Connect (and retry a failed start) without ever holding up enforcement.
+        if channel.is_none() && Instant::now() >= next_connect {
+            if let Some(pending) = settings.take() {
+                let brokers = pending.brokers.clone();
+                match channel::Channel::connect(pending) {
+                    Ok(connected) => {
+                        let partition = connected.partition().unwrap_or(-1);
+                        println!("cordon-enforcer: command channel connected to {brokers} (partition {partition}).");
+                        channel = Some(connected);
+                    }
+                    Err(error) => {
+                        eprintln!("cordon-enforcer: error: command channel: {error:#}; retrying in 5 s");
+                        settings = config.channel_settings()?;
+                        next_connect = Instant::now() + Duration::from_secs(5);
+                    }
+                }
             }
         }
         let wait = match isolation::expire_if_due(target) {
             Ok(isolation::Deadline::Pending(remaining)) => remaining.min(Duration::from_millis(500)),
             Ok(isolation::Deadline::Lifted) => {
                 println!("cordon-enforcer: deadline reached: isolation lifted.");
+                if let Some(channel) = &channel {
+                    channel.report(&channel.snapshot(
+                        target,
+                        cordon_wire::StatusKind::Changed,
+                        None,
+                        None,
+                        None,
+                    ));
+                }
                 Duration::ZERO
             }
             Ok(isolation::Deadline::None) => Duration::from_millis(500),
@@ -352,6 +386,23 @@ fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
                 Duration::from_secs(1)
             }
         };
-        std::thread::sleep(wait);
+        match &channel {
+            Some(channel) => {
+                if Instant::now() >= next_heartbeat {
+                    channel.report(&channel.snapshot(
+                        target,
+                        cordon_wire::StatusKind::Heartbeat,
+                        None,
+                        None,
+                        None,
+                    ));
+                    next_heartbeat = Instant::now() + heartbeat;
+                }
+                if let Err(error) = channel.poll(wait, &apply) {
+                    eprintln!("cordon-enforcer: error: {error:#}");
+                }
+            }
+            None => std::thread::sleep(wait),
+        }
     }
 }

@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 const CURRENT_KEY: &[u8] = b"current";
+const LAST_GENERATION_KEY: &[u8] = b"last_generation";
 const RECORD_VERSION: u32 = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +117,20 @@ impl Store {
 
     pub fn clear_current(&self) -> Result<()> {
         self.db.remove(CURRENT_KEY).context("cannot remove the isolation record")?;
+        self.db.flush().context("cannot flush the state store")?;
+        Ok(())
+    }
+
+    /// The generation of the last command applied (0 when none was).
+    pub fn last_generation(&self) -> Result<u64> {
+        let bytes = self.db.get(LAST_GENERATION_KEY).context("cannot read the last generation")?;
+        Ok(bytes.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok()).map_or(0, u64::from_be_bytes))
+    }
+
+    pub fn set_last_generation(&self, generation: u64) -> Result<()> {
+        self.db
+            .insert(LAST_GENERATION_KEY, &generation.to_be_bytes())
+            .context("cannot record the generation")?;
         self.db.flush().context("cannot flush the state store")?;
         Ok(())
     }

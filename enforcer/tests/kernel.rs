@@ -36,6 +36,7 @@ fn main() {
         Trial::test("exclusions_change_on_a_live_isolation", live_update),
         Trial::test("armed_programs_change_nothing_until_isolate", armed_then_isolated),
         Trial::test("dns_and_dhcp_only_when_asked_for", dns_and_dhcp_on_request),
+        Trial::test("signed_commands_over_kafka_applied_forgeries_refused", signed_commands_over_kafka),
         Trial::test("not_root_is_told_what_is_missing", not_root_is_refused),
         Trial::test("failed_isolation_is_rolled_back", failed_isolation_is_rolled_back),
         Trial::test("bad_input_exits_2_and_changes_nothing", bad_input_changes_nothing),
@@ -592,4 +593,187 @@ fn bad_input_changes_nothing() -> Result<(), Failed> {
     assert_eq!(status(&sandbox)["isolated"], false);
     assert!(!sandbox.pin_dir.exists());
     Ok(())
+}
+
+/// Status lines from the status topic, read until one matches.
+fn wait_for_status(
+    statuses: &mut LineReader,
+    what: &str,
+    matches: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = statuses.expect_line(what, left.max(Duration::from_millis(1)));
+        if let Ok(status) = serde_json::from_str::<serde_json::Value>(&line) {
+            if matches(&status) {
+                return status;
+            }
+        }
+    }
+}
+
+#[expect(clippy::too_many_lines, reason = "one scenario told in order: setup, apply, six refusals, release")]
+fn signed_commands_over_kafka() -> Result<(), Failed> {
+    let tansu = which("tansu");
+    let mut sandbox = Sandbox::new();
+    start_peer_servers(&mut sandbox, &["8080"]);
+    let peer = sandbox.peer_v4();
+    let broker = format!("{peer}:9092");
+    let broker_url = format!("tcp://{broker}");
+    // The broker runs on the peer: the isolated host reaches it only through its management channel.
+    let broker_args = ["broker", "--listener-url", &broker_url, "--advertised-listener-url", &broker_url];
+    let mut broker_command = sandbox.on_peer(&tansu, &broker_args);
+    broker_command.args(["--storage-engine", "memory://tansu/"]);
+    sandbox.spawn_quiet(broker_command);
+    check("broker up", &on_peer(&sandbox, &["port", &peer, "9092"]), "ok")?;
+    for (topic, partitions) in [("cordon.commands", "3"), ("cordon.status", "1")] {
+        let (code, _, stderr) = output_of(sandbox.on_peer(
+            &tansu,
+            &["topic", "create", topic, "--partitions", partitions, "--broker", &broker_url],
+        ));
+        assert_eq!(code, 0, "tansu topic create {topic}: {stderr}");
+    }
+
+    let key = cordon_wire::generate_signing_key();
+    let files = sandbox.state_dir.with_extension("channel");
+    std::fs::create_dir_all(&files).expect("create dir");
+    let public_key_file = files.join("signing.pub");
+    std::fs::write(&public_key_file, cordon_wire::key_to_base64(key.verifying_key().as_bytes()))
+        .expect("write key");
+    let config = files.join("enforcer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "host_id = \"sandbox-host\"\nheartbeat_seconds = 1\n[kafka]\nbrokers = \"{broker}\"\n[signing]\npublic_key_file = \"{}\"\n",
+            public_key_file.display()
+        ),
+    )
+    .expect("write config");
+
+    let mut statuses = sandbox
+        .spawn(sandbox.on_peer(&probe_binary(), &["probe", "kafka-consume", &broker, "cordon.status"]));
+    statuses.expect_line("status consumer", Duration::from_secs(10));
+    // The agent runs inside the isolated cgroup, like on a real host.
+    let cgroup = sandbox.cgroup.to_string_lossy().into_owned();
+    let pin_dir = sandbox.pin_dir.to_string_lossy().into_owned();
+    let state_dir = sandbox.state_dir.to_string_lossy().into_owned();
+    let config_path = config.to_string_lossy().into_owned();
+    let mut agent = sandbox.spawn(sandbox.on_host(
+        Path::new(ENFORCER),
+        &[
+            "--cgroup",
+            &cgroup,
+            "--pin-dir",
+            &pin_dir,
+            "--state-dir",
+            &state_dir,
+            "--config",
+            &config_path,
+            "run",
+        ],
+    ));
+    let mut connected = false;
+    for _ in 0..3 {
+        if agent.expect_line("agent output", Duration::from_secs(15)).contains("command channel connected") {
+            connected = true;
+            break;
+        }
+    }
+    assert!(connected, "the agent never connected its command channel");
+
+    let now = i64::try_from(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis(),
+    )
+    .unwrap();
+    let command = |id: &str, host: &str, generation: u64, expires_at_ms: i64, action: cordon_wire::Action| {
+        cordon_wire::Command {
+            version: cordon_wire::WIRE_VERSION,
+            command_id: id.into(),
+            host_id: host.into(),
+            generation,
+            issued_at_ms: now,
+            expires_at_ms,
+            action,
+        }
+    };
+    let isolate = cordon_wire::Action::Isolate {
+        duration_seconds: None,
+        exclusions: vec![],
+        allowed_processes: vec![],
+        allow_dns: false,
+        allow_dhcp: false,
+        reason: "test".into(),
+    };
+    let send = |bytes: &[u8]| {
+        let file = files.join("message");
+        std::fs::write(&file, bytes).expect("write message");
+        let answer = on_peer(
+            &sandbox,
+            &["kafka-produce", &broker, "cordon.commands", "sandbox-host", &file.to_string_lossy()],
+        );
+        assert_eq!(answer, "ok", "produce");
+    };
+    let refusal_for = |statuses: &mut LineReader, id: &str| {
+        wait_for_status(statuses, id, |s| s["command_id"] == id)["refusal"]
+            .as_str()
+            .unwrap_or("none")
+            .to_owned()
+    };
+
+    // A valid command isolates the host; its answer and the heartbeats keep coming through the
+    // management channel while everything else is cut.
+    let valid = cordon_wire::seal(&command("c-1", "sandbox-host", 1, now + 60_000, isolate.clone()), &key);
+    send(&valid);
+    let applied = wait_for_status(&mut statuses, "c-1 applied", |s| s["command_id"] == "c-1");
+    assert_eq!(applied["kind"], "applied", "{applied}");
+    assert_eq!(applied["isolated"], true, "{applied}");
+    assert_eq!(applied["tags"], serde_json::json!(["ISOLATED FROM NETWORK"]));
+    check(
+        "the host while isolated by command",
+        &on_host(&sandbox, &["connect", &peer, "8080"]),
+        "error EPERM",
+    )?;
+    let after = wait_for_status(&mut statuses, "a heartbeat after isolation", |s| {
+        s["kind"] == "heartbeat" && s["isolated"] == true
+    });
+    assert_eq!(after["generation"], 1);
+
+    // Forged, replayed, expired, wrong-host, unsigned and garbage commands are refused.
+    let forger = cordon_wire::generate_signing_key();
+    let release = cordon_wire::Action::Release { reason: "test".into() };
+    send(&cordon_wire::seal(&command("c-forged", "sandbox-host", 9, now + 60_000, release.clone()), &forger));
+    let forgery =
+        wait_for_status(&mut statuses, "refusal of the forgery", |s| s["refusal"] == "bad_signature");
+    assert_eq!(forged["isolated"], true);
+    send(&valid);
+    assert_eq!(refusal_for(&mut statuses, "c-1"), "stale_generation");
+    send(&cordon_wire::seal(&command("c-expired", "sandbox-host", 5, now - 1, release.clone()), &key));
+    assert_eq!(refusal_for(&mut statuses, "c-expired"), "expired");
+    send(&cordon_wire::seal(&command("c-other", "other-host", 6, now + 60_000, release.clone()), &key));
+    assert_eq!(refusal_for(&mut statuses, "c-other"), "wrong_host");
+    send(br#"{"payload":"{}","signature":""}"#);
+    wait_for_status(&mut statuses, "refusal of the unsigned command", |s| s["refusal"] == "unsigned");
+    send(b"\x00\xffnot json at all");
+    wait_for_status(&mut statuses, "refusal of garbage", |s| s["refusal"] == "malformed");
+    check(
+        "still isolated after every refusal",
+        &on_host(&sandbox, &["connect", &peer, "8080"]),
+        "error EPERM",
+    )?;
+
+    // A valid release lets the host back on.
+    send(&cordon_wire::seal(&command("c-2", "sandbox-host", 2, now + 60_000, release), &key));
+    let released = wait_for_status(&mut statuses, "c-2 applied", |s| s["command_id"] == "c-2");
+    assert_eq!(released["kind"], "applied", "{released}");
+    assert_eq!(released["isolated"], false, "{released}");
+    check("after the release command", &on_host(&sandbox, &["connect", &peer, "8080"]), "ok")?;
+    let _ = std::fs::remove_dir_all(&files);
+    Ok(())
+}
+
+fn which(tool: &str) -> PathBuf {
+    let output = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().expect("sh");
+    assert!(output.status.success(), "this test needs {tool}: run ops/install-toolchain.sh");
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
 }

@@ -10,7 +10,8 @@
 //! the enforcer and the orchestrator convert to and from them.
 
 use base64::Engine as _;
-use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use ed25519_dalek::{Signature, Signer as _, Verifier as _};
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 /// The message format version this crate speaks.
@@ -95,8 +96,9 @@ pub fn open(envelope_bytes: &[u8], key: &VerifyingKey) -> Result<Command, Refusa
     if envelope.signature.is_empty() {
         return Err(Refusal::Unsigned);
     }
-    let signature_bytes =
-        base64::engine::general_purpose::STANDARD.decode(&envelope.signature).map_err(|_| Refusal::BadSignature)?;
+    let signature_bytes = base64::engine::general_purpose::STANDARD
+        .decode(&envelope.signature)
+        .map_err(|_| Refusal::BadSignature)?;
     let signature = Signature::from_slice(&signature_bytes).map_err(|_| Refusal::BadSignature)?;
     key.verify(envelope.payload.as_bytes(), &signature).map_err(|_| Refusal::BadSignature)?;
     let command: Command = serde_json::from_str(&envelope.payload).map_err(|_| Refusal::InvalidContent)?;
@@ -157,8 +159,7 @@ pub fn verifying_key_from_base64(text: &str) -> Result<VerifyingKey, String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text.trim())
         .map_err(|e| format!("the public key is not base64: {e}"))?;
-    let bytes: [u8; 32] =
-        bytes.try_into().map_err(|_| "an Ed25519 public key is 32 bytes".to_owned())?;
+    let bytes: [u8; 32] = bytes.try_into().map_err(|_| "an Ed25519 public key is 32 bytes".to_owned())?;
     VerifyingKey::from_bytes(&bytes).map_err(|e| format!("not an Ed25519 public key: {e}"))
 }
 
@@ -167,8 +168,7 @@ pub fn signing_key_from_base64(text: &str) -> Result<SigningKey, String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text.trim())
         .map_err(|e| format!("the signing key is not base64: {e}"))?;
-    let bytes: [u8; 32] =
-        bytes.try_into().map_err(|_| "an Ed25519 signing key is 32 bytes".to_owned())?;
+    let bytes: [u8; 32] = bytes.try_into().map_err(|_| "an Ed25519 signing key is 32 bytes".to_owned())?;
     Ok(SigningKey::from_bytes(&bytes))
 }
 
@@ -262,7 +262,10 @@ mod tests {
         let tampered = serde_json::to_vec(&envelope).unwrap();
         assert_eq!(open(&tampered, &key.verifying_key()), Err(Refusal::BadSignature));
         envelope.signature = String::new();
-        assert_eq!(open(&serde_json::to_vec(&envelope).unwrap(), &key.verifying_key()), Err(Refusal::Unsigned));
+        assert_eq!(
+            open(&serde_json::to_vec(&envelope).unwrap(), &key.verifying_key()),
+            Err(Refusal::Unsigned)
+        );
         assert_eq!(open(b"{not json", &key.verifying_key()), Err(Refusal::Malformed));
         assert_eq!(open(b"{\"payload\":\"x\"}", &key.verifying_key()), Err(Refusal::Malformed));
     }
@@ -272,8 +275,8 @@ mod tests {
         let example = include_str!("../examples/command.json");
         let command: Command = serde_json::from_str(example).expect("examples/command.json is a command");
         assert_eq!(command.version, WIRE_VERSION);
-        let status: Status =
-            serde_json::from_str(include_str!("../examples/status.json")).expect("examples/status.json is a status");
+        let status: Status = serde_json::from_str(include_str!("../examples/status.json"))
+            .expect("examples/status.json is a status");
         assert_eq!(status.tags, vec!["ISOLATED FROM NETWORK"]);
     }
 

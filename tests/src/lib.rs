@@ -203,6 +203,13 @@ impl Sandbox {
         LineReader { lines: BufReader::new(stdout) }
     }
 
+    /// Starts `command` in the background with its output discarded (a server whose logs the
+    /// test does not read); it is killed when the sandbox is dropped.
+    pub fn spawn_quiet(&mut self, mut command: Command) {
+        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn test process");
+        self.children.push(child);
+    }
+
     /// Kills the background processes started so far.
     pub fn kill_children(&mut self) {
         for child in &mut self.children {

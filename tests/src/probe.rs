@@ -56,6 +56,11 @@ pub fn main(args: &[String]) -> i32 {
         ["ping", host] => say(&ping(host.parse().expect("probe: bad address"))),
         ["accept", port] => accept(port.parse().expect("probe: bad port")),
         ["loopback"] => say(&loopback()),
+        ["port", host, port] => say(&port_open(address(host, port))),
+        ["kafka-produce", brokers, topic, key, value_file] => {
+            say(&kafka_produce(brokers, topic, key, value_file));
+        }
+        ["kafka-consume", brokers, topic] => kafka_consume(brokers, topic),
         ["sink", port] => sink(port.parse().expect("probe: bad port")),
         ["drain", port] => drain(port.parse().expect("probe: bad port")),
         ["open", host, port, count] => open(address(host, port), count.parse().expect("probe: bad count")),
@@ -127,6 +132,55 @@ fn sink(port: u16) {
     let mut held = Vec::new();
     for stream in listener.incoming().flatten() {
         held.push(stream);
+    }
+}
+
+/// Waits up to 10 s for something to listen at `target`.
+fn port_open(target: SocketAddr) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect_timeout(&target, Duration::from_millis(200)) {
+            Ok(_) => return "ok".into(),
+            Err(error) if Instant::now() >= deadline => return errno_name(&error),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Produces the bytes of `value_file` with `key`, partitioned as Kafka's Java client does.
+fn kafka_produce(brokers: &str, topic: &str, key: &str, value_file: &str) -> String {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let value = std::fs::read(value_file).expect("probe: read value file");
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("partitioner", "murmur2_random")
+        .create()
+        .expect("probe: producer");
+    if let Err((error, _)) = producer.send(BaseRecord::to(topic).key(key).payload(&value)) {
+        return format!("error {error}");
+    }
+    match producer.flush(Duration::from_secs(10)) {
+        Ok(()) => "ok".into(),
+        Err(error) => format!("error {error}"),
+    }
+}
+
+/// Prints every message value of `topic` (all partitions, from the start), one per line.
+fn kafka_consume(brokers: &str, topic: &str) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("probe-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("probe: consumer");
+    consumer.subscribe(&[topic]).expect("probe: subscribe");
+    say("consuming");
+    loop {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            say(&String::from_utf8_lossy(message.payload().unwrap_or_default()));
+        }
     }
 }
 
