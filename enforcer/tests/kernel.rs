@@ -745,7 +745,9 @@ fn signed_commands_over_kafka() -> Result<(), Failed> {
     send(&cordon_wire::seal(&command("c-forged", "sandbox-host", 9, now + 60_000, release.clone()), &forger));
     let forgery =
         wait_for_status(&mut statuses, "refusal of the forgery", |s| s["refusal"] == "bad_signature");
-    assert_eq!(forged["isolated"], true);
+    assert_eq!(forgery["isolated"], true, "{forgery}");
+    // A forgery cannot be attributed to a command: its refusal carries no command id.
+    assert!(forgery["command_id"].is_null(), "{forgery}");
     send(&valid);
     assert_eq!(refusal_for(&mut statuses, "c-1"), "stale_generation");
     send(&cordon_wire::seal(&command("c-expired", "sandbox-host", 5, now - 1, release.clone()), &key));
