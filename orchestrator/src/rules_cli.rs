@@ -63,12 +63,20 @@ fn load(dir: &Path, err: &mut impl Write) -> anyhow::Result<Option<(RuleDirector
     }
 }
 
+/// `1 problem`, `2 problems`.
+fn plural(count: usize, word: &str) -> String {
+    if count == 1 {
+        format!("{count} {word}")
+    } else {
+        format!("{count} {word}s")
+    }
+}
+
 fn print_diagnostics(diagnostics: &[Diagnostic], err: &mut impl Write) -> anyhow::Result<()> {
     for diagnostic in diagnostics {
         writeln!(err, "{diagnostic}")?;
     }
     let files: std::collections::BTreeSet<&str> = diagnostics.iter().map(|d| d.file.as_str()).collect();
-    let plural = |n: usize, word: &str| if n == 1 { format!("{n} {word}") } else { format!("{n} {word}s") };
     writeln!(err, "{} in {}", plural(diagnostics.len(), "problem"), plural(files.len(), "file"))?;
     Ok(())
 }
@@ -200,6 +208,12 @@ pub fn replay(
             }
         }
     }
-    writeln!(err, "replayed {replayed} events: {decided} decisions, {invalid} invalid lines")?;
+    writeln!(
+        err,
+        "replayed {}: {}, {}",
+        plural(replayed, "event"),
+        plural(decided, "decision"),
+        plural(invalid, "invalid line")
+    )?;
     Ok(invalid == 0)
 }

@@ -1,0 +1,144 @@
+//! `cordon.toml`: the service's configuration. Unknown keys are errors that name the key and
+//! the file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    #[serde(default)]
+    pub kafka: KafkaSection,
+    pub rules: RulesSection,
+    #[serde(default)]
+    pub state: StateSection,
+    pub signing: SigningSection,
+    #[serde(default)]
+    pub commands: CommandsSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    /// `host:port,...`; absent or `embedded`: an in-process broker (nothing kept across restarts).
+    pub brokers: Option<String>,
+    #[serde(default = "default_detections_topic")]
+    pub detections_topic: String,
+    #[serde(default = "default_dead_letter_topic")]
+    pub dead_letter_topic: String,
+    #[serde(default = "default_commands_topic")]
+    pub commands_topic: String,
+    #[serde(default = "default_status_topic")]
+    pub status_topic: String,
+    #[serde(default = "default_group")]
+    pub group_id: String,
+}
+
+impl Default for KafkaSection {
+    fn default() -> Self {
+        KafkaSection {
+            brokers: None,
+            detections_topic: default_detections_topic(),
+            dead_letter_topic: default_dead_letter_topic(),
+            commands_topic: default_commands_topic(),
+            status_topic: default_status_topic(),
+            group_id: default_group(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesSection {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSection {
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for StateSection {
+    fn default() -> Self {
+        StateSection { dir: default_state_dir() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningSection {
+    /// The Ed25519 signing key (base64), as `cordon keygen` writes it.
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandsSection {
+    /// How long a command stays valid after it is issued.
+    #[serde(default = "default_command_ttl")]
+    pub ttl_seconds: u64,
+}
+
+impl Default for CommandsSection {
+    fn default() -> Self {
+        CommandsSection { ttl_seconds: default_command_ttl() }
+    }
+}
+
+fn default_detections_topic() -> String {
+    "edr.detections".into()
+}
+fn default_dead_letter_topic() -> String {
+    "cordon.dead-letter".into()
+}
+fn default_commands_topic() -> String {
+    "cordon.commands".into()
+}
+fn default_status_topic() -> String {
+    "cordon.status".into()
+}
+fn default_group() -> String {
+    "cordon".into()
+}
+fn default_state_dir() -> PathBuf {
+    "/var/lib/cordon".into()
+}
+fn default_command_ttl() -> u64 {
+    600
+}
+
+impl ServiceConfig {
+    pub fn load(path: &Path) -> Result<ServiceConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).map_err(|error| anyhow::anyhow!("{}: {}", path.display(), error.to_string().trim_end()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_takes_the_documented_defaults() {
+        let config: ServiceConfig =
+            toml::from_str("[rules]\ndir = \"/etc/cordon/rules\"\n[signing]\nkey_file = \"/k\"\n").unwrap();
+        assert_eq!(config.kafka.detections_topic, "edr.detections");
+        assert_eq!(config.kafka.dead_letter_topic, "cordon.dead-letter");
+        assert!(config.kafka.brokers.is_none());
+        assert_eq!(config.state.dir, PathBuf::from("/var/lib/cordon"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let error = toml::from_str::<ServiceConfig>(
+            "[rules]\ndir = \"/r\"\n[signing]\nkey_file = \"/k\"\n[kafka]\nbroker = \"x\"\n",
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("unknown field `broker`"), "{error}");
+    }
+}
