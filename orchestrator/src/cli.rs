@@ -23,6 +23,17 @@ pub enum Command {
     /// Author response rules: validate a rules directory, replay events through it, run its tests.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Run the service: detections from Kafka in, signed isolation commands out.
+    Serve {
+        /// cordon.toml
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Write a new command-signing key pair: DIR/signing.key (secret) and DIR/signing.pub.
+    Keygen {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,6 +69,16 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Rules(RulesCommand::Test { dir, events: None, json }) => {
             rules_cli::run_tests(&dir, json, &mut out, &mut err)?
+        }
+        Command::Serve { config } => {
+            drop((out, err));
+            crate::service::run_from_config(&config)?;
+            return Ok(true);
+        }
+        Command::Keygen { out: dir } => {
+            crate::service::keygen(&dir)?;
+            writeln!(out, "Wrote {0}/signing.key (keep it secret) and {0}/signing.pub.", dir.display())?;
+            true
         }
     };
     out.flush()?;

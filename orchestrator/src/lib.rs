@@ -2,3 +2,4 @@
 
 pub mod cli;
 pub mod rules_cli;
+pub mod service;

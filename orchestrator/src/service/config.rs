@@ -113,9 +113,10 @@ fn default_command_ttl() -> u64 {
 
 impl ServiceConfig {
     pub fn load(path: &Path) -> Result<ServiceConfig> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).map_err(|error| anyhow::anyhow!("{}: {}", path.display(), error.to_string().trim_end()))
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text)
+            .map_err(|error| anyhow::anyhow!("{}: {}", path.display(), error.to_string().trim_end()))
     }
 }
 
