@@ -1,0 +1,123 @@
+//! The engine's API as the orchestrator will use it: dry runs change nothing, state survives a
+//! JSON round trip, release and prune forget what they should.
+
+use rules::{
+    dry_run, dry_run_rule, evaluate, Action, EngineState, Event, IsolationMode, Reason, RuleDirectory,
+    SourceFile,
+};
+use serde_json::json;
+
+const RULES: &str = r"
+id: three-strikes
+title: third match within a minute isolates for an hour
+detection: {sel: {finding_info.title: strike}, condition: sel}
+threshold: {count: 3, within: 1m}
+response: {isolate: {mode: automatic, duration: 1h}, on_retrigger: keep}
+---
+id: worm
+title: worms are isolated manually
+detection: {sel: {finding_info.title|contains: worm}, condition: sel}
+response: {isolate: {mode: manual}}
+";
+
+fn directory() -> RuleDirectory {
+    RuleDirectory::load(&[SourceFile { name: "rules.yaml".into(), text: RULES.into() }], None).unwrap()
+}
+
+fn event(id: &str, time: i64, title: &str) -> Event {
+    Event::from_json(json!({"time": time, "severity_id": 3, "device": {"uid": "h1"}, "finding_info": {"uid": id, "title": title}})).unwrap()
+}
+
+const NO_TAGS: &[&str] = &[];
+
+#[test]
+fn a_dry_run_reports_threshold_progress_and_changes_nothing() {
+    let directory = directory();
+    let ruleset = directory.ruleset();
+    let mut state = EngineState::new();
+    assert!(evaluate(ruleset, &mut state, &event("e1", 0, "strike"), 0, NO_TAGS).is_empty());
+    let before = state.clone();
+    let dry = dry_run(ruleset, &state, &event("e2", 1000, "strike"), 1000, NO_TAGS);
+    assert_eq!(state, before);
+    assert!(!dry.duplicate);
+    assert!(dry.decisions.is_empty());
+    assert_eq!(dry.verdicts.len(), 1);
+    assert_eq!(dry.verdicts[0].rule, "three-strikes");
+    assert_eq!(dry.verdicts[0].threshold, Some((2, 3)));
+    assert!(!dry.verdicts[0].fired);
+    assert!(dry_run(ruleset, &state, &event("e1", 0, "strike"), 0, NO_TAGS).duplicate);
+}
+
+#[test]
+fn a_single_rule_dry_run_answers_what_that_rule_would_do() {
+    let directory = directory();
+    let state = EngineState::new();
+    let dry = dry_run_rule(directory.ruleset(), "worm", &state, &event("e1", 0, "worm strike"), 0, NO_TAGS)
+        .unwrap();
+    assert_eq!(dry.decisions.len(), 1);
+    assert_eq!(dry.decisions[0].rules, vec!["worm".to_owned()], "only the named rule is evaluated");
+    assert!(
+        matches!(&dry.decisions[0].action, Action::Isolate(isolation) if isolation.mode == IsolationMode::Manual)
+    );
+    assert!(
+        dry_run_rule(directory.ruleset(), "no-such-rule", &state, &event("e1", 0, "x"), 0, NO_TAGS).is_none()
+    );
+}
+
+#[test]
+fn state_survives_a_json_round_trip_mid_threshold() {
+    let directory = directory();
+    let ruleset = directory.ruleset();
+    let mut state = EngineState::new();
+    evaluate(ruleset, &mut state, &event("e1", 0, "strike"), 0, NO_TAGS);
+    evaluate(ruleset, &mut state, &event("e2", 1000, "strike"), 1000, NO_TAGS);
+    let mut restored: EngineState = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+    assert!(
+        evaluate(ruleset, &mut restored, &event("e2", 1000, "strike"), 1000, NO_TAGS).is_empty(),
+        "still a duplicate"
+    );
+    let decisions = evaluate(ruleset, &mut restored, &event("e3", 2000, "strike"), 2000, NO_TAGS);
+    assert_eq!(decisions.len(), 1);
+    assert!(decisions[0]
+        .why
+        .iter()
+        .any(|reason| matches!(reason, Reason::ThresholdReached { count: 3, .. })));
+}
+
+#[test]
+fn release_makes_the_next_match_a_new_isolation() {
+    let directory = directory();
+    let ruleset = directory.ruleset();
+    let mut state = EngineState::new();
+    assert_eq!(evaluate(ruleset, &mut state, &event("e1", 0, "worm"), 0, NO_TAGS).len(), 1);
+    assert_eq!(state.isolation_of("h1", 0), Some((IsolationMode::Manual, None)));
+    assert!(
+        evaluate(ruleset, &mut state, &event("e2", 1000, "worm"), 1000, NO_TAGS).is_empty(),
+        "already isolated manually"
+    );
+    state.release("h1");
+    assert_eq!(state.isolation_of("h1", 2000), None);
+    assert_eq!(evaluate(ruleset, &mut state, &event("e3", 2000, "worm"), 2000, NO_TAGS).len(), 1);
+}
+
+#[test]
+fn prune_forgets_what_no_longer_matters() {
+    let directory = directory();
+    let ruleset = directory.ruleset();
+    let mut state = EngineState::new();
+    for (id, time) in [("e1", 0), ("e2", 1000), ("e3", 2000)] {
+        evaluate(ruleset, &mut state, &event(id, time, "strike"), time, NO_TAGS);
+    }
+    assert_eq!(state.isolation_of("h1", 2000).map(|(mode, _)| mode), Some(IsolationMode::Automatic));
+    evaluate(ruleset, &mut state, &event("e4", 3000, "strike"), 3000, NO_TAGS);
+    let mut pruned = state.clone();
+    pruned.prune(3000, 600_000);
+    assert_eq!(pruned, state, "nothing has expired yet");
+    pruned.prune(2000 + 3_600_000 + 60_001, 600_000);
+    assert_eq!(pruned.isolation_of("h1", 0), None, "the isolation has ended and is forgotten");
+    assert_ne!(pruned, state);
+    assert!(
+        evaluate(ruleset, &mut pruned, &event("e1", 9_999_999, "strike"), 9_999_999, NO_TAGS).is_empty(),
+        "dedup is kept"
+    );
+}
