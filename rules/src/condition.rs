@@ -74,9 +74,13 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Token<'_>)>, ConditionError> {
     Ok(tokens)
 }
 
+/// Deeper nesting of parentheses and `not` than this is refused, so that evaluation's recursion stays shallow.
+const MAX_NESTING: usize = 32;
+
 struct ConditionParser<'a, 'n> {
     tokens: Vec<(usize, Token<'a>)>,
     next: usize,
+    depth: usize,
     end: usize,
     names: &'n [&'n str],
 }
@@ -91,7 +95,7 @@ pub(crate) fn parse_condition(text: &str, names: &[&str]) -> Result<Condition, C
             hint: Some("name the selections that must match, e.g. `selection and not filter`".to_owned()),
         });
     }
-    let mut parser = ConditionParser { tokens, next: 0, end: text.chars().count(), names };
+    let mut parser = ConditionParser { tokens, next: 0, depth: 0, end: text.chars().count(), names };
     let condition = parser.or()?;
     if let Some((offset, token)) = parser.tokens.get(parser.next) {
         let message = match token {
@@ -145,10 +149,17 @@ impl<'a> ConditionParser<'a, '_> {
     }
 
     fn unary(&mut self) -> Result<Condition, ConditionError> {
-        if self.keyword("not") {
-            return Ok(Condition::Not(Box::new(self.unary()?)));
+        if self.depth >= MAX_NESTING {
+            return Err(self.error(format!("the condition nests deeper than {MAX_NESTING} levels"), None));
         }
-        self.primary()
+        self.depth += 1;
+        let result = if self.keyword("not") {
+            self.unary().map(|inner| Condition::Not(Box::new(inner)))
+        } else {
+            self.primary()
+        };
+        self.depth -= 1;
+        result
     }
 
     fn primary(&mut self) -> Result<Condition, ConditionError> {
@@ -364,6 +375,16 @@ mod tests {
         assert_eq!(error("filter_*"), (0, "wildcard `filter_*` needs a quantifier".to_owned()));
         assert_eq!(error("selection)"), (9, "unmatched `)`".to_owned()));
         assert_eq!(error("  "), (0, "empty condition".to_owned()));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let deep = format!("{}selection{}", "(".repeat(10_000), ")".repeat(10_000));
+        assert_eq!(error(&deep), (32, "the condition nests deeper than 32 levels".to_owned()));
+        assert_eq!(
+            error(&"not ".repeat(10_000)),
+            (128, "the condition nests deeper than 32 levels".to_owned())
+        );
     }
 
     #[test]

@@ -347,6 +347,15 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let flow = "[".repeat(100_000);
+        // saphyr-parser has a recursion limit of its own, and reports it first here.
+        assert_eq!(parse_documents(&flow).unwrap_err().message, "recursion limit exceeded");
+        let block: String = (0..200).map(|depth| format!("{}k{depth}:\n", " ".repeat(depth))).collect();
+        assert!(parse_documents(&block).unwrap_err().message.contains("nesting deeper than 64 levels"));
+    }
+
+    #[test]
     fn aliases_are_expanded_within_a_budget() {
         let documents = parse_documents("a: &x [1, 2]\nb: *x\n").unwrap();
         assert_eq!(documents[0].to_json(), serde_json::json!({"a": [1, 2], "b": [1, 2]}));
