@@ -196,14 +196,11 @@ pub fn isolate(target: &Target, request: &IsolateRequest) -> Result<IsolateOutco
         interfaces: request.interfaces.clone(),
         generation: previous.as_ref().map_or(0, |p| p.generation) + 1,
     };
-    let was_installed = target.pins.installed();
-    let was_armed = target.pins.armed();
-    let updated_live = was_installed && previous.is_some();
-    let outcome = apply_record(target, &record)?;
+    let before = Before::read(&target.pins);
+    let updated_live = before.installed && previous.is_some();
+    let outcome = apply_record(target, &record, before)?;
     if let Err(error) = store.set_current(&record) {
-        if !was_installed {
-            let _ = bpf::roll_back(&target.pins, was_armed);
-        }
+        before.roll_back(&target.pins);
         return Err(error.context("the isolation was rolled back because it could not be recorded"));
     }
     let detail = match record.expires_at_unix_ms {
@@ -219,8 +216,29 @@ pub fn isolate(target: &Target, request: &IsolateRequest) -> Result<IsolateOutco
     Ok(IsolateOutcome { updated_live, record, ..outcome })
 }
 
+/// What the pins held before a change, so a failed change can go back to exactly that.
+#[derive(Clone, Copy)]
+struct Before {
+    installed: bool,
+    armed: bool,
+}
+
+impl Before {
+    fn read(pins: &Pins) -> Before {
+        Before { installed: pins.installed(), armed: pins.armed() }
+    }
+
+    /// Undoes an install (back to armed or to nothing); a live update needs no undoing, since it
+    /// never opened anything.
+    fn roll_back(self, pins: &Pins) {
+        if !self.installed {
+            let _ = bpf::roll_back(pins, self.armed);
+        }
+    }
+}
+
 /// Installs or updates the kernel state for `record`, marks exempt sockets and severs.
-fn apply_record(target: &Target, record: &IsolationRecord) -> Result<IsolateOutcome> {
+fn apply_record(target: &Target, record: &IsolationRecord, before: Before) -> Result<IsolateOutcome> {
     let exclusions = effective_exclusions(record)?;
     let tables = rule_table::compile(&exclusions)?;
     let exempt_names: Vec<_> = record.allowed_processes.iter().map(|n| comm_key(n)).collect();
@@ -235,8 +253,7 @@ fn apply_record(target: &Target, record: &IsolationRecord) -> Result<IsolateOutc
     };
     // Mark what exempt processes already hold before anything is enforced.
     let exempt_sockets_marked = sever::mark_existing_sockets(&exempt_tgids);
-    let updated_live = target.pins.installed();
-    let was_armed = target.pins.armed();
+    let updated_live = before.installed;
     if updated_live {
         bpf::LiveMaps::open(&target.pins)?.apply(&enforcement, record.generation)?;
     } else {
@@ -245,9 +262,7 @@ fn apply_record(target: &Target, record: &IsolationRecord) -> Result<IsolateOutc
     let severed = match sever::sever_connections(&target.cgroup, &exclusions) {
         Ok(report) => report,
         Err(error) => {
-            if !updated_live {
-                let _ = bpf::roll_back(&target.pins, was_armed);
-            }
+            before.roll_back(&target.pins);
             return Err(
                 error.context("existing connections could not be severed, so the isolation was rolled back")
             );
@@ -421,7 +436,8 @@ pub fn restore(target: &Target) -> Result<Restored> {
                     target.cgroup.display()
                 );
             }
-            apply_record(target, &record).context("cannot restore the recorded isolation")?;
+            apply_record(target, &record, Before::read(&target.pins))
+                .context("cannot restore the recorded isolation")?;
             audit(target, "restored", "agent", "isolation re-installed at start-up (pins were gone)")?;
             Ok(Restored::Reinstalled)
         }

@@ -102,41 +102,38 @@ pub struct SeverReport {
     pub namespaces: usize,
 }
 
-/// Cgroup ids (inode numbers on cgroup2) of `cgroup` and every cgroup below it.
-pub fn cgroup_ids(cgroup: &Path) -> Result<HashSet<u64>> {
-    let mut ids = HashSet::new();
+/// `cgroup` and every cgroup directory below it.
+fn cgroup_tree(cgroup: &Path) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
     let mut pending = vec![cgroup.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        let meta = fs::metadata(&dir).with_context(|| format!("cannot read cgroup {}", dir.display()))?;
-        ids.insert(meta.ino());
         if let Ok(entries) = fs::read_dir(&dir) {
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    pending.push(entry.path());
-                }
-            }
+            pending.extend(
+                entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()),
+            );
         }
+        dirs.push(dir);
     }
-    Ok(ids)
+    dirs
+}
+
+/// Cgroup ids (inode numbers on cgroup2) of `cgroup` and every cgroup below it.
+pub fn cgroup_ids(cgroup: &Path) -> Result<HashSet<u64>> {
+    cgroup_tree(cgroup)
+        .iter()
+        .map(|dir| {
+            Ok(fs::metadata(dir).with_context(|| format!("cannot read cgroup {}", dir.display()))?.ino())
+        })
+        .collect()
 }
 
 /// Process ids in `cgroup` and below.
 pub fn cgroup_pids(cgroup: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    let mut pending = vec![cgroup.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
-            pids.extend(text.lines().filter_map(|line| line.trim().parse::<u32>().ok()));
-        }
-        if let Ok(entries) = fs::read_dir(&dir) {
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    pending.push(entry.path());
-                }
-            }
-        }
-    }
-    pids
+    cgroup_tree(cgroup)
+        .iter()
+        .filter_map(|dir| fs::read_to_string(dir.join("cgroup.procs")).ok())
+        .flat_map(|text| text.lines().filter_map(|line| line.trim().parse::<u32>().ok()).collect::<Vec<_>>())
+        .collect()
 }
 
 /// One `/proc/<pid>/ns/net` path per distinct network namespace used by `pids`.
