@@ -20,6 +20,7 @@ use aya::programs::{
     CgroupSockAttachType, Program, SchedClassifier, TcAttachType,
 };
 use aya::EbpfLoader;
+use cordon_wire::spec::Network;
 use enforcer_common::{
     Config, RuleList, COMM_LEN, MAP_CONFIG, MAP_EXEMPT_COMM, MAP_EXEMPT_TGID, MAP_RULES_V4, MAP_RULES_V6,
     MAP_STATS, N_STATS, PIN_LAYOUT_VERSION, PROG_CONNECT4, PROG_CONNECT6, PROG_EGRESS, PROG_INGRESS,
@@ -27,7 +28,6 @@ use enforcer_common::{
     STAT_ECHO_DROPPED, STAT_EXEMPT_SOCKETS, STAT_PACKETS_ALLOWED, STAT_PACKETS_DROPPED, STAT_SOCKETS_REFUSED,
 };
 
-use crate::exclusion::Network;
 use crate::rule_table::RuleTables;
 
 /// The compiled eBPF object, built by build.rs.
@@ -419,7 +419,7 @@ fn sync_trie<const N: usize>(
 ) -> Result<()> {
     let mut wanted = HashSet::new();
     for (network, list) in entries {
-        let key = Key::new(u32::from(network.prefix_len), address_bytes::<N>(network.address));
+        let key = Key::new(u32::from(network.prefix_len()), address_bytes::<N>(network.address()));
         trie.insert(&key, list, 0).with_context(|| format!("cannot add exclusion for {network}"))?;
         wanted.insert((key.prefix_len(), key.data()));
     }

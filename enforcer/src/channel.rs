@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use cordon_wire::spec::Exclusion;
 use cordon_wire::VerifyingKey;
 use cordon_wire::{Action, Command, Refusal, Status, StatusKind, WIRE_VERSION};
 use rdkafka::config::ClientConfig;
@@ -18,7 +19,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::exclusion::Exclusion;
+use crate::exclusion::parse_exclusion;
 use crate::isolation::{self, IsolateRequest, Target};
 use crate::store::{Mode, Store};
 
@@ -138,8 +139,7 @@ impl Channel {
                 allow_dhcp,
                 reason,
             } => {
-                let parsed: Result<Vec<Exclusion>, _> =
-                    exclusions.iter().map(|spec| spec.parse::<Exclusion>()).collect();
+                let parsed: Result<Vec<_>, _> = exclusions.iter().map(|spec| parse_exclusion(spec)).collect();
                 match parsed {
                     Err(error) => Err((Refusal::InvalidContent, error.to_string())),
                     Ok(exclusions) => {

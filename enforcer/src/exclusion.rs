@@ -1,232 +1,51 @@
-//! Exclusions (`DIR,PROTO,CIDR[,PORTS]`), durations and process names: parsing, validation and
-//! matching. Pure: no I/O.
+//! The enforcer's side of its inputs: exclusions as the command line and commands give them,
+//! which established connections an exclusion spares, durations and process names. Pure: no I/O.
+//!
+//! The SPEC grammar itself (`DIR,PROTO,CIDR[,PORTS]`) is `cordon_wire::spec`, shared with the
+//! rules and the orchestrator.
 
-use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 use std::time::Duration;
 
+use cordon_wire::spec::{Direction, Exclusion, Protocol, SpecError, SPEC_SYNTAX};
 use enforcer_common::COMM_LEN;
-
-/// Which way a flow goes, seen from the isolated host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// Connections and datagrams towards this host; ports name the local port.
-    In,
-    /// Connections and datagrams this host starts; ports name the remote port.
-    Out,
-    Both,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    /// ICMP for IPv4, `ICMPv6` for IPv6.
-    Icmp,
-    Any,
-}
-
-/// An inclusive port range; a single port has `first == last`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PortRange {
-    pub first: u16,
-    pub last: u16,
-}
-
-impl PortRange {
-    pub const ALL: PortRange = PortRange { first: 0, last: u16::MAX };
-
-    pub fn contains(self, port: u16) -> bool {
-        (self.first..=self.last).contains(&port)
-    }
-}
-
-/// An address block: the network address (host bits zero) and its prefix length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Network {
-    pub address: IpAddr,
-    pub prefix_len: u8,
-}
-
-impl Network {
-    pub fn contains(self, address: IpAddr) -> bool {
-        match (self.address, address) {
-            (IpAddr::V4(net), IpAddr::V4(addr)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(addr) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(addr)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix_len)).unwrap_or(0);
-                u128::from(net) & mask == u128::from(addr) & mask
-            }
-            _ => false,
-        }
-    }
-
-    /// Whether every address of `other` is in `self`.
-    pub fn covers(self, other: Network) -> bool {
-        self.prefix_len <= other.prefix_len && self.contains(other.address)
-    }
-
-    /// A single host: /32 or /128.
-    pub fn host(address: IpAddr) -> Network {
-        let prefix_len = if address.is_ipv4() { 32 } else { 128 };
-        Network { address, prefix_len }
-    }
-}
-
-impl fmt::Display for Network {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.address, self.prefix_len)
-    }
-}
-
-/// One exclusion: traffic it matches keeps flowing while the host is isolated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Exclusion {
-    pub direction: Direction,
-    pub protocol: Protocol,
-    pub network: Network,
-    /// `None`: every port.
-    pub ports: Option<PortRange>,
-}
 
 /// Why an exclusion SPEC, a duration or a process name was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum InvalidInput {
-    #[error("invalid exclusion '{spec}': {problem} (expected DIR,PROTO,CIDR[,PORTS], e.g. out,tcp,198.51.100.7/32,443)")]
-    Exclusion { spec: String, problem: String },
+    #[error("invalid exclusion `{spec}`: {problem} (expected {SPEC_SYNTAX})")]
+    Exclusion { spec: String, problem: SpecError },
     #[error("invalid duration '{text}': {problem} (expected a whole number and a unit s, m, h or d, e.g. 90s, 15m, 4h, 7d)")]
     Duration { text: String, problem: String },
     #[error("invalid process name '{name}': {problem}")]
     ProcessName { name: String, problem: String },
 }
 
-impl FromStr for Exclusion {
-    type Err = InvalidInput;
-
-    fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let fail = |problem: String| InvalidInput::Exclusion { spec: spec.to_owned(), problem };
-        let fields: Vec<&str> = spec.split(',').map(str::trim).collect();
-        if !(3..=4).contains(&fields.len()) {
-            return Err(fail(format!("it has {} comma-separated fields, expected 3 or 4", fields.len())));
-        }
-        let direction = match fields[0] {
-            "in" => Direction::In,
-            "out" => Direction::Out,
-            "both" => Direction::Both,
-            other => return Err(fail(format!("direction '{other}' is not one of in, out, both"))),
-        };
-        let protocol = match fields[1] {
-            "tcp" => Protocol::Tcp,
-            "udp" => Protocol::Udp,
-            "icmp" => Protocol::Icmp,
-            "any" => Protocol::Any,
-            other => return Err(fail(format!("protocol '{other}' is not one of tcp, udp, icmp, any"))),
-        };
-        let network = parse_network(fields[2]).map_err(fail)?;
-        let ports = match fields.get(3) {
-            None => None,
-            Some(text) => Some(parse_ports(text).map_err(fail)?),
-        };
-        if ports.is_some() && protocol == Protocol::Icmp {
-            return Err(fail("ICMP has no ports; drop the PORTS field or use tcp, udp or any".into()));
-        }
-        Ok(Exclusion { direction, protocol, network, ports })
-    }
+/// Parses an exclusion SPEC; the error repeats the SPEC, since a command carries several.
+pub fn parse_exclusion(spec: &str) -> Result<Exclusion, InvalidInput> {
+    spec.parse().map_err(|problem| InvalidInput::Exclusion { spec: spec.to_owned(), problem })
 }
 
-fn parse_network(text: &str) -> Result<Network, String> {
-    let Some((address, prefix)) = text.split_once('/') else {
-        return Err(format!("'{text}' is not a CIDR: add a prefix length, e.g. {text}/32 or {text}/128"));
+/// Whether `exclusion` spares an established connection (used when severing): an `out`
+/// exclusion by the remote port, an `in` exclusion by the local port.
+pub fn spares_connection(
+    exclusion: Exclusion,
+    tcp: bool,
+    remote: IpAddr,
+    local_port: u16,
+    remote_port: u16,
+) -> bool {
+    let protocol_ok = match exclusion.protocol() {
+        Protocol::Any => true,
+        Protocol::Tcp => tcp,
+        Protocol::Udp => !tcp,
+        Protocol::Icmp => false,
     };
-    let address: IpAddr =
-        address.parse().map_err(|_| format!("'{address}' is not an IPv4 or IPv6 address"))?;
-    let max = if address.is_ipv4() { 32 } else { 128 };
-    let prefix_len: u8 = prefix
-        .parse()
-        .ok()
-        .filter(|len| *len <= max)
-        .ok_or_else(|| format!("prefix length '{prefix}' is not a number from 0 to {max}"))?;
-    let network = Network { address, prefix_len };
-    let canonical = Network { address: mask_address(address, prefix_len), prefix_len };
-    if canonical != network {
-        return Err(format!("'{text}' has host bits set; the network is {canonical}"));
-    }
-    Ok(network)
-}
-
-fn mask_address(address: IpAddr, prefix_len: u8) -> IpAddr {
-    match address {
-        IpAddr::V4(v4) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
-            IpAddr::V4((u32::from(v4) & mask).into())
-        }
-        IpAddr::V6(v6) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix_len)).unwrap_or(0);
-            IpAddr::V6((u128::from(v6) & mask).into())
-        }
-    }
-}
-
-fn parse_ports(text: &str) -> Result<PortRange, String> {
-    let port = |part: &str| -> Result<u16, String> {
-        part.parse::<u16>()
-            .ok()
-            .filter(|port| *port != 0)
-            .ok_or_else(|| format!("port '{part}' is not a number from 1 to 65535"))
-    };
-    let range = if let Some((first, last)) = text.split_once('-') {
-        PortRange { first: port(first)?, last: port(last)? }
-    } else {
-        let single = port(text)?;
-        PortRange { first: single, last: single }
-    };
-    if range.first > range.last {
-        return Err(format!("port range '{text}' ends before it starts"));
-    }
-    Ok(range)
-}
-
-impl fmt::Display for Exclusion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let direction = match self.direction {
-            Direction::In => "in",
-            Direction::Out => "out",
-            Direction::Both => "both",
-        };
-        let protocol = match self.protocol {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Icmp => "icmp",
-            Protocol::Any => "any",
-        };
-        write!(f, "{direction},{protocol},{}", self.network)?;
-        match self.ports {
-            Some(PortRange { first, last }) if first == last => write!(f, ",{first}"),
-            Some(PortRange { first, last }) => write!(f, ",{first}-{last}"),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Exclusion {
-    /// Whether this exclusion spares an existing connection (used when severing): an `out`
-    /// exclusion by the remote port, an `in` exclusion by the local port.
-    pub fn spares_connection(&self, tcp: bool, remote: IpAddr, local_port: u16, remote_port: u16) -> bool {
-        let protocol_ok = match self.protocol {
-            Protocol::Any => true,
-            Protocol::Tcp => tcp,
-            Protocol::Udp => !tcp,
-            Protocol::Icmp => false,
-        };
-        let ports = self.ports.unwrap_or(PortRange::ALL);
-        let out_ok =
-            matches!(self.direction, Direction::Out | Direction::Both) && ports.contains(remote_port);
-        let in_ok = matches!(self.direction, Direction::In | Direction::Both) && ports.contains(local_port);
-        protocol_ok && self.network.contains(remote) && (out_ok || in_ok)
-    }
+    let port_ok = |port| exclusion.ports().is_none_or(|ports| ports.contains(port));
+    let direction = exclusion.direction();
+    let out_ok = matches!(direction, Direction::Out | Direction::Both) && port_ok(remote_port);
+    let in_ok = matches!(direction, Direction::In | Direction::Both) && port_ok(local_port);
+    protocol_ok && exclusion.network().contains(remote) && (out_ok || in_ok)
 }
 
 /// Parses `90s`, `15m`, `4h`, `7d`.
@@ -286,36 +105,17 @@ pub fn comm_key(name: &str) -> [u8; COMM_LEN] {
 mod tests {
     use super::*;
 
-    #[track_caller]
-    fn check_spec(spec: &str, expected: Result<&str, &str>) {
-        match (spec.parse::<Exclusion>(), expected) {
-            (Ok(exclusion), Ok(canonical)) => assert_eq!(exclusion.to_string(), canonical),
-            (Err(error), Err(message)) => assert!(
-                error.to_string().contains(message),
-                "error for '{spec}' was '{error}', expected it to contain '{message}'"
-            ),
-            (got, want) => panic!("'{spec}': got {got:?}, expected {want:?}"),
-        }
-    }
-
     #[test]
-    fn exclusion_specs() {
-        check_spec("out,tcp,198.51.100.7/32,443", Ok("out,tcp,198.51.100.7/32,443"));
-        check_spec("both,udp,fd00::/8,5000-5010", Ok("both,udp,fd00::/8,5000-5010"));
-        check_spec("in,icmp,0.0.0.0/0", Ok("in,icmp,0.0.0.0/0"));
-        check_spec(" out , any , 10.0.0.0/8 ", Ok("out,any,10.0.0.0/8"));
-        check_spec("up,tcp,10.0.0.0/8", Err("direction 'up' is not one of in, out, both"));
-        check_spec("out,sctp,10.0.0.0/8", Err("protocol 'sctp' is not one of tcp, udp, icmp, any"));
-        check_spec("out,tcp,10.0.0.1", Err("'10.0.0.1' is not a CIDR"));
-        check_spec("out,tcp,10.0.0.1/33", Err("prefix length '33' is not a number from 0 to 32"));
-        check_spec("out,tcp,10.0.0.1/8", Err("has host bits set; the network is 10.0.0.0/8"));
-        check_spec("out,tcp,300.0.0.0/8", Err("'300.0.0.0' is not an IPv4 or IPv6 address"));
-        check_spec("out,tcp,10.0.0.0/8,0", Err("port '0' is not a number from 1 to 65535"));
-        check_spec("out,tcp,10.0.0.0/8,70000", Err("port '70000' is not a number from 1 to 65535"));
-        check_spec("out,tcp,10.0.0.0/8,20-10", Err("port range '20-10' ends before it starts"));
-        check_spec("out,icmp,10.0.0.0/8,7", Err("ICMP has no ports"));
-        check_spec("out,tcp", Err("it has 2 comma-separated fields, expected 3 or 4"));
-        check_spec("out,tcp,10.0.0.0/8,1,2", Err("it has 5 comma-separated fields"));
+    fn exclusion_errors_name_the_spec_and_the_syntax() {
+        assert_eq!(
+            parse_exclusion("out,tcp,198.51.100.7/32,443").unwrap().to_string(),
+            "out,tcp,198.51.100.7/32,443"
+        );
+        assert_eq!(
+            parse_exclusion("out,tcp,10.0.0.1/8,443").unwrap_err().to_string(),
+            "invalid exclusion `out,tcp,10.0.0.1/8,443`: `10.0.0.1/8` has host bits set; the network is \
+             10.0.0.0/8 (expected DIR,PROTO,CIDR[,PORTS], e.g. out,tcp,198.51.100.7/32,443)"
+        );
     }
 
     #[test]
@@ -351,11 +151,13 @@ mod tests {
     fn sparing_existing_connections() {
         let out: Exclusion = "out,tcp,198.51.100.0/24,443".parse().unwrap();
         let remote: IpAddr = "198.51.100.9".parse().unwrap();
-        assert!(out.spares_connection(true, remote, 40000, 443));
-        assert!(!out.spares_connection(true, remote, 443, 40000));
-        assert!(!out.spares_connection(true, "198.51.101.9".parse().unwrap(), 40000, 443));
+        assert!(spares_connection(out, true, remote, 40000, 443));
+        assert!(!spares_connection(out, true, remote, 443, 40000));
+        assert!(!spares_connection(out, true, "198.51.101.9".parse().unwrap(), 40000, 443));
         let inbound: Exclusion = "in,tcp,0.0.0.0/0,22".parse().unwrap();
-        assert!(inbound.spares_connection(true, remote, 22, 51000));
-        assert!(!inbound.spares_connection(false, remote, 22, 51000));
+        assert!(spares_connection(inbound, true, remote, 22, 51000));
+        assert!(!spares_connection(inbound, false, remote, 22, 51000));
+        let every_port: Exclusion = "both,any,198.51.100.0/24".parse().unwrap();
+        assert!(spares_connection(every_port, false, remote, 1, 65535));
     }
 }

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use cordon_wire::spec::{Direction, Exclusion, Network, PortRange, Protocol};
 use serde::Serialize;
 
 use crate::bpf::{self, Counters, Enforcement, Pins};
-use crate::exclusion::{comm_key, Direction, Exclusion, Network, PortRange, Protocol};
+use crate::exclusion::comm_key;
 use crate::rule_table;
 use crate::sever::{self, SeverReport};
 use crate::store::{AuditEntry, IsolationRecord, Mode, Store};
@@ -109,12 +110,11 @@ pub fn management_exclusions(brokers: &[String]) -> Result<Vec<Exclusion>> {
             .to_socket_addrs()
             .with_context(|| format!("cannot resolve management broker '{broker}' (expected host:port)"))?;
         for address in addresses {
-            let exclusion = Exclusion {
-                direction: Direction::Out,
-                protocol: Protocol::Tcp,
-                network: Network::host(address.ip()),
-                ports: Some(PortRange { first: address.port(), last: address.port() }),
-            };
+            let port = PortRange::single(address.port())
+                .with_context(|| format!("management broker '{broker}' resolves to {address}"))?;
+            let exclusion =
+                Exclusion::new(Direction::Out, Protocol::Tcp, Network::host(address.ip()), Some(port))
+                    .expect("TCP takes ports");
             if !exclusions.contains(&exclusion) {
                 exclusions.push(exclusion);
             }
@@ -136,11 +136,10 @@ fn dns_exclusions(resolvers: &[IpAddr]) -> Vec<Exclusion> {
     resolvers
         .iter()
         .flat_map(|resolver| {
-            [Protocol::Udp, Protocol::Tcp].map(|protocol| Exclusion {
-                direction: Direction::Out,
-                protocol,
-                network: Network::host(*resolver),
-                ports: Some(PortRange { first: 53, last: 53 }),
+            let dns = PortRange::single(53).expect("53 is a port");
+            [Protocol::Udp, Protocol::Tcp].map(|protocol| {
+                Exclusion::new(Direction::Out, protocol, Network::host(*resolver), Some(dns))
+                    .expect("UDP and TCP take ports")
             })
         })
         .collect()

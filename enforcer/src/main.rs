@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use cordon_wire::spec::Exclusion;
 
 use crate::config::EnforcerConfig;
-use crate::exclusion::{parse_duration, validate_process_name, Exclusion};
+use crate::exclusion::{parse_duration, parse_exclusion, validate_process_name};
 use crate::isolation::{IsolateRequest, Restored, Target};
 
 #[derive(Parser, Debug)]
@@ -102,7 +103,7 @@ fn duration_arg(text: &str) -> Result<Duration, String> {
 }
 
 fn exclusion_arg(text: &str) -> Result<Exclusion, String> {
-    text.parse().map_err(|e: exclusion::InvalidInput| e.to_string())
+    parse_exclusion(text).map_err(|e| e.to_string())
 }
 
 fn process_arg(text: &str) -> Result<String, String> {

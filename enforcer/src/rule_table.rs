@@ -6,12 +6,11 @@
 
 use std::collections::BTreeSet;
 
+use cordon_wire::spec::{Direction, Exclusion, Network, Protocol};
 use enforcer_common::{
     Rule, RuleList, DIRECTION_IN, DIRECTION_OUT, MAX_PREFIXES, MAX_RULES_PER_PREFIX, PROTO_ANY, PROTO_ICMP,
     PROTO_TCP, PROTO_UDP,
 };
-
-use crate::exclusion::{Direction, Exclusion, Network, PortRange, Protocol};
 
 /// What the kernel maps must hold: one entry per distinct prefix and family.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -29,28 +28,29 @@ pub enum TableError {
 }
 
 pub fn kernel_rule(exclusion: &Exclusion) -> Rule {
-    let protocol = match exclusion.protocol {
+    let protocol = match exclusion.protocol() {
         Protocol::Any => PROTO_ANY,
         Protocol::Tcp => PROTO_TCP,
         Protocol::Udp => PROTO_UDP,
         Protocol::Icmp => PROTO_ICMP,
     };
-    let directions = match exclusion.direction {
+    let directions = match exclusion.direction() {
         Direction::In => DIRECTION_IN,
         Direction::Out => DIRECTION_OUT,
         Direction::Both => DIRECTION_IN | DIRECTION_OUT,
     };
-    let ports = exclusion.ports.unwrap_or(PortRange::ALL);
-    Rule { protocol, directions, port_lo: ports.first, port_hi: ports.last, reserved: 0 }
+    // No PORTS: every port; the kernel rule then spans its whole range, 0 included.
+    let (port_lo, port_hi) = exclusion.ports().map_or((0, u16::MAX), |ports| (ports.first(), ports.last()));
+    Rule { protocol, directions, port_lo, port_hi, reserved: 0 }
 }
 
 pub fn compile(exclusions: &[Exclusion]) -> Result<RuleTables, TableError> {
     let mut tables = RuleTables::default();
     let networks: BTreeSet<(bool, Network)> =
-        exclusions.iter().map(|e| (e.network.address.is_ipv6(), e.network)).collect();
+        exclusions.iter().map(|e| (e.network().address().is_ipv6(), e.network())).collect();
     for (ipv6, network) in networks {
         let mut rules: Vec<Rule> = Vec::new();
-        for exclusion in exclusions.iter().filter(|e| e.network.covers(network)) {
+        for exclusion in exclusions.iter().filter(|e| e.network().covers(network)) {
             let rule = kernel_rule(exclusion);
             if !rules.contains(&rule) {
                 rules.push(rule);
@@ -70,18 +70,6 @@ pub fn compile(exclusions: &[Exclusion]) -> Result<RuleTables, TableError> {
         }
     }
     Ok(tables)
-}
-
-impl std::cmp::PartialOrd for Network {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl std::cmp::Ord for Network {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.address, self.prefix_len).cmp(&(other.address, other.prefix_len))
-    }
 }
 
 #[cfg(test)]

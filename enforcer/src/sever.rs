@@ -15,9 +15,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use cordon_wire::spec::Exclusion;
 use enforcer_common::EXEMPT_SOCKET_MARK;
 
-use crate::exclusion::Exclusion;
+use crate::exclusion::spares_connection;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const SOCK_DESTROY: u16 = 21;
@@ -191,7 +192,7 @@ fn sever_here(cgroup_ids: &HashSet<u64>, exclusions: &[Exclusion]) -> Result<(us
             let loopback = is_loopback(info.remote) || local_addresses.contains(&info.remote);
             let excluded = exclusions
                 .iter()
-                .any(|e| e.spares_connection(true, info.remote, info.local_port, info.remote_port));
+                .any(|e| spares_connection(*e, true, info.remote, info.local_port, info.remote_port));
             if loopback || excluded || info.mark == EXEMPT_SOCKET_MARK {
                 spared += 1;
                 continue;

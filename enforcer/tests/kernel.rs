@@ -573,8 +573,11 @@ fn bad_input_changes_nothing() -> Result<(), Failed> {
     for (args, message) in [
         (
             vec!["isolate", "--allow", "out,tcp,10.0.0.1/8,443"],
-            "has host bits set; the network is 10.0.0.0/8",
+            "invalid exclusion `out,tcp,10.0.0.1/8,443`: `10.0.0.1/8` has host bits set; the network is \
+             10.0.0.0/8 (expected DIR,PROTO,CIDR[,PORTS], e.g. out,tcp,198.51.100.7/32,443)",
         ),
+        (vec!["isolate", "--allow", "out, tcp,10.0.0.0/8"], "` tcp` contains whitespace"),
+        (vec!["isolate", "--allow", "in,icmp,0.0.0.0/0,7"], "ICMP has no ports"),
         (vec!["isolate", "--duration", "10"], "invalid duration '10': it has no unit"),
         (vec!["isolate", "--allow-process", "a/b"], "give the process name, not a path"),
         (vec!["isolate", "--bogus"], "unexpected argument '--bogus'"),

@@ -4,14 +4,16 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use cordon_wire::spec::SPEC_SYNTAX;
+
 use crate::condition::{is_valid_selection_name, parse_condition, Condition};
 use crate::decision::{Exclusions, IsolationMode, ReasonKind};
 use crate::diagnostic::{choices_hint, Diagnostic, Position, Report};
 use crate::duration::{format_duration, parse_duration};
 use crate::event::{Event, FieldPath};
-use crate::exclusion::parse_allow_spec;
 use crate::matcher::{compile_field, FieldMatcher};
 use crate::yaml::{parse_documents, Node, NodeKind, ScalarValue};
+use crate::{parse_allow_spec, AllowSpec};
 
 /// The escalation window when a rule gives escalation steps but no `escalation_window`.
 pub const DEFAULT_ESCALATION_WINDOW: Duration = Duration::from_hours(30 * 24);
@@ -699,7 +701,7 @@ fn read_response(node: &Node, report: &mut Report<'_>) -> Option<Response> {
 }
 
 /// The `allow:` list of exclusion SPECs, each checked with the enforcer's syntax.
-fn read_allow_specs(node: &Node, report: &mut Report<'_>) -> Option<Vec<crate::exclusion::AllowSpec>> {
+fn read_allow_specs(node: &Node, report: &mut Report<'_>) -> Option<Vec<AllowSpec>> {
     let items = read_list(node, "`allow`", report)?;
     let mut specs = Vec::new();
     let mut ok = true;
@@ -710,7 +712,7 @@ fn read_allow_specs(node: &Node, report: &mut Report<'_>) -> Option<Vec<crate::e
                 report.error_with_hint(
                     item.position,
                     format!("invalid exclusion SPEC: {error}"),
-                    "write DIR,PROTO,CIDR[,PORTS], e.g. out,tcp,198.51.100.7/32,443",
+                    format!("write {SPEC_SYNTAX}"),
                 );
                 ok = false;
             }

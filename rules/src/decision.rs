@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::config::Retrigger;
-use crate::exclusion::AllowSpec;
+use crate::AllowSpec;
 
 /// How an isolation ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]

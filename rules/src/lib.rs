@@ -12,7 +12,6 @@ mod diagnostic;
 mod duration;
 mod engine;
 mod event;
-pub mod exclusion;
 mod matcher;
 mod ruleset;
 mod state;
@@ -28,7 +27,15 @@ pub use diagnostic::{Diagnostic, Position};
 pub use duration::{format_duration, parse_duration, DurationError, MAX_DURATION};
 pub use engine::{dry_run, dry_run_rule, evaluate, DryRun, RuleVerdict};
 pub use event::{Event, EventError};
-pub use exclusion::{parse_allow_spec, AllowSpec, AllowSpecError};
 pub use ruleset::Ruleset;
 pub use state::{EngineState, DEDUP_CAPACITY};
 pub use testing::{describe_decision, run_test, RuleDirectory, SourceFile, TestOutcome, TestResult};
+
+/// An exclusion SPEC of `allow:`, `DIR,PROTO,CIDR[,PORTS]`: the grammar the enforcer's `--allow`
+/// and the commands use too, defined once in [`cordon_wire::spec`].
+pub use cordon_wire::spec::{Exclusion as AllowSpec, SpecError as AllowSpecError};
+
+/// Parses an exclusion SPEC (the same as `text.parse::<AllowSpec>()`).
+pub fn parse_allow_spec(text: &str) -> Result<AllowSpec, AllowSpecError> {
+    text.parse()
+}

@@ -6,13 +6,13 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use cordon_wire::spec::Network;
 use regex::{Regex, RegexBuilder};
 use rustc_hash::FxHashSet;
 use serde_json::Value;
 
 use crate::diagnostic::{choices_hint, Report};
 use crate::event::FieldPath;
-use crate::exclusion::IpNetwork;
 use crate::yaml::{Node, NodeKind, ScalarValue};
 
 /// Compiled regexes may use at most this much memory each; larger ones are refused at load time.
@@ -55,7 +55,8 @@ enum Pattern {
     /// A Sigma wildcard value (`*`, `?`), compiled to an anchored case-insensitive regex.
     Wildcard(Regex),
     Regex(Regex),
-    Cidr(IpNetwork),
+    /// A network; a bare address in the rule stands for itself (/32 or /128).
+    Cidr(Network),
     Compare(Comparison, f64),
     /// `field: null`: the field is absent or null.
     Null,
@@ -658,7 +659,7 @@ fn compile_pattern(node: &Node, kind: Kind, report: &mut Report<'_>) -> Option<P
                 None
             }
         },
-        Kind::Cidr => match IpNetwork::parse(text, false) {
+        Kind::Cidr => match text.parse::<IpAddr>().map(Network::host).or_else(|_| text.parse::<Network>()) {
             Ok(network) => Some(Pattern::Cidr(network)),
             Err(error) => {
                 report.error_with_hint(

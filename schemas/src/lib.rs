@@ -9,6 +9,10 @@
 //! Only this crate and `schemas/` define serialized forms of these messages; domain types in
 //! the enforcer and the orchestrator convert to and from them.
 
+pub mod spec;
+
+pub use spec::{Direction, Exclusion, Network, PortRange, Protocol, SpecError};
+
 use base64::Engine as _;
 use ed25519_dalek::{Signature, Signer as _, Verifier as _};
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
