@@ -1,10 +1,12 @@
-//! The `cordon` command line: one subcommand group per area (`rules` today; `serve`, `isolate`… next).
+//! The `cordon` command line: rule authoring (`rules`), the service (`serve`, `keygen`) and the
+//! operator commands (`isolate`, `release`, `approve`, `deny`, `hosts`, `host`, `tag`).
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::client::{self, Connection};
 use crate::rules_cli;
 
 #[derive(Debug, Parser)]
@@ -33,6 +35,95 @@ pub enum Command {
     Keygen {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+    },
+    /// Isolate a host now: timed (--for) or until released (--manual).
+    Isolate {
+        host: String,
+        /// How long, e.g. 90s, 15m, 4h, 7d; lifted automatically at the end.
+        #[arg(long = "for", value_name = "DUR", value_parser = client::parse_for, required_unless_present = "manual", conflicts_with = "manual")]
+        duration: Option<u64>,
+        /// Until an operator releases it.
+        #[arg(long)]
+        manual: bool,
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Traffic left open: DIR,PROTO,CIDR[,PORTS], e.g. out,tcp,198.51.100.7/32,443 (repeatable).
+        #[arg(long = "allow", value_name = "SPEC")]
+        allow: Vec<String>,
+        /// A process (by name) whose traffic is left alone (repeatable).
+        #[arg(long = "allow-process", value_name = "NAME")]
+        allow_process: Vec<String>,
+        /// Leave DNS to the host's resolvers open.
+        #[arg(long)]
+        allow_dns: bool,
+        /// Leave DHCP open.
+        #[arg(long)]
+        allow_dhcp: bool,
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release a host's isolation.
+    Release {
+        host: String,
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve the isolation a rule asked for on HOST; it starts now.
+    Approve {
+        host: String,
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deny the isolation a rule asked for on HOST.
+    Deny {
+        host: String,
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List hosts, e.g. `cordon hosts --tag "ISOLATED FROM NETWORK"`.
+    Hosts {
+        #[arg(long)]
+        tag: Option<String>,
+        /// `not_isolated`, `pending_approval`, `isolating`, `isolated`, `releasing` or `released`.
+        #[arg(long)]
+        state: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+        /// A JSON array of hosts (`host`, `state`, `mode`, `expires_at`, `tags`, ...).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one host: state, deadline, tags, its agent's last status, audit trail.
+    Host {
+        host: String,
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add or remove a host's operator tags (tags feed the rules' protected assets).
+    Tag {
+        host: String,
+        #[arg(long, value_name = "TAG")]
+        add: Vec<String>,
+        #[arg(long, value_name = "TAG")]
+        remove: Vec<String>,
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -74,6 +165,55 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
             drop((out, err));
             crate::service::run_from_config(&config)?;
             return Ok(true);
+        }
+        Command::Isolate {
+            host,
+            duration,
+            manual: _,
+            reason,
+            allow,
+            allow_process,
+            allow_dns,
+            allow_dhcp,
+            connection,
+            json,
+        } => {
+            let request = crate::api::IsolateRequest {
+                mode: if duration.is_some() { "automatic" } else { "manual" }.into(),
+                duration_seconds: duration,
+                exclusions: allow,
+                allowed_processes: allow_process,
+                allow_dns,
+                allow_dhcp,
+                reason,
+            };
+            client::run(&connection, client::Request::Isolate { host, request }, json, &mut out)?;
+            true
+        }
+        Command::Release { host, reason, connection, json } => {
+            client::run(&connection, client::Request::Release { host, reason }, json, &mut out)?;
+            true
+        }
+        Command::Approve { host, connection, json } => {
+            client::run(&connection, client::Request::Approve { host }, json, &mut out)?;
+            true
+        }
+        Command::Deny { host, reason, connection, json } => {
+            client::run(&connection, client::Request::Deny { host, reason }, json, &mut out)?;
+            true
+        }
+        Command::Hosts { tag, state, connection, json } => {
+            client::run(&connection, client::Request::Hosts { tag, state }, json, &mut out)?;
+            true
+        }
+        Command::Host { host, connection, json } => {
+            client::run(&connection, client::Request::Host { host }, json, &mut out)?;
+            true
+        }
+        Command::Tag { host, add, remove, connection, json } => {
+            let tags = crate::api::TagsRequest { add, remove };
+            client::run(&connection, client::Request::Tag { host, tags }, json, &mut out)?;
+            true
         }
         Command::Keygen { out: dir } => {
             crate::service::keygen(&dir)?;

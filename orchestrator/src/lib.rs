@@ -1,5 +1,8 @@
-//! The orchestrator behind the `cordon` binary: its command line and the commands' implementations.
+//! The orchestrator behind the `cordon` binary: the service, its operator API and client, and the
+//! rule authoring tools.
 
+pub mod api;
 pub mod cli;
+pub mod client;
 pub mod rules_cli;
 pub mod service;

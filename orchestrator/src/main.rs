@@ -1,4 +1,6 @@
-//! `cordon`: the operator's command line (rule authoring tools; the service and its API come next).
+//! `cordon`: the service (`serve`), the operators' commands against its API, and the rule
+//! authoring tools. Exit codes: 0 done; 1 could not be done (or `rules check|test` found
+//! problems); 2 bad command line or input.
 
 use std::process::ExitCode;
 
@@ -19,7 +21,13 @@ fn main() -> ExitCode {
         }
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::from(2)
+            match error.downcast_ref::<orchestrator::client::ApiRefusal>() {
+                // The request was malformed or its credentials wrong: bad input.
+                Some(refusal) if matches!(refusal.status, 400 | 401) => ExitCode::from(2),
+                // Refused in the host's state, or the service failed: could not be done.
+                Some(_) => ExitCode::FAILURE,
+                None => ExitCode::from(2),
+            }
         }
     }
 }

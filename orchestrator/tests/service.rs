@@ -1,7 +1,8 @@
-//! `cordon serve` against a real Kafka-protocol broker (tansu, started by the test): detections
-//! become signed commands for the right host, invalid events go to the dead-letter topic with
-//! their reason and bytes, agent reports move hosts to isolated, and the scheduler releases an
-//! automatic isolation at its deadline.
+//! `cordon serve` against a real Kafka-protocol broker (tansu, started by the test), driven as
+//! its users drive it: detections on Kafka, agents' reports on Kafka (the test plays the agent),
+//! operators through the `cordon` command line. Detections become signed commands for the right
+//! host, invalid events go to the dead-letter topic, deadlines release, approvals wait for an
+//! operator, rules reload, unanswered commands are resent, and crashes lose and double nothing.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,8 @@ struct Harness {
     children: Vec<Child>,
     dir: PathBuf,
     brokers: String,
+    /// The API address of the running service.
+    api: String,
 }
 
 impl Drop for Harness {
@@ -58,7 +61,8 @@ impl Harness {
             .stderr(Stdio::null())
             .spawn()
             .expect("start tansu");
-        let mut harness = Harness { children: vec![broker], dir, brokers: format!("127.0.0.1:{port}") };
+        let mut harness =
+            Harness { children: vec![broker], dir, brokers: format!("127.0.0.1:{port}"), api: String::new() };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "tansu did not start");
@@ -81,6 +85,7 @@ impl Harness {
         harness
     }
 
+    /// Severity 4 and up isolates for 3 s; severity 3 asks an operator to approve an hour.
     fn write_rules(&mut self) {
         std::fs::write(
             self.dir.join("rules/ransomware.yaml"),
@@ -88,20 +93,29 @@ impl Harness {
              response:\n  isolate:\n    mode: automatic\n    duration: 3s\n    allow: [\"out,tcp,198.51.100.7/32,443\"]\n",
         )
         .expect("write rule");
+        std::fs::write(
+            self.dir.join("rules/suspicious.yaml"),
+            "id: suspicious\ntitle: Suspicious\ndetection:\n  selection:\n    severity_id: 3\n  condition: selection\n\
+             response:\n  isolate:\n    mode: approval\n    duration: 1h\n",
+        )
+        .expect("write rule");
     }
 
-    /// Starts `cordon serve`; returns the channel of its output lines and the public key.
-    fn serve(&mut self) -> (mpsc::Receiver<String>, cordon_wire::VerifyingKey) {
+    /// Starts `cordon serve` (with the failpoint `failpoint`, if any); returns the channel of its
+    /// output lines. The signing key is made once per harness and kept across restarts.
+    fn serve_with(&mut self, failpoint: &str) -> mpsc::Receiver<String> {
         let keys = self.dir.join("keys");
-        let output =
-            Command::new(CORDON).args(["keygen", "--out"]).arg(&keys).output().expect("cordon keygen");
-        assert!(output.status.success(), "keygen: {}", String::from_utf8_lossy(&output.stderr));
-        let public = std::fs::read_to_string(keys.join("signing.pub")).expect("read public key");
+        if !keys.exists() {
+            let output =
+                Command::new(CORDON).args(["keygen", "--out"]).arg(&keys).output().expect("cordon keygen");
+            assert!(output.status.success(), "keygen: {}", String::from_utf8_lossy(&output.stderr));
+        }
         let config = self.dir.join("cordon.toml");
         std::fs::write(
             &config,
             format!(
-                "[kafka]\nbrokers = \"{}\"\n[rules]\ndir = \"{}\"\n[state]\ndir = \"{}\"\n[signing]\nkey_file = \"{}\"\n",
+                "[kafka]\nbrokers = \"{}\"\n[rules]\ndir = \"{}\"\npoll_seconds = 1\n[state]\ndir = \"{}\"\n\
+                 [signing]\nkey_file = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[agents]\nresend_after_seconds = 2\n",
                 self.brokers,
                 self.dir.join("rules").display(),
                 self.dir.join("state").display(),
@@ -112,19 +126,104 @@ impl Harness {
         let mut child = Command::new(CORDON)
             .args(["serve", "--config"])
             .arg(&config)
+            .env("CORDON_FAILPOINT", failpoint)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start cordon serve");
         let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
         self.children.push(child);
+        // Both streams, line by line, echoed for the test's log.
         let (sender, receiver) = mpsc::channel();
+        let errors = sender.clone();
+        let started = Instant::now();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                println!("serve +{:.3}s: {line}", started.elapsed().as_secs_f64());
                 let _ = sender.send(line);
             }
         });
-        (receiver, cordon_wire::verifying_key_from_base64(&public).expect("public key"))
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                println!("serve +{:.3}s: {line}", started.elapsed().as_secs_f64());
+                let _ = errors.send(line);
+            }
+        });
+        receiver
+    }
+
+    /// Starts `cordon serve` and waits until it serves and consumes the detections;
+    /// remembers its API address.
+    fn serve(&mut self) -> mpsc::Receiver<String> {
+        let lines = self.serve_started();
+        wait_for_line(
+            &lines,
+            "consuming cordon.status/0, edr.detections/0, edr.detections/1, edr.detections/2.",
+        );
+        lines
+    }
+
+    /// Starts `cordon serve` and waits until its API serves (its consumer may still be joining
+    /// the group); remembers the API address.
+    fn serve_started(&mut self) -> mpsc::Receiver<String> {
+        let lines = self.serve_with("");
+        let line = wait_for_line(&lines, "API on http://");
+        let address = line.split("API on ").nth(1).expect("address").trim_end_matches('.');
+        address.clone_into(&mut self.api);
+        lines
+    }
+
+    fn public_key(&self) -> cordon_wire::VerifyingKey {
+        let public = std::fs::read_to_string(self.dir.join("keys/signing.pub")).expect("read public key");
+        cordon_wire::verifying_key_from_base64(&public).expect("public key")
+    }
+
+    /// Kills `cordon serve` as `kill -9` would (the broker keeps running).
+    fn kill_service(&mut self) {
+        let mut service = self.children.pop().expect("a running service");
+        let _ = service.kill();
+        let _ = service.wait();
+    }
+
+    /// Runs the `cordon` client against the service's API as operator `alice`.
+    fn cordon(&self, args: &[&str]) -> std::process::Output {
+        Command::new(CORDON)
+            .args(args)
+            .args(["--api", &self.api, "--token-file"])
+            .arg(self.dir.join("state/api-token"))
+            .args(["--operator", "alice"])
+            .env_remove("CORDON_TOKEN")
+            .output()
+            .expect("run cordon")
+    }
+
+    /// Runs the client and returns its standard output, asserting success.
+    fn cordon_ok(&self, args: &[&str]) -> String {
+        let output = self.cordon(args);
+        assert!(
+            output.status.success(),
+            "cordon {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn host_json(&self, host: &str) -> serde_json::Value {
+        serde_json::from_str(&self.cordon_ok(&["host", host, "--json"])).expect("host --json is JSON")
+    }
+
+    /// Publishes what an agent would after applying (or refusing) `command`.
+    fn report(&self, command: &cordon_wire::Command, isolated: bool) {
+        let status = serde_json::json!({
+            "version": 1, "host_id": command.host_id, "sent_at_ms": 0, "kind": "applied",
+            "command_id": command.command_id, "generation": command.generation, "isolated": isolated,
+            "mode": isolated.then_some("automatic"), "expires_at_ms": null, "exclusions": [],
+            "tags": if isolated { vec!["ISOLATED FROM NETWORK", "linux"] } else { vec!["linux"] },
+            "refusal": null, "error": null, "packets_dropped": 0, "packets_allowed": 0
+        });
+        self.produce("cordon.status", &command.host_id, status.to_string().as_bytes());
     }
 
     fn produce(&self, topic: &str, key: &str, value: &[u8]) {
@@ -161,8 +260,31 @@ fn next_message(consumer: &BaseConsumer, timeout: Duration) -> (String, Vec<u8>)
     panic!("no message within {timeout:?}");
 }
 
+/// The next command on `consumer`, opened with `key`.
+fn next_command(
+    consumer: &BaseConsumer,
+    key: &cordon_wire::VerifyingKey,
+    timeout: Duration,
+) -> cordon_wire::Command {
+    let (host, envelope) = next_message(consumer, timeout);
+    let command = cordon_wire::open(&envelope, key).expect("the command verifies with the public key");
+    assert_eq!(host, command.host_id, "commands are keyed by their host");
+    command
+}
+
+/// Asserts that no message arrives on `consumer` for `quiet`.
+fn no_message(consumer: &BaseConsumer, quiet: Duration) {
+    let deadline = Instant::now() + quiet;
+    while Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            let text = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
+            panic!("expected no message, got {text}");
+        }
+    }
+}
+
 fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {
@@ -171,6 +293,19 @@ fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str) -> String {
             Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {
                 panic!("cordon serve never said '{needle}'")
             }
+        }
+    }
+}
+
+/// Waits until every one of `needles` was said, in any order.
+fn wait_for_lines(lines: &mpsc::Receiver<String>, needles: &[&str]) {
+    let mut missing: Vec<&str> = needles.to_vec();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !missing.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => missing.retain(|needle| !line.contains(needle)),
+            Err(error) => panic!("cordon serve never said {missing:?} ({error})"),
         }
     }
 }
@@ -187,20 +322,16 @@ fn detection(host: &str, id: &str, severity: u8) -> Vec<u8> {
 }
 
 #[test]
-fn detection_becomes_a_signed_command_and_the_deadline_a_release() {
+fn a_detection_isolates_its_host_until_the_deadline() {
     let mut harness = Harness::start("flow");
-    let (lines, public_key) = harness.serve();
-    wait_for_line(&lines, "serving 1 rule");
+    let lines = harness.serve();
+    let key = harness.public_key();
     let commands = harness.consumer("cordon.commands");
 
     let started = Instant::now();
     harness.produce("edr.detections", "web-01", &detection("web-01", "ev-1", 5));
-    let (key, envelope) = next_message(&commands, Duration::from_secs(15));
-    assert_eq!(key, "web-01", "commands are keyed by host");
-    let command =
-        cordon_wire::open(&envelope, &public_key).expect("the command verifies with the public key");
-    assert_eq!(command.host_id, "web-01");
-    assert_eq!(command.generation, 1);
+    let command = next_command(&commands, &key, Duration::from_secs(15));
+    assert_eq!((command.host_id.as_str(), command.generation), ("web-01", 1));
     match &command.action {
         cordon_wire::Action::Isolate { duration_seconds, exclusions, .. } => {
             assert!(matches!(duration_seconds, Some(2 | 3)), "duration {duration_seconds:?}");
@@ -210,35 +341,59 @@ fn detection_becomes_a_signed_command_and_the_deadline_a_release() {
             panic!("expected an isolate command, got {:?}", command.action)
         }
     }
-    wait_for_line(&lines, "web-01 -> Isolating");
+    wait_for_line(&lines, "web-01: not_isolated -> isolating by rules ransomware (generation 1)");
 
-    // The agent's report confirms it.
-    let status = serde_json::json!({
-        "version": 1, "host_id": "web-01", "sent_at_ms": 0, "kind": "applied", "command_id": command.command_id,
-        "generation": 1, "isolated": true, "mode": "automatic", "expires_at_ms": null, "exclusions": [],
-        "tags": ["ISOLATED FROM NETWORK"], "refusal": null, "error": null, "packets_dropped": 0, "packets_allowed": 0
-    });
-    harness.produce("cordon.status", "web-01", status.to_string().as_bytes());
-    wait_for_line(&lines, "web-01 -> Isolated (agent report)");
+    // Tagged from the moment the command is issued; listed by tag, as JSON.
+    let listed: serde_json::Value =
+        serde_json::from_str(&harness.cordon_ok(&["hosts", "--tag", "ISOLATED FROM NETWORK", "--json"]))
+            .expect("hosts --json is JSON");
+    let listed = listed.as_array().expect("an array");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["host"], "web-01");
+    assert_eq!(listed[0]["state"], "isolating");
+    assert_eq!(listed[0]["mode"], "automatic");
+    assert!(listed[0]["expires_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{}", listed[0]);
+    assert_eq!(listed[0]["tags"], serde_json::json!(["ISOLATED FROM NETWORK"]));
+
+    harness.report(&command, true);
+    wait_for_line(&lines, "web-01: isolating -> isolated by agent");
+    let host = harness.host_json("web-01");
+    assert_eq!(host["tags"], serde_json::json!(["ISOLATED FROM NETWORK", "linux"]), "agent tags are kept");
 
     // A duplicate of the same event isolates nothing twice.
     harness.produce("edr.detections", "web-01", &detection("web-01", "ev-1", 5));
 
     // At the deadline (3 s) the scheduler sends a release with the next generation.
-    let (_, envelope) = next_message(&commands, Duration::from_secs(10));
-    let release = cordon_wire::open(&envelope, &public_key).expect("the release verifies");
+    let release = next_command(&commands, &key, Duration::from_secs(10));
     assert!(matches!(release.action, cordon_wire::Action::Release { .. }), "{release:?}");
     assert_eq!(release.generation, 2, "the duplicate event must not have produced a command");
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_secs(2), "released early ({elapsed:?})");
     assert!(elapsed < Duration::from_secs(5), "released late ({elapsed:?})");
+    harness.report(&release, false);
+    wait_for_line(&lines, "web-01: releasing -> released by agent");
+    assert_eq!(harness.cordon_ok(&["hosts", "--tag", "ISOLATED FROM NETWORK"]).trim(), "No hosts.");
+
+    let host = harness.host_json("web-01");
+    let trail: Vec<(String, String)> = host["audit"]
+        .as_array()
+        .expect("audit trail")
+        .iter()
+        .map(|e| (e["to"].as_str().unwrap().to_owned(), e["by"].as_str().unwrap().to_owned()))
+        .collect();
+    let expected = [
+        ("isolating", "rules ransomware"),
+        ("isolated", "agent"),
+        ("releasing", "scheduler"),
+        ("released", "agent"),
+    ];
+    assert_eq!(trail, expected.map(|(a, b)| (a.to_owned(), b.to_owned())));
 }
 
 #[test]
 fn invalid_events_go_to_the_dead_letter_topic_with_reason_and_bytes() {
     let mut harness = Harness::start("dlq");
-    let (lines, _) = harness.serve();
-    wait_for_line(&lines, "serving 1 rule");
+    let lines = harness.serve();
     let dead_letters = harness.consumer("cordon.dead-letter");
     for (bad, reason) in [
         (b"{ not json".to_vec(), "JSON"),
@@ -255,7 +410,258 @@ fn invalid_events_go_to_the_dead_letter_topic_with_reason_and_bytes() {
     }
     // The consumer kept going: a valid event after the bad ones still becomes a decision.
     harness.produce("edr.detections", "web-02", &detection("web-02", "ev-2", 5));
-    wait_for_line(&lines, "web-02 -> Isolating");
+    wait_for_line(&lines, "web-02: not_isolated -> isolating");
+}
+
+#[test]
+fn operators_isolate_and_release_through_the_cli() {
+    let mut harness = Harness::start("operator");
+    let lines = harness.serve();
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+
+    // Bad input: every problem named, exit code 2, nothing sent.
+    let output = harness.cordon(&[
+        "isolate",
+        "db-01",
+        "--manual",
+        "--allow",
+        "out,tcp,300.1.1.1/32,443",
+        "--allow-process",
+        "a/b",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("2 problem(s)") && stderr.contains("300.1.1.1"), "{stderr}");
+    assert!(stderr.contains("process name \"a/b\""), "{stderr}");
+    let output = harness.cordon(&["isolate", "db-01"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--for"), "a duration or --manual is required");
+    // A wrong token is refused, and says so.
+    std::fs::write(harness.dir.join("wrong-token"), "not-the-token-at-all\n").unwrap();
+    let output = Command::new(CORDON)
+        .args(["hosts", "--api", &harness.api, "--token-file"])
+        .arg(harness.dir.join("wrong-token"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("HTTP 401"), "{output:?}");
+    no_message(&commands, Duration::from_millis(500));
+
+    let said = harness.cordon_ok(&[
+        "isolate",
+        "db-01",
+        "--manual",
+        "--reason",
+        "incident 7",
+        "--allow",
+        "out,tcp,10.0.0.0/8,22",
+    ]);
+    assert_eq!(said.trim(), "db-01: isolation requested; now isolating (generation 1).");
+    let command = next_command(&commands, &key, Duration::from_secs(10));
+    match &command.action {
+        cordon_wire::Action::Isolate { duration_seconds: None, exclusions, reason, .. } => {
+            assert_eq!(exclusions, &vec!["out,tcp,10.0.0.0/8,22".to_owned()]);
+            assert!(reason.contains("operator alice") && reason.contains("incident 7"), "{reason}");
+        }
+        other => panic!("expected a manual isolation, got {other:?}"),
+    }
+    harness.report(&command, true);
+    wait_for_line(&lines, "db-01: isolating -> isolated by agent");
+
+    harness.cordon_ok(&["release", "db-01", "--reason", "cleaned"]);
+    let release = next_command(&commands, &key, Duration::from_secs(10));
+    assert!(matches!(release.action, cordon_wire::Action::Release { .. }));
+    assert_eq!(release.generation, 2);
+
+    let shown = harness.cordon_ok(&["host", "db-01"]);
+    assert!(shown.contains("State:       releasing (generation 2)"), "{shown}");
+    assert!(shown.contains("by operator alice (127.0.0.1:"), "the audit trail names the caller: {shown}");
+    assert!(shown.contains("incident 7") && shown.contains("cleaned"), "{shown}");
+}
+
+#[test]
+fn approval_waits_for_an_operator() {
+    let mut harness = Harness::start("approval");
+    let lines = harness.serve();
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+    harness.produce("edr.detections", "plc-01", &detection("plc-01", "ap-1", 3));
+    harness.produce("edr.detections", "plc-02", &detection("plc-02", "ap-2", 3));
+    wait_for_lines(
+        &lines,
+        &[
+            "plc-01: not_isolated -> pending_approval by rules suspicious",
+            "plc-02: not_isolated -> pending_approval by rules suspicious",
+        ],
+    );
+    let pending: serde_json::Value =
+        serde_json::from_str(&harness.cordon_ok(&["hosts", "--state", "pending_approval", "--json"]))
+            .unwrap();
+    assert_eq!(pending.as_array().map(Vec::len), Some(2), "{pending}");
+    assert_eq!(pending[0]["pending"]["duration_seconds"], 3_600);
+    no_message(&commands, Duration::from_secs(1));
+
+    harness.cordon_ok(&["deny", "plc-02", "--reason", "false positive"]);
+    let output = harness.cordon(&["approve", "plc-02"]);
+    assert_eq!(output.status.code(), Some(1), "refused in the host's state: could not be done");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("no approval is pending for host plc-02 (HTTP 409)")
+    );
+
+    harness.cordon_ok(&["approve", "plc-01"]);
+    let command = next_command(&commands, &key, Duration::from_secs(10));
+    assert_eq!(command.host_id, "plc-01");
+    assert!(matches!(command.action, cordon_wire::Action::Isolate { duration_seconds: Some(3_600), .. }));
+    let plc02 = harness.host_json("plc-02");
+    assert_eq!((plc02["state"].as_str(), plc02["generation"].as_u64()), (Some("not_isolated"), Some(0)));
+    no_message(&commands, Duration::from_secs(1));
+}
+
+#[test]
+fn rules_reload_on_change_and_sighup_and_a_broken_set_is_refused() {
+    let mut harness = Harness::start("reload");
+    let lines = harness.serve();
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+
+    std::fs::write(harness.dir.join("rules/broken.yaml"), "id: broken\ndetection: [\n").unwrap();
+    let refused = wait_for_line(&lines, "rules NOT reloaded");
+    assert!(refused.contains("the 2 running rule(s) stay in force"), "{refused}");
+    harness.produce("edr.detections", "h-1", &detection("h-1", "r-1", 5));
+    assert_eq!(next_command(&commands, &key, Duration::from_secs(10)).host_id, "h-1", "old rules still act");
+
+    std::fs::remove_file(harness.dir.join("rules/broken.yaml")).unwrap();
+    std::fs::write(
+        harness.dir.join("rules/low.yaml"),
+        "id: low\ntitle: Low\ndetection:\n  selection:\n    severity_id: 2\n  condition: selection\n\
+         response:\n  isolate:\n    mode: manual\n",
+    )
+    .unwrap();
+    wait_for_line(&lines, "rules reloaded after a change in the rules directory: 3 rule(s)");
+    harness.produce("edr.detections", "h-2", &detection("h-2", "r-2", 2));
+    let command = next_command(&commands, &key, Duration::from_secs(10));
+    assert_eq!(command.host_id, "h-2");
+    assert!(matches!(command.action, cordon_wire::Action::Isolate { duration_seconds: None, .. }));
+
+    let pid = harness.children.last().expect("service").id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    wait_for_line(&lines, "rules reloaded after SIGHUP: 3 rule(s)");
+}
+
+#[test]
+fn unanswered_commands_are_resent_with_the_same_generation() {
+    let mut harness = Harness::start("resend");
+    let lines = harness.serve();
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+    harness.cordon_ok(&["isolate", "r-01", "--for", "1h"]);
+    let first = next_command(&commands, &key, Duration::from_secs(10));
+    let again = next_command(&commands, &key, Duration::from_secs(10));
+    wait_for_line(&lines, "r-01: resending command 1");
+    assert_eq!((again.generation, &again.command_id), (first.generation, &first.command_id));
+    assert!(again.issued_at_ms > first.issued_at_ms, "a resend is signed anew with a fresh expiry");
+    harness.report(&again, true);
+    wait_for_line(&lines, "r-01: isolating -> isolated by agent");
+    no_message(&commands, Duration::from_secs(5));
+}
+
+/// Produces one detection into a service that crashes at `failpoint`, restarts it, and checks
+/// that the isolation is decided once, sent, and released at its deadline.
+fn crash_at(failpoint: &str) {
+    let mut harness = Harness::start(failpoint);
+    let lines = harness.serve_with(failpoint);
+    wait_for_line(&lines, "API on http://");
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+    harness.produce("edr.detections", "web-09", &detection("web-09", "crash-1", 5));
+    wait_for_line(&lines, &format!("failpoint {failpoint}: aborting"));
+    let mut crashed = harness.children.pop().expect("service");
+    let status = crashed.wait().expect("wait");
+    assert!(!status.success(), "the service must have died at the failpoint");
+
+    let _lines = harness.serve();
+    // Until the deadline's release: the isolation, perhaps resent (same generation and id) while
+    // no agent answers, never a second isolation; then the release, on time.
+    let mut isolations = 0;
+    loop {
+        let command = next_command(&commands, &key, Duration::from_secs(30));
+        assert_eq!(command.host_id, "web-09");
+        match command.action {
+            cordon_wire::Action::Isolate { .. } => {
+                assert_eq!((command.generation, command.command_id.as_str()), (1, "web-09-1"));
+                isolations += 1;
+            }
+            cordon_wire::Action::Release { .. } => {
+                assert_eq!(command.generation, 2);
+                break;
+            }
+        }
+    }
+    assert!(isolations >= 1, "the isolation was lost");
+    let host = harness.host_json("web-09");
+    let audit = host["audit"].as_array().unwrap();
+    let isolating = audit.iter().filter(|entry| entry["to"] == "isolating").count();
+    assert_eq!(isolating, 1, "one isolation, decided once: {host}");
+    assert_eq!(audit.last().unwrap()["why"], "deadline reached");
+}
+
+#[test]
+fn crash_after_the_state_is_durable_but_before_the_offset_commit_isolates_once() {
+    crash_at("after-flush");
+}
+
+#[test]
+fn crash_before_the_state_is_durable_loses_nothing() {
+    crash_at("before-flush");
+}
+
+#[test]
+fn crash_before_the_command_is_sent_loses_no_command() {
+    crash_at("before-send");
+}
+
+#[test]
+fn isolations_due_during_downtime_are_lifted_at_restart() {
+    let mut harness = Harness::start("downtime");
+    let lines = harness.serve();
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+    for (host, duration) in [("d-02", "1h"), ("d-01", "3s")] {
+        harness.cordon_ok(&["isolate", host, "--for", duration]);
+        let command = next_command(&commands, &key, Duration::from_secs(10));
+        harness.report(&command, true);
+        wait_for_line(&lines, &format!("{host}: isolating -> isolated"));
+    }
+    harness.kill_service();
+    std::thread::sleep(Duration::from_secs(4));
+    let restarted = Instant::now();
+    // Deadlines do not wait for the consumer group: the overdue release goes out at start-up.
+    let lines = harness.serve_started();
+    let release = next_command(&commands, &key, Duration::from_secs(10));
+    assert!(
+        restarted.elapsed() < Duration::from_secs(5),
+        "overdue release came {:?} after start",
+        restarted.elapsed()
+    );
+    assert_eq!((release.host_id.as_str(), release.generation), ("d-01", 2));
+    assert!(matches!(release.action, cordon_wire::Action::Release { .. }));
+    // (`isolating ->` when the kill came before the confirmation was flushed: the report is
+    // then consumed again, and does not confirm the newer release.)
+    let line = wait_for_line(&lines, "d-01: ");
+    assert!(line.contains("-> releasing by scheduler (generation 2): deadline reached"), "{line}");
+    // The report is read once the consumer has joined its group; until then the release may
+    // be resent (same generation: the agent applies it once).
+    harness.report(&release, false);
+    wait_for_line(&lines, "d-01: releasing -> released by agent");
+    let quiet_until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < quiet_until {
+        if let Some(Ok(message)) = commands.poll(Duration::from_millis(100)) {
+            let resent = cordon_wire::open(message.payload().unwrap_or_default(), &key).expect("signed");
+            assert_eq!((resent.host_id.as_str(), resent.generation), ("d-01", 2), "only resends: {resent:?}");
+        }
+    }
+    assert_eq!(harness.host_json("d-02")["state"], "isolated", "the other deadline is still ahead");
 }
 
 #[test]

@@ -126,6 +126,19 @@ impl EngineState {
         self.active.remove(host);
     }
 
+    /// Records an isolation decided outside the engine (an operator's, or an approved proposal),
+    /// so later matches on `host` are retriggers that never weaken it. `by` names who decided.
+    pub fn note_isolation(&mut self, host: &str, mode: IsolationMode, deadline_ms: Option<i64>, by: &str) {
+        let duration = match (mode, deadline_ms) {
+            (IsolationMode::Automatic, Some(_)) => 1,
+            _ => 0,
+        };
+        self.active.insert(
+            host.to_owned(),
+            ActiveIsolation { mode, deadline_ms, rules: BTreeMap::from([(by.to_owned(), duration)]) },
+        );
+    }
+
     /// The isolation the engine believes is in force on `host` at `now_ms`: its mode and deadline.
     #[must_use]
     pub fn isolation_of(&self, host: &str, now_ms: i64) -> Option<(IsolationMode, Option<i64>)> {

@@ -17,6 +17,10 @@ pub struct ServiceConfig {
     pub signing: SigningSection,
     #[serde(default)]
     pub commands: CommandsSection,
+    #[serde(default)]
+    pub api: ApiSection,
+    #[serde(default)]
+    pub agents: AgentsSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,6 +38,9 @@ pub struct KafkaSection {
     pub status_topic: String,
     #[serde(default = "default_group")]
     pub group_id: String,
+    /// This service's static member id in the group: one active service per id.
+    #[serde(default = "default_group")]
+    pub instance_id: String,
 }
 
 impl Default for KafkaSection {
@@ -45,6 +52,7 @@ impl Default for KafkaSection {
             commands_topic: default_commands_topic(),
             status_topic: default_status_topic(),
             group_id: default_group(),
+            instance_id: default_group(),
         }
     }
 }
@@ -53,6 +61,46 @@ impl Default for KafkaSection {
 #[serde(deny_unknown_fields)]
 pub struct RulesSection {
     pub dir: PathBuf,
+    /// How often the directory is checked for changes (SIGHUP reloads at once).
+    #[serde(default = "default_rules_poll")]
+    pub poll_seconds: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Address and port of the operator API.
+    #[serde(default = "default_api_listen")]
+    pub listen: String,
+    /// The bearer token; absent: `<state dir>/api-token`, created on first start.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection { listen: default_api_listen(), token_file: None }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsSection {
+    /// An agent not heard from for this long (heartbeats come every 30 s) is marked stale.
+    #[serde(default = "default_stale_after")]
+    pub stale_after_seconds: u64,
+    /// A command its agent has not answered after this long is sent again (then after 2x, 4x,
+    /// ... up to 32x).
+    #[serde(default = "default_resend_after")]
+    pub resend_after_seconds: u64,
+}
+
+impl Default for AgentsSection {
+    fn default() -> Self {
+        AgentsSection {
+            stale_after_seconds: default_stale_after(),
+            resend_after_seconds: default_resend_after(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +157,18 @@ fn default_state_dir() -> PathBuf {
 }
 fn default_command_ttl() -> u64 {
     600
+}
+fn default_rules_poll() -> u64 {
+    2
+}
+fn default_api_listen() -> String {
+    "127.0.0.1:8700".into()
+}
+fn default_stale_after() -> u64 {
+    90
+}
+fn default_resend_after() -> u64 {
+    15
 }
 
 impl ServiceConfig {

@@ -1,28 +1,41 @@
 //! `cordon serve`: detections from Kafka become isolations on hosts.
 //!
-//! One loop over a closed set of inputs (a Kafka message on the detections or status topic, a
-//! scheduler tick, shutdown). For each detection: validate it (invalid ones go to the
-//! dead-letter topic with the reason and the original bytes), evaluate it with the rules engine,
-//! record the resulting host states, the engine state and the signed commands (outbox) in sled,
-//! flush, then commit the Kafka offset, then send the outbox. Status reports from agents move
-//! hosts from isolating to isolated and back. The scheduler releases automatic isolations whose
-//! deadline has passed.
+//! One loop, the only writer of the state, over a closed set of inputs: a batch of Kafka
+//! messages (detections and agents' status reports), an operator's request from the API, a
+//! recurring job (resend unanswered commands, mark silent agents stale, prune the engine's
+//! memory, notice changed rules), SIGHUP (reload the rules), the deadline tick, and shutdown.
+//!
+//! For a batch: validate each detection (invalid ones go to the dead-letter topic with the reason
+//! and the original bytes), evaluate it with the rules engine, apply the decisions to the host
+//! records ([`lifecycle`]), put the records, audit entries, engine state and signed commands
+//! (the outbox) in sled, flush, then commit the Kafka offsets, then send the outbox. A crash at
+//! any point loses nothing: uncommitted messages come again, and their events are deduplicated
+//! by the engine's state and the host records; unsent commands are still in the outbox.
 
+pub mod api;
 pub mod config;
+pub mod jobs;
+pub mod lifecycle;
 pub mod store;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message};
+use futures_util::FutureExt as _;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
 
+use self::api::{Operation, OperatorRequest};
 use self::config::ServiceConfig;
-use self::store::{AuditEntry, HostRecord, HostState, OutboxEntry, Store};
+use self::jobs::Job;
+use self::lifecycle::{Effects, HostRecord, IsolationPlan};
+use self::store::{OutboxEntry, Store};
 
 /// Wall clock in epoch milliseconds; the only place the service reads it.
 pub fn now_ms() -> i64 {
@@ -30,14 +43,43 @@ pub fn now_ms() -> i64 {
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// The consumer's context: says which partitions the service reads, when the group assigns or
+/// takes them (operators, and tests, wait for "consuming").
+struct GroupLog;
+
+impl ClientContext for GroupLog {}
+
+impl ConsumerContext for GroupLog {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let describe = |list: &TopicPartitionList| {
+            let mut parts: Vec<String> =
+                list.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect();
+            parts.sort();
+            parts.join(", ")
+        };
+        match rebalance {
+            Rebalance::Assign(list) => println!("cordon: consuming {}.", describe(list)),
+            Rebalance::Revoke(list) => println!("cordon: no longer consuming {}.", describe(list)),
+            Rebalance::Error(error) => eprintln!("cordon: error: consumer group: {error}"),
+        }
+    }
+}
+
+type DetectionConsumer = StreamConsumer<GroupLog>;
+
+/// At most this many Kafka messages are handled per durable write.
+const MAX_BATCH: usize = 2_000;
+
 /// Everything the loop works with.
 struct Service {
     config: ServiceConfig,
     ruleset: rules::Ruleset,
+    rules_fingerprint: jobs::Fingerprint,
     engine: rules::EngineState,
     store: Store,
     signing_key: cordon_wire::SigningKey,
     producer: FutureProducer,
+    failpoint: Option<String>,
 }
 
 /// Loads the rules directory; every problem is reported at once.
@@ -96,18 +138,10 @@ async fn shutdown_signal() {
 
 /// `cordon keygen --out DIR`: a new Ed25519 key pair for signing commands.
 pub fn keygen(dir: &std::path::Path) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let key = cordon_wire::generate_signing_key();
     let secret = dir.join("signing.key");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&secret)
+    write_secret(&secret, &cordon_wire::key_to_base64(&key.to_bytes()))
         .with_context(|| format!("cannot create {} (it must not exist yet)", secret.display()))?;
-    writeln!(file, "{}", cordon_wire::key_to_base64(&key.to_bytes()))?;
     std::fs::write(
         dir.join("signing.pub"),
         format!("{}\n", cordon_wire::key_to_base64(key.verifying_key().as_bytes())),
@@ -116,21 +150,88 @@ pub fn keygen(dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Creates `path` (and its directory) readable by its owner only; fails if it exists.
+fn write_secret(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    writeln!(file, "{text}")?;
+    Ok(())
+}
+
+/// The API token: from `[api] token_file`, or created in the state directory on first start.
+fn api_token(config: &ServiceConfig) -> Result<String> {
+    let path = if let Some(path) = &config.api.token_file {
+        path.clone()
+    } else {
+        let path = config.state.dir.join("api-token");
+        if !path.exists() {
+            let token = cordon_wire::key_to_base64(&cordon_wire::generate_signing_key().to_bytes());
+            write_secret(&path, &token).with_context(|| format!("cannot create {}", path.display()))?;
+            println!("cordon: created an API token in {} (readable by its owner only).", path.display());
+        }
+        path
+    };
+    let token = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the API token file {}", path.display()))?;
+    let token = token.trim().to_owned();
+    if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!(
+            "the API token in {} must be at least 16 characters with no spaces (e.g. `head -c 32 /dev/urandom | \
+             base64 > {}`)",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+/// Serves the operator API on `listen` in a task of its own; returns the address it listens on.
+async fn start_api(
+    listen: &str,
+    store: Store,
+    token: &str,
+    requests: mpsc::Sender<OperatorRequest>,
+) -> Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} ([api] listen)"))?;
+    let address = listener.local_addr()?;
+    let app =
+        api::router(store, token, requests).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            eprintln!("cordon: error: the API server stopped: {error}");
+        }
+    });
+    Ok(address)
+}
+
 /// Runs the service until `shutdown` completes. `brokers` is the resolved bootstrap list.
 pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<Output = ()>) -> Result<()> {
     let ruleset = load_rules(&config.rules.dir)?;
+    let rules_fingerprint = jobs::Fingerprint::of(&config.rules.dir);
     let store = Store::open(&config.state.dir)?;
     let engine = store.engine_state()?;
     let key_text = std::fs::read_to_string(&config.signing.key_file)
         .with_context(|| format!("cannot read the signing key {}", config.signing.key_file.display()))?;
     let signing_key = cordon_wire::signing_key_from_base64(&key_text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.signing.key_file.display()))?;
-    let consumer: StreamConsumer = ClientConfig::new()
+    let token = api_token(&config)?;
+    let consumer: DetectionConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", &config.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .create()
+        // Static membership (KIP-345): a restarted service takes its partitions back at once
+        // instead of waiting for the group to evict its crashed predecessor; a second service
+        // with the same id is fenced off rather than splitting the detections with it.
+        .set("group.instance.id", &config.kafka.instance_id)
+        .set("session.timeout.ms", "10000")
+        .create_with_context(GroupLog)
         .context("cannot create the Kafka consumer")?;
     consumer
         .subscribe(&[&config.kafka.detections_topic, &config.kafka.status_topic])
@@ -139,62 +240,134 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         .set("bootstrap.servers", brokers)
         .set("partitioner", "murmur2_random")
         .set("enable.idempotence", "true")
+        .set("linger.ms", "1")
         .create()
         .context("cannot create the Kafka producer")?;
-    let mut service = Service { config, ruleset, engine, store, signing_key, producer };
+
+    let (requests_tx, mut requests) = mpsc::channel::<OperatorRequest>(64);
+    let api_address = start_api(&config.api.listen, store.clone(), &token, requests_tx).await?;
+    let (jobs_tx, mut jobs) = mpsc::channel::<Job>(16);
+    let scheduler = jobs::start(&config, jobs_tx).await?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
+
+    let failpoint = std::env::var("CORDON_FAILPOINT").ok().filter(|name| !name.is_empty());
+    let mut service =
+        Service { config, ruleset, rules_fingerprint, engine, store, signing_key, producer, failpoint };
     println!(
-        "cordon: serving {} rule(s) from {}.",
+        "cordon: serving {} rule(s) from {}; API on http://{api_address}.",
         service.ruleset.len(),
         service.config.rules.dir.display()
     );
+    // Whatever was decided before a restart and not sent yet goes out first; overdue
+    // isolations are lifted at once.
+    service.lift_due(now_ms())?;
     service.send_outbox().await;
 
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
-    loop {
+    let result = loop {
         tokio::select! {
-            () = &mut shutdown => break,
-            message = consumer.recv() => match message {
-                Ok(message) => {
-                    if let Err(error) = service.handle(&message).await {
-                        // Nothing committed: the message comes again after a restart.
-                        eprintln!("cordon: error: {error:#}");
+            () = &mut shutdown => break Ok(()),
+            message = consumer.recv() => {
+                let mut batch = Vec::new();
+                match message {
+                    Ok(message) => batch.push(message.detach()),
+                    Err(error) => {
+                        eprintln!("cordon: error: reading Kafka: {error}");
                         continue;
                     }
-                    consumer.commit_message(&message, CommitMode::Sync).context("cannot commit the offset")?;
-                    service.send_outbox().await;
                 }
-                Err(error) => eprintln!("cordon: error: reading Kafka: {error}"),
-            },
+                while batch.len() < MAX_BATCH {
+                    match consumer.recv().now_or_never() {
+                        Some(Ok(message)) => batch.push(message.detach()),
+                        Some(Err(error)) => {
+                            eprintln!("cordon: error: reading Kafka: {error}");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                if let Err(error) = service.handle_batch(&consumer, &batch).await {
+                    // Nothing of this batch is committed: it comes again after the restart.
+                    break Err(error);
+                }
+                service.send_outbox().await;
+            }
+            Some(request) = requests.recv() => {
+                if let Err(error) = service.on_operator(request) {
+                    break Err(error);
+                }
+                service.send_outbox().await;
+            }
+            Some(job) = jobs.recv() => {
+                if let Err(error) = service.on_job(job) {
+                    break Err(error);
+                }
+                service.send_outbox().await;
+            }
+            _ = hangup.recv() => service.reload_rules("SIGHUP"),
             _ = tick.tick() => {
                 if let Err(error) = service.lift_due(now_ms()) {
-                    eprintln!("cordon: error: scheduler: {error:#}");
+                    break Err(error);
                 }
                 service.send_outbox().await;
             }
         }
-    }
-    Ok(())
+    };
+    let mut scheduler = scheduler;
+    let _ = scheduler.shutdown().await;
+    result
 }
 
 impl Service {
-    async fn handle(&mut self, message: &BorrowedMessage<'_>) -> Result<()> {
-        let payload = message.payload().unwrap_or_default();
-        if message.topic() == self.config.kafka.status_topic {
-            return self.on_status(payload);
+    /// Crashes the process at the named point when `CORDON_FAILPOINT` names it: how the crash
+    /// tests stop the service exactly between two steps, as a `kill -9` there would.
+    fn failpoint(&self, name: &str) {
+        if self.failpoint.as_deref() == Some(name) {
+            println!("cordon: failpoint {name}: aborting");
+            std::process::abort();
         }
-        let event = match std::str::from_utf8(payload)
-            .map_err(|e| format!("not UTF-8 text: {e}"))
-            .and_then(|text| rules::Event::parse(text).map_err(|e| e.to_string()))
-        {
-            Ok(event) => event,
-            Err(reason) => return self.dead_letter(message, &reason).await,
-        };
-        self.on_detection(&event, now_ms())
+    }
+
+    /// Handles a batch of messages, makes every change durable, then commits their offsets.
+    async fn handle_batch(&mut self, consumer: &DetectionConsumer, batch: &[OwnedMessage]) -> Result<()> {
+        let now = now_ms();
+        for message in batch {
+            let payload = message.payload().unwrap_or_default();
+            if message.topic() == self.config.kafka.status_topic {
+                self.on_status(payload, now)?;
+                continue;
+            }
+            let event = std::str::from_utf8(payload)
+                .map_err(|e| format!("not UTF-8 text: {e}"))
+                .and_then(|text| rules::Event::parse(text).map_err(|e| e.to_string()));
+            match event {
+                Ok(event) => self.on_detection(&event, now)?,
+                Err(reason) => self.dead_letter(message, &reason).await?,
+            }
+        }
+        self.store.put_engine_state(&self.engine)?;
+        self.failpoint("before-flush");
+        self.store.flush()?;
+        self.failpoint("after-flush");
+        let mut offsets: HashMap<(&str, i32), i64> = HashMap::new();
+        for message in batch {
+            let next = offsets.entry((message.topic(), message.partition())).or_insert(0);
+            *next = (*next).max(message.offset() + 1);
+        }
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), offset) in offsets {
+            list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        }
+        consumer.commit(&list, CommitMode::Async).context("cannot commit the offsets")?;
+        self.failpoint("after-commit");
+        Ok(())
     }
 
     /// Sends an invalid event to the dead-letter topic, with the reason and the original bytes.
-    async fn dead_letter(&self, message: &BorrowedMessage<'_>, reason: &str) -> Result<()> {
+    async fn dead_letter(&self, message: &OwnedMessage, reason: &str) -> Result<()> {
         let record = serde_json::json!({
             "reason": reason,
             "topic": message.topic(),
@@ -215,68 +388,46 @@ impl Service {
         Ok(())
     }
 
-    /// Evaluates one valid event; records every resulting change and command, durably.
+    /// Evaluates one valid event and applies its decisions (not yet durable).
     fn on_detection(&mut self, event: &rules::Event, now: i64) -> Result<()> {
         let tags = self.store.host(event.host())?.map(|h| h.tags).unwrap_or_default();
         let decisions = rules::evaluate(&self.ruleset, &mut self.engine, event, now, &tags);
         for decision in &decisions {
             let previous = self.store.host(&decision.host)?;
             let mut record = previous.clone().unwrap_or_else(|| HostRecord::new(&decision.host, now));
-            let from = record.state;
-            let isolation = decision.action.isolation();
-            record.rules.clone_from(&decision.rules);
-            record.event_id = Some(decision.event_id.clone());
-            record.mode = Some(if isolation.deadline_ms.is_some() { "automatic" } else { "manual" }.into());
-            record.expires_at_ms = isolation.deadline_ms;
-            record.updated_at_ms = now;
-            match &decision.action {
-                rules::Action::Isolate(_) => {
-                    record.state = HostState::Isolating;
-                    record.generation += 1;
-                    self.enqueue_isolate(&record, isolation, now)?;
-                }
-                rules::Action::RequestApproval(_) => record.state = HostState::PendingApproval,
-            }
-            record.retag();
-            self.store.put_host(previous.as_ref(), &record)?;
-            let why: Vec<String> = decision.why.iter().map(|w| format!("{w:?}")).collect();
-            self.store.audit(&AuditEntry {
-                at_ms: now,
-                host: record.host.clone(),
-                from,
-                to: record.state,
-                by: format!("rules {}", decision.rules.join(",")),
-                event_id: Some(decision.event_id.clone()),
-                why: why.join("; "),
-            })?;
-            println!(
-                "cordon: {} -> {:?} (rules {}, event {}).",
-                record.host,
-                record.state,
-                decision.rules.join(","),
-                decision.event_id
-            );
+            let effects = lifecycle::on_decision(&mut record, decision, now);
+            self.apply(previous.as_ref(), &record, effects, now)?;
         }
-        self.store.put_engine_state(&self.engine)?;
-        self.store.flush()
+        Ok(())
     }
 
-    fn enqueue_isolate(&self, record: &HostRecord, isolation: &rules::Isolation, now: i64) -> Result<()> {
-        let action = cordon_wire::Action::Isolate {
-            duration_seconds: isolation
-                .deadline_ms
-                .map(|deadline| u64::try_from((deadline - now).max(1_000) / 1_000).unwrap_or(1)),
-            exclusions: isolation.exclusions.allow.iter().map(ToString::to_string).collect(),
-            allowed_processes: isolation.exclusions.allow_processes.clone(),
-            allow_dns: isolation.exclusions.allow_dns,
-            allow_dhcp: isolation.exclusions.allow_dhcp,
-            reason: format!(
-                "rules {} on event {}",
-                record.rules.join(","),
-                record.event_id.as_deref().unwrap_or("?")
-            ),
-        };
-        self.enqueue(record, action, now)
+    /// Puts a changed record, its audit entry and its command (sealed, in the outbox).
+    fn apply(
+        &self,
+        previous: Option<&HostRecord>,
+        record: &HostRecord,
+        effects: Effects,
+        now: i64,
+    ) -> Result<()> {
+        if let Some(action) = effects.command {
+            self.enqueue(record, action, now)?;
+        }
+        if let Some(audit) = &effects.audit {
+            self.store.audit(audit)?;
+            println!(
+                "cordon: {}: {} -> {} by {} (generation {}): {}",
+                audit.host,
+                audit.from.name(),
+                audit.to.name(),
+                audit.by,
+                audit.generation,
+                audit.why
+            );
+        }
+        if previous != Some(record) {
+            self.store.put_host(previous, record)?;
+        }
+        Ok(())
     }
 
     fn enqueue(&self, record: &HostRecord, action: cordon_wire::Action, now: i64) -> Result<()> {
@@ -294,47 +445,80 @@ impl Service {
         self.store.enqueue(&OutboxEntry { host: record.host.clone(), envelope })
     }
 
-    /// Applies an agent's report to its host's record.
-    fn on_status(&mut self, payload: &[u8]) -> Result<()> {
-        let Ok(status) = serde_json::from_slice::<cordon_wire::Status>(payload) else {
-            eprintln!("cordon: ignored an unreadable status report");
-            return Ok(());
+    /// Applies an agent's report to its host's record (not yet durable).
+    fn on_status(&mut self, payload: &[u8], now: i64) -> Result<()> {
+        let status = match serde_json::from_slice::<cordon_wire::Status>(payload) {
+            Ok(status) => status,
+            Err(error) => {
+                eprintln!("cordon: ignored an unreadable status report: {error}");
+                return Ok(());
+            }
         };
-        let now = now_ms();
+        if let Err(problem) = crate::api::check_host_id(&status.host_id) {
+            eprintln!("cordon: ignored a status report: {problem}");
+            return Ok(());
+        }
         let previous = self.store.host(&status.host_id)?;
         let mut record = previous.clone().unwrap_or_else(|| HostRecord::new(&status.host_id, now));
-        let from = record.state;
-        // Only a report that has seen the last command we issued can confirm it.
-        if status.generation >= record.generation {
-            record.state = match (status.isolated, record.state) {
-                (true, _) => HostState::Isolated,
-                (false, HostState::Isolating | HostState::Isolated | HostState::Releasing) => {
-                    HostState::Released
-                }
-                (false, state) => state,
-            };
-            if !status.isolated {
-                record.expires_at_ms = None;
-                record.mode = None;
+        let effects = lifecycle::on_status(&mut record, &status, now);
+        if !status.isolated && previous.as_ref().is_some_and(|p| p.state.may_be_isolated()) {
+            self.engine.release(&record.host);
+        }
+        self.apply(previous.as_ref(), &record, effects, now)
+    }
+
+    /// Carries out an operator's request, durably, and answers it.
+    fn on_operator(&mut self, request: OperatorRequest) -> Result<()> {
+        let now = now_ms();
+        let previous = self.store.host(&request.host)?;
+        let mut record = previous.clone().unwrap_or_else(|| HostRecord::new(&request.host, now));
+        let operator = request.operator.as_str();
+        let outcome = match request.operation {
+            Operation::Isolate { plan, reason } => {
+                let effects = lifecycle::operator_isolate(&mut record, &plan, &reason, operator, now);
+                self.note_isolation(&record, &plan, operator);
+                Ok(effects)
             }
-        }
-        record.last_status = Some(status);
-        record.updated_at_ms = now;
-        record.retag();
-        self.store.put_host(previous.as_ref(), &record)?;
-        if from != record.state {
-            self.store.audit(&AuditEntry {
-                at_ms: now,
-                host: record.host.clone(),
-                from,
-                to: record.state,
-                by: "agent".into(),
-                event_id: None,
-                why: "status report".into(),
-            })?;
-            println!("cordon: {} -> {:?} (agent report).", record.host, record.state);
-        }
-        self.store.flush()
+            Operation::Release { reason } => {
+                let effects = lifecycle::operator_release(&mut record, &reason, operator, now);
+                if effects.is_ok() {
+                    self.engine.release(&record.host);
+                }
+                effects
+            }
+            Operation::Approve => {
+                let plan = record.pending.as_ref().map(|p| p.plan.clone());
+                let effects = lifecycle::approve(&mut record, operator, now);
+                if let (Ok(_), Some(plan)) = (&effects, plan) {
+                    self.note_isolation(&record, &plan, operator);
+                }
+                effects
+            }
+            Operation::Deny { reason } => lifecycle::deny(&mut record, &reason, operator, now),
+            Operation::Tags { add, remove } => lifecycle::set_tags(&mut record, &add, &remove, operator, now),
+        };
+        let answer = match outcome {
+            Ok(effects) => {
+                self.apply(previous.as_ref(), &record, effects, now)?;
+                self.store.put_engine_state(&self.engine)?;
+                self.store.flush()?;
+                Ok(record)
+            }
+            Err(refused) => Err(refused),
+        };
+        // The client may have gone; the change stands either way.
+        let _ = request.reply.send(answer);
+        Ok(())
+    }
+
+    /// Tells the engine about an isolation it did not decide, so rules never weaken it.
+    fn note_isolation(&mut self, record: &HostRecord, plan: &IsolationPlan, by: &str) {
+        let mode = if plan.duration_seconds.is_some() {
+            rules::IsolationMode::Automatic
+        } else {
+            rules::IsolationMode::Manual
+        };
+        self.engine.note_isolation(&record.host, mode, record.expires_at_ms, by);
     }
 
     /// Issues a release for every automatic isolation whose deadline has passed.
@@ -346,48 +530,118 @@ impl Service {
         for host in due {
             let Some(previous) = self.store.host(&host)? else { continue };
             let mut record = previous.clone();
-            let from = record.state;
-            record.state = HostState::Releasing;
-            record.generation += 1;
-            record.expires_at_ms = None;
-            record.updated_at_ms = now;
-            record.retag();
-            self.enqueue(&record, cordon_wire::Action::Release { reason: "deadline reached".into() }, now)?;
+            let effects = lifecycle::deadline_reached(&mut record, now);
             self.engine.release(&host);
-            self.store.put_host(Some(&previous), &record)?;
-            self.store.audit(&AuditEntry {
-                at_ms: now,
-                host: host.clone(),
-                from,
-                to: record.state,
-                by: "scheduler".into(),
-                event_id: None,
-                why: "deadline reached".into(),
-            })?;
-            println!("cordon: {host} -> Releasing (deadline reached).");
+            self.apply(Some(&previous), &record, effects, now)?;
         }
         self.store.put_engine_state(&self.engine)?;
         self.store.flush()
     }
 
-    /// Sends every outbox entry, oldest first; stops at the first failure (retried next tick).
+    fn on_job(&mut self, job: Job) -> Result<()> {
+        let now = now_ms();
+        match job {
+            Job::Reconcile => {
+                let after_ms = i64::try_from(self.config.agents.resend_after_seconds).unwrap_or(15) * 1_000;
+                for previous in self.store.hosts()? {
+                    let mut record = previous.clone();
+                    if let Some(action) = lifecycle::resend_due(&mut record, after_ms, now) {
+                        println!(
+                            "cordon: {}: resending command {} (no answer from its agent, attempt {}).",
+                            record.host, record.generation, record.resends
+                        );
+                        self.enqueue(&record, action, now)?;
+                        self.store.put_host(Some(&previous), &record)?;
+                    }
+                }
+            }
+            Job::MarkStale => {
+                let after_ms = i64::try_from(self.config.agents.stale_after_seconds).unwrap_or(90) * 1_000;
+                for previous in self.store.hosts()? {
+                    let mut record = previous.clone();
+                    let effects = lifecycle::check_stale(&mut record, after_ms, now);
+                    self.apply(Some(&previous), &record, effects, now)?;
+                }
+            }
+            Job::Prune => {
+                let window_ms = self.ruleset_ceiling_window_ms();
+                self.engine.prune(now, window_ms);
+                self.store.put_engine_state(&self.engine)?;
+            }
+            Job::CheckRules => {
+                let fingerprint = jobs::Fingerprint::of(&self.config.rules.dir);
+                if fingerprint != self.rules_fingerprint {
+                    self.rules_fingerprint = fingerprint;
+                    self.reload_rules("a change in the rules directory");
+                }
+            }
+        }
+        self.store.flush()
+    }
+
+    fn ruleset_ceiling_window_ms(&self) -> i64 {
+        self.ruleset
+            .policy()
+            .max_automatic
+            .map_or(0, |ceiling| i64::try_from(ceiling.within.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    /// Loads the rules again; a set that does not validate is refused and the running one stays.
+    fn reload_rules(&mut self, why: &str) {
+        match load_rules(&self.config.rules.dir) {
+            Ok(ruleset) => {
+                println!(
+                    "cordon: rules reloaded after {why}: {} rule(s) from {}.",
+                    ruleset.len(),
+                    self.config.rules.dir.display()
+                );
+                self.ruleset = ruleset;
+            }
+            Err(error) => eprintln!(
+                "cordon: error: rules NOT reloaded after {why}; the {} running rule(s) stay in force. {error:#}",
+                self.ruleset.len()
+            ),
+        }
+    }
+
+    /// Sends every outbox entry, oldest first, in order; removes those the broker acknowledged.
+    /// What fails stays for the next round.
     async fn send_outbox(&self) {
         let entries = match self.store.outbox() {
             Ok(entries) => entries,
             Err(error) => return eprintln!("cordon: error: reading the outbox: {error:#}"),
         };
-        for (key, entry) in entries {
+        if entries.is_empty() {
+            return;
+        }
+        self.failpoint("before-send");
+        let mut deliveries = Vec::with_capacity(entries.len());
+        for (key, entry) in &entries {
             let record =
                 FutureRecord::to(&self.config.kafka.commands_topic).key(&entry.host).payload(&entry.envelope);
-            match self.producer.send(record, Duration::from_secs(5)).await {
-                Ok(_) => {
-                    if let Err(error) = self.store.sent(&key) {
-                        return eprintln!("cordon: error: {error:#}");
-                    }
-                }
+            // Enqueued in order, so one host's commands reach its partition in order.
+            match self.producer.send_result(record) {
+                Ok(delivery) => deliveries.push((key, &entry.host, delivery)),
                 Err((error, _)) => {
-                    return eprintln!("cordon: error: sending a command to {}: {error}", entry.host)
+                    eprintln!("cordon: error: sending a command to {}: {error}", entry.host);
+                    break;
                 }
+            }
+        }
+        let mut sent = 0;
+        for (key, host, delivery) in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => match self.store.sent(key) {
+                    Ok(()) => sent += 1,
+                    Err(error) => eprintln!("cordon: error: {error:#}"),
+                },
+                Ok(Err((error, _))) => eprintln!("cordon: error: sending a command to {host}: {error}"),
+                Err(_) => eprintln!("cordon: error: sending a command to {host}: the producer went away"),
+            }
+        }
+        if sent > 0 {
+            if let Err(error) = self.store.flush() {
+                eprintln!("cordon: error: {error:#}");
             }
         }
     }

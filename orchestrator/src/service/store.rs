@@ -10,78 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// Where a host is in its isolation life cycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HostState {
-    NotIsolated,
-    PendingApproval,
-    /// A command was issued; the agent has not confirmed it yet.
-    Isolating,
-    /// The agent confirmed.
-    Isolated,
-    /// A release was issued; the agent has not confirmed it yet.
-    Releasing,
-    Released,
-}
-
-/// The tag a host carries while isolated or being isolated.
-pub const ISOLATED_TAG: &str = "ISOLATED FROM NETWORK";
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostRecord {
-    pub host: String,
-    pub state: HostState,
-    /// The generation of the last command issued to this host.
-    pub generation: u64,
-    /// `automatic` or `manual` while isolated.
-    pub mode: Option<String>,
-    pub expires_at_ms: Option<i64>,
-    pub rules: Vec<String>,
-    pub event_id: Option<String>,
-    pub tags: Vec<String>,
-    pub last_status: Option<cordon_wire::Status>,
-    pub updated_at_ms: i64,
-}
-
-impl HostRecord {
-    pub fn new(host: &str, now_ms: i64) -> HostRecord {
-        HostRecord {
-            host: host.to_owned(),
-            state: HostState::NotIsolated,
-            generation: 0,
-            mode: None,
-            expires_at_ms: None,
-            rules: Vec::new(),
-            event_id: None,
-            tags: Vec::new(),
-            last_status: None,
-            updated_at_ms: now_ms,
-        }
-    }
-
-    /// Adds or removes the isolation tag to match the state.
-    pub fn retag(&mut self) {
-        let isolated =
-            matches!(self.state, HostState::Isolating | HostState::Isolated | HostState::Releasing);
-        self.tags.retain(|t| t != ISOLATED_TAG);
-        if isolated {
-            self.tags.push(ISOLATED_TAG.to_owned());
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct AuditEntry {
-    pub at_ms: i64,
-    pub host: String,
-    pub from: HostState,
-    pub to: HostState,
-    /// A rule id list, an operator, `scheduler` or `agent`.
-    pub by: String,
-    pub event_id: Option<String>,
-    pub why: String,
-}
+pub use super::lifecycle::{AuditEntry, HostRecord, HostState};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OutboxEntry {
@@ -90,12 +19,26 @@ pub struct OutboxEntry {
     pub envelope: Vec<u8>,
 }
 
+/// One call to the operator API, kept whatever its outcome.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiCall {
+    pub at_ms: i64,
+    /// `operator NAME (ADDRESS)`; `anonymous (ADDRESS)` for calls without a valid token.
+    pub caller: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+}
+
+#[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     hosts: sled::Tree,
     deadlines: sled::Tree,
+    /// Keyed by host, then a sequence number: one host's trail is one range.
     audit: sled::Tree,
     outbox: sled::Tree,
+    api_calls: sled::Tree,
 }
 
 const ENGINE_KEY: &[u8] = b"engine";
@@ -117,6 +60,7 @@ impl Store {
             deadlines: db.open_tree("deadlines")?,
             audit: db.open_tree("audit")?,
             outbox: db.open_tree("outbox")?,
+            api_calls: db.open_tree("api_calls")?,
             db,
         })
     }
@@ -168,18 +112,37 @@ impl Store {
 
     pub fn audit(&self, entry: &AuditEntry) -> Result<()> {
         let id = self.db.generate_id()?;
-        self.audit.insert(id.to_be_bytes(), serde_json::to_vec(entry)?)?;
+        let mut key = entry.host.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(&id.to_be_bytes());
+        self.audit.insert(key, serde_json::to_vec(entry)?)?;
         Ok(())
     }
 
+    /// A host's audit trail, oldest first.
     pub fn audit_of(&self, host: &str) -> Result<Vec<AuditEntry>> {
-        Ok(self
-            .audit
+        let mut prefix = host.as_bytes().to_vec();
+        prefix.push(0);
+        self.audit
+            .scan_prefix(prefix)
+            .values()
+            .map(|value| serde_json::from_slice(&value?).context("an audit entry is unreadable"))
+            .collect()
+    }
+
+    pub fn record_api_call(&self, call: &ApiCall) -> Result<()> {
+        let id = self.db.generate_id()?;
+        self.api_calls.insert(id.to_be_bytes(), serde_json::to_vec(call)?)?;
+        Ok(())
+    }
+
+    /// Every API call, oldest first.
+    pub fn api_calls(&self) -> Result<Vec<ApiCall>> {
+        self.api_calls
             .iter()
             .values()
-            .filter_map(|v| serde_json::from_slice::<AuditEntry>(&v.ok()?).ok())
-            .filter(|entry| entry.host == host)
-            .collect())
+            .map(|value| serde_json::from_slice(&value?).context("an API call record is unreadable"))
+            .collect()
     }
 
     pub fn engine_state(&self) -> Result<rules::EngineState> {
@@ -213,9 +176,10 @@ impl Store {
             .collect()
     }
 
+    /// Removes sent entries. Not flushed: an entry sent again after a crash is refused by its
+    /// agent as a stale generation.
     pub fn sent(&self, key: &sled::IVec) -> Result<()> {
         self.outbox.remove(key)?;
-        self.db.flush().context("cannot flush the state store")?;
         Ok(())
     }
 

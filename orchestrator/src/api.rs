@@ -1,0 +1,241 @@
+//! The operator API's messages, shared by the server (`cordon serve`) and the client (`cordon
+//! isolate`, `cordon hosts`, ...). `schemas/openapi.yaml` documents the same shapes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::service::lifecycle::{AuditEntry, HostRecord, IsolationPlan, Proposal};
+
+/// The API's version prefix.
+pub const PREFIX: &str = "/v1";
+
+/// The header a client names its operator in (as claimed by the token holder).
+pub const OPERATOR_HEADER: &str = "x-cordon-operator";
+
+/// `POST /v1/hosts/{host}/isolate`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IsolateRequest {
+    /// `automatic` (needs `duration_seconds`) or `manual` (must not have it): explicit, so a
+    /// forgotten duration never turns into an isolation without end.
+    pub mode: String,
+    pub duration_seconds: Option<u64>,
+    #[serde(default)]
+    pub exclusions: Vec<String>,
+    #[serde(default)]
+    pub allowed_processes: Vec<String>,
+    #[serde(default)]
+    pub allow_dns: bool,
+    #[serde(default)]
+    pub allow_dhcp: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The longest timed isolation an operator may ask for.
+pub const MAX_DURATION_SECONDS: u64 = 366 * 24 * 3_600;
+
+impl IsolateRequest {
+    /// The plan it asks for, or every problem with it.
+    pub fn plan(&self) -> Result<IsolationPlan, Vec<String>> {
+        let mut problems = Vec::new();
+        match (self.mode.as_str(), self.duration_seconds) {
+            ("automatic", Some(0)) => problems.push("duration_seconds must be at least 1".to_owned()),
+            ("automatic", Some(seconds)) if seconds > MAX_DURATION_SECONDS => problems.push(format!(
+                "duration_seconds {seconds} is longer than a year ({MAX_DURATION_SECONDS}); use mode manual"
+            )),
+            ("automatic", None) => problems.push("mode automatic needs duration_seconds".to_owned()),
+            ("manual", Some(_)) => problems.push("mode manual takes no duration_seconds".to_owned()),
+            ("automatic" | "manual", _) => {}
+            (other, _) => problems.push(format!("mode must be \"automatic\" or \"manual\", got {other:?}")),
+        }
+        for spec in &self.exclusions {
+            if let Err(error) = rules::parse_allow_spec(spec) {
+                problems.push(format!("exclusion {spec:?}: {error}"));
+            }
+        }
+        for name in &self.allowed_processes {
+            if let Err(problem) = check_process_name(name) {
+                problems.push(problem);
+            }
+        }
+        if problems.is_empty() {
+            Ok(IsolationPlan {
+                duration_seconds: self.duration_seconds,
+                exclusions: self.exclusions.clone(),
+                allowed_processes: self.allowed_processes.clone(),
+                allow_dns: self.allow_dns,
+                allow_dhcp: self.allow_dhcp,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// A process name as the kernel keeps it (`comm`): 1 to 15 bytes, no `/`, no control characters.
+fn check_process_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 || name.contains('/') || name.chars().any(char::is_control) {
+        Err(format!(
+            "process name {name:?} must be 1 to 15 bytes without '/' or control characters (the kernel's comm)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A host id as hosts, topics and URLs carry it.
+pub fn check_host_id(host: &str) -> Result<(), String> {
+    if host.is_empty() || host.len() > 255 || host.contains('/') || host.chars().any(char::is_control) {
+        Err(format!("host id {host:?} must be 1 to 255 bytes without '/' or control characters"))
+    } else {
+        Ok(())
+    }
+}
+
+/// `POST /v1/hosts/{host}/release` and `/deny`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonRequest {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/hosts/{host}/tags`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagsRequest {
+    #[serde(default)]
+    pub add: Vec<String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// Every error answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// What the agent last said about its host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentView {
+    pub last_seen: Option<String>,
+    pub stale: bool,
+    pub isolated: Option<bool>,
+    pub generation: Option<u64>,
+    pub exclusions: Vec<String>,
+    pub packets_dropped: Option<u64>,
+    pub packets_allowed: Option<u64>,
+}
+
+/// A pending approval.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingView {
+    pub mode: String,
+    pub duration_seconds: Option<u64>,
+    pub exclusions: Vec<String>,
+    pub rules: Vec<String>,
+    pub event_id: String,
+    pub requested_at: String,
+    pub requests: u32,
+}
+
+/// One line of the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditView {
+    pub at: String,
+    pub from: String,
+    pub to: String,
+    pub by: String,
+    pub event_id: Option<String>,
+    pub generation: u64,
+    pub why: String,
+}
+
+/// A host, as `GET /v1/hosts` lists it and `GET /v1/hosts/{host}` shows it (with `audit`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostView {
+    pub host: String,
+    pub state: String,
+    pub mode: Option<String>,
+    /// RFC 3339, UTC; null unless automatic.
+    pub expires_at: Option<String>,
+    pub tags: Vec<String>,
+    pub generation: u64,
+    pub rules: Vec<String>,
+    pub event_id: Option<String>,
+    pub pending: Option<PendingView>,
+    pub agent: AgentView,
+    pub last_error: Option<String>,
+    pub updated_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Vec<AuditView>>,
+}
+
+/// RFC 3339 (UTC, millisecond precision) of epoch milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| format!("@{ms}ms"))
+}
+
+impl HostView {
+    pub fn new(record: &HostRecord, audit: Option<&[AuditEntry]>) -> HostView {
+        let status = record.last_status.as_ref();
+        HostView {
+            host: record.host.clone(),
+            state: record.state.name().to_owned(),
+            mode: record.mode.clone(),
+            expires_at: record.expires_at_ms.map(rfc3339),
+            tags: record.tags.clone(),
+            generation: record.generation,
+            rules: record.rules.clone(),
+            event_id: record.event_id.clone(),
+            pending: record.pending.as_ref().map(PendingView::new),
+            agent: AgentView {
+                last_seen: record.last_seen_ms.map(rfc3339),
+                stale: record.agent_stale,
+                isolated: status.map(|s| s.isolated),
+                generation: status.map(|s| s.generation),
+                exclusions: status.map(|s| s.exclusions.clone()).unwrap_or_default(),
+                packets_dropped: status.map(|s| s.packets_dropped),
+                packets_allowed: status.map(|s| s.packets_allowed),
+            },
+            last_error: record.last_error.clone(),
+            updated_at: rfc3339(record.updated_at_ms),
+            audit: audit.map(|entries| entries.iter().map(AuditView::new).collect()),
+        }
+    }
+}
+
+impl PendingView {
+    fn new(proposal: &Proposal) -> PendingView {
+        PendingView {
+            mode: proposal.plan.mode().to_owned(),
+            duration_seconds: proposal.plan.duration_seconds,
+            exclusions: proposal.plan.exclusions.clone(),
+            rules: proposal.rules.clone(),
+            event_id: proposal.event_id.clone(),
+            requested_at: rfc3339(proposal.requested_at_ms),
+            requests: proposal.requests,
+        }
+    }
+}
+
+impl AuditView {
+    fn new(entry: &AuditEntry) -> AuditView {
+        AuditView {
+            at: rfc3339(entry.at_ms),
+            from: entry.from.name().to_owned(),
+            to: entry.to.name().to_owned(),
+            by: entry.by.clone(),
+            event_id: entry.event_id.clone(),
+            generation: entry.generation,
+            why: entry.why.clone(),
+        }
+    }
+}

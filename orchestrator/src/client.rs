@@ -1,0 +1,302 @@
+//! The operator commands of `cordon` (`isolate`, `release`, `approve`, `deny`, `hosts`, `host`,
+//! `tag`): clients of the API that `cordon serve` offers, printing for a person or, with
+//! `--json`, for a program.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api::{ErrorBody, HostView, IsolateRequest, ReasonRequest, TagsRequest, OPERATOR_HEADER, PREFIX};
+
+/// Where the API is and how to authenticate to it.
+#[derive(Debug, clap::Args)]
+pub struct Connection {
+    /// The API's base URL.
+    #[arg(long, env = "CORDON_API", default_value = "http://127.0.0.1:8700", global = true)]
+    pub api: String,
+    /// A file holding the API token (the service's `[api] token_file`). Or set `CORDON_TOKEN`.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// Your name in the audit trail (default: $USER).
+    #[arg(long, global = true)]
+    pub operator: Option<String>,
+}
+
+/// An error the API answered with: its status and what it said.
+#[derive(Debug)]
+pub struct ApiRefusal {
+    pub status: u16,
+    pub body: ErrorBody,
+}
+
+impl std::fmt::Display for ApiRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (HTTP {})", self.body.error, self.status)?;
+        for problem in &self.body.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiRefusal {}
+
+struct Client {
+    base: String,
+    token: String,
+    operator: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    fn new(connection: &Connection) -> Result<Client> {
+        let token = match (&connection.token_file, std::env::var("CORDON_TOKEN")) {
+            (Some(file), _) => std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the API token file {}", file.display()))?,
+            (None, Ok(token)) if !token.trim().is_empty() => token,
+            (None, _) => bail!(
+                "no API token: pass --token-file FILE (the service's [api] token_file, by default \
+                 <state dir>/api-token) or set CORDON_TOKEN"
+            ),
+        };
+        let operator = connection
+            .operator
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "unnamed".into());
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Ok(Client {
+            base: connection.api.trim_end_matches('/').to_owned(),
+            token: token.trim().to_owned(),
+            operator,
+            agent,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{PREFIX}{path}", self.base)
+    }
+
+    fn answer<T: DeserializeOwned>(
+        &self,
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T> {
+        let mut response = result.map_err(|error| {
+            anyhow::anyhow!("cannot reach the cordon API at {}: {error} (is `cordon serve` running? see --api / CORDON_API)", self.base)
+        })?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().context("cannot read the API's answer")?;
+        if (200..300).contains(&status) {
+            return serde_json::from_str(&text)
+                .with_context(|| format!("the API answered with something unexpected: {text}"));
+        }
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|_| ErrorBody { error: text.trim().to_owned(), problems: Vec::new() });
+        Err(ApiRefusal { status, body }.into())
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let request = self
+            .agent
+            .get(self.url(path))
+            .header("authorization", format!("Bearer {}", self.token))
+            .header(OPERATOR_HEADER, &self.operator);
+        self.answer(request.call())
+    }
+
+    fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let request = self
+            .agent
+            .post(self.url(path))
+            .header("authorization", format!("Bearer {}", self.token))
+            .header(OPERATOR_HEADER, &self.operator);
+        self.answer(request.send_json(body))
+    }
+}
+
+/// Percent-encodes a host id or tag for a URL path segment or query value.
+fn encode(text: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
+/// One operator command.
+#[derive(Debug)]
+pub enum Request {
+    Isolate { host: String, request: IsolateRequest },
+    Release { host: String, reason: Option<String> },
+    Approve { host: String },
+    Deny { host: String, reason: Option<String> },
+    Tag { host: String, tags: TagsRequest },
+    Hosts { tag: Option<String>, state: Option<String> },
+    Host { host: String },
+}
+
+/// Runs one operator command against the API and prints the outcome.
+pub fn run(connection: &Connection, request: Request, json: bool, out: &mut impl Write) -> Result<()> {
+    let client = Client::new(connection)?;
+    let host_path = |host: &str, action: &str| format!("/hosts/{}{action}", encode(host));
+    let (view, verb): (HostView, &str) = match request {
+        Request::Isolate { host, request } => {
+            (client.post(&host_path(&host, "/isolate"), &request)?, "isolation requested")
+        }
+        Request::Release { host, reason } => {
+            (client.post(&host_path(&host, "/release"), &ReasonRequest { reason })?, "release requested")
+        }
+        Request::Approve { host } => {
+            (client.post(&host_path(&host, "/approve"), &ReasonRequest::default())?, "approved")
+        }
+        Request::Deny { host, reason } => {
+            (client.post(&host_path(&host, "/deny"), &ReasonRequest { reason })?, "denied")
+        }
+        Request::Tag { host, tags } => (client.post(&host_path(&host, "/tags"), &tags)?, "tags changed"),
+        Request::Host { host } => {
+            let view: HostView = client.get(&host_path(&host, ""))?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?;
+            } else {
+                print_host(&view, out)?;
+            }
+            return Ok(());
+        }
+        Request::Hosts { tag, state } => {
+            let mut query = Vec::new();
+            if let Some(tag) = tag {
+                query.push(format!("tag={}", encode(&tag)));
+            }
+            if let Some(state) = state {
+                query.push(format!("state={}", encode(&state)));
+            }
+            let path =
+                if query.is_empty() { "/hosts".to_owned() } else { format!("/hosts?{}", query.join("&")) };
+            let hosts: Vec<HostView> = client.get(&path)?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&hosts)?)?;
+            } else {
+                print_hosts(&hosts, out)?;
+            }
+            return Ok(());
+        }
+    };
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?;
+    } else {
+        writeln!(out, "{}: {verb}; now {} (generation {}).", view.host, view.state, view.generation)?;
+    }
+    Ok(())
+}
+
+fn print_hosts(hosts: &[HostView], out: &mut impl Write) -> Result<()> {
+    if hosts.is_empty() {
+        writeln!(out, "No hosts.")?;
+        return Ok(());
+    }
+    let width = hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(4);
+    writeln!(out, "{:width$}  {:16}  {:9}  {:24}  TAGS", "HOST", "STATE", "MODE", "EXPIRES AT")?;
+    for host in hosts {
+        let state = if host.agent.stale { format!("{} (stale)", host.state) } else { host.state.clone() };
+        writeln!(
+            out,
+            "{:width$}  {:16}  {:9}  {:24}  {}",
+            host.host,
+            state,
+            host.mode.as_deref().unwrap_or("-"),
+            host.expires_at.as_deref().unwrap_or("-"),
+            host.tags.join(", ")
+        )?;
+    }
+    Ok(())
+}
+
+fn print_host(host: &HostView, out: &mut impl Write) -> Result<()> {
+    writeln!(out, "Host:        {}", host.host)?;
+    writeln!(out, "State:       {} (generation {})", host.state, host.generation)?;
+    writeln!(out, "Mode:        {}", host.mode.as_deref().unwrap_or("-"))?;
+    writeln!(out, "Expires at:  {}", host.expires_at.as_deref().unwrap_or("-"))?;
+    writeln!(out, "Tags:        {}", if host.tags.is_empty() { "-".into() } else { host.tags.join(", ") })?;
+    if !host.rules.is_empty() {
+        writeln!(out, "Decided by:  {}", host.rules.join(", "))?;
+    }
+    if let Some(pending) = &host.pending {
+        writeln!(
+            out,
+            "Pending:     {} isolation{} requested by rules {} at {} ({} request(s)); `cordon approve {}` or `cordon deny {}`",
+            pending.mode,
+            pending.duration_seconds.map(|s| format!(" for {s} s")).unwrap_or_default(),
+            pending.rules.join(", "),
+            pending.requested_at,
+            pending.requests,
+            host.host,
+            host.host
+        )?;
+    }
+    let agent = &host.agent;
+    match &agent.last_seen {
+        None => writeln!(out, "Agent:       never heard from")?,
+        Some(seen) => writeln!(
+            out,
+            "Agent:       last seen {seen}{}; isolated: {}; generation {}; packets dropped {}, allowed {}",
+            if agent.stale { " (STALE)" } else { "" },
+            agent.isolated.map_or("?".into(), |i| i.to_string()),
+            agent.generation.map_or("?".into(), |g| g.to_string()),
+            agent.packets_dropped.unwrap_or(0),
+            agent.packets_allowed.unwrap_or(0)
+        )?,
+    }
+    if !agent.exclusions.is_empty() {
+        writeln!(out, "Exclusions:  {}", agent.exclusions.join("; "))?;
+    }
+    if let Some(error) = &host.last_error {
+        writeln!(out, "Last error:  {error}")?;
+    }
+    if let Some(audit) = &host.audit {
+        writeln!(out, "Audit trail:")?;
+        for entry in audit {
+            writeln!(
+                out,
+                "  {}  {} -> {}  by {} (generation {}){}: {}",
+                entry.at,
+                entry.from,
+                entry.to,
+                entry.by,
+                entry.generation,
+                entry.event_id.as_deref().map(|e| format!(", event {e}")).unwrap_or_default(),
+                entry.why
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `--for DUR` as seconds, with the rules' duration syntax (`90s`, `15m`, `4h`, `7d`).
+pub fn parse_for(text: &str) -> Result<u64, String> {
+    rules::parse_duration(text).map(|d| d.as_secs()).map_err(|error| format!("{error} ({})", error.hint()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode;
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(encode("web-01.example.com"), "web-01.example.com");
+        assert_eq!(encode("ISOLATED FROM NETWORK"), "ISOLATED%20FROM%20NETWORK");
+        assert_eq!(encode("a/b?c"), "a%2Fb%3Fc");
+    }
+}

@@ -1,0 +1,287 @@
+//! The operator API (JSON over HTTP, axum): reads come straight from the store; changes go to the
+//! service loop as [`OperatorRequest`]s, so one writer orders every change. Every call needs the
+//! bearer token and is recorded with its caller, whatever its outcome. `schemas/openapi.yaml`
+//! documents it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+
+use super::lifecycle::{HostRecord, IsolationPlan, Refused};
+use super::now_ms;
+use super::store::{ApiCall, Store};
+use crate::api::{
+    check_host_id, ErrorBody, HostView, IsolateRequest, ReasonRequest, TagsRequest, OPERATOR_HEADER,
+};
+
+/// A change an operator asked for, for the service loop to carry out.
+#[derive(Debug)]
+pub struct OperatorRequest {
+    pub host: String,
+    pub operation: Operation,
+    /// `operator NAME (ADDRESS)`.
+    pub operator: String,
+    pub reply: oneshot::Sender<Result<HostRecord, Refused>>,
+}
+
+#[derive(Debug)]
+pub enum Operation {
+    Isolate { plan: IsolationPlan, reason: String },
+    Release { reason: String },
+    Approve,
+    Deny { reason: String },
+    Tags { add: Vec<String>, remove: Vec<String> },
+}
+
+#[derive(Clone)]
+struct ApiState {
+    store: Store,
+    token: Arc<str>,
+    requests: mpsc::Sender<OperatorRequest>,
+}
+
+/// The caller of a request, as the authentication layer established it.
+#[derive(Clone)]
+struct Caller(String);
+
+/// The API's routes: `/healthz` is open, everything under `/v1` needs the token.
+pub fn router(store: Store, token: &str, requests: mpsc::Sender<OperatorRequest>) -> Router {
+    let state = ApiState { store, token: Arc::from(token), requests };
+    let v1 = Router::new()
+        .route("/hosts", get(list_hosts))
+        .route("/hosts/{host}", get(show_host))
+        .route("/hosts/{host}/isolate", post(isolate))
+        .route("/hosts/{host}/release", post(release))
+        .route("/hosts/{host}/approve", post(approve))
+        .route("/hosts/{host}/deny", post(deny))
+        .route("/hosts/{host}/tags", post(tags))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new().route("/healthz", get(|| async { "ok\n" })).nest(crate::api::PREFIX, v1).with_state(state)
+}
+
+/// An error answer: a status and a JSON body saying what is wrong.
+struct ApiError(StatusCode, ErrorBody);
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
+        ApiError(status, ErrorBody { error: error.into(), problems: Vec::new() })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text())
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(error: anyhow::Error) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}"))
+    }
+}
+
+/// Equal length and equal bytes, in time that does not depend on where they differ.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// Checks the bearer token, names the caller, and records the call with its outcome.
+async fn authenticate(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    let name = operator_name(headers);
+    let method = request.method().to_string();
+    let path = request.uri().path().to_owned();
+    let authenticated = token.is_some_and(|token| same_secret(token.as_bytes(), state.token.as_bytes()));
+    let (caller, response) = if authenticated {
+        let caller = format!("operator {name} ({peer})");
+        request.extensions_mut().insert(Caller(caller.clone()));
+        (caller, next.run(request).await)
+    } else {
+        let error = if token.is_none() {
+            "this API needs a bearer token (Authorization: Bearer TOKEN; the cordon client reads it from \
+             --token-file or CORDON_TOKEN)"
+        } else {
+            "the bearer token is not the one configured in [api] token_file"
+        };
+        (format!("anonymous {name} ({peer})"), ApiError::new(StatusCode::UNAUTHORIZED, error).into_response())
+    };
+    let call = ApiCall { at_ms: now_ms(), caller, method, path, status: response.status().as_u16() };
+    if let Err(error) = state.store.record_api_call(&call) {
+        eprintln!("cordon: error: cannot record an API call: {error:#}");
+    }
+    response
+}
+
+/// The operator's name as the client claims it; printable, at most 64 characters.
+fn operator_name(headers: &HeaderMap) -> String {
+    let name = headers.get(OPERATOR_HEADER).and_then(|value| value.to_str().ok()).unwrap_or("unnamed");
+    let name: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
+    if name.is_empty() {
+        "unnamed".into()
+    } else {
+        name
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostsQuery {
+    tag: Option<String>,
+    state: Option<String>,
+}
+
+async fn list_hosts(
+    State(state): State<ApiState>,
+    query: Result<Query<HostsQuery>, QueryRejection>,
+) -> Result<Json<Vec<HostView>>, ApiError> {
+    let Query(query) = query?;
+    let hosts = state
+        .store
+        .hosts()?
+        .iter()
+        .filter(|record| query.tag.as_ref().is_none_or(|tag| record.tags.contains(tag)))
+        .filter(|record| query.state.as_deref().is_none_or(|wanted| record.state.name() == wanted))
+        .map(|record| HostView::new(record, None))
+        .collect();
+    Ok(Json(hosts))
+}
+
+async fn show_host(
+    State(state): State<ApiState>,
+    Path(host): Path<String>,
+) -> Result<Json<HostView>, ApiError> {
+    let Some(record) = state.store.host(&host)? else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("cordon knows no host {host:?}")));
+    };
+    let audit = state.store.audit_of(&host)?;
+    Ok(Json(HostView::new(&record, Some(&audit))))
+}
+
+/// Hands a change to the service loop and waits for its outcome.
+async fn change(
+    state: &ApiState,
+    caller: Caller,
+    host: String,
+    operation: Operation,
+) -> Result<Json<HostView>, ApiError> {
+    check_host_id(&host).map_err(|problem| ApiError::new(StatusCode::BAD_REQUEST, problem))?;
+    let (reply, answer) = oneshot::channel();
+    let request = OperatorRequest { host, operation, operator: caller.0, reply };
+    state
+        .requests
+        .send(request)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the service is shutting down"))?;
+    match answer.await {
+        Ok(Ok(record)) => Ok(Json(HostView::new(&record, None))),
+        Ok(Err(refused)) => Err(ApiError::new(StatusCode::CONFLICT, refused.to_string())),
+        Err(_) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the service could not record the change (see its log); nothing was sent",
+        )),
+    }
+}
+
+fn reason_or(reason: Option<String>, default: &str) -> String {
+    reason.filter(|r| !r.trim().is_empty()).unwrap_or_else(|| default.to_owned())
+}
+
+async fn isolate(
+    State(state): State<ApiState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(host): Path<String>,
+    body: Result<Json<IsolateRequest>, JsonRejection>,
+) -> Result<Json<HostView>, ApiError> {
+    let Json(body) = body?;
+    let plan = body.plan().map_err(|problems| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            ErrorBody { error: format!("the isolation request has {} problem(s)", problems.len()), problems },
+        )
+    })?;
+    let reason = reason_or(body.reason, "isolated by an operator");
+    change(&state, caller, host, Operation::Isolate { plan, reason }).await
+}
+
+async fn release(
+    State(state): State<ApiState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(host): Path<String>,
+    body: Result<Json<ReasonRequest>, JsonRejection>,
+) -> Result<Json<HostView>, ApiError> {
+    let Json(body) = body?;
+    let reason = reason_or(body.reason, "released by an operator");
+    change(&state, caller, host, Operation::Release { reason }).await
+}
+
+async fn approve(
+    State(state): State<ApiState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(host): Path<String>,
+) -> Result<Json<HostView>, ApiError> {
+    change(&state, caller, host, Operation::Approve).await
+}
+
+async fn deny(
+    State(state): State<ApiState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(host): Path<String>,
+    body: Result<Json<ReasonRequest>, JsonRejection>,
+) -> Result<Json<HostView>, ApiError> {
+    let Json(body) = body?;
+    let reason = reason_or(body.reason, "denied by an operator");
+    change(&state, caller, host, Operation::Deny { reason }).await
+}
+
+async fn tags(
+    State(state): State<ApiState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(host): Path<String>,
+    body: Result<Json<TagsRequest>, JsonRejection>,
+) -> Result<Json<HostView>, ApiError> {
+    let Json(body) = body?;
+    change(&state, caller, host, Operation::Tags { add: body.add, remove: body.remove }).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abcdef", b"abcdef"));
+        assert!(!same_secret(b"abcdeg", b"abcdef"));
+        assert!(!same_secret(b"abcde", b"abcdef"));
+        assert!(!same_secret(b"", b"abcdef"));
+    }
+}

@@ -1,0 +1,543 @@
+//! The host life cycle as pure functions: each input (a rules decision, an operator's request, a
+//! deadline, an agent's report, the passing of time) changes a host's record and may call for a
+//! command to its agent and an audit entry. No I/O and no clock: time is an argument.
+//!
+//! ```text
+//! not_isolated ─► pending_approval ─► isolating ─► isolated ─► releasing ─► released
+//!                      │  (deny) ▲         ▲  (operator, rules, approval)      │
+//!                      └─────────┘         └───────────────────────────────────┘
+//! ```
+//! Every command raises the host's generation by one; an agent applies only commands newer than
+//! the last it applied, so a command delivered twice never applies twice.
+
+use serde::{Deserialize, Serialize};
+
+/// The tag a host carries while it is isolated or being isolated (or released, until its agent
+/// confirms).
+pub const ISOLATED_TAG: &str = "ISOLATED FROM NETWORK";
+
+/// Where a host is in its isolation life cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostState {
+    NotIsolated,
+    /// A rule asked for an isolation that an operator must approve.
+    PendingApproval,
+    /// An isolate command was issued; the agent has not confirmed it yet.
+    Isolating,
+    /// The agent confirmed the isolation.
+    Isolated,
+    /// A release was issued; the agent has not confirmed it yet.
+    Releasing,
+    Released,
+}
+
+impl HostState {
+    /// `snake_case`, as in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            HostState::NotIsolated => "not_isolated",
+            HostState::PendingApproval => "pending_approval",
+            HostState::Isolating => "isolating",
+            HostState::Isolated => "isolated",
+            HostState::Releasing => "releasing",
+            HostState::Released => "released",
+        }
+    }
+
+    /// Isolated, or on its way in or out of isolation: the host may be cut off.
+    pub fn may_be_isolated(self) -> bool {
+        matches!(self, HostState::Isolating | HostState::Isolated | HostState::Releasing)
+    }
+}
+
+/// What an isolation leaves open and how long it lasts: what an operator asks for, what a rule
+/// proposes, and what an isolate command carries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IsolationPlan {
+    /// How long the isolation lasts; absent: manual (until an operator releases the host).
+    pub duration_seconds: Option<u64>,
+    /// Exclusion SPECs, `DIR,PROTO,CIDR[,PORTS]`.
+    #[serde(default)]
+    pub exclusions: Vec<String>,
+    /// Processes (by name) whose traffic is left alone.
+    #[serde(default)]
+    pub allowed_processes: Vec<String>,
+    #[serde(default)]
+    pub allow_dns: bool,
+    #[serde(default)]
+    pub allow_dhcp: bool,
+}
+
+impl IsolationPlan {
+    /// The plan of a rules engine isolation. The wire carries whole seconds: a fraction rounds
+    /// up, so the agent's own deadline (its backstop) never falls before the service's.
+    pub fn from_rules(isolation: &rules::Isolation) -> IsolationPlan {
+        IsolationPlan {
+            duration_seconds: isolation
+                .duration
+                .map(|d| u64::try_from(d.as_millis().div_ceil(1_000)).unwrap_or(u64::MAX).max(1)),
+            exclusions: isolation.exclusions.allow.iter().map(ToString::to_string).collect(),
+            allowed_processes: isolation.exclusions.allow_processes.clone(),
+            allow_dns: isolation.exclusions.allow_dns,
+            allow_dhcp: isolation.exclusions.allow_dhcp,
+        }
+    }
+
+    pub fn mode(&self) -> &'static str {
+        if self.duration_seconds.is_some() {
+            "automatic"
+        } else {
+            "manual"
+        }
+    }
+
+    /// Manual beats automatic; a longer isolation beats a shorter one.
+    fn stronger_than(&self, other: &IsolationPlan) -> bool {
+        match (self.duration_seconds, other.duration_seconds) {
+            (None, Some(_)) => true,
+            (Some(mine), Some(theirs)) => mine > theirs,
+            _ => false,
+        }
+    }
+
+    fn command(&self, reason: String) -> cordon_wire::Action {
+        cordon_wire::Action::Isolate {
+            duration_seconds: self.duration_seconds,
+            exclusions: self.exclusions.clone(),
+            allowed_processes: self.allowed_processes.clone(),
+            allow_dns: self.allow_dns,
+            allow_dhcp: self.allow_dhcp,
+            reason,
+        }
+    }
+}
+
+/// An isolation a rule proposed, waiting for an operator's approval.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub plan: IsolationPlan,
+    pub rules: Vec<String>,
+    pub event_id: String,
+    pub requested_at_ms: i64,
+    /// How many detections asked for it (repeated requests merge into one proposal).
+    pub requests: u32,
+    pub why: String,
+}
+
+/// Everything the orchestrator knows about one host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub host: String,
+    pub state: HostState,
+    /// The generation of the last command issued to this host.
+    pub generation: u64,
+    /// `automatic` or `manual` while isolated.
+    pub mode: Option<String>,
+    pub expires_at_ms: Option<i64>,
+    /// The rules (or `operator NAME`) behind the current or last isolation.
+    pub rules: Vec<String>,
+    pub event_id: Option<String>,
+    /// What the host is tagged with: operators' and agent's tags, plus [`ISOLATED_TAG`] while
+    /// it may be isolated. Sorted, no duplicates.
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub operator_tags: Vec<String>,
+    #[serde(default)]
+    pub agent_tags: Vec<String>,
+    #[serde(default)]
+    pub pending: Option<Proposal>,
+    /// The last command issued (unsigned), kept to resend it until its agent answers.
+    #[serde(default)]
+    pub last_command: Option<cordon_wire::Action>,
+    #[serde(default)]
+    pub command_issued_at_ms: Option<i64>,
+    /// How many times the last command was sent again for want of an answer.
+    #[serde(default)]
+    pub resends: u32,
+    pub last_status: Option<cordon_wire::Status>,
+    /// When the agent was last heard from.
+    #[serde(default)]
+    pub last_seen_ms: Option<i64>,
+    /// The agent has been silent longer than allowed.
+    #[serde(default)]
+    pub agent_stale: bool,
+    /// The last refusal or failure an agent reported for this host's commands.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    pub updated_at_ms: i64,
+}
+
+/// One line of a host's audit trail: a transition, or a request that changed nothing visible.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at_ms: i64,
+    pub host: String,
+    pub from: HostState,
+    pub to: HostState,
+    /// `rules ID,...`, `operator NAME (ADDRESS)`, `scheduler` or `agent`.
+    pub by: String,
+    pub event_id: Option<String>,
+    pub generation: u64,
+    pub why: String,
+}
+
+/// What the service must do after a step: send a command (with the record's new generation)
+/// and record an audit entry.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    pub command: Option<cordon_wire::Action>,
+    pub audit: Option<AuditEntry>,
+}
+
+/// Why an operator's request cannot be carried out; the API answers with it.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("no approval is pending for host {0}")]
+    NothingPending(String),
+    #[error("host {host} is pending approval: approve or deny it instead")]
+    PendingApproval { host: String },
+    #[error("the tag {0:?} is managed by cordon and cannot be set or removed by hand")]
+    ReservedTag(String),
+    #[error("a tag must be 1 to 128 printable characters, got {0:?}")]
+    BadTag(String),
+}
+
+impl HostRecord {
+    pub fn new(host: &str, now_ms: i64) -> HostRecord {
+        HostRecord {
+            host: host.to_owned(),
+            state: HostState::NotIsolated,
+            generation: 0,
+            mode: None,
+            expires_at_ms: None,
+            rules: Vec::new(),
+            event_id: None,
+            tags: Vec::new(),
+            operator_tags: Vec::new(),
+            agent_tags: Vec::new(),
+            pending: None,
+            last_command: None,
+            command_issued_at_ms: None,
+            resends: 0,
+            last_status: None,
+            last_seen_ms: None,
+            agent_stale: false,
+            last_error: None,
+            updated_at_ms: now_ms,
+        }
+    }
+
+    /// Recomputes `tags` from the operators', the agent's and the state.
+    fn retag(&mut self) {
+        let mut tags: Vec<String> = self.operator_tags.iter().chain(&self.agent_tags).cloned().collect();
+        tags.retain(|tag| tag != ISOLATED_TAG);
+        if self.state.may_be_isolated() {
+            tags.push(ISOLATED_TAG.to_owned());
+        }
+        tags.sort();
+        tags.dedup();
+        self.tags = tags;
+    }
+
+    /// Moves to `to`, issuing `command` (if any) as the next generation; returns the effects.
+    fn step(
+        &mut self,
+        to: HostState,
+        command: Option<cordon_wire::Action>,
+        by: &str,
+        event_id: Option<&str>,
+        why: String,
+        now: i64,
+    ) -> Effects {
+        let from = self.state;
+        self.state = to;
+        if let Some(command) = &command {
+            self.generation += 1;
+            self.last_command = Some(command.clone());
+            self.command_issued_at_ms = Some(now);
+            self.resends = 0;
+            self.last_error = None;
+        }
+        self.updated_at_ms = now;
+        self.retag();
+        let audit = AuditEntry {
+            at_ms: now,
+            host: self.host.clone(),
+            from,
+            to,
+            by: by.to_owned(),
+            event_id: event_id.map(str::to_owned),
+            generation: self.generation,
+            why,
+        };
+        Effects { command, audit: Some(audit) }
+    }
+
+    fn isolate(
+        &mut self,
+        plan: &IsolationPlan,
+        by: &str,
+        event_id: Option<&str>,
+        why: String,
+        now: i64,
+    ) -> Effects {
+        self.mode = Some(plan.mode().to_owned());
+        self.expires_at_ms = plan.duration_seconds.map(|seconds| {
+            now.saturating_add(i64::try_from(seconds).unwrap_or(i64::MAX).saturating_mul(1_000))
+        });
+        self.event_id = event_id.map(str::to_owned);
+        let command = plan.command(format!("{by}: {why}"));
+        self.step(HostState::Isolating, Some(command), by, event_id, why, now)
+    }
+
+    fn release(&mut self, by: &str, why: String, now: i64) -> Effects {
+        self.expires_at_ms = None;
+        let command = cordon_wire::Action::Release { reason: format!("{by}: {why}") };
+        self.step(HostState::Releasing, Some(command), by, None, why, now)
+    }
+}
+
+/// A rules engine decision for this host.
+pub fn on_decision(record: &mut HostRecord, decision: &rules::Decision, now: i64) -> Effects {
+    let by = format!("rules {}", decision.rules.join(","));
+    let why: Vec<String> = decision.why.iter().map(|reason| format!("{reason:?}")).collect();
+    let why = why.join("; ");
+    match &decision.action {
+        rules::Action::Isolate(isolation) => {
+            // A redelivered event (after a crash before its offset was committed) must not
+            // issue the same isolation twice.
+            if record.state.may_be_isolated() && record.event_id.as_deref() == Some(&decision.event_id) {
+                return Effects::default();
+            }
+            record.rules.clone_from(&decision.rules);
+            record.pending = None;
+            let plan = IsolationPlan::from_rules(isolation);
+            let effects = record.isolate(&plan, &by, Some(&decision.event_id), why, now);
+            // The engine computed the deadline from the event; keep it exactly.
+            if isolation.deadline_ms.is_some() {
+                record.expires_at_ms = isolation.deadline_ms;
+            }
+            effects
+        }
+        rules::Action::RequestApproval(isolation) => {
+            let plan = IsolationPlan::from_rules(isolation);
+            let proposal = match record.pending.take() {
+                Some(mut pending) => {
+                    if plan.stronger_than(&pending.plan) {
+                        pending.plan = plan;
+                    }
+                    for rule in &decision.rules {
+                        if !pending.rules.contains(rule) {
+                            pending.rules.push(rule.clone());
+                        }
+                    }
+                    pending.requests = pending.requests.saturating_add(1);
+                    pending
+                }
+                None => Proposal {
+                    plan,
+                    rules: decision.rules.clone(),
+                    event_id: decision.event_id.clone(),
+                    requested_at_ms: now,
+                    requests: 1,
+                    why: why.clone(),
+                },
+            };
+            record.pending = Some(proposal);
+            let to = if record.state.may_be_isolated() { record.state } else { HostState::PendingApproval };
+            record.step(to, None, &by, Some(&decision.event_id), format!("approval requested: {why}"), now)
+        }
+    }
+}
+
+/// An operator isolates the host (replacing any isolation in force).
+pub fn operator_isolate(
+    record: &mut HostRecord,
+    plan: &IsolationPlan,
+    reason: &str,
+    operator: &str,
+    now: i64,
+) -> Effects {
+    record.pending = None;
+    record.rules = vec![operator.to_owned()];
+    record.isolate(plan, operator, None, reason.to_owned(), now)
+}
+
+/// An operator releases the host. A release is sent even when cordon believes the host is not
+/// isolated: its agent may have been isolated locally, and a release it does not need is harmless.
+pub fn operator_release(
+    record: &mut HostRecord,
+    reason: &str,
+    operator: &str,
+    now: i64,
+) -> Result<Effects, Refused> {
+    if record.state == HostState::PendingApproval {
+        return Err(Refused::PendingApproval { host: record.host.clone() });
+    }
+    Ok(record.release(operator, reason.to_owned(), now))
+}
+
+/// An operator approves the pending proposal: the isolation starts now (its clock too).
+pub fn approve(record: &mut HostRecord, operator: &str, now: i64) -> Result<Effects, Refused> {
+    let Some(proposal) = record.pending.take() else {
+        return Err(Refused::NothingPending(record.host.clone()));
+    };
+    record.rules.clone_from(&proposal.rules);
+    let why = format!(
+        "approved the isolation requested by rules {} (event {}, {} request(s))",
+        proposal.rules.join(","),
+        proposal.event_id,
+        proposal.requests
+    );
+    Ok(record.isolate(&proposal.plan, operator, Some(&proposal.event_id), why, now))
+}
+
+/// An operator denies the pending proposal: the host stays as it was.
+pub fn deny(record: &mut HostRecord, reason: &str, operator: &str, now: i64) -> Result<Effects, Refused> {
+    let Some(proposal) = record.pending.take() else {
+        return Err(Refused::NothingPending(record.host.clone()));
+    };
+    let to = if record.state == HostState::PendingApproval { HostState::NotIsolated } else { record.state };
+    let why = format!("denied the isolation requested by rules {}: {reason}", proposal.rules.join(","));
+    Ok(record.step(to, None, operator, Some(&proposal.event_id), why, now))
+}
+
+/// An operator adds and removes tags.
+pub fn set_tags(
+    record: &mut HostRecord,
+    add: &[String],
+    remove: &[String],
+    operator: &str,
+    now: i64,
+) -> Result<Effects, Refused> {
+    for tag in add.iter().chain(remove) {
+        if tag == ISOLATED_TAG {
+            return Err(Refused::ReservedTag(tag.clone()));
+        }
+        if tag.is_empty() || tag.chars().count() > 128 || tag.chars().any(char::is_control) {
+            return Err(Refused::BadTag(tag.clone()));
+        }
+    }
+    record.operator_tags.retain(|tag| !remove.contains(tag));
+    for tag in add {
+        if !record.operator_tags.contains(tag) {
+            record.operator_tags.push(tag.clone());
+        }
+    }
+    let why = format!("tags: added [{}], removed [{}]", add.join(", "), remove.join(", "));
+    Ok(record.step(record.state, None, operator, None, why, now))
+}
+
+/// The host's automatic isolation reached its deadline.
+pub fn deadline_reached(record: &mut HostRecord, now: i64) -> Effects {
+    record.release("scheduler", "deadline reached".to_owned(), now)
+}
+
+/// An agent's report about its host.
+pub fn on_status(record: &mut HostRecord, status: &cordon_wire::Status, now: i64) -> Effects {
+    let was_stale = record.agent_stale;
+    record.last_seen_ms = Some(now);
+    record.agent_stale = false;
+    record.agent_tags = status.tags.iter().filter(|tag| *tag != ISOLATED_TAG).cloned().collect();
+    // An agent ahead of us (our state was lost or restored from an old copy): catch up, or
+    // every command we send would be refused as stale.
+    let caught_up = status.generation > record.generation;
+    if caught_up {
+        record.generation = status.generation;
+    }
+    let answers_last_command = status.generation >= record.generation;
+    let failure = status
+        .refusal
+        .map(|refusal| refusal.to_string())
+        .or_else(|| status.error.clone())
+        .filter(|_| status.kind == cordon_wire::StatusKind::Refused)
+        // A resent command the agent had already applied: an answer, not a failure.
+        .filter(|_| !(answers_last_command && status.refusal == Some(cordon_wire::Refusal::StaleGeneration)));
+    if let Some(failure) = &failure {
+        record.last_error =
+            Some(format!("command {}: {failure}", status.command_id.as_deref().unwrap_or("(no command id)")));
+    }
+    let to = if answers_last_command {
+        match (status.isolated, record.state) {
+            (true, HostState::PendingApproval) => HostState::PendingApproval,
+            (true, _) => HostState::Isolated,
+            (false, state) if state.may_be_isolated() => HostState::Released,
+            (false, state) => state,
+        }
+    } else {
+        record.state
+    };
+    if to == HostState::Isolated && answers_last_command {
+        record.mode.clone_from(&status.mode);
+        if status.mode.as_deref() == Some("manual") {
+            record.expires_at_ms = None;
+        }
+    }
+    if !status.isolated && answers_last_command {
+        record.expires_at_ms = None;
+        record.mode = None;
+    }
+    if answers_last_command {
+        record.last_command = None;
+        record.command_issued_at_ms = None;
+    }
+    record.last_status = Some(status.clone());
+    let mut effects = if to == record.state {
+        record.updated_at_ms = now;
+        record.retag();
+        Effects::default()
+    } else {
+        let why = match (status.kind, &status.command_id) {
+            (cordon_wire::StatusKind::Changed, _) => {
+                format!("agent reports a change on its own (isolated: {})", status.isolated)
+            }
+            (_, Some(id)) => format!("agent answered command {id} (isolated: {})", status.isolated),
+            (_, None) => format!("agent report (isolated: {})", status.isolated),
+        };
+        record.step(to, None, "agent", None, why, now)
+    };
+    if effects.audit.is_none() && (was_stale || caught_up || failure.is_some()) {
+        let why = if let Some(failure) = failure {
+            format!("agent could not apply a command: {failure}")
+        } else if caught_up {
+            format!("agent is at generation {}, ahead of cordon: caught up", status.generation)
+        } else {
+            "agent heard from again".to_owned()
+        };
+        effects = record.step(record.state, None, "agent", None, why, now);
+    }
+    effects
+}
+
+/// Marks the host's agent stale when it has been silent for longer than `stale_after_ms`.
+pub fn check_stale(record: &mut HostRecord, stale_after_ms: i64, now: i64) -> Effects {
+    let Some(last_seen) = record.last_seen_ms else { return Effects::default() };
+    if record.agent_stale || now.saturating_sub(last_seen) <= stale_after_ms {
+        return Effects::default();
+    }
+    record.agent_stale = true;
+    let why = format!("agent silent for {} s", (now - last_seen) / 1_000);
+    record.step(record.state, None, "scheduler", None, why, now)
+}
+
+/// The unanswered command to send again, when the last one has waited longer than `after_ms`.
+pub fn resend_due(record: &mut HostRecord, after_ms: i64, now: i64) -> Option<cordon_wire::Action> {
+    let issued = record.command_issued_at_ms?;
+    if !matches!(record.state, HostState::Isolating | HostState::Releasing) {
+        return None;
+    }
+    let waited = now.saturating_sub(issued);
+    // Back off: after_ms, then 2x, 4x... up to 32x, so a dead agent does not flood its partition.
+    let backoff = after_ms.saturating_mul(1 << record.resends.min(5));
+    if waited < backoff {
+        return None;
+    }
+    record.resends = record.resends.saturating_add(1);
+    record.command_issued_at_ms = Some(now);
+    record.last_command.clone()
+}
+
+#[cfg(test)]
+mod tests;

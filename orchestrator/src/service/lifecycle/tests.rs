@@ -1,0 +1,225 @@
+//! Life cycle transitions, one scenario per test: inputs in order, the states, generations,
+//! commands and audit lines they must produce.
+
+use super::*;
+
+const T0: i64 = 1_700_000_000_000;
+
+fn status(host: &str, generation: u64, isolated: bool, kind: cordon_wire::StatusKind) -> cordon_wire::Status {
+    cordon_wire::Status {
+        version: cordon_wire::WIRE_VERSION,
+        host_id: host.into(),
+        sent_at_ms: T0,
+        kind,
+        command_id: Some(format!("{host}-{generation}")),
+        generation,
+        isolated,
+        mode: isolated.then(|| "automatic".into()),
+        expires_at_ms: None,
+        exclusions: Vec::new(),
+        tags: if isolated { vec![ISOLATED_TAG.into(), "plc".into()] } else { vec!["plc".into()] },
+        refusal: None,
+        error: None,
+        packets_dropped: 0,
+        packets_allowed: 0,
+    }
+}
+
+fn timed(seconds: u64) -> IsolationPlan {
+    IsolationPlan { duration_seconds: Some(seconds), ..IsolationPlan::default() }
+}
+
+#[test]
+fn operator_isolation_is_confirmed_then_lifted_at_its_deadline() {
+    let mut host = HostRecord::new("web-01", T0);
+    let effects = operator_isolate(&mut host, &timed(60), "incident 42", "operator alice", T0);
+    assert!(matches!(effects.command, Some(cordon_wire::Action::Isolate { duration_seconds: Some(60), .. })));
+    let audit = effects.audit.unwrap();
+    assert_eq!((audit.from, audit.to, audit.generation), (HostState::NotIsolated, HostState::Isolating, 1));
+    assert_eq!(audit.by, "operator alice");
+    assert_eq!(host.expires_at_ms, Some(T0 + 60_000));
+    assert_eq!(host.tags, vec![ISOLATED_TAG.to_owned()]);
+
+    on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 30);
+    assert_eq!(host.state, HostState::Isolated);
+    assert_eq!(host.tags, vec![ISOLATED_TAG.to_owned(), "plc".to_owned()]);
+    assert!(host.last_command.is_none(), "an answered command is not resent");
+
+    let effects = deadline_reached(&mut host, T0 + 60_000);
+    assert!(matches!(effects.command, Some(cordon_wire::Action::Release { .. })));
+    assert_eq!((host.state, host.generation), (HostState::Releasing, 2));
+    assert!(host.tags.contains(&ISOLATED_TAG.to_owned()), "still isolated until the agent confirms");
+
+    on_status(&mut host, &status("web-01", 2, false, cordon_wire::StatusKind::Applied), T0 + 60_050);
+    assert_eq!(host.state, HostState::Released);
+    assert_eq!(host.tags, vec!["plc".to_owned()]);
+    assert_eq!((host.mode.as_deref(), host.expires_at_ms), (None, None));
+}
+
+#[test]
+fn a_report_for_an_older_generation_confirms_nothing() {
+    let mut host = HostRecord::new("web-01", T0);
+    operator_isolate(&mut host, &timed(60), "x", "operator a", T0);
+    operator_release(&mut host, "y", "operator a", T0 + 1).unwrap();
+    // The isolation's answer arrives after the release was issued.
+    let effects = on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 2);
+    assert_eq!(host.state, HostState::Releasing);
+    assert!(effects.audit.is_none());
+    assert!(host.last_command.is_some(), "the release is still unanswered");
+}
+
+#[test]
+fn approval_requests_merge_and_the_clock_starts_at_approval() {
+    let mut host = HostRecord::new("plc-07", T0);
+    let request = |rule: &str, seconds: u64, event: &str| rules::Decision {
+        host: "plc-07".into(),
+        event_id: event.into(),
+        action: rules::Action::RequestApproval(rules::Isolation {
+            mode: rules::IsolationMode::Automatic,
+            duration: Some(std::time::Duration::from_secs(seconds)),
+            deadline_ms: None,
+            exclusions: rules::Exclusions::default(),
+        }),
+        rules: vec![rule.into()],
+        why: Vec::new(),
+    };
+    let effects = on_decision(&mut host, &request("r1", 600, "e1"), T0);
+    assert!(effects.command.is_none(), "nothing is sent before approval");
+    assert_eq!(host.state, HostState::PendingApproval);
+    on_decision(&mut host, &request("r2", 3_600, "e2"), T0 + 5);
+    let pending = host.pending.clone().unwrap();
+    assert_eq!((pending.requests, pending.rules.clone()), (2, vec!["r1".to_owned(), "r2".to_owned()]));
+    assert_eq!(pending.plan.duration_seconds, Some(3_600), "the stronger request wins");
+    assert_eq!(pending.event_id, "e1");
+
+    assert!(operator_release(&mut host, "no", "operator b", T0 + 6).is_err());
+    let approved_at = T0 + 120_000;
+    let effects = approve(&mut host, "operator bob", approved_at).unwrap();
+    assert!(matches!(
+        effects.command,
+        Some(cordon_wire::Action::Isolate { duration_seconds: Some(3_600), .. })
+    ));
+    assert_eq!(host.expires_at_ms, Some(approved_at + 3_600_000));
+    assert_eq!((host.state, host.generation), (HostState::Isolating, 1));
+    assert_eq!(
+        approve(&mut host, "operator bob", approved_at),
+        Err(Refused::NothingPending("plc-07".into()))
+    );
+}
+
+#[test]
+fn denial_returns_the_host_to_where_it_was() {
+    let mut host = HostRecord::new("plc-07", T0);
+    host.pending = Some(Proposal {
+        plan: timed(60),
+        rules: vec!["r1".into()],
+        event_id: "e1".into(),
+        requested_at_ms: T0,
+        requests: 1,
+        why: String::new(),
+    });
+    host.state = HostState::PendingApproval;
+    let effects = deny(&mut host, "false positive", "operator carol", T0 + 1).unwrap();
+    assert!(effects.command.is_none());
+    assert_eq!(host.state, HostState::NotIsolated);
+    assert_eq!(host.generation, 0);
+    assert!(effects.audit.unwrap().why.contains("false positive"));
+    assert!(deny(&mut host, "again", "operator carol", T0 + 2).is_err());
+}
+
+#[test]
+fn a_redelivered_event_isolates_once() {
+    let mut host = HostRecord::new("web-01", T0);
+    let decision = rules::Decision {
+        host: "web-01".into(),
+        event_id: "e1".into(),
+        action: rules::Action::Isolate(rules::Isolation {
+            mode: rules::IsolationMode::Automatic,
+            duration: Some(std::time::Duration::from_mins(1)),
+            deadline_ms: Some(T0 + 60_000),
+            exclusions: rules::Exclusions::default(),
+        }),
+        rules: vec!["ransomware".into()],
+        why: Vec::new(),
+    };
+    assert!(on_decision(&mut host, &decision, T0).command.is_some());
+    assert_eq!(on_decision(&mut host, &decision, T0 + 10), Effects::default());
+    assert_eq!(host.generation, 1);
+}
+
+#[test]
+fn an_unanswered_command_is_resent_with_backoff_and_the_same_generation() {
+    let mut host = HostRecord::new("web-01", T0);
+    operator_isolate(&mut host, &timed(600), "x", "operator a", T0);
+    assert!(resend_due(&mut host, 10_000, T0 + 9_999).is_none());
+    assert!(resend_due(&mut host, 10_000, T0 + 10_000).is_some());
+    assert!(resend_due(&mut host, 10_000, T0 + 29_999).is_none(), "second wait is twice as long");
+    assert!(resend_due(&mut host, 10_000, T0 + 30_000).is_some());
+    assert_eq!(host.generation, 1);
+    // The agent had applied it: it refuses the resend as stale, which answers it.
+    let mut refused = status("web-01", 1, true, cordon_wire::StatusKind::Refused);
+    refused.refusal = Some(cordon_wire::Refusal::StaleGeneration);
+    on_status(&mut host, &refused, T0 + 30_010);
+    assert_eq!(host.state, HostState::Isolated);
+    assert!(host.last_error.is_none());
+    assert!(resend_due(&mut host, 10_000, T0 + 100_000).is_none());
+}
+
+#[test]
+fn a_refusal_is_kept_and_the_state_does_not_move() {
+    let mut host = HostRecord::new("web-01", T0);
+    operator_isolate(&mut host, &timed(600), "x", "operator a", T0);
+    let mut refused = status("web-01", 0, false, cordon_wire::StatusKind::Refused);
+    refused.refusal = Some(cordon_wire::Refusal::BadSignature);
+    let effects = on_status(&mut host, &refused, T0 + 5);
+    assert_eq!(host.state, HostState::Isolating);
+    assert!(host.last_error.as_deref().unwrap().contains("signature"), "{:?}", host.last_error);
+    assert!(effects.audit.unwrap().why.contains("could not apply"));
+}
+
+#[test]
+fn an_agent_ahead_of_cordon_is_caught_up() {
+    let mut host = HostRecord::new("web-01", T0);
+    on_status(&mut host, &status("web-01", 7, false, cordon_wire::StatusKind::Heartbeat), T0);
+    assert_eq!(host.generation, 7);
+    let effects = operator_isolate(&mut host, &timed(60), "x", "operator a", T0 + 1);
+    assert_eq!(effects.audit.unwrap().generation, 8);
+}
+
+#[test]
+fn a_local_release_on_the_host_is_respected() {
+    let mut host = HostRecord::new("web-01", T0);
+    operator_isolate(&mut host, &IsolationPlan::default(), "x", "operator a", T0);
+    on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1);
+    on_status(&mut host, &status("web-01", 1, false, cordon_wire::StatusKind::Changed), T0 + 2);
+    assert_eq!(host.state, HostState::Released);
+    assert!(resend_due(&mut host, 1, T0 + 100).is_none(), "cordon does not fight the operator on the host");
+}
+
+#[test]
+fn silent_agents_become_stale_once_and_recover() {
+    let mut host = HostRecord::new("web-01", T0);
+    assert_eq!(check_stale(&mut host, 90_000, T0 + 1_000_000), Effects::default(), "never heard: not stale");
+    on_status(&mut host, &status("web-01", 0, false, cordon_wire::StatusKind::Heartbeat), T0);
+    assert!(check_stale(&mut host, 90_000, T0 + 90_000).audit.is_none());
+    assert!(check_stale(&mut host, 90_000, T0 + 90_001).audit.is_some());
+    assert!(host.agent_stale);
+    assert!(check_stale(&mut host, 90_000, T0 + 200_000).audit.is_none(), "marked once");
+    let effects =
+        on_status(&mut host, &status("web-01", 0, false, cordon_wire::StatusKind::Heartbeat), T0 + 200_001);
+    assert!(!host.agent_stale);
+    assert_eq!(effects.audit.unwrap().why, "agent heard from again");
+}
+
+#[test]
+fn operator_tags_are_checked_and_merged_with_the_agents() {
+    let mut host = HostRecord::new("plc-07", T0);
+    let refused = set_tags(&mut host, &[ISOLATED_TAG.into()], &[], "operator a", T0);
+    assert_eq!(refused, Err(Refused::ReservedTag(ISOLATED_TAG.into())));
+    assert!(set_tags(&mut host, &[String::new()], &[], "operator a", T0).is_err());
+    set_tags(&mut host, &["production".into(), "plc".into()], &[], "operator a", T0).unwrap();
+    on_status(&mut host, &status("plc-07", 0, false, cordon_wire::StatusKind::Heartbeat), T0);
+    assert_eq!(host.tags, vec!["plc".to_owned(), "production".to_owned()]);
+    set_tags(&mut host, &[], &["production".into()], "operator a", T0).unwrap();
+    assert_eq!(host.tags, vec!["plc".to_owned()]);
+}

@@ -1,0 +1,244 @@
+//! `schemas/openapi.json` against the code: every documented route exists on the real router
+//! (served over HTTP) and needs the token, every route in the code is documented, and the
+//! answers the API builds validate against the documented schemas.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use orchestrator::api::{ErrorBody, HostView};
+use orchestrator::service::lifecycle::{self, HostRecord, IsolationPlan, Proposal};
+use orchestrator::service::store::Store;
+
+const TOKEN: &str = "a-test-token-of-enough-length";
+
+fn document() -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas/openapi.json");
+    let text = std::fs::read_to_string(&path).expect("read schemas/openapi.json");
+    serde_json::from_str(&text).expect("schemas/openapi.json is JSON")
+}
+
+/// A validator for `#/components/schemas/{name}` of the `OpenAPI` document.
+fn validator(name: &str) -> jsonschema::Validator {
+    let document = document();
+    let schema = serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$ref": format!("#/components/schemas/{name}"),
+        "components": document["components"],
+    });
+    jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("schema {name} does not compile: {e}"))
+}
+
+fn assert_valid(name: &str, value: &serde_json::Value) {
+    let validator = validator(name);
+    let problems: Vec<String> =
+        validator.iter_errors(value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(problems.is_empty(), "not a valid {name}: {problems:#?}\n{value:#}");
+}
+
+/// The API served on a free loopback port by the real router; its base URL.
+struct Served {
+    base: String,
+    dir: PathBuf,
+    _runtime: tokio::runtime::Runtime,
+    _requests: tokio::sync::mpsc::Receiver<orchestrator::service::api::OperatorRequest>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn serve(name: &str) -> Served {
+    let dir = std::env::temp_dir().join(format!("cordon-openapi-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::open(&dir).expect("open store");
+    let (requests_tx, requests) = tokio::sync::mpsc::channel(4);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let address = listener.local_addr().expect("address");
+    let app = orchestrator::service::api::router(store, TOKEN, requests_tx)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    Served { base: format!("http://{address}"), dir, _runtime: runtime, _requests: requests }
+}
+
+fn call(method: &str, url: &str, token: Option<&str>) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let bearer = token.map(|token| format!("Bearer {token}"));
+    let response = match method {
+        "get" => {
+            let mut request = agent.get(url);
+            if let Some(bearer) = &bearer {
+                request = request.header("authorization", bearer);
+            }
+            request.call()
+        }
+        "post" => {
+            let mut request = agent.post(url);
+            if let Some(bearer) = &bearer {
+                request = request.header("authorization", bearer);
+            }
+            request.send_json(serde_json::json!({}))
+        }
+        other => panic!("the test does not speak {other}"),
+    };
+    let mut response = response.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().expect("body"))
+}
+
+#[test]
+fn every_documented_route_exists_and_needs_the_token() {
+    let served = serve("routes");
+    let document = document();
+    let paths = document["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 8, "the document lists {} paths", paths.len());
+    for (path, item) in paths {
+        let url = format!("{}{}", served.base, path.replace("{host}", "web-01"));
+        for method in ["get", "post"] {
+            if item.get(method).is_none() {
+                // Not documented: the router must not offer it either.
+                let (status, _) = call(method, &url, Some(TOKEN));
+                assert_eq!(status, 405, "{method} {path} is not documented but answers {status}");
+                continue;
+            }
+            let (status, body) = call(method, &url, None);
+            if path == "/healthz" {
+                assert_eq!((status, body.as_str()), (200, "ok\n"), "{method} {path}");
+                continue;
+            }
+            assert_eq!(status, 401, "{method} {path} without a token: {body}");
+            let body: serde_json::Value = serde_json::from_str(&body).expect("error body is JSON");
+            assert_valid("Error", &body);
+            assert!(body["error"].as_str().unwrap().contains("bearer token"), "{body}");
+            let (status, body) = call(method, &url, Some("not-the-token-at-all"));
+            assert_eq!(status, 401, "{method} {path} with a wrong token: {body}");
+            assert!(body.contains("not the one configured"), "{body}");
+        }
+    }
+    let (status, _) = call("get", &format!("{}/v1/nothing-here", served.base), Some(TOKEN));
+    assert_eq!(status, 404, "an undocumented path must not exist");
+}
+
+#[test]
+fn every_route_in_the_code_is_documented() {
+    let source =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/service/api.rs"))
+            .expect("read src/service/api.rs");
+    let document = document();
+    let mut routes = 0;
+    for piece in source.split(".route(\"").skip(1) {
+        let route = piece.split('"').next().expect("a quoted route");
+        let documented = if route == "/healthz" { route.to_owned() } else { format!("/v1{route}") };
+        assert!(
+            document["paths"].get(&documented).is_some(),
+            "route {documented} is not in schemas/openapi.json"
+        );
+        routes += 1;
+    }
+    assert_eq!(
+        routes,
+        document["paths"].as_object().unwrap().len(),
+        "routes in the code vs documented paths"
+    );
+}
+
+#[test]
+fn answers_match_the_documented_schemas() {
+    let served = serve("answers");
+    let (status, body) = call("get", &format!("{}/v1/hosts", served.base), Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, "[]");
+    let (status, body) = call("get", &format!("{}/v1/hosts/web-01", served.base), Some(TOKEN));
+    assert_eq!(status, 404, "{body}");
+    assert_valid("Error", &serde_json::from_str(&body).expect("JSON"));
+    let (status, body) = call("get", &format!("{}/v1/hosts?colour=red", served.base), Some(TOKEN));
+    assert_eq!(status, 400, "an unknown query parameter is refused: {body}");
+    assert_valid("Error", &serde_json::from_str(&body).expect("JSON"));
+
+    // A host through its whole life: every shape of the view validates, audit trail included.
+    let t0 = 1_700_000_000_000;
+    let mut record = HostRecord::new("plc-07", t0);
+    let mut audit = Vec::new();
+    let check = |record: &HostRecord, audit: &[lifecycle::AuditEntry]| {
+        assert_valid("Host", &serde_json::to_value(HostView::new(record, None)).unwrap());
+        assert_valid("Host", &serde_json::to_value(HostView::new(record, Some(audit))).unwrap());
+    };
+    check(&record, &audit);
+    record.pending = Some(Proposal {
+        plan: IsolationPlan { duration_seconds: Some(3_600), ..IsolationPlan::default() },
+        rules: vec!["suspicious".into()],
+        event_id: "ev-9".into(),
+        requested_at_ms: t0,
+        requests: 2,
+        why: "test".into(),
+    });
+    check(&record, &audit);
+    let effects = lifecycle::approve(&mut record, "operator alice (127.0.0.1:1)", t0 + 5).expect("approve");
+    audit.extend(effects.audit);
+    check(&record, &audit);
+    let status = cordon_wire::Status {
+        version: cordon_wire::WIRE_VERSION,
+        host_id: "plc-07".into(),
+        sent_at_ms: t0,
+        kind: cordon_wire::StatusKind::Applied,
+        command_id: Some("plc-07-1".into()),
+        generation: 1,
+        isolated: true,
+        mode: Some("automatic".into()),
+        expires_at_ms: Some(t0 + 3_600_005),
+        exclusions: vec!["out,tcp,198.51.100.7/32,443".into()],
+        tags: vec!["ISOLATED FROM NETWORK".into(), "plc".into()],
+        refusal: None,
+        error: None,
+        packets_dropped: 12,
+        packets_allowed: 3,
+    };
+    audit.extend(lifecycle::on_status(&mut record, &status, t0 + 20).audit);
+    check(&record, &audit);
+    audit.extend(
+        lifecycle::operator_release(&mut record, "done", "operator bob (127.0.0.1:2)", t0 + 30)
+            .unwrap()
+            .audit,
+    );
+    check(&record, &audit);
+    assert_eq!(audit.len(), 3);
+
+    let problems = ErrorBody { error: "bad".into(), problems: vec!["one".into(), "two".into()] };
+    assert_valid("Error", &serde_json::to_value(problems).unwrap());
+}
+
+#[test]
+fn requests_the_client_sends_match_the_documented_schemas() {
+    let isolate = orchestrator::api::IsolateRequest {
+        mode: "automatic".into(),
+        duration_seconds: Some(900),
+        exclusions: vec!["out,tcp,198.51.100.7/32,443".into()],
+        allowed_processes: vec!["sshd".into()],
+        allow_dns: true,
+        allow_dhcp: false,
+        reason: Some("IR-1234".into()),
+    };
+    assert_valid("IsolateRequest", &serde_json::to_value(&isolate).unwrap());
+    let manual =
+        orchestrator::api::IsolateRequest { mode: "manual".into(), duration_seconds: None, ..isolate };
+    assert_valid("IsolateRequest", &serde_json::to_value(&manual).unwrap());
+    assert_valid(
+        "ReasonRequest",
+        &serde_json::to_value(orchestrator::api::ReasonRequest { reason: Some("done".into()) }).unwrap(),
+    );
+    assert_valid(
+        "TagsRequest",
+        &serde_json::to_value(orchestrator::api::TagsRequest { add: vec!["plc".into()], remove: vec![] })
+            .unwrap(),
+    );
+    // And the schema refuses what the server refuses.
+    let validator = validator("IsolateRequest");
+    assert!(!validator.is_valid(&serde_json::json!({"mode": "forever"})));
+    assert!(!validator.is_valid(&serde_json::json!({"mode": "manual", "colour": "red"})));
+}
