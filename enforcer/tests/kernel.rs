@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cordon_tests::{LineReader, Sandbox};
+use cordon_tests::{output_of, which, LineReader, Sandbox};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 const ENFORCER: &str = env!("CARGO_BIN_EXE_cordon-enforcer");
@@ -58,14 +58,6 @@ fn exempt_probe(sandbox: &Sandbox) -> PathBuf {
     link
 }
 
-fn output_of(mut command: Command) -> (i32, String, String) {
-    let output = command.output().expect("run command");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-    )
-}
 
 fn enforcer_ok(sandbox: &Sandbox, args: &[&str]) -> String {
     let (code, stdout, stderr) = output_of(sandbox.enforcer(Path::new(ENFORCER), args));
@@ -777,8 +769,3 @@ fn signed_commands_over_kafka() -> Result<(), Failed> {
     Ok(())
 }
 
-fn which(tool: &str) -> PathBuf {
-    let output = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().expect("sh");
-    assert!(output.status.success(), "this test needs {tool}: run ops/install-toolchain.sh");
-    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
-}

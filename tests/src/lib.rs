@@ -55,6 +55,23 @@ pub fn require_kernel_test_environment() {
     }
 }
 
+/// The path of `tool` on `PATH`; panics, naming what installs it, when it is missing.
+pub fn which(tool: &str) -> PathBuf {
+    let output = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().expect("sh");
+    assert!(output.status.success(), "this test needs {tool}: run ops/install-toolchain.sh");
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
+
+/// Runs `command` to its end: exit code (-1 if killed), standard output and error, trimmed.
+pub fn output_of(mut command: Command) -> (i32, String, String) {
+    let output = command.output().expect("run command");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+    )
+}
+
 /// A test host and its peer: netns `<name>-host` (the host to isolate, 198.18.N.1 and
 /// `fd00:c0d:N::1`) and `<name>-peer` (198.18.N.2, `fd00:c0d:N::2`), a veth pair between them, a
 /// cgroup, a pin directory and a state directory.
@@ -293,6 +310,18 @@ impl LineReader {
             }
         }
         Err(format!("the process did not end within {timeout:?}"))
+    }
+
+    /// Prints every further line with `prefix` (for the test's log) until the process closes its
+    /// output; the returned handle ends then.
+    pub fn echo(mut self, prefix: String) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while self.lines.read_line(&mut line).is_ok_and(|n| n > 0) {
+                println!("{prefix}: {}", line.trim_end());
+                line.clear();
+            }
+        })
     }
 
     fn readable_within(&self, timeout: Duration) -> bool {
