@@ -28,6 +28,8 @@ pub struct ChannelSettings {
     pub brokers: String,
     pub commands_topic: String,
     pub status_topic: String,
+    /// `fetch.wait.max.ms` of the commands consumer.
+    pub fetch_wait_ms: u64,
     pub host_id: String,
     pub public_key: VerifyingKey,
 }
@@ -54,6 +56,7 @@ impl Channel {
             .set("group.id", format!("cordon-enforcer-{}", settings.host_id))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
             .create()
             .context("cannot create the Kafka consumer")?;
         let metadata = consumer

@@ -37,6 +37,11 @@ pub struct KafkaConfig {
     pub commands_topic: Option<String>,
     /// Where this agent reports (default `cordon.status`).
     pub status_topic: Option<String>,
+    /// The longest a fetch waits at the broker for new commands (default 500, the Kafka
+    /// client's). Kafka answers as soon as a command arrives, so this bounds only the idle
+    /// request rate; brokers that answer only at the end of the wait (tansu 0.6) add it to
+    /// every command's latency.
+    pub fetch_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +80,7 @@ impl EnforcerConfig {
             brokers: kafka.brokers.clone(),
             commands_topic: kafka.commands_topic.clone().unwrap_or_else(|| "cordon.commands".into()),
             status_topic: kafka.status_topic.clone().unwrap_or_else(|| "cordon.status".into()),
+            fetch_wait_ms: kafka.fetch_wait_ms.unwrap_or(500),
             host_id,
             public_key,
         }))

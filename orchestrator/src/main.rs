@@ -4,6 +4,11 @@
 
 use std::process::ExitCode;
 
+/// mimalloc: parsing and dropping detections is mostly allocation, and the service's
+/// throughput gained from it (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use orchestrator::cli::Cli;
 

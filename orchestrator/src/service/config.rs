@@ -41,6 +41,12 @@ pub struct KafkaSection {
     /// This service's static member id in the group: one active service per id.
     #[serde(default = "default_group")]
     pub instance_id: String,
+    /// The longest a fetch waits at the broker for new detections. Kafka answers as soon as
+    /// data arrives, so this only bounds the idle request rate (100/s at 10 ms, for one
+    /// consumer); brokers that answer only at the end of the wait (tansu 0.6) add it to every
+    /// detection's latency and divide the throughput by it.
+    #[serde(default = "default_fetch_wait")]
+    pub fetch_wait_ms: u64,
 }
 
 impl Default for KafkaSection {
@@ -53,6 +59,7 @@ impl Default for KafkaSection {
             status_topic: default_status_topic(),
             group_id: default_group(),
             instance_id: default_group(),
+            fetch_wait_ms: default_fetch_wait(),
         }
     }
 }
@@ -151,6 +158,9 @@ fn default_status_topic() -> String {
 }
 fn default_group() -> String {
     "cordon".into()
+}
+fn default_fetch_wait() -> u64 {
+    10
 }
 fn default_state_dir() -> PathBuf {
     "/var/lib/cordon".into()

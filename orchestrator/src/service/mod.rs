@@ -19,13 +19,14 @@ pub mod lifecycle;
 pub mod store;
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
-use futures_util::FutureExt as _;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
@@ -65,10 +66,10 @@ impl ConsumerContext for GroupLog {
     }
 }
 
-type DetectionConsumer = StreamConsumer<GroupLog>;
+type DetectionConsumer = BaseConsumer<GroupLog>;
 
 /// At most this many Kafka messages are handled per durable write.
-const MAX_BATCH: usize = 2_000;
+const MAX_BATCH: usize = 5_000;
 
 /// Everything the loop works with.
 struct Service {
@@ -80,6 +81,8 @@ struct Service {
     signing_key: cordon_wire::SigningKey,
     producer: FutureProducer,
     failpoint: Option<String>,
+    /// Transition lines not yet durable, hence not yet logged.
+    transitions: std::cell::RefCell<String>,
 }
 
 /// Loads the rules directory; every problem is reported at once.
@@ -210,6 +213,27 @@ async fn start_api(
     Ok(address)
 }
 
+/// The consumer of detections and agents' reports, subscribed, in the service's group.
+fn detection_consumer(kafka: &config::KafkaSection, brokers: &str) -> Result<DetectionConsumer> {
+    let consumer: DetectionConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", &kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        // Static membership (KIP-345): a restarted service takes its partitions back at once
+        // instead of waiting for the group to evict its crashed predecessor; a second service
+        // with the same id is fenced off rather than splitting the detections with it.
+        .set("group.instance.id", &kafka.instance_id)
+        .set("session.timeout.ms", "10000")
+        .set("fetch.wait.max.ms", kafka.fetch_wait_ms.to_string())
+        .create_with_context(GroupLog)
+        .context("cannot create the Kafka consumer")?;
+    consumer
+        .subscribe(&[&kafka.detections_topic, &kafka.status_topic])
+        .context("cannot subscribe to the detections and status topics")?;
+    Ok(consumer)
+}
+
 /// Runs the service until `shutdown` completes. `brokers` is the resolved bootstrap list.
 pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<Output = ()>) -> Result<()> {
     let ruleset = load_rules(&config.rules.dir)?;
@@ -221,21 +245,15 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let signing_key = cordon_wire::signing_key_from_base64(&key_text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.signing.key_file.display()))?;
     let token = api_token(&config)?;
-    let consumer: DetectionConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", &config.kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        // Static membership (KIP-345): a restarted service takes its partitions back at once
-        // instead of waiting for the group to evict its crashed predecessor; a second service
-        // with the same id is fenced off rather than splitting the detections with it.
-        .set("group.instance.id", &config.kafka.instance_id)
-        .set("session.timeout.ms", "10000")
-        .create_with_context(GroupLog)
-        .context("cannot create the Kafka consumer")?;
-    consumer
-        .subscribe(&[&config.kafka.detections_topic, &config.kafka.status_topic])
-        .context("cannot subscribe to the detections and status topics")?;
+    let consumer = Arc::new(detection_consumer(&config.kafka, brokers)?);
+    let (batches_tx, mut batches) = mpsc::channel::<ConsumedBatch>(1);
+    {
+        let (consumer, status_topic) = (Arc::clone(&consumer), config.kafka.status_topic.clone());
+        std::thread::Builder::new()
+            .name("cordon-reader".into())
+            .spawn(move || read_batches(&consumer, &status_topic, &batches_tx))
+            .context("cannot start the Kafka reader thread")?;
+    }
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("partitioner", "murmur2_random")
@@ -252,8 +270,17 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         .context("cannot listen for SIGHUP")?;
 
     let failpoint = std::env::var("CORDON_FAILPOINT").ok().filter(|name| !name.is_empty());
-    let mut service =
-        Service { config, ruleset, rules_fingerprint, engine, store, signing_key, producer, failpoint };
+    let mut service = Service {
+        config,
+        ruleset,
+        rules_fingerprint,
+        engine,
+        store,
+        signing_key,
+        producer,
+        failpoint,
+        transitions: std::cell::RefCell::default(),
+    };
     println!(
         "cordon: serving {} rule(s) from {}; API on http://{api_address}.",
         service.ruleset.len(),
@@ -270,26 +297,8 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let result = loop {
         tokio::select! {
             () = &mut shutdown => break Ok(()),
-            message = consumer.recv() => {
-                let mut batch = Vec::new();
-                match message {
-                    Ok(message) => batch.push(message.detach()),
-                    Err(error) => {
-                        eprintln!("cordon: error: reading Kafka: {error}");
-                        continue;
-                    }
-                }
-                while batch.len() < MAX_BATCH {
-                    match consumer.recv().now_or_never() {
-                        Some(Ok(message)) => batch.push(message.detach()),
-                        Some(Err(error)) => {
-                            eprintln!("cordon: error: reading Kafka: {error}");
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-                if let Err(error) = service.handle_batch(&consumer, &batch).await {
+            Some(batch) = batches.recv() => {
+                if let Err(error) = service.handle_batch(&consumer, batch).await {
                     // Nothing of this batch is committed: it comes again after the restart.
                     break Err(error);
                 }
@@ -321,6 +330,72 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     result
 }
 
+/// Messages consumed together, with their detections already parsed (`None` for agents'
+/// reports) by the reader thread, so that parsing overlaps the loop's work.
+struct ConsumedBatch {
+    messages: Vec<OwnedMessage>,
+    events: Vec<Option<Result<rules::Event, String>>>,
+}
+
+/// The reader thread: consumes batches of up to [`MAX_BATCH`] messages, parses their
+/// detections and hands them to the loop in order, until the loop goes away. Only the loop
+/// commits offsets, after the batch's changes are durable.
+fn read_batches(consumer: &DetectionConsumer, status_topic: &str, batches: &mpsc::Sender<ConsumedBatch>) {
+    while !batches.is_closed() {
+        let mut messages = Vec::new();
+        match consumer.poll(Duration::from_millis(100)) {
+            None => continue,
+            Some(Err(error)) => {
+                eprintln!("cordon: error: reading Kafka: {error}");
+                continue;
+            }
+            Some(Ok(message)) => messages.push(message.detach()),
+        }
+        while messages.len() < MAX_BATCH {
+            match consumer.poll(Duration::ZERO) {
+                Some(Ok(message)) => messages.push(message.detach()),
+                Some(Err(error)) => {
+                    eprintln!("cordon: error: reading Kafka: {error}");
+                    break;
+                }
+                None => break,
+            }
+        }
+        let events = parse_batch(&messages, status_topic);
+        if batches.blocking_send(ConsumedBatch { messages, events }).is_err() {
+            return;
+        }
+    }
+}
+
+/// Parses the detections of a batch, on several cores when the batch is large; the results
+/// keep the batch's order, since evaluation must not reorder events.
+fn parse_batch(messages: &[OwnedMessage], status_topic: &str) -> Vec<Option<Result<rules::Event, String>>> {
+    let parse = |message: &OwnedMessage| {
+        (message.topic() != status_topic).then(|| {
+            std::str::from_utf8(message.payload().unwrap_or_default())
+                .map_err(|e| format!("not UTF-8 text: {e}"))
+                .and_then(|text| rules::Event::parse(text).map_err(|e| e.to_string()))
+        })
+    };
+    // One core goes to the loop.
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).saturating_sub(1);
+    if threads <= 1 || messages.len() < 256 {
+        return messages.iter().map(parse).collect();
+    }
+    let chunk = messages.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = messages
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(parse).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|part| part.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    })
+}
+
 impl Service {
     /// Crashes the process at the named point when `CORDON_FAILPOINT` names it: how the crash
     /// tests stop the service exactly between two steps, as a `kill -9` there would.
@@ -332,28 +407,21 @@ impl Service {
     }
 
     /// Handles a batch of messages, makes every change durable, then commits their offsets.
-    async fn handle_batch(&mut self, consumer: &DetectionConsumer, batch: &[OwnedMessage]) -> Result<()> {
+    async fn handle_batch(&mut self, consumer: &DetectionConsumer, batch: ConsumedBatch) -> Result<()> {
         let now = now_ms();
-        for message in batch {
-            let payload = message.payload().unwrap_or_default();
-            if message.topic() == self.config.kafka.status_topic {
-                self.on_status(payload, now)?;
-                continue;
-            }
-            let event = std::str::from_utf8(payload)
-                .map_err(|e| format!("not UTF-8 text: {e}"))
-                .and_then(|text| rules::Event::parse(text).map_err(|e| e.to_string()));
+        for (message, event) in batch.messages.iter().zip(batch.events) {
             match event {
-                Ok(event) => self.on_detection(&event, now)?,
-                Err(reason) => self.dead_letter(message, &reason).await?,
+                None => self.on_status(message.payload().unwrap_or_default(), now)?,
+                Some(Ok(event)) => self.on_detection(&event, now)?,
+                Some(Err(reason)) => self.dead_letter(message, &reason).await?,
             }
         }
         self.store.put_engine_state(&self.engine)?;
         self.failpoint("before-flush");
-        self.store.flush()?;
+        self.flush()?;
         self.failpoint("after-flush");
         let mut offsets: HashMap<(&str, i32), i64> = HashMap::new();
-        for message in batch {
+        for message in &batch.messages {
             let next = offsets.entry((message.topic(), message.partition())).or_insert(0);
             *next = (*next).max(message.offset() + 1);
         }
@@ -390,7 +458,7 @@ impl Service {
 
     /// Evaluates one valid event and applies its decisions (not yet durable).
     fn on_detection(&mut self, event: &rules::Event, now: i64) -> Result<()> {
-        let tags = self.store.host(event.host())?.map(|h| h.tags).unwrap_or_default();
+        let tags = self.store.tags_of(event.host())?;
         let decisions = rules::evaluate(&self.ruleset, &mut self.engine, event, now, &tags);
         for decision in &decisions {
             let previous = self.store.host(&decision.host)?;
@@ -401,7 +469,21 @@ impl Service {
         Ok(())
     }
 
-    /// Puts a changed record, its audit entry and its command (sealed, in the outbox).
+    /// Makes everything written so far durable, then logs the transitions it made durable (in
+    /// one write: a batch can hold thousands).
+    fn flush(&self) -> Result<()> {
+        self.store.flush()?;
+        let lines = std::mem::take(&mut *self.transitions.borrow_mut());
+        if !lines.is_empty() {
+            use std::io::Write as _;
+            // The log going away (a closed pipe) must not stop the service.
+            let _ = std::io::stdout().lock().write_all(lines.as_bytes());
+        }
+        Ok(())
+    }
+
+    /// Puts a changed record, its audit entry and its command (sealed, in the outbox); the
+    /// transition is logged once durable.
     fn apply(
         &self,
         previous: Option<&HostRecord>,
@@ -414,7 +496,8 @@ impl Service {
         }
         if let Some(audit) = &effects.audit {
             self.store.audit(audit)?;
-            println!(
+            let _ = writeln!(
+                self.transitions.borrow_mut(),
                 "cordon: {}: {} -> {} by {} (generation {}): {}",
                 audit.host,
                 audit.from.name(),
@@ -501,7 +584,7 @@ impl Service {
             Ok(effects) => {
                 self.apply(previous.as_ref(), &record, effects, now)?;
                 self.store.put_engine_state(&self.engine)?;
-                self.store.flush()?;
+                self.flush()?;
                 Ok(record)
             }
             Err(refused) => Err(refused),
@@ -535,7 +618,7 @@ impl Service {
             self.apply(Some(&previous), &record, effects, now)?;
         }
         self.store.put_engine_state(&self.engine)?;
-        self.store.flush()
+        self.flush()
     }
 
     fn on_job(&mut self, job: Job) -> Result<()> {
@@ -576,7 +659,7 @@ impl Service {
                 }
             }
         }
-        self.store.flush()
+        self.flush()
     }
 
     fn ruleset_ceiling_window_ms(&self) -> i64 {

@@ -5,18 +5,43 @@
 //! and sent (then removed) only after that flush: a crash at any moment loses no command, and a
 //! command sent twice is refused by the agent as a stale generation.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub use super::lifecycle::{AuditEntry, HostRecord, HostState};
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A sealed command waiting to be sent, stored as the host's length (2 bytes, big-endian), the
+/// host, and the envelope's bytes as they go on the wire: nothing to encode or decode.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxEntry {
     pub host: String,
     /// Sealed command envelope.
     pub envelope: Vec<u8>,
+}
+
+impl OutboxEntry {
+    fn to_bytes(&self) -> Result<Vec<u8>> {
+        let length = u16::try_from(self.host.len()).context("a host id longer than 65,535 bytes")?;
+        let mut bytes = Vec::with_capacity(2 + self.host.len() + self.envelope.len());
+        bytes.extend_from_slice(&length.to_be_bytes());
+        bytes.extend_from_slice(self.host.as_bytes());
+        bytes.extend_from_slice(&self.envelope);
+        Ok(bytes)
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<OutboxEntry> {
+        let unreadable = || anyhow::anyhow!("an outbox entry is unreadable");
+        let length = usize::from(u16::from_be_bytes(bytes.get(..2).ok_or_else(unreadable)?.try_into()?));
+        let host = bytes.get(2..2 + length).ok_or_else(unreadable)?;
+        Ok(OutboxEntry {
+            host: String::from_utf8(host.to_vec()).map_err(|_| unreadable())?,
+            envelope: bytes[2 + length..].to_vec(),
+        })
+    }
 }
 
 /// One call to the operator API, kept whatever its outcome.
@@ -33,6 +58,10 @@ pub struct ApiCall {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    /// Every host's tags, read once from its record and kept in step by `put_host`: the rules
+    /// engine needs them for every detection, and decoding the record each time is most of
+    /// the cost of a detection that decides nothing.
+    tags: Arc<Mutex<HashMap<String, Vec<String>>>>,
     hosts: sled::Tree,
     deadlines: sled::Tree,
     /// Keyed by host, then a sequence number: one host's trail is one range.
@@ -61,6 +90,7 @@ impl Store {
             audit: db.open_tree("audit")?,
             outbox: db.open_tree("outbox")?,
             api_calls: db.open_tree("api_calls")?,
+            tags: Arc::default(),
             db,
         })
     }
@@ -81,8 +111,22 @@ impl Store {
             .collect()
     }
 
+    /// The tags of `host` (none for a host cordon does not know).
+    pub fn tags_of(&self, host: &str) -> Result<Vec<String>> {
+        if let Some(tags) = self.tags.lock().unwrap_or_else(PoisonError::into_inner).get(host) {
+            return Ok(tags.clone());
+        }
+        let tags = self.host(host)?.map(|record| record.tags).unwrap_or_default();
+        self.tags.lock().unwrap_or_else(PoisonError::into_inner).insert(host.to_owned(), tags.clone());
+        Ok(tags)
+    }
+
     /// Stores `record` and keeps the deadline index in step with it. Not durable until `flush`.
     pub fn put_host(&self, previous: Option<&HostRecord>, record: &HostRecord) -> Result<()> {
+        self.tags
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(record.host.clone(), record.tags.clone());
         if let Some(deadline) = previous.and_then(|p| p.expires_at_ms) {
             self.deadlines.remove(deadline_key(deadline, &record.host))?;
         }
@@ -161,7 +205,7 @@ impl Store {
 
     pub fn enqueue(&self, entry: &OutboxEntry) -> Result<()> {
         let id = self.db.generate_id()?;
-        self.outbox.insert(id.to_be_bytes(), serde_json::to_vec(entry)?)?;
+        self.outbox.insert(id.to_be_bytes(), entry.to_bytes()?)?;
         Ok(())
     }
 
@@ -171,7 +215,7 @@ impl Store {
             .iter()
             .map(|item| {
                 let (key, value) = item?;
-                Ok((key, serde_json::from_slice(&value).context("an outbox entry is unreadable")?))
+                Ok((key, OutboxEntry::from_bytes(&value)?))
             })
             .collect()
     }
@@ -187,5 +231,20 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         self.db.flush().context("cannot flush the state store")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OutboxEntry;
+
+    #[test]
+    fn outbox_entries_round_trip_and_refuse_truncation() {
+        let entry =
+            OutboxEntry { host: "web-01".into(), envelope: br#"{"payload":"{}","signature":"x"}"#.to_vec() };
+        let bytes = entry.to_bytes().unwrap();
+        assert_eq!(OutboxEntry::from_bytes(&bytes).unwrap(), entry);
+        assert!(OutboxEntry::from_bytes(&bytes[..5]).is_err());
+        assert!(OutboxEntry::from_bytes(&[0]).is_err());
     }
 }
