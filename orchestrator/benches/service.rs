@@ -1,0 +1,618 @@
+//! Benchmark of `cordon serve` (the optimised binary) against a real Kafka-protocol broker
+//! (tansu, in memory), started here:
+//!
+//! 1. sustained detection throughput: generated ~1.4 KB detections (100 SOC-like rules, 10,000
+//!    hosts) produced beforehand, then consumed, evaluated, made durable and committed; beside it
+//!    the floor: a bare rdkafka consumer reading the same topic and doing nothing else;
+//! 2. resident memory of the service with 10,000 hosts known;
+//! 3. lift precision over 10,000 timed isolations: when each release command reached the broker,
+//!    against its isolation's deadline;
+//! 4. restart recovery with 100,000 isolations in sled: `kill -9`, then the time until the service
+//!    serves again and until it has acted on a new detection.
+//!
+//! Run: `cargo bench -p orchestrator --bench service` (needs tansu: `ops/install-toolchain.sh`).
+//! `CORDON_BENCH_EVENTS` sets the number of events of part 1 (default 200,000);
+//! `CORDON_BENCH_TECHNIQUES` how many ATT&CK techniques the events draw from (default 3,000: one
+//! detection in ten leads to a command; 30,000: about one in a hundred). A filter word
+//! (`throughput`, `lift`, `restart`) runs one part. The numbers go into BENCHMARKS.md.
+
+#![allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::duration_suboptimal_units,
+    reason = "a measurement script: counts become rates and percentiles, and its time limits read in seconds"
+)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+#[path = "../../rules/benches/workload/mod.rs"]
+mod workload;
+
+const CORDON: &str = env!("CARGO_BIN_EXE_cordon");
+const PARTITIONS: i32 = 3;
+
+fn now_ms() -> i64 {
+    i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The broker, and everything the benchmark started; killed and removed on drop.
+struct Bench {
+    broker: Child,
+    url: String,
+    brokers: String,
+    dir: PathBuf,
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = self.broker.kill();
+        let _ = self.broker.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running `cordon serve`: its process and its output lines.
+struct Service {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    spawned: Instant,
+}
+
+impl Service {
+    fn wait_for(&self, needle: &str, limit: Duration) -> Instant {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Instant::now(),
+                Ok(_) => {}
+                Err(error) => panic!("cordon serve never said '{needle}' ({error})"),
+            }
+        }
+    }
+
+    fn rss_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let field = |name: &str| -> u64 {
+            let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Bench {
+    fn start() -> Bench {
+        let tansu = Command::new("sh").args(["-c", "command -v tansu"]).output().unwrap();
+        assert!(tansu.status.success(), "this benchmark needs tansu: run ops/install-toolchain.sh");
+        let tansu = String::from_utf8_lossy(&tansu.stdout).trim().to_owned();
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let broker = Command::new(&tansu)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("cordon-bench-service-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let bench = Bench { broker, url, brokers: format!("127.0.0.1:{port}"), dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let keygen =
+            Command::new(CORDON).args(["keygen", "--out"]).arg(bench.dir.join("keys")).output().unwrap();
+        assert!(keygen.status.success(), "{}", String::from_utf8_lossy(&keygen.stderr));
+        bench
+    }
+
+    /// Creates the four topics of a part, prefixed with `part`.
+    fn topics(&self, part: &str) {
+        for topic in ["detections", "commands", "status", "dead-letter"] {
+            let status = Command::new("tansu")
+                .args([
+                    "topic",
+                    "create",
+                    &format!("{part}.{topic}"),
+                    "--partitions",
+                    &PARTITIONS.to_string(),
+                ])
+                .args(["--broker", &self.url])
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "cannot create topic {part}.{topic}");
+        }
+    }
+
+    /// Starts `cordon serve` for `part` with `rules` (one file); waits until it serves.
+    fn serve(&self, part: &str, rules: &str) -> Service {
+        let rules_dir = self.dir.join(part).join("rules");
+        if !rules_dir.exists() {
+            std::fs::create_dir_all(&rules_dir).unwrap();
+            std::fs::write(rules_dir.join("rules.yaml"), rules).unwrap();
+        }
+        let config = self.dir.join(part).join("cordon.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[kafka]\nbrokers = \"{b}\"\ndetections_topic = \"{part}.detections\"\ncommands_topic = \"{part}.commands\"\n\
+                 status_topic = \"{part}.status\"\ndead_letter_topic = \"{part}.dead-letter\"\ngroup_id = \"{part}\"\n\
+                 instance_id = \"{part}\"\n[rules]\ndir = \"{r}\"\n[state]\ndir = \"{s}\"\n[signing]\nkey_file = \"{k}\"\n\
+                 [api]\nlisten = \"127.0.0.1:0\"\n[agents]\nresend_after_seconds = 86400\n",
+                b = self.brokers,
+                r = rules_dir.display(),
+                s = self.dir.join(part).join("state").display(),
+                k = self.dir.join("keys/signing.key").display(),
+            ),
+        )
+        .unwrap();
+        let spawned = Instant::now();
+        let mut child = Command::new(CORDON)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (sender, lines) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line.contains("error") {
+                        eprintln!("serve: {line}");
+                    }
+                    let _ = sender.send(line);
+                }
+            });
+        }
+        let service = Service { child, lines, spawned };
+        service.wait_for("API on http://", Duration::from_secs(120));
+        service
+    }
+
+    /// Produces every `(key, value)`; returns how long the broker took to take them all.
+    fn produce(&self, topic: &str, records: impl Iterator<Item = (String, String)>) -> (usize, Duration) {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "20")
+            .set("batch.num.messages", "5000")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "2000000")
+            .create()
+            .unwrap();
+        let started = Instant::now();
+        let mut count = 0;
+        for (key, value) in records {
+            let mut record = BaseRecord::to(topic).key(&key).payload(&value);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        record = back;
+                        producer.poll(Duration::from_millis(5));
+                    }
+                }
+            }
+            count += 1;
+        }
+        producer.flush(Duration::from_secs(300)).unwrap();
+        (count, started.elapsed())
+    }
+
+    /// A consumer of `topic` that sees only what is produced from now on (ready when it returns).
+    fn tail(&self, topic: &str) -> BaseConsumer {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("bench-tail-{topic}-{}", now_ms()))
+            .set("auto.offset.reset", "latest")
+            .set("fetch.wait.max.ms", "1")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while consumer.assignment().unwrap().count() == 0 {
+            assert!(Instant::now() < deadline, "the tail consumer of {topic} never started");
+            consumer.poll(Duration::from_millis(10));
+        }
+        // Long enough for it to have looked up where the partitions end.
+        let settle = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < settle {
+            assert!(
+                consumer.poll(Duration::from_millis(10)).is_none(),
+                "the tail consumer read an old message"
+            );
+        }
+        consumer
+    }
+
+    /// The sum over partitions of the offsets `group` committed on `topic`.
+    fn committed(&self, group: &str, topic: &str) -> i64 {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .create()
+            .unwrap();
+        let mut list = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            list.add_partition(topic, p);
+        }
+        let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
+        committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(n) => n,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Every message of `topic` (from the start) until `want` have been read, or none came for
+    /// `quiet`, or `limit` passed: key, value, and the broker's timestamp (ms). (The high
+    /// watermarks tansu 0.6 reports lag behind what it holds, so messages are counted by reading.)
+    fn read_all(
+        &self,
+        topic: &str,
+        want: usize,
+        limit: Duration,
+        quiet: Duration,
+    ) -> Vec<(String, Vec<u8>, i64)> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("bench-reader-{topic}-{}", now_ms()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            // As the service's consumer does (tansu answers a fetch only at the end of its wait).
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        let deadline = Instant::now() + limit;
+        let mut out = Vec::new();
+        let mut last = Instant::now();
+        while out.len() < want && Instant::now() < deadline && last.elapsed() < quiet {
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+                last = Instant::now();
+                out.push((
+                    String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+                    message.payload().unwrap_or_default().to_vec(),
+                    message.timestamp().to_millis().unwrap_or(0),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// CPU time (user + system) process `pid` has used, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and
+    // 13th, in clock ticks of 1/100 s (USER_HZ).
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// One sample of a run: when, how many offsets were committed, and the CPU seconds the service
+/// and the broker had used.
+struct Sample {
+    at: Instant,
+    committed: i64,
+    service_cpu: f64,
+    broker_cpu: f64,
+}
+
+/// Waits until `group` has committed `total` offsets on `topic`, sampling every 20 ms.
+fn wait_committed(
+    bench: &Bench,
+    service: &Service,
+    group: &str,
+    topic: &str,
+    total: i64,
+    limit: Duration,
+) -> Vec<Sample> {
+    let deadline = Instant::now() + limit;
+    let mut samples = Vec::new();
+    loop {
+        let committed = bench.committed(group, topic);
+        samples.push(Sample {
+            at: Instant::now(),
+            committed,
+            service_cpu: cpu_seconds(service.child.id()),
+            broker_cpu: cpu_seconds(bench.broker.id()),
+        });
+        if committed >= total {
+            return samples;
+        }
+        assert!(Instant::now() < deadline, "only {committed} of {total} committed within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn throughput_and_memory(bench: &Bench) {
+    let events: u64 =
+        std::env::var("CORDON_BENCH_EVENTS").ok().and_then(|n| n.parse().ok()).unwrap_or(200_000);
+    let hosts = 10_000;
+    let techniques: u32 = std::env::var("CORDON_BENCH_TECHNIQUES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(workload::TECHNIQUES);
+    bench.topics("throughput");
+    // First one detection per host that rule-0 isolates (so all 10,000 hosts are known), then
+    // the generated mix.
+    let start = now_ms();
+    let every_host = (0..hosts).map(move |h| {
+        let event = format!(
+            r#"{{"time":{start},"severity_id":5,"device":{{"uid":"host-{h:04}"}},"finding_info":{{"uid":"first-{h}","attacks":[{{"technique":{{"uid":"T1000"}}}}]}},"process":{{"name":"x.exe"}}}}"#
+        );
+        (format!("host-{h:04}"), event)
+    });
+    let mut random = workload::Random(0x9e37_79b9_7f4a_7c15);
+    let mix = (0..events).map(move |i| {
+        let text = workload::event_from(&mut random, i, hosts, u64::try_from(start).unwrap() + i, techniques);
+        let host = text.split(r#""device":{"uid":""#).nth(1).unwrap().split('"').next().unwrap().to_owned();
+        (host, text)
+    });
+    let (produced, took) = bench.produce("throughput.detections", every_host.chain(mix));
+    println!(
+        "throughput: {techniques} techniques drawn from (the rules name 200 of them); produced {produced} detections in {:.1} s ({:.0}/s into tansu)",
+        took.as_secs_f64(),
+        produced as f64 / took.as_secs_f64()
+    );
+    let total = i64::try_from(produced).unwrap();
+
+    // The floor: a bare consumer reading the same topic.
+    let floor_started = Instant::now();
+    let read = bench
+        .read_all("throughput.detections", produced, Duration::from_secs(600), Duration::from_secs(30))
+        .len();
+    let floor = floor_started.elapsed();
+    println!(
+        "throughput: a bare rdkafka consumer read {read} in {:.2} s: {:.0} events/s (the broker's floor)",
+        floor.as_secs_f64(),
+        read as f64 / floor.as_secs_f64()
+    );
+
+    let service = bench.serve("throughput", &workload::rules_text(100));
+    let serving = Instant::now();
+    let samples = wait_committed(
+        bench,
+        &service,
+        "throughput",
+        "throughput.detections",
+        total,
+        Duration::from_secs(600),
+    );
+    let done = samples.last().unwrap();
+    // The steady state: from when the warm-up (one isolation per host) is committed to the end.
+    let first = samples.iter().find(|sample| sample.committed >= i64::from(hosts)).unwrap();
+    let span = done.at.duration_since(first.at).as_secs_f64();
+    let steady = (total - first.committed) as f64 / span;
+    let service_cores = (done.service_cpu - first.service_cpu) / span;
+    let broker_cores = (done.broker_cpu - first.broker_cpu) / span;
+    println!(
+        "throughput: cordon serve committed {total} in {:.2} s after it started serving ({:.0} events/s, \
+         joining the group and the warm-up included); {steady:.0} events/s once the {hosts} hosts were known, using {service_cores:.2} \
+         cores ({:.0} events per CPU-second) while tansu used {broker_cores:.2}",
+        done.at.duration_since(serving).as_secs_f64(),
+        total as f64 / done.at.duration_since(serving).as_secs_f64(),
+        steady / service_cores,
+    );
+    let commands = bench
+        .read_all("throughput.commands", usize::MAX, Duration::from_secs(120), Duration::from_secs(3))
+        .len();
+    println!(
+        "throughput: {commands} commands sent ({hosts} for the warm-up): {:.1}% of the detections led to a decision with a command",
+        commands as f64 * 100.0 / total as f64
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (rss, peak) = service.rss_kib();
+    println!(
+        "memory: {hosts} hosts known, {commands} commands issued: resident {:.1} MiB, peak {:.1} MiB",
+        rss as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    service.kill_9();
+}
+
+fn lift_precision(bench: &Bench) {
+    let hosts = 10_000;
+    let seconds: u32 = 20;
+    bench.topics("lift");
+    let rules = format!(
+        "id: timed\ntitle: timed\ndetection:\n  selection:\n    severity_id|gte: 1\n  condition: selection\n\
+         response:\n  isolate:\n    mode: automatic\n    duration: {seconds}s\n"
+    );
+    let service = bench.serve("lift", &rules);
+    let start = now_ms();
+    let events = (0..hosts).map(|h| {
+        let event = format!(
+            r#"{{"time":{start},"severity_id":5,"device":{{"uid":"host-{h:04}"}},"finding_info":{{"uid":"timed-{h}"}}}}"#
+        );
+        (format!("host-{h:04}"), event)
+    });
+    bench.produce("lift.detections", events);
+    let key = cordon_wire::verifying_key_from_base64(
+        &std::fs::read_to_string(bench.dir.join("keys/signing.pub")).unwrap(),
+    )
+    .unwrap();
+    let messages = bench.read_all(
+        "lift.commands",
+        2 * hosts,
+        Duration::from_secs(u64::from(seconds) + 60),
+        Duration::from_secs(u64::from(seconds) + 10),
+    );
+    assert_eq!(messages.len(), 2 * hosts, "expected an isolate and a release per host");
+    let mut deadlines: HashMap<String, i64> = HashMap::new();
+    let mut released: HashMap<String, (i64, i64)> = HashMap::new();
+    for (_, envelope, timestamp) in &messages {
+        let command = cordon_wire::open(envelope, &key).unwrap();
+        match command.action {
+            cordon_wire::Action::Isolate { duration_seconds, .. } => {
+                let duration = i64::try_from(duration_seconds.unwrap()).unwrap() * 1_000;
+                deadlines.insert(command.host_id, command.issued_at_ms + duration);
+            }
+            cordon_wire::Action::Release { .. } => {
+                released.insert(command.host_id, (command.issued_at_ms, *timestamp));
+            }
+        }
+    }
+    let mut issued_late: Vec<i64> = Vec::new();
+    let mut broker_late: Vec<i64> = Vec::new();
+    for (host, deadline) in &deadlines {
+        let (issued, at_broker) = released[host];
+        issued_late.push(issued - deadline);
+        broker_late.push(at_broker - deadline);
+    }
+    issued_late.sort_unstable();
+    broker_late.sort_unstable();
+    let spread = deadlines.values().max().unwrap() - deadlines.values().min().unwrap();
+    println!(
+        "lift: {hosts} timed isolations of {seconds} s, deadlines spread over {spread} ms; release decided after the \
+         deadline by p50 {} ms, p99 {} ms, max {} ms (earliest {} ms); release at the broker p50 {} ms, p99 {} ms, \
+         max {} ms",
+        percentile(&issued_late, 50.0),
+        percentile(&issued_late, 99.0),
+        issued_late.last().unwrap(),
+        issued_late.first().unwrap(),
+        percentile(&broker_late, 50.0),
+        percentile(&broker_late, 99.0),
+        broker_late.last().unwrap(),
+    );
+    service.kill_9();
+}
+
+fn restart_recovery(bench: &Bench) {
+    let hosts: i64 =
+        std::env::var("CORDON_BENCH_ISOLATIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(100_000);
+    bench.topics("restart");
+    let rules =
+        "id: long\ntitle: long\ndetection:\n  selection:\n    severity_id|gte: 1\n  condition: selection\n\
+                 response:\n  isolate:\n    mode: automatic\n    duration: 1h\n";
+    let service = bench.serve("restart", rules);
+    let start = now_ms();
+    let events = (0..hosts).map(|h| {
+        let event = format!(
+            r#"{{"time":{start},"severity_id":5,"device":{{"uid":"host-{h:06}"}},"finding_info":{{"uid":"long-{h}"}}}}"#
+        );
+        (format!("host-{h:06}"), event)
+    });
+    let (produced, _) = bench.produce("restart.detections", events);
+    let filled = Instant::now();
+    wait_committed(
+        bench,
+        &service,
+        "restart",
+        "restart.detections",
+        i64::try_from(produced).unwrap(),
+        Duration::from_secs(600),
+    );
+    let sent = bench.read_all(
+        "restart.commands",
+        usize::try_from(hosts).unwrap(),
+        Duration::from_secs(300),
+        Duration::from_secs(30),
+    );
+    assert_eq!(sent.len(), usize::try_from(hosts).unwrap(), "a command per isolation");
+    println!("restart: {hosts} isolations decided and sent in {:.1} s", filled.elapsed().as_secs_f64());
+    let state = bench.dir.join("restart/state/orchestrator.sled");
+    let size: u64 = walk_size(&state);
+    let (rss, _) = service.rss_kib();
+    println!(
+        "restart: sled holds {:.0} MiB; resident {:.0} MiB before the kill",
+        size as f64 / 1_048_576.0,
+        rss as f64 / 1024.0
+    );
+    service.kill_9();
+
+    let commands = bench.tail("restart.commands");
+    let service = bench.serve("restart", rules);
+    let serving = service.spawned.elapsed();
+    let consuming = service.wait_for("consuming", Duration::from_secs(60)).duration_since(service.spawned);
+    let sent = Instant::now();
+    let event = format!(
+        r#"{{"time":{},"severity_id":5,"device":{{"uid":"newcomer"}},"finding_info":{{"uid":"after-restart"}}}}"#,
+        now_ms()
+    );
+    bench.produce("restart.detections", std::iter::once(("newcomer".to_owned(), event)));
+    loop {
+        assert!(sent.elapsed() < Duration::from_secs(120), "no command for the new detection");
+        if let Some(Ok(message)) = commands.poll(Duration::from_millis(10)) {
+            if message.key() == Some(b"newcomer".as_slice()) {
+                break;
+            }
+        }
+    }
+    let (rss, _) = service.rss_kib();
+    println!(
+        "restart: after kill -9 with {hosts} isolations in sled: serving again (state open, deadlines armed, API up) \
+         {:.0} ms after start; consuming (group joined) {:.0} ms after start; a new detection then acted on {:.0} ms \
+         after it was produced; resident {:.0} MiB",
+        serving.as_secs_f64() * 1000.0,
+        consuming.as_secs_f64() * 1000.0,
+        sent.elapsed().as_secs_f64() * 1000.0,
+        rss as f64 / 1024.0
+    );
+    service.kill_9();
+}
+
+fn walk_size(path: &Path) -> u64 {
+    let Ok(metadata) = std::fs::metadata(path) else { return 0 };
+    if metadata.is_file() {
+        return metadata.len();
+    }
+    std::fs::read_dir(path).unwrap().flatten().map(|e| walk_size(&e.path())).sum()
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter word picks parts.
+    let words: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let wanted = |part: &str| words.is_empty() || words.iter().any(|w| part.contains(w.as_str()));
+    let bench = Bench::start();
+    if wanted("throughput memory") {
+        throughput_and_memory(&bench);
+    }
+    if wanted("lift") {
+        lift_precision(&bench);
+    }
+    if wanted("restart") {
+        restart_recovery(&bench);
+    }
+}
