@@ -38,6 +38,9 @@ pub struct Channel {
     settings: ChannelSettings,
     consumer: BaseConsumer,
     producer: ThreadedProducer<DefaultProducerContext>,
+    /// The generation of the last command applied, read from the store once and kept here:
+    /// only this channel changes it, and checking a command should not wait on the store.
+    last_generation: std::cell::Cell<Option<u64>>,
 }
 
 /// What the agent needs besides the channel to apply a command.
@@ -88,7 +91,7 @@ impl Channel {
             .set("linger.ms", "0")
             .create()
             .context("cannot create the Kafka producer")?;
-        Ok(Channel { settings, consumer, producer })
+        Ok(Channel { settings, consumer, producer, last_generation: std::cell::Cell::new(None) })
     }
 
     pub fn partition(&self) -> Result<i32> {
@@ -170,6 +173,7 @@ impl Channel {
         let command_id = Some(command.command_id.clone());
         match outcome {
             Ok(()) => {
+                self.last_generation.set(Some(command.generation));
                 if let Err(error) = Store::open(&apply.target.state_dir)
                     .and_then(|s| s.set_last_generation(command.generation))
                 {
@@ -208,7 +212,17 @@ impl Channel {
         if command.expires_at_ms < isolation::now_unix_ms() {
             return Err((Refusal::Expired, id));
         }
-        let last = Store::open(&target.state_dir).and_then(|s| s.last_generation()).unwrap_or(u64::MAX);
+        let last = match self.last_generation.get() {
+            Some(last) => last,
+            None => match Store::open(&target.state_dir).and_then(|s| s.last_generation()) {
+                Ok(last) => {
+                    self.last_generation.set(Some(last));
+                    last
+                }
+                // Unknown: refuse rather than risk applying a replay.
+                Err(_) => u64::MAX,
+            },
+        };
         if command.generation <= last {
             return Err((Refusal::StaleGeneration, id));
         }

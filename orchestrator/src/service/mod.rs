@@ -258,7 +258,8 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         .set("bootstrap.servers", brokers)
         .set("partitioner", "murmur2_random")
         .set("enable.idempotence", "true")
-        .set("linger.ms", "1")
+        // Commands go out at once: a flood still batches, behind the requests in flight.
+        .set("linger.ms", "0")
         .create()
         .context("cannot create the Kafka producer")?;
 
