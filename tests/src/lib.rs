@@ -9,6 +9,7 @@
 //! through `nsenter`, only to interfaces inside its namespaces.
 
 pub mod probe;
+pub mod world;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -218,6 +219,18 @@ impl Sandbox {
         let stdout = child.stdout.take().expect("stdout");
         self.children.push(child);
         LineReader { lines: BufReader::new(stdout) }
+    }
+
+    /// Starts `command` in the background with a pipe to its standard input; it is killed when
+    /// the sandbox is dropped. Returns the pipe and a reader over its standard output.
+    pub fn spawn_piped(&mut self, mut command: Command) -> (std::process::ChildStdin, LineReader) {
+        command.stdin(Stdio::piped());
+        let mut child =
+            command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn test process");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        self.children.push(child);
+        (stdin, LineReader { lines: BufReader::new(stdout) })
     }
 
     /// Starts `command` in the background with its output discarded (a server whose logs the

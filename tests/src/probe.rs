@@ -64,6 +64,8 @@ pub fn main(args: &[String]) -> i32 {
         ["sink", port] => sink(port.parse().expect("probe: bad port")),
         ["drain", port] => drain(port.parse().expect("probe: bad port")),
         ["open", host, port, count] => open(address(host, port), count.parse().expect("probe: bad count")),
+        ["until-refused", host, port] => until_refused(address(host, port)),
+        ["kafka-pipe", brokers, topic] => kafka_pipe(brokers, topic),
         ["connrate", host, port, seconds] => {
             connection_rate(
                 address(host, port),
@@ -258,6 +260,60 @@ fn connect(target: SocketAddr) -> String {
         Ok(()) => "ok".into(),
         Err(error) => errno_name(&error),
     }
+}
+
+/// Microseconds since the epoch, on the machine's wall clock (shared by every namespace).
+fn epoch_micros() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros())
+}
+
+/// Connects again and again; reports `ready` once connected, then `refused <EPOCH_US> <ERRNO>`
+/// at the first connect that fails (for measuring when an isolation starts to bite).
+fn until_refused(target: SocketAddr) {
+    let mut ready = false;
+    loop {
+        match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+            Ok(stream) => {
+                drop(stream);
+                if !ready {
+                    ready = true;
+                    say("ready");
+                }
+            }
+            Err(error) => {
+                let at = epoch_micros();
+                if ready {
+                    return say(&format!("refused {at} {}", errno_name(&error).trim_start_matches("error ")));
+                }
+                return say(&errno_name(&error));
+            }
+        }
+    }
+}
+
+/// Produces each line `KEY<TAB>VALUE` of standard input; says `ready` once connected, then
+/// `sent <EPOCH_US>` taken just before each message is handed to the client.
+fn kafka_pipe(brokers: &str, topic: &str) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "0")
+        .create()
+        .expect("probe: producer");
+    producer.client().fetch_metadata(Some(topic), Duration::from_secs(10)).expect("probe: broker metadata");
+    say("ready");
+    for line in io::stdin().lines().map_while(Result::ok) {
+        let Some((key, value)) = line.split_once('\t') else { continue };
+        let at = epoch_micros();
+        if let Err((error, _)) = producer.send(BaseRecord::to(topic).key(key).payload(value)) {
+            say(&format!("error {error}"));
+            continue;
+        }
+        producer.poll(Duration::ZERO);
+        say(&format!("sent {at}"));
+    }
+    let _ = producer.flush(Duration::from_secs(10));
 }
 
 /// Connects, reports `connected`, then reports how the connection ends.

@@ -1,0 +1,340 @@
+//! A whole cordon deployment in a sandbox, for the end-to-end tests and benchmarks: the tansu
+//! broker and `cordon serve` on the sandbox's peer, `cordon-enforcer run` on its host inside the
+//! test cgroup (its only way out while isolated is its management channel to the broker), the
+//! `cordon` command line against the service's API, and probes on either side.
+//!
+//! The binaries are the workspace's, built beside the test or benchmark that uses this
+//! (`target/<profile>/cordon`, `cordon-enforcer`); the calling binary must answer `probe ...`
+//! (see [`crate::probe`]).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::{output_of, which, Sandbox};
+
+/// The host id the agent runs under, as detections name it.
+pub const HOST: &str = "sandbox-host";
+
+/// What may differ between worlds.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The agent's `[kafka] fetch_wait_ms` (its default when `None`).
+    pub agent_fetch_wait_ms: Option<u64>,
+    /// The service's `[kafka] fetch_wait_ms` (its default when `None`).
+    pub service_fetch_wait_ms: Option<u64>,
+}
+
+/// This binary: tests and benchmarks that use a [`World`] double as the probe.
+pub fn probe_binary() -> PathBuf {
+    std::env::current_exe().expect("current exe")
+}
+
+/// A binary of the workspace, built beside this test (`target/<profile>/NAME`).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = probe_binary();
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let binary = profile_dir.join(name);
+    assert!(
+        binary.exists(),
+        "{} is missing: build the workspace first (`cargo build`, as ops/test.sh does)",
+        binary.display()
+    );
+    binary
+}
+
+/// Wall-clock epoch milliseconds.
+pub fn now_ms() -> i64 {
+    i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis()).expect("ms")
+}
+
+/// Every part of the product, running in one sandbox; the scratch directory (rules, keys,
+/// configs, the service's state) is removed on drop, after the processes are killed.
+pub struct World {
+    pub sandbox: Sandbox,
+    /// The scratch directory: rules, keys, configs, the service's state.
+    pub dir: PathBuf,
+    /// The broker's `host:port`, on the peer.
+    pub broker: String,
+    cordon: PathBuf,
+    enforcer: PathBuf,
+    /// The thread echoing the running agent's output; it ends when the agent does.
+    agent: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.sandbox.kill_children();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl World {
+    /// Starts the broker, the service (serving `rules`, one file each) and the agent of host
+    /// [`HOST`]; returns once the service consumes and the agent's channel is connected.
+    pub fn start(rules: &[(&str, &str)], options: &Options) -> World {
+        let tansu = which("tansu");
+        let cordon = workspace_binary("cordon");
+        let enforcer = workspace_binary("cordon-enforcer");
+        let sandbox = Sandbox::new();
+        let dir = sandbox.state_dir.with_extension("e2e");
+        std::fs::create_dir_all(dir.join("rules")).expect("create scratch dir");
+        let peer = sandbox.peer_v4();
+        let broker = format!("{peer}:9092");
+        let mut world =
+            World { sandbox, dir, broker: broker.clone(), cordon: cordon.clone(), enforcer, agent: None };
+
+        // Servers on the peer: the probe's echo servers, then the broker and its topics.
+        let servers = world.sandbox.on_peer(&probe_binary(), &["probe", "serve", "8080", "9000"]);
+        let mut servers = world.sandbox.spawn(servers);
+        assert_eq!(servers.expect_line("peer servers", Duration::from_secs(5)), "ready");
+        servers.echo("peer servers".into());
+        let url = format!("tcp://{broker}");
+        let mut broker_command = world.sandbox.on_peer(
+            &tansu,
+            &[
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+        );
+        broker_command.env("RUST_LOG", "error");
+        world.sandbox.spawn_quiet(broker_command);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while world.peer(&["port", &peer, "9092"]) != "ok" {
+            assert!(Instant::now() < deadline, "the broker did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for (topic, partitions) in [
+            ("edr.detections", "3"),
+            ("cordon.commands", "3"),
+            ("cordon.status", "1"),
+            ("cordon.dead-letter", "1"),
+        ] {
+            let (code, _, stderr) =
+                output_of(world.sandbox.on_peer(
+                    &tansu,
+                    &["topic", "create", topic, "--partitions", partitions, "--broker", &url],
+                ));
+            assert_eq!(code, 0, "tansu topic create {topic}: {stderr}");
+        }
+
+        // The service, on the peer beside the broker.
+        for (name, text) in rules {
+            std::fs::write(world.dir.join("rules").join(name), text.replace("{PEER}", &peer))
+                .expect("write rule");
+        }
+        let keys = world.dir.join("keys");
+        let (code, _, stderr) = output_of({
+            let mut keygen = Command::new(&cordon);
+            keygen.args(["keygen", "--out"]).arg(&keys);
+            keygen
+        });
+        assert_eq!(code, 0, "cordon keygen: {stderr}");
+        let config = world.dir.join("cordon.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[kafka]\nbrokers = \"{broker}\"\n{}[rules]\ndir = \"{}\"\n[state]\ndir = \"{}\"\n[signing]\nkey_file = \"{}\"\n\
+                 [api]\nlisten = \"127.0.0.1:8700\"\n[agents]\nresend_after_seconds = 2\n",
+                options.service_fetch_wait_ms.map(|ms| format!("fetch_wait_ms = {ms}\n")).unwrap_or_default(),
+                world.dir.join("rules").display(),
+                world.dir.join("service").display(),
+                keys.join("signing.key").display()
+            ),
+        )
+        .expect("write cordon.toml");
+        let config = config.to_string_lossy().into_owned();
+        let serve = world.sandbox.on_peer(&cordon, &["serve", "--config", &config]);
+        let mut serve = world.sandbox.spawn(serve);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // Serving, and consuming: the consumer group has given it the detections' partitions.
+        loop {
+            let line = serve.expect_line("cordon serve to consume", Duration::from_secs(20));
+            println!("serve: {line}");
+            if line.contains("consuming") && line.contains("edr.detections/2") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "cordon serve did not start consuming");
+        }
+        // Read on, or the service would fail writing its log to a closed pipe.
+        serve.echo("serve".into());
+
+        // The agent, on the host, inside the isolated cgroup.
+        std::fs::write(
+            world.dir.join("enforcer.toml"),
+            format!(
+                "host_id = \"{HOST}\"\nheartbeat_seconds = 1\n[kafka]\nbrokers = \"{broker}\"\n{}[signing]\npublic_key_file = \"{}\"\n",
+                options.agent_fetch_wait_ms.map(|ms| format!("fetch_wait_ms = {ms}\n")).unwrap_or_default(),
+                keys.join("signing.pub").display()
+            ),
+        )
+        .expect("write enforcer.toml");
+        world.start_agent();
+        world
+    }
+
+    /// Starts `cordon-enforcer run` on the host and waits for its command channel.
+    pub fn start_agent(&mut self) {
+        let cgroup = self.sandbox.cgroup.to_string_lossy().into_owned();
+        let pin_dir = self.sandbox.pin_dir.to_string_lossy().into_owned();
+        let state_dir = self.sandbox.state_dir.to_string_lossy().into_owned();
+        let config = self.dir.join("enforcer.toml").to_string_lossy().into_owned();
+        let args = [
+            "--cgroup",
+            &cgroup,
+            "--pin-dir",
+            &pin_dir,
+            "--state-dir",
+            &state_dir,
+            "--config",
+            &config,
+            "run",
+        ];
+        let mut agent = self.sandbox.spawn(self.sandbox.on_host(&self.enforcer, &args));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let line = agent.expect_line("the agent's command channel", Duration::from_secs(20));
+            println!("agent: {line}");
+            if line.contains("command channel connected") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the agent never connected its command channel");
+        }
+        self.agent = Some(agent.echo("agent".into()));
+    }
+
+    /// Kills the agent as `kill -9` would; returns once it is gone.
+    pub fn kill_agent(&mut self) {
+        let mut killed = 0;
+        for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.starts_with(&*self.enforcer.to_string_lossy()) && cmdline.contains(&self.sandbox.name)
+            {
+                // SAFETY: signalling the agent this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                killed += 1;
+            }
+        }
+        assert_eq!(killed, 1, "expected to find the one agent this test started");
+        if let Some(echo) = self.agent.take() {
+            echo.join().expect("the agent's output ends after kill -9");
+        }
+    }
+
+    /// One probe run on the peer; its answer line.
+    pub fn peer(&self, args: &[&str]) -> String {
+        let mut full = vec!["probe"];
+        full.extend_from_slice(args);
+        output_of(self.sandbox.on_peer(&probe_binary(), &full)).1
+    }
+
+    /// One probe run on the isolated host; its answer line.
+    pub fn host(&self, args: &[&str]) -> String {
+        let mut full = vec!["probe"];
+        full.extend_from_slice(args);
+        output_of(self.sandbox.on_host(&probe_binary(), &full)).1
+    }
+
+    /// Whether the host can open a new connection to the peer's port 8080 right now.
+    pub fn host_connects(&self) -> String {
+        self.host(&["connect", &self.sandbox.peer_v4(), "8080"])
+    }
+
+    /// Publishes a detection for `host` on the detections topic, as an EDR would; returns its time.
+    pub fn detect(&self, host: &str, event_id: &str, severity: u8) -> i64 {
+        let time = now_ms();
+        let event = serde_json::json!({
+            "time": time, "severity_id": severity, "class_uid": 2004,
+            "device": {"uid": host, "hostname": host}, "finding_info": {"uid": event_id, "title": "e2e"},
+        });
+        let file = self.dir.join(format!("{event_id}.json"));
+        std::fs::write(&file, event.to_string()).expect("write event");
+        let answer =
+            self.peer(&["kafka-produce", &self.broker, "edr.detections", host, &file.to_string_lossy()]);
+        assert_eq!(answer, "ok", "produce the detection");
+        time
+    }
+
+    /// `cordon ARGS` as operator `e2e`, against the service's API (on the peer).
+    pub fn cordon(&self, args: &[&str]) -> (i32, String, String) {
+        let token = self.dir.join("service/api-token").to_string_lossy().into_owned();
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend_from_slice(&[
+            "--api",
+            "http://127.0.0.1:8700",
+            "--token-file",
+            &token,
+            "--operator",
+            "e2e",
+        ]);
+        output_of(self.sandbox.on_peer(&self.cordon, &full))
+    }
+
+    pub fn cordon_ok(&self, args: &[&str]) -> String {
+        let (code, stdout, stderr) = self.cordon(args);
+        assert_eq!(code, 0, "cordon {args:?} failed: {stderr}\n{stdout}");
+        stdout
+    }
+
+    pub fn host_view(&self) -> serde_json::Value {
+        serde_json::from_str(&self.cordon_ok(&["host", HOST, "--json"])).expect("cordon host --json is JSON")
+    }
+
+    /// Polls `cordon host` until the host is in `state`; returns its view then.
+    pub fn wait_for_state(&self, state: &str, limit: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (code, stdout, _) = self.cordon(&["host", HOST, "--json"]);
+            if code == 0 {
+                let view: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+                if view["state"] == state {
+                    return view;
+                }
+                assert!(Instant::now() < deadline, "host never reached {state}; last seen: {view:#}");
+            } else {
+                assert!(Instant::now() < deadline, "host never reached {state}; cordon host: {stdout}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Polls until the host's new connections succeed; returns when they first did.
+    pub fn wait_until_connects(&self, limit: Duration) -> Option<Instant> {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if self.host_connects() == "ok" {
+                return Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Polls until the host's new connections are refused; returns when they first were.
+    pub fn wait_until_refused(&self, limit: Duration) -> Result<(), String> {
+        let until = Instant::now() + limit;
+        loop {
+            let answer = self.host_connects();
+            if answer == "error EPERM" {
+                return Ok(());
+            }
+            if Instant::now() >= until {
+                return Err(format!("the host still connects after {limit:?}: {answer}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn isolated_hosts(&self) -> Vec<serde_json::Value> {
+        let listed = self.cordon_ok(&["hosts", "--tag", "ISOLATED FROM NETWORK", "--json"]);
+        let listed: serde_json::Value = serde_json::from_str(&listed).expect("cordon hosts --json is JSON");
+        listed.as_array().expect("a JSON array").clone()
+    }
+}
