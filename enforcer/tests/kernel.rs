@@ -58,7 +58,6 @@ fn exempt_probe(sandbox: &Sandbox) -> PathBuf {
     link
 }
 
-
 fn enforcer_ok(sandbox: &Sandbox, args: &[&str]) -> String {
     let (code, stdout, stderr) = output_of(sandbox.enforcer(Path::new(ENFORCER), args));
     assert_eq!(code, 0, "cordon-enforcer {args:?} failed: {stderr}\n{stdout}");
@@ -768,4 +767,3 @@ fn signed_commands_over_kafka() -> Result<(), Failed> {
     let _ = std::fs::remove_dir_all(&files);
     Ok(())
 }
-

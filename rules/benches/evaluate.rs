@@ -26,7 +26,9 @@ fn ruleset(count: u32) -> Ruleset {
 /// ~1.4 KB OCSF Detection Findings with two ATT&CK techniques each, over 500 hosts.
 fn events() -> Vec<String> {
     let mut random = Random(0x9e37_79b9_7f4a_7c15);
-    (0..EVENTS as u64).map(|i| event_from(&mut random, i, 500, 1_700_000_000_000 + i * 50, TECHNIQUES)).collect()
+    (0..EVENTS as u64)
+        .map(|i| event_from(&mut random, i, 500, 1_700_000_000_000 + i * 50, TECHNIQUES))
+        .collect()
 }
 
 fn benchmarks(c: &mut Criterion) {
