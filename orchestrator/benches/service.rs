@@ -565,7 +565,6 @@ fn restart_recovery(bench: &Bench) {
     let commands = bench.tail("restart.commands");
     let service = bench.serve("restart", rules);
     let serving = service.spawned.elapsed();
-    let consuming = service.wait_for("consuming", Duration::from_secs(60)).duration_since(service.spawned);
     let sent = Instant::now();
     let event = format!(
         r#"{{"time":{},"severity_id":5,"device":{{"uid":"newcomer"}},"finding_info":{{"uid":"after-restart"}}}}"#,
@@ -580,14 +579,14 @@ fn restart_recovery(bench: &Bench) {
             }
         }
     }
+    let acted = service.spawned.elapsed();
     let (rss, _) = service.rss_kib();
     println!(
         "restart: after kill -9 with {hosts} isolations in sled: serving again (state open, deadlines armed, API up) \
-         {:.0} ms after start; consuming (group joined) {:.0} ms after start; a new detection then acted on {:.0} ms \
-         after it was produced; resident {:.0} MiB",
+         {:.0} ms after start; a detection produced then was acted on {:.0} ms after start (the consumer group's \
+         join included); resident {:.0} MiB",
         serving.as_secs_f64() * 1000.0,
-        consuming.as_secs_f64() * 1000.0,
-        sent.elapsed().as_secs_f64() * 1000.0,
+        acted.as_secs_f64() * 1000.0,
         rss as f64 / 1024.0
     );
     service.kill_9();

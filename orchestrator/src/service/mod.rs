@@ -247,13 +247,13 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let token = api_token(&config)?;
     let consumer = Arc::new(detection_consumer(&config.kafka, brokers)?);
     let (batches_tx, mut batches) = mpsc::channel::<ConsumedBatch>(1);
-    {
+    let reader = {
         let (consumer, status_topic) = (Arc::clone(&consumer), config.kafka.status_topic.clone());
         std::thread::Builder::new()
             .name("cordon-reader".into())
             .spawn(move || read_batches(&consumer, &status_topic, &batches_tx))
-            .context("cannot start the Kafka reader thread")?;
-    }
+            .context("cannot start the Kafka reader thread")?
+    };
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("partitioner", "murmur2_random")
@@ -328,6 +328,10 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     };
     let mut scheduler = scheduler;
     let _ = scheduler.shutdown().await;
+    // The reader stops within one poll once nobody takes its batches; the consumer must not
+    // outlive the broker it reads (the embedded one goes when this returns).
+    drop(batches);
+    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
     result
 }
 
