@@ -617,6 +617,11 @@ fn crash_before_the_state_is_durable_loses_nothing() {
 }
 
 #[test]
+fn crash_after_the_offset_commit_but_before_the_send_loses_no_command() {
+    crash_at("after-commit");
+}
+
+#[test]
 fn crash_before_the_command_is_sent_loses_no_command() {
     crash_at("before-send");
 }
