@@ -275,7 +275,17 @@ impl Drop for Sandbox {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = fs::remove_dir_all(&self.state_dir);
+        // The state directory, and every scratch file or directory a test named after it
+        // (`<state dir>.bin`, `.toml`, `.e2e`, ...).
+        let prefix = self.state_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if let (Some(parent), false) = (self.state_dir.parent(), prefix.is_empty()) {
+            for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let path = entry.path();
+                    let _ = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+                }
+            }
+        }
     }
 }
 
