@@ -110,6 +110,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_in_ops_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/config/enforcer.toml");
+        let config = EnforcerConfig::load(&path).unwrap();
+        assert_eq!(config.host_id.as_deref(), Some("web-01"));
+        assert_eq!(config.kafka.as_ref().and_then(|k| k.fetch_wait_ms), Some(500));
+        assert_eq!(config.brokers(), vec!["broker-1:9092", "broker-2:9092"]);
+    }
+
+    #[test]
     fn brokers_are_split() {
         let config: EnforcerConfig = toml::from_str("[kafka]\nbrokers = \"a:9092, b:9093\"\n").unwrap();
         assert_eq!(config.brokers(), vec!["a:9092", "b:9093"]);

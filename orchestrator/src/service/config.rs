@@ -205,6 +205,21 @@ mod tests {
     }
 
     #[test]
+    fn the_example_in_ops_sets_every_key_and_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/config/cordon.toml");
+        let config = ServiceConfig::load(&path).unwrap();
+        assert_eq!(config.kafka.brokers.as_deref(), Some("broker-1:9092,broker-2:9092"));
+        assert_eq!(config.kafka.fetch_wait_ms, default_fetch_wait());
+        assert_eq!(config.api.token_file, Some(PathBuf::from("/etc/cordon/api-token")));
+        assert_eq!(config.agents.resend_after_seconds, default_resend_after());
+        // Every key of every section is in the example (a new key must be documented there).
+        let text = std::fs::read_to_string(&path).unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        let keys: usize = table.values().map(|section| section.as_table().map_or(1, toml::Table::len)).sum();
+        assert_eq!(keys, 17, "keys in ops/config/cordon.toml (a key added to the config goes there too)");
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let error = toml::from_str::<ServiceConfig>(
             "[rules]\ndir = \"/r\"\n[signing]\nkey_file = \"/k\"\n[kafka]\nbroker = \"x\"\n",
