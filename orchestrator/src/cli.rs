@@ -1,4 +1,4 @@
-//! The `cordon` command line: rule authoring (`rules`), the service (`serve`, `keygen`) and the
+//! The `cordon` command line: rule authoring (`rules`), the service (`serve`, `keygen`, `topics`) and the
 //! operator commands (`isolate`, `release`, `approve`, `deny`, `hosts`, `host`, `tag`).
 
 use std::io::Write;
@@ -30,6 +30,19 @@ pub enum Command {
         /// cordon.toml
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Create the Kafka topics cordon.toml names (detections, dead letters, commands, status),
+    /// each with the settings its use calls for; existing topics are left as they are.
+    Topics {
+        /// cordon.toml
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Partitions of the detections, commands and status topics. Agents derive their
+        /// commands' partition from it: choose it once.
+        #[arg(long, default_value_t = 12)]
+        partitions: i32,
+        #[arg(long, default_value_t = 3)]
+        replication: i32,
     },
     /// Write a new command-signing key pair: DIR/signing.key (secret) and DIR/signing.pub.
     Keygen {
@@ -213,6 +226,13 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Tag { host, add, remove, connection, json } => {
             let tags = crate::api::TagsRequest { add, remove };
             client::run(&connection, client::Request::Tag { host, tags }, json, &mut out)?;
+            true
+        }
+        Command::Topics { config, partitions, replication } => {
+            let config = crate::service::config::ServiceConfig::load(&config)?;
+            for line in crate::topics::create(&config, crate::topics::Layout { partitions, replication })? {
+                writeln!(out, "{line}")?;
+            }
             true
         }
         Command::Keygen { out: dir } => {

@@ -6,3 +6,4 @@ pub mod cli;
 pub mod client;
 pub mod rules_cli;
 pub mod service;
+pub mod topics;

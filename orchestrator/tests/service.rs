@@ -684,3 +684,80 @@ fn keygen_refuses_to_overwrite_a_key() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("must not exist yet"));
     let _ = std::fs::remove_dir_all(Path::new(&dir));
 }
+
+#[test]
+fn topics_are_created_once_with_their_partitions() {
+    let dir = std::env::temp_dir().join(format!("cordon-topics-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create dir");
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut broker = Command::new(tansu())
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tansu");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "tansu did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let config = dir.join("cordon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"127.0.0.1:{port}\"\n[rules]\ndir = \"{0}\"\n[signing]\nkey_file = \"{0}/k\"\n",
+            dir.display()
+        ),
+    )
+    .expect("write config");
+    let topics = |partitions: &str| {
+        Command::new(CORDON)
+            .args(["topics", "--config"])
+            .arg(&config)
+            .args(["--partitions", partitions, "--replication", "1"])
+            .output()
+            .expect("cordon topics")
+    };
+    let first = topics("4");
+    let said = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success(), "{said}{}", String::from_utf8_lossy(&first.stderr));
+    for expected in [
+        "created edr.detections (4 partition(s))",
+        "created cordon.dead-letter (1 partition(s))",
+        "created cordon.commands (4 partition(s))",
+        "created cordon.status (4 partition(s))",
+    ] {
+        assert!(said.contains(expected), "'{expected}' not in:\n{said}");
+    }
+    let again = topics("8");
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again.status.success(),
+        "a second run succeeds: {said}{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(said.matches("exists: left as it is").count(), 4, "{said}");
+    // The broker holds them with the partitions of the first run.
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", format!("127.0.0.1:{port}")).create().expect("client");
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).expect("metadata");
+    let partitions =
+        |name: &str| metadata.topics().iter().find(|t| t.name() == name).map(|t| t.partitions().len());
+    assert_eq!(partitions("cordon.commands"), Some(4));
+    assert_eq!(partitions("cordon.dead-letter"), Some(1));
+    // Without brokers there is nothing to create: the embedded broker makes its own.
+    std::fs::write(
+        &config,
+        format!("[rules]\ndir = \"{0}\"\n[signing]\nkey_file = \"{0}/k\"\n", dir.display()),
+    )
+    .expect("write config");
+    let embedded = topics("4");
+    assert_eq!(embedded.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&embedded.stderr).contains("embedded broker creates its topics"));
+    let _ = broker.kill();
+    let _ = broker.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
