@@ -32,7 +32,7 @@ struct Plan<'a> {
 const WEEK_MS: &str = "604800000";
 const MONTH_MS: &str = "2592000000";
 
-fn plans<'a>(config: &'a ServiceConfig, layout: Layout) -> [Plan<'a>; 4] {
+fn plans(config: &ServiceConfig, layout: Layout) -> [Plan<'_>; 4] {
     let kafka = &config.kafka;
     [
         Plan {
@@ -98,7 +98,7 @@ pub fn create(config: &ServiceConfig, layout: Layout) -> Result<Vec<String>> {
     for (plan, result) in plans.iter().zip(results) {
         match result {
             Ok(_) => {
-                lines.push(format!("created {} ({} partition(s)): {}", plan.name, plan.partitions, plan.why))
+                lines.push(format!("created {} ({} partition(s)): {}", plan.name, plan.partitions, plan.why));
             }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
                 lines.push(format!("{} exists: left as it is", plan.name));
