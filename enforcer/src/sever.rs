@@ -137,23 +137,38 @@ pub fn cgroup_pids(cgroup: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// One `/proc/<pid>/ns/net` path per distinct network namespace used by `pids`.
-fn namespaces_of(pids: &[u32]) -> Vec<PathBuf> {
+/// One `/proc/<pid>/ns/net` path per distinct network namespace used by `pids`. A process that
+/// has exited meanwhile is skipped; one whose namespace cannot be seen is an error, since its
+/// connections could not be severed (seeing another process's namespace takes `CAP_SYS_PTRACE`
+/// when it holds capabilities the agent does not).
+fn namespaces_of(pids: &[u32]) -> Result<Vec<PathBuf>> {
     let mut by_inode: BTreeMap<u64, PathBuf> = BTreeMap::new();
     for pid in pids {
         let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
-        if let Ok(meta) = fs::metadata(&path) {
-            by_inode.entry(meta.ino()).or_insert(path);
+        match fs::metadata(&path) {
+            Ok(meta) => {
+                by_inode.entry(meta.ino()).or_insert(path);
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(error).with_context(|| {
+                    format!(
+                        "cannot see the network namespace of process {pid} ({}), so its connections \
+                         could not be severed (the agent needs CAP_SYS_PTRACE)",
+                        path.display()
+                    )
+                });
+            }
         }
     }
-    by_inode.into_values().collect()
+    Ok(by_inode.into_values().collect())
 }
 
 /// Severs every TCP connection of the cgroup's processes that no exclusion spares, in every
 /// network namespace they use. Loopback connections and exempt sockets are left alone.
 pub fn sever_connections(cgroup: &Path, exclusions: &[Exclusion]) -> Result<SeverReport> {
     let ids = cgroup_ids(cgroup)?;
-    let namespaces = namespaces_of(&cgroup_pids(cgroup));
+    let namespaces = namespaces_of(&cgroup_pids(cgroup))?;
     let mut report = SeverReport { namespaces: namespaces.len(), ..SeverReport::default() };
     for namespace in namespaces {
         let exclusions = exclusions.to_vec();

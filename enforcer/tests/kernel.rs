@@ -40,6 +40,10 @@ fn main() {
         Trial::test("not_root_is_told_what_is_missing", not_root_is_refused),
         Trial::test("failed_isolation_is_rolled_back", failed_isolation_is_rolled_back),
         Trial::test("bad_input_exits_2_and_changes_nothing", bad_input_changes_nothing),
+        Trial::test(
+            "the_systemd_units_capabilities_suffice_and_each_is_needed",
+            runs_with_the_units_capabilities,
+        ),
     ];
     libtest_mimic::run(&Arguments::from_args(), tests).exit();
 }
@@ -765,5 +769,111 @@ fn signed_commands_over_kafka() -> Result<(), Failed> {
     assert_eq!(released["isolated"], false, "{released}");
     check("after the release command", &on_host(&sandbox, &["connect", &peer, "8080"]), "ok")?;
     let _ = std::fs::remove_dir_all(&files);
+    Ok(())
+}
+
+/// The capabilities `ops/systemd/cordon-enforcer.service` gives the agent (`CAP_BPF` -> `bpf`).
+fn unit_capabilities() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/systemd/cordon-enforcer.service");
+    let unit = std::fs::read_to_string(&path).expect("read the agent's systemd unit");
+    let line = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit has a CapabilityBoundingSet line");
+    line.split_whitespace().map(|cap| cap.trim_start_matches("CAP_").to_lowercase()).collect()
+}
+
+/// `cordon-enforcer args` for the sandbox, as root but with only `capabilities`.
+fn enforcer_with_capabilities(
+    sandbox: &Sandbox,
+    capabilities: &[String],
+    args: &[&str],
+) -> (i32, String, String) {
+    let set: Vec<String> = capabilities.iter().map(|cap| format!("+{cap}")).collect();
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!("--net=/run/netns/{}", sandbox.host_ns))
+        .arg("setpriv")
+        .arg(format!("--bounding-set=-all,{}", set.join(",")))
+        .arg("--inh-caps=-all")
+        .arg(ENFORCER)
+        .arg("--cgroup")
+        .arg(&sandbox.cgroup)
+        .arg("--pin-dir")
+        .arg(&sandbox.pin_dir)
+        .arg("--state-dir")
+        .arg(&sandbox.state_dir)
+        .args(args);
+    output_of(command)
+}
+
+/// Isolates (severing a connection and sparing an exempt process's), checks, and releases with
+/// only `capabilities`; says what went wrong, if anything.
+fn isolate_and_release_with(capabilities: &[String]) -> Result<(), String> {
+    let mut sandbox = Sandbox::new();
+    start_peer_servers(&mut sandbox, &["8080"]);
+    let peer = sandbox.peer_v4();
+    let exempt = exempt_probe(&sandbox);
+    let mut held = sandbox.spawn(sandbox.on_host(&probe_binary(), &["probe", "hold", &peer, "8080"]));
+    let mut spared = sandbox.spawn(sandbox.on_host(&exempt, &["probe", "hold", &peer, "8080"]));
+    assert_eq!(held.expect_line("a held connection", Duration::from_secs(3)), "connected");
+    assert_eq!(spared.expect_line("an exempt connection", Duration::from_secs(3)), "connected");
+    let (code, _, stderr) = enforcer_with_capabilities(
+        &sandbox,
+        capabilities,
+        &["isolate", "--duration", "60s", "--allow-process", EXEMPT_NAME],
+    );
+    if code != 0 {
+        return Err(format!("isolate exited {code}: {stderr}"));
+    }
+    match held.expect_silence(Duration::from_secs(2)) {
+        Ok(()) => return Err("isolate succeeded but the held connection was not cut".into()),
+        Err(said) if said.contains("'broken ECONNABORTED'") => {}
+        Err(said) => return Err(format!("the held connection: {said}")),
+    }
+    spared.expect_silence(Duration::from_millis(500)).map_err(|e| format!("the exempt connection: {e}"))?;
+    let refused = on_host(&sandbox, &["connect", &peer, "8080"]);
+    if refused != "error EPERM" {
+        return Err(format!("a new connection: {refused}"));
+    }
+    let (code, stdout, stderr) = enforcer_with_capabilities(&sandbox, capabilities, &["status", "--json"]);
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout).map_err(|e| format!("status ({code}): {e} {stderr}"))?;
+    if status["isolated"] != true {
+        return Err(format!("status: {status}"));
+    }
+    let (code, _, stderr) = enforcer_with_capabilities(&sandbox, capabilities, &["release"]);
+    if code != 0 {
+        return Err(format!("release exited {code}: {stderr}"));
+    }
+    let after = on_host(&sandbox, &["connect", &peer, "8080"]);
+    if after != "ok" {
+        return Err(format!("after the release: {after}"));
+    }
+    Ok(())
+}
+
+fn runs_with_the_units_capabilities() -> Result<(), Failed> {
+    which("setpriv");
+    let capabilities = unit_capabilities();
+    isolate_and_release_with(&capabilities).map_err(|e| format!("with {capabilities:?}: {e}"))?;
+    // Nothing more than needed: without any one of them, something fails.
+    for dropped in &capabilities {
+        let fewer: Vec<String> = capabilities.iter().filter(|cap| *cap != dropped).cloned().collect();
+        match isolate_and_release_with(&fewer) {
+            Ok(()) => {
+                return Err(
+                    format!("everything worked without {dropped}: the unit should not grant it").into()
+                )
+            }
+            // Never a half-isolated host that claims to be isolated: isolate itself must fail.
+            Err(failure) if failure.starts_with("isolate exited 1: cordon-enforcer: error: ") => {
+                println!("without {dropped}: {failure}");
+            }
+            Err(failure) => {
+                return Err(format!("without {dropped}, isolate claimed success: {failure}").into())
+            }
+        }
+    }
     Ok(())
 }
