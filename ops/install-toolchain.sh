@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-#! Installs what cordon needs to build and test, exactly as ../shared/TOOLCHAIN.md says.
+#! Installs what cordon needs to build and test, exactly as ../shared/TOOLCHAIN.md says (and
+#! confluent-kafka for the Python producer example).
 # Idempotent: every step is skipped when what it installs is already there.
 # Usage: ops/install-toolchain.sh [--no-broker]   (--no-broker skips tansu, the test broker)
 set -euo pipefail
@@ -57,6 +58,16 @@ if [ "$want_broker" -eq 1 ]; then
     cargo install tansu --version 0.6.0 --locked --features dynostore
   else
     say "tansu 0.6.0 present"
+  fi
+fi
+
+# confluent-kafka, for the Python producer example (ops/examples) and its test.
+if [ "$want_broker" -eq 1 ]; then
+  if ! python3 -c 'import confluent_kafka' 2>/dev/null; then
+    say "pip install confluent-kafka"
+    python3 -m pip install --quiet --root-user-action=ignore 'confluent-kafka>=2.12,<3'
+  else
+    say "confluent-kafka present"
   fi
 fi
 

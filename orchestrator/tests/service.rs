@@ -761,3 +761,19 @@ fn topics_are_created_once_with_their_partitions() {
     let _ = broker.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_producer_example_publishes_a_detection_that_isolates() {
+    let mut harness = Harness::start("example");
+    let lines = harness.serve();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/examples/produce-detection.py");
+    let output = Command::new("python3")
+        .arg(&script)
+        .args(["--brokers", &harness.brokers, "--host", "web-42", "--severity", "5", "--technique", "T1486"])
+        .output()
+        .expect("python3 (ops/install-toolchain.sh installs confluent-kafka)");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{said}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(said.contains("for web-42 to edr.detections"), "{said}");
+    wait_for_line(&lines, "web-42: not_isolated -> isolating by rules ransomware");
+}
