@@ -31,7 +31,8 @@ pub struct ChannelSettings {
     /// `fetch.wait.max.ms` of the commands consumer.
     pub fetch_wait_ms: u64,
     pub host_id: String,
-    pub public_key: VerifyingKey,
+    /// Commands signed by any of these are authentic (more than one while keys are rotated).
+    pub public_keys: Vec<VerifyingKey>,
 }
 
 pub struct Channel {
@@ -203,8 +204,8 @@ impl Channel {
 
     /// Signature, version, host, expiry and generation, in that order.
     fn check(&self, bytes: &[u8], target: &Target) -> Result<Command, (Refusal, Option<String>)> {
-        let command =
-            cordon_wire::open(bytes, &self.settings.public_key).map_err(|refusal| (refusal, None))?;
+        let command = cordon_wire::open_with_any(bytes, &self.settings.public_keys)
+            .map_err(|refusal| (refusal, None))?;
         let id = Some(command.command_id.clone());
         if command.host_id != self.settings.host_id {
             return Err((Refusal::WrongHost, id));

@@ -47,7 +47,8 @@ pub struct KafkaConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SigningConfig {
-    /// The orchestrator's Ed25519 public key (base64), as `cordon keygen` writes it.
+    /// The orchestrator's Ed25519 public keys, one base64 key per line (as `cordon keygen` writes
+    /// signing.pub); two while the signing key is rotated.
     pub public_key_file: PathBuf,
 }
 
@@ -67,7 +68,7 @@ impl EnforcerConfig {
         )?;
         let text = std::fs::read_to_string(&signing.public_key_file)
             .with_context(|| format!("cannot read the public key {}", signing.public_key_file.display()))?;
-        let public_key = cordon_wire::verifying_key_from_base64(&text)
+        let public_keys = cordon_wire::verifying_keys_from_text(&text)
             .map_err(|e| anyhow::anyhow!("{}: {e}", signing.public_key_file.display()))?;
         let host_id = match &self.host_id {
             Some(id) => id.clone(),
@@ -82,7 +83,7 @@ impl EnforcerConfig {
             status_topic: kafka.status_topic.clone().unwrap_or_else(|| "cordon.status".into()),
             fetch_wait_ms: kafka.fetch_wait_ms.unwrap_or(500),
             host_id,
-            public_key,
+            public_keys,
         }))
     }
 

@@ -96,6 +96,12 @@ pub enum Refusal {
 /// Checks an envelope's signature, then its payload; returns the command only when it is
 /// authentic. Host, expiry and generation are the caller's to check (they need its state).
 pub fn open(envelope_bytes: &[u8], key: &VerifyingKey) -> Result<Command, Refusal> {
+    open_with_any(envelope_bytes, std::slice::from_ref(key))
+}
+
+/// As [`open`], accepting a signature by any of `keys` (while signing keys are rotated, agents
+/// trust the old key and the new one).
+pub fn open_with_any(envelope_bytes: &[u8], keys: &[VerifyingKey]) -> Result<Command, Refusal> {
     let envelope: Envelope = serde_json::from_slice(envelope_bytes).map_err(|_| Refusal::Malformed)?;
     if envelope.signature.is_empty() {
         return Err(Refusal::Unsigned);
@@ -104,7 +110,9 @@ pub fn open(envelope_bytes: &[u8], key: &VerifyingKey) -> Result<Command, Refusa
         .decode(&envelope.signature)
         .map_err(|_| Refusal::BadSignature)?;
     let signature = Signature::from_slice(&signature_bytes).map_err(|_| Refusal::BadSignature)?;
-    key.verify(envelope.payload.as_bytes(), &signature).map_err(|_| Refusal::BadSignature)?;
+    if !keys.iter().any(|key| key.verify(envelope.payload.as_bytes(), &signature).is_ok()) {
+        return Err(Refusal::BadSignature);
+    }
     let command: Command = serde_json::from_str(&envelope.payload).map_err(|_| Refusal::InvalidContent)?;
     if command.version != WIRE_VERSION {
         return Err(Refusal::UnsupportedVersion);
@@ -165,6 +173,23 @@ pub fn verifying_key_from_base64(text: &str) -> Result<VerifyingKey, String> {
         .map_err(|e| format!("the public key is not base64: {e}"))?;
     let bytes: [u8; 32] = bytes.try_into().map_err(|_| "an Ed25519 public key is 32 bytes".to_owned())?;
     VerifyingKey::from_bytes(&bytes).map_err(|e| format!("not an Ed25519 public key: {e}"))
+}
+
+/// Reads a public key file: one base64 key per line, blank lines and `#` comments ignored. More
+/// than one key lets agents trust a new signing key before the orchestrator switches to it.
+pub fn verifying_keys_from_text(text: &str) -> Result<Vec<VerifyingKey>, String> {
+    let mut keys = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        keys.push(verifying_key_from_base64(line).map_err(|e| format!("line {}: {e}", index + 1))?);
+    }
+    if keys.is_empty() {
+        return Err("the file holds no public key (one base64 key per line)".into());
+    }
+    Ok(keys)
 }
 
 /// Reads an Ed25519 signing key from its base64 text.
@@ -247,6 +272,40 @@ mod tests {
                 reason: "rule ransomware-encryption".into(),
             },
         }
+    }
+
+    #[test]
+    fn a_key_file_may_hold_several_keys_and_any_of_them_verifies() {
+        let (old_key, new_key, other) =
+            (generate_signing_key(), generate_signing_key(), generate_signing_key());
+        let text = format!(
+            "# the key in use\n{}\n\n# the next one (rotation)\n  {}  \n",
+            key_to_base64(old_key.verifying_key().as_bytes()),
+            key_to_base64(new_key.verifying_key().as_bytes())
+        );
+        let keys = verifying_keys_from_text(&text).unwrap();
+        assert_eq!(keys, vec![old_key.verifying_key(), new_key.verifying_key()]);
+        let command = Command {
+            version: WIRE_VERSION,
+            command_id: "h-1".into(),
+            host_id: "h".into(),
+            generation: 1,
+            issued_at_ms: 0,
+            expires_at_ms: 1,
+            action: Action::Release { reason: "r".into() },
+        };
+        assert_eq!(open_with_any(&seal(&command, &new_key), &keys), Ok(command.clone()));
+        assert_eq!(open_with_any(&seal(&command, &old_key), &keys), Ok(command.clone()));
+        assert_eq!(open_with_any(&seal(&command, &other), &keys), Err(Refusal::BadSignature));
+        assert_eq!(open_with_any(&seal(&command, &new_key), &keys[..1]), Err(Refusal::BadSignature));
+    }
+
+    #[test]
+    fn a_bad_key_line_is_named_and_an_empty_file_refused() {
+        let good = key_to_base64(generate_signing_key().verifying_key().as_bytes());
+        let error = verifying_keys_from_text(&format!("{good}\nnot-a-key\n")).unwrap_err();
+        assert!(error.starts_with("line 2: the public key is not base64"), "{error}");
+        assert!(verifying_keys_from_text("# nothing\n\n").unwrap_err().contains("no public key"));
     }
 
     #[test]
