@@ -777,3 +777,46 @@ fn the_producer_example_publishes_a_detection_that_isolates() {
     assert!(said.contains("for web-42 to edr.detections"), "{said}");
     wait_for_line(&lines, "web-42: not_isolated -> isolating by rules ransomware");
 }
+
+#[test]
+fn unreachable_brokers_are_named_once_and_the_service_keeps_serving() {
+    let dir = std::env::temp_dir().join(format!("cordon-unreachable-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("rules")).expect("create dir");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/examples/ransomware.yaml"),
+        dir.join("rules/ransomware.yaml"),
+    )
+    .expect("copy a rule");
+    let keygen =
+        Command::new(CORDON).args(["keygen", "--out"]).arg(dir.join("keys")).output().expect("keygen");
+    assert!(keygen.status.success());
+    // Nothing listens on port 1.
+    let config = dir.join("cordon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"127.0.0.1:1\"\n[rules]\ndir = \"{0}/rules\"\n[state]\ndir = \"{0}/state\"\n\
+             [signing]\nkey_file = \"{0}/keys/signing.key\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+            dir.display()
+        ),
+    )
+    .expect("write config");
+    let mut child = Command::new(CORDON)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cordon serve");
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("output");
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(said.contains("API on http://"), "the service serves without its brokers:\n{said}");
+    let complaints =
+        said.matches("cannot reach the Kafka brokers 127.0.0.1:1 (check [kafka] brokers").count();
+    assert_eq!(complaints, 1, "said once, not on every poll:\n{said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

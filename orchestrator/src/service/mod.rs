@@ -249,9 +249,10 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let (batches_tx, mut batches) = mpsc::channel::<ConsumedBatch>(1);
     let reader = {
         let (consumer, status_topic) = (Arc::clone(&consumer), config.kafka.status_topic.clone());
+        let brokers = brokers.to_owned();
         std::thread::Builder::new()
             .name("cordon-reader".into())
-            .spawn(move || read_batches(&consumer, &status_topic, &batches_tx))
+            .spawn(move || read_batches(&consumer, &status_topic, &brokers, &batches_tx))
             .context("cannot start the Kafka reader thread")?
     };
     let producer: FutureProducer = ClientConfig::new()
@@ -345,22 +346,29 @@ struct ConsumedBatch {
 /// The reader thread: consumes batches of up to [`MAX_BATCH`] messages, parses their
 /// detections and hands them to the loop in order, until the loop goes away. Only the loop
 /// commits offsets, after the batch's changes are durable.
-fn read_batches(consumer: &DetectionConsumer, status_topic: &str, batches: &mpsc::Sender<ConsumedBatch>) {
+fn read_batches(
+    consumer: &DetectionConsumer,
+    status_topic: &str,
+    brokers: &str,
+    batches: &mpsc::Sender<ConsumedBatch>,
+) {
+    let mut errors = ReadErrors::new(brokers);
     while !batches.is_closed() {
         let mut messages = Vec::new();
         match consumer.poll(Duration::from_millis(100)) {
             None => continue,
             Some(Err(error)) => {
-                eprintln!("cordon: error: reading Kafka: {error}");
+                errors.say(&error);
                 continue;
             }
             Some(Ok(message)) => messages.push(message.detach()),
         }
+        errors.recovered();
         while messages.len() < MAX_BATCH {
             match consumer.poll(Duration::ZERO) {
                 Some(Ok(message)) => messages.push(message.detach()),
                 Some(Err(error)) => {
-                    eprintln!("cordon: error: reading Kafka: {error}");
+                    errors.say(&error);
                     break;
                 }
                 None => break,
@@ -370,6 +378,59 @@ fn read_batches(consumer: &DetectionConsumer, status_topic: &str, batches: &mpsc
         if batches.blocking_send(ConsumedBatch { messages, events }).is_err() {
             return;
         }
+    }
+}
+
+/// Kafka read errors, said once and then at most every 30 s (librdkafka reports an unreachable
+/// broker on every poll), with what they mean for the service and what to check.
+struct ReadErrors<'a> {
+    brokers: &'a str,
+    last_said: Option<std::time::Instant>,
+    unsaid: u64,
+}
+
+impl<'a> ReadErrors<'a> {
+    fn new(brokers: &'a str) -> ReadErrors<'a> {
+        ReadErrors { brokers, last_said: None, unsaid: 0 }
+    }
+
+    fn say(&mut self, error: &rdkafka::error::KafkaError) {
+        if self.last_said.is_some_and(|at| at.elapsed() < Duration::from_secs(30)) {
+            self.unsaid += 1;
+            return;
+        }
+        let unreachable = matches!(
+            error.rdkafka_error_code(),
+            Some(
+                rdkafka::types::RDKafkaErrorCode::AllBrokersDown
+                    | rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
+            )
+        );
+        let hint = if unreachable {
+            format!(
+                "; cannot reach the Kafka brokers {} (check [kafka] brokers and that they listen). Retrying; \
+                 deadlines and the API go on, commands wait in the outbox",
+                self.brokers
+            )
+        } else {
+            String::new()
+        };
+        let repeats = if self.unsaid > 0 {
+            format!(" ({} more since the last report)", self.unsaid)
+        } else {
+            String::new()
+        };
+        eprintln!("cordon: error: reading Kafka: {error}{hint}{repeats}.");
+        self.last_said = Some(std::time::Instant::now());
+        self.unsaid = 0;
+    }
+
+    /// A message arrived: the next error is news again.
+    fn recovered(&mut self) {
+        if self.last_said.take().is_some() {
+            println!("cordon: reading Kafka again.");
+        }
+        self.unsaid = 0;
     }
 }
 
