@@ -222,7 +222,10 @@ fn load(pins: &Pins) -> Result<()> {
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pins.maps_dir())
         .load(PROGRAMS_OBJECT)
-        .context("the kernel refused to load cordon's eBPF programs")?;
+        .context(
+            "the kernel refused to load cordon's eBPF programs (they need root, or CAP_SYS_ADMIN with \
+             CAP_NET_ADMIN; Linux 6.1+ with BTF; see the error below)",
+        )?;
     let names = CGROUP_PROGRAMS.iter().map(|(name, _)| *name).chain([PROG_TC_INGRESS]);
     for name in names {
         let program =
