@@ -224,7 +224,7 @@ fn load(pins: &Pins) -> Result<()> {
         .load(PROGRAMS_OBJECT)
         .context(
             "the kernel refused to load cordon's eBPF programs (they need root, or CAP_SYS_ADMIN with \
-             CAP_NET_ADMIN; Linux 6.1+ with BTF; see the error below)",
+             CAP_NET_ADMIN; Linux 6.1+ with BTF)",
         )?;
     let names = CGROUP_PROGRAMS.iter().map(|(name, _)| *name).chain([PROG_TC_INGRESS]);
     for name in names {
