@@ -64,6 +64,8 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
+# Ctrl-C, kill and hang-up end the demo through the same clean-up.
+trap 'exit 130' INT TERM HUP
 
 if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
 say() { printf '\n%s%s%s\n' "$bold" "$*" "$plain"; }

@@ -61,14 +61,12 @@ if [ "$want_broker" -eq 1 ]; then
   fi
 fi
 
-# confluent-kafka, for the Python producer example (ops/examples) and its test.
-if [ "$want_broker" -eq 1 ]; then
-  if ! python3 -c 'import confluent_kafka' 2>/dev/null; then
-    say "pip install confluent-kafka"
-    python3 -m pip install --quiet --root-user-action=ignore 'confluent-kafka>=2.12,<3'
-  else
-    say "confluent-kafka present"
-  fi
+# confluent-kafka, for the Python producer example (ops/examples), the demo and their tests.
+if ! python3 -c 'import confluent_kafka' 2>/dev/null; then
+  say "pip install confluent-kafka"
+  python3 -m pip install --quiet --root-user-action=ignore 'confluent-kafka>=2.12,<3'
+else
+  say "confluent-kafka present"
 fi
 
 # bpffs, for the enforcer's pins.
