@@ -10,7 +10,7 @@
 # the host's cgroup, with the broker as its management channel.
 #
 # Environment: CORDON_BIN_DIR (where `cordon` and `cordon-enforcer` are; default: the release
-# build), CORDON_DEMO_SECONDS (the isolation's duration, default 20).
+# build, else the debug one), CORDON_DEMO_SECONDS (the isolation's duration, default 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +21,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 if [ -z "${CORDON_BIN_DIR:-}" ]; then
   target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+  # ops/run.sh builds the release binaries, ops/test.sh the debug ones: either will do.
   CORDON_BIN_DIR="$target_dir/release"
+  [ -x "$CORDON_BIN_DIR/cordon-enforcer" ] || CORDON_BIN_DIR="$target_dir/debug"
 fi
 cordon="$CORDON_BIN_DIR/cordon"
 enforcer="$CORDON_BIN_DIR/cordon-enforcer"
