@@ -219,10 +219,8 @@ fn load(pins: &Pins) -> Result<()> {
     for dir in [pins.maps_dir(), pins.links_dir(), pins.progs_dir()] {
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(pins.maps_dir())
-        .load(PROGRAMS_OBJECT)
-        .context(
+    let mut ebpf =
+        EbpfLoader::new().default_map_pin_directory(pins.maps_dir()).load(PROGRAMS_OBJECT).context(
             "the kernel refused to load cordon's eBPF programs (they need root, or CAP_SYS_ADMIN with \
              CAP_NET_ADMIN; Linux 6.1+ with BTF)",
         )?;

@@ -106,28 +106,6 @@ fn spawn_agent(sandbox: &mut Sandbox) -> LineReader {
     sandbox.spawn(command)
 }
 
-fn pids_named(sandbox: &Sandbox, needle: &str) -> Vec<i32> {
-    // The agent runs outside the test cgroup; find it by its command line.
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(needle)
-            && cmdline.contains(&sandbox.name)
-            && cmdline.contains(" run")
-            && !cmdline.starts_with("nsenter")
-        {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 fn kill_9(pid: i32) {
     // SAFETY: signalling the agent this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -307,7 +285,7 @@ fn survives_agent_kill() -> Result<(), Failed> {
     let mut agent = spawn_agent(&mut sandbox);
     enforcer_ok(&sandbox, &["isolate", "--reason", "kill test"]);
     let before = status(&sandbox);
-    for pid in pids_named(&sandbox, "cordon-enforcer") {
+    for pid in sandbox.agent_pids(Path::new(ENFORCER)) {
         kill_9(pid);
     }
     let _ = agent.expect_eof(Duration::from_secs(2));
@@ -653,24 +631,7 @@ fn signed_commands_over_kafka() -> Result<(), Failed> {
         .spawn(sandbox.on_peer(&probe_binary(), &["probe", "kafka-consume", &broker, "cordon.status"]));
     statuses.expect_line("status consumer", Duration::from_secs(10));
     // The agent runs inside the isolated cgroup, like on a real host.
-    let cgroup = sandbox.cgroup.to_string_lossy().into_owned();
-    let pin_dir = sandbox.pin_dir.to_string_lossy().into_owned();
-    let state_dir = sandbox.state_dir.to_string_lossy().into_owned();
-    let config_path = config.to_string_lossy().into_owned();
-    let mut agent = sandbox.spawn(sandbox.on_host(
-        Path::new(ENFORCER),
-        &[
-            "--cgroup",
-            &cgroup,
-            "--pin-dir",
-            &pin_dir,
-            "--state-dir",
-            &state_dir,
-            "--config",
-            &config_path,
-            "run",
-        ],
-    ));
+    let mut agent = sandbox.spawn(sandbox.agent_on_host(Path::new(ENFORCER), &config));
     let mut connected = false;
     for _ in 0..3 {
         if agent.expect_line("agent output", Duration::from_secs(15)).contains("command channel connected") {

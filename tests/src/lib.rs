@@ -194,6 +194,44 @@ impl Sandbox {
         self.in_namespace(&self.host_ns, true, program, args)
     }
 
+    /// `cordon-enforcer ... --config CONFIG run`, the agent, as a process of the isolated host
+    /// (in the test cgroup and the host namespace), with this sandbox's directories.
+    pub fn agent_on_host(&self, enforcer: &Path, config: &Path) -> Command {
+        let (cgroup, pin_dir, state_dir, config) = (
+            self.cgroup.to_string_lossy(),
+            self.pin_dir.to_string_lossy(),
+            self.state_dir.to_string_lossy(),
+            config.to_string_lossy(),
+        );
+        let args = [
+            "--cgroup",
+            &cgroup,
+            "--pin-dir",
+            &pin_dir,
+            "--state-dir",
+            &state_dir,
+            "--config",
+            &config,
+            "run",
+        ];
+        self.on_host(enforcer, &args)
+    }
+
+    /// The processes of this sandbox's agent (`enforcer ... run`, however it was started).
+    pub fn agent_pids(&self, enforcer: &Path) -> Vec<i32> {
+        let enforcer = enforcer.to_string_lossy();
+        let mut pids = Vec::new();
+        for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.starts_with(&*enforcer) && cmdline.contains(&self.name) && cmdline.ends_with(" run ") {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
     /// A command that runs `program args` on the peer (outside the test cgroup).
     pub fn on_peer(&self, program: &Path, args: &[&str]) -> Command {
         self.in_namespace(&self.peer_ns, false, program, args)

@@ -180,22 +180,8 @@ impl World {
 
     /// Starts `cordon-enforcer run` on the host and waits for its command channel.
     pub fn start_agent(&mut self) {
-        let cgroup = self.sandbox.cgroup.to_string_lossy().into_owned();
-        let pin_dir = self.sandbox.pin_dir.to_string_lossy().into_owned();
-        let state_dir = self.sandbox.state_dir.to_string_lossy().into_owned();
-        let config = self.dir.join("enforcer.toml").to_string_lossy().into_owned();
-        let args = [
-            "--cgroup",
-            &cgroup,
-            "--pin-dir",
-            &pin_dir,
-            "--state-dir",
-            &state_dir,
-            "--config",
-            &config,
-            "run",
-        ];
-        let mut agent = self.sandbox.spawn(self.sandbox.on_host(&self.enforcer, &args));
+        let command = self.sandbox.agent_on_host(&self.enforcer, &self.dir.join("enforcer.toml"));
+        let mut agent = self.sandbox.spawn(command);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let line = agent.expect_line("the agent's command channel", Duration::from_secs(20));
@@ -210,18 +196,12 @@ impl World {
 
     /// Kills the agent as `kill -9` would; returns once it is gone.
     pub fn kill_agent(&mut self) {
-        let mut killed = 0;
-        for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.starts_with(&*self.enforcer.to_string_lossy()) && cmdline.contains(&self.sandbox.name)
-            {
-                // SAFETY: signalling the agent this test started.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                killed += 1;
-            }
+        let pids = self.sandbox.agent_pids(&self.enforcer);
+        for pid in &pids {
+            // SAFETY: signalling the agent this test started.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
         }
+        let killed = pids.len();
         assert_eq!(killed, 1, "expected to find the one agent this test started");
         if let Some(echo) = self.agent.take() {
             echo.join().expect("the agent's output ends after kill -9");
