@@ -47,27 +47,34 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
+/// A tansu broker on a free loopback port, with no topics, once it accepts connections.
+fn start_broker() -> (Child, u16) {
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let broker = Command::new(tansu())
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tansu");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "tansu did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (broker, port)
+}
+
 impl Harness {
     fn start(name: &str) -> Harness {
         let dir = std::env::temp_dir().join(format!("cordon-service-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("rules")).expect("create dirs");
-        let port = free_port();
+        let (broker, port) = start_broker();
         let url = format!("tcp://127.0.0.1:{port}");
-        let broker = Command::new(tansu())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
         let mut harness =
             Harness { children: vec![broker], dir, brokers: format!("127.0.0.1:{port}"), api: String::new() };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
         for (topic, partitions) in [
             ("edr.detections", "3"),
             ("cordon.commands", "3"),
@@ -690,20 +697,7 @@ fn topics_are_created_once_with_their_partitions() {
     let dir = std::env::temp_dir().join(format!("cordon-topics-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create dir");
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let mut broker = Command::new(tansu())
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start tansu");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "tansu did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut broker, port) = start_broker();
     let config = dir.join("cordon.toml");
     std::fs::write(
         &config,
