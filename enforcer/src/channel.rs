@@ -7,19 +7,25 @@
 //! sled, so a replay after a restart is refused too). Anything else is refused and reported with
 //! the reason; nothing in a message can crash the agent.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
+use cordon_telemetry::Spans;
 use cordon_wire::spec::Exclusion;
 use cordon_wire::VerifyingKey;
 use cordon_wire::{Action, Command, Refusal, Status, StatusKind, WIRE_VERSION};
+use opentelemetry::trace::{SpanKind, Status as SpanStatus, TraceContextExt as _};
+use opentelemetry::{Context as TraceContext, KeyValue};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::exclusion::parse_exclusion;
+use crate::health::LastCommand;
 use crate::isolation::{self, IsolateRequest, Target};
 use crate::store::{Mode, Store};
 
@@ -35,13 +41,32 @@ pub struct ChannelSettings {
     pub public_keys: Vec<VerifyingKey>,
 }
 
+/// The consumer's context: counts the brokers it is connected to (from librdkafka's
+/// statistics), for the agent's health.
+struct BrokerWatch {
+    brokers_up: Arc<AtomicI64>,
+}
+
+impl ClientContext for BrokerWatch {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let up = statistics.brokers.values().filter(|b| b.nodeid >= 0 && b.state == "UP").count();
+        self.brokers_up.store(i64::try_from(up).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+}
+
+impl ConsumerContext for BrokerWatch {}
+
 pub struct Channel {
     settings: ChannelSettings,
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<BrokerWatch>,
     producer: ThreadedProducer<DefaultProducerContext>,
     /// The generation of the last command applied, read from the store once and kept here:
     /// only this channel changes it, and checking a command should not wait on the store.
     last_generation: std::cell::Cell<Option<u64>>,
+    /// -1 until the first statistics arrive.
+    brokers_up: Arc<AtomicI64>,
+    last_command: std::cell::RefCell<Option<LastCommand>>,
+    spans: Spans,
 }
 
 /// What the agent needs besides the channel to apply a command.
@@ -54,14 +79,16 @@ pub struct Apply<'a> {
 impl Channel {
     /// Connects, finds this host's partition and starts reading from the last committed offset
     /// (the beginning of the partition the first time: expired and stale commands are refused).
-    pub fn connect(settings: ChannelSettings) -> Result<Channel> {
-        let consumer: BaseConsumer = ClientConfig::new()
+    pub fn connect(settings: ChannelSettings, spans: Spans) -> Result<Channel> {
+        let brokers_up = Arc::new(AtomicI64::new(-1));
+        let consumer: BaseConsumer<BrokerWatch> = ClientConfig::new()
             .set("bootstrap.servers", &settings.brokers)
             .set("group.id", format!("cordon-enforcer-{}", settings.host_id))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
-            .create()
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(BrokerWatch { brokers_up: Arc::clone(&brokers_up) })
             .context("cannot create the Kafka consumer")?;
         let metadata = consumer
             .fetch_metadata(Some(&settings.commands_topic), Duration::from_secs(10))
@@ -92,7 +119,26 @@ impl Channel {
             .set("linger.ms", "0")
             .create()
             .context("cannot create the Kafka producer")?;
-        Ok(Channel { settings, consumer, producer, last_generation: std::cell::Cell::new(None) })
+        Ok(Channel {
+            settings,
+            consumer,
+            producer,
+            last_generation: std::cell::Cell::new(None),
+            brokers_up,
+            last_command: std::cell::RefCell::new(None),
+            spans,
+        })
+    }
+
+    /// Connected to at least one broker (as of the last statistics; true until the first
+    /// arrive, since connecting fetched the metadata).
+    pub fn connected(&self) -> bool {
+        self.brokers_up.load(Ordering::Relaxed) != 0
+    }
+
+    /// The last command for this host the channel handled, and its outcome.
+    pub fn last_command(&self) -> Option<LastCommand> {
+        self.last_command.borrow().clone()
     }
 
     pub fn partition(&self) -> Result<i32> {
@@ -110,16 +156,49 @@ impl Channel {
         let message = match result {
             Ok(message) => message,
             Err(error) => {
-                eprintln!("cordon-enforcer: error: reading commands: {error}");
+                tracing::error!("reading commands: {error}");
                 return Ok(false);
             }
         };
         // Other hosts share the partition: their commands are not ours to judge.
         let ours = message.key() == Some(self.settings.host_id.as_bytes());
         if ours {
+            let consume = if self.spans.enabled() {
+                let parent = cordon_telemetry::propagation::context_of_message(&message);
+                parent.and_then(|parent| {
+                    self.spans.start(
+                        "consume command",
+                        SpanKind::Consumer,
+                        SystemTime::now(),
+                        &parent,
+                        vec![
+                            KeyValue::new("messaging.system", "kafka"),
+                            KeyValue::new("messaging.destination.name", message.topic().to_owned()),
+                            KeyValue::new("messaging.kafka.partition", i64::from(message.partition())),
+                            KeyValue::new("messaging.kafka.offset", message.offset()),
+                            KeyValue::new("cordon.host_id", self.settings.host_id.clone()),
+                        ],
+                    )
+                })
+            } else {
+                None
+            };
             let payload = message.payload().unwrap_or_default();
-            let report = self.handle(payload, apply);
-            self.report(&report);
+            let report = self.handle(payload, apply, consume.as_ref());
+            *self.last_command.borrow_mut() = Some(LastCommand {
+                command_id: report.command_id.clone(),
+                generation: report.command_id.as_ref().map(|_| report.generation),
+                outcome: match (&report.kind, report.refusal) {
+                    (StatusKind::Refused, Some(refusal)) => format!("refused: {}", refusal.name()),
+                    (StatusKind::Refused, None) => "refused".to_owned(),
+                    _ => "applied".to_owned(),
+                },
+                at_ms: isolation::now_unix_ms(),
+            });
+            self.report_in(&report, consume.as_ref());
+            if let Some(consume) = consume {
+                consume.span().end();
+            }
         }
         self.consumer
             .commit_message(&message, CommitMode::Sync)
@@ -127,70 +206,87 @@ impl Channel {
         Ok(ours)
     }
 
-    /// Checks and applies one command; returns the status that answers it.
-    fn handle(&self, bytes: &[u8], apply: &Apply<'_>) -> Status {
-        let command = match self.check(bytes, apply.target) {
+    /// Checks and applies one command; returns the status that answers it. `trace`: the
+    /// command's "consume command" span, parent of "check command" and "apply".
+    fn handle(&self, bytes: &[u8], apply: &Apply<'_>, trace: Option<&TraceContext>) -> Status {
+        let check = trace.and_then(|parent| {
+            self.spans.start("check command", SpanKind::Internal, SystemTime::now(), parent, Vec::new())
+        });
+        let checked = self.check(bytes, apply.target);
+        if let Some(check) = check {
+            let span = check.span();
+            match &checked {
+                Ok(command) => {
+                    span.set_attribute(KeyValue::new("cordon.command_id", command.command_id.clone()));
+                    span.set_attribute(KeyValue::new(
+                        "cordon.generation",
+                        i64::try_from(command.generation).unwrap_or(i64::MAX),
+                    ));
+                }
+                Err((refusal, _)) => {
+                    span.set_attribute(KeyValue::new("cordon.refusal", refusal.name()));
+                    span.set_status(SpanStatus::error(refusal.to_string()));
+                }
+            }
+            span.end();
+        }
+        let command = match checked {
             Ok(command) => command,
             Err((refusal, command_id)) => {
-                eprintln!("cordon-enforcer: refused a command: {refusal}");
+                tracing::warn!(
+                    command_id = command_id.as_deref().unwrap_or(""),
+                    refusal = refusal.name(),
+                    "refused a command: {refusal}"
+                );
                 return self.snapshot(apply.target, StatusKind::Refused, command_id, Some(refusal), None);
             }
         };
-        let actor = format!("command {}", command.command_id);
-        let outcome = match &command.action {
-            Action::Isolate {
-                duration_seconds,
-                exclusions,
-                allowed_processes,
-                allow_dns,
-                allow_dhcp,
-                reason,
-            } => {
-                let parsed: Result<Vec<_>, _> = exclusions.iter().map(|spec| parse_exclusion(spec)).collect();
-                match parsed {
-                    Err(error) => Err((Refusal::InvalidContent, error.to_string())),
-                    Ok(exclusions) => {
-                        let request = IsolateRequest {
-                            duration: duration_seconds.map(Duration::from_secs),
-                            exclusions,
-                            allowed_processes: allowed_processes.clone(),
-                            allow_dns: *allow_dns,
-                            allow_dhcp: *allow_dhcp,
-                            reason: Some(reason.clone()),
-                            interfaces: apply.interfaces.to_vec(),
-                            management: apply.management.to_vec(),
-                            actor: actor.clone(),
-                        };
-                        isolation::isolate(apply.target, &request)
-                            .map(|_| ())
-                            .map_err(|e| (Refusal::InvalidContent, format!("{e:#}")))
-                    }
-                }
-            }
-            Action::Release { .. } => isolation::release(apply.target, &actor, "released")
-                .map(|_| ())
-                .map_err(|e| (Refusal::InvalidContent, format!("{e:#}"))),
-        };
+        if let Some(trace) = trace {
+            trace.span().set_attribute(KeyValue::new("cordon.command_id", command.command_id.clone()));
+        }
+        let applying = trace.and_then(|parent| {
+            self.spans.start(
+                "apply",
+                SpanKind::Internal,
+                SystemTime::now(),
+                parent,
+                vec![
+                    KeyValue::new("cordon.command_id", command.command_id.clone()),
+                    KeyValue::new(
+                        "cordon.action",
+                        if matches!(command.action, Action::Isolate { .. }) { "isolate" } else { "release" },
+                    ),
+                ],
+            )
+        });
+        let outcome = execute(&command, apply);
         let command_id = Some(command.command_id.clone());
+        if let Some(applying) = applying {
+            if let Err((_, error)) = &outcome {
+                applying.span().set_status(SpanStatus::error(error.clone()));
+            }
+            applying.span().end();
+        }
         match outcome {
             Ok(()) => {
                 self.last_generation.set(Some(command.generation));
                 if let Err(error) = Store::open(&apply.target.state_dir)
                     .and_then(|s| s.set_last_generation(command.generation))
                 {
-                    eprintln!(
-                        "cordon-enforcer: error: cannot record generation {}: {error:#}",
-                        command.generation
-                    );
+                    tracing::error!("cannot record generation {}: {error:#}", command.generation);
                 }
-                println!(
-                    "cordon-enforcer: applied command {} (generation {}).",
-                    command.command_id, command.generation
+                tracing::info!(
+                    command_id = %command.command_id,
+                    generation = command.generation,
+                    trace_id = %trace.map(cordon_telemetry::propagation::trace_id_of).unwrap_or_default(),
+                    "applied command {} (generation {}).",
+                    command.command_id,
+                    command.generation
                 );
                 self.snapshot(apply.target, StatusKind::Applied, command_id, None, None)
             }
             Err((_, error)) => {
-                eprintln!("cordon-enforcer: error: command {} failed: {error}", command.command_id);
+                tracing::error!(command_id = %command.command_id, "command {} failed: {error}", command.command_id);
                 self.snapshot(
                     apply.target,
                     StatusKind::Refused,
@@ -281,10 +377,80 @@ impl Channel {
 
     /// Publishes `status` (keyed by host id); failures are logged, never fatal.
     pub fn report(&self, status: &Status) {
+        self.report_in(status, None);
+    }
+
+    /// Publishes `status`; under `trace` ("report status", whose context goes in the message's
+    /// headers so that the orchestrator's handling of it joins the trace).
+    fn report_in(&self, status: &Status, trace: Option<&TraceContext>) {
         let Ok(bytes) = serde_json::to_vec(status) else { return };
-        let record = BaseRecord::to(&self.settings.status_topic).key(&self.settings.host_id).payload(&bytes);
-        if let Err((error, _)) = self.producer.send(record) {
-            eprintln!("cordon-enforcer: error: cannot report status: {error}");
+        let mut record =
+            BaseRecord::to(&self.settings.status_topic).key(&self.settings.host_id).payload(&bytes);
+        let reporting = trace.and_then(|parent| {
+            self.spans.start(
+                "report status",
+                SpanKind::Producer,
+                SystemTime::now(),
+                parent,
+                vec![
+                    KeyValue::new("messaging.system", "kafka"),
+                    KeyValue::new("messaging.destination.name", self.settings.status_topic.clone()),
+                    KeyValue::new("cordon.host_id", status.host_id.clone()),
+                    KeyValue::new("cordon.isolated", status.isolated),
+                    KeyValue::new("cordon.generation", i64::try_from(status.generation).unwrap_or(i64::MAX)),
+                ],
+            )
+        });
+        if let Some(reporting) = &reporting {
+            record = record.headers(cordon_telemetry::propagation::kafka_headers(reporting));
         }
+        if let Err((error, _)) = self.producer.send(record) {
+            tracing::error!("cannot report status: {error}");
+            if let Some(reporting) = &reporting {
+                reporting.span().set_status(SpanStatus::error(error.to_string()));
+            }
+        }
+        if let Some(reporting) = reporting {
+            reporting.span().end();
+        }
+    }
+}
+
+/// Carries out an authentic command for this host.
+fn execute(command: &Command, apply: &Apply<'_>) -> Result<(), (Refusal, String)> {
+    let actor = format!("command {}", command.command_id);
+    match &command.action {
+        Action::Isolate {
+            duration_seconds,
+            exclusions,
+            allowed_processes,
+            allow_dns,
+            allow_dhcp,
+            reason,
+        } => {
+            let parsed: Result<Vec<_>, _> = exclusions.iter().map(|spec| parse_exclusion(spec)).collect();
+            match parsed {
+                Err(error) => Err((Refusal::InvalidContent, error.to_string())),
+                Ok(exclusions) => {
+                    let request = IsolateRequest {
+                        duration: duration_seconds.map(Duration::from_secs),
+                        exclusions,
+                        allowed_processes: allowed_processes.clone(),
+                        allow_dns: *allow_dns,
+                        allow_dhcp: *allow_dhcp,
+                        reason: Some(reason.clone()),
+                        interfaces: apply.interfaces.to_vec(),
+                        management: apply.management.to_vec(),
+                        actor: actor.clone(),
+                    };
+                    isolation::isolate(apply.target, &request)
+                        .map(|_| ())
+                        .map_err(|e| (Refusal::InvalidContent, format!("{e:#}")))
+                }
+            }
+        }
+        Action::Release { .. } => isolation::release(apply.target, &actor, "released")
+            .map(|_| ())
+            .map_err(|e| (Refusal::InvalidContent, format!("{e:#}"))),
     }
 }

@@ -26,6 +26,9 @@ pub struct EnforcerConfig {
     pub arm: Option<bool>,
     /// Seconds between status heartbeats on the status topic (default 30).
     pub heartbeat_seconds: Option<u64>,
+    /// Logs and OTLP export (traces of the commands the agent handles).
+    #[serde(default)]
+    pub telemetry: cordon_telemetry::TelemetrySection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +98,12 @@ impl EnforcerConfig {
                 kafka.brokers.split(',').map(str::trim).filter(|b| !b.is_empty()).map(String::from).collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The OTLP collectors the agent's traces go to (from the file or the `OTEL_*` variables),
+    /// as `host:port`: they join the management channel, so that an isolated host still reports.
+    pub fn collectors(&self) -> Vec<String> {
+        cordon_telemetry::collector_addresses(&self.telemetry, &|name| std::env::var(name).ok())
     }
 }
 

@@ -108,10 +108,10 @@ pub fn management_exclusions(brokers: &[String]) -> Result<Vec<Exclusion>> {
     for broker in brokers {
         let addresses = broker
             .to_socket_addrs()
-            .with_context(|| format!("cannot resolve management broker '{broker}' (expected host:port)"))?;
+            .with_context(|| format!("cannot resolve management endpoint '{broker}' (expected host:port)"))?;
         for address in addresses {
             let port = PortRange::single(address.port())
-                .with_context(|| format!("management broker '{broker}' resolves to {address}"))?;
+                .with_context(|| format!("management endpoint '{broker}' resolves to {address}"))?;
             let exclusion =
                 Exclusion::new(Direction::Out, Protocol::Tcp, Network::host(address.ip()), Some(port))
                     .expect("TCP takes ports");
@@ -350,6 +350,10 @@ pub struct Status {
     /// Something is recorded or pinned that does not match what is enforced (e.g. the kernel
     /// deadline passed while the agent was down, or a reboot removed the pins).
     pub attention: Option<String>,
+    /// The recorded isolation's programs and links are pinned (true when none is recorded).
+    pub pins_intact: bool,
+    /// The agent's own health (filled by the `status` command; not known to this module).
+    pub agent: Option<crate::health::AgentView>,
 }
 
 pub fn status(target: &Target) -> Result<Status> {
@@ -367,6 +371,7 @@ pub fn status(target: &Target) -> Result<Status> {
         (None, Some(_), _) => Some("an isolation is recorded but nothing is pinned (the host rebooted?); start the agent (`cordon-enforcer run`) to restore it".to_owned()),
         _ => None,
     };
+    let pins_intact = record.is_none() || kernel.as_ref().is_some_and(|k| !k.links.is_empty());
     let record_in_force = record.as_ref().filter(|_| enforcing);
     let expires_at = match (&kernel, enforcing) {
         (Some(k), true) if k.config.expires_at_boot_ns != 0 => {
@@ -398,6 +403,8 @@ pub fn status(target: &Target) -> Result<Status> {
         generation: kernel.as_ref().map(|k| k.config.generation),
         history,
         attention,
+        pins_intact,
+        agent: None,
     })
 }
 
@@ -526,7 +533,7 @@ mod tests {
         let specs: Vec<String> = exclusions.iter().map(ToString::to_string).collect();
         assert_eq!(specs, vec!["out,tcp,127.0.0.1/32,9092", "out,tcp,::1/128,9093"]);
         let error = management_exclusions(&["no-port".into()]).unwrap_err();
-        assert!(format!("{error:#}").contains("cannot resolve management broker 'no-port'"), "{error:#}");
+        assert!(format!("{error:#}").contains("cannot resolve management endpoint 'no-port'"), "{error:#}");
     }
 
     #[test]

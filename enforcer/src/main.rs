@@ -7,6 +7,7 @@ mod bpf;
 mod channel;
 mod config;
 mod exclusion;
+mod health;
 mod host;
 mod isolation;
 mod rule_table;
@@ -156,7 +157,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Status { json } => {
             require_root()?;
-            let status = isolation::status(&target)?;
+            let mut status = isolation::status(&target)?;
+            status.agent = Some(health::view(&target.state_dir, isolation::now_unix_ms()));
             if json {
                 println!("{}", serde_json::to_string(&status)?);
             } else {
@@ -214,8 +216,7 @@ fn require_root() -> Result<()> {
 fn isolate(target: &Target, config: &EnforcerConfig, args: IsolateArgs) -> Result<()> {
     require_root()?;
     bpf::ensure_bpffs(target.pins.root())?;
-    let management =
-        isolation::management_exclusions(&config.brokers()).map_err(|e| UsageError(format!("{e:#}")))?;
+    let management = management_channel(config).map_err(|e| UsageError(format!("{e:#}")))?;
     let interfaces = choose_interfaces(target, config, args.interfaces);
     let request = IsolateRequest {
         duration: args.duration,
@@ -249,6 +250,26 @@ fn isolate(target: &Target, config: &EnforcerConfig, args: IsolateArgs) -> Resul
         if record.management.is_empty() { "none configured".to_owned() } else { record.management.join(" ") }
     );
     Ok(())
+}
+
+/// What stays reachable while isolated: the brokers (which must resolve: without them the host
+/// could not be released remotely) and the OTLP collectors (best effort: a collector that does
+/// not resolve is left out, with a warning, rather than stopping an isolation).
+fn management_channel(config: &EnforcerConfig) -> Result<Vec<Exclusion>> {
+    let mut management = isolation::management_exclusions(&config.brokers())?;
+    for collector in config.collectors() {
+        match isolation::management_exclusions(std::slice::from_ref(&collector)) {
+            Ok(exclusions) => {
+                for exclusion in exclusions {
+                    if !management.contains(&exclusion) {
+                        management.push(exclusion);
+                    }
+                }
+            }
+            Err(error) => tracing::warn!("the OTLP collector stays unreachable while isolated: {error:#}"),
+        }
+    }
+    Ok(management)
 }
 
 /// The interfaces that get the ICMP echo guard: those given, else those configured, else every
@@ -316,11 +337,41 @@ fn print_status(status: &isolation::Status) {
     if let Some(attention) = &status.attention {
         println!("  attention:    {attention}");
     }
+    println!(
+        "  pins:         {}",
+        if status.pins_intact { "intact" } else { "MISSING (the isolation is not enforced)" }
+    );
+    if let Some(agent) = &status.agent {
+        let state = match (agent.running, agent.pid) {
+            (true, Some(pid)) => format!("running (pid {pid})"),
+            _ => "NOT running".to_owned(),
+        };
+        let kafka = match (&agent.brokers, agent.kafka_connected) {
+            (Some(brokers), true) => format!("connected to Kafka ({brokers})"),
+            (Some(brokers), false) => format!("NOT connected to Kafka ({brokers})"),
+            (None, _) => "no command channel".to_owned(),
+        };
+        println!("  agent:        {state}, {kafka}");
+        if let Some(last) = &agent.last_command {
+            println!(
+                "  last command: {} {} at {}",
+                last.command_id.as_deref().unwrap_or("(unreadable)"),
+                last.outcome,
+                isolation::format_time(last.at_ms)
+            );
+        }
+        for problem in &agent.problems {
+            println!("  problem:      {problem}");
+        }
+    }
 }
 
-/// The agent: restore first, then keep the programs armed, lift every deadline on time.
-fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
+/// The agent's start: logs, restoring what is due (before anything else), telemetry.
+fn start_agent(target: &Target, config: &EnforcerConfig) -> Result<cordon_telemetry::Telemetry> {
     require_root()?;
+    let log_format =
+        cordon_telemetry::logs::format_from_env(config.telemetry.log_format).map_err(UsageError)?;
+    cordon_telemetry::logs::init(log_format);
     bpf::ensure_bpffs(target.pins.root())?;
     let restored = isolation::restore(target).context("start-up restore failed")?;
     let restored = match restored {
@@ -329,10 +380,22 @@ fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
         Restored::Reinstalled => "re-installed the recorded isolation (pins were gone)",
         Restored::Expired => "lifted an isolation whose deadline passed while the agent was down",
     };
-    // The agent's own log goes to standard output (the journal under systemd); errors to stderr.
-    println!("cordon-enforcer: agent started for cgroup {}: {restored}.", target.cgroup.display());
+    // The agent's own log goes to standard output (the journal under systemd); warnings and
+    // errors to stderr.
+    let telemetry = cordon_telemetry::Telemetry::start("cordon-enforcer", &config.telemetry, false)?;
+    tracing::info!(
+        "agent started for cgroup {}: {restored}; telemetry: {}.",
+        target.cgroup.display(),
+        telemetry.description()
+    );
+    Ok(telemetry)
+}
+
+/// The agent: restore first, then keep the programs armed, lift every deadline on time.
+fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
+    let telemetry = start_agent(target, config)?;
     let arm = config.arm.unwrap_or(true);
-    let management = isolation::management_exclusions(&config.brokers())?;
+    let management = management_channel(config)?;
     let interfaces = choose_interfaces(target, config, Vec::new());
     let apply = channel::Apply { target, management: &management, interfaces: &interfaces };
     let heartbeat = Duration::from_secs(config.heartbeat_seconds.unwrap_or(30).max(1));
@@ -340,26 +403,37 @@ fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
     let mut channel: Option<channel::Channel> = None;
     let mut next_connect = Instant::now();
     let mut next_heartbeat = Instant::now();
+    let mut health = health::AgentHealth {
+        pid: std::process::id(),
+        started_at_ms: isolation::now_unix_ms(),
+        heartbeat_seconds: heartbeat.as_secs(),
+        brokers: config.kafka.as_ref().map(|k| k.brokers.clone()),
+        ..health::AgentHealth::default()
+    };
+    let mut health_written: Option<health::AgentHealth> = None;
     loop {
         if arm && !target.pins.loaded() {
             match isolation::arm(target) {
-                Ok(true) => println!("cordon-enforcer: armed: programs loaded, ready to isolate at once."),
+                Ok(true) => tracing::info!("armed: programs loaded, ready to isolate at once."),
                 Ok(false) => {}
-                Err(error) => eprintln!("cordon-enforcer: error: cannot arm: {error:#}"),
+                Err(error) => tracing::error!("cannot arm: {error:#}"),
             }
         }
         // Connect (and retry a failed start) without ever holding up enforcement.
         if channel.is_none() && Instant::now() >= next_connect {
             if let Some(pending) = settings.take() {
                 let brokers = pending.brokers.clone();
-                match channel::Channel::connect(pending) {
+                match channel::Channel::connect(
+                    pending,
+                    cordon_telemetry::Spans::new(telemetry.tracer().cloned()),
+                ) {
                     Ok(connected) => {
                         let partition = connected.partition().unwrap_or(-1);
-                        println!("cordon-enforcer: command channel connected to {brokers} (partition {partition}).");
+                        tracing::info!("command channel connected to {brokers} (partition {partition}).");
                         channel = Some(connected);
                     }
                     Err(error) => {
-                        eprintln!("cordon-enforcer: error: command channel: {error:#}; retrying in 5 s");
+                        tracing::error!("command channel: {error:#}; retrying in 5 s");
                         settings = config.channel_settings()?;
                         next_connect = Instant::now() + Duration::from_secs(5);
                     }
@@ -369,7 +443,7 @@ fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
         let wait = match isolation::expire_if_due(target) {
             Ok(isolation::Deadline::Pending(remaining)) => remaining.min(Duration::from_millis(500)),
             Ok(isolation::Deadline::Lifted) => {
-                println!("cordon-enforcer: deadline reached: isolation lifted.");
+                tracing::info!("deadline reached: isolation lifted.");
                 if let Some(channel) = &channel {
                     channel.report(&channel.snapshot(
                         target,
@@ -383,27 +457,56 @@ fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
             }
             Ok(isolation::Deadline::None) => Duration::from_millis(500),
             Err(error) => {
-                eprintln!("cordon-enforcer: error: checking the deadline failed: {error:#}");
+                tracing::error!("checking the deadline failed: {error:#}");
                 Duration::from_secs(1)
             }
         };
-        match &channel {
-            Some(channel) => {
-                if Instant::now() >= next_heartbeat {
-                    channel.report(&channel.snapshot(
-                        target,
-                        cordon_wire::StatusKind::Heartbeat,
-                        None,
-                        None,
-                        None,
-                    ));
-                    next_heartbeat = Instant::now() + heartbeat;
-                }
-                if let Err(error) = channel.poll(wait, &apply) {
-                    eprintln!("cordon-enforcer: error: {error:#}");
-                }
+        let heartbeat_due = Instant::now() >= next_heartbeat;
+        note_health(target, channel.as_ref(), &mut health, &mut health_written, heartbeat_due);
+        if let Some(channel) = &channel {
+            if heartbeat_due {
+                channel.report(&channel.snapshot(
+                    target,
+                    cordon_wire::StatusKind::Heartbeat,
+                    None,
+                    None,
+                    None,
+                ));
+                next_heartbeat = Instant::now() + heartbeat;
             }
-            None => std::thread::sleep(wait),
+            match channel.poll(wait, &apply) {
+                // The command's spans go out now, not in a few seconds.
+                Ok(true) => telemetry.flush(),
+                Ok(false) => {}
+                Err(error) => tracing::error!("{error:#}"),
+            }
+        } else {
+            if heartbeat_due {
+                next_heartbeat = Instant::now() + heartbeat;
+            }
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+/// Writes the agent's health when it changed, and with every heartbeat.
+fn note_health(
+    target: &Target,
+    channel: Option<&channel::Channel>,
+    health: &mut health::AgentHealth,
+    written: &mut Option<health::AgentHealth>,
+    heartbeat_due: bool,
+) {
+    health.kafka_connected = channel.is_some_and(channel::Channel::connected);
+    health.last_command = channel.and_then(channel::Channel::last_command);
+    let changed = written.as_ref().is_none_or(|before| {
+        (before.kafka_connected, &before.last_command) != (health.kafka_connected, &health.last_command)
+    });
+    if heartbeat_due || changed {
+        health.updated_at_ms = isolation::now_unix_ms();
+        match health::write(&target.state_dir, health) {
+            Ok(()) => *written = Some(health.clone()),
+            Err(error) => tracing::error!("cannot write the agent's health file: {error}"),
         }
     }
 }

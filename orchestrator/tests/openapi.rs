@@ -57,7 +57,8 @@ fn serve(name: &str) -> Served {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
     let address = listener.local_addr().expect("address");
-    let app = orchestrator::service::api::router(store, TOKEN, requests_tx)
+    let metrics = std::sync::Arc::new(orchestrator::service::observe::Metrics::new());
+    let app = orchestrator::service::api::router(store, TOKEN, requests_tx, metrics)
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     runtime.spawn(async move { axum::serve(listener, app).await });
     Served { base: format!("http://{address}"), dir, _runtime: runtime, _requests: requests }
@@ -112,6 +113,20 @@ fn every_documented_route_exists_and_needs_the_token() {
                 assert_eq!((status, body.as_str()), (200, "ok\n"), "{method} {path}");
                 continue;
             }
+            if path == "/readyz" {
+                // No consumer, hence no broker connection: not ready, and it says why.
+                assert_eq!(status, 503, "{method} {path}: {body}");
+                let body: serde_json::Value = serde_json::from_str(&body).expect("readiness is JSON");
+                assert_valid("Readiness", &body);
+                assert_eq!(body["checks"]["kafka"]["ok"], false, "{body}");
+                assert_eq!(body["checks"]["state"]["ok"], true, "{body}");
+                continue;
+            }
+            if path == "/metrics" {
+                assert_eq!(status, 200, "{method} {path}: {body}");
+                assert!(body.contains("# TYPE cordon_events_consumed_total counter"), "{body}");
+                continue;
+            }
             assert_eq!(status, 401, "{method} {path} without a token: {body}");
             let body: serde_json::Value = serde_json::from_str(&body).expect("error body is JSON");
             assert_valid("Error", &body);
@@ -134,7 +149,8 @@ fn every_route_in_the_code_is_documented() {
     let mut routes = 0;
     for piece in source.split(".route(\"").skip(1) {
         let route = piece.split('"').next().expect("a quoted route");
-        let documented = if route == "/healthz" { route.to_owned() } else { format!("/v1{route}") };
+        let open = ["/healthz", "/readyz", "/metrics"];
+        let documented = if open.contains(&route) { route.to_owned() } else { format!("/v1{route}") };
         assert!(
             document["paths"].get(&documented).is_some(),
             "route {documented} is not in schemas/openapi.json"

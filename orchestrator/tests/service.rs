@@ -25,6 +25,8 @@ struct Harness {
     brokers: String,
     /// The API address of the running service.
     api: String,
+    /// Extra environment of `cordon serve`.
+    env: Vec<(&'static str, &'static str)>,
 }
 
 impl Drop for Harness {
@@ -73,8 +75,13 @@ impl Harness {
         std::fs::create_dir_all(dir.join("rules")).expect("create dirs");
         let (broker, port) = start_broker();
         let url = format!("tcp://127.0.0.1:{port}");
-        let mut harness =
-            Harness { children: vec![broker], dir, brokers: format!("127.0.0.1:{port}"), api: String::new() };
+        let mut harness = Harness {
+            children: vec![broker],
+            dir,
+            brokers: format!("127.0.0.1:{port}"),
+            api: String::new(),
+            env: Vec::new(),
+        };
         for (topic, partitions) in [
             ("edr.detections", "3"),
             ("cordon.commands", "3"),
@@ -134,6 +141,7 @@ impl Harness {
             .args(["serve", "--config"])
             .arg(&config)
             .env("CORDON_FAILPOINT", failpoint)
+            .envs(self.env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -141,19 +149,33 @@ impl Harness {
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
         self.children.push(child);
-        // Both streams, line by line, echoed for the test's log.
+        // Both streams, line by line, echoed for the test's log and kept in `serve.log`.
         let (sender, receiver) = mpsc::channel();
         let errors = sender.clone();
         let started = Instant::now();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("serve.log"))
+                .expect("serve.log"),
+        ));
+        let error_log = std::sync::Arc::clone(&log);
+        let keep = |log: &std::sync::Mutex<std::fs::File>, line: &str| {
+            use std::io::Write as _;
+            let _ = writeln!(log.lock().expect("log"), "{line}");
+        };
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 println!("serve +{:.3}s: {line}", started.elapsed().as_secs_f64());
+                keep(&log, &line);
                 let _ = sender.send(line);
             }
         });
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 println!("serve +{:.3}s: {line}", started.elapsed().as_secs_f64());
+                keep(&error_log, &line);
                 let _ = errors.send(line);
             }
         });
@@ -223,12 +245,24 @@ impl Harness {
 
     /// Publishes what an agent would after applying (or refusing) `command`.
     fn report(&self, command: &cordon_wire::Command, isolated: bool) {
+        self.report_with(command, isolated, None, (0, 0));
+    }
+
+    /// A report with a refusal (`kind` refused) and packet counters (dropped, allowed).
+    fn report_with(
+        &self,
+        command: &cordon_wire::Command,
+        isolated: bool,
+        refusal: Option<&str>,
+        packets: (u64, u64),
+    ) {
         let status = serde_json::json!({
-            "version": 1, "host_id": command.host_id, "sent_at_ms": 0, "kind": "applied",
+            "version": 1, "host_id": command.host_id, "sent_at_ms": 0,
+            "kind": if refusal.is_some() { "refused" } else { "applied" },
             "command_id": command.command_id, "generation": command.generation, "isolated": isolated,
             "mode": isolated.then_some("automatic"), "expires_at_ms": null, "exclusions": [],
             "tags": if isolated { vec!["ISOLATED FROM NETWORK", "linux"] } else { vec!["linux"] },
-            "refusal": null, "error": null, "packets_dropped": 0, "packets_allowed": 0
+            "refusal": refusal, "error": null, "packets_dropped": packets.0, "packets_allowed": packets.1
         });
         self.produce("cordon.status", &command.host_id, status.to_string().as_bytes());
     }
@@ -813,4 +847,128 @@ fn unreachable_brokers_are_named_once_and_the_service_keeps_serving() {
         said.matches("cannot reach the Kafka brokers 127.0.0.1:1 (check [kafka] brokers").count();
     assert_eq!(complaints, 1, "said once, not on every poll:\n{said}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// GETs `path` from the service's API (no token: health, readiness and metrics are open).
+fn get(api: &str, path: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut response = agent.get(format!("{api}{path}")).call().expect("the API answers");
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().expect("a text body"))
+}
+
+/// The value of the sample `series` (name and labels, as written) in Prometheus text.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
+        .parse()
+        .expect("a number")
+}
+
+/// A scripted day, in JSON logs: its metrics count exactly what happened, `/readyz` says ready,
+/// each transition is one JSON line carrying the host, event and command ids, and neither the
+/// API token nor the signing key is ever in the log.
+#[test]
+fn metrics_count_what_happened_and_logs_are_json_without_secrets() {
+    let mut harness = Harness::start("metrics");
+    harness.env.push(("CORDON_LOG_FORMAT", "json"));
+    let lines = harness.serve_with("");
+    let serving = wait_for_line(&lines, "API on http://");
+    let serving: serde_json::Value = serde_json::from_str(&serving).expect("log lines are JSON");
+    let message = serving["message"].as_str().expect("a message field");
+    harness.api = message.split("API on ").nth(1).expect("address").trim_end_matches('.').to_owned();
+    wait_for_line(&lines, "consuming cordon.status/0, edr.detections/0, edr.detections/1, edr.detections/2.");
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+
+    // web-01: isolated automatically (3 s), enforced, lifted at the deadline, released.
+    harness.produce("edr.detections", "web-01", &detection("web-01", "m-1", 5));
+    let isolate = next_command(&commands, &key, Duration::from_secs(15));
+    harness.report_with(&isolate, true, None, (7, 2));
+    let enforced = wait_for_line(&lines, "web-01: isolating -> isolated by agent");
+    // plc-01: waits for an operator. db-01: its agent refuses the command as expired.
+    harness.produce("edr.detections", "plc-01", &detection("plc-01", "m-2", 3));
+    harness.produce("edr.detections", "db-01", &detection("db-01", "m-3", 6));
+    let refused = next_command(&commands, &key, Duration::from_secs(15));
+    assert_eq!(refused.host_id, "db-01");
+    harness.report_with(&refused, false, Some("expired"), (5, 1));
+    // Nothing matches severity 1; two events are not events at all.
+    harness.produce("edr.detections", "web-09", &detection("web-09", "m-4", 1));
+    harness.produce("edr.detections", "web-09", b"not json");
+    harness.produce("edr.detections", "web-09", br#"{"time": 1}"#);
+    let release = next_command(&commands, &key, Duration::from_secs(10));
+    assert!(matches!(release.action, cordon_wire::Action::Release { .. }), "{release:?}");
+    harness.report_with(&release, false, None, (0, 0));
+    wait_for_line(&lines, "web-01: releasing -> released by agent");
+    wait_for_line(&lines, "dead-lettered");
+    wait_for_line(&lines, "dead-lettered");
+
+    // One JSON line per transition, with the ids the spans carry.
+    let enforced: serde_json::Value = serde_json::from_str(&enforced).expect("a JSON line");
+    assert_eq!(enforced["level"], "INFO", "{enforced}");
+    assert_eq!(enforced["host_id"], "web-01", "{enforced}");
+    assert_eq!(enforced["event_id"], "m-1", "{enforced}");
+    assert_eq!(enforced["state"], "isolated", "{enforced}");
+
+    let (status, text) = get(&harness.api, "/metrics");
+    assert_eq!(status, 200);
+    for (series, expected) in [
+        ("cordon_events_consumed_total", 6.0),
+        ("cordon_events_invalid_total", 2.0),
+        ("cordon_status_reports_total", 3.0),
+        ("cordon_decisions_total{mode=\"automatic\"}", 2.0),
+        ("cordon_decisions_total{mode=\"approve\"}", 1.0),
+        ("cordon_rule_matches_total{rule=\"ransomware\"}", 2.0),
+        ("cordon_rule_matches_total{rule=\"suspicious\"}", 1.0),
+        ("cordon_pending_approvals", 1.0),
+        ("cordon_hosts{state=\"released\"}", 1.0),
+        ("cordon_hosts{state=\"pending_approval\"}", 1.0),
+        ("cordon_isolations_lifted_total{timing=\"on_time\"}", 1.0),
+        ("cordon_lift_lateness_seconds_count", 1.0),
+        ("cordon_detection_to_enforced_seconds_count", 1.0),
+        ("cordon_commands_refused_total{reason=\"expired\"}", 1.0),
+        ("cordon_enforcer_packets_dropped", 5.0),
+        ("cordon_enforcer_packets_allowed", 1.0),
+        ("cordon_commands_issued_total", 3.0),
+        ("cordon_commands_sent_total", 3.0),
+        ("cordon_rules_loaded", 2.0),
+    ] {
+        let got = sample(&text, series);
+        assert!((got - expected).abs() < 1e-9, "{series}: {got}, expected {expected}");
+    }
+    assert!(sample(&text, "cordon_detection_to_enforced_seconds_sum") < 15.0, "{text}");
+    assert!(!text.contains("web-01"), "no host ids in the metrics");
+
+    // Ready: the consumer's statistics say it reaches the broker (every 2 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get(&harness.api, "/readyz");
+        if status == 200 {
+            let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            assert_eq!(body["ready"], true, "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(get(&harness.api, "/healthz"), (200, "ok\n".to_owned()));
+
+    // No secret in any line said so far.
+    let token =
+        std::fs::read_to_string(harness.dir.join("state/api-token")).expect("token").trim().to_owned();
+    let signing_key =
+        std::fs::read_to_string(harness.dir.join("keys/signing.key")).expect("key").trim().to_owned();
+    harness.kill_service();
+    std::thread::sleep(Duration::from_millis(200));
+    let log = std::fs::read_to_string(harness.dir.join("serve.log")).expect("serve.log");
+    assert!(log.lines().count() > 10, "{log}");
+    for line in log.lines() {
+        assert!(serde_json::from_str::<serde_json::Value>(line).is_ok(), "not a JSON line: {line}");
+        assert!(!line.contains(&token) && !line.contains(&signing_key), "a secret in the log: {line}");
+    }
 }

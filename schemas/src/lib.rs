@@ -93,6 +93,22 @@ pub enum Refusal {
     InvalidContent,
 }
 
+impl Refusal {
+    /// `snake_case`, as in JSON (and in the `reason` label of the refusal metrics).
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::Malformed => "malformed",
+            Refusal::Unsigned => "unsigned",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::WrongHost => "wrong_host",
+            Refusal::Expired => "expired",
+            Refusal::StaleGeneration => "stale_generation",
+            Refusal::UnsupportedVersion => "unsupported_version",
+            Refusal::InvalidContent => "invalid_content",
+        }
+    }
+}
+
 /// Checks an envelope's signature, then its payload; returns the command only when it is
 /// authentic. Host, expiry and generation are the caller's to check (they need its state).
 pub fn open(envelope_bytes: &[u8], key: &VerifyingKey) -> Result<Command, Refusal> {

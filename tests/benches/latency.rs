@@ -82,7 +82,7 @@ fn main() {
         ("service fetch_wait_ms 10, agent 5", Options { agent_fetch_wait_ms: Some(5), ..Options::default() }),
         (
             "service fetch_wait_ms 2, agent 2",
-            Options { agent_fetch_wait_ms: Some(2), service_fetch_wait_ms: Some(2) },
+            Options { agent_fetch_wait_ms: Some(2), service_fetch_wait_ms: Some(2), ..Options::default() },
         ),
     ];
     let wanted: Vec<String> = args.iter().skip(1).filter(|a| !a.starts_with("--")).cloned().collect();

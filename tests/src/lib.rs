@@ -8,6 +8,7 @@
 //! routed to the machine's own namespace. Programs are attached only to the sandbox's cgroup and,
 //! through `nsenter`, only to interfaces inside its namespaces.
 
+pub mod otlp;
 pub mod probe;
 pub mod world;
 
@@ -347,6 +348,18 @@ impl LineReader {
         self.lines.read_line(&mut line).expect("read process output");
         assert!(!line.is_empty(), "the process ended while waiting for {what}");
         line.trim_end().to_owned()
+    }
+
+    /// The next line within `timeout`; `None` when none comes or the process ended.
+    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        if self.lines.buffer().is_empty() && !self.readable_within(timeout) {
+            return None;
+        }
+        let mut line = String::new();
+        match self.lines.read_line(&mut line) {
+            Ok(n) if n > 0 => Some(line.trim_end().to_owned()),
+            _ => None,
+        }
     }
 
     /// Succeeds if the process prints nothing (and does not end) for `duration`.

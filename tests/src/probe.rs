@@ -66,6 +66,7 @@ pub fn main(args: &[String]) -> i32 {
         ["open", host, port, count] => open(address(host, port), count.parse().expect("probe: bad count")),
         ["until-refused", host, port] => until_refused(address(host, port)),
         ["kafka-pipe", brokers, topic] => kafka_pipe(brokers, topic),
+        ["otlp", address, grpc_port, http_port] => crate::otlp::probe(address, grpc_port, http_port),
         ["connrate", host, port, seconds] => {
             connection_rate(
                 address(host, port),

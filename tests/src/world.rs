@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::{output_of, which, Sandbox};
+use crate::otlp::ReceivedSpan;
+use crate::{output_of, which, LineReader, Sandbox};
 
 /// The host id the agent runs under, as detections name it.
 pub const HOST: &str = "sandbox-host";
@@ -23,6 +24,9 @@ pub struct Options {
     pub agent_fetch_wait_ms: Option<u64>,
     /// The service's `[kafka] fetch_wait_ms` (its default when `None`).
     pub service_fetch_wait_ms: Option<u64>,
+    /// Run an OTLP receiver on the peer (gRPC on 4317, HTTP on 4318); the service exports to it
+    /// over gRPC (configured in its file), the agent over HTTP (configured by `OTEL_*`).
+    pub otlp: bool,
 }
 
 /// This binary: tests and benchmarks that use a [`World`] double as the probe.
@@ -60,6 +64,12 @@ pub struct World {
     enforcer: PathBuf,
     /// The thread echoing the running agent's output; it ends when the agent does.
     agent: Option<std::thread::JoinHandle<()>>,
+    options: Options,
+    /// The OTLP receiver's output (see [`Options::otlp`]).
+    telemetry: Option<LineReader>,
+    /// Spans and metric names the receiver reported so far.
+    pub spans: Vec<ReceivedSpan>,
+    pub metric_names: Vec<String>,
 }
 
 impl Drop for World {
@@ -81,47 +91,22 @@ impl World {
         std::fs::create_dir_all(dir.join("rules")).expect("create scratch dir");
         let peer = sandbox.peer_v4();
         let broker = format!("{peer}:9092");
-        let mut world =
-            World { sandbox, dir, broker: broker.clone(), cordon: cordon.clone(), enforcer, agent: None };
+        let mut world = World {
+            sandbox,
+            dir,
+            broker: broker.clone(),
+            cordon: cordon.clone(),
+            enforcer,
+            agent: None,
+            options: options.clone(),
+            telemetry: None,
+            spans: Vec::new(),
+            metric_names: Vec::new(),
+        };
 
-        // Servers on the peer: the probe's echo servers, then the broker and its topics.
-        let servers = world.sandbox.on_peer(&probe_binary(), &["probe", "serve", "8080", "9000"]);
-        let mut servers = world.sandbox.spawn(servers);
-        assert_eq!(servers.expect_line("peer servers", Duration::from_secs(5)), "ready");
-        servers.echo("peer servers".into());
-        let url = format!("tcp://{broker}");
-        let mut broker_command = world.sandbox.on_peer(
-            &tansu,
-            &[
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-        );
-        broker_command.env("RUST_LOG", "error");
-        world.sandbox.spawn_quiet(broker_command);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while world.peer(&["port", &peer, "9092"]) != "ok" {
-            assert!(Instant::now() < deadline, "the broker did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        for (topic, partitions) in [
-            ("edr.detections", "3"),
-            ("cordon.commands", "3"),
-            ("cordon.status", "1"),
-            ("cordon.dead-letter", "1"),
-        ] {
-            let (code, _, stderr) =
-                output_of(world.sandbox.on_peer(
-                    &tansu,
-                    &["topic", "create", topic, "--partitions", partitions, "--broker", &url],
-                ));
-            assert_eq!(code, 0, "tansu topic create {topic}: {stderr}");
-        }
+        world.start_broker(&tansu);
+
+        let telemetry_section = if options.otlp { world.start_receiver() } else { String::new() };
 
         // The service, on the peer beside the broker.
         for (name, text) in rules {
@@ -140,7 +125,7 @@ impl World {
             &config,
             format!(
                 "[kafka]\nbrokers = \"{broker}\"\n{}[rules]\ndir = \"{}\"\n[state]\ndir = \"{}\"\n[signing]\nkey_file = \"{}\"\n\
-                 [api]\nlisten = \"127.0.0.1:8700\"\n[agents]\nresend_after_seconds = 2\n",
+                 [api]\nlisten = \"127.0.0.1:8700\"\n[agents]\nresend_after_seconds = 2\n{telemetry_section}",
                 options.service_fetch_wait_ms.map(|ms| format!("fetch_wait_ms = {ms}\n")).unwrap_or_default(),
                 world.dir.join("rules").display(),
                 world.dir.join("service").display(),
@@ -149,7 +134,9 @@ impl World {
         )
         .expect("write cordon.toml");
         let config = config.to_string_lossy().into_owned();
-        let serve = world.sandbox.on_peer(&cordon, &["serve", "--config", &config]);
+        let mut serve = world.sandbox.on_peer(&cordon, &["serve", "--config", &config]);
+        // Export within a fraction of a second, not the default 5 s (spans) and 60 s (metrics).
+        serve.env("OTEL_BSP_SCHEDULE_DELAY", "100").env("OTEL_METRIC_EXPORT_INTERVAL", "500");
         let mut serve = world.sandbox.spawn(serve);
         let deadline = Instant::now() + Duration::from_secs(20);
         // Serving, and consuming: the consumer group has given it the detections' partitions.
@@ -178,9 +165,70 @@ impl World {
         world
     }
 
+    /// Starts the probe's echo servers on the peer, then the broker and its topics.
+    fn start_broker(&mut self, tansu: &Path) {
+        let peer = self.sandbox.peer_v4();
+        let broker = self.broker.clone();
+        // Servers on the peer: the probe's echo servers, then the broker and its topics.
+        let servers = self.sandbox.on_peer(&probe_binary(), &["probe", "serve", "8080", "9000"]);
+        let mut servers = self.sandbox.spawn(servers);
+        assert_eq!(servers.expect_line("peer servers", Duration::from_secs(5)), "ready");
+        servers.echo("peer servers".into());
+        let url = format!("tcp://{broker}");
+        let mut broker_command = self.sandbox.on_peer(
+            tansu,
+            &[
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+        );
+        broker_command.env("RUST_LOG", "error");
+        self.sandbox.spawn_quiet(broker_command);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.peer(&["port", &peer, "9092"]) != "ok" {
+            assert!(Instant::now() < deadline, "the broker did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for (topic, partitions) in [
+            ("edr.detections", "3"),
+            ("cordon.commands", "3"),
+            ("cordon.status", "1"),
+            ("cordon.dead-letter", "1"),
+        ] {
+            let (code, _, stderr) =
+                output_of(self.sandbox.on_peer(
+                    tansu,
+                    &["topic", "create", topic, "--partitions", partitions, "--broker", &url],
+                ));
+            assert_eq!(code, 0, "tansu topic create {topic}: {stderr}");
+        }
+    }
+
+    /// Starts the OTLP receiver on the peer; returns the service's `[telemetry]` section.
+    fn start_receiver(&mut self) -> String {
+        let peer = self.sandbox.peer_v4();
+        let receiver = self.sandbox.on_peer(&probe_binary(), &["probe", "otlp", &peer, "4317", "4318"]);
+        let mut receiver = self.sandbox.spawn(receiver);
+        assert_eq!(receiver.expect_line("the OTLP receiver", Duration::from_secs(5)), "ready");
+        self.telemetry = Some(receiver);
+        format!("[telemetry]\notlp_endpoint = \"http://{peer}:4317\"\notlp_protocol = \"grpc\"\n")
+    }
+
     /// Starts `cordon-enforcer run` on the host and waits for its command channel.
     pub fn start_agent(&mut self) {
-        let command = self.sandbox.agent_on_host(&self.enforcer, &self.dir.join("enforcer.toml"));
+        let mut command = self.sandbox.agent_on_host(&self.enforcer, &self.dir.join("enforcer.toml"));
+        if self.options.otlp {
+            let peer = self.sandbox.peer_v4();
+            command
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{peer}:4318"))
+                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+                .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+        }
         let mut agent = self.sandbox.spawn(command);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -206,6 +254,39 @@ impl World {
         if let Some(echo) = self.agent.take() {
             echo.join().expect("the agent's output ends after kill -9");
         }
+    }
+
+    /// Reads what the OTLP receiver reports until `enough` holds of the spans and metric names
+    /// received so far (`Err` with what was received when `limit` passes first).
+    pub fn wait_for_telemetry(
+        &mut self,
+        limit: Duration,
+        enough: impl Fn(&[ReceivedSpan], &[String]) -> bool,
+    ) -> Result<(), String> {
+        let receiver = self.telemetry.as_mut().expect("the world runs an OTLP receiver (Options::otlp)");
+        let deadline = Instant::now() + limit;
+        while !enough(&self.spans, &self.metric_names) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let seen: Vec<String> = self
+                    .spans
+                    .iter()
+                    .map(|s| format!("{}: {} ({})", s.service, s.name, s.trace_id))
+                    .collect();
+                return Err(format!(
+                    "not enough telemetry after {limit:?}; spans: {seen:#?}; metrics: {:?}",
+                    self.metric_names
+                ));
+            }
+            let Some(line) = receiver.next_line(left.min(Duration::from_millis(200))) else { continue };
+            if let Some(json) = line.strip_prefix("span ") {
+                let value: serde_json::Value = serde_json::from_str(json).expect("the receiver prints JSON");
+                self.spans.push(ReceivedSpan::from_json(&value));
+            } else if let Some(metric) = line.strip_prefix("metric ") {
+                self.metric_names.push(metric.to_owned());
+            }
+        }
+        Ok(())
     }
 
     /// One probe run on the peer; its answer line.

@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use cordon_tests::otlp::ReceivedSpan;
 use cordon_tests::world::{now_ms, probe_binary, Options, World, HOST};
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -26,6 +27,7 @@ fn main() {
             "kill_9_of_the_agent_while_isolated_keeps_the_host_isolated",
             agent_killed_while_isolated,
         ),
+        Trial::test("one_trace_follows_a_detection_through_both_services", one_trace_per_detection),
     ];
     libtest_mimic::run(&Arguments::from_args(), tests).exit();
 }
@@ -231,5 +233,94 @@ fn agent_killed_while_isolated() -> Result<(), Failed> {
     world.wait_for_state("released", Duration::from_secs(5));
     let view = world.host_view();
     assert_eq!(view["generation"], 2, "one isolate and one release, nothing doubled: {view:#}");
+    Ok(())
+}
+
+/// The spans one detection's trace must hold, by service: what the SOC lead reads to answer
+/// "why was this host cut off, by which rule, and how long did it take".
+const TRACE: &[(&str, &str)] = &[
+    ("cordon", "consume detection"),
+    ("cordon", "evaluate rules"),
+    ("cordon", "decide"),
+    ("cordon", "produce command"),
+    ("cordon-enforcer", "consume command"),
+    ("cordon-enforcer", "check command"),
+    ("cordon-enforcer", "apply"),
+    ("cordon-enforcer", "report status"),
+    ("cordon", "consume status"),
+];
+
+fn one_trace_per_detection() -> Result<(), Failed> {
+    let mut world = World::start(RULES, &Options { otlp: true, ..Options::default() });
+    world.detect(HOST, "incident-trace", 5);
+    world.wait_for_state("isolated", Duration::from_secs(10));
+    // The agent exports while its host is isolated: the collector is on its management channel.
+    let trace_of_detection = |spans: &[ReceivedSpan]| {
+        let Some(root) = spans.iter().find(|s| {
+            s.name == "consume detection"
+                && s.attributes.get("cordon.event_id").map(String::as_str) == Some("incident-trace")
+        }) else {
+            return false;
+        };
+        TRACE.iter().all(|(service, name)| {
+            spans.iter().any(|s| s.trace_id == root.trace_id && s.service == *service && s.name == *name)
+        })
+    };
+    world.wait_for_telemetry(Duration::from_secs(15), |spans, _| trace_of_detection(spans))?;
+    let root = world.spans.iter().find(|s| s.name == "consume detection").expect("found above").clone();
+    let trace: Vec<&ReceivedSpan> = world.spans.iter().filter(|s| s.trace_id == root.trace_id).collect();
+    let span = |service: &str, name: &str| -> Result<&ReceivedSpan, Failed> {
+        trace
+            .iter()
+            .copied()
+            .find(|s| s.service == service && s.name == name)
+            .ok_or_else(|| format!("no {service} span {name:?} in the trace").into())
+    };
+    let parent_is = |child: &ReceivedSpan, parent: &ReceivedSpan| -> Result<(), Failed> {
+        if child.parent_span_id == parent.span_id {
+            Ok(())
+        } else {
+            Err(format!("{:?} is not a child of {:?}: {child:#?} {parent:#?}", child.name, parent.name)
+                .into())
+        }
+    };
+    let consume = span("cordon", "consume detection")?;
+    let evaluate = span("cordon", "evaluate rules")?;
+    let decide = span("cordon", "decide")?;
+    let produce = span("cordon", "produce command")?;
+    let command = span("cordon-enforcer", "consume command")?;
+    let check_span = span("cordon-enforcer", "check command")?;
+    let apply = span("cordon-enforcer", "apply")?;
+    let report = span("cordon-enforcer", "report status")?;
+    let status = span("cordon", "consume status")?;
+    check("the detection's span is the trace's root", &consume.parent_span_id, "")?;
+    parent_is(evaluate, consume)?;
+    parent_is(decide, consume)?;
+    parent_is(produce, decide)?;
+    parent_is(command, produce)?;
+    parent_is(check_span, command)?;
+    parent_is(apply, command)?;
+    parent_is(report, command)?;
+    parent_is(status, report)?;
+    // The ids an operator searches by.
+    let attribute = |span: &ReceivedSpan, key: &str| span.attributes.get(key).cloned().unwrap_or_default();
+    check("host on the detection", &attribute(consume, "cordon.host_id"), HOST)?;
+    check("rules evaluated", &attribute(evaluate, "cordon.rule_ids"), "ransomware")?;
+    check("rule behind the decision", &attribute(decide, "cordon.rule_ids"), "ransomware")?;
+    check("event behind the decision", &attribute(decide, "cordon.event_id"), "incident-trace")?;
+    let command_id = attribute(produce, "cordon.command_id");
+    check("command id of the command", &command_id, &format!("{HOST}-1"))?;
+    check("command id where the agent applied it", &attribute(apply, "cordon.command_id"), &command_id)?;
+    check("command id the status answers", &attribute(status, "cordon.command_id"), &command_id)?;
+    check("host isolated, as reported", &attribute(status, "cordon.state"), "isolated")?;
+    // Both protocols: the service exports over gRPC (its file), the agent over HTTP (OTEL_*).
+    check("the service's protocol", consume.protocol, "grpc")?;
+    check("the agent's protocol", command.protocol, "http")?;
+    // Metrics go out over OTLP too (gRPC, like the service's spans).
+    world.wait_for_telemetry(Duration::from_secs(10), |_, metrics| {
+        ["cordon_events_consumed grpc", "cordon_hosts_isolated grpc", "cordon_detection_to_enforced grpc"]
+            .iter()
+            .all(|wanted| metrics.iter().any(|m| m == wanted))
+    })?;
     Ok(())
 }

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::lifecycle::{HostRecord, IsolationPlan, Refused};
 use super::now_ms;
+use super::observe::Metrics;
 use super::store::{ApiCall, Store};
 use crate::api::{
     check_host_id, ErrorBody, HostView, IsolateRequest, ReasonRequest, TagsRequest, OPERATOR_HEADER,
@@ -47,15 +48,22 @@ struct ApiState {
     store: Store,
     token: Arc<str>,
     requests: mpsc::Sender<OperatorRequest>,
+    metrics: Arc<Metrics>,
 }
 
 /// The caller of a request, as the authentication layer established it.
 #[derive(Clone)]
 struct Caller(String);
 
-/// The API's routes: `/healthz` is open, everything under `/v1` needs the token.
-pub fn router(store: Store, token: &str, requests: mpsc::Sender<OperatorRequest>) -> Router {
-    let state = ApiState { store, token: Arc::from(token), requests };
+/// The API's routes: `/healthz`, `/readyz` and `/metrics` are open (they name no host), everything
+/// under `/v1` needs the token.
+pub fn router(
+    store: Store,
+    token: &str,
+    requests: mpsc::Sender<OperatorRequest>,
+    metrics: Arc<Metrics>,
+) -> Router {
+    let state = ApiState { store, token: Arc::from(token), requests, metrics };
     let v1 = Router::new()
         .route("/hosts", get(list_hosts))
         .route("/hosts/{host}", get(show_host))
@@ -65,7 +73,46 @@ pub fn router(store: Store, token: &str, requests: mpsc::Sender<OperatorRequest>
         .route("/hosts/{host}/deny", post(deny))
         .route("/hosts/{host}/tags", post(tags))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new().route("/healthz", get(|| async { "ok\n" })).nest(crate::api::PREFIX, v1).with_state(state)
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readiness))
+        .route("/metrics", get(metrics_text))
+        .nest(crate::api::PREFIX, v1)
+        .with_state(state)
+}
+
+/// The metrics in the Prometheus text format.
+async fn metrics_text(State(state): State<ApiState>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.registry.render_prometheus(),
+    )
+        .into_response()
+}
+
+/// 200 when the service can do its work: Kafka reachable, state store readable, rules loaded;
+/// 503 otherwise, with every check and what failed.
+async fn readiness(State(state): State<ApiState>) -> Response {
+    let brokers_up = state.metrics.kafka_brokers_up.get();
+    let kafka = if brokers_up > 0 {
+        Ok(format!("connected to {brokers_up} broker(s)"))
+    } else {
+        Err("not connected to any Kafka broker (yet): check [kafka] brokers and the network".to_owned())
+    };
+    let store = state.store.readable().map(|()| "open".to_owned()).map_err(|e| format!("{e:#}"));
+    let rules = state.metrics.rules_loaded.get();
+    let rules = Ok::<_, String>(format!("{rules} rule(s) in force"));
+    let ready = kafka.is_ok() && store.is_ok() && rules.is_ok();
+    let check = |result: Result<String, String>| match result {
+        Ok(detail) => serde_json::json!({"ok": true, "detail": detail}),
+        Err(detail) => serde_json::json!({"ok": false, "detail": detail}),
+    };
+    let body = serde_json::json!({
+        "ready": ready,
+        "checks": {"kafka": check(kafka), "state": check(store), "rules": check(rules)},
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
 }
 
 /// An error answer: a status and a JSON body saying what is wrong.

@@ -21,6 +21,8 @@ pub struct ServiceConfig {
     pub api: ApiSection,
     #[serde(default)]
     pub agents: AgentsSection,
+    #[serde(default)]
+    pub telemetry: cordon_telemetry::TelemetrySection,
 }
 
 #[derive(Debug, Deserialize)]

@@ -33,6 +33,15 @@ pub enum HostState {
 }
 
 impl HostState {
+    pub const ALL: [HostState; 6] = [
+        HostState::NotIsolated,
+        HostState::PendingApproval,
+        HostState::Isolating,
+        HostState::Isolated,
+        HostState::Releasing,
+        HostState::Released,
+    ];
+
     /// `snake_case`, as in JSON.
     pub fn name(self) -> &'static str {
         match self {
@@ -166,6 +175,10 @@ pub struct HostRecord {
     /// The last refusal or failure an agent reported for this host's commands.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// When cordon consumed the detection behind the current isolation (epoch ms), for the
+    /// detection-to-enforced latency; none for operators' isolations.
+    #[serde(default)]
+    pub detected_at_ms: Option<i64>,
     pub updated_at_ms: i64,
 }
 
@@ -225,6 +238,7 @@ impl HostRecord {
             last_seen_ms: None,
             agent_stale: false,
             last_error: None,
+            detected_at_ms: None,
             updated_at_ms: now_ms,
         }
     }

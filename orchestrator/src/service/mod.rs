@@ -16,16 +16,18 @@ pub mod api;
 pub mod config;
 pub mod jobs;
 pub mod lifecycle;
+pub mod observe;
 pub mod store;
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
+use opentelemetry::trace::{SpanKind, Status as SpanStatus, TraceContextExt as _};
+use opentelemetry::{Context as TraceContext, KeyValue};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -35,7 +37,8 @@ use tokio::sync::mpsc;
 use self::api::{Operation, OperatorRequest};
 use self::config::ServiceConfig;
 use self::jobs::Job;
-use self::lifecycle::{Effects, HostRecord, IsolationPlan};
+use self::lifecycle::{Effects, HostRecord, HostState, IsolationPlan};
+use self::observe::{Metrics, Spans};
 use self::store::{OutboxEntry, Store};
 
 /// Wall clock in epoch milliseconds; the only place the service reads it.
@@ -45,10 +48,25 @@ pub fn now_ms() -> i64 {
 }
 
 /// The consumer's context: says which partitions the service reads, when the group assigns or
-/// takes them (operators, and tests, wait for "consuming").
-struct GroupLog;
+/// takes them (operators, and tests, wait for "consuming"), and reads librdkafka's statistics
+/// into the consumer-lag and brokers-up metrics.
+struct GroupLog {
+    metrics: Arc<Metrics>,
+    detections_topic: String,
+}
 
-impl ClientContext for GroupLog {}
+impl ClientContext for GroupLog {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let up = statistics.brokers.values().filter(|b| b.nodeid >= 0 && b.state == "UP").count();
+        self.metrics.kafka_brokers_up.set(i64::try_from(up).unwrap_or(i64::MAX));
+        if let Some(topic) = statistics.topics.get(&self.detections_topic) {
+            // -1: not known yet (no offset or no watermark for the partition).
+            let lag: i64 =
+                topic.partitions.values().filter(|p| p.partition >= 0).map(|p| p.consumer_lag.max(0)).sum();
+            self.metrics.consumer_lag.set(lag);
+        }
+    }
+}
 
 impl ConsumerContext for GroupLog {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -59,9 +77,9 @@ impl ConsumerContext for GroupLog {
             parts.join(", ")
         };
         match rebalance {
-            Rebalance::Assign(list) => println!("cordon: consuming {}.", describe(list)),
-            Rebalance::Revoke(list) => println!("cordon: no longer consuming {}.", describe(list)),
-            Rebalance::Error(error) => eprintln!("cordon: error: consumer group: {error}"),
+            Rebalance::Assign(list) => tracing::info!("consuming {}.", describe(list)),
+            Rebalance::Revoke(list) => tracing::info!("no longer consuming {}.", describe(list)),
+            Rebalance::Error(error) => tracing::error!("consumer group: {error}"),
         }
     }
 }
@@ -81,8 +99,22 @@ struct Service {
     signing_key: cordon_wire::SigningKey,
     producer: FutureProducer,
     failpoint: Option<String>,
-    /// Transition lines not yet durable, hence not yet logged.
-    transitions: std::cell::RefCell<String>,
+    /// Transitions not yet durable, hence not yet logged.
+    transitions: std::cell::RefCell<Vec<Transition>>,
+    metrics: Arc<Metrics>,
+    spans: Spans,
+    /// The "produce command" span of each traced outbox entry (by outbox key) and the headers
+    /// that carry it to the agent; ended when the broker acknowledges the command.
+    in_flight: std::cell::RefCell<HashMap<Vec<u8>, TraceContext>>,
+    /// Each agent's last packet counters, for the fleet totals.
+    packets: HashMap<String, (u64, u64)>,
+}
+
+/// A state change waiting to be durable before it is logged, with the ids its spans carry.
+struct Transition {
+    audit: lifecycle::AuditEntry,
+    command_id: Option<String>,
+    trace_id: String,
 }
 
 /// Loads the rules directory; every problem is reported at once.
@@ -101,6 +133,9 @@ pub fn load_rules(dir: &std::path::Path) -> Result<rules::Ruleset> {
 /// configured) and runs until Ctrl-C or SIGTERM.
 pub fn run_from_config(path: &std::path::Path) -> Result<()> {
     let config = ServiceConfig::load(path)?;
+    let log_format =
+        cordon_telemetry::logs::format_from_env(config.telemetry.log_format).map_err(anyhow::Error::msg)?;
+    cordon_telemetry::logs::init(log_format);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let embedded;
@@ -116,9 +151,9 @@ pub fn run_from_config(path: &std::path::Path) -> Result<()> {
                     embedded.create_topic(topic, 3, 1).with_context(|| format!("cannot create topic {topic}"))?;
                 }
                 let brokers = embedded.bootstrap_servers();
-                println!(
-                    "cordon: no brokers configured: embedded Kafka-protocol broker at {brokers}. It keeps nothing \
-                     across restarts; configure [kafka] brokers for production."
+                tracing::warn!(
+                    "no brokers configured: embedded Kafka-protocol broker at {brokers}. It keeps nothing across \
+                     restarts; configure [kafka] brokers for production."
                 );
                 brokers
             }
@@ -174,7 +209,7 @@ fn api_token(config: &ServiceConfig) -> Result<String> {
         if !path.exists() {
             let token = cordon_wire::key_to_base64(&cordon_wire::generate_signing_key().to_bytes());
             write_secret(&path, &token).with_context(|| format!("cannot create {}", path.display()))?;
-            println!("cordon: created an API token in {} (readable by its owner only).", path.display());
+            tracing::info!("created an API token in {} (readable by its owner only).", path.display());
         }
         path
     };
@@ -198,23 +233,28 @@ async fn start_api(
     store: Store,
     token: &str,
     requests: mpsc::Sender<OperatorRequest>,
+    metrics: Arc<Metrics>,
 ) -> Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} ([api] listen)"))?;
     let address = listener.local_addr()?;
-    let app =
-        api::router(store, token, requests).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = api::router(store, token, requests, metrics)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
-            eprintln!("cordon: error: the API server stopped: {error}");
+            tracing::error!("the API server stopped: {error}");
         }
     });
     Ok(address)
 }
 
 /// The consumer of detections and agents' reports, subscribed, in the service's group.
-fn detection_consumer(kafka: &config::KafkaSection, brokers: &str) -> Result<DetectionConsumer> {
+fn detection_consumer(
+    kafka: &config::KafkaSection,
+    brokers: &str,
+    metrics: Arc<Metrics>,
+) -> Result<DetectionConsumer> {
     let consumer: DetectionConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", &kafka.group_id)
@@ -226,12 +266,30 @@ fn detection_consumer(kafka: &config::KafkaSection, brokers: &str) -> Result<Det
         .set("group.instance.id", &kafka.instance_id)
         .set("session.timeout.ms", "10000")
         .set("fetch.wait.max.ms", kafka.fetch_wait_ms.to_string())
-        .create_with_context(GroupLog)
+        // Consumer lag and broker connections for the metrics and /readyz.
+        .set("statistics.interval.ms", "2000")
+        .create_with_context(GroupLog { metrics, detections_topic: kafka.detections_topic.clone() })
         .context("cannot create the Kafka consumer")?;
     consumer
         .subscribe(&[&kafka.detections_topic, &kafka.status_topic])
         .context("cannot subscribe to the detections and status topics")?;
     Ok(consumer)
+}
+
+/// The OTLP exporters (if configured) and the metrics, showing the state as it is now.
+fn start_telemetry(
+    config: &ServiceConfig,
+    store: &Store,
+    ruleset: &rules::Ruleset,
+) -> Result<(cordon_telemetry::Telemetry, Arc<Metrics>)> {
+    let telemetry = cordon_telemetry::Telemetry::start("cordon", &config.telemetry, true)?;
+    let metrics = Arc::new(Metrics::new());
+    if let Some(meter) = telemetry.meter("cordon") {
+        metrics.registry.export_to(&meter);
+    }
+    metrics.show_counts(&store.counts());
+    metrics.rules_loaded.set(i64::try_from(ruleset.len()).unwrap_or(i64::MAX));
+    Ok((telemetry, metrics))
 }
 
 /// Runs the service until `shutdown` completes. `brokers` is the resolved bootstrap list.
@@ -245,7 +303,8 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let signing_key = cordon_wire::signing_key_from_base64(&key_text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.signing.key_file.display()))?;
     let token = api_token(&config)?;
-    let consumer = Arc::new(detection_consumer(&config.kafka, brokers)?);
+    let (telemetry, metrics) = start_telemetry(&config, &store, &ruleset)?;
+    let consumer = Arc::new(detection_consumer(&config.kafka, brokers, Arc::clone(&metrics))?);
     let (batches_tx, mut batches) = mpsc::channel::<ConsumedBatch>(1);
     let reader = {
         let (consumer, status_topic) = (Arc::clone(&consumer), config.kafka.status_topic.clone());
@@ -265,7 +324,8 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         .context("cannot create the Kafka producer")?;
 
     let (requests_tx, mut requests) = mpsc::channel::<OperatorRequest>(64);
-    let api_address = start_api(&config.api.listen, store.clone(), &token, requests_tx).await?;
+    let api_address =
+        start_api(&config.api.listen, store.clone(), &token, requests_tx, Arc::clone(&metrics)).await?;
     let (jobs_tx, mut jobs) = mpsc::channel::<Job>(16);
     let scheduler = jobs::start(&config, jobs_tx).await?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -282,9 +342,14 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         producer,
         failpoint,
         transitions: std::cell::RefCell::default(),
+        metrics,
+        spans: Spans::new(telemetry.tracer().cloned()),
+        in_flight: std::cell::RefCell::default(),
+        packets: HashMap::new(),
     };
-    println!(
-        "cordon: serving {} rule(s) from {}; API on http://{api_address}.",
+    tracing::info!("telemetry: {}.", telemetry.description());
+    tracing::info!(
+        "serving {} rule(s) from {}; API on http://{api_address}.",
         service.ruleset.len(),
         service.config.rules.dir.display()
     );
@@ -333,6 +398,8 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     // outlive the broker it reads (the embedded one goes when this returns).
     drop(batches);
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+    drop(service);
+    telemetry.shutdown();
     result
 }
 
@@ -341,6 +408,8 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
 struct ConsumedBatch {
     messages: Vec<OwnedMessage>,
     events: Vec<Option<Result<rules::Event, String>>>,
+    /// When the first message of the batch arrived: where a detection's trace starts.
+    received_at: SystemTime,
 }
 
 /// The reader thread: consumes batches of up to [`MAX_BATCH`] messages, parses their
@@ -363,6 +432,7 @@ fn read_batches(
             }
             Some(Ok(message)) => messages.push(message.detach()),
         }
+        let received_at = SystemTime::now();
         errors.recovered();
         while messages.len() < MAX_BATCH {
             match consumer.poll(Duration::ZERO) {
@@ -375,7 +445,7 @@ fn read_batches(
             }
         }
         let events = parse_batch(&messages, status_topic);
-        if batches.blocking_send(ConsumedBatch { messages, events }).is_err() {
+        if batches.blocking_send(ConsumedBatch { messages, events, received_at }).is_err() {
             return;
         }
     }
@@ -420,7 +490,7 @@ impl<'a> ReadErrors<'a> {
         } else {
             String::new()
         };
-        eprintln!("cordon: error: reading Kafka: {error}{hint}{repeats}.");
+        tracing::error!("reading Kafka: {error}{hint}{repeats}.");
         self.last_said = Some(std::time::Instant::now());
         self.unsaid = 0;
     }
@@ -428,7 +498,7 @@ impl<'a> ReadErrors<'a> {
     /// A message arrived: the next error is news again.
     fn recovered(&mut self) {
         if self.last_said.take().is_some() {
-            println!("cordon: reading Kafka again.");
+            tracing::info!("reading Kafka again.");
         }
         self.unsaid = 0;
     }
@@ -467,7 +537,7 @@ impl Service {
     /// tests stop the service exactly between two steps, as a `kill -9` there would.
     fn failpoint(&self, name: &str) {
         if self.failpoint.as_deref() == Some(name) {
-            println!("cordon: failpoint {name}: aborting");
+            tracing::warn!("failpoint {name}: aborting");
             std::process::abort();
         }
     }
@@ -475,13 +545,26 @@ impl Service {
     /// Handles a batch of messages, makes every change durable, then commits their offsets.
     async fn handle_batch(&mut self, consumer: &DetectionConsumer, batch: ConsumedBatch) -> Result<()> {
         let now = now_ms();
+        let (mut detections, mut invalid, mut reports) = (0, 0, 0);
         for (message, event) in batch.messages.iter().zip(batch.events) {
             match event {
-                None => self.on_status(message.payload().unwrap_or_default(), now)?,
-                Some(Ok(event)) => self.on_detection(&event, now)?,
-                Some(Err(reason)) => self.dead_letter(message, &reason).await?,
+                None => {
+                    reports += 1;
+                    self.on_status(message, now)?;
+                }
+                Some(Ok(event)) => {
+                    detections += 1;
+                    self.on_detection(message, &event, now, batch.received_at)?;
+                }
+                Some(Err(reason)) => {
+                    invalid += 1;
+                    self.dead_letter(message, &reason).await?;
+                }
             }
         }
+        self.metrics.events_consumed.add(detections + invalid);
+        self.metrics.events_invalid.add(invalid);
+        self.metrics.status_reports.add(reports);
         self.store.put_engine_state(&self.engine)?;
         self.failpoint("before-flush");
         self.flush()?;
@@ -518,19 +601,117 @@ impl Service {
             )
             .await
             .map_err(|(error, _)| anyhow::anyhow!("cannot write to the dead-letter topic: {error}"))?;
-        eprintln!("cordon: dead-lettered an event at offset {}: {reason}", message.offset());
+        tracing::warn!(
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            "dead-lettered an event at offset {}: {reason}",
+            message.offset()
+        );
         Ok(())
     }
 
-    /// Evaluates one valid event and applies its decisions (not yet durable).
-    fn on_detection(&mut self, event: &rules::Event, now: i64) -> Result<()> {
+    /// Evaluates one valid event and applies its decisions (not yet durable). An event that
+    /// decides something gets a trace (continuing the producer's, if its message carries one):
+    /// consume -> evaluate -> decide -> produce command.
+    fn on_detection(
+        &mut self,
+        message: &OwnedMessage,
+        event: &rules::Event,
+        now: i64,
+        received_at: SystemTime,
+    ) -> Result<()> {
         let tags = self.store.tags_of(event.host())?;
+        let evaluating_since = self.spans.enabled().then(SystemTime::now);
         let decisions = rules::evaluate(&self.ruleset, &mut self.engine, event, now, &tags);
+        let parent = if self.spans.enabled() {
+            cordon_telemetry::propagation::context_of_message(message)
+        } else {
+            None
+        };
+        if decisions.is_empty() && parent.is_none() {
+            return Ok(());
+        }
+        let consume = evaluating_since.and_then(|evaluating_since| {
+            let consume = self.spans.start(
+                "consume detection",
+                SpanKind::Consumer,
+                received_at,
+                parent.as_ref().unwrap_or(&TraceContext::new()),
+                vec![
+                    KeyValue::new("messaging.system", "kafka"),
+                    KeyValue::new("messaging.destination.name", message.topic().to_owned()),
+                    KeyValue::new("messaging.kafka.partition", i64::from(message.partition())),
+                    KeyValue::new("messaging.kafka.offset", message.offset()),
+                    KeyValue::new("cordon.event_id", event.id().to_owned()),
+                    KeyValue::new("cordon.host_id", event.host().to_owned()),
+                ],
+            )?;
+            let rule_ids: Vec<opentelemetry::StringValue> =
+                decisions.iter().flat_map(|d| d.rules.iter().cloned().map(Into::into)).collect();
+            if let Some(evaluate) = self.spans.start(
+                "evaluate rules",
+                SpanKind::Internal,
+                evaluating_since,
+                &consume,
+                vec![
+                    KeyValue::new("cordon.event_id", event.id().to_owned()),
+                    KeyValue::new("cordon.rule_ids", opentelemetry::Value::Array(rule_ids.into())),
+                    KeyValue::new("cordon.decisions", i64::try_from(decisions.len()).unwrap_or(i64::MAX)),
+                ],
+            ) {
+                evaluate.span().end();
+            }
+            Some(consume)
+        });
         for decision in &decisions {
+            let mode = match &decision.action {
+                rules::Action::RequestApproval(_) => "approve",
+                rules::Action::Isolate(isolation) => match isolation.mode {
+                    rules::IsolationMode::Automatic => "automatic",
+                    rules::IsolationMode::Manual => "manual",
+                },
+            };
+            self.metrics.decisions.add(mode, 1);
+            for rule in &decision.rules {
+                self.metrics.rule_matches.add(rule, 1);
+            }
+            let decide = consume.as_ref().and_then(|consume| {
+                self.spans.start(
+                    "decide",
+                    SpanKind::Internal,
+                    SystemTime::now(),
+                    consume,
+                    vec![
+                        KeyValue::new("cordon.host_id", decision.host.clone()),
+                        KeyValue::new("cordon.event_id", decision.event_id.clone()),
+                        KeyValue::new("cordon.rule_ids", decision.rules.join(",")),
+                        KeyValue::new("cordon.decision", decision.action.name()),
+                        KeyValue::new("cordon.mode", mode),
+                    ],
+                )
+            });
             let previous = self.store.host(&decision.host)?;
             let mut record = previous.clone().unwrap_or_else(|| HostRecord::new(&decision.host, now));
             let effects = lifecycle::on_decision(&mut record, decision, now);
-            self.apply(previous.as_ref(), &record, effects, now)?;
+            if record.state == HostState::Isolating
+                && previous.as_ref().is_none_or(|p| p.state != HostState::Isolating)
+            {
+                record.detected_at_ms = Some(epoch_ms(received_at));
+            }
+            self.apply(previous.as_ref(), &record, effects, now, decide.as_ref())?;
+            if let Some(decide) = decide {
+                let span = decide.span();
+                span.set_attribute(KeyValue::new("cordon.state", record.state.name()));
+                span.set_attribute(KeyValue::new(
+                    "cordon.generation",
+                    i64::try_from(record.generation).unwrap_or(i64::MAX),
+                ));
+                span.end();
+            }
+        }
+        if let Some(consume) = consume {
+            consume.span().end();
         }
         Ok(())
     }
@@ -539,32 +720,18 @@ impl Service {
     /// one write: a batch can hold thousands).
     fn flush(&self) -> Result<()> {
         self.store.flush()?;
-        let lines = std::mem::take(&mut *self.transitions.borrow_mut());
-        if !lines.is_empty() {
-            use std::io::Write as _;
-            // The log going away (a closed pipe) must not stop the service.
-            let _ = std::io::stdout().lock().write_all(lines.as_bytes());
+        let transitions = std::mem::take(&mut *self.transitions.borrow_mut());
+        if !transitions.is_empty() {
+            self.metrics.show_counts(&self.store.counts());
         }
-        Ok(())
-    }
-
-    /// Puts a changed record, its audit entry and its command (sealed, in the outbox); the
-    /// transition is logged once durable.
-    fn apply(
-        &self,
-        previous: Option<&HostRecord>,
-        record: &HostRecord,
-        effects: Effects,
-        now: i64,
-    ) -> Result<()> {
-        if let Some(action) = effects.command {
-            self.enqueue(record, action, now)?;
-        }
-        if let Some(audit) = &effects.audit {
-            self.store.audit(audit)?;
-            let _ = writeln!(
-                self.transitions.borrow_mut(),
-                "cordon: {}: {} -> {} by {} (generation {}): {}",
+        for Transition { audit, command_id, trace_id } in transitions {
+            tracing::info!(
+                host_id = %audit.host,
+                state = audit.to.name(),
+                event_id = audit.event_id.as_deref().unwrap_or(""),
+                command_id = command_id.as_deref().unwrap_or(""),
+                trace_id = %trace_id,
+                "{}: {} -> {} by {} (generation {}): {}",
                 audit.host,
                 audit.from.name(),
                 audit.to.name(),
@@ -573,13 +740,47 @@ impl Service {
                 audit.why
             );
         }
+        Ok(())
+    }
+
+    /// Puts a changed record, its audit entry and its command (sealed, in the outbox); the
+    /// transition is logged once durable.
+    /// `trace`: the span the change belongs to, parent of the command's span.
+    fn apply(
+        &self,
+        previous: Option<&HostRecord>,
+        record: &HostRecord,
+        effects: Effects,
+        now: i64,
+        trace: Option<&TraceContext>,
+    ) -> Result<()> {
+        let command_id = match effects.command {
+            Some(action) => Some(self.enqueue(record, action, now, trace)?),
+            None => None,
+        };
+        if let Some(audit) = effects.audit {
+            self.store.audit(&audit)?;
+            let trace_id = trace.map(cordon_telemetry::propagation::trace_id_of).unwrap_or_default();
+            self.transitions.borrow_mut().push(Transition { audit, command_id, trace_id });
+        }
         if previous != Some(record) {
             self.store.put_host(previous, record)?;
         }
         Ok(())
     }
 
-    fn enqueue(&self, record: &HostRecord, action: cordon_wire::Action, now: i64) -> Result<()> {
+    /// Seals the command and puts it in the outbox; returns its id.
+    fn enqueue(
+        &self,
+        record: &HostRecord,
+        action: cordon_wire::Action,
+        now: i64,
+        trace: Option<&TraceContext>,
+    ) -> Result<String> {
+        let action_name = match &action {
+            cordon_wire::Action::Isolate { .. } => "isolate",
+            cordon_wire::Action::Release { .. } => "release",
+        };
         let ttl = i64::try_from(self.config.commands.ttl_seconds).unwrap_or(600) * 1_000;
         let command = cordon_wire::Command {
             version: cordon_wire::WIRE_VERSION,
@@ -591,29 +792,103 @@ impl Service {
             action,
         };
         let envelope = cordon_wire::seal(&command, &self.signing_key);
-        self.store.enqueue(&OutboxEntry { host: record.host.clone(), envelope })
+        let key = self.store.enqueue(&OutboxEntry { host: record.host.clone(), envelope })?;
+        self.metrics.commands_issued.add(1);
+        if let Some(produce) = trace.and_then(|parent| {
+            self.spans.start(
+                "produce command",
+                SpanKind::Producer,
+                SystemTime::now(),
+                parent,
+                vec![
+                    KeyValue::new("messaging.system", "kafka"),
+                    KeyValue::new("messaging.destination.name", self.config.kafka.commands_topic.clone()),
+                    KeyValue::new("cordon.command_id", command.command_id.clone()),
+                    KeyValue::new("cordon.host_id", command.host_id.clone()),
+                    KeyValue::new("cordon.generation", i64::try_from(command.generation).unwrap_or(i64::MAX)),
+                    KeyValue::new("cordon.action", action_name),
+                ],
+            )
+        }) {
+            self.in_flight.borrow_mut().insert(key.to_vec(), produce);
+        }
+        Ok(command.command_id)
     }
 
-    /// Applies an agent's report to its host's record (not yet durable).
-    fn on_status(&mut self, payload: &[u8], now: i64) -> Result<()> {
-        let status = match serde_json::from_slice::<cordon_wire::Status>(payload) {
-            Ok(status) => status,
-            Err(error) => {
-                eprintln!("cordon: ignored an unreadable status report: {error}");
-                return Ok(());
-            }
-        };
+    /// Applies an agent's report to its host's record (not yet durable). A report that answers
+    /// a traced command continues its trace ("consume status").
+    fn on_status(&mut self, message: &OwnedMessage, now: i64) -> Result<()> {
+        let status =
+            match serde_json::from_slice::<cordon_wire::Status>(message.payload().unwrap_or_default()) {
+                Ok(status) => status,
+                Err(error) => {
+                    tracing::warn!("ignored an unreadable status report: {error}");
+                    return Ok(());
+                }
+            };
         if let Err(problem) = crate::api::check_host_id(&status.host_id) {
-            eprintln!("cordon: ignored a status report: {problem}");
+            tracing::warn!("ignored a status report: {problem}");
             return Ok(());
         }
+        let consume = if self.spans.enabled() {
+            cordon_telemetry::propagation::context_of_message(message).and_then(|parent| {
+                self.spans.start(
+                    "consume status",
+                    SpanKind::Consumer,
+                    SystemTime::now(),
+                    &parent,
+                    vec![
+                        KeyValue::new("messaging.system", "kafka"),
+                        KeyValue::new("messaging.destination.name", message.topic().to_owned()),
+                        KeyValue::new("cordon.host_id", status.host_id.clone()),
+                        KeyValue::new("cordon.command_id", status.command_id.clone().unwrap_or_default()),
+                        KeyValue::new(
+                            "cordon.generation",
+                            i64::try_from(status.generation).unwrap_or(i64::MAX),
+                        ),
+                        KeyValue::new("cordon.isolated", status.isolated),
+                    ],
+                )
+            })
+        } else {
+            None
+        };
+        if status.kind == cordon_wire::StatusKind::Refused {
+            let reason = status.refusal.map_or("failed", cordon_wire::Refusal::name);
+            self.metrics.commands_refused.add(reason, 1);
+        }
+        self.count_packets(&status);
         let previous = self.store.host(&status.host_id)?;
         let mut record = previous.clone().unwrap_or_else(|| HostRecord::new(&status.host_id, now));
         let effects = lifecycle::on_status(&mut record, &status, now);
         if !status.isolated && previous.as_ref().is_some_and(|p| p.state.may_be_isolated()) {
             self.engine.release(&record.host);
         }
-        self.apply(previous.as_ref(), &record, effects, now)
+        if record.state == HostState::Isolated
+            && previous.as_ref().is_some_and(|p| p.state == HostState::Isolating)
+        {
+            if let Some(detected) = record.detected_at_ms {
+                #[allow(clippy::cast_precision_loss, reason = "milliseconds of latency")]
+                self.metrics.detection_to_enforced.observe((now - detected).max(0) as f64 / 1e3);
+            }
+        }
+        self.apply(previous.as_ref(), &record, effects, now, consume.as_ref())?;
+        if let Some(consume) = consume {
+            consume.span().set_attribute(KeyValue::new("cordon.state", record.state.name()));
+            consume.span().end();
+        }
+        Ok(())
+    }
+
+    /// Keeps the fleet's packet totals: the sum of every agent's last report.
+    fn count_packets(&mut self, status: &cordon_wire::Status) {
+        let now = (status.packets_dropped, status.packets_allowed);
+        let before = self.packets.insert(status.host_id.clone(), now).unwrap_or((0, 0));
+        let delta = |after: u64, before: u64| {
+            i64::try_from(after).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(i64::MAX)
+        };
+        self.metrics.packets_dropped.add(delta(now.0, before.0));
+        self.metrics.packets_allowed.add(delta(now.1, before.1));
     }
 
     /// Carries out an operator's request, durably, and answers it.
@@ -622,6 +897,24 @@ impl Service {
         let previous = self.store.host(&request.host)?;
         let mut record = previous.clone().unwrap_or_else(|| HostRecord::new(&request.host, now));
         let operator = request.operator.as_str();
+        let operation_name = match &request.operation {
+            Operation::Isolate { .. } => "isolate",
+            Operation::Release { .. } => "release",
+            Operation::Approve => "approve",
+            Operation::Deny { .. } => "deny",
+            Operation::Tags { .. } => "tags",
+        };
+        let trace = self.spans.start(
+            "operator request",
+            SpanKind::Server,
+            SystemTime::now(),
+            &TraceContext::new(),
+            vec![
+                KeyValue::new("cordon.host_id", request.host.clone()),
+                KeyValue::new("cordon.operator", request.operator.clone()),
+                KeyValue::new("cordon.operation", operation_name),
+            ],
+        );
         let outcome = match request.operation {
             Operation::Isolate { plan, reason } => {
                 let effects = lifecycle::operator_isolate(&mut record, &plan, &reason, operator, now);
@@ -648,13 +941,21 @@ impl Service {
         };
         let answer = match outcome {
             Ok(effects) => {
-                self.apply(previous.as_ref(), &record, effects, now)?;
+                self.apply(previous.as_ref(), &record, effects, now, trace.as_ref())?;
                 self.store.put_engine_state(&self.engine)?;
                 self.flush()?;
                 Ok(record)
             }
-            Err(refused) => Err(refused),
+            Err(refused) => {
+                if let Some(trace) = &trace {
+                    trace.span().set_status(SpanStatus::error(refused.to_string()));
+                }
+                Err(refused)
+            }
         };
+        if let Some(trace) = trace {
+            trace.span().end();
+        }
         // The client may have gone; the change stands either way.
         let _ = request.reply.send(answer);
         Ok(())
@@ -678,10 +979,29 @@ impl Service {
         }
         for host in due {
             let Some(previous) = self.store.host(&host)? else { continue };
+            if let Some(deadline) = previous.expires_at_ms {
+                let late_ms = (now - deadline).max(0);
+                self.metrics.lifts.add(if late_ms <= observe::ON_TIME_MS { "on_time" } else { "late" }, 1);
+                #[allow(clippy::cast_precision_loss, reason = "milliseconds of lateness")]
+                self.metrics.lift_lateness.observe(late_ms as f64 / 1e3);
+            }
+            let trace = self.spans.start(
+                "deadline reached",
+                SpanKind::Internal,
+                SystemTime::now(),
+                &TraceContext::new(),
+                vec![
+                    KeyValue::new("cordon.host_id", host.clone()),
+                    KeyValue::new("cordon.deadline_ms", previous.expires_at_ms.unwrap_or(0)),
+                ],
+            );
             let mut record = previous.clone();
             let effects = lifecycle::deadline_reached(&mut record, now);
             self.engine.release(&host);
-            self.apply(Some(&previous), &record, effects, now)?;
+            self.apply(Some(&previous), &record, effects, now, trace.as_ref())?;
+            if let Some(trace) = trace {
+                trace.span().end();
+            }
         }
         self.store.put_engine_state(&self.engine)?;
         self.flush()
@@ -695,11 +1015,14 @@ impl Service {
                 for previous in self.store.hosts()? {
                     let mut record = previous.clone();
                     if let Some(action) = lifecycle::resend_due(&mut record, after_ms, now) {
-                        println!(
-                            "cordon: {}: resending command {} (no answer from its agent, attempt {}).",
-                            record.host, record.generation, record.resends
+                        tracing::info!(
+                            host_id = %record.host,
+                            "{}: resending command {} (no answer from its agent, attempt {}).",
+                            record.host,
+                            record.generation,
+                            record.resends
                         );
-                        self.enqueue(&record, action, now)?;
+                        self.enqueue(&record, action, now, None)?;
                         self.store.put_host(Some(&previous), &record)?;
                     }
                 }
@@ -709,7 +1032,7 @@ impl Service {
                 for previous in self.store.hosts()? {
                     let mut record = previous.clone();
                     let effects = lifecycle::check_stale(&mut record, after_ms, now);
-                    self.apply(Some(&previous), &record, effects, now)?;
+                    self.apply(Some(&previous), &record, effects, now, None)?;
                 }
             }
             Job::Prune => {
@@ -739,15 +1062,16 @@ impl Service {
     fn reload_rules(&mut self, why: &str) {
         match load_rules(&self.config.rules.dir) {
             Ok(ruleset) => {
-                println!(
-                    "cordon: rules reloaded after {why}: {} rule(s) from {}.",
+                tracing::info!(
+                    "rules reloaded after {why}: {} rule(s) from {}.",
                     ruleset.len(),
                     self.config.rules.dir.display()
                 );
+                self.metrics.rules_loaded.set(i64::try_from(ruleset.len()).unwrap_or(i64::MAX));
                 self.ruleset = ruleset;
             }
-            Err(error) => eprintln!(
-                "cordon: error: rules NOT reloaded after {why}; the {} running rule(s) stay in force. {error:#}",
+            Err(error) => tracing::error!(
+                "rules NOT reloaded after {why}; the {} running rule(s) stay in force. {error:#}",
                 self.ruleset.len()
             ),
         }
@@ -758,7 +1082,7 @@ impl Service {
     async fn send_outbox(&self) {
         let entries = match self.store.outbox() {
             Ok(entries) => entries,
-            Err(error) => return eprintln!("cordon: error: reading the outbox: {error:#}"),
+            Err(error) => return tracing::error!("reading the outbox: {error:#}"),
         };
         if entries.is_empty() {
             return;
@@ -766,32 +1090,62 @@ impl Service {
         self.failpoint("before-send");
         let mut deliveries = Vec::with_capacity(entries.len());
         for (key, entry) in &entries {
-            let record =
+            let trace = self.in_flight.borrow().get(key.as_ref()).cloned();
+            let mut record =
                 FutureRecord::to(&self.config.kafka.commands_topic).key(&entry.host).payload(&entry.envelope);
+            if let Some(trace) = &trace {
+                record = record.headers(cordon_telemetry::propagation::kafka_headers(trace));
+            }
             // Enqueued in order, so one host's commands reach its partition in order.
             match self.producer.send_result(record) {
-                Ok(delivery) => deliveries.push((key, &entry.host, delivery)),
+                Ok(delivery) => deliveries.push((key, &entry.host, delivery, trace)),
                 Err((error, _)) => {
-                    eprintln!("cordon: error: sending a command to {}: {error}", entry.host);
+                    tracing::error!("sending a command to {}: {error}", entry.host);
                     break;
                 }
             }
         }
         let mut sent = 0;
-        for (key, host, delivery) in deliveries {
-            match delivery.await {
+        for (key, host, delivery, trace) in deliveries {
+            let failure = match delivery.await {
                 Ok(Ok(_)) => match self.store.sent(key) {
-                    Ok(()) => sent += 1,
-                    Err(error) => eprintln!("cordon: error: {error:#}"),
+                    Ok(()) => {
+                        sent += 1;
+                        None
+                    }
+                    Err(error) => Some(format!("{error:#}")),
                 },
-                Ok(Err((error, _))) => eprintln!("cordon: error: sending a command to {host}: {error}"),
-                Err(_) => eprintln!("cordon: error: sending a command to {host}: the producer went away"),
+                Ok(Err((error, _))) => Some(format!("sending a command to {host}: {error}")),
+                Err(_) => Some(format!("sending a command to {host}: the producer went away")),
+            };
+            match (failure, trace) {
+                (Some(failure), trace) => {
+                    tracing::error!("{failure}");
+                    if let Some(trace) = trace {
+                        trace.span().add_event(
+                            "send failed; the command stays in the outbox",
+                            vec![KeyValue::new("error", failure)],
+                        );
+                    }
+                }
+                (None, Some(trace)) => {
+                    trace.span().end();
+                    self.in_flight.borrow_mut().remove(key.as_ref());
+                }
+                (None, None) => {}
             }
         }
+        self.metrics.commands_sent.add(sent);
         if sent > 0 {
             if let Err(error) = self.store.flush() {
-                eprintln!("cordon: error: {error:#}");
+                tracing::error!("{error:#}");
             }
         }
     }
+}
+
+/// Epoch milliseconds of a `SystemTime`.
+fn epoch_ms(time: SystemTime) -> i64 {
+    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }

@@ -5,7 +5,7 @@
 //! and sent (then removed) only after that flush: a crash at any moment loses no command, and a
 //! command sent twice is refused by the agent as a stale generation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -68,7 +68,20 @@ pub struct Store {
     audit: sled::Tree,
     outbox: sled::Tree,
     api_calls: sled::Tree,
+    /// How many hosts are in each state and how many agents are stale, kept in step by
+    /// `put_host` (in memory, and in sled so that a restart need not read every record).
+    counts: Arc<Mutex<HostCounts>>,
+    counts_tree: sled::Tree,
 }
+
+/// Hosts by state, and stale agents: what the fleet gauges show.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostCounts {
+    pub by_state: BTreeMap<&'static str, i64>,
+    pub stale_agents: i64,
+}
+
+const STALE_KEY: &str = "stale_agents";
 
 const ENGINE_KEY: &[u8] = b"engine";
 
@@ -84,15 +97,94 @@ impl Store {
             .with_context(|| format!("cannot create state directory {}", dir.display()))?;
         let path = dir.join("orchestrator.sled");
         let db = sled::open(&path).with_context(|| format!("cannot open state store {}", path.display()))?;
-        Ok(Store {
+        let store = Store {
             hosts: db.open_tree("hosts")?,
             deadlines: db.open_tree("deadlines")?,
             audit: db.open_tree("audit")?,
             outbox: db.open_tree("outbox")?,
             api_calls: db.open_tree("api_calls")?,
             tags: Arc::default(),
+            counts: Arc::default(),
+            counts_tree: db.open_tree("counts")?,
             db,
-        })
+        };
+        store.load_counts()?;
+        Ok(store)
+    }
+
+    /// Reads the kept counts; a store written before they were kept is counted once.
+    fn load_counts(&self) -> Result<()> {
+        let mut counts = HostCounts::default();
+        if self.counts_tree.is_empty() && !self.hosts.is_empty() {
+            for record in self.hosts()? {
+                *counts.by_state.entry(record.state.name()).or_default() += 1;
+                counts.stale_agents += i64::from(record.agent_stale);
+            }
+            for (name, count) in &counts.by_state {
+                self.counts_tree.insert(name.as_bytes(), &count.to_be_bytes())?;
+            }
+            self.counts_tree.insert(STALE_KEY.as_bytes(), &counts.stale_agents.to_be_bytes())?;
+        } else {
+            for item in &self.counts_tree {
+                let (key, value) = item?;
+                let value = value.as_ref().try_into().map_or(0, i64::from_be_bytes);
+                if key.as_ref() == STALE_KEY.as_bytes() {
+                    counts.stale_agents = value;
+                } else if let Some(state) =
+                    HostState::ALL.iter().find(|s| s.name().as_bytes() == key.as_ref())
+                {
+                    counts.by_state.insert(state.name(), value);
+                }
+            }
+        }
+        *self.counts.lock().unwrap_or_else(PoisonError::into_inner) = counts;
+        Ok(())
+    }
+
+    /// Whether the store answers reads (for `/readyz`).
+    pub fn readable(&self) -> Result<()> {
+        self.hosts.first().context("the state store does not answer reads")?;
+        Ok(())
+    }
+
+    /// Hosts by state and stale agents, now.
+    pub fn counts(&self) -> HostCounts {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn count_change(&self, previous: Option<&HostRecord>, record: &HostRecord) -> Result<()> {
+        let was = previous.map(|p| (p.state, p.agent_stale));
+        if was == Some((record.state, record.agent_stale)) {
+            return Ok(());
+        }
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut changed: Vec<(&'static str, i64)> = Vec::with_capacity(3);
+        let mut shift = |name: &'static str, delta: i64, counts: &mut HostCounts| {
+            let value = if name == STALE_KEY {
+                counts.stale_agents += delta;
+                counts.stale_agents
+            } else {
+                let entry = counts.by_state.entry(name).or_default();
+                *entry += delta;
+                *entry
+            };
+            changed.push((name, value));
+        };
+        if was.map(|(state, _)| state) != Some(record.state) {
+            if let Some((state, _)) = was {
+                shift(state.name(), -1, &mut counts);
+            }
+            shift(record.state.name(), 1, &mut counts);
+        }
+        let stale_before = was.is_some_and(|(_, stale)| stale);
+        if stale_before != record.agent_stale {
+            shift(STALE_KEY, if record.agent_stale { 1 } else { -1 }, &mut counts);
+        }
+        drop(counts);
+        for (name, value) in changed {
+            self.counts_tree.insert(name.as_bytes(), &value.to_be_bytes())?;
+        }
+        Ok(())
     }
 
     pub fn host(&self, host: &str) -> Result<Option<HostRecord>> {
@@ -136,7 +228,7 @@ impl Store {
             self.deadlines.insert(deadline_key(deadline, &record.host), record.host.as_bytes())?;
         }
         self.hosts.insert(record.host.as_bytes(), serde_json::to_vec(record)?)?;
-        Ok(())
+        self.count_change(previous, record)
     }
 
     /// Hosts whose deadline is at or before `now_ms`, earliest first.
@@ -203,10 +295,11 @@ impl Store {
         Ok(())
     }
 
-    pub fn enqueue(&self, entry: &OutboxEntry) -> Result<()> {
-        let id = self.db.generate_id()?;
-        self.outbox.insert(id.to_be_bytes(), entry.to_bytes()?)?;
-        Ok(())
+    /// Returns the entry's key (the order it goes out in).
+    pub fn enqueue(&self, entry: &OutboxEntry) -> Result<[u8; 8]> {
+        let key = self.db.generate_id()?.to_be_bytes();
+        self.outbox.insert(key, entry.to_bytes()?)?;
+        Ok(key)
     }
 
     /// Outbox entries, oldest first, with their keys for removal.
