@@ -8,13 +8,15 @@
 //! 3. lift precision over 10,000 timed isolations: when each release command reached the broker,
 //!    against its isolation's deadline;
 //! 4. restart recovery with 100,000 isolations in sled: `kill -9`, then the time until the service
-//!    serves again and until it has acted on a new detection.
+//!    serves again and until it has acted on a new detection;
+//! 5. the overhead of observability: part 1's workload with telemetry off and on (traces and
+//!    metrics exported over OTLP/gRPC to a receiver in this process).
 //!
 //! Run: `cargo bench -p orchestrator --bench service` (needs tansu: `ops/install-toolchain.sh`).
 //! `CORDON_BENCH_EVENTS` sets the number of events of part 1 (default 200,000);
 //! `CORDON_BENCH_TECHNIQUES` how many ATT&CK techniques the events draw from (default 3,000: one
 //! detection in ten leads to a command; 30,000: about one in a hundred). A filter word
-//! (`throughput`, `lift`, `restart`) runs one part. The numbers go into BENCHMARKS.md.
+//! (`throughput`, `lift`, `restart`, `overhead`) runs one part. The numbers go into BENCHMARKS.md.
 
 #![allow(
     clippy::cast_precision_loss,
@@ -152,6 +154,12 @@ impl Bench {
 
     /// Starts `cordon serve` for `part` with `rules` (one file); waits until it serves.
     fn serve(&self, part: &str, rules: &str) -> Service {
+        self.serve_with(part, part, rules, "")
+    }
+
+    /// Starts `cordon serve` with its own state, group and rules (named by `part`) on the
+    /// topics of `topics`, with `extra` appended to its configuration.
+    fn serve_with(&self, part: &str, topics: &str, rules: &str, extra: &str) -> Service {
         let rules_dir = self.dir.join(part).join("rules");
         if !rules_dir.exists() {
             std::fs::create_dir_all(&rules_dir).unwrap();
@@ -161,10 +169,10 @@ impl Bench {
         std::fs::write(
             &config,
             format!(
-                "[kafka]\nbrokers = \"{b}\"\ndetections_topic = \"{part}.detections\"\ncommands_topic = \"{part}.commands\"\n\
-                 status_topic = \"{part}.status\"\ndead_letter_topic = \"{part}.dead-letter\"\ngroup_id = \"{part}\"\n\
+                "[kafka]\nbrokers = \"{b}\"\ndetections_topic = \"{topics}.detections\"\ncommands_topic = \"{topics}.commands\"\n\
+                 status_topic = \"{topics}.status\"\ndead_letter_topic = \"{topics}.dead-letter\"\ngroup_id = \"{part}\"\n\
                  instance_id = \"{part}\"\n[rules]\ndir = \"{r}\"\n[state]\ndir = \"{s}\"\n[signing]\nkey_file = \"{k}\"\n\
-                 [api]\nlisten = \"127.0.0.1:0\"\n[agents]\nresend_after_seconds = 86400\n",
+                 [api]\nlisten = \"127.0.0.1:0\"\n[agents]\nresend_after_seconds = 86400\n{extra}",
                 b = self.brokers,
                 r = rules_dir.display(),
                 s = self.dir.join(part).join("state").display(),
@@ -377,22 +385,7 @@ fn throughput_and_memory(bench: &Bench) {
         .and_then(|n| n.parse().ok())
         .unwrap_or(workload::TECHNIQUES);
     bench.topics("throughput");
-    // First one detection per host that rule-0 isolates (so all 10,000 hosts are known), then
-    // the generated mix.
-    let start = now_ms();
-    let every_host = (0..hosts).map(move |h| {
-        let event = format!(
-            r#"{{"time":{start},"severity_id":5,"device":{{"uid":"host-{h:04}"}},"finding_info":{{"uid":"first-{h}","attacks":[{{"technique":{{"uid":"T1000"}}}}]}},"process":{{"name":"x.exe"}}}}"#
-        );
-        (format!("host-{h:04}"), event)
-    });
-    let mut random = workload::Random(0x9e37_79b9_7f4a_7c15);
-    let mix = (0..events).map(move |i| {
-        let text = workload::event_from(&mut random, i, hosts, u64::try_from(start).unwrap() + i, techniques);
-        let host = text.split(r#""device":{"uid":""#).nth(1).unwrap().split('"').next().unwrap().to_owned();
-        (host, text)
-    });
-    let (produced, took) = bench.produce("throughput.detections", every_host.chain(mix));
+    let (produced, took) = produce_workload(bench, "throughput.detections", events, hosts, techniques);
     println!(
         "throughput: {techniques} techniques drawn from (the rules name 200 of them); produced {produced} detections in {:.1} s ({:.0}/s into tansu)",
         took.as_secs_f64(),
@@ -423,11 +416,9 @@ fn throughput_and_memory(bench: &Bench) {
         Duration::from_secs(600),
     );
     let done = samples.last().unwrap();
-    // The steady state: from when the warm-up (one isolation per host) is committed to the end.
+    let (steady, service_cores) = steady_rate(&samples, total, hosts);
     let first = samples.iter().find(|sample| sample.committed >= i64::from(hosts)).unwrap();
     let span = done.at.duration_since(first.at).as_secs_f64();
-    let steady = (total - first.committed) as f64 / span;
-    let service_cores = (done.service_cpu - first.service_cpu) / span;
     let broker_cores = (done.broker_cpu - first.broker_cpu) / span;
     println!(
         "throughput: cordon serve committed {total} in {:.2} s after it started serving ({:.0} events/s, \
@@ -452,6 +443,104 @@ fn throughput_and_memory(bench: &Bench) {
         peak as f64 / 1024.0
     );
     service.kill_9();
+}
+
+/// Produces one detection per host that rule-0 isolates (so all `hosts` are known), then the
+/// generated mix of `events`; returns how many and how long the broker took.
+fn produce_workload(
+    bench: &Bench,
+    topic: &str,
+    events: u64,
+    hosts: u32,
+    techniques: u32,
+) -> (usize, Duration) {
+    let start = now_ms();
+    let every_host = (0..hosts).map(move |h| {
+        let event = format!(
+            r#"{{"time":{start},"severity_id":5,"device":{{"uid":"host-{h:04}"}},"finding_info":{{"uid":"first-{h}","attacks":[{{"technique":{{"uid":"T1000"}}}}]}},"process":{{"name":"x.exe"}}}}"#
+        );
+        (format!("host-{h:04}"), event)
+    });
+    let mut random = workload::Random(0x9e37_79b9_7f4a_7c15);
+    let mix = (0..events).map(move |i| {
+        let text = workload::event_from(&mut random, i, hosts, u64::try_from(start).unwrap() + i, techniques);
+        let host = text.split(r#""device":{"uid":""#).nth(1).unwrap().split('"').next().unwrap().to_owned();
+        (host, text)
+    });
+    bench.produce(topic, every_host.chain(mix))
+}
+
+/// The steady rate of `samples`: from when the warm-up (one isolation per host) is committed
+/// to the end; with the service's CPU use over that time.
+fn steady_rate(samples: &[Sample], total: i64, hosts: u32) -> (f64, f64) {
+    let done = samples.last().unwrap();
+    let first = samples.iter().find(|sample| sample.committed >= i64::from(hosts)).unwrap();
+    let span = done.at.duration_since(first.at).as_secs_f64();
+    ((total - first.committed) as f64 / span, (done.service_cpu - first.service_cpu) / span)
+}
+
+/// Part 5, what observability costs: the same detections served with telemetry off and on
+/// (traces and metrics exported over OTLP/gRPC to a receiver in this process, on the same two
+/// cores), alternately, twice each, each run with fresh state.
+fn telemetry_overhead(bench: &Bench) {
+    let events: u64 =
+        std::env::var("CORDON_BENCH_EVENTS").ok().and_then(|n| n.parse().ok()).unwrap_or(200_000);
+    let hosts = 10_000;
+    bench.topics("overhead");
+    let (produced, _) = produce_workload(bench, "overhead.detections", events, hosts, workload::TECHNIQUES);
+    let total = i64::try_from(produced).unwrap();
+    let spans = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = std::sync::Arc::clone(&spans);
+    let receiver = cordon_tests::otlp::Receiver::start(
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        0,
+        0,
+        std::sync::Arc::new(move |received| {
+            if matches!(received, cordon_tests::otlp::Received::Span(_)) {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }),
+    )
+    .unwrap();
+    let exporting =
+        format!("[telemetry]\notlp_endpoint = \"http://{}\"\notlp_protocol = \"grpc\"\n", receiver.grpc);
+    let mut rates: HashMap<bool, Vec<f64>> = HashMap::new();
+    for round in 0..2 {
+        for on in [false, true] {
+            let part = format!("overhead-{round}-{}", if on { "on" } else { "off" });
+            let before = spans.load(std::sync::atomic::Ordering::Relaxed);
+            let service = bench.serve_with(
+                &part,
+                "overhead",
+                &workload::rules_text(100),
+                if on { &exporting } else { "" },
+            );
+            let samples = wait_committed(
+                bench,
+                &service,
+                &part,
+                "overhead.detections",
+                total,
+                Duration::from_secs(600),
+            );
+            let (rate, cores) = steady_rate(&samples, total, hosts);
+            std::thread::sleep(Duration::from_secs(2));
+            let exported = spans.load(std::sync::atomic::Ordering::Relaxed) - before;
+            println!(
+                "overhead: telemetry {}: {rate:.0} events/s once the hosts were known, {cores:.2} cores; {exported} spans received",
+                if on { "ON (OTLP/gRPC)" } else { "off" }
+            );
+            rates.entry(on).or_default().push(rate);
+            service.kill_9();
+        }
+    }
+    let mean = |on: bool| rates[&on].iter().sum::<f64>() / rates[&on].len() as f64;
+    println!(
+        "overhead: with telemetry on, {:.1}% of the throughput with it off (mean of 2 runs each: {:.0} vs {:.0} events/s; target >= 90%)",
+        mean(true) * 100.0 / mean(false),
+        mean(true),
+        mean(false)
+    );
 }
 
 fn lift_precision(bench: &Bench) {
@@ -615,5 +704,8 @@ fn main() {
     }
     if wanted("restart") {
         restart_recovery(&bench);
+    }
+    if wanted("overhead telemetry") {
+        telemetry_overhead(&bench);
     }
 }

@@ -18,7 +18,9 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{SdkMeterProvider, Temporality};
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
+};
 use opentelemetry_sdk::Resource;
 use serde::Deserialize;
 
@@ -233,7 +235,10 @@ impl Telemetry {
                 }
                 let exporter = exporter.build().map_err(|e| failed("traces", &e))?;
                 builder
-                    .with_batch_exporter(OnRuntime { inner: exporter, runtime: runtime.handle().clone() })
+                    .with_span_processor(batch(OnRuntime {
+                        inner: exporter,
+                        runtime: runtime.handle().clone(),
+                    }))
                     .build()
             } else {
                 let mut exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -242,7 +247,9 @@ impl Telemetry {
                 if let Some(endpoint) = &plan.endpoint {
                     exporter = exporter.with_endpoint(signal_url(endpoint, "traces"));
                 }
-                builder.with_batch_exporter(exporter.build().map_err(|e| failed("traces", &e))?).build()
+                builder
+                    .with_span_processor(batch(exporter.build().map_err(|e| failed("traces", &e))?))
+                    .build()
             };
             telemetry.tracer = Some(provider.tracer(service_name));
             telemetry.tracer_provider = Some(provider);
@@ -339,6 +346,24 @@ impl Drop for Telemetry {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The span batcher: the `OTEL_BSP_*` variables where set; otherwise a queue deep enough for a
+/// flood of decisions (65,536 spans; the SDK's 2,048 would drop most of a burst's spans), large
+/// batches, and export every second (a SOC lead should not wait 5 s for a trace).
+fn batch<E: SpanExporter + 'static>(exporter: E) -> BatchSpanProcessor {
+    let unset = |name: &str| std::env::var(name).map_or(true, |value| value.trim().is_empty());
+    let mut config = BatchConfigBuilder::default();
+    if unset("OTEL_BSP_MAX_QUEUE_SIZE") {
+        config = config.with_max_queue_size(65_536);
+    }
+    if unset("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
+        config = config.with_max_export_batch_size(2_048);
+    }
+    if unset("OTEL_BSP_SCHEDULE_DELAY") {
+        config = config.with_scheduled_delay(Duration::from_secs(1));
+    }
+    BatchSpanProcessor::builder(exporter).with_batch_config(config.build()).build()
 }
 
 fn http_protocol(choice: ProtocolChoice) -> Protocol {

@@ -113,6 +113,8 @@ struct Service {
 /// A state change waiting to be durable before it is logged, with the ids its spans carry.
 struct Transition {
     audit: lifecycle::AuditEntry,
+    event_id: Option<String>,
+    /// The command the change issued, or the one an agent's report answered.
     command_id: Option<String>,
     trace_id: String,
 }
@@ -724,11 +726,11 @@ impl Service {
         if !transitions.is_empty() {
             self.metrics.show_counts(&self.store.counts());
         }
-        for Transition { audit, command_id, trace_id } in transitions {
+        for Transition { audit, event_id, command_id, trace_id } in transitions {
             tracing::info!(
                 host_id = %audit.host,
                 state = audit.to.name(),
-                event_id = audit.event_id.as_deref().unwrap_or(""),
+                event_id = event_id.as_deref().unwrap_or(""),
                 command_id = command_id.as_deref().unwrap_or(""),
                 trace_id = %trace_id,
                 "{}: {} -> {} by {} (generation {}): {}",
@@ -761,7 +763,9 @@ impl Service {
         if let Some(audit) = effects.audit {
             self.store.audit(&audit)?;
             let trace_id = trace.map(cordon_telemetry::propagation::trace_id_of).unwrap_or_default();
-            self.transitions.borrow_mut().push(Transition { audit, command_id, trace_id });
+            // The event behind the isolation, also on the agent's and the scheduler's steps.
+            let event_id = audit.event_id.clone().or_else(|| record.event_id.clone());
+            self.transitions.borrow_mut().push(Transition { audit, event_id, command_id, trace_id });
         }
         if previous != Some(record) {
             self.store.put_host(previous, record)?;
@@ -872,7 +876,13 @@ impl Service {
                 self.metrics.detection_to_enforced.observe((now - detected).max(0) as f64 / 1e3);
             }
         }
+        let said = self.transitions.borrow().len();
         self.apply(previous.as_ref(), &record, effects, now, consume.as_ref())?;
+        if let Some(this) = self.transitions.borrow_mut().get_mut(said) {
+            if this.command_id.is_none() {
+                this.command_id.clone_from(&status.command_id);
+            }
+        }
         if let Some(consume) = consume {
             consume.span().set_attribute(KeyValue::new("cordon.state", record.state.name()));
             consume.span().end();
