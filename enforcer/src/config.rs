@@ -126,6 +126,7 @@ mod tests {
         assert_eq!(config.host_id.as_deref(), Some("web-01"));
         assert_eq!(config.kafka.as_ref().and_then(|k| k.fetch_wait_ms), Some(500));
         assert_eq!(config.brokers(), vec!["broker-1:9092", "broker-2:9092"]);
+        assert_eq!(config.telemetry.log_format, cordon_telemetry::LogFormat::Human);
     }
 
     #[test]

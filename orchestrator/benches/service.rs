@@ -480,8 +480,9 @@ fn steady_rate(samples: &[Sample], total: i64, hosts: u32) -> (f64, f64) {
 }
 
 /// Part 5, what observability costs: the same detections served with telemetry off and on
-/// (traces and metrics exported over OTLP/gRPC to a receiver in this process, on the same two
-/// cores), alternately, twice each, each run with fresh state.
+/// (traces and metrics exported over OTLP/gRPC to a receiver in this process that decodes and
+/// counts them, on the same two cores), alternately, three times each, each run with fresh
+/// state; medians compared (runs differ by up to a third from one another on this machine).
 fn telemetry_overhead(bench: &Bench) {
     let events: u64 =
         std::env::var("CORDON_BENCH_EVENTS").ok().and_then(|n| n.parse().ok()).unwrap_or(200_000);
@@ -489,26 +490,18 @@ fn telemetry_overhead(bench: &Bench) {
     bench.topics("overhead");
     let (produced, _) = produce_workload(bench, "overhead.detections", events, hosts, workload::TECHNIQUES);
     let total = i64::try_from(produced).unwrap();
-    let spans = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counted = std::sync::Arc::clone(&spans);
-    let receiver = cordon_tests::otlp::Receiver::start(
-        std::net::Ipv4Addr::LOCALHOST.into(),
-        0,
-        0,
-        std::sync::Arc::new(move |received| {
-            if matches!(received, cordon_tests::otlp::Received::Span(_)) {
-                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }),
-    )
-    .unwrap();
+    let receiver =
+        cordon_tests::otlp::Receiver::start(std::net::Ipv4Addr::LOCALHOST.into(), 0, 0, None).unwrap();
+    let counts = std::sync::Arc::clone(&receiver.counts);
     let exporting =
         format!("[telemetry]\notlp_endpoint = \"http://{}\"\notlp_protocol = \"grpc\"\n", receiver.grpc);
     let mut rates: HashMap<bool, Vec<f64>> = HashMap::new();
-    for round in 0..2 {
-        for on in [false, true] {
+    let mut costs: HashMap<bool, Vec<f64>> = HashMap::new();
+    // Off, on, on, off, off, on: each setting runs as often first as last.
+    for (round, order) in [[false, true], [true, false], [false, true]].iter().enumerate() {
+        for &on in order {
             let part = format!("overhead-{round}-{}", if on { "on" } else { "off" });
-            let before = spans.load(std::sync::atomic::Ordering::Relaxed);
+            let before = counts.spans.load(std::sync::atomic::Ordering::Relaxed);
             let service = bench.serve_with(
                 &part,
                 "overhead",
@@ -525,21 +518,28 @@ fn telemetry_overhead(bench: &Bench) {
             );
             let (rate, cores) = steady_rate(&samples, total, hosts);
             std::thread::sleep(Duration::from_secs(2));
-            let exported = spans.load(std::sync::atomic::Ordering::Relaxed) - before;
+            let exported = counts.spans.load(std::sync::atomic::Ordering::Relaxed) - before;
+            let cost = cores * 1e6 / rate;
             println!(
-                "overhead: telemetry {}: {rate:.0} events/s once the hosts were known, {cores:.2} cores; {exported} spans received",
+                "overhead: telemetry {}: {rate:.0} events/s once the hosts were known, {cores:.2} cores ({cost:.1} CPU-us per event); {exported} spans received",
                 if on { "ON (OTLP/gRPC)" } else { "off" }
             );
             rates.entry(on).or_default().push(rate);
+            costs.entry(on).or_default().push(cost);
             service.kill_9();
         }
     }
-    let mean = |on: bool| rates[&on].iter().sum::<f64>() / rates[&on].len() as f64;
+    let median = |values: &[f64]| {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    };
+    let (on, off) = (median(&rates[&true]), median(&rates[&false]));
     println!(
-        "overhead: with telemetry on, {:.1}% of the throughput with it off (mean of 2 runs each: {:.0} vs {:.0} events/s; target >= 90%)",
-        mean(true) * 100.0 / mean(false),
-        mean(true),
-        mean(false)
+        "overhead: with telemetry on, {:.1}% of the throughput with it off (medians of 3 runs each: {on:.0} vs {off:.0} events/s; target >= 90%); CPU per event {:.1} vs {:.1} us",
+        on * 100.0 / off,
+        median(&costs[&true]),
+        median(&costs[&false])
     );
 }
 

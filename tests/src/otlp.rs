@@ -82,7 +82,15 @@ pub type Sink = Arc<dyn Fn(Received) + Send + Sync>;
 pub struct Receiver {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// Spans and metric data points received so far (whatever the sink).
+    pub counts: Arc<Counts>,
     runtime: Option<tokio::runtime::Runtime>,
+}
+
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub spans: std::sync::atomic::AtomicU64,
+    pub metrics: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Receiver {
@@ -94,8 +102,15 @@ impl Drop for Receiver {
 }
 
 impl Receiver {
-    /// Listens on `address` (port 0: any free port) for gRPC and HTTP.
-    pub fn start(address: IpAddr, grpc_port: u16, http_port: u16, sink: Sink) -> std::io::Result<Receiver> {
+    /// Listens on `address` (port 0: any free port) for gRPC and HTTP; hands every span and
+    /// metric to `sink` (none: only counts them, as a collector that forwards would cost).
+    pub fn start(
+        address: IpAddr,
+        grpc_port: u16,
+        http_port: u16,
+        sink: Option<Sink>,
+    ) -> std::io::Result<Receiver> {
+        let counts = Arc::new(Counts::default());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("otlp-receiver")
@@ -105,13 +120,13 @@ impl Receiver {
             let grpc_listener = tokio::net::TcpListener::bind((address, grpc_port)).await?;
             let http_listener = tokio::net::TcpListener::bind((address, http_port)).await?;
             let (grpc, http) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
-            let collector = Collector { sink: Arc::clone(&sink), protocol: "grpc" };
+            let collector = Collector { sink: sink.clone(), counts: Arc::clone(&counts), protocol: "grpc" };
             let server = tonic::transport::Server::builder()
                 .add_service(TraceServiceServer::new(collector.clone()))
                 .add_service(MetricsServiceServer::new(collector))
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(grpc_listener));
             tokio::spawn(server);
-            let collector = Collector { sink, protocol: "http" };
+            let collector = Collector { sink, counts: Arc::clone(&counts), protocol: "http" };
             let app = axum::Router::new()
                 .route("/v1/traces", axum::routing::post(http_traces))
                 .route("/v1/metrics", axum::routing::post(http_metrics))
@@ -119,18 +134,23 @@ impl Receiver {
             tokio::spawn(async move { axum::serve(http_listener, app).await });
             Ok::<_, std::io::Error>((grpc, http))
         })?;
-        Ok(Receiver { grpc, http, runtime: Some(runtime) })
+        Ok(Receiver { grpc, http, counts, runtime: Some(runtime) })
     }
 }
 
 #[derive(Clone)]
 struct Collector {
-    sink: Sink,
+    sink: Option<Sink>,
+    counts: Arc<Counts>,
     protocol: &'static str,
 }
 
 impl Collector {
     fn traces(&self, request: &ExportTraceServiceRequest) {
+        let count: usize =
+            request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|scope| scope.spans.len()).sum();
+        self.counts.spans.fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
+        let Some(sink) = &self.sink else { return };
         for resource_spans in &request.resource_spans {
             let service = resource_spans
                 .resource
@@ -139,7 +159,7 @@ impl Collector {
                 .unwrap_or_default();
             for scope_spans in &resource_spans.scope_spans {
                 for span in &scope_spans.spans {
-                    (self.sink)(Received::Span(ReceivedSpan {
+                    sink(Received::Span(ReceivedSpan {
                         service: service.clone(),
                         name: span.name.clone(),
                         trace_id: hex(&span.trace_id),
@@ -161,7 +181,10 @@ impl Collector {
         for resource_metrics in &request.resource_metrics {
             for scope_metrics in &resource_metrics.scope_metrics {
                 for metric in &scope_metrics.metrics {
-                    (self.sink)(Received::Metric(metric.name.clone(), self.protocol));
+                    self.counts.metrics.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if let Some(sink) = &self.sink {
+                        sink(Received::Metric(metric.name.clone(), self.protocol));
+                    }
                 }
             }
         }
@@ -262,7 +285,7 @@ pub fn probe(address: &str, grpc_port: &str, http_port: &str) {
         address,
         grpc_port.parse().expect("probe: bad port"),
         http_port.parse().expect("probe: bad port"),
-        print,
+        Some(print),
     )
     .expect("probe: cannot start the OTLP receiver");
     println!("ready");

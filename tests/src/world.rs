@@ -289,6 +289,13 @@ impl World {
         Ok(())
     }
 
+    /// `cordon-enforcer status --json` on the host, as an operator there would run it.
+    pub fn agent_status(&self) -> serde_json::Value {
+        let (code, stdout, stderr) = output_of(self.sandbox.enforcer(&self.enforcer, &["status", "--json"]));
+        assert_eq!(code, 0, "cordon-enforcer status: {stderr}");
+        serde_json::from_str(&stdout).expect("status --json is JSON")
+    }
+
     /// One probe run on the peer; its answer line.
     pub fn peer(&self, args: &[&str]) -> String {
         let mut full = vec!["probe"];

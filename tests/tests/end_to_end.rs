@@ -223,6 +223,15 @@ fn agent_killed_while_isolated() -> Result<(), Failed> {
     let deadline = epoch_ms(&world.wait_for_state("isolated", Duration::from_secs(10))["expires_at"]);
     world.kill_agent();
     check("after kill -9 of the agent", &world.host_connects(), "error EPERM")?;
+    // `status` on the host says the agent is gone, and that the isolation still holds.
+    let status = world.agent_status();
+    if status["agent"]["running"] != false || status["isolated"] != true || status["pins_intact"] != true {
+        return Err(format!("status after kill -9 of the agent: {status:#}").into());
+    }
+    let problems = status["agent"]["problems"].to_string();
+    if !problems.contains("is not running") {
+        return Err(format!("status does not say the agent is not running: {problems}").into());
+    }
     world.start_agent();
     check("after the agent's restart", &world.host_connects(), "error EPERM")?;
     // The deadline is still honoured, and the restarted agent confirms the release.
@@ -254,6 +263,17 @@ fn one_trace_per_detection() -> Result<(), Failed> {
     let mut world = World::start(RULES, &Options { otlp: true, ..Options::default() });
     world.detect(HOST, "incident-trace", 5);
     world.wait_for_state("isolated", Duration::from_secs(10));
+    // The agent's own health, as `cordon-enforcer status` shows it on the host.
+    let status = world.agent_status();
+    let agent = &status["agent"];
+    if agent["running"] != true
+        || agent["kafka_connected"] != true
+        || agent["last_command"]["command_id"] != format!("{HOST}-1")
+        || agent["last_command"]["outcome"] != "applied"
+        || status["pins_intact"] != true
+    {
+        return Err(format!("the agent's health in status: {status:#}").into());
+    }
     // The agent exports while its host is isolated: the collector is on its management channel.
     let trace_of_detection = |spans: &[ReceivedSpan]| {
         let Some(root) = spans.iter().find(|s| {

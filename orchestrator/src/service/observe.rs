@@ -125,3 +125,34 @@ impl Default for Metrics {
         Metrics::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every series the Grafana dashboard in ops/ queries is one the service serves.
+    #[test]
+    fn the_dashboard_queries_only_metrics_that_exist() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/grafana/cordon.json");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read the dashboard")).expect("JSON");
+        let served = Metrics::new().registry.render_prometheus();
+        let mut queried = 0;
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().expect("a PromQL expression");
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if word.starts_with("cordon_") {
+                        queried += 1;
+                        let series = word.trim_end_matches("_bucket");
+                        assert!(
+                            served.lines().any(|line| line.starts_with(&format!("# TYPE {series} "))),
+                            "the dashboard queries {word}, which /metrics does not serve"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(queried >= 15, "{queried} series queried");
+    }
+}
