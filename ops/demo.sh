@@ -156,7 +156,7 @@ EOF
 on_host "$enforcer" --cgroup "$cgroup" --pin-dir "$pins" --state-dir "$dir/agent" --config "$dir/enforcer.toml" run > "$dir/agent.log" 2>&1 &
 pids+=($!)
 wait_for "$dir/agent.log" "command channel connected" 30
-show "$(grep -m1 'command channel connected' "$dir/agent.log")"
+show "$(grep -m1 'command channel connected' "$dir/agent.log" | sed 's/^.*INFO //')"
 
 say "Before: the demo host reaches its peer"
 show "new connection to $peer_ip:8080: $(connect)"
