@@ -45,6 +45,17 @@ pub fn read(state_dir: &Path) -> Option<AgentHealth> {
     serde_json::from_slice(&std::fs::read(path(state_dir)).ok()?).ok()
 }
 
+/// Whether `pid` is a live `cordon-enforcer` (pids are reused: the name is checked; a killed
+/// process its parent has not reaped yet is a zombie, not an agent).
+fn is_agent_process(pid: u32) -> bool {
+    // /proc/PID/stat: "PID (COMM) STATE ..."; COMM is cut to 15 bytes: exactly "cordon-enforcer".
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let Some((head, rest)) = stat.rsplit_once(')') else { return false };
+    let named = head.split_once('(').is_some_and(|(_, comm)| comm == "cordon-enforcer");
+    let state = rest.trim_start().chars().next().unwrap_or('X');
+    named && !matches!(state, 'Z' | 'X' | 'x')
+}
+
 /// The agent's health as `status` shows it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct AgentView {
@@ -75,9 +86,7 @@ pub fn view(state_dir: &Path, now_ms: i64) -> AgentView {
         };
     };
     let mut problems = Vec::new();
-    // /proc/PID/comm is cut to 15 bytes: exactly "cordon-enforcer".
-    let alive = std::fs::read_to_string(format!("/proc/{}/comm", health.pid))
-        .is_ok_and(|comm| comm.trim_end() == "cordon-enforcer");
+    let alive = is_agent_process(health.pid);
     let silent_ms = now_ms - health.updated_at_ms;
     let allowed_ms = i64::try_from(health.heartbeat_seconds.max(1)).unwrap_or(30) * 3_000;
     if !alive {
@@ -146,5 +155,17 @@ mod tests {
         write(&dir, &health).unwrap();
         assert!(!view(&dir, 2_000).running);
         assert_eq!(read(&dir), Some(health));
+    }
+
+    #[test]
+    fn a_zombie_is_not_a_running_agent() {
+        // A child that exits and is not reaped yet stays in /proc as a zombie.
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        assert!(stat.contains(") Z"), "{stat}");
+        assert!(!is_agent_process(pid));
+        drop(child);
     }
 }
