@@ -189,6 +189,14 @@ pub fn install(
     result
 }
 
+/// Writes the generation of the isolation in force into its config (shown by `status`).
+pub fn set_generation(pins: &Pins, generation: u64) -> Result<()> {
+    let mut maps = LiveMaps::open(pins)?;
+    let config = Config { generation, ..maps.config()? };
+    maps.config.set(0, config, 0).context("cannot write the config map")?;
+    Ok(())
+}
+
 /// Loads and pins the programs and maps without attaching anything (see [`Pins::armed`]).
 pub fn arm(pins: &Pins, enforcement: &Enforcement<'_>) -> Result<()> {
     if pins.root.exists() {

@@ -172,47 +172,69 @@ pub fn effective_exclusions(record: &IsolationRecord) -> Result<Vec<Exclusion>> 
 /// Isolates the target, or updates the isolation in force without ever opening it.
 pub fn isolate(target: &Target, request: &IsolateRequest) -> Result<IsolateOutcome> {
     let _lock = lock_changes(target)?;
-    let store = Store::open(&target.state_dir)?;
-    let previous = store.current()?;
-    let now = now_unix_ms();
-    let expires_at_unix_ms =
-        request.duration.map(|d| now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
-    let record = IsolationRecord {
-        version: IsolationRecord::new_version(),
-        mode: if request.duration.is_some() { Mode::Automatic } else { Mode::Manual },
-        started_at_unix_ms: previous
-            .as_ref()
-            .filter(|_| target.pins.installed())
-            .map_or(now, |p| p.started_at_unix_ms),
-        expires_at_unix_ms,
-        reason: request.reason.clone(),
-        exclusions: request.exclusions.iter().map(ToString::to_string).collect(),
-        management: request.management.iter().map(ToString::to_string).collect(),
-        allowed_processes: request.allowed_processes.clone(),
-        allow_dns: request.allow_dns,
-        allow_dhcp: request.allow_dhcp,
-        cgroup: target.cgroup.clone(),
-        interfaces: request.interfaces.clone(),
-        generation: previous.as_ref().map_or(0, |p| p.generation) + 1,
-    };
-    let before = Before::read(&target.pins);
-    let updated_live = before.installed && previous.is_some();
-    let outcome = apply_record(target, &record, before)?;
-    if let Err(error) = store.set_current(&record) {
-        before.roll_back(&target.pins);
-        return Err(error.context("the isolation was rolled back because it could not be recorded"));
-    }
-    let detail = match record.expires_at_unix_ms {
-        Some(deadline) => format!("automatic until {}", format_time(deadline)),
-        None => "manual".to_owned(),
-    };
-    store.audit(&AuditEntry {
-        at_unix_ms: now,
-        event: if updated_live { "updated" } else { "isolated" }.into(),
-        actor: request.actor.clone(),
-        detail: format!("{detail}; reason: {}", record.reason.as_deref().unwrap_or("none given")),
-    })?;
-    Ok(IsolateOutcome { updated_live, record, ..outcome })
+    // Opening the store (sled) takes as long as attaching the programs: the previous record is
+    // read on another thread while the kernel starts enforcing, and the record completed after
+    // (its generation, which the kernel holds only to be shown, is written last).
+    std::thread::scope(|scope| {
+        let reading = scope.spawn(|| -> Result<(Store, Option<IsolationRecord>)> {
+            let store = Store::open(&target.state_dir)?;
+            let previous = store.current()?;
+            Ok((store, previous))
+        });
+        let now = now_unix_ms();
+        let expires_at_unix_ms =
+            request.duration.map(|d| now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
+        let mut record = IsolationRecord {
+            version: IsolationRecord::new_version(),
+            mode: if request.duration.is_some() { Mode::Automatic } else { Mode::Manual },
+            started_at_unix_ms: now,
+            expires_at_unix_ms,
+            reason: request.reason.clone(),
+            exclusions: request.exclusions.iter().map(ToString::to_string).collect(),
+            management: request.management.iter().map(ToString::to_string).collect(),
+            allowed_processes: request.allowed_processes.clone(),
+            allow_dns: request.allow_dns,
+            allow_dhcp: request.allow_dhcp,
+            cgroup: target.cgroup.clone(),
+            interfaces: request.interfaces.clone(),
+            generation: 0,
+        };
+        let before = Before::read(&target.pins);
+        let applied = apply_record(target, &record, before);
+        let read = reading.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let outcome = applied?;
+        let (store, previous) = match read {
+            Ok(read) => read,
+            Err(error) => {
+                before.roll_back(&target.pins);
+                return Err(
+                    error.context("the isolation was rolled back because its record could not be read")
+                );
+            }
+        };
+        record.generation = previous.as_ref().map_or(0, |p| p.generation) + 1;
+        if let Some(previous) = previous.as_ref().filter(|_| before.installed) {
+            record.started_at_unix_ms = previous.started_at_unix_ms;
+        }
+        let updated_live = before.installed && previous.is_some();
+        let recorded =
+            bpf::set_generation(&target.pins, record.generation).and_then(|()| store.set_current(&record));
+        if let Err(error) = recorded {
+            before.roll_back(&target.pins);
+            return Err(error.context("the isolation was rolled back because it could not be recorded"));
+        }
+        let detail = match record.expires_at_unix_ms {
+            Some(deadline) => format!("automatic until {}", format_time(deadline)),
+            None => "manual".to_owned(),
+        };
+        store.audit(&AuditEntry {
+            at_unix_ms: now,
+            event: if updated_live { "updated" } else { "isolated" }.into(),
+            actor: request.actor.clone(),
+            detail: format!("{detail}; reason: {}", record.reason.as_deref().unwrap_or("none given")),
+        })?;
+        Ok(IsolateOutcome { updated_live, record, ..outcome })
+    })
 }
 
 /// What the pins held before a change, so a failed change can go back to exactly that.
