@@ -575,12 +575,18 @@ fn rules_reload_on_change_and_sighup_and_a_broken_set_is_refused() {
     std::fs::remove_file(harness.dir.join("rules/broken.yaml")).unwrap();
     std::fs::write(
         harness.dir.join("rules/low.yaml"),
-        "id: low\ntitle: Low\ndetection:\n  selection:\n    severity_id: 2\n  condition: selection\n\
+        "id: low\ntitle: Low\ndetection:\n  selection:\n    process.name: evil.exe\n  condition: selection\n\
          response:\n  isolate:\n    mode: manual\n",
     )
     .unwrap();
     wait_for_line(&lines, "rules reloaded after a change in the rules directory: 3 rule(s)");
-    harness.produce("edr.detections", "h-2", &detection("h-2", "r-2", 2));
+    // A field no rule looked at before the reload: events are parsed for the new rules.
+    let with_process = String::from_utf8(detection("h-2", "r-2", 2)).unwrap().replacen(
+        r#""severity_id""#,
+        r#""process":{"name":"evil.exe","pid":4},"severity_id""#,
+        1,
+    );
+    harness.produce("edr.detections", "h-2", with_process.as_bytes());
     let command = next_command(&commands, &key, Duration::from_secs(10));
     assert_eq!(command.host_id, "h-2");
     assert!(matches!(command.action, cordon_wire::Action::Isolate { duration_seconds: None, .. }));

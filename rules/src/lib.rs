@@ -26,7 +26,7 @@ pub use decision::{Action, Decision, Exclusions, Isolation, IsolationMode, Reaso
 pub use diagnostic::{Diagnostic, Position};
 pub use duration::{format_duration, parse_duration, DurationError, MAX_DURATION};
 pub use engine::{dry_run, dry_run_rule, evaluate, DryRun, RuleVerdict};
-pub use event::{Event, EventError};
+pub use event::{Event, EventError, Projection};
 pub use ruleset::Ruleset;
 pub use state::{EngineState, DEDUP_CAPACITY};
 pub use testing::{describe_decision, run_test, RuleDirectory, SourceFile, TestOutcome, TestResult};

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::condition::Condition;
 use crate::config::{Policy, RuleConfig, Selection};
 use crate::diagnostic::{Diagnostic, Position};
-use crate::event::{Event, FieldPath};
+use crate::event::{Event, FieldPath, Projection};
 use crate::matcher::{with_folded, FieldMatcher, Substrings};
 
 /// The rules to evaluate and the policy that overrides them. Build it once, share it read-only.
@@ -27,6 +27,8 @@ pub struct Ruleset {
     dispatch: Vec<Dispatch>,
     substring_dispatch: Vec<SubstringDispatch>,
     unindexed: Vec<u32>,
+    /// Every field a rule can look at.
+    projection: Projection,
 }
 
 /// Rules filed under texts a field must contain: one automaton finds all of them in one pass.
@@ -68,7 +70,20 @@ impl Ruleset {
         let rules: Vec<RuleConfig> = rules.into_iter().filter(|rule| rule.enabled).collect();
         let (dispatch, substring_dispatch, unindexed) = index_rules(&rules);
         let protected_tags = policy.protect.iter().map(|tag| tag.to_lowercase()).collect();
-        Ok(Self { rules, policy, protected_tags, dispatch, substring_dispatch, unindexed })
+        let projection = Projection::of(rules.iter().flat_map(|rule| {
+            let matchers =
+                rule.selections.iter().flat_map(|s| s.alternatives.iter().flatten()).map(FieldMatcher::path);
+            let grouped = rule.threshold.iter().flat_map(|t| t.group_by.iter().flatten());
+            matchers.chain(grouped)
+        }));
+        Ok(Self { rules, policy, protected_tags, dispatch, substring_dispatch, unindexed, projection })
+    }
+
+    /// The fields of an event this rule set can look at: parse events with
+    /// [`Event::parse_projected`] and this, and they evaluate as if parsed whole, for less.
+    #[must_use]
+    pub fn projection(&self) -> &Projection {
+        &self.projection
     }
 
     /// The number of enabled rules.

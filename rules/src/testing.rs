@@ -9,6 +9,7 @@ use crate::decision::{Action, Decision, IsolationMode};
 use crate::diagnostic::{Diagnostic, Position};
 use crate::duration::format_duration;
 use crate::engine::evaluate;
+use crate::event::Event;
 use crate::ruleset::Ruleset;
 use crate::state::EngineState;
 
@@ -163,13 +164,21 @@ fn duplicate_ids(rule_files: &[SourceFile]) -> Vec<Diagnostic> {
 /// else from the event's `device.groups[].name`.
 #[must_use]
 pub fn run_test(ruleset: &Ruleset, test: &TestCase) -> TestResult {
-    let mut state = EngineState::new();
-    let mut decisions = Vec::new();
-    for event in &test.events {
-        let tags = test.host_tags.get(event.host()).cloned().unwrap_or_else(|| event.device_group_names());
-        decisions.extend(evaluate(ruleset, &mut state, event, event.time_ms(), &tags));
-    }
+    let decisions = replay(ruleset, test, Clone::clone);
     let mut mismatches = Vec::new();
+    // `cordon serve` parses events through the rule set's projection: it must decide the same.
+    let projected = replay(ruleset, test, |event| {
+        Event::parse_projected(&event.fields().to_string(), ruleset.projection())
+            .expect("an event that parsed whole parses projected")
+    });
+    if projected != decisions {
+        mismatches.push(format!(
+            "events parsed through the rule set's projection (as `cordon serve` parses them) decided \
+             differently: {} decision(s) instead of {}",
+            projected.len(),
+            decisions.len()
+        ));
+    }
     if decisions.len() == test.expect.len() {
         for (number, (expected, decision)) in test.expect.iter().zip(&decisions).enumerate() {
             compare(number + 1, expected, decision, &mut mismatches);
@@ -186,6 +195,18 @@ pub fn run_test(ruleset: &Ruleset, test: &TestCase) -> TestResult {
     } else {
         TestResult::Failed(mismatches)
     }
+}
+
+/// The decisions of the test's events, each as `prepare` makes it, against a fresh state.
+fn replay(ruleset: &Ruleset, test: &TestCase, prepare: impl Fn(&Event) -> Event) -> Vec<Decision> {
+    let mut state = EngineState::new();
+    let mut decisions = Vec::new();
+    for event in &test.events {
+        let event = prepare(event);
+        let tags = test.host_tags.get(event.host()).cloned().unwrap_or_else(|| event.device_group_names());
+        decisions.extend(evaluate(ruleset, &mut state, &event, event.time_ms(), &tags));
+    }
+    decisions
 }
 
 fn compare(number: usize, expected: &ExpectedDecision, decision: &Decision, mismatches: &mut Vec<String>) {

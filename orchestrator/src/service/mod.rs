@@ -108,7 +108,14 @@ struct Service {
     in_flight: std::cell::RefCell<HashMap<Vec<u8>, TraceContext>>,
     /// Each agent's last packet counters, for the fleet totals.
     packets: HashMap<String, (u64, u64)>,
+    /// The rule set's projection, and the reader thread's copy of it.
+    projection: Arc<rules::Projection>,
+    shared_projection: SharedProjection,
 }
+
+/// The projection the reader thread parses detections through; the loop replaces it when the
+/// rules change.
+type SharedProjection = Arc<std::sync::Mutex<Arc<rules::Projection>>>;
 
 /// A state change waiting to be durable before it is logged, with the ids its spans carry.
 struct Transition {
@@ -294,6 +301,22 @@ fn start_telemetry(
     Ok((telemetry, metrics))
 }
 
+/// Starts the reader thread (see [`read_batches`]).
+fn start_reader(
+    consumer: &Arc<DetectionConsumer>,
+    status_topic: &str,
+    brokers: &str,
+    batches: mpsc::Sender<ConsumedBatch>,
+    projection: &SharedProjection,
+) -> Result<std::thread::JoinHandle<()>> {
+    let (consumer, status_topic, brokers, projection) =
+        (Arc::clone(consumer), status_topic.to_owned(), brokers.to_owned(), Arc::clone(projection));
+    std::thread::Builder::new()
+        .name("cordon-reader".into())
+        .spawn(move || read_batches(&consumer, &status_topic, &brokers, &batches, &projection))
+        .context("cannot start the Kafka reader thread")
+}
+
 /// Runs the service until `shutdown` completes. `brokers` is the resolved bootstrap list.
 pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<Output = ()>) -> Result<()> {
     let ruleset = load_rules(&config.rules.dir)?;
@@ -308,14 +331,10 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let (telemetry, metrics) = start_telemetry(&config, &store, &ruleset)?;
     let consumer = Arc::new(detection_consumer(&config.kafka, brokers, Arc::clone(&metrics))?);
     let (batches_tx, mut batches) = mpsc::channel::<ConsumedBatch>(1);
-    let reader = {
-        let (consumer, status_topic) = (Arc::clone(&consumer), config.kafka.status_topic.clone());
-        let brokers = brokers.to_owned();
-        std::thread::Builder::new()
-            .name("cordon-reader".into())
-            .spawn(move || read_batches(&consumer, &status_topic, &brokers, &batches_tx))
-            .context("cannot start the Kafka reader thread")?
-    };
+    let projection = Arc::new(ruleset.projection().clone());
+    let shared_projection: SharedProjection = Arc::new(std::sync::Mutex::new(Arc::clone(&projection)));
+    let reader =
+        start_reader(&consumer, &config.kafka.status_topic, brokers, batches_tx, &shared_projection)?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("partitioner", "murmur2_random")
@@ -348,6 +367,8 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         spans: Spans::new(telemetry.tracer().cloned()),
         in_flight: std::cell::RefCell::default(),
         packets: HashMap::new(),
+        projection,
+        shared_projection,
     };
     tracing::info!("telemetry: {}.", telemetry.description());
     tracing::info!(
@@ -410,6 +431,9 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
 struct ConsumedBatch {
     messages: Vec<OwnedMessage>,
     events: Vec<Option<Result<rules::Event, String>>>,
+    /// The projection the detections were parsed through (the rule set's when the batch was
+    /// read; the loop parses again if the rules changed since).
+    projection: Arc<rules::Projection>,
     /// When the first message of the batch arrived: where a detection's trace starts.
     received_at: SystemTime,
 }
@@ -422,6 +446,7 @@ fn read_batches(
     status_topic: &str,
     brokers: &str,
     batches: &mpsc::Sender<ConsumedBatch>,
+    projection: &SharedProjection,
 ) {
     let mut errors = ReadErrors::new(brokers);
     while !batches.is_closed() {
@@ -446,8 +471,9 @@ fn read_batches(
                 None => break,
             }
         }
-        let events = parse_batch(&messages, status_topic);
-        if batches.blocking_send(ConsumedBatch { messages, events, received_at }).is_err() {
+        let projection = Arc::clone(&projection.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let events = parse_batch(&messages, status_topic, &projection);
+        if batches.blocking_send(ConsumedBatch { messages, events, projection, received_at }).is_err() {
             return;
         }
     }
@@ -508,12 +534,16 @@ impl<'a> ReadErrors<'a> {
 
 /// Parses the detections of a batch, on several cores when the batch is large; the results
 /// keep the batch's order, since evaluation must not reorder events.
-fn parse_batch(messages: &[OwnedMessage], status_topic: &str) -> Vec<Option<Result<rules::Event, String>>> {
+fn parse_batch(
+    messages: &[OwnedMessage],
+    status_topic: &str,
+    projection: &rules::Projection,
+) -> Vec<Option<Result<rules::Event, String>>> {
     let parse = |message: &OwnedMessage| {
         (message.topic() != status_topic).then(|| {
             std::str::from_utf8(message.payload().unwrap_or_default())
                 .map_err(|e| format!("not UTF-8 text: {e}"))
-                .and_then(|text| rules::Event::parse(text).map_err(|e| e.to_string()))
+                .and_then(|text| rules::Event::parse_projected(text, projection).map_err(|e| e.to_string()))
         })
     };
     // One core goes to the loop.
@@ -545,7 +575,11 @@ impl Service {
     }
 
     /// Handles a batch of messages, makes every change durable, then commits their offsets.
-    async fn handle_batch(&mut self, consumer: &DetectionConsumer, batch: ConsumedBatch) -> Result<()> {
+    async fn handle_batch(&mut self, consumer: &DetectionConsumer, mut batch: ConsumedBatch) -> Result<()> {
+        if !Arc::ptr_eq(&batch.projection, &self.projection) {
+            // Read before the rules changed: the new rules may look at fields it left out.
+            batch.events = parse_batch(&batch.messages, &self.config.kafka.status_topic, &self.projection);
+        }
         let now = now_ms();
         let (mut detections, mut invalid, mut reports) = (0, 0, 0);
         for (message, event) in batch.messages.iter().zip(batch.events) {
@@ -1078,6 +1112,9 @@ impl Service {
                     self.config.rules.dir.display()
                 );
                 self.metrics.rules_loaded.set(i64::try_from(ruleset.len()).unwrap_or(i64::MAX));
+                self.projection = Arc::new(ruleset.projection().clone());
+                *self.shared_projection.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Arc::clone(&self.projection);
                 self.ruleset = ruleset;
             }
             Err(error) => tracing::error!(
