@@ -333,6 +333,28 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU seconds of each thread of `pid`, by thread name (threads of one name summed), most first.
+fn cpu_by_thread(pid: u32) -> Vec<(String, f64)> {
+    let mut by_name: HashMap<String, f64> = HashMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let name = stat.split_once('(').and_then(|(_, rest)| rest.rsplit_once(')')).map_or("", |(name, _)| name);
+        let name = name.trim_end_matches(|c: char| c.is_ascii_digit()).to_owned();
+        let tid: u32 = task.file_name().to_string_lossy().parse().unwrap_or(0);
+        *by_name.entry(name).or_default() += cpu_seconds_of(&format!("/proc/{pid}/task/{tid}/stat"));
+    }
+    let mut threads: Vec<(String, f64)> = by_name.into_iter().collect();
+    threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+    threads
+}
+
+fn cpu_seconds_of(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// One sample of a run: when, how many offsets were committed, and the CPU seconds the service
 /// and the broker had used.
 struct Sample {
@@ -479,27 +501,49 @@ fn steady_rate(samples: &[Sample], total: i64, hosts: u32) -> (f64, f64) {
     ((total - first.committed) as f64 / span, (done.service_cpu - first.service_cpu) / span)
 }
 
+/// The rate over all events: from the last sample before the first commit (the first batch was
+/// being handled then, or about to be: samples come every 50 ms) to the last commit.
+fn whole_rate(samples: &[Sample], total: i64) -> (f64, f64) {
+    let done = samples.last().unwrap();
+    let first_commit = samples.iter().position(|sample| sample.committed > 0).unwrap();
+    let start = &samples[first_commit.saturating_sub(1)];
+    let span = done.at.duration_since(start.at).as_secs_f64();
+    ((total - start.committed) as f64 / span, (done.service_cpu - start.service_cpu) / span)
+}
+
 /// Part 5, what observability costs: the same detections served with telemetry off and on
 /// (traces and metrics exported over OTLP/gRPC to a receiver in this process that decodes and
-/// counts them, on the same two cores), alternately, three times each, each run with fresh
-/// state; medians compared (runs differ by up to a third from one another on this machine).
+/// counts them, on the same two cores), alternately, `CORDON_BENCH_ROUNDS` times each (default 3),
+/// each run with fresh state; compared by the median of each round's on/off ratio (runs differ
+/// by up to a third on this machine, drifting over minutes; a round's two runs are adjacent).
 fn telemetry_overhead(bench: &Bench) {
     let events: u64 =
         std::env::var("CORDON_BENCH_EVENTS").ok().and_then(|n| n.parse().ok()).unwrap_or(200_000);
     let hosts = 10_000;
     bench.topics("overhead");
-    let (produced, _) = produce_workload(bench, "overhead.detections", events, hosts, workload::TECHNIQUES);
+    let techniques: u32 = std::env::var("CORDON_BENCH_TECHNIQUES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(workload::TECHNIQUES);
+    let (produced, _) = produce_workload(bench, "overhead.detections", events, hosts, techniques);
     let total = i64::try_from(produced).unwrap();
     let receiver =
         cordon_tests::otlp::Receiver::start(std::net::Ipv4Addr::LOCALHOST.into(), 0, 0, None).unwrap();
     let counts = std::sync::Arc::clone(&receiver.counts);
+    // `CORDON_BENCH_OTLP_PROTOCOL`: grpc (default), http/protobuf or http/json.
+    let protocol = std::env::var("CORDON_BENCH_OTLP_PROTOCOL").unwrap_or_else(|_| "grpc".to_owned());
+    let endpoint = if protocol == "grpc" { receiver.grpc } else { receiver.http };
     let exporting =
-        format!("[telemetry]\notlp_endpoint = \"http://{}\"\notlp_protocol = \"grpc\"\n", receiver.grpc);
+        format!("[telemetry]\notlp_endpoint = \"http://{endpoint}\"\notlp_protocol = \"{protocol}\"\n");
     let mut rates: HashMap<bool, Vec<f64>> = HashMap::new();
     let mut costs: HashMap<bool, Vec<f64>> = HashMap::new();
-    // Off, on, on, off, off, on: each setting runs as often first as last.
-    for (round, order) in [[false, true], [true, false], [false, true]].iter().enumerate() {
-        for &on in order {
+    let mut ratios: Vec<f64> = Vec::new();
+    let rounds: usize =
+        std::env::var("CORDON_BENCH_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(3).max(1);
+    // Off, on, then on, off, then off, on, ...: each setting runs as often first as last.
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+        for on in order {
             let part = format!("overhead-{round}-{}", if on { "on" } else { "off" });
             let before = counts.spans.load(std::sync::atomic::Ordering::Relaxed);
             let service = bench.serve_with(
@@ -516,18 +560,31 @@ fn telemetry_overhead(bench: &Bench) {
                 total,
                 Duration::from_secs(600),
             );
-            let (rate, cores) = steady_rate(&samples, total, hosts);
+            // All of it, warm-up included: its decisions (and the export of their spans, which
+            // goes on after them) are part of what is compared.
+            let (rate, cores) = whole_rate(&samples, total);
             std::thread::sleep(Duration::from_secs(2));
             let exported = counts.spans.load(std::sync::atomic::Ordering::Relaxed) - before;
+            let threads: Vec<String> = cpu_by_thread(service.child.id())
+                .iter()
+                .take(6)
+                .map(|(name, seconds)| format!("{name} {seconds:.2}"))
+                .collect();
+            println!("overhead: CPU seconds by thread: {}", threads.join(", "));
             let cost = cores * 1e6 / rate;
             println!(
-                "overhead: telemetry {}: {rate:.0} events/s once the hosts were known, {cores:.2} cores ({cost:.1} CPU-us per event); {exported} spans received",
-                if on { "ON (OTLP/gRPC)" } else { "off" }
+                "overhead: telemetry {}: {rate:.0} events/s from the first batch to the last commit, {cores:.2} cores ({cost:.1} CPU-us per event); {exported} spans received",
+                if on { "ON" } else { "off" }
             );
             rates.entry(on).or_default().push(rate);
             costs.entry(on).or_default().push(cost);
             service.kill_9();
         }
+        // The two runs of a round ran back to back: their ratio is spared most of the drift
+        // between rounds.
+        let ratio = rates[&true][round] / rates[&false][round];
+        println!("overhead: round {round}: on/off {:.1}%", ratio * 100.0);
+        ratios.push(ratio);
     }
     let median = |values: &[f64]| {
         let mut sorted = values.to_vec();
@@ -536,7 +593,8 @@ fn telemetry_overhead(bench: &Bench) {
     };
     let (on, off) = (median(&rates[&true]), median(&rates[&false]));
     println!(
-        "overhead: with telemetry on, {:.1}% of the throughput with it off (medians of 3 runs each: {on:.0} vs {off:.0} events/s; target >= 90%); CPU per event {:.1} vs {:.1} us",
+        "overhead: with telemetry on, {:.1}% of the throughput with it off (median of the {rounds} rounds' ratios; target >= 90%); medians of the runs: {on:.0} vs {off:.0} events/s ({:.1}%), CPU per event {:.1} vs {:.1} us",
+        median(&ratios) * 100.0,
         on * 100.0 / off,
         median(&costs[&true]),
         median(&costs[&false])

@@ -327,7 +327,8 @@ fn one_trace_per_detection() -> Result<(), Failed> {
     check("host on the detection", &attribute(consume, "cordon.host_id"), HOST)?;
     check("rules evaluated", &attribute(evaluate, "cordon.rule_ids"), "ransomware")?;
     check("rule behind the decision", &attribute(decide, "cordon.rule_ids"), "ransomware")?;
-    check("event behind the decision", &attribute(decide, "cordon.event_id"), "incident-trace")?;
+    check("event of the detection", &attribute(consume, "cordon.event_id"), "incident-trace")?;
+    check("host the decision is for", &attribute(decide, "cordon.host_id"), HOST)?;
     let command_id = attribute(produce, "cordon.command_id");
     check("command id of the command", &command_id, &format!("{HOST}-1"))?;
     check("command id where the agent applied it", &attribute(apply, "cordon.command_id"), &command_id)?;

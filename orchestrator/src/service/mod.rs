@@ -110,7 +110,27 @@ struct Service {
     packets: HashMap<String, (u64, u64)>,
     /// The rule set's projection, and the reader thread's copy of it.
     projection: Arc<rules::Projection>,
+    /// The topic names, for span attributes (made once, not per span).
+    topics: SpanTopics,
     shared_projection: SharedProjection,
+}
+
+/// Topic names as span attribute values: shared, so that a span's attributes cost no copy.
+struct SpanTopics {
+    detections: opentelemetry::StringValue,
+    commands: opentelemetry::StringValue,
+    status: opentelemetry::StringValue,
+}
+
+impl SpanTopics {
+    fn of(kafka: &config::KafkaSection) -> SpanTopics {
+        let shared = |name: &str| opentelemetry::StringValue::from(Arc::<str>::from(name));
+        SpanTopics {
+            detections: shared(&kafka.detections_topic),
+            commands: shared(&kafka.commands_topic),
+            status: shared(&kafka.status_topic),
+        }
+    }
 }
 
 /// The projection the reader thread parses detections through; the loop replaces it when the
@@ -353,6 +373,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         .context("cannot listen for SIGHUP")?;
 
     let failpoint = std::env::var("CORDON_FAILPOINT").ok().filter(|name| !name.is_empty());
+    let topics = SpanTopics::of(&config.kafka);
     let mut service = Service {
         config,
         ruleset,
@@ -369,6 +390,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         packets: HashMap::new(),
         projection,
         shared_projection,
+        topics,
     };
     tracing::info!("telemetry: {}.", telemetry.description());
     tracing::info!(
@@ -676,7 +698,7 @@ impl Service {
                 parent.as_ref().unwrap_or(&TraceContext::new()),
                 vec![
                     KeyValue::new("messaging.system", "kafka"),
-                    KeyValue::new("messaging.destination.name", message.topic().to_owned()),
+                    KeyValue::new("messaging.destination.name", self.topics.detections.clone()),
                     KeyValue::new("messaging.kafka.partition", i64::from(message.partition())),
                     KeyValue::new("messaging.kafka.offset", message.offset()),
                     KeyValue::new("cordon.event_id", event.id().to_owned()),
@@ -691,7 +713,6 @@ impl Service {
                 evaluating_since,
                 &consume,
                 vec![
-                    KeyValue::new("cordon.event_id", event.id().to_owned()),
                     KeyValue::new("cordon.rule_ids", opentelemetry::Value::Array(rule_ids.into())),
                     KeyValue::new("cordon.decisions", i64::try_from(decisions.len()).unwrap_or(i64::MAX)),
                 ],
@@ -720,7 +741,6 @@ impl Service {
                     consume,
                     vec![
                         KeyValue::new("cordon.host_id", decision.host.clone()),
-                        KeyValue::new("cordon.event_id", decision.event_id.clone()),
                         KeyValue::new("cordon.rule_ids", decision.rules.join(",")),
                         KeyValue::new("cordon.decision", decision.action.name()),
                         KeyValue::new("cordon.mode", mode),
@@ -840,9 +860,8 @@ impl Service {
                 parent,
                 vec![
                     KeyValue::new("messaging.system", "kafka"),
-                    KeyValue::new("messaging.destination.name", self.config.kafka.commands_topic.clone()),
+                    KeyValue::new("messaging.destination.name", self.topics.commands.clone()),
                     KeyValue::new("cordon.command_id", command.command_id.clone()),
-                    KeyValue::new("cordon.host_id", command.host_id.clone()),
                     KeyValue::new("cordon.generation", i64::try_from(command.generation).unwrap_or(i64::MAX)),
                     KeyValue::new("cordon.action", action_name),
                 ],
@@ -877,7 +896,7 @@ impl Service {
                     &parent,
                     vec![
                         KeyValue::new("messaging.system", "kafka"),
-                        KeyValue::new("messaging.destination.name", message.topic().to_owned()),
+                        KeyValue::new("messaging.destination.name", self.topics.status.clone()),
                         KeyValue::new("cordon.host_id", status.host_id.clone()),
                         KeyValue::new("cordon.command_id", status.command_id.clone().unwrap_or_default()),
                         KeyValue::new(
