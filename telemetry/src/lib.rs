@@ -12,4 +12,4 @@ pub mod spans;
 
 pub use export::{collector_addresses, Telemetry, TelemetryError, TelemetrySection};
 pub use logs::LogFormat;
-pub use spans::{OpenSpan, SpanRecorder, Spans};
+pub use spans::Spans;

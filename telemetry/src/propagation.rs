@@ -48,11 +48,6 @@ pub fn context_of_message(message: &impl rdkafka::message::Message) -> Option<Co
     context_from(headers.iter().map(|header| (header.key, header.value.unwrap_or_default())))
 }
 
-/// Kafka headers that carry the span `span` (as the parent of whatever consumes the message).
-pub fn kafka_headers_of_span(span: &opentelemetry::trace::SpanContext) -> rdkafka::message::OwnedHeaders {
-    kafka_headers(&Context::new().with_remote_span_context(span.clone()))
-}
-
 /// Kafka headers that carry `context`'s span.
 pub fn kafka_headers(context: &Context) -> rdkafka::message::OwnedHeaders {
     let mut headers = rdkafka::message::OwnedHeaders::new_with_capacity(2);

@@ -26,9 +26,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
-use cordon_telemetry::{OpenSpan, SpanRecorder};
-use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt as _};
-use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanKind, Status as SpanStatus, TraceContextExt as _};
+use opentelemetry::{Context as TraceContext, KeyValue};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -39,7 +38,7 @@ use self::api::{Operation, OperatorRequest};
 use self::config::ServiceConfig;
 use self::jobs::Job;
 use self::lifecycle::{Effects, HostRecord, HostState, IsolationPlan};
-use self::observe::Metrics;
+use self::observe::{Metrics, Spans};
 use self::store::{OutboxEntry, Store};
 
 /// Wall clock in epoch milliseconds; the only place the service reads it.
@@ -103,10 +102,10 @@ struct Service {
     /// Transitions not yet durable, hence not yet logged.
     transitions: std::cell::RefCell<Vec<Transition>>,
     metrics: Arc<Metrics>,
-    spans: SpanRecorder,
+    spans: Spans,
     /// The "produce command" span of each traced outbox entry (by outbox key) and the headers
     /// that carry it to the agent; ended when the broker acknowledges the command.
-    in_flight: std::cell::RefCell<HashMap<[u8; 8], OpenSpan>>,
+    in_flight: std::cell::RefCell<HashMap<Vec<u8>, TraceContext>>,
     /// Each agent's last packet counters, for the fleet totals.
     packets: HashMap<String, (u64, u64)>,
     /// The rule set's projection, and the reader thread's copy of it.
@@ -386,7 +385,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         failpoint,
         transitions: std::cell::RefCell::default(),
         metrics,
-        spans: SpanRecorder::new(telemetry.tracer().cloned()),
+        spans: Spans::new(telemetry.tracer().cloned()),
         in_flight: std::cell::RefCell::default(),
         packets: HashMap::new(),
         projection,
@@ -685,7 +684,6 @@ impl Service {
         let decisions = rules::evaluate(&self.ruleset, &mut self.engine, event, now, &tags);
         let parent = if self.spans.enabled() {
             cordon_telemetry::propagation::context_of_message(message)
-                .map(|c| c.span().span_context().clone())
         } else {
             None
         };
@@ -697,7 +695,7 @@ impl Service {
                 "consume detection",
                 SpanKind::Consumer,
                 received_at,
-                parent.as_ref(),
+                parent.as_ref().unwrap_or(&TraceContext::new()),
                 vec![
                     KeyValue::new("messaging.system", "kafka"),
                     KeyValue::new("messaging.destination.name", self.topics.detections.clone()),
@@ -713,13 +711,13 @@ impl Service {
                 "evaluate rules",
                 SpanKind::Internal,
                 evaluating_since,
-                Some(consume.span_context()),
+                &consume,
                 vec![
                     KeyValue::new("cordon.rule_ids", opentelemetry::Value::Array(rule_ids.into())),
                     KeyValue::new("cordon.decisions", i64::try_from(decisions.len()).unwrap_or(i64::MAX)),
                 ],
             ) {
-                self.spans.end(evaluate);
+                evaluate.span().end();
             }
             Some(consume)
         });
@@ -740,7 +738,7 @@ impl Service {
                     "decide",
                     SpanKind::Internal,
                     SystemTime::now(),
-                    Some(consume.span_context()),
+                    consume,
                     vec![
                         KeyValue::new("cordon.host_id", decision.host.clone()),
                         KeyValue::new("cordon.rule_ids", decision.rules.join(",")),
@@ -757,24 +755,19 @@ impl Service {
             {
                 record.detected_at_ms = Some(epoch_ms(received_at));
             }
-            self.apply(
-                previous.as_ref(),
-                &record,
-                effects,
-                now,
-                decide.as_ref().map(OpenSpan::span_context),
-            )?;
-            if let Some(mut decide) = decide {
-                decide.set_attribute(KeyValue::new("cordon.state", record.state.name()));
-                decide.set_attribute(KeyValue::new(
+            self.apply(previous.as_ref(), &record, effects, now, decide.as_ref())?;
+            if let Some(decide) = decide {
+                let span = decide.span();
+                span.set_attribute(KeyValue::new("cordon.state", record.state.name()));
+                span.set_attribute(KeyValue::new(
                     "cordon.generation",
                     i64::try_from(record.generation).unwrap_or(i64::MAX),
                 ));
-                self.spans.end(decide);
+                span.end();
             }
         }
         if let Some(consume) = consume {
-            self.spans.end(consume);
+            consume.span().end();
         }
         Ok(())
     }
@@ -815,7 +808,7 @@ impl Service {
         record: &HostRecord,
         effects: Effects,
         now: i64,
-        trace: Option<&SpanContext>,
+        trace: Option<&TraceContext>,
     ) -> Result<()> {
         let command_id = match effects.command {
             Some(action) => Some(self.enqueue(record, action, now, trace)?),
@@ -823,7 +816,7 @@ impl Service {
         };
         if let Some(audit) = effects.audit {
             self.store.audit(&audit)?;
-            let trace_id = trace.map(|span| span.trace_id().to_string()).unwrap_or_default();
+            let trace_id = trace.map(cordon_telemetry::propagation::trace_id_of).unwrap_or_default();
             // The event behind the isolation, also on the agent's and the scheduler's steps.
             let event_id = audit.event_id.clone().or_else(|| record.event_id.clone());
             self.transitions.borrow_mut().push(Transition { audit, event_id, command_id, trace_id });
@@ -840,7 +833,7 @@ impl Service {
         record: &HostRecord,
         action: cordon_wire::Action,
         now: i64,
-        trace: Option<&SpanContext>,
+        trace: Option<&TraceContext>,
     ) -> Result<String> {
         let action_name = match &action {
             cordon_wire::Action::Isolate { .. } => "isolate",
@@ -864,7 +857,7 @@ impl Service {
                 "produce command",
                 SpanKind::Producer,
                 SystemTime::now(),
-                Some(parent),
+                parent,
                 vec![
                     KeyValue::new("messaging.system", "kafka"),
                     KeyValue::new("messaging.destination.name", self.topics.commands.clone()),
@@ -874,7 +867,7 @@ impl Service {
                 ],
             )
         }) {
-            self.in_flight.borrow_mut().insert(key, produce);
+            self.in_flight.borrow_mut().insert(key.to_vec(), produce);
         }
         Ok(command.command_id)
     }
@@ -900,7 +893,7 @@ impl Service {
                     "consume status",
                     SpanKind::Consumer,
                     SystemTime::now(),
-                    Some(parent.span().span_context()),
+                    &parent,
                     vec![
                         KeyValue::new("messaging.system", "kafka"),
                         KeyValue::new("messaging.destination.name", self.topics.status.clone()),
@@ -937,15 +930,15 @@ impl Service {
             }
         }
         let said = self.transitions.borrow().len();
-        self.apply(previous.as_ref(), &record, effects, now, consume.as_ref().map(OpenSpan::span_context))?;
+        self.apply(previous.as_ref(), &record, effects, now, consume.as_ref())?;
         if let Some(this) = self.transitions.borrow_mut().get_mut(said) {
             if this.command_id.is_none() {
                 this.command_id.clone_from(&status.command_id);
             }
         }
-        if let Some(mut consume) = consume {
-            consume.set_attribute(KeyValue::new("cordon.state", record.state.name()));
-            self.spans.end(consume);
+        if let Some(consume) = consume {
+            consume.span().set_attribute(KeyValue::new("cordon.state", record.state.name()));
+            consume.span().end();
         }
         Ok(())
     }
@@ -974,11 +967,11 @@ impl Service {
             Operation::Deny { .. } => "deny",
             Operation::Tags { .. } => "tags",
         };
-        let mut trace = self.spans.start(
+        let trace = self.spans.start(
             "operator request",
             SpanKind::Server,
             SystemTime::now(),
-            None,
+            &TraceContext::new(),
             vec![
                 KeyValue::new("cordon.host_id", request.host.clone()),
                 KeyValue::new("cordon.operator", request.operator.clone()),
@@ -1011,26 +1004,20 @@ impl Service {
         };
         let answer = match outcome {
             Ok(effects) => {
-                self.apply(
-                    previous.as_ref(),
-                    &record,
-                    effects,
-                    now,
-                    trace.as_ref().map(OpenSpan::span_context),
-                )?;
+                self.apply(previous.as_ref(), &record, effects, now, trace.as_ref())?;
                 self.store.put_engine_state(&self.engine)?;
                 self.flush()?;
                 Ok(record)
             }
             Err(refused) => {
-                if let Some(trace) = &mut trace {
-                    trace.set_error(refused.to_string());
+                if let Some(trace) = &trace {
+                    trace.span().set_status(SpanStatus::error(refused.to_string()));
                 }
                 Err(refused)
             }
         };
         if let Some(trace) = trace {
-            self.spans.end(trace);
+            trace.span().end();
         }
         // The client may have gone; the change stands either way.
         let _ = request.reply.send(answer);
@@ -1065,7 +1052,7 @@ impl Service {
                 "deadline reached",
                 SpanKind::Internal,
                 SystemTime::now(),
-                None,
+                &TraceContext::new(),
                 vec![
                     KeyValue::new("cordon.host_id", host.clone()),
                     KeyValue::new("cordon.deadline_ms", previous.expires_at_ms.unwrap_or(0)),
@@ -1074,9 +1061,9 @@ impl Service {
             let mut record = previous.clone();
             let effects = lifecycle::deadline_reached(&mut record, now);
             self.engine.release(&host);
-            self.apply(Some(&previous), &record, effects, now, trace.as_ref().map(OpenSpan::span_context))?;
+            self.apply(Some(&previous), &record, effects, now, trace.as_ref())?;
             if let Some(trace) = trace {
-                self.spans.end(trace);
+                trace.span().end();
             }
         }
         self.store.put_engine_state(&self.engine)?;
@@ -1169,13 +1156,11 @@ impl Service {
         self.failpoint("before-send");
         let mut deliveries = Vec::with_capacity(entries.len());
         for (key, entry) in &entries {
-            let in_flight_key = <[u8; 8]>::try_from(key.as_ref()).ok();
-            let trace = in_flight_key
-                .and_then(|k| self.in_flight.borrow().get(&k).map(|span| span.span_context().clone()));
+            let trace = self.in_flight.borrow().get(key.as_ref()).cloned();
             let mut record =
                 FutureRecord::to(&self.config.kafka.commands_topic).key(&entry.host).payload(&entry.envelope);
             if let Some(trace) = &trace {
-                record = record.headers(cordon_telemetry::propagation::kafka_headers_of_span(trace));
+                record = record.headers(cordon_telemetry::propagation::kafka_headers(trace));
             }
             // Enqueued in order, so one host's commands reach its partition in order.
             match self.producer.send_result(record) {
@@ -1199,21 +1184,19 @@ impl Service {
                 Ok(Err((error, _))) => Some(format!("sending a command to {host}: {error}")),
                 Err(_) => Some(format!("sending a command to {host}: the producer went away")),
             };
-            let in_flight_key = <[u8; 8]>::try_from(key.as_ref()).ok();
-            match (failure, trace.and(in_flight_key)) {
-                (Some(failure), traced) => {
+            match (failure, trace) {
+                (Some(failure), trace) => {
                     tracing::error!("{failure}");
-                    // The span stays open: the command goes out in a later round.
-                    if let Some(k) = traced {
-                        if let Some(open) = self.in_flight.borrow_mut().get_mut(&k) {
-                            open.set_attribute(KeyValue::new("cordon.send_error", failure));
-                        }
+                    if let Some(trace) = trace {
+                        trace.span().add_event(
+                            "send failed; the command stays in the outbox",
+                            vec![KeyValue::new("error", failure)],
+                        );
                     }
                 }
-                (None, Some(k)) => {
-                    if let Some(open) = self.in_flight.borrow_mut().remove(&k) {
-                        self.spans.end(open);
-                    }
+                (None, Some(trace)) => {
+                    trace.span().end();
+                    self.in_flight.borrow_mut().remove(key.as_ref());
                 }
                 (None, None) => {}
             }
