@@ -338,7 +338,8 @@ fn cpu_by_thread(pid: u32) -> Vec<(String, f64)> {
     let mut by_name: HashMap<String, f64> = HashMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
         let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        let name = stat.split_once('(').and_then(|(_, rest)| rest.rsplit_once(')')).map_or("", |(name, _)| name);
+        let name =
+            stat.split_once('(').and_then(|(_, rest)| rest.rsplit_once(')')).map_or("", |(name, _)| name);
         let name = name.trim_end_matches(|c: char| c.is_ascii_digit()).to_owned();
         let tid: u32 = task.file_name().to_string_lossy().parse().unwrap_or(0);
         *by_name.entry(name).or_default() += cpu_seconds_of(&format!("/proc/{pid}/task/{tid}/stat"));

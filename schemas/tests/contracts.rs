@@ -128,3 +128,24 @@ fn the_schemas_refuse_what_the_types_refuse() {
         assert!(serde_json::from_value::<cordon_wire::Command>(bad).is_err(), "the type accepts {what}");
     }
 }
+
+/// The refusal names in metrics labels and log fields are the names on the wire.
+#[test]
+fn refusal_names_are_their_wire_names() {
+    use cordon_wire::Refusal::{
+        BadSignature, Expired, InvalidContent, Malformed, StaleGeneration, Unsigned, UnsupportedVersion,
+        WrongHost,
+    };
+    for refusal in [
+        Malformed,
+        Unsigned,
+        BadSignature,
+        WrongHost,
+        Expired,
+        StaleGeneration,
+        UnsupportedVersion,
+        InvalidContent,
+    ] {
+        assert_eq!(serde_json::to_value(refusal).unwrap(), serde_json::Value::from(refusal.name()));
+    }
+}
