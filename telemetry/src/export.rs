@@ -235,10 +235,11 @@ impl Telemetry {
                 }
                 let exporter = exporter.build().map_err(|e| failed("traces", &e))?;
                 builder
-                    .with_span_processor(batch(OnRuntime {
-                        inner: exporter,
-                        runtime: runtime.handle().clone(),
-                    }))
+                    .with_span_processor(batch(Reporting::new(
+                        OnRuntime { inner: exporter, runtime: runtime.handle().clone() },
+                        "traces",
+                        &where_to,
+                    )))
                     .build()
             } else {
                 let mut exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -248,7 +249,11 @@ impl Telemetry {
                     exporter = exporter.with_endpoint(signal_url(endpoint, "traces"));
                 }
                 builder
-                    .with_span_processor(batch(exporter.build().map_err(|e| failed("traces", &e))?))
+                    .with_span_processor(batch(Reporting::new(
+                        exporter.build().map_err(|e| failed("traces", &e))?,
+                        "traces",
+                        &where_to,
+                    )))
                     .build()
             };
             telemetry.tracer = Some(provider.tracer(service_name));
@@ -264,7 +269,11 @@ impl Telemetry {
                 }
                 let exporter = exporter.build().map_err(|e| failed("metrics", &e))?;
                 builder
-                    .with_periodic_exporter(OnRuntime { inner: exporter, runtime: runtime.handle().clone() })
+                    .with_periodic_exporter(Reporting::new(
+                        OnRuntime { inner: exporter, runtime: runtime.handle().clone() },
+                        "metrics",
+                        &where_to,
+                    ))
                     .build()
             } else {
                 let mut exporter = opentelemetry_otlp::MetricExporter::builder()
@@ -273,7 +282,13 @@ impl Telemetry {
                 if let Some(endpoint) = &plan.endpoint {
                     exporter = exporter.with_endpoint(signal_url(endpoint, "metrics"));
                 }
-                builder.with_periodic_exporter(exporter.build().map_err(|e| failed("metrics", &e))?).build()
+                builder
+                    .with_periodic_exporter(Reporting::new(
+                        exporter.build().map_err(|e| failed("metrics", &e))?,
+                        "metrics",
+                        &where_to,
+                    ))
+                    .build()
             };
             telemetry.meter_provider = Some(provider);
         }
@@ -378,6 +393,101 @@ fn http_protocol(choice: ProtocolChoice) -> Protocol {
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`, so that the file and the variable mean the same.
 fn signal_url(base: &str, signal: &str) -> String {
     format!("{}/v1/{signal}", base.trim_end_matches('/'))
+}
+
+/// An exporter that says when its exports fail: once, then at most every minute (with how many
+/// failed meanwhile), and once when they work again. The SDK itself says nothing at the default
+/// log level, and a collector that is down must not go unnoticed (nor flood the log).
+#[derive(Debug)]
+struct Reporting<E> {
+    inner: E,
+    signal: &'static str,
+    endpoint: String,
+    state: std::sync::Mutex<FailureState>,
+}
+
+#[derive(Debug, Default)]
+struct FailureState {
+    failing: bool,
+    last_said: Option<std::time::Instant>,
+    unsaid: u64,
+}
+
+const SAY_FAILURES_EVERY: Duration = Duration::from_mins(1);
+
+impl<E> Reporting<E> {
+    fn new(inner: E, signal: &'static str, endpoint: &str) -> Reporting<E> {
+        Reporting { inner, signal, endpoint: endpoint.to_owned(), state: std::sync::Mutex::default() }
+    }
+
+    /// Notes an export's outcome; returns what was said, if anything.
+    fn note(&self, result: &OTelSdkResult) -> Option<String> {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let said = match result {
+            Ok(()) if state.failing => {
+                *state = FailureState::default();
+                let line = format!("OTLP {} export to {} works again.", self.signal, self.endpoint);
+                tracing::info!("{line}");
+                line
+            }
+            Ok(()) => return None,
+            Err(error) => {
+                state.failing = true;
+                if state.last_said.is_some_and(|at| at.elapsed() < SAY_FAILURES_EVERY) {
+                    state.unsaid += 1;
+                    return None;
+                }
+                let repeats = if state.unsaid > 0 {
+                    format!(" ({} more failures since the last report)", state.unsaid)
+                } else {
+                    String::new()
+                };
+                state.last_said = Some(std::time::Instant::now());
+                state.unsaid = 0;
+                let line = format!(
+                    "OTLP {} export to {} failed: {error}{repeats}. This telemetry is lost; isolations are not affected.",
+                    self.signal, self.endpoint
+                );
+                tracing::warn!("{line}");
+                line
+            }
+        };
+        Some(said)
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for Reporting<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let result = self.inner.export(batch).await;
+        self.note(&result);
+        result
+    }
+    fn shutdown_with_timeout(&mut self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+    fn force_flush(&mut self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+impl<E: PushMetricExporter> PushMetricExporter for Reporting<E> {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        let result = self.inner.export(metrics).await;
+        self.note(&result);
+        result
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+    fn temporality(&self) -> Temporality {
+        self.inner.temporality()
+    }
 }
 
 /// An exporter whose exports run on `runtime` (gRPC needs one; the SDK's threads have none).
@@ -492,6 +602,26 @@ mod tests {
             ["otel.example:443", "[fd00::7]:4318"]
         );
         assert!(collector_addresses(&TelemetrySection::default(), &env_of(&[])).is_empty());
+    }
+
+    #[test]
+    fn export_failures_are_said_once_then_every_minute_and_recovery_once() {
+        let reporting = Reporting::new((), "traces", "http://collector:4317");
+        let failure: OTelSdkResult =
+            Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure("refused".into()));
+        let first = reporting.note(&failure).expect("the first failure is said");
+        assert!(
+            first.contains("traces export to http://collector:4317 failed: ") && first.contains("refused"),
+            "{first}"
+        );
+        assert_eq!(reporting.note(&failure), None, "not again within the minute");
+        assert_eq!(reporting.note(&failure), None);
+        reporting.state.lock().unwrap().last_said = std::time::Instant::now().checked_sub(SAY_FAILURES_EVERY);
+        let again = reporting.note(&failure).expect("said again after a minute");
+        assert!(again.contains("(2 more failures since the last report)"), "{again}");
+        let recovered = reporting.note(&Ok(())).expect("recovery is said");
+        assert!(recovered.contains("works again"), "{recovered}");
+        assert_eq!(reporting.note(&Ok(())), None, "and only once");
     }
 
     #[test]
