@@ -325,12 +325,7 @@ impl Bench {
 
 /// CPU time (user + system) process `pid` has used, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime and stime are the 12th and
-    // 13th, in clock ticks of 1/100 s (USER_HZ).
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    cpu_seconds_of(&format!("/proc/{pid}/stat"))
 }
 
 /// CPU seconds of each thread of `pid`, by thread name (threads of one name summed), most first.
@@ -349,8 +344,11 @@ fn cpu_by_thread(pid: u32) -> Vec<(String, f64)> {
     threads
 }
 
+/// CPU seconds in a `/proc/.../stat` file (a process's or a thread's).
 fn cpu_seconds_of(path: &str) -> f64 {
     let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and
+    // 13th, in clock ticks of 1/100 s (USER_HZ).
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
@@ -439,10 +437,7 @@ fn throughput_and_memory(bench: &Bench) {
         Duration::from_secs(600),
     );
     let done = samples.last().unwrap();
-    let (steady, service_cores) = steady_rate(&samples, total, hosts);
-    let first = samples.iter().find(|sample| sample.committed >= i64::from(hosts)).unwrap();
-    let span = done.at.duration_since(first.at).as_secs_f64();
-    let broker_cores = (done.broker_cpu - first.broker_cpu) / span;
+    let Rate { events: steady, service_cores, broker_cores } = steady_rate(&samples, total, hosts);
     println!(
         "throughput: cordon serve committed {total} in {:.2} s after it started serving ({:.0} events/s, \
          joining the group and the warm-up included); {steady:.0} events/s once the {hosts} hosts were known, using {service_cores:.2} \
@@ -495,21 +490,33 @@ fn produce_workload(
 
 /// The steady rate of `samples`: from when the warm-up (one isolation per host) is committed
 /// to the end; with the service's CPU use over that time.
-fn steady_rate(samples: &[Sample], total: i64, hosts: u32) -> (f64, f64) {
-    let done = samples.last().unwrap();
+fn steady_rate(samples: &[Sample], total: i64, hosts: u32) -> Rate {
     let first = samples.iter().find(|sample| sample.committed >= i64::from(hosts)).unwrap();
-    let span = done.at.duration_since(first.at).as_secs_f64();
-    ((total - first.committed) as f64 / span, (done.service_cpu - first.service_cpu) / span)
+    rate_since(first, samples.last().unwrap(), total)
+}
+
+/// Events per second, and the cores the service and the broker used, over part of a run.
+struct Rate {
+    events: f64,
+    service_cores: f64,
+    broker_cores: f64,
+}
+
+/// The rate from `start` to `done`, when `total` were committed.
+fn rate_since(start: &Sample, done: &Sample, total: i64) -> Rate {
+    let span = done.at.duration_since(start.at).as_secs_f64();
+    Rate {
+        events: (total - start.committed) as f64 / span,
+        service_cores: (done.service_cpu - start.service_cpu) / span,
+        broker_cores: (done.broker_cpu - start.broker_cpu) / span,
+    }
 }
 
 /// The rate over all events: from the last sample before the first commit (the first batch was
 /// being handled then, or about to be: samples come every 50 ms) to the last commit.
-fn whole_rate(samples: &[Sample], total: i64) -> (f64, f64) {
-    let done = samples.last().unwrap();
+fn whole_rate(samples: &[Sample], total: i64) -> Rate {
     let first_commit = samples.iter().position(|sample| sample.committed > 0).unwrap();
-    let start = &samples[first_commit.saturating_sub(1)];
-    let span = done.at.duration_since(start.at).as_secs_f64();
-    ((total - start.committed) as f64 / span, (done.service_cpu - start.service_cpu) / span)
+    rate_since(&samples[first_commit.saturating_sub(1)], samples.last().unwrap(), total)
 }
 
 /// Part 5, what observability costs: the same detections served with telemetry off and on
@@ -563,7 +570,7 @@ fn telemetry_overhead(bench: &Bench) {
             );
             // All of it, warm-up included: its decisions (and the export of their spans, which
             // goes on after them) are part of what is compared.
-            let (rate, cores) = whole_rate(&samples, total);
+            let Rate { events: rate, service_cores: cores, .. } = whole_rate(&samples, total);
             std::thread::sleep(Duration::from_secs(2));
             let exported = counts.spans.load(std::sync::atomic::Ordering::Relaxed) - before;
             let threads: Vec<String> = cpu_by_thread(service.child.id())

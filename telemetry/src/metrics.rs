@@ -149,9 +149,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn counter(&mut self, name: &'static str, help: &'static str) -> Arc<Counter> {
-        let metric = Arc::new(Counter::default());
-        self.entries.push(Entry { name, help, kind: Kind::Counter(Arc::clone(&metric)) });
-        metric
+        self.register(name, help, Arc::default(), Kind::Counter)
     }
     pub fn counter_family(
         &mut self,
@@ -159,14 +157,10 @@ impl Registry {
         help: &'static str,
         label: &'static str,
     ) -> Arc<Family> {
-        let metric = Arc::new(Family::new(label));
-        self.entries.push(Entry { name, help, kind: Kind::CounterFamily(Arc::clone(&metric)) });
-        metric
+        self.register(name, help, Arc::new(Family::new(label)), Kind::CounterFamily)
     }
     pub fn gauge(&mut self, name: &'static str, help: &'static str) -> Arc<Gauge> {
-        let metric = Arc::new(Gauge::default());
-        self.entries.push(Entry { name, help, kind: Kind::Gauge(Arc::clone(&metric)) });
-        metric
+        self.register(name, help, Arc::default(), Kind::Gauge)
     }
     pub fn gauge_family(
         &mut self,
@@ -174,9 +168,7 @@ impl Registry {
         help: &'static str,
         label: &'static str,
     ) -> Arc<Family> {
-        let metric = Arc::new(Family::new(label));
-        self.entries.push(Entry { name, help, kind: Kind::GaugeFamily(Arc::clone(&metric)) });
-        metric
+        self.register(name, help, Arc::new(Family::new(label)), Kind::GaugeFamily)
     }
     pub fn histogram(
         &mut self,
@@ -184,8 +176,18 @@ impl Registry {
         help: &'static str,
         bounds: &'static [f64],
     ) -> Arc<Histogram> {
-        let metric = Arc::new(Histogram::new(bounds));
-        self.entries.push(Entry { name, help, kind: Kind::Histogram(Arc::clone(&metric)) });
+        self.register(name, help, Arc::new(Histogram::new(bounds)), Kind::Histogram)
+    }
+
+    /// Adds `metric` as `kind`; returns it for its owner to update.
+    fn register<M>(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        metric: Arc<M>,
+        kind: fn(Arc<M>) -> Kind,
+    ) -> Arc<M> {
+        self.entries.push(Entry { name, help, kind: kind(Arc::clone(&metric)) });
         metric
     }
 

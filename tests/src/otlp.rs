@@ -22,7 +22,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
-use prost::Message as _;
 
 /// One span as received.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -217,26 +216,31 @@ async fn http_traces(
     axum::extract::State(collector): axum::extract::State<Collector>,
     body: axum::body::Bytes,
 ) -> (axum::http::StatusCode, Vec<u8>) {
-    match ExportTraceServiceRequest::decode(body) {
-        Ok(request) => {
-            collector.traces(&request);
-            (axum::http::StatusCode::OK, ExportTraceServiceResponse { partial_success: None }.encode_to_vec())
-        }
-        Err(_) => (axum::http::StatusCode::BAD_REQUEST, Vec::new()),
-    }
+    answer(body, |request| collector.traces(request), &ExportTraceServiceResponse { partial_success: None })
 }
 
 async fn http_metrics(
     axum::extract::State(collector): axum::extract::State<Collector>,
     body: axum::body::Bytes,
 ) -> (axum::http::StatusCode, Vec<u8>) {
-    match ExportMetricsServiceRequest::decode(body) {
+    answer(
+        body,
+        |request| collector.metrics(request),
+        &ExportMetricsServiceResponse { partial_success: None },
+    )
+}
+
+/// An OTLP/HTTP answer: `response` once `body` decodes as a `Request` and is handed to
+/// `handle`; 400 when it does not decode.
+fn answer<Request: prost::Message + Default>(
+    body: axum::body::Bytes,
+    handle: impl FnOnce(&Request),
+    response: &impl prost::Message,
+) -> (axum::http::StatusCode, Vec<u8>) {
+    match Request::decode(body) {
         Ok(request) => {
-            collector.metrics(&request);
-            (
-                axum::http::StatusCode::OK,
-                ExportMetricsServiceResponse { partial_success: None }.encode_to_vec(),
-            )
+            handle(&request);
+            (axum::http::StatusCode::OK, response.encode_to_vec())
         }
         Err(_) => (axum::http::StatusCode::BAD_REQUEST, Vec::new()),
     }

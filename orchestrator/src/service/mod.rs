@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
+use cordon_telemetry::Spans;
 use opentelemetry::trace::{SpanKind, Status as SpanStatus, TraceContextExt as _};
 use opentelemetry::{Context as TraceContext, KeyValue};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -38,7 +39,7 @@ use self::api::{Operation, OperatorRequest};
 use self::config::ServiceConfig;
 use self::jobs::Job;
 use self::lifecycle::{Effects, HostRecord, HostState, IsolationPlan};
-use self::observe::{Metrics, Spans};
+use self::observe::Metrics;
 use self::store::{OutboxEntry, Store};
 
 /// Wall clock in epoch milliseconds; the only place the service reads it.

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use cordon_telemetry::metrics::{Counter, Family, Gauge, Histogram, Registry, LATENCY_BUCKETS};
-pub use cordon_telemetry::Spans;
 
 use super::store::HostCounts;
 
