@@ -111,6 +111,27 @@ impl Pins {
     pub fn armed(&self) -> bool {
         self.loaded() && self.links().is_empty()
     }
+
+    /// Pin directories of other layout versions (`v<N>`) beside this one: left by an earlier
+    /// cordon, their links may still hold programs attached.
+    pub fn other_layouts(&self) -> Vec<PathBuf> {
+        let Some(pin_dir) = self.root.parent() else { return Vec::new() };
+        let Ok(entries) = fs::read_dir(pin_dir) else { return Vec::new() };
+        let mut layouts: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .filter(|entry| {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                name != PIN_LAYOUT_VERSION
+                    && name
+                        .strip_prefix('v')
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .map(|entry| entry.path())
+            .collect();
+        layouts.sort();
+        layouts
+    }
 }
 
 /// Everything the kernel must enforce.
@@ -119,8 +140,8 @@ pub struct Enforcement<'a> {
     pub tables: &'a RuleTables,
     pub exempt_names: &'a [[u8; COMM_LEN]],
     pub exempt_tgids: &'a [u32],
-    /// `CLOCK_BOOTTIME` nanoseconds; 0 for manual isolation.
-    pub expires_at_boot_ns: u64,
+    /// `CLOCK_MONOTONIC_COARSE` nanoseconds; 0 for manual isolation.
+    pub expires_at_coarse_ns: u64,
     /// false: attached but not isolated ("armed"), every program a no-op.
     pub active: bool,
 }
@@ -185,8 +206,26 @@ pub fn install(
         if let Err(cleanup) = roll_back(pins, was_armed) {
             return result.context(format!("and rolling back failed too: {cleanup:#}"));
         }
+        return result;
     }
-    result
+    // Only now, with this isolation enforcing, an earlier version's may go: no open window.
+    retire_other_layouts(pins)
+}
+
+/// Detaches and removes what earlier layout versions pinned (an upgrade never leaves an old
+/// isolation enforcing behind the new agent's back, nor attached after a release).
+pub fn retire_other_layouts(pins: &Pins) -> Result<()> {
+    for layout in pins.other_layouts() {
+        let links = layout.join("links");
+        if let Ok(entries) = fs::read_dir(&links) {
+            for entry in entries.filter_map(Result::ok) {
+                fs::remove_file(entry.path())
+                    .with_context(|| format!("cannot remove pinned link {}", entry.path().display()))?;
+            }
+        }
+        fs::remove_dir_all(&layout).with_context(|| format!("cannot remove {}", layout.display()))?;
+    }
+    Ok(())
 }
 
 /// Writes the generation of the isolation in force into its config (shown by `status`).
@@ -308,6 +347,7 @@ pub fn uninstall(pins: &Pins) -> Result<()> {
             let _ = maps.deactivate();
         }
     }
+    retire_other_layouts(pins)?;
     remove_pins(pins)
 }
 
@@ -398,7 +438,7 @@ impl LiveMaps {
         let config = Config {
             active: u32::from(enforcement.active),
             flags: 0,
-            expires_at_boot_ns: enforcement.expires_at_boot_ns,
+            expires_at_coarse_ns: enforcement.expires_at_coarse_ns,
             generation,
         };
         self.config.set(0, config, 0).context("cannot write the config map")?;

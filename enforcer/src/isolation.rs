@@ -82,22 +82,23 @@ pub fn now_unix_ms() -> i64 {
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
-pub fn now_boot_ns() -> u64 {
+/// The clock the eBPF programs hold deadlines on (`bpf_ktime_get_coarse_ns`), read the same way.
+pub fn now_coarse_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the local timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
-/// The boot-clock deadline matching a wall-clock deadline (kernel programs read the boot clock,
-/// which no wall-clock change can move).
-fn boot_deadline(expires_at_unix_ms: Option<i64>) -> u64 {
+/// The kernel-clock deadline matching a wall-clock deadline (the programs read the monotonic
+/// clock, which no wall-clock change can move).
+fn kernel_deadline(expires_at_unix_ms: Option<i64>) -> u64 {
     match expires_at_unix_ms {
         None => 0,
         Some(deadline) => {
             let remaining_ms = u64::try_from(deadline.saturating_sub(now_unix_ms())).unwrap_or(0);
             // Never 0 (which means "manual"): an already-due deadline becomes "now".
-            now_boot_ns().saturating_add(remaining_ms.saturating_mul(1_000_000)).max(1)
+            now_coarse_ns().saturating_add(remaining_ms.saturating_mul(1_000_000)).max(1)
         }
     }
 }
@@ -269,7 +270,7 @@ fn apply_record(target: &Target, record: &IsolationRecord, before: Before) -> Re
         tables: &tables,
         exempt_names: &exempt_names,
         exempt_tgids: &exempt_tgids,
-        expires_at_boot_ns: boot_deadline(record.expires_at_unix_ms),
+        expires_at_coarse_ns: kernel_deadline(record.expires_at_unix_ms),
         active: true,
     };
     // Mark what exempt processes already hold before anything is enforced.
@@ -311,7 +312,7 @@ pub fn arm(target: &Target) -> Result<bool> {
         tables: &tables,
         exempt_names: &[],
         exempt_tgids: &[],
-        expires_at_boot_ns: 0,
+        expires_at_coarse_ns: 0,
         active: false,
     };
     bpf::arm(&target.pins, &enforcement)?;
@@ -384,10 +385,15 @@ pub fn status(target: &Target) -> Result<Status> {
     let record = store.current()?;
     let history = store.recent_audit(5)?;
     drop(store);
-    let now_boot = now_boot_ns();
-    let enforcing = kernel.as_ref().is_some_and(|k| k.config.enforcing_at(now_boot) && !k.links.is_empty());
+    let now_coarse = now_coarse_ns();
+    let enforcing = kernel.as_ref().is_some_and(|k| k.config.enforcing_at(now_coarse) && !k.links.is_empty());
     let armed = target.pins.armed();
+    let earlier_layouts = target.pins.other_layouts();
     let attention = match (&kernel, &record, enforcing) {
+        _ if !earlier_layouts.is_empty() => Some(format!(
+            "programs pinned by an earlier cordon version are still attached ({}); start the agent to take the isolation over, or run `cordon-enforcer release` to remove them",
+            earlier_layouts.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        )),
         (Some(_), _, false) if armed => None,
         (Some(_), _, false) => Some("programs are still pinned but no longer enforce (the deadline passed while the agent was not running); run `cordon-enforcer release` or start the agent to clean up".to_owned()),
         (None, Some(_), _) => Some("an isolation is recorded but nothing is pinned (the host rebooted?); start the agent (`cordon-enforcer run`) to restore it".to_owned()),
@@ -396,9 +402,10 @@ pub fn status(target: &Target) -> Result<Status> {
     let pins_intact = record.is_none() || kernel.as_ref().is_some_and(|k| !k.links.is_empty());
     let record_in_force = record.as_ref().filter(|_| enforcing);
     let expires_at = match (&kernel, enforcing) {
-        (Some(k), true) if k.config.expires_at_boot_ns != 0 => {
+        (Some(k), true) if k.config.expires_at_coarse_ns != 0 => {
             let remaining_ms =
-                i64::try_from(k.config.expires_at_boot_ns.saturating_sub(now_boot) / 1_000_000).unwrap_or(0);
+                i64::try_from(k.config.expires_at_coarse_ns.saturating_sub(now_coarse) / 1_000_000)
+                    .unwrap_or(0);
             Some(record_in_force.and_then(|r| r.expires_at_unix_ms).unwrap_or(now_unix_ms() + remaining_ms))
         }
         _ => None,
@@ -499,18 +506,18 @@ pub fn expire_if_due(target: &Target) -> Result<Deadline> {
     let Some(kernel) = bpf::read_state(&target.pins)? else {
         return Ok(Deadline::None);
     };
-    let deadline = kernel.config.expires_at_boot_ns;
+    let deadline = kernel.config.expires_at_coarse_ns;
     if kernel.config.active == 0 || deadline == 0 {
         return Ok(Deadline::None);
     }
-    let now = now_boot_ns();
+    let now = now_coarse_ns();
     if now >= deadline {
         let _lock = lock_changes(target)?;
         // Re-check under the lock: the command line may have changed it meanwhile.
         let still_due = bpf::read_state(&target.pins)?.is_some_and(|k| {
             k.config.active == 1
-                && k.config.expires_at_boot_ns != 0
-                && now_boot_ns() >= k.config.expires_at_boot_ns
+                && k.config.expires_at_coarse_ns != 0
+                && now_coarse_ns() >= k.config.expires_at_coarse_ns
         });
         if !still_due {
             return Ok(Deadline::None);

@@ -33,6 +33,10 @@ fn main() {
         Trial::test("timed_isolation_ends_on_time_with_the_agent_dead", timed_isolation_without_agent),
         Trial::test("release_restores_everything_and_leaves_nothing_pinned", release_cleans_up),
         Trial::test("agent_restores_isolation_after_the_pins_are_gone", restores_after_reboot),
+        Trial::test(
+            "an_upgrade_takes_over_and_retires_the_earlier_pin_layout",
+            upgrade_retires_earlier_layout,
+        ),
         Trial::test("exclusions_change_on_a_live_isolation", live_update),
         Trial::test("armed_programs_change_nothing_until_isolate", armed_then_isolated),
         Trial::test("dns_and_dhcp_only_when_asked_for", dns_and_dhcp_on_request),
@@ -404,6 +408,37 @@ fn restores_after_reboot() -> Result<(), Failed> {
     assert_eq!(restored["isolated"], true);
     assert_eq!(restored["exclusions"], serde_json::json!([allow]));
     assert_eq!(restored["reason"], "reboot test");
+    Ok(())
+}
+
+fn upgrade_retires_earlier_layout() -> Result<(), Failed> {
+    let mut sandbox = Sandbox::new();
+    start_peer_servers(&mut sandbox, &["8080"]);
+    let peer = sandbox.peer_v4();
+    enforcer_ok(&sandbox, &["isolate", "--reason", "before the upgrade"]);
+    // What an earlier cordon leaves: its pins under another layout version, still enforcing.
+    let current = sandbox.pin_dir.join(enforcer_common::PIN_LAYOUT_VERSION);
+    let earlier = sandbox.pin_dir.join("v1");
+    std::fs::rename(&current, &earlier).expect("rename the pin layout on bpffs");
+    check("under the earlier layout", &on_host(&sandbox, &["connect", &peer, "8080"]), "error EPERM")?;
+    let before = status(&sandbox);
+    assert!(
+        before["attention"]
+            .as_str()
+            .is_some_and(|a| a.contains("earlier cordon version") && a.contains("/v1")),
+        "status must point at the earlier layout: {before}"
+    );
+    let mut agent = spawn_agent(&mut sandbox);
+    let started = agent.expect_line("agent start", Duration::from_secs(5));
+    assert!(started.contains("re-installed"), "agent said: {started}");
+    assert!(!earlier.exists(), "the earlier layout is still pinned at {}", earlier.display());
+    check("after the take-over", &on_host(&sandbox, &["connect", &peer, "8080"]), "error EPERM")?;
+    let after = status(&sandbox);
+    assert_eq!(after["isolated"], true);
+    assert_eq!(after["attention"], serde_json::Value::Null, "{after}");
+    enforcer_ok(&sandbox, &["release"]);
+    check("after release", &on_host(&sandbox, &["connect", &peer, "8080"]), "ok")?;
+    assert!(!sandbox.pin_dir.exists(), "pins left behind in {}", sandbox.pin_dir.display());
     Ok(())
 }
 

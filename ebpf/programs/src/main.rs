@@ -18,8 +18,8 @@ mod programs {
     use aya_ebpf::{
         bindings::{bpf_sock, TC_ACT_SHOT, TC_ACT_UNSPEC},
         helpers::{
-            bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
-            generated::bpf_sk_fullsock,
+            bpf_get_current_comm, bpf_get_current_pid_tgid,
+            generated::{bpf_ktime_get_coarse_ns, bpf_sk_fullsock},
         },
         macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, classifier, map},
         maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
@@ -64,7 +64,7 @@ mod programs {
     fn enforcing() -> bool {
         match CORDON_CONFIG.get(0) {
             // SAFETY: the helper has no preconditions.
-            Some(config) if config.active == 1 => config.enforcing_at(unsafe { bpf_ktime_get_boot_ns() }),
+            Some(config) if config.active == 1 => config.enforcing_at(unsafe { bpf_ktime_get_coarse_ns() }),
             _ => false,
         }
     }
