@@ -7,11 +7,19 @@
 //! - `none`: no program attached;
 //! - `armed`: programs loaded and verified, not attached (what a host with the agent pays every
 //!   day);
-//! - `attached, not enforcing`: programs attached to the cgroup, every one returning at once (a
-//!   timed isolation whose kernel deadline passed while the agent was down);
-//! - `isolated, 1,000 exclusions`: isolated, the benchmark traffic allowed by 2 of 1,000 rules;
+//! - `attached, not enforcing`: programs attached to the cgroup and the interface guard to the
+//!   host's interface (as for a whole-host isolation), every one returning at once (a timed
+//!   isolation whose kernel deadline passed while the agent was down);
+//! - `isolated, 1,000 exclusions`: isolated (programs as above), the benchmark traffic allowed
+//!   by 3 of 1,000 rules;
 //! - `nftables linear` / `nftables set`: an nftables ruleset with the same meaning (default drop,
 //!   loopback and the same 1,000 exclusions), as one rule per exclusion and as one interval set.
+//!
+//! The connection rate of this VM drifts by tens of percent from one second to the next, more
+//! than the effects measured here. So besides the per-scenario runs, the cgroup scenarios are
+//! measured *interleaved*: one client alternates every 100 ms between a bare sibling cgroup (no
+//! program on its sockets' path) and the sandbox cgroup (the programs), so the drift hits both
+//! halves alike; the control run (nothing attached anywhere) shows the method's own noise.
 //!
 //! This binary is also the probe the sandbox runs (`isolation probe ...`).
 
@@ -26,6 +34,10 @@ const ENFORCER: &str = env!("CARGO_BIN_EXE_cordon-enforcer");
 const ROUNDS: usize = 7;
 const SECONDS_PER_RUN: &str = "3";
 const SEVER_CONNECTIONS: usize = 10_000;
+/// Interleaved runs: repetitions of each (scenario, workload), windows per run, window length.
+const INTERLEAVED_REPETITIONS: usize = 3;
+const INTERLEAVED_WINDOWS: &str = "600";
+const INTERLEAVED_WINDOW_MS: &str = "100";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -41,8 +53,14 @@ fn main() {
     assert_eq!(sinks.expect_line("sink", Duration::from_secs(5)), "ready");
     let mut sever_sink = sandbox.spawn(sandbox.on_peer(&probe(), &["probe", "sink", "8081"]));
     assert_eq!(sever_sink.expect_line("sink", Duration::from_secs(5)), "ready");
+    let mut responder = sandbox.spawn(sandbox.on_peer(&probe(), &["probe", "respond", "8082"]));
+    assert_eq!(responder.expect_line("responder", Duration::from_secs(5)), "ready");
 
     let exclusions = exclusion_specs(&peer);
+    if std::env::var("CORDON_BENCH_ONLY").as_deref() == Ok("interleaved") {
+        interleaved_connection_rates(&sandbox, &exclusions, &peer, &nft);
+        return;
+    }
     let scenarios = [
         "none",
         "armed (loaded, not attached)",
@@ -56,7 +74,7 @@ fn main() {
     // Rounds interleave the scenarios so drift on the shared machine hits them all alike.
     for round in 0..ROUNDS {
         for (index, scenario) in scenarios.iter().enumerate() {
-            set_up(&sandbox, index, &exclusions, &peer, &nft);
+            set_up(&sandbox, index, &exclusions, &peer, &nft, true);
             throughput[index].push(iperf_gbits(&mut sandbox, &iperf3, &peer));
             rate[index].push(connection_rate(&sandbox, &peer));
             tear_down(&sandbox, index, &nft);
@@ -84,6 +102,8 @@ fn main() {
             spread(&rate[index], base_rate)
         );
     }
+
+    interleaved_connection_rates(&sandbox, &exclusions, &peer, &nft);
 
     // Time from `isolate` to enforced, nothing to sever: the command's wall time.
     let cold = time_isolations(&sandbox, false);
@@ -115,6 +135,82 @@ fn main() {
     enforcer(&sandbox, &["release"]);
 }
 
+/// The cgroup scenarios' connection rates, each run alternating 100 ms windows between a bare
+/// sibling cgroup and the sandbox cgroup (see the module comment). Workloads: connect +
+/// reset-close with no data (the worst case for per-connection costs), and one-byte request,
+/// one-byte response, server closes (netperf's `TCP_CRR`, a short-lived HTTP-like connection).
+fn interleaved_connection_rates(sandbox: &Sandbox, exclusions: &[String], peer: &str, nft: &Path) {
+    let bare = PathBuf::from(format!("{}-bare", sandbox.cgroup.display()));
+    std::fs::create_dir_all(&bare).expect("create the bare sibling cgroup");
+    let scenarios =
+        [(0, "control: nothing attached"), (2, "attached, not enforcing"), (3, "isolated, 1,000 exclusions")];
+    let workloads = [("reset", "8080", "connect + reset"), ("crr", "8082", "request/response (TCP_CRR)")];
+    let mut ratios = vec![vec![Vec::new(); workloads.len()]; scenarios.len()];
+    let mut bare_rates = vec![vec![Vec::new(); workloads.len()]; scenarios.len()];
+    for repetition in 0..INTERLEAVED_REPETITIONS {
+        for (s, (scenario, name)) in scenarios.iter().enumerate() {
+            // No interface guard: it would sit on both halves' path.
+            set_up(sandbox, *scenario, exclusions, peer, nft, false);
+            for (w, (mode, port, _)) in workloads.iter().enumerate() {
+                let (bare_rate, ratio) = interleaved_run(sandbox, &bare, peer, port, mode);
+                eprintln!(
+                    "interleaved {repetition}: {name}, {mode}: {bare_rate:.0} conn/s bare, ratio {ratio:.4}"
+                );
+                ratios[s][w].push(ratio);
+                bare_rates[s][w].push(bare_rate);
+            }
+            tear_down(sandbox, *scenario, nft);
+        }
+    }
+    let _ = std::fs::remove_dir(&bare);
+    println!();
+    println!(
+        "| interleaved, {INTERLEAVED_REPETITIONS} runs of {INTERLEAVED_WINDOWS} x {INTERLEAVED_WINDOW_MS} ms windows | workload | connections/s, bare cgroup (median) | ratio in the sandbox cgroup (median) | runs (min–max) |"
+    );
+    println!("|---|---|---|---|---|");
+    for (s, (_, name)) in scenarios.iter().enumerate() {
+        for (w, (_, _, workload)) in workloads.iter().enumerate() {
+            let values = &ratios[s][w];
+            let min = values.iter().copied().fold(f64::MAX, f64::min);
+            println!(
+                "| {name} | {workload} | {:.0} | {:.3} | {min:.3}–{:.3} |",
+                median(&bare_rates[s][w]),
+                median(values),
+                max(values)
+            );
+        }
+    }
+}
+
+/// One interleaved run: the bare half's rate and the sandbox half's rate relative to it.
+fn interleaved_run(sandbox: &Sandbox, bare: &Path, peer: &str, port: &str, mode: &str) -> (f64, f64) {
+    let (bare, inside) = (bare.to_string_lossy(), sandbox.cgroup.to_string_lossy());
+    let args = [
+        "probe",
+        "connwindows",
+        peer,
+        port,
+        mode,
+        INTERLEAVED_WINDOWS,
+        INTERLEAVED_WINDOW_MS,
+        &bare,
+        &inside,
+    ];
+    let output = sandbox.on_host(&probe(), &args).output().expect("run connwindows");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.lines().last() == Some("done"), "connwindows said: {text}");
+    // Per half: connections and nanoseconds.
+    let mut totals = [(0.0_f64, 0.0_f64); 2];
+    for line in text.lines().filter(|l| l.starts_with("window ")) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let half: usize = fields[2].parse().expect("cgroup index");
+        totals[half].0 += fields[3].parse::<f64>().expect("count");
+        totals[half].1 += fields[4].parse::<f64>().expect("nanoseconds");
+    }
+    let rate = |(count, nanos): (f64, f64)| count / (nanos / 1e9);
+    (rate(totals[0]), rate(totals[1]) / rate(totals[0]))
+}
+
 fn which(tool: &str) -> PathBuf {
     let output = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().expect("sh");
     assert!(output.status.success(), "the benchmark needs {tool} (ops/install-toolchain.sh installs it)");
@@ -131,28 +227,39 @@ fn enforcer(sandbox: &Sandbox, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// 998 disjoint exclusions nobody uses, then the two the benchmark traffic needs (last, the
+/// 997 disjoint exclusions nobody uses, then the three the benchmark traffic needs (last, the
 /// worst place for a linear ruleset).
 fn exclusion_specs(peer: &str) -> Vec<String> {
     let mut specs: Vec<String> =
-        (0..998).map(|i| format!("out,tcp,10.{}.{}.0/24,443", i / 256, i % 256)).collect();
+        (0..997).map(|i| format!("out,tcp,10.{}.{}.0/24,443", i / 256, i % 256)).collect();
     specs.push(format!("out,tcp,{peer}/32,5201"));
     specs.push(format!("out,tcp,{peer}/32,8080"));
+    specs.push(format!("out,tcp,{peer}/32,8082"));
     specs
 }
 
-fn set_up(sandbox: &Sandbox, scenario: usize, exclusions: &[String], peer: &str, nft: &Path) {
+/// Brings the sandbox to `scenario`. `interface_guard`: also attach the ICMP echo guard to the
+/// host's interface, as a whole-host isolation does.
+fn set_up(
+    sandbox: &Sandbox,
+    scenario: usize,
+    exclusions: &[String],
+    peer: &str,
+    nft: &Path,
+    interface_guard: bool,
+) {
+    let guard = if interface_guard { vec!["--interface", sandbox.host_if.as_str()] } else { Vec::new() };
     match scenario {
         1 => {
             enforcer(sandbox, &["arm"]);
         }
         2 => {
             // Attached, then the kernel deadline passes (no agent runs here to lift it).
-            enforcer(sandbox, &["isolate", "--duration", "1s"]);
+            enforcer(sandbox, &[&["isolate", "--duration", "1s"][..], &guard].concat());
             std::thread::sleep(Duration::from_millis(1300));
         }
         3 => {
-            let mut args = vec!["isolate".to_owned()];
+            let mut args: Vec<String> = ["isolate"].iter().chain(&guard).map(|a| (*a).to_owned()).collect();
             for spec in exclusions {
                 args.push("--allow".into());
                 args.push(spec.clone());

@@ -63,10 +63,18 @@ pub fn main(args: &[String]) -> i32 {
         ["kafka-consume", brokers, topic] => kafka_consume(brokers, topic),
         ["sink", port] => sink(port.parse().expect("probe: bad port")),
         ["drain", port] => drain(port.parse().expect("probe: bad port")),
+        ["respond", port] => respond(port.parse().expect("probe: bad port")),
         ["open", host, port, count] => open(address(host, port), count.parse().expect("probe: bad count")),
         ["until-refused", host, port] => until_refused(address(host, port)),
         ["kafka-pipe", brokers, topic] => kafka_pipe(brokers, topic),
         ["otlp", address, grpc_port, http_port] => crate::otlp::probe(address, grpc_port, http_port),
+        ["connwindows", host, port, mode, windows, window_ms, cgroups @ ..] => connection_windows(
+            address(host, port),
+            mode,
+            windows.parse().expect("probe: bad window count"),
+            Duration::from_millis(window_ms.parse().expect("probe: bad window length")),
+            cgroups,
+        ),
         ["connrate", host, port, seconds] => {
             connection_rate(
                 address(host, port),
@@ -196,6 +204,20 @@ fn drain(port: u16) {
     }
 }
 
+/// Answers each connection's one-byte request with one byte and closes it, one connection at
+/// a time (the server side of [`request_response`]).
+fn respond(port: u16) {
+    let listener = listen(port);
+    say("ready");
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let mut request = [0u8; 1];
+        if stream.read_exact(&mut request).is_ok() {
+            let _ = stream.write_all(b"a");
+        }
+    }
+}
+
 /// Opens `count` connections, reports `open <count>`, then holds them until killed.
 fn open(target: SocketAddr, count: usize) {
     raise_file_limit();
@@ -228,25 +250,80 @@ fn connection_rate(target: SocketAddr, duration: Duration) {
     while started.elapsed() < duration {
         match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
             Ok(stream) => {
-                // Close with a reset so no TIME_WAIT state piles up and exhausts the ports.
-                let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-                // SAFETY: setsockopt on our own socket with a local struct.
-                unsafe {
-                    libc::setsockopt(
-                        std::os::fd::AsRawFd::as_raw_fd(&stream),
-                        libc::SOL_SOCKET,
-                        libc::SO_LINGER,
-                        (&raw const linger).cast(),
-                        size_of::<libc::linger>() as u32,
-                    );
-                }
-                drop(stream);
+                reset_on_close(&stream);
                 count += 1;
             }
             Err(error) => return say(&errno_name(&error)),
         }
     }
     say(&format!("rate {:.0}", count as f64 / started.elapsed().as_secs_f64()));
+}
+
+/// Connect + reset-close (`mode` "reset") or request/response ("crr") in a loop, counted in
+/// `windows` windows of `window` each. With cgroups given, each window runs in one of them in
+/// turn: the probe moves itself there first (a socket belongs to the cgroup of the process
+/// that created it), so the cgroups' costs are compared a fraction of a second apart and the
+/// machine's drift hits them alike. Says, per window,
+/// `window <i> <cgroup index> <connections> <nanoseconds>`, then `done`.
+fn connection_windows(target: SocketAddr, mode: &str, windows: usize, window: Duration, cgroups: &[&str]) {
+    for index in 0..windows {
+        // With two cgroups the order is A B B A A B B A ...: each half gets as many windows
+        // right after a move as not, and a steady drift cancels within every four windows.
+        let cgroup = match cgroups.len() {
+            0 => 0,
+            2 => usize::from(matches!(index % 4, 1 | 2)),
+            n => index % n,
+        };
+        if let Some(path) = cgroups.get(cgroup) {
+            // "0" moves the writing process.
+            std::fs::write(format!("{path}/cgroup.procs"), "0").expect("probe: join cgroup");
+        }
+        let started = Instant::now();
+        let mut count = 0u64;
+        while started.elapsed() < window {
+            let outcome = match mode {
+                "reset" => {
+                    TcpStream::connect_timeout(&target, Duration::from_secs(2)).map(|s| reset_on_close(&s))
+                }
+                _ => request_response(target),
+            };
+            match outcome {
+                Ok(()) => count += 1,
+                Err(error) => return say(&errno_name(&error)),
+            }
+        }
+        say(&format!("window {index} {cgroup} {count} {}", started.elapsed().as_nanos()));
+    }
+    say("done");
+}
+
+/// One short-lived request/response connection (netperf's `TCP_CRR`): connect, send a byte,
+/// read the one-byte answer and the server's close, close.
+fn request_response(target: SocketAddr) -> io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"q")?;
+    let mut answer = [0u8; 2];
+    stream.read_exact(&mut answer[..1])?;
+    match stream.read(&mut answer)? {
+        0 => Ok(()),
+        _ => Err(io::Error::other("the server said more than one byte")),
+    }
+}
+
+/// Makes dropping `stream` send a reset, so no `TIME_WAIT` state piles up and exhausts the ports.
+fn reset_on_close(stream: &TcpStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt on our own socket with a local struct.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(stream),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as u32,
+        );
+    }
 }
 
 fn greet(stream: &mut TcpStream) -> io::Result<()> {
