@@ -216,14 +216,7 @@ pub fn install(
 /// isolation enforcing behind the new agent's back, nor attached after a release).
 pub fn retire_other_layouts(pins: &Pins) -> Result<()> {
     for layout in pins.other_layouts() {
-        let links = layout.join("links");
-        if let Ok(entries) = fs::read_dir(&links) {
-            for entry in entries.filter_map(Result::ok) {
-                fs::remove_file(entry.path())
-                    .with_context(|| format!("cannot remove pinned link {}", entry.path().display()))?;
-            }
-        }
-        fs::remove_dir_all(&layout).with_context(|| format!("cannot remove {}", layout.display()))?;
+        remove_pins(&Pins { root: layout })?;
     }
     Ok(())
 }

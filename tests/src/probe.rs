@@ -248,11 +248,8 @@ fn connection_rate(target: SocketAddr, duration: Duration) {
     let started = Instant::now();
     let mut count = 0u64;
     while started.elapsed() < duration {
-        match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
-            Ok(stream) => {
-                reset_on_close(&stream);
-                count += 1;
-            }
+        match one_connection(target, "reset") {
+            Ok(()) => count += 1,
             Err(error) => return say(&errno_name(&error)),
         }
     }
@@ -281,13 +278,7 @@ fn connection_windows(target: SocketAddr, mode: &str, windows: usize, window: Du
         let started = Instant::now();
         let mut count = 0u64;
         while started.elapsed() < window {
-            let outcome = match mode {
-                "reset" => {
-                    TcpStream::connect_timeout(&target, Duration::from_secs(2)).map(|s| reset_on_close(&s))
-                }
-                _ => request_response(target),
-            };
-            match outcome {
+            match one_connection(target, mode) {
                 Ok(()) => count += 1,
                 Err(error) => return say(&errno_name(&error)),
             }
@@ -295,6 +286,14 @@ fn connection_windows(target: SocketAddr, mode: &str, windows: usize, window: Du
         say(&format!("window {index} {cgroup} {count} {}", started.elapsed().as_nanos()));
     }
     say("done");
+}
+
+/// One connection of the `mode` workload: "reset" (connect, reset-close) or "crr".
+fn one_connection(target: SocketAddr, mode: &str) -> io::Result<()> {
+    match mode {
+        "reset" => TcpStream::connect_timeout(&target, Duration::from_secs(2)).map(|s| reset_on_close(&s)),
+        _ => request_response(target),
+    }
 }
 
 /// One short-lived request/response connection (netperf's `TCP_CRR`): connect, send a byte,
