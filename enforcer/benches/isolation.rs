@@ -19,7 +19,10 @@
 //! than the effects measured here. So besides the per-scenario runs, the cgroup scenarios are
 //! measured *interleaved*: one client alternates every 100 ms between a bare sibling cgroup (no
 //! program on its sockets' path) and the sandbox cgroup (the programs), so the drift hits both
-//! halves alike; the control run (nothing attached anywhere) shows the method's own noise.
+//! halves alike; the control run (nothing attached anywhere) shows the method's own noise. Two
+//! more interleaved rows use a pair of empty `cgroup_skb` programs (`ebpf/programs/src/baseline.rs`):
+//! against nothing, they measure what the kernel charges for running any packet program (the
+//! floor); against cordon's idle programs, what cordon adds over that floor.
 //!
 //! This binary is also the probe the sandbox runs (`isolation probe ...`).
 
@@ -135,29 +138,59 @@ fn main() {
     enforcer(&sandbox, &["release"]);
 }
 
+/// Where the empty packet programs (`ebpf/programs/src/baseline.rs`) sit in an interleaved run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Floor {
+    Nowhere,
+    /// In the sandbox cgroup: what any `cgroup_skb` program costs, the kernel's floor.
+    InSandbox,
+    /// In the bare cgroup: what cordon's programs add over that floor.
+    InBare,
+}
+
+/// The interleaved comparisons: key (for `CORDON_BENCH_INTERLEAVED`), row name, scenario set up
+/// in the sandbox cgroup, and where the empty packet programs go.
+const INTERLEAVED: [(&str, &str, usize, Floor); 6] = [
+    ("control", "control: nothing attached", 0, Floor::Nowhere),
+    ("armed", "armed (loaded, not attached: every host's daily state)", 1, Floor::Nowhere),
+    ("floor", "empty `cgroup_skb` programs (the kernel's floor)", 0, Floor::InSandbox),
+    ("attached", "attached, not enforcing", 2, Floor::Nowhere),
+    ("over-floor", "attached, not enforcing, vs. empty programs in the bare half", 2, Floor::InBare),
+    ("isolated", "isolated, 1,000 exclusions", 3, Floor::Nowhere),
+];
+
 /// The cgroup scenarios' connection rates, each run alternating 100 ms windows between a bare
 /// sibling cgroup and the sandbox cgroup (see the module comment). Workloads: connect +
 /// reset-close with no data (the worst case for per-connection costs), and one-byte request,
 /// one-byte response, server closes (netperf's `TCP_CRR`, a short-lived HTTP-like connection).
+/// `CORDON_BENCH_INTERLEAVED=control,attached` (keys of [`INTERLEAVED`]) runs only those rows.
 fn interleaved_connection_rates(sandbox: &Sandbox, exclusions: &[String], peer: &str, nft: &Path) {
     let bare = PathBuf::from(format!("{}-bare", sandbox.cgroup.display()));
     std::fs::create_dir_all(&bare).expect("create the bare sibling cgroup");
-    let scenarios =
-        [(0, "control: nothing attached"), (2, "attached, not enforcing"), (3, "isolated, 1,000 exclusions")];
+    let wanted = std::env::var("CORDON_BENCH_INTERLEAVED").ok();
+    let rows: Vec<_> = INTERLEAVED
+        .iter()
+        .filter(|(key, ..)| wanted.as_deref().is_none_or(|list| list.split(',').any(|k| k.trim() == *key)))
+        .collect();
     let workloads = [("reset", "8080", "connect + reset"), ("crr", "8082", "request/response (TCP_CRR)")];
-    let mut ratios = vec![vec![Vec::new(); workloads.len()]; scenarios.len()];
-    let mut bare_rates = vec![vec![Vec::new(); workloads.len()]; scenarios.len()];
+    let mut ratios = vec![vec![Vec::new(); workloads.len()]; rows.len()];
+    let mut bare_rates = vec![vec![Vec::new(); workloads.len()]; rows.len()];
     for repetition in 0..INTERLEAVED_REPETITIONS {
-        for (s, (scenario, name)) in scenarios.iter().enumerate() {
+        for (r, (_, name, scenario, floor)) in rows.iter().enumerate() {
             // No interface guard: it would sit on both halves' path.
             set_up(sandbox, *scenario, exclusions, peer, nft, false);
+            let _floor = match floor {
+                Floor::Nowhere => None,
+                Floor::InSandbox => Some(attach_empty_programs(&sandbox.cgroup)),
+                Floor::InBare => Some(attach_empty_programs(&bare)),
+            };
             for (w, (mode, port, _)) in workloads.iter().enumerate() {
                 let (bare_rate, ratio) = interleaved_run(sandbox, &bare, peer, port, mode);
                 eprintln!(
                     "interleaved {repetition}: {name}, {mode}: {bare_rate:.0} conn/s bare, ratio {ratio:.4}"
                 );
-                ratios[s][w].push(ratio);
-                bare_rates[s][w].push(bare_rate);
+                ratios[r][w].push(ratio);
+                bare_rates[r][w].push(bare_rate);
             }
             tear_down(sandbox, *scenario, nft);
         }
@@ -168,18 +201,40 @@ fn interleaved_connection_rates(sandbox: &Sandbox, exclusions: &[String], peer: 
         "| interleaved, {INTERLEAVED_REPETITIONS} runs of {INTERLEAVED_WINDOWS} x {INTERLEAVED_WINDOW_MS} ms windows | workload | connections/s, bare cgroup (median) | ratio in the sandbox cgroup (median) | runs (min–max) |"
     );
     println!("|---|---|---|---|---|");
-    for (s, (_, name)) in scenarios.iter().enumerate() {
+    for (r, (_, name, ..)) in rows.iter().enumerate() {
         for (w, (_, _, workload)) in workloads.iter().enumerate() {
-            let values = &ratios[s][w];
+            let values = &ratios[r][w];
             let min = values.iter().copied().fold(f64::MAX, f64::min);
             println!(
                 "| {name} | {workload} | {:.0} | {:.3} | {min:.3}–{:.3} |",
-                median(&bare_rates[s][w]),
+                median(&bare_rates[r][w]),
                 median(values),
                 max(values)
             );
         }
     }
+}
+
+/// Attaches the empty packet programs to `cgroup`; they stay attached until the result drops.
+fn attach_empty_programs(cgroup: &Path) -> aya::Ebpf {
+    use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType};
+    static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline-ebpf"));
+    let mut object = aya::Ebpf::load(OBJECT).expect("load the empty packet programs");
+    let cgroup_file = std::fs::File::open(cgroup).expect("open the cgroup");
+    for (name, attach_type) in
+        [("baseline_egress", CgroupSkbAttachType::Egress), ("baseline_ingress", CgroupSkbAttachType::Ingress)]
+    {
+        let program: &mut CgroupSkb = object
+            .program_mut(name)
+            .expect("program in the object")
+            .try_into()
+            .expect("a cgroup_skb program");
+        program.load().expect("verify the empty program");
+        program
+            .attach(&cgroup_file, attach_type, CgroupAttachMode::Single)
+            .expect("attach the empty program");
+    }
+    object
 }
 
 /// One interleaved run: the bare half's rate and the sandbox half's rate relative to it.

@@ -451,19 +451,6 @@ mod programs {
             _ => None,
         }
     }
-
-    /// The object's license string, read by the kernel's loader. No GPL-only helper is used.
-    #[unsafe(link_section = "license")]
-    #[unsafe(no_mangle)]
-    static LICENSE: [u8; 11] = *b"Apache-2.0\0";
-
-    #[panic_handler]
-    fn panic(_info: &core::panic::PanicInfo) -> ! {
-        loop {}
-    }
 }
 
-/// The host build of this crate (as a build-dependency) needs a `main`; the real programs are
-/// only compiled for the BPF target.
-#[cfg(not(target_arch = "bpf"))]
-fn main() {}
+enforcer_ebpf::object_epilogue!();
