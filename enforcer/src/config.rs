@@ -121,7 +121,8 @@ mod tests {
 
     #[test]
     fn the_example_in_ops_loads() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/config/enforcer.toml");
+        let path = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test"))
+            .join("../ops/config/enforcer.toml");
         let config = EnforcerConfig::load(&path).unwrap();
         assert_eq!(config.host_id.as_deref(), Some("web-01"));
         assert_eq!(config.kafka.as_ref().and_then(|k| k.fetch_wait_ms), Some(500));

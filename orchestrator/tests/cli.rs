@@ -7,7 +7,10 @@ use std::process::{Command, Output};
 use serde_json::json;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn cordon(args: &[&str], dir: &Path) -> Output {

@@ -800,7 +800,8 @@ fn topics_are_created_once_with_their_partitions() {
 fn the_producer_example_publishes_a_detection_that_isolates() {
     let mut harness = Harness::start("example");
     let lines = harness.serve();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/examples/produce-detection.py");
+    let script = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test"))
+        .join("../ops/examples/produce-detection.py");
     let output = Command::new("python3")
         .arg(&script)
         .args(["--brokers", &harness.brokers, "--host", "web-42", "--severity", "5", "--technique", "T1486"])
@@ -818,7 +819,8 @@ fn unreachable_brokers_are_named_once_and_the_service_keeps_serving() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("rules")).expect("create dir");
     std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/examples/ransomware.yaml"),
+        Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test"))
+            .join("../rules/examples/ransomware.yaml"),
         dir.join("rules/ransomware.yaml"),
     )
     .expect("copy a rule");

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 fn file(name: &str) -> serde_json::Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(name);
+    let path = PathBuf::from(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test")).join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }

@@ -11,7 +11,7 @@ use std::process::Command;
 #[test]
 fn the_demo_tells_its_story_and_cleans_up() {
     cordon_tests::require_kernel_test_environment();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test")).join("..");
     let bin_dir = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().and_then(Path::parent).map(Path::to_path_buf))
