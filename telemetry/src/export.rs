@@ -151,6 +151,35 @@ pub fn collector_addresses(section: &TelemetrySection, env: &impl Fn(&str) -> Op
     addresses
 }
 
+/// Builds the OTLP exporter `$exporter` (`SpanExporter` or `MetricExporter`) for `$signal` over
+/// the plan's protocol, wraps it in [`Reporting`] (and gRPC in [`OnRuntime`]), binds it to
+/// `$bound` and evaluates `$then`. A macro because opentelemetry-otlp's gRPC and HTTP builders,
+/// and so the two exporters, are distinct types for each signal; returns `Exporter` errors with
+/// `?` from the enclosing function.
+macro_rules! with_otlp_exporter {
+    ($exporter:path, $signal:literal, $plan:expr, $runtime:expr, $failed:expr, $where_to:expr, |$bound:ident| $then:expr) => {
+        if let Some(runtime) = $runtime {
+            let _inside = runtime.enter();
+            let mut builder = <$exporter>::builder().with_tonic();
+            if let Some(endpoint) = &$plan.endpoint {
+                builder = builder.with_endpoint(endpoint.clone());
+            }
+            let inner = builder.build().map_err(|e| $failed($signal, &e))?;
+            let $bound =
+                Reporting::new(OnRuntime { inner, runtime: runtime.handle().clone() }, $signal, $where_to);
+            $then
+        } else {
+            let mut builder = <$exporter>::builder().with_http().with_protocol(http_protocol($plan.protocol));
+            if let Some(endpoint) = &$plan.endpoint {
+                builder = builder.with_endpoint(signal_url(endpoint, $signal));
+            }
+            let $bound =
+                Reporting::new(builder.build().map_err(|e| $failed($signal, &e))?, $signal, $where_to);
+            $then
+        }
+    };
+}
+
 /// The exporters of one process; dropping it (or [`Telemetry::shutdown`]) flushes what is
 /// pending.
 pub struct Telemetry {
@@ -227,69 +256,29 @@ impl Telemetry {
         let mut telemetry = Telemetry::off();
         if plan.traces {
             let builder = SdkTracerProvider::builder().with_resource(resource.clone());
-            let provider = if let Some(runtime) = &runtime {
-                let _inside = runtime.enter();
-                let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-                if let Some(endpoint) = &plan.endpoint {
-                    exporter = exporter.with_endpoint(endpoint.clone());
-                }
-                let exporter = exporter.build().map_err(|e| failed("traces", &e))?;
-                builder
-                    .with_span_processor(batch(Reporting::new(
-                        OnRuntime { inner: exporter, runtime: runtime.handle().clone() },
-                        "traces",
-                        &where_to,
-                    )))
-                    .build()
-            } else {
-                let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-                    .with_http()
-                    .with_protocol(http_protocol(plan.protocol));
-                if let Some(endpoint) = &plan.endpoint {
-                    exporter = exporter.with_endpoint(signal_url(endpoint, "traces"));
-                }
-                builder
-                    .with_span_processor(batch(Reporting::new(
-                        exporter.build().map_err(|e| failed("traces", &e))?,
-                        "traces",
-                        &where_to,
-                    )))
-                    .build()
-            };
+            let provider = with_otlp_exporter!(
+                opentelemetry_otlp::SpanExporter,
+                "traces",
+                plan,
+                &runtime,
+                failed,
+                &where_to,
+                |exporter| builder.with_span_processor(batch(exporter)).build()
+            );
             telemetry.tracer = Some(provider.tracer(service_name));
             telemetry.tracer_provider = Some(provider);
         }
         if plan.metrics {
             let builder = SdkMeterProvider::builder().with_resource(resource);
-            let provider = if let Some(runtime) = &runtime {
-                let _inside = runtime.enter();
-                let mut exporter = opentelemetry_otlp::MetricExporter::builder().with_tonic();
-                if let Some(endpoint) = &plan.endpoint {
-                    exporter = exporter.with_endpoint(endpoint.clone());
-                }
-                let exporter = exporter.build().map_err(|e| failed("metrics", &e))?;
-                builder
-                    .with_periodic_exporter(Reporting::new(
-                        OnRuntime { inner: exporter, runtime: runtime.handle().clone() },
-                        "metrics",
-                        &where_to,
-                    ))
-                    .build()
-            } else {
-                let mut exporter = opentelemetry_otlp::MetricExporter::builder()
-                    .with_http()
-                    .with_protocol(http_protocol(plan.protocol));
-                if let Some(endpoint) = &plan.endpoint {
-                    exporter = exporter.with_endpoint(signal_url(endpoint, "metrics"));
-                }
-                builder
-                    .with_periodic_exporter(Reporting::new(
-                        exporter.build().map_err(|e| failed("metrics", &e))?,
-                        "metrics",
-                        &where_to,
-                    ))
-                    .build()
-            };
+            let provider = with_otlp_exporter!(
+                opentelemetry_otlp::MetricExporter,
+                "metrics",
+                plan,
+                &runtime,
+                failed,
+                &where_to,
+                |exporter| builder.with_periodic_exporter(exporter).build()
+            );
             telemetry.meter_provider = Some(provider);
         }
         let signals = match (plan.traces, plan.metrics) {
