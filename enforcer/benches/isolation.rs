@@ -139,7 +139,7 @@ fn main() {
 }
 
 /// Where the empty packet programs (`ebpf/programs/src/baseline.rs`) sit in an interleaved run.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Floor {
     Nowhere,
     /// In the sandbox cgroup: what any `cgroup_skb` program costs, the kernel's floor.
@@ -168,6 +168,16 @@ fn interleaved_connection_rates(sandbox: &Sandbox, exclusions: &[String], peer: 
     let bare = PathBuf::from(format!("{}-bare", sandbox.cgroup.display()));
     std::fs::create_dir_all(&bare).expect("create the bare sibling cgroup");
     let wanted = std::env::var("CORDON_BENCH_INTERLEAVED").ok();
+    let keys: Vec<&str> = INTERLEAVED.iter().map(|(key, ..)| *key).collect();
+    if let Some(list) = &wanted {
+        for key in list.split(',').map(str::trim) {
+            assert!(
+                keys.contains(&key),
+                "CORDON_BENCH_INTERLEAVED: no row {key:?} (rows: {})",
+                keys.join(",")
+            );
+        }
+    }
     let rows: Vec<_> = INTERLEAVED
         .iter()
         .filter(|(key, ..)| wanted.as_deref().is_none_or(|list| list.split(',').any(|k| k.trim() == *key)))

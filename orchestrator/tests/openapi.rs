@@ -11,9 +11,14 @@ use orchestrator::service::store::Store;
 
 const TOKEN: &str = "a-test-token-of-enough-length";
 
+/// This crate's directory, as cargo tells the running test (not compiled in: checkouts share a
+/// target directory, see ARCHITECTURE.md).
+fn crate_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test"))
+}
+
 fn document() -> serde_json::Value {
-    let path = PathBuf::from(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test"))
-        .join("../schemas/openapi.json");
+    let path = crate_dir().join("../schemas/openapi.json");
     let text = std::fs::read_to_string(&path).expect("read schemas/openapi.json");
     serde_json::from_str(&text).expect("schemas/openapi.json is JSON")
 }
@@ -143,11 +148,8 @@ fn every_documented_route_exists_and_needs_the_token() {
 
 #[test]
 fn every_route_in_the_code_is_documented() {
-    let source = std::fs::read_to_string(
-        PathBuf::from(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test"))
-            .join("src/service/api.rs"),
-    )
-    .expect("read src/service/api.rs");
+    let source =
+        std::fs::read_to_string(crate_dir().join("src/service/api.rs")).expect("read src/service/api.rs");
     let document = document();
     let mut routes = 0;
     for piece in source.split(".route(\"").skip(1) {

@@ -18,6 +18,12 @@ use rdkafka::ClientConfig;
 
 const CORDON: &str = env!("CARGO_BIN_EXE_cordon");
 
+/// This crate's directory, as cargo tells the running test (not compiled in: checkouts share a
+/// target directory, see ARCHITECTURE.md).
+fn crate_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test"))
+}
+
 /// Processes the test started, killed on drop; a scratch directory, removed on drop.
 struct Harness {
     children: Vec<Child>,
@@ -800,8 +806,7 @@ fn topics_are_created_once_with_their_partitions() {
 fn the_producer_example_publishes_a_detection_that_isolates() {
     let mut harness = Harness::start("example");
     let lines = harness.serve();
-    let script = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test"))
-        .join("../ops/examples/produce-detection.py");
+    let script = crate_dir().join("../ops/examples/produce-detection.py");
     let output = Command::new("python3")
         .arg(&script)
         .args(["--brokers", &harness.brokers, "--host", "web-42", "--severity", "5", "--technique", "T1486"])
@@ -818,12 +823,8 @@ fn unreachable_brokers_are_named_once_and_the_service_keeps_serving() {
     let dir = std::env::temp_dir().join(format!("cordon-unreachable-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("rules")).expect("create dir");
-    std::fs::copy(
-        Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test"))
-            .join("../rules/examples/ransomware.yaml"),
-        dir.join("rules/ransomware.yaml"),
-    )
-    .expect("copy a rule");
+    std::fs::copy(crate_dir().join("../rules/examples/ransomware.yaml"), dir.join("rules/ransomware.yaml"))
+        .expect("copy a rule");
     let keygen =
         Command::new(CORDON).args(["keygen", "--out"]).arg(dir.join("keys")).output().expect("keygen");
     assert!(keygen.status.success());

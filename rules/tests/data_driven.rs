@@ -4,10 +4,16 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::{read_rules_dir, subdirectories};
 use rules::{RuleDirectory, TestResult};
+
+/// This crate's directory, as cargo tells the running test (not compiled in: checkouts share a
+/// target directory, see ARCHITECTURE.md).
+fn crate_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test"))
+}
 
 fn run_all_tests(dir: &Path, prefix: &str) -> (usize, Vec<String>) {
     let (files, policy) = read_rules_dir(dir, prefix);
@@ -28,8 +34,7 @@ fn run_all_tests(dir: &Path, prefix: &str) -> (usize, Vec<String>) {
 
 #[test]
 fn every_case_passes_its_tests() {
-    let root =
-        Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test")).join("tests/cases");
+    let root = crate_dir().join("tests/cases");
     let cases = subdirectories(&root);
     assert!(cases.len() >= 8, "expected the case directories, found {cases:?}");
     for case in cases {
@@ -42,8 +47,7 @@ fn every_case_passes_its_tests() {
 
 #[test]
 fn the_shipped_examples_pass_their_tests() {
-    let examples =
-        Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test")).join("examples");
+    let examples = crate_dir().join("examples");
     let (count, failures) = run_all_tests(&examples, "examples");
     assert!(count >= 15, "expected the examples' tests, found {count}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -51,8 +55,7 @@ fn the_shipped_examples_pass_their_tests() {
 
 #[test]
 fn invalid_rules_produce_exactly_the_expected_diagnostics() {
-    let root =
-        Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test")).join("tests/invalid");
+    let root = crate_dir().join("tests/invalid");
     let cases = subdirectories(&root);
     assert!(cases.len() >= 9, "expected the invalid cases, found {cases:?}");
     for case in cases {

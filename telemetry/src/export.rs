@@ -157,24 +157,28 @@ pub fn collector_addresses(section: &TelemetrySection, env: &impl Fn(&str) -> Op
 /// and so the two exporters, are distinct types for each signal; returns `Exporter` errors with
 /// `?` from the enclosing function.
 macro_rules! with_otlp_exporter {
-    ($exporter:path, $signal:literal, $plan:expr, $runtime:expr, $failed:expr, $where_to:expr, |$bound:ident| $then:expr) => {
+    (
+        $exporter:path, $signal:literal, $plan:expr, $runtime:expr, $failed:expr, $where_to:expr,
+        |$bound:ident| $then:expr
+    ) => {
         if let Some(runtime) = $runtime {
             let _inside = runtime.enter();
-            let mut builder = <$exporter>::builder().with_tonic();
+            let mut exporter_builder = <$exporter>::builder().with_tonic();
             if let Some(endpoint) = &$plan.endpoint {
-                builder = builder.with_endpoint(endpoint.clone());
+                exporter_builder = exporter_builder.with_endpoint(endpoint.clone());
             }
-            let inner = builder.build().map_err(|e| $failed($signal, &e))?;
+            let inner = exporter_builder.build().map_err(|e| $failed($signal, &e))?;
             let $bound =
                 Reporting::new(OnRuntime { inner, runtime: runtime.handle().clone() }, $signal, $where_to);
             $then
         } else {
-            let mut builder = <$exporter>::builder().with_http().with_protocol(http_protocol($plan.protocol));
+            let mut exporter_builder =
+                <$exporter>::builder().with_http().with_protocol(http_protocol($plan.protocol));
             if let Some(endpoint) = &$plan.endpoint {
-                builder = builder.with_endpoint(signal_url(endpoint, $signal));
+                exporter_builder = exporter_builder.with_endpoint(signal_url(endpoint, $signal));
             }
-            let $bound =
-                Reporting::new(builder.build().map_err(|e| $failed($signal, &e))?, $signal, $where_to);
+            let inner = exporter_builder.build().map_err(|e| $failed($signal, &e))?;
+            let $bound = Reporting::new(inner, $signal, $where_to);
             $then
         }
     };

@@ -1,5 +1,5 @@
-//! Empty library target: lets crates list `enforcer-ebpf` as a build-dependency so cargo rebuilds
-//! them when it changes, and holds what every eBPF object of this crate needs.
+//! No code of its own: lets crates list `enforcer-ebpf` as a build-dependency so cargo rebuilds
+//! them when it changes, and holds the macro every eBPF object of this crate ends with.
 #![no_std]
 
 /// The end of every eBPF object built here: the license string the kernel's loader reads (no
