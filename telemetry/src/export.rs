@@ -6,7 +6,7 @@
 //! `OTEL_TRACES_EXPORTER=none` and `OTEL_METRICS_EXPORTER=none` turn export off.
 //!
 //! The SDK exports from threads of its own, which have no async runtime; the gRPC client needs
-//! one, so gRPC exporters run on a small runtime kept for them ([`OnRuntime`]).
+//! one, so gRPC exporters run on a small runtime kept for them (see [`Reporting`]).
 
 use std::time::Duration;
 
@@ -152,7 +152,7 @@ pub fn collector_addresses(section: &TelemetrySection, env: &impl Fn(&str) -> Op
 }
 
 /// Builds the OTLP exporter `$exporter` (`SpanExporter` or `MetricExporter`) for `$signal` over
-/// the plan's protocol, wraps it in [`Reporting`] (and gRPC in [`OnRuntime`]), binds it to
+/// the plan's protocol, wraps it in [`Reporting`] (gRPC with the runtime it runs on), binds it to
 /// `$bound` and evaluates `$then`. A macro because opentelemetry-otlp's gRPC and HTTP builders,
 /// and so the two exporters, are distinct types for each signal; returns `Exporter` errors with
 /// `?` from the enclosing function.
@@ -168,8 +168,7 @@ macro_rules! with_otlp_exporter {
                 exporter_builder = exporter_builder.with_endpoint(endpoint.clone());
             }
             let inner = exporter_builder.build().map_err(|e| $failed($signal, &e))?;
-            let $bound =
-                Reporting::new(OnRuntime { inner, runtime: runtime.handle().clone() }, $signal, $where_to);
+            let $bound = Reporting::new(inner, Some(runtime.handle().clone()), $signal, $where_to);
             $then
         } else {
             let mut exporter_builder =
@@ -178,7 +177,7 @@ macro_rules! with_otlp_exporter {
                 exporter_builder = exporter_builder.with_endpoint(signal_url(endpoint, $signal));
             }
             let inner = exporter_builder.build().map_err(|e| $failed($signal, &e))?;
-            let $bound = Reporting::new(inner, $signal, $where_to);
+            let $bound = Reporting::new(inner, None, $signal, $where_to);
             $then
         }
     };
@@ -394,6 +393,9 @@ fn signal_url(base: &str, signal: &str) -> String {
 #[derive(Debug)]
 struct Reporting<E> {
     inner: E,
+    /// Where the exports run, for gRPC: its client needs a runtime, the SDK's export threads have
+    /// none.
+    runtime: Option<tokio::runtime::Handle>,
     signal: &'static str,
     endpoint: String,
     state: std::sync::Mutex<FailureState>,
@@ -409,8 +411,19 @@ struct FailureState {
 const SAY_FAILURES_EVERY: Duration = Duration::from_mins(1);
 
 impl<E> Reporting<E> {
-    fn new(inner: E, signal: &'static str, endpoint: &str) -> Reporting<E> {
-        Reporting { inner, signal, endpoint: endpoint.to_owned(), state: std::sync::Mutex::default() }
+    fn new(
+        inner: E,
+        runtime: Option<tokio::runtime::Handle>,
+        signal: &'static str,
+        endpoint: &str,
+    ) -> Reporting<E> {
+        Reporting {
+            inner,
+            runtime,
+            signal,
+            endpoint: endpoint.to_owned(),
+            state: std::sync::Mutex::default(),
+        }
     }
 
     /// Notes an export's outcome; returns what was said, if anything.
@@ -451,7 +464,10 @@ impl<E> Reporting<E> {
 
 impl<E: SpanExporter> SpanExporter for Reporting<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let result = self.inner.export(batch).await;
+        let result = match &self.runtime {
+            Some(runtime) => runtime.block_on(self.inner.export(batch)),
+            None => self.inner.export(batch).await,
+        };
         self.note(&result);
         result
     }
@@ -468,46 +484,12 @@ impl<E: SpanExporter> SpanExporter for Reporting<E> {
 
 impl<E: PushMetricExporter> PushMetricExporter for Reporting<E> {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
-        let result = self.inner.export(metrics).await;
+        let result = match &self.runtime {
+            Some(runtime) => runtime.block_on(self.inner.export(metrics)),
+            None => self.inner.export(metrics).await,
+        };
         self.note(&result);
         result
-    }
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-    fn temporality(&self) -> Temporality {
-        self.inner.temporality()
-    }
-}
-
-/// An exporter whose exports run on `runtime` (gRPC needs one; the SDK's threads have none).
-#[derive(Debug)]
-struct OnRuntime<E> {
-    inner: E,
-    runtime: tokio::runtime::Handle,
-}
-
-impl<E: SpanExporter> SpanExporter for OnRuntime<E> {
-    fn export(&self, batch: Vec<SpanData>) -> impl std::future::Future<Output = OTelSdkResult> + Send {
-        std::future::ready(self.runtime.block_on(self.inner.export(batch)))
-    }
-    fn shutdown_with_timeout(&mut self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-    fn force_flush(&mut self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
-}
-
-impl<E: PushMetricExporter> PushMetricExporter for OnRuntime<E> {
-    fn export(&self, metrics: &ResourceMetrics) -> impl std::future::Future<Output = OTelSdkResult> + Send {
-        std::future::ready(self.runtime.block_on(self.inner.export(metrics)))
     }
     fn force_flush(&self) -> OTelSdkResult {
         self.inner.force_flush()
@@ -599,7 +581,7 @@ mod tests {
 
     #[test]
     fn export_failures_are_said_once_then_every_minute_and_recovery_once() {
-        let reporting = Reporting::new((), "traces", "http://collector:4317");
+        let reporting = Reporting::new((), None, "traces", "http://collector:4317");
         let failure: OTelSdkResult =
             Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure("refused".into()));
         let first = reporting.note(&failure).expect("the first failure is said");
