@@ -245,15 +245,22 @@ fn listen(port: u16) -> TcpListener {
 
 /// Connects and closes as fast as one thread can for `duration`; reports connections per second.
 fn connection_rate(target: SocketAddr, duration: Duration) {
+    match count_connections(target, "reset", duration) {
+        Ok((count, took)) => say(&format!("rate {:.0}", count as f64 / took.as_secs_f64())),
+        Err(error) => say(&errno_name(&error)),
+    }
+}
+
+/// Makes connections of the `mode` workload one after another for `duration`; how many, in how
+/// long. Stops at the first that fails.
+fn count_connections(target: SocketAddr, mode: &str, duration: Duration) -> io::Result<(u64, Duration)> {
     let started = Instant::now();
     let mut count = 0u64;
     while started.elapsed() < duration {
-        match one_connection(target, "reset") {
-            Ok(()) => count += 1,
-            Err(error) => return say(&errno_name(&error)),
-        }
+        one_connection(target, mode)?;
+        count += 1;
     }
-    say(&format!("rate {:.0}", count as f64 / started.elapsed().as_secs_f64()));
+    Ok((count, started.elapsed()))
 }
 
 /// Connect + reset-close (`mode` "reset") or request/response ("crr") in a loop, counted in
@@ -275,15 +282,10 @@ fn connection_windows(target: SocketAddr, mode: &str, windows: usize, window: Du
             // "0" moves the writing process.
             std::fs::write(format!("{path}/cgroup.procs"), "0").expect("probe: join cgroup");
         }
-        let started = Instant::now();
-        let mut count = 0u64;
-        while started.elapsed() < window {
-            match one_connection(target, mode) {
-                Ok(()) => count += 1,
-                Err(error) => return say(&errno_name(&error)),
-            }
+        match count_connections(target, mode, window) {
+            Ok((count, took)) => say(&format!("window {index} {cgroup} {count} {}", took.as_nanos())),
+            Err(error) => return say(&errno_name(&error)),
         }
-        say(&format!("window {index} {cgroup} {count} {}", started.elapsed().as_nanos()));
     }
     say("done");
 }
