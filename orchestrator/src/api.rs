@@ -34,6 +34,28 @@ pub struct IsolateRequest {
 /// The longest timed isolation an operator may ask for.
 pub const MAX_DURATION_SECONDS: u64 = 366 * 24 * 3_600;
 
+/// The largest request body the API reads (a larger one is answered 413, unread).
+pub const MAX_BODY_BYTES: usize = 64 * 1_024;
+/// The longest reason an operator may give (it travels in the command and the audit trail).
+pub const MAX_REASON_BYTES: usize = 1_024;
+/// The most exclusions one isolation may carry.
+pub const MAX_EXCLUSIONS: usize = 256;
+/// The most process names one isolation may exempt.
+pub const MAX_ALLOWED_PROCESSES: usize = 64;
+/// The most tags one request may add or remove.
+pub const MAX_TAGS: usize = 64;
+
+/// A reason as operators give it: at most [`MAX_REASON_BYTES`].
+pub fn check_reason(reason: Option<&str>) -> Result<(), String> {
+    match reason {
+        Some(reason) if reason.len() > MAX_REASON_BYTES => Err(format!(
+            "reason is {} bytes; the limit is {MAX_REASON_BYTES} (put long notes in your ticket and its id here)",
+            reason.len()
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl IsolateRequest {
     /// The plan it asks for, or every problem with it.
     pub fn plan(&self) -> Result<IsolationPlan, Vec<String>> {
@@ -48,12 +70,27 @@ impl IsolateRequest {
             ("automatic" | "manual", _) => {}
             (other, _) => problems.push(format!("mode must be \"automatic\" or \"manual\", got {other:?}")),
         }
-        for spec in &self.exclusions {
+        if let Err(problem) = check_reason(self.reason.as_deref()) {
+            problems.push(problem);
+        }
+        if self.exclusions.len() > MAX_EXCLUSIONS {
+            problems.push(format!(
+                "{} exclusions; the limit is {MAX_EXCLUSIONS} (use wider networks or port ranges)",
+                self.exclusions.len()
+            ));
+        }
+        if self.allowed_processes.len() > MAX_ALLOWED_PROCESSES {
+            problems.push(format!(
+                "{} allowed processes; the limit is {MAX_ALLOWED_PROCESSES}",
+                self.allowed_processes.len()
+            ));
+        }
+        for spec in self.exclusions.iter().take(MAX_EXCLUSIONS) {
             if let Err(error) = rules::parse_allow_spec(spec) {
                 problems.push(format!("exclusion {spec:?}: {error}"));
             }
         }
-        for name in &self.allowed_processes {
+        for name in self.allowed_processes.iter().take(MAX_ALLOWED_PROCESSES) {
             if let Err(problem) = check_process_name(name) {
                 problems.push(problem);
             }
@@ -86,7 +123,14 @@ fn check_process_name(name: &str) -> Result<(), String> {
 /// A host id as hosts, topics and URLs carry it.
 pub fn check_host_id(host: &str) -> Result<(), String> {
     if host.is_empty() || host.len() > 255 || host.contains('/') || host.chars().any(char::is_control) {
-        Err(format!("host id {host:?} must be 1 to 255 bytes without '/' or control characters"))
+        // A hostile id may be megabytes long: the message quotes its start only.
+        let shown: String = host.chars().take(64).collect();
+        let shown = if shown.len() < host.len() {
+            format!("{shown:?}... ({} bytes)", host.len())
+        } else {
+            format!("{shown:?}")
+        };
+        Err(format!("host id {shown} must be 1 to 255 bytes without '/' or control characters"))
     } else {
         Ok(())
     }

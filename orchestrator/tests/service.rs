@@ -33,6 +33,8 @@ struct Harness {
     api: String,
     /// Extra environment of `cordon serve`.
     env: Vec<(&'static str, &'static str)>,
+    /// Extra lines of the `[kafka]` section of `cordon.toml`.
+    kafka_config: String,
 }
 
 impl Drop for Harness {
@@ -87,6 +89,7 @@ impl Harness {
             brokers: format!("127.0.0.1:{port}"),
             api: String::new(),
             env: Vec::new(),
+            kafka_config: String::new(),
         };
         for (topic, partitions) in [
             ("edr.detections", "3"),
@@ -134,9 +137,10 @@ impl Harness {
         std::fs::write(
             &config,
             format!(
-                "[kafka]\nbrokers = \"{}\"\n[rules]\ndir = \"{}\"\npoll_seconds = 1\n[state]\ndir = \"{}\"\n\
+                "[kafka]\nbrokers = \"{}\"\n{}[rules]\ndir = \"{}\"\npoll_seconds = 1\n[state]\ndir = \"{}\"\n\
                  [signing]\nkey_file = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[agents]\nresend_after_seconds = 2\n",
                 self.brokers,
+                self.kafka_config,
                 self.dir.join("rules").display(),
                 self.dir.join("state").display(),
                 keys.join("signing.key").display()
@@ -277,6 +281,8 @@ impl Harness {
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("partitioner", "murmur2_random")
+            // Room for the hostile, oversized messages the fault tests publish.
+            .set("message.max.bytes", "4000000")
             .create()
             .expect("producer");
         producer.send(BaseRecord::to(topic).key(key).payload(value)).map_err(|(e, _)| e).expect("send");
@@ -980,4 +986,267 @@ fn metrics_count_what_happened_and_logs_are_json_without_secrets() {
         assert!(serde_json::from_str::<serde_json::Value>(line).is_ok(), "not a JSON line: {line}");
         assert!(!line.contains(&token) && !line.contains(&signing_key), "a secret in the log: {line}");
     }
+}
+
+/// The dead letter's record, checked against the message it stands for: reason, size, hash, and
+/// as much of the bytes as fits one message.
+fn check_dead_letter(record: &[u8], original: &[u8], kind: &str, reason: &str) {
+    use sha2::Digest as _;
+    let record: serde_json::Value = serde_json::from_slice(record).expect("dead letter is JSON");
+    assert!(record.to_string().len() < 1_000_000, "a dead letter fits the message limit");
+    assert_eq!(record["kind"], kind, "{}", record["reason"]);
+    let said = record["reason"].as_str().unwrap_or_default();
+    assert!(said.contains(reason), "reason '{said}' should mention {reason}");
+    assert_eq!(record["original_size"].as_u64(), Some(original.len() as u64));
+    let hash = sha2::Sha256::digest(original).iter().fold(String::new(), |mut text, b| {
+        use std::fmt::Write as _;
+        let _ = write!(text, "{b:02x}");
+        text
+    });
+    assert_eq!(record["original_sha256"], hash);
+    let kept = base64::engine::general_purpose::STANDARD
+        .decode(record["original_base64"].as_str().unwrap_or_default())
+        .expect("base64");
+    assert!(original.starts_with(&kept), "the kept bytes are the message's first ones");
+    assert_eq!(record["original_truncated"].as_bool(), Some(kept.len() < original.len()));
+}
+
+#[test]
+fn poison_messages_are_dead_lettered_and_the_next_detection_still_decides() {
+    let mut harness = Harness::start("poison");
+    let lines = harness.serve();
+    let dead_letters = harness.consumer("cordon.dead-letter");
+    // ~760 KB that is not a detection: its base64 alone is over the broker's message limit.
+    let mut invalid = br#"{"time":1,"severity_id":5,"finding_info":{"uid":"x"},"padding":""#.to_vec();
+    invalid.extend(std::iter::repeat_n(b'a', 760_000));
+    invalid.extend_from_slice(b"\"}");
+    // 1.2 MiB, more than max_detection_bytes (1 MiB by default): never parsed.
+    let mut oversized = detection("big-01", "ev-big", 5);
+    oversized.truncate(oversized.len() - 1);
+    oversized.extend_from_slice(br#","padding":""#);
+    oversized.extend(std::iter::repeat_n(b'b', 1_250_000));
+    oversized.extend_from_slice(b"\"}");
+    // A detection that matches a rule, for a host whose id is 70,000 bytes.
+    let long_host = "h".repeat(70_000);
+    let long_id = detection(&long_host, "ev-long", 5);
+    for (message, kind, reason) in [
+        (&invalid, "invalid", "device"),
+        (&oversized, "oversized", "max_detection_bytes"),
+        (&long_id, "bad_host_id", "70000 bytes"),
+    ] {
+        harness.produce("edr.detections", "poison", message);
+        let (_, record) = next_message(&dead_letters, Duration::from_secs(15));
+        check_dead_letter(&record, message, kind, reason);
+    }
+    // The service kept going: the next detection decides, and nothing of the poison does.
+    harness.produce("edr.detections", "web-03", &detection("web-03", "ev-3", 5));
+    wait_for_line(&lines, "web-03: not_isolated -> isolating");
+    let hosts: serde_json::Value = serde_json::from_str(&harness.cordon_ok(&["hosts", "--json"])).expect("JSON");
+    assert_eq!(hosts.as_array().map(Vec::len), Some(1), "only web-03 is known: {hosts}");
+    let (_, metrics) = get(&harness.api, "/metrics");
+    for (series, expected) in [
+        ("cordon_dead_letters_total{reason=\"invalid\"}", 1.0),
+        ("cordon_dead_letters_total{reason=\"oversized\"}", 1.0),
+        ("cordon_dead_letters_total{reason=\"bad_host_id\"}", 1.0),
+    ] {
+        assert!((sample(&metrics, series) - expected).abs() < 1e-9, "{series} in {metrics}");
+    }
+    // Committed: a restart does not meet the poison again.
+    harness.kill_service();
+    let lines = harness.serve();
+    harness.produce("edr.detections", "web-04", &detection("web-04", "ev-4", 5));
+    wait_for_line(&lines, "web-04: not_isolated -> isolating");
+    no_message(&dead_letters, Duration::from_secs(1));
+}
+
+/// Posts a body of `size` bytes and returns the answer's status line, headers and body. The
+/// server refuses it after reading its limit and closes: the body is written from a thread of
+/// its own while the answer is read (tried again if the connection was reset before it came).
+fn post_oversized(api: &str, path: &str, token: &str, size: usize) -> String {
+    use std::io::{Read as _, Write as _};
+    let address = api.trim_start_matches("http://").to_owned();
+    for _ in 0..3 {
+        let mut stream = std::net::TcpStream::connect(&address).expect("connect to the API");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+        );
+        let mut writer = stream.try_clone().expect("clone the stream");
+        let body = std::thread::spawn(move || {
+            let _ = writer.write_all(head.as_bytes());
+            let _ = writer.write_all(&vec![b'a'; size]);
+        });
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let _ = body.join();
+        if !answer.is_empty() {
+            return String::from_utf8_lossy(&answer).into_owned();
+        }
+    }
+    panic!("the API never answered an oversized request")
+}
+
+#[test]
+fn oversized_requests_are_refused_and_an_unsendable_command_is_parked_while_others_flow() {
+    let mut harness = Harness::start("parked");
+    // Small enough that 250 exclusions do not fit one message.
+    harness.kafka_config = "max_message_bytes = 8192\n".to_owned();
+    let lines = harness.serve();
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+    let token = std::fs::read_to_string(harness.dir.join("state/api-token")).expect("token");
+
+    // A 1.2 MB request is refused unread, with the limit named.
+    let answer = post_oversized(&harness.api, "/v1/hosts/big-01/isolate", token.trim(), 1_200_000);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("65536 bytes"), "{answer}");
+    // Fields over their limits: 400, every problem named, nothing changed.
+    let long_reason = "r".repeat(2_000);
+    let output = harness.cordon(&["isolate", "big-01", "--for", "1h", "--reason", &long_reason]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("reason is 2000 bytes; the limit is 1024"), "{stderr}");
+    let mut too_many = vec!["isolate", "big-01", "--manual"];
+    let specs: Vec<String> = (0..300).map(|i| format!("out,tcp,10.0.{}.{}/32,443", i / 250, i % 250)).collect();
+    for spec in &specs {
+        too_many.extend(["--allow", spec]);
+    }
+    let output = harness.cordon(&too_many);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("300 exclusions; the limit is 256"), "{stderr}");
+    let (status, _) = get_with_token(&harness.api, "/v1/hosts/big-01", token.trim());
+    assert_eq!(status, 404, "nothing was recorded for big-01");
+
+    // 250 exclusions pass the API but make a command larger than a message may be: parked.
+    let mut big = vec!["isolate", "big-01", "--manual", "--reason", "incident 12"];
+    for spec in &specs[..250] {
+        big.extend(["--allow", spec]);
+    }
+    harness.cordon_ok(&big);
+    wait_for_line(&lines, "big-01: command big-01-1: the signed command is");
+    // Other hosts' commands keep flowing.
+    harness.cordon_ok(&["isolate", "small-01", "--for", "1h"]);
+    let command = next_command(&commands, &key, Duration::from_secs(10));
+    assert_eq!(command.command_id, "small-01-1", "the parked command is never sent");
+    let host = harness.host_json("big-01");
+    let error = host["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("command big-01-1") && error.contains("not sent"), "{host}");
+    let trail = host["audit"].as_array().expect("audit");
+    assert!(trail.last().unwrap()["why"].as_str().unwrap().contains("command NOT sent"), "{host}");
+    let (_, metrics) = get(&harness.api, "/metrics");
+    assert!((sample(&metrics, "cordon_commands_parked_total{reason=\"too_large\"}") - 1.0).abs() < 1e-9, "{metrics}");
+    // Never resent (the resend interval here is 2 s; small-01's resends do come).
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        if let Some(Ok(message)) = commands.poll(Duration::from_millis(100)) {
+            assert_ne!(message.key(), Some(&b"big-01"[..]), "the parked command was sent");
+        }
+    }
+}
+
+fn get_with_token(api: &str, path: &str, token: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut response =
+        agent.get(format!("{api}{path}")).header("Authorization", format!("Bearer {token}")).call().expect("answer");
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().expect("a text body"))
+}
+
+/// Continues a stopped process on drop, so that it does not stay stopped when an assertion fails.
+struct Continue(u32);
+
+impl Drop for Continue {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    assert!(Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().unwrap().success());
+}
+
+#[test]
+fn while_the_broker_is_stopped_the_api_answers_deadlines_release_and_commands_go_out_after() {
+    let mut harness = Harness::start("outage");
+    let lines = harness.serve();
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+    harness.cordon_ok(&["isolate", "warm-01", "--for", "1h"]);
+    assert_eq!(next_command(&commands, &key, Duration::from_secs(10)).command_id, "warm-01-1");
+
+    let broker = harness.children[0].id();
+    signal(broker, "STOP");
+    let stopped = Continue(broker);
+    let mut longest = Duration::ZERO;
+    for (host, duration) in [("out-01", "2s"), ("out-02", "1h"), ("out-03", "1h")] {
+        let started = Instant::now();
+        let said = harness.cordon_ok(&["isolate", host, "--for", duration]);
+        longest = longest.max(started.elapsed());
+        assert!(said.contains("now isolating"), "{said}");
+    }
+    let started = Instant::now();
+    harness.cordon_ok(&["hosts"]);
+    longest = longest.max(started.elapsed());
+    assert!(longest < Duration::from_secs(2), "API answers took up to {longest:?} while the broker was stopped");
+    // The deadline releases while the broker is still stopped: the release waits in the outbox.
+    wait_for_line(&lines, "out-01: isolating -> releasing by scheduler");
+    assert_eq!(harness.host_json("out-01")["state"], "releasing");
+    drop(stopped);
+
+    // Continued: everything decided during the outage goes out (resends of unanswered ones
+    // too), each host's commands in order.
+    let wanted = ["out-01-1", "out-01-2", "out-02-1", "out-03-1"];
+    let mut first_seen: Vec<String> = Vec::new();
+    while !wanted.iter().all(|id| first_seen.iter().any(|seen| seen == id)) {
+        let id = next_command(&commands, &key, Duration::from_secs(40)).command_id;
+        if !first_seen.contains(&id) {
+            first_seen.push(id);
+        }
+    }
+    let position = |id: &str| first_seen.iter().position(|seen| seen == id).unwrap();
+    assert!(position("out-01-1") < position("out-01-2"), "out of order: {first_seen:?}");
+}
+
+#[test]
+fn an_agent_ahead_of_cordon_gets_the_isolation_again_at_its_generation_plus_one() {
+    let mut harness = Harness::start("ahead");
+    let lines = harness.serve();
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+    harness.cordon_ok(&["isolate", "ahead-01", "--manual", "--reason", "incident 5"]);
+    let first = next_command(&commands, &key, Duration::from_secs(10));
+    assert_eq!(first.generation, 1);
+    // The agent has applied up to generation 7 (cordon's state came from an old backup): it
+    // refuses generation 1 as stale.
+    let refusal = serde_json::json!({
+        "version": 1, "host_id": "ahead-01", "sent_at_ms": 0, "kind": "refused",
+        "command_id": "ahead-01-1", "generation": 7, "isolated": false, "mode": null, "expires_at_ms": null,
+        "exclusions": [], "tags": [], "refusal": "stale_generation", "error": null,
+        "packets_dropped": 0, "packets_allowed": 0
+    });
+    harness.produce("cordon.status", "ahead-01", refusal.to_string().as_bytes());
+    // (Resends of generation 1 may come first: no agent answered it.)
+    let again = loop {
+        let command = next_command(&commands, &key, Duration::from_secs(10));
+        if command.generation != 1 {
+            break command;
+        }
+    };
+    assert_eq!((again.generation, again.command_id.as_str()), (8, "ahead-01-8"));
+    match &again.action {
+        cordon_wire::Action::Isolate { duration_seconds: None, reason, .. } => {
+            assert!(reason.contains("incident 5"), "{reason}");
+        }
+        other => panic!("expected the manual isolation again, got {other:?}"),
+    }
+    let host = harness.host_json("ahead-01");
+    assert_eq!(host["state"], "isolating", "never marked released by the refusal: {host}");
+    harness.report(&again, true);
+    wait_for_line(&lines, "ahead-01: isolating -> isolated by agent");
 }

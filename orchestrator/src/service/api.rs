@@ -78,6 +78,7 @@ pub fn router(
         .route("/readyz", get(readiness))
         .route("/metrics", get(metrics_text))
         .nest(crate::api::PREFIX, v1)
+        .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -99,17 +100,25 @@ async fn readiness(State(state): State<ApiState>) -> Response {
     } else {
         Err("not connected to any Kafka broker (yet): check [kafka] brokers and the network".to_owned())
     };
+    let partitions = state.metrics.consumer_partitions.get();
+    let consumer = if partitions > 0 {
+        Ok(format!("consuming {partitions} partition(s)"))
+    } else {
+        Err("the consumer holds no partitions: joining or rebalancing the group, or fenced by another service \
+             with the same [kafka] instance_id"
+            .to_owned())
+    };
     let store = state.store.readable().map(|()| "open".to_owned()).map_err(|e| format!("{e:#}"));
     let rules = state.metrics.rules_loaded.get();
     let rules = Ok::<_, String>(format!("{rules} rule(s) in force"));
-    let ready = kafka.is_ok() && store.is_ok() && rules.is_ok();
+    let ready = kafka.is_ok() && consumer.is_ok() && store.is_ok() && rules.is_ok();
     let check = |result: Result<String, String>| match result {
         Ok(detail) => serde_json::json!({"ok": true, "detail": detail}),
         Err(detail) => serde_json::json!({"ok": false, "detail": detail}),
     };
     let body = serde_json::json!({
         "ready": ready,
-        "checks": {"kafka": check(kafka), "state": check(store), "rules": check(rules)},
+        "checks": {"kafka": check(kafka), "consumer": check(consumer), "state": check(store), "rules": check(rules)},
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
@@ -132,8 +141,20 @@ impl IntoResponse for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> ApiError {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than the API's limit of {} bytes", crate::api::MAX_BODY_BYTES),
+            );
+        }
         ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text())
     }
+}
+
+/// 400 unless `reason` is within the limit.
+fn checked_reason(reason: Option<String>, default: &str) -> Result<String, ApiError> {
+    crate::api::check_reason(reason.as_deref()).map_err(|problem| ApiError::new(StatusCode::BAD_REQUEST, problem))?;
+    Ok(reason_or(reason, default))
 }
 
 impl From<QueryRejection> for ApiError {
@@ -287,7 +308,7 @@ async fn release(
     body: Result<Json<ReasonRequest>, JsonRejection>,
 ) -> Result<Json<HostView>, ApiError> {
     let Json(body) = body?;
-    let reason = reason_or(body.reason, "released by an operator");
+    let reason = checked_reason(body.reason, "released by an operator")?;
     change(&state, caller, host, Operation::Release { reason }).await
 }
 
@@ -306,7 +327,7 @@ async fn deny(
     body: Result<Json<ReasonRequest>, JsonRejection>,
 ) -> Result<Json<HostView>, ApiError> {
     let Json(body) = body?;
-    let reason = reason_or(body.reason, "denied by an operator");
+    let reason = checked_reason(body.reason, "denied by an operator")?;
     change(&state, caller, host, Operation::Deny { reason }).await
 }
 
@@ -317,6 +338,12 @@ async fn tags(
     body: Result<Json<TagsRequest>, JsonRejection>,
 ) -> Result<Json<HostView>, ApiError> {
     let Json(body) = body?;
+    if body.add.len() + body.remove.len() > crate::api::MAX_TAGS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{} tags in one request; the limit is {}", body.add.len() + body.remove.len(), crate::api::MAX_TAGS),
+        ));
+    }
     change(&state, caller, host, Operation::Tags { add: body.add, remove: body.remove }).await
 }
 

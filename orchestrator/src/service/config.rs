@@ -49,6 +49,36 @@ pub struct KafkaSection {
     /// detection's latency and divide the throughput by it.
     #[serde(default = "default_fetch_wait")]
     pub fetch_wait_ms: u64,
+    /// A detection (or status report) larger than this is dead-lettered (or ignored) unparsed.
+    #[serde(default = "default_max_detection_bytes")]
+    pub max_detection_bytes: usize,
+    /// The largest message cordon produces (librdkafka's `message.max.bytes`; keep it at or
+    /// below the broker's limit). A command larger than this is never sent: it is parked and its
+    /// host shows why; a dead letter keeps only as much of the original bytes as fits.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+impl KafkaSection {
+    /// The limits must leave room for what they bound; every problem at once.
+    pub fn check_limits(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        if self.max_detection_bytes < 1_024 {
+            problems.push(format!("[kafka] max_detection_bytes = {} is below 1024", self.max_detection_bytes));
+        }
+        if !(8_192..=1_000_000_000).contains(&self.max_message_bytes) {
+            problems.push(format!(
+                "[kafka] max_message_bytes = {} must be 8192 to 1000000000 (within librdkafka's range, with \
+                 room for a command)",
+                self.max_message_bytes
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("{}", problems.join("; "))
+        }
+    }
 }
 
 impl Default for KafkaSection {
@@ -62,6 +92,8 @@ impl Default for KafkaSection {
             group_id: default_group(),
             instance_id: default_group(),
             fetch_wait_ms: default_fetch_wait(),
+            max_detection_bytes: default_max_detection_bytes(),
+            max_message_bytes: default_max_message_bytes(),
         }
     }
 }
@@ -117,11 +149,37 @@ impl Default for AgentsSection {
 pub struct StateSection {
     #[serde(default = "default_state_dir")]
     pub dir: PathBuf,
+    /// Audit entries older than this are removed (hourly).
+    #[serde(default = "default_retention_days")]
+    pub audit_retention_days: u64,
+    /// At most this many audit entries are kept per host, the newest.
+    #[serde(default = "default_audit_max_per_host")]
+    pub audit_max_per_host: usize,
+    /// Records of API calls older than this are removed (hourly).
+    #[serde(default = "default_retention_days")]
+    pub api_calls_retention_days: u64,
 }
 
 impl Default for StateSection {
     fn default() -> Self {
-        StateSection { dir: default_state_dir() }
+        StateSection {
+            dir: default_state_dir(),
+            audit_retention_days: default_retention_days(),
+            audit_max_per_host: default_audit_max_per_host(),
+            api_calls_retention_days: default_retention_days(),
+        }
+    }
+}
+
+impl StateSection {
+    /// What the retention job keeps.
+    pub fn retention(&self) -> super::store::Retention {
+        let days = |days: u64| i64::try_from(days).unwrap_or(i64::MAX / 86_400_000).saturating_mul(86_400_000);
+        super::store::Retention {
+            audit_ms: days(self.audit_retention_days),
+            audit_per_host: self.audit_max_per_host.max(1),
+            api_calls_ms: days(self.api_calls_retention_days),
+        }
     }
 }
 
@@ -164,6 +222,23 @@ fn default_group() -> String {
 fn default_fetch_wait() -> u64 {
     10
 }
+fn default_retention_days() -> u64 {
+    180
+}
+
+fn default_audit_max_per_host() -> usize {
+    10_000
+}
+
+fn default_max_detection_bytes() -> usize {
+    1_048_576
+}
+
+/// librdkafka's own default `message.max.bytes`.
+fn default_max_message_bytes() -> usize {
+    1_000_000
+}
+
 fn default_state_dir() -> PathBuf {
     "/var/lib/cordon".into()
 }
@@ -187,14 +262,26 @@ impl ServiceConfig {
     pub fn load(path: &Path) -> Result<ServiceConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text)
-            .map_err(|error| anyhow::anyhow!("{}: {}", path.display(), error.to_string().trim_end()))
+        let config: ServiceConfig = toml::from_str(&text)
+            .map_err(|error| anyhow::anyhow!("{}: {}", path.display(), error.to_string().trim_end()))?;
+        config.kafka.check_limits().map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+        Ok(config)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_limits_are_checked_together() {
+        let config: ServiceConfig = toml::from_str(
+            "[kafka]\nmax_detection_bytes = 10\nmax_message_bytes = 100\n[rules]\ndir = \"/r\"\n[signing]\nkey_file = \"/k\"\n",
+        )
+        .unwrap();
+        let error = config.kafka.check_limits().unwrap_err().to_string();
+        assert!(error.contains("max_detection_bytes = 10") && error.contains("max_message_bytes = 100"), "{error}");
+    }
 
     #[test]
     fn minimal_config_takes_the_documented_defaults() {

@@ -19,6 +19,8 @@ pub enum Job {
     MarkStale,
     /// Drop what no longer affects the rules engine's decisions.
     Prune,
+    /// Apply the retention of the audit trail and the API call log.
+    Retention,
     /// Reload the rules if their directory changed.
     CheckRules,
 }
@@ -31,6 +33,7 @@ pub async fn start(config: &ServiceConfig, jobs: mpsc::Sender<Job>) -> Result<Jo
         (Job::Reconcile, every(config.agents.resend_after_seconds.div_ceil(2))),
         (Job::MarkStale, every(config.agents.stale_after_seconds.div_ceil(4))),
         (Job::Prune, Duration::from_mins(1)),
+        (Job::Retention, Duration::from_hours(1)),
         (Job::CheckRules, every(config.rules.poll_seconds)),
     ] {
         let jobs = jobs.clone();

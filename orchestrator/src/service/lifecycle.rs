@@ -157,9 +157,11 @@ pub struct HostRecord {
     pub agent_tags: Vec<String>,
     #[serde(default)]
     pub pending: Option<Proposal>,
-    /// The last command issued (unsigned), kept to resend it until its agent answers.
+    /// The last command issued (unsigned): the host's desired state. Resent until its agent
+    /// answers, and issued again if the agent turns out to be ahead of cordon.
     #[serde(default)]
     pub last_command: Option<cordon_wire::Action>,
+    /// When the last command was (re)sent; `None` once its agent answered it.
     #[serde(default)]
     pub command_issued_at_ms: Option<i64>,
     /// How many times the last command was sent again for want of an answer.
@@ -267,12 +269,22 @@ impl HostRecord {
     ) -> Effects {
         let from = self.state;
         self.state = to;
-        if let Some(command) = &command {
-            self.generation += 1;
-            self.last_command = Some(command.clone());
-            self.command_issued_at_ms = Some(now);
-            self.resends = 0;
-            self.last_error = None;
+        let mut command = command;
+        let mut why = why;
+        if let Some(issued) = &command {
+            if let Some(next) = self.generation.checked_add(1) {
+                self.generation = next;
+                self.last_command = Some(issued.clone());
+                self.command_issued_at_ms = Some(now);
+                self.resends = 0;
+                self.last_error = None;
+            } else {
+                // Unreachable through cordon's own commands (see MAX_GENERATION_LEAP); said, never wrapped.
+                let failure = format!("no command issued: generation {} is the largest there is", self.generation);
+                why = format!("{why} ({failure})");
+                self.last_error = Some(failure);
+                command = None;
+            }
         }
         self.updated_at_ms = now;
         self.retag();
@@ -444,22 +456,51 @@ pub fn set_tags(
     Ok(record.step(record.state, None, operator, None, why, now))
 }
 
+/// Something happened to the host that changes no state but belongs in its trail.
+pub fn note(record: &mut HostRecord, by: &str, why: String, now: i64) -> Effects {
+    record.step(record.state, None, by, None, why, now)
+}
+
 /// The host's automatic isolation reached its deadline.
 pub fn deadline_reached(record: &mut HostRecord, now: i64) -> Effects {
     record.release("scheduler", "deadline reached".to_owned(), now)
 }
 
+/// An agent ahead of cordon by more than this many generations is not believed: cordon issues
+/// one generation per command, so no agent gets there, and a report claiming it would otherwise
+/// push the host's generation towards the end of its range.
+pub const MAX_GENERATION_LEAP: u64 = 1 << 32;
+
 /// An agent's report about its host.
+///
+/// A report answers the host's last command when the agent's generation has reached it. An agent
+/// *ahead* of cordon (cordon's state restored from an older copy, or a new state directory) has
+/// refused, or will refuse, every command cordon issues as stale: cordon takes the agent's
+/// generation and, when the agent's state is not the host's desired state (or a command is still
+/// unanswered), issues the desired state again at the agent's generation + 1. A refusal never
+/// counts as the answer to another state than the one it refused.
 pub fn on_status(record: &mut HostRecord, status: &cordon_wire::Status, now: i64) -> Effects {
     let was_stale = record.agent_stale;
     record.last_seen_ms = Some(now);
     record.agent_stale = false;
     record.agent_tags = status.tags.iter().filter(|tag| *tag != ISOLATED_TAG).cloned().collect();
-    // An agent ahead of us (our state was lost or restored from an old copy): catch up, or
-    // every command we send would be refused as stale.
-    let caught_up = status.generation > record.generation;
+    let ahead_by = status.generation.saturating_sub(record.generation);
+    if ahead_by > MAX_GENERATION_LEAP {
+        let failure = format!(
+            "agent reported generation {}, {ahead_by} ahead of cordon's {}: not believed (cordon issues one per \
+             command)",
+            status.generation, record.generation
+        );
+        record.last_error = Some(failure.clone());
+        return record.step(record.state, None, "agent", None, failure, now);
+    }
+    let caught_up = ahead_by > 0;
     if caught_up {
         record.generation = status.generation;
+        if let Some(effects) = reissue_desired_state(record, status, now) {
+            record.last_status = Some(status.clone());
+            return effects;
+        }
     }
     let answers_last_command = status.generation >= record.generation;
     let failure = status
@@ -494,7 +535,6 @@ pub fn on_status(record: &mut HostRecord, status: &cordon_wire::Status, now: i64
         record.mode = None;
     }
     if answers_last_command {
-        record.last_command = None;
         record.command_issued_at_ms = None;
     }
     record.last_status = Some(status.clone());
@@ -523,6 +563,51 @@ pub fn on_status(record: &mut HostRecord, status: &cordon_wire::Status, now: i64
         effects = record.step(record.state, None, "agent", None, why, now);
     }
     effects
+}
+
+/// Issues the host's desired state again after its agent turned out to be ahead of cordon (the
+/// record already carries the agent's generation): when a command is unanswered, or the agent's
+/// isolation differs from what the host should have. `None` when the agent already has it.
+fn reissue_desired_state(record: &mut HostRecord, status: &cordon_wire::Status, now: i64) -> Option<Effects> {
+    let desired_isolated = match record.state {
+        HostState::Isolating | HostState::Isolated => true,
+        HostState::Releasing | HostState::Released => false,
+        HostState::NotIsolated | HostState::PendingApproval => return None,
+    };
+    let unanswered = record.command_issued_at_ms.is_some();
+    if !unanswered && desired_isolated == status.isolated {
+        return None;
+    }
+    let command = match record.last_command.clone()? {
+        cordon_wire::Action::Isolate { duration_seconds: Some(_), .. } if record.expires_at_ms.is_some_and(|at| at <= now) => {
+            // Its deadline has passed: the tick releases it; nothing to issue again.
+            return None;
+        }
+        cordon_wire::Action::Isolate { duration_seconds, exclusions, allowed_processes, allow_dns, allow_dhcp, reason } => {
+            // What is left of a timed isolation, in whole seconds rounded up (the agent's backstop
+            // never ends first).
+            let duration_seconds = duration_seconds.map(|full| {
+                record.expires_at_ms.map_or(full, |at| {
+                    u64::try_from((at - now).max(1_000).saturating_add(999) / 1_000).unwrap_or(full)
+                })
+            });
+            cordon_wire::Action::Isolate { duration_seconds, exclusions, allowed_processes, allow_dns, allow_dhcp, reason }
+        }
+        release @ cordon_wire::Action::Release { .. } => release,
+    };
+    let is_isolate = matches!(command, cordon_wire::Action::Isolate { .. });
+    if is_isolate != desired_isolated {
+        return None;
+    }
+    let to = if desired_isolated { HostState::Isolating } else { HostState::Releasing };
+    let why = format!(
+        "agent is at generation {}, ahead of cordon (isolated: {}): issuing the {} again as generation {}",
+        status.generation,
+        status.isolated,
+        if desired_isolated { "isolation" } else { "release" },
+        status.generation.saturating_add(1)
+    );
+    Some(record.step(to, Some(command), "agent", None, why, now))
 }
 
 /// Marks the host's agent stale when it has been silent for longer than `stale_after_ms`.

@@ -17,6 +17,7 @@ pub mod config;
 pub mod jobs;
 pub mod lifecycle;
 pub mod observe;
+pub mod outbox;
 pub mod store;
 
 use std::collections::HashMap;
@@ -25,13 +26,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use base64::Engine as _;
 use cordon_telemetry::Spans;
 use opentelemetry::trace::{SpanKind, Status as SpanStatus, TraceContextExt as _};
 use opentelemetry::{Context as TraceContext, KeyValue};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
@@ -40,7 +39,8 @@ use self::config::ServiceConfig;
 use self::jobs::Job;
 use self::lifecycle::{Effects, HostRecord, HostState, IsolationPlan};
 use self::observe::Metrics;
-use self::store::{OutboxEntry, Store};
+use self::outbox::{DeadLetterKind, Enqueued, Outbox, Parked};
+use self::store::Store;
 
 /// Wall clock in epoch milliseconds; the only place the service reads it.
 pub fn now_ms() -> i64 {
@@ -78,8 +78,18 @@ impl ConsumerContext for GroupLog {
             parts.join(", ")
         };
         match rebalance {
-            Rebalance::Assign(list) => tracing::info!("consuming {}.", describe(list)),
-            Rebalance::Revoke(list) => tracing::info!("no longer consuming {}.", describe(list)),
+            Rebalance::Assign(list) => {
+                self.metrics.consumer_partitions.set(i64::try_from(list.count()).unwrap_or(i64::MAX));
+                tracing::info!("consuming {}.", describe(list));
+            }
+            Rebalance::Revoke(list) => {
+                self.metrics.consumer_partitions.set(0);
+                tracing::warn!(
+                    "no longer consuming {}: the group is rebalancing (or another service with this \
+                     instance_id took over); not ready until the partitions are assigned again.",
+                    describe(list)
+                );
+            }
             Rebalance::Error(error) => tracing::error!("consumer group: {error}"),
         }
     }
@@ -97,16 +107,13 @@ struct Service {
     rules_fingerprint: jobs::Fingerprint,
     engine: rules::EngineState,
     store: Store,
-    signing_key: cordon_wire::SigningKey,
-    producer: FutureProducer,
+    /// Signed commands and dead letters, sent off the loop once durable.
+    outbox: Outbox,
     failpoint: Option<String>,
     /// Transitions not yet durable, hence not yet logged.
-    transitions: std::cell::RefCell<Vec<Transition>>,
+    transitions: Vec<Transition>,
     metrics: Arc<Metrics>,
     spans: Spans,
-    /// The "produce command" span of each traced outbox entry (by outbox key) and the headers
-    /// that carry it to the agent; ended when the broker acknowledges the command.
-    in_flight: std::cell::RefCell<HashMap<Vec<u8>, TraceContext>>,
     /// Each agent's last packet counters, for the fleet totals.
     packets: HashMap<String, (u64, u64)>,
     /// The rule set's projection, and the reader thread's copy of it.
@@ -325,17 +332,58 @@ fn start_telemetry(
 /// Starts the reader thread (see [`read_batches`]).
 fn start_reader(
     consumer: &Arc<DetectionConsumer>,
-    status_topic: &str,
+    input: InputRules,
     brokers: &str,
     batches: mpsc::Sender<ConsumedBatch>,
     projection: &SharedProjection,
 ) -> Result<std::thread::JoinHandle<()>> {
-    let (consumer, status_topic, brokers, projection) =
-        (Arc::clone(consumer), status_topic.to_owned(), brokers.to_owned(), Arc::clone(projection));
+    let (consumer, brokers, projection) = (Arc::clone(consumer), brokers.to_owned(), Arc::clone(projection));
     std::thread::Builder::new()
         .name("cordon-reader".into())
-        .spawn(move || read_batches(&consumer, &status_topic, &brokers, &batches, &projection))
+        .spawn(move || read_batches(&consumer, &input, &brokers, &batches, &projection))
         .context("cannot start the Kafka reader thread")
+}
+
+/// What the reader needs to tell detections from reports and refuse what is too large.
+#[derive(Clone)]
+struct InputRules {
+    status_topic: String,
+    /// A detection (or report) larger than this is not parsed.
+    max_message_bytes: usize,
+}
+
+impl InputRules {
+    fn of(kafka: &config::KafkaSection) -> InputRules {
+        InputRules { status_topic: kafka.status_topic.clone(), max_message_bytes: kafka.max_detection_bytes }
+    }
+}
+
+/// The outbox and its sender task (started), and the channel the sender tells about parked
+/// entries on.
+fn start_outbox(
+    config: &ServiceConfig,
+    store: &Store,
+    signing_key: cordon_wire::SigningKey,
+    brokers: &str,
+    metrics: &Arc<Metrics>,
+    failpoint: Option<String>,
+) -> Result<(Outbox, tokio::task::JoinHandle<()>, mpsc::Receiver<Parked>)> {
+    let (parked_tx, parked) = mpsc::channel::<Parked>(64);
+    let (outbox, sender) = Outbox::new(
+        store.clone(),
+        signing_key,
+        config.commands.ttl_seconds,
+        config.kafka.max_message_bytes,
+        Arc::clone(metrics),
+        outbox::SenderConfig {
+            producer: outbox::producer(brokers, config.kafka.max_message_bytes)?,
+            commands_topic: config.kafka.commands_topic.clone(),
+            dead_letter_topic: config.kafka.dead_letter_topic.clone(),
+            failpoint,
+        },
+        parked_tx,
+    )?;
+    Ok((outbox, tokio::spawn(sender.run()), parked))
 }
 
 /// Runs the service until `shutdown` completes. `brokers` is the resolved bootstrap list.
@@ -354,17 +402,10 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let (batches_tx, mut batches) = mpsc::channel::<ConsumedBatch>(1);
     let projection = Arc::new(ruleset.projection().clone());
     let shared_projection: SharedProjection = Arc::new(std::sync::Mutex::new(Arc::clone(&projection)));
-    let reader =
-        start_reader(&consumer, &config.kafka.status_topic, brokers, batches_tx, &shared_projection)?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("partitioner", "murmur2_random")
-        .set("enable.idempotence", "true")
-        // Commands go out at once: a flood still batches, behind the requests in flight.
-        .set("linger.ms", "0")
-        .create()
-        .context("cannot create the Kafka producer")?;
-
+    let reader = start_reader(&consumer, InputRules::of(&config.kafka), brokers, batches_tx, &shared_projection)?;
+    let failpoint = std::env::var("CORDON_FAILPOINT").ok().filter(|name| !name.is_empty());
+    let (outbox, sender, mut parked) =
+        start_outbox(&config, &store, signing_key, brokers, &metrics, failpoint.clone())?;
     let (requests_tx, mut requests) = mpsc::channel::<OperatorRequest>(64);
     let api_address =
         start_api(&config.api.listen, store.clone(), &token, requests_tx, Arc::clone(&metrics)).await?;
@@ -373,7 +414,6 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot listen for SIGHUP")?;
 
-    let failpoint = std::env::var("CORDON_FAILPOINT").ok().filter(|name| !name.is_empty());
     let topics = SpanTopics::of(&config.kafka);
     let mut service = Service {
         config,
@@ -381,13 +421,11 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         rules_fingerprint,
         engine,
         store,
-        signing_key,
-        producer,
+        outbox,
         failpoint,
-        transitions: std::cell::RefCell::default(),
+        transitions: Vec::new(),
         metrics,
         spans: Spans::new(telemetry.tracer().cloned()),
-        in_flight: std::cell::RefCell::default(),
         packets: HashMap::new(),
         projection,
         shared_projection,
@@ -402,7 +440,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     // Whatever was decided before a restart and not sent yet goes out first; overdue
     // isolations are lifted at once.
     service.lift_due(now_ms())?;
-    service.send_outbox().await;
+    service.outbox.send();
 
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -411,30 +449,35 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         tokio::select! {
             () = &mut shutdown => break Ok(()),
             Some(batch) = batches.recv() => {
-                if let Err(error) = service.handle_batch(&consumer, batch).await {
+                if let Err(error) = service.handle_batch(&consumer, batch) {
                     // Nothing of this batch is committed: it comes again after the restart.
                     break Err(error);
                 }
-                service.send_outbox().await;
+                service.outbox.send();
             }
             Some(request) = requests.recv() => {
                 if let Err(error) = service.on_operator(request) {
                     break Err(error);
                 }
-                service.send_outbox().await;
+                service.outbox.send();
             }
             Some(job) = jobs.recv() => {
                 if let Err(error) = service.on_job(job) {
                     break Err(error);
                 }
-                service.send_outbox().await;
+                service.outbox.send();
+            }
+            Some(parked) = parked.recv() => {
+                if let Err(error) = service.on_parked(&parked) {
+                    break Err(error);
+                }
             }
             _ = hangup.recv() => service.reload_rules("SIGHUP"),
             _ = tick.tick() => {
                 if let Err(error) = service.lift_due(now_ms()) {
                     break Err(error);
                 }
-                service.send_outbox().await;
+                service.outbox.send();
             }
         }
     };
@@ -444,16 +487,24 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     // outlive the broker it reads (the embedded one goes when this returns).
     drop(batches);
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+    // The sender ends its round (bounded by the send timeout) and stops; what it has not sent
+    // stays in the outbox for the next start.
     drop(service);
+    if tokio::time::timeout(Duration::from_secs(5), sender).await.is_err() {
+        tracing::warn!("stopped with commands still on their way to the broker; they stay in the outbox.");
+    }
     telemetry.shutdown();
     result
 }
+
+/// A detection as the reader parsed it, or why it is not one.
+type Parsed = Result<rules::Event, (DeadLetterKind, String)>;
 
 /// Messages consumed together, with their detections already parsed (`None` for agents'
 /// reports) by the reader thread, so that parsing overlaps the loop's work.
 struct ConsumedBatch {
     messages: Vec<OwnedMessage>,
-    events: Vec<Option<Result<rules::Event, String>>>,
+    events: Vec<Option<Parsed>>,
     /// The projection the detections were parsed through (the rule set's when the batch was
     /// read; the loop parses again if the rules changed since).
     projection: Arc<rules::Projection>,
@@ -466,7 +517,7 @@ struct ConsumedBatch {
 /// commits offsets, after the batch's changes are durable.
 fn read_batches(
     consumer: &DetectionConsumer,
-    status_topic: &str,
+    input: &InputRules,
     brokers: &str,
     batches: &mpsc::Sender<ConsumedBatch>,
     projection: &SharedProjection,
@@ -495,7 +546,7 @@ fn read_batches(
             }
         }
         let projection = Arc::clone(&projection.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-        let events = parse_batch(&messages, status_topic, &projection);
+        let events = parse_batch(&messages, input, &projection);
         if batches.blocking_send(ConsumedBatch { messages, events, projection, received_at }).is_err() {
             return;
         }
@@ -555,20 +606,31 @@ impl<'a> ReadErrors<'a> {
     }
 }
 
+/// One detection, checked as the API checks its input: its size first (before any parsing), then
+/// its text and fields, then its host id.
+fn parse_detection(message: &OwnedMessage, input: &InputRules, projection: &rules::Projection) -> Parsed {
+    let payload = message.payload().unwrap_or_default();
+    if payload.len() > input.max_message_bytes {
+        return Err((
+            DeadLetterKind::Oversized,
+            format!(
+                "the detection is {} bytes, more than the {} allowed ([kafka] max_detection_bytes); not parsed",
+                payload.len(),
+                input.max_message_bytes
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(payload).map_err(|e| (DeadLetterKind::Invalid, format!("not UTF-8 text: {e}")))?;
+    let event =
+        rules::Event::parse_projected(text, projection).map_err(|e| (DeadLetterKind::Invalid, e.to_string()))?;
+    crate::api::check_host_id(event.host()).map_err(|problem| (DeadLetterKind::BadHostId, format!("device.uid: {problem}")))?;
+    Ok(event)
+}
+
 /// Parses the detections of a batch, on several cores when the batch is large; the results
 /// keep the batch's order, since evaluation must not reorder events.
-fn parse_batch(
-    messages: &[OwnedMessage],
-    status_topic: &str,
-    projection: &rules::Projection,
-) -> Vec<Option<Result<rules::Event, String>>> {
-    let parse = |message: &OwnedMessage| {
-        (message.topic() != status_topic).then(|| {
-            std::str::from_utf8(message.payload().unwrap_or_default())
-                .map_err(|e| format!("not UTF-8 text: {e}"))
-                .and_then(|text| rules::Event::parse_projected(text, projection).map_err(|e| e.to_string()))
-        })
-    };
+fn parse_batch(messages: &[OwnedMessage], input: &InputRules, projection: &rules::Projection) -> Vec<Option<Parsed>> {
+    let parse = |message: &OwnedMessage| (message.topic() != input.status_topic).then(|| parse_detection(message, input, projection));
     // One core goes to the loop.
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).saturating_sub(1);
     if threads <= 1 || messages.len() < 256 {
@@ -597,11 +659,14 @@ impl Service {
         }
     }
 
-    /// Handles a batch of messages, makes every change durable, then commits their offsets.
-    async fn handle_batch(&mut self, consumer: &DetectionConsumer, mut batch: ConsumedBatch) -> Result<()> {
+    /// Handles a batch of messages, makes every change durable, then commits their offsets. One
+    /// message never stops the batch: an invalid or oversized one, or one whose handling fails,
+    /// is dead-lettered and the rest go on. Only a store that cannot be written fails the batch
+    /// (nothing of it is committed then).
+    fn handle_batch(&mut self, consumer: &DetectionConsumer, mut batch: ConsumedBatch) -> Result<()> {
         if !Arc::ptr_eq(&batch.projection, &self.projection) {
             // Read before the rules changed: the new rules may look at fields it left out.
-            batch.events = parse_batch(&batch.messages, &self.config.kafka.status_topic, &self.projection);
+            batch.events = parse_batch(&batch.messages, &InputRules::of(&self.config.kafka), &self.projection);
         }
         let now = now_ms();
         let (mut detections, mut invalid, mut reports) = (0, 0, 0);
@@ -613,11 +678,17 @@ impl Service {
                 }
                 Some(Ok(event)) => {
                     detections += 1;
-                    self.on_detection(message, &event, now, batch.received_at)?;
+                    if let Err(error) = self.on_detection(message, &event, now, batch.received_at) {
+                        if is_store_fault(&error) {
+                            return Err(error);
+                        }
+                        self.metrics.events_failed.add(1);
+                        self.dead_letter(message, DeadLetterKind::Failed, &format!("cannot be handled: {error:#}"))?;
+                    }
                 }
-                Some(Err(reason)) => {
+                Some(Err((kind, reason))) => {
                     invalid += 1;
-                    self.dead_letter(message, &reason).await?;
+                    self.dead_letter(message, kind, &reason)?;
                 }
             }
         }
@@ -642,30 +713,18 @@ impl Service {
         Ok(())
     }
 
-    /// Sends an invalid event to the dead-letter topic, with the reason and the original bytes.
-    async fn dead_letter(&self, message: &OwnedMessage, reason: &str) -> Result<()> {
-        let record = serde_json::json!({
-            "reason": reason,
-            "topic": message.topic(),
-            "partition": message.partition(),
-            "offset": message.offset(),
-            "original_base64": base64::engine::general_purpose::STANDARD.encode(message.payload().unwrap_or_default()),
-        });
-        let bytes = serde_json::to_vec(&record)?;
-        let key = message.key().unwrap_or_default();
-        self.producer
-            .send(
-                FutureRecord::to(&self.config.kafka.dead_letter_topic).key(key).payload(&bytes),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(error, _)| anyhow::anyhow!("cannot write to the dead-letter topic: {error}"))?;
+    /// Puts a dead letter for an event in the outbox (durable with the batch, sent after it):
+    /// the reason, its size and hash, and as much of its bytes as fits.
+    fn dead_letter(&mut self, message: &OwnedMessage, kind: DeadLetterKind, reason: &str) -> Result<()> {
+        self.outbox.dead_letter(message, kind, reason)?;
+        let shown: String = reason.chars().take(512).collect();
         tracing::warn!(
             topic = message.topic(),
             partition = message.partition(),
             offset = message.offset(),
-            "dead-lettered an event at offset {}: {reason}",
-            message.offset()
+            "dead-lettered an event at offset {} ({} bytes): {shown}",
+            message.offset(),
+            message.payload().map_or(0, <[u8]>::len)
         );
         Ok(())
     }
@@ -756,7 +815,7 @@ impl Service {
             {
                 record.detected_at_ms = Some(epoch_ms(received_at));
             }
-            self.apply(previous.as_ref(), &record, effects, now, decide.as_ref())?;
+            self.apply(previous.as_ref(), &mut record, effects, now, decide.as_ref())?;
             if let Some(decide) = decide {
                 let span = decide.span();
                 span.set_attribute(KeyValue::new("cordon.state", record.state.name()));
@@ -775,9 +834,10 @@ impl Service {
 
     /// Makes everything written so far durable, then logs the transitions it made durable (in
     /// one write: a batch can hold thousands).
-    fn flush(&self) -> Result<()> {
+    fn flush(&mut self) -> Result<()> {
         self.store.flush()?;
-        let transitions = std::mem::take(&mut *self.transitions.borrow_mut());
+        self.outbox.made_durable();
+        let transitions = std::mem::take(&mut self.transitions);
         if !transitions.is_empty() {
             self.metrics.show_counts(&self.store.counts());
         }
@@ -804,23 +864,36 @@ impl Service {
     /// transition is logged once durable.
     /// `trace`: the span the change belongs to, parent of the command's span.
     fn apply(
-        &self,
+        &mut self,
         previous: Option<&HostRecord>,
-        record: &HostRecord,
+        record: &mut HostRecord,
         effects: Effects,
         now: i64,
         trace: Option<&TraceContext>,
     ) -> Result<()> {
+        let mut audit = effects.audit;
         let command_id = match effects.command {
-            Some(action) => Some(self.enqueue(record, action, now, trace)?),
+            Some(action) => Some(match self.enqueue(record, action, now, trace)? {
+                Enqueued::Queued { command_id } => command_id,
+                Enqueued::TooLarge { command_id, reason } => {
+                    // Never sent, never resent: the host shows why.
+                    tracing::error!(host_id = %record.host, "{}: command {command_id}: {reason}", record.host);
+                    record.last_error = Some(format!("command {command_id}: {reason}"));
+                    record.command_issued_at_ms = None;
+                    if let Some(audit) = &mut audit {
+                        audit.why = format!("{} (command NOT sent: {reason})", audit.why);
+                    }
+                    command_id
+                }
+            }),
             None => None,
         };
-        if let Some(audit) = effects.audit {
+        if let Some(audit) = audit {
             self.store.audit(&audit)?;
             let trace_id = trace.map(cordon_telemetry::propagation::trace_id_of).unwrap_or_default();
             // The event behind the isolation, also on the agent's and the scheduler's steps.
             let event_id = audit.event_id.clone().or_else(|| record.event_id.clone());
-            self.transitions.borrow_mut().push(Transition { audit, event_id, command_id, trace_id });
+            self.transitions.push(Transition { audit, event_id, command_id, trace_id });
         }
         if previous != Some(record) {
             self.store.put_host(previous, record)?;
@@ -828,32 +901,20 @@ impl Service {
         Ok(())
     }
 
-    /// Seals the command and puts it in the outbox; returns its id.
+    /// Seals the command and puts it in the outbox, with its "produce command" span when the
+    /// change is traced.
     fn enqueue(
-        &self,
+        &mut self,
         record: &HostRecord,
         action: cordon_wire::Action,
         now: i64,
         trace: Option<&TraceContext>,
-    ) -> Result<String> {
+    ) -> Result<Enqueued> {
         let action_name = match &action {
             cordon_wire::Action::Isolate { .. } => "isolate",
             cordon_wire::Action::Release { .. } => "release",
         };
-        let ttl = i64::try_from(self.config.commands.ttl_seconds).unwrap_or(600) * 1_000;
-        let command = cordon_wire::Command {
-            version: cordon_wire::WIRE_VERSION,
-            command_id: format!("{}-{}", record.host, record.generation),
-            host_id: record.host.clone(),
-            generation: record.generation,
-            issued_at_ms: now,
-            expires_at_ms: now + ttl,
-            action,
-        };
-        let envelope = cordon_wire::seal(&command, &self.signing_key);
-        let key = self.store.enqueue(&OutboxEntry { host: record.host.clone(), envelope })?;
-        self.metrics.commands_issued.add(1);
-        if let Some(produce) = trace.and_then(|parent| {
+        let produce = trace.and_then(|parent| {
             self.spans.start(
                 "produce command",
                 SpanKind::Producer,
@@ -862,22 +923,41 @@ impl Service {
                 vec![
                     KeyValue::new("messaging.system", "kafka"),
                     KeyValue::new("messaging.destination.name", self.topics.commands.clone()),
-                    KeyValue::new("cordon.command_id", command.command_id.clone()),
-                    KeyValue::new("cordon.generation", i64::try_from(command.generation).unwrap_or(i64::MAX)),
+                    KeyValue::new("cordon.command_id", format!("{}-{}", record.host, record.generation)),
+                    KeyValue::new("cordon.generation", i64::try_from(record.generation).unwrap_or(i64::MAX)),
                     KeyValue::new("cordon.action", action_name),
                 ],
             )
-        }) {
-            self.in_flight.borrow_mut().insert(key.to_vec(), produce);
+        });
+        self.outbox.command(record, action, now, produce)
+    }
+
+    /// The sender parked a command the broker will never take: the host shows the failure and
+    /// the command is not resent (an operator decides what to do).
+    fn on_parked(&mut self, parked: &Parked) -> Result<()> {
+        let now = now_ms();
+        let Some(previous) = self.store.host(&parked.host)? else { return Ok(()) };
+        let mut record = previous.clone();
+        let command = parked.command_id.as_deref().unwrap_or("(unreadable)");
+        record.last_error = Some(format!("command {command}: {}", parked.reason));
+        if parked.generation == Some(record.generation) {
+            record.command_issued_at_ms = None;
         }
-        Ok(command.command_id)
+        let effects = lifecycle::note(&mut record, "cordon", format!("command {command} parked: {}", parked.reason), now);
+        self.apply(Some(&previous), &mut record, effects, now, None)?;
+        self.flush()
     }
 
     /// Applies an agent's report to its host's record (not yet durable). A report that answers
     /// a traced command continues its trace ("consume status").
     fn on_status(&mut self, message: &OwnedMessage, now: i64) -> Result<()> {
+        let payload = message.payload().unwrap_or_default();
+        if payload.len() > self.config.kafka.max_detection_bytes {
+            tracing::warn!("ignored a status report of {} bytes (more than [kafka] max_detection_bytes)", payload.len());
+            return Ok(());
+        }
         let status =
-            match serde_json::from_slice::<cordon_wire::Status>(message.payload().unwrap_or_default()) {
+            match serde_json::from_slice::<cordon_wire::Status>(payload) {
                 Ok(status) => status,
                 Err(error) => {
                     tracing::warn!("ignored an unreadable status report: {error}");
@@ -919,7 +999,7 @@ impl Service {
         let previous = self.store.host(&status.host_id)?;
         let mut record = previous.clone().unwrap_or_else(|| HostRecord::new(&status.host_id, now));
         let effects = lifecycle::on_status(&mut record, &status, now);
-        if !status.isolated && previous.as_ref().is_some_and(|p| p.state.may_be_isolated()) {
+        if !record.state.may_be_isolated() && previous.as_ref().is_some_and(|p| p.state.may_be_isolated()) {
             self.engine.release(&record.host);
         }
         if record.state == HostState::Isolated
@@ -930,9 +1010,9 @@ impl Service {
                 self.metrics.detection_to_enforced.observe((now - detected).max(0) as f64 / 1e3);
             }
         }
-        let said = self.transitions.borrow().len();
-        self.apply(previous.as_ref(), &record, effects, now, consume.as_ref())?;
-        if let Some(this) = self.transitions.borrow_mut().get_mut(said) {
+        let said = self.transitions.len();
+        self.apply(previous.as_ref(), &mut record, effects, now, consume.as_ref())?;
+        if let Some(this) = self.transitions.get_mut(said) {
             if this.command_id.is_none() {
                 this.command_id.clone_from(&status.command_id);
             }
@@ -1005,7 +1085,7 @@ impl Service {
         };
         let answer = match outcome {
             Ok(effects) => {
-                self.apply(previous.as_ref(), &record, effects, now, trace.as_ref())?;
+                self.apply(previous.as_ref(), &mut record, effects, now, trace.as_ref())?;
                 self.store.put_engine_state(&self.engine)?;
                 self.flush()?;
                 Ok(record)
@@ -1062,7 +1142,7 @@ impl Service {
             let mut record = previous.clone();
             let effects = lifecycle::deadline_reached(&mut record, now);
             self.engine.release(&host);
-            self.apply(Some(&previous), &record, effects, now, trace.as_ref())?;
+            self.apply(Some(&previous), &mut record, effects, now, trace.as_ref())?;
             if let Some(trace) = trace {
                 trace.span().end();
             }
@@ -1086,7 +1166,10 @@ impl Service {
                             record.generation,
                             record.resends
                         );
-                        self.enqueue(&record, action, now, None)?;
+                        if let Enqueued::TooLarge { command_id, reason } = self.enqueue(&record, action, now, None)? {
+                            record.last_error = Some(format!("command {command_id}: {reason}"));
+                            record.command_issued_at_ms = None;
+                        }
                         self.store.put_host(Some(&previous), &record)?;
                     }
                 }
@@ -1096,13 +1179,24 @@ impl Service {
                 for previous in self.store.hosts()? {
                     let mut record = previous.clone();
                     let effects = lifecycle::check_stale(&mut record, after_ms, now);
-                    self.apply(Some(&previous), &record, effects, now, None)?;
+                    self.apply(Some(&previous), &mut record, effects, now, None)?;
                 }
             }
             Job::Prune => {
                 let window_ms = self.ruleset_ceiling_window_ms();
                 self.engine.prune(now, window_ms);
                 self.store.put_engine_state(&self.engine)?;
+            }
+            Job::Retention => {
+                let outcome = self.store.apply_retention(&self.config.state.retention(), now)?;
+                if outcome.audit_entries + outcome.api_calls > 0 {
+                    tracing::info!(
+                        "retention: removed {} audit entries and {} API call records ([state] *_retention_days, \
+                         audit_max_per_host).",
+                        outcome.audit_entries,
+                        outcome.api_calls
+                    );
+                }
             }
             Job::CheckRules => {
                 let fingerprint = jobs::Fingerprint::of(&self.config.rules.dir);
@@ -1143,72 +1237,12 @@ impl Service {
             ),
         }
     }
+}
 
-    /// Sends every outbox entry, oldest first, in order; removes those the broker acknowledged.
-    /// What fails stays for the next round.
-    async fn send_outbox(&self) {
-        let entries = match self.store.outbox() {
-            Ok(entries) => entries,
-            Err(error) => return tracing::error!("reading the outbox: {error:#}"),
-        };
-        if entries.is_empty() {
-            return;
-        }
-        self.failpoint("before-send");
-        let mut deliveries = Vec::with_capacity(entries.len());
-        for (key, entry) in &entries {
-            let trace = self.in_flight.borrow().get(key.as_ref()).cloned();
-            let mut record =
-                FutureRecord::to(&self.config.kafka.commands_topic).key(&entry.host).payload(&entry.envelope);
-            if let Some(trace) = &trace {
-                record = record.headers(cordon_telemetry::propagation::kafka_headers(trace));
-            }
-            // Enqueued in order, so one host's commands reach its partition in order.
-            match self.producer.send_result(record) {
-                Ok(delivery) => deliveries.push((key, &entry.host, delivery, trace)),
-                Err((error, _)) => {
-                    tracing::error!("sending a command to {}: {error}", entry.host);
-                    break;
-                }
-            }
-        }
-        let mut sent = 0;
-        for (key, host, delivery, trace) in deliveries {
-            let failure = match delivery.await {
-                Ok(Ok(_)) => match self.store.sent(key) {
-                    Ok(()) => {
-                        sent += 1;
-                        None
-                    }
-                    Err(error) => Some(format!("{error:#}")),
-                },
-                Ok(Err((error, _))) => Some(format!("sending a command to {host}: {error}")),
-                Err(_) => Some(format!("sending a command to {host}: the producer went away")),
-            };
-            match (failure, trace) {
-                (Some(failure), trace) => {
-                    tracing::error!("{failure}");
-                    if let Some(trace) = trace {
-                        trace.span().add_event(
-                            "send failed; the command stays in the outbox",
-                            vec![KeyValue::new("error", failure)],
-                        );
-                    }
-                }
-                (None, Some(trace)) => {
-                    trace.span().end();
-                    self.in_flight.borrow_mut().remove(key.as_ref());
-                }
-                (None, None) => {}
-            }
-        }
-        self.metrics.commands_sent.add(sent);
-        if sent > 0 {
-            if let Err(error) = self.store.flush() {
-                tracing::error!("{error:#}");
-            }
-        }
-    }
+/// Whether `error` comes from the state store (disk full, I/O): the batch must not be committed
+/// then, and the event is not to blame.
+fn is_store_fault(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| cause.downcast_ref::<sled::Error>().is_some())
 }
 
 /// Epoch milliseconds of a `SystemTime`.

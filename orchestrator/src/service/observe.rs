@@ -30,6 +30,11 @@ pub struct Metrics {
     pub commands_issued: Arc<Counter>,
     pub commands_sent: Arc<Counter>,
     pub commands_refused: Arc<Family>,
+    pub commands_parked: Arc<Family>,
+    pub outbox_waiting: Arc<Gauge>,
+    pub dead_letters: Arc<Family>,
+    pub events_failed: Arc<Counter>,
+    pub consumer_partitions: Arc<Gauge>,
     pub kafka_brokers_up: Arc<Gauge>,
     pub rules_loaded: Arc<Gauge>,
 }
@@ -97,6 +102,28 @@ impl Metrics {
                 "cordon_commands_refused_total",
                 "Commands agents refused or failed to apply, by reason.",
                 "reason",
+            ),
+            commands_parked: r.counter_family(
+                "cordon_commands_parked_total",
+                "Commands that can never be sent (too large, refused for good by the broker), kept aside, by reason.",
+                "reason",
+            ),
+            outbox_waiting: r.gauge(
+                "cordon_outbox_waiting",
+                "Commands and dead letters durable in the outbox and not yet acknowledged by the broker.",
+            ),
+            dead_letters: r.counter_family(
+                "cordon_dead_letters_total",
+                "Messages sent to the dead-letter topic, by reason: invalid, oversized, bad_host_id, failed.",
+                "reason",
+            ),
+            events_failed: r.counter(
+                "cordon_events_failed_total",
+                "Valid detections whose handling failed; each was dead-lettered, never the batch.",
+            ),
+            consumer_partitions: r.gauge(
+                "cordon_consumer_partitions",
+                "Partitions the consumer holds now (0: not consuming, e.g. rebalancing or fenced).",
             ),
             kafka_brokers_up: r.gauge("cordon_kafka_brokers_up", "Kafka brokers the consumer is connected to."),
             rules_loaded: r.gauge("cordon_rules_loaded", "Rules in force."),

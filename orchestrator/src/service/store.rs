@@ -1,5 +1,6 @@
 //! The service's durable state in sled: one record per host, the deadline index the scheduler
-//! scans, the rules engine's state, the audit trail, and the outbox of signed commands.
+//! scans, the rules engine's state, the audit trail, and the outbox of signed commands and dead
+//! letters (with the entries parked because the broker can never take them).
 //!
 //! Commands are written to the outbox in the same flush as the state change that causes them,
 //! and sent (then removed) only after that flush: a crash at any moment loses no command, and a
@@ -44,6 +45,57 @@ impl OutboxEntry {
     }
 }
 
+/// A dead letter waiting to be sent: the Kafka key (u32 length, big-endian) and the record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetterEntry {
+    pub key: Vec<u8>,
+    pub record: Vec<u8>,
+}
+
+impl DeadLetterEntry {
+    fn to_bytes(&self) -> Result<Vec<u8>> {
+        let length = u32::try_from(self.key.len()).context("a dead-letter key longer than 4 GiB")?;
+        let mut bytes = Vec::with_capacity(4 + self.key.len() + self.record.len());
+        bytes.extend_from_slice(&length.to_be_bytes());
+        bytes.extend_from_slice(&self.key);
+        bytes.extend_from_slice(&self.record);
+        Ok(bytes)
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<DeadLetterEntry> {
+        let unreadable = || anyhow::anyhow!("a dead-letter entry is unreadable");
+        let length = usize::try_from(u32::from_be_bytes(bytes.get(..4).ok_or_else(unreadable)?.try_into()?))?;
+        let key = bytes.get(4..4usize.saturating_add(length)).ok_or_else(unreadable)?;
+        Ok(DeadLetterEntry { key: key.to_vec(), record: bytes[4 + length..].to_vec() })
+    }
+}
+
+/// How long audit entries and API call records are kept (`[state]` in `cordon.toml`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub audit_ms: i64,
+    pub audit_per_host: usize,
+    pub api_calls_ms: i64,
+}
+
+impl Retention {
+    fn per_host_or_all(&self) -> usize {
+        self.audit_per_host.max(1)
+    }
+}
+
+/// What one retention pass removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    pub audit_entries: usize,
+    pub api_calls: usize,
+}
+
+/// An outbox key as the sender and the loop pass it around.
+fn outbox_key(bytes: &[u8]) -> u64 {
+    bytes.try_into().map_or(0, u64::from_be_bytes)
+}
+
 /// One call to the operator API, kept whatever its outcome.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApiCall {
@@ -67,6 +119,10 @@ pub struct Store {
     /// Keyed by host, then a sequence number: one host's trail is one range.
     audit: sled::Tree,
     outbox: sled::Tree,
+    /// Dead letters waiting to be sent (keys from the same sequence as the outbox's).
+    dead_letters: sled::Tree,
+    /// Outbox entries the broker can never take, with the reason: kept for an operator, never sent.
+    parked: sled::Tree,
     api_calls: sled::Tree,
     /// How many hosts are in each state and how many agents are stale, kept in step by
     /// `put_host` (in memory, and in sled so that a restart need not read every record).
@@ -102,6 +158,8 @@ impl Store {
             deadlines: db.open_tree("deadlines")?,
             audit: db.open_tree("audit")?,
             outbox: db.open_tree("outbox")?,
+            dead_letters: db.open_tree("dead_letters")?,
+            parked: db.open_tree("parked")?,
             api_calls: db.open_tree("api_calls")?,
             tags: Arc::default(),
             counts: Arc::default(),
@@ -203,14 +261,21 @@ impl Store {
             .collect()
     }
 
-    /// The tags of `host` (none for a host cordon does not know).
+    /// The tags of `host` (none for a host cordon does not know). Only known hosts are kept in
+    /// memory: detections name any host id they like, and a flood of made-up ones must not grow
+    /// the cache (an unknown host costs one index lookup, no decoding).
     pub fn tags_of(&self, host: &str) -> Result<Vec<String>> {
         if let Some(tags) = self.tags.lock().unwrap_or_else(PoisonError::into_inner).get(host) {
             return Ok(tags.clone());
         }
-        let tags = self.host(host)?.map(|record| record.tags).unwrap_or_default();
-        self.tags.lock().unwrap_or_else(PoisonError::into_inner).insert(host.to_owned(), tags.clone());
-        Ok(tags)
+        let Some(record) = self.host(host)? else { return Ok(Vec::new()) };
+        self.tags.lock().unwrap_or_else(PoisonError::into_inner).insert(host.to_owned(), record.tags.clone());
+        Ok(record.tags)
+    }
+
+    /// How many hosts' tags are kept in memory.
+    pub fn cached_tags(&self) -> usize {
+        self.tags.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
     /// Stores `record` and keeps the deadline index in step with it. Not durable until `flush`.
@@ -266,6 +331,49 @@ impl Store {
             .collect()
     }
 
+    /// Removes audit entries older than the retention and, per host, all but the newest
+    /// `per_host`; then API call records older than theirs. Returns how many were removed.
+    pub fn apply_retention(&self, retention: &Retention, now_ms: i64) -> Result<RetentionOutcome> {
+        let mut outcome = RetentionOutcome::default();
+        let audit_cutoff = now_ms.saturating_sub(retention.audit_ms);
+        // One host's trail is one key range, oldest first: (key, time) per host, then trimmed.
+        let mut trail: Vec<(sled::IVec, i64)> = Vec::new();
+        let mut host: Vec<u8> = Vec::new();
+        let trim = |trail: &mut Vec<(sled::IVec, i64)>, outcome: &mut RetentionOutcome| -> Result<()> {
+            let over = trail.len().saturating_sub(retention.per_host_or_all());
+            for (index, (key, at)) in trail.iter().enumerate() {
+                if index < over || *at < audit_cutoff {
+                    self.audit.remove(key)?;
+                    outcome.audit_entries += 1;
+                }
+            }
+            trail.clear();
+            Ok(())
+        };
+        for item in &self.audit {
+            let (key, value) = item?;
+            let this_host = key.split(|b| *b == 0).next().unwrap_or_default();
+            if this_host != host.as_slice() {
+                trim(&mut trail, &mut outcome)?;
+                host = this_host.to_vec();
+            }
+            let at = serde_json::from_slice::<AuditEntry>(&value).map_or(i64::MIN, |entry| entry.at_ms);
+            trail.push((key, at));
+        }
+        trim(&mut trail, &mut outcome)?;
+        let calls_cutoff = now_ms.saturating_sub(retention.api_calls_ms);
+        for item in &self.api_calls {
+            let (key, value) = item?;
+            let at = serde_json::from_slice::<ApiCall>(&value).map_or(i64::MIN, |call| call.at_ms);
+            if at >= calls_cutoff {
+                break;
+            }
+            self.api_calls.remove(key)?;
+            outcome.api_calls += 1;
+        }
+        Ok(outcome)
+    }
+
     pub fn record_api_call(&self, call: &ApiCall) -> Result<()> {
         let id = self.db.generate_id()?;
         self.api_calls.insert(id.to_be_bytes(), serde_json::to_vec(call)?)?;
@@ -296,28 +404,93 @@ impl Store {
     }
 
     /// Returns the entry's key (the order it goes out in).
-    pub fn enqueue(&self, entry: &OutboxEntry) -> Result<[u8; 8]> {
-        let key = self.db.generate_id()?.to_be_bytes();
-        self.outbox.insert(key, entry.to_bytes()?)?;
+    pub fn enqueue(&self, entry: &OutboxEntry) -> Result<u64> {
+        let key = self.db.generate_id()?;
+        self.outbox.insert(key.to_be_bytes(), entry.to_bytes()?)?;
         Ok(key)
     }
 
-    /// Outbox entries, oldest first, with their keys for removal.
-    pub fn outbox(&self) -> Result<Vec<(sled::IVec, OutboxEntry)>> {
+    /// Returns the entry's key, from the outbox's sequence.
+    pub fn enqueue_dead_letter(&self, entry: &DeadLetterEntry) -> Result<u64> {
+        let key = self.db.generate_id()?;
+        self.dead_letters.insert(key.to_be_bytes(), entry.to_bytes()?)?;
+        Ok(key)
+    }
+
+    /// The key after the newest of the outbox and the dead letters (0 when both are empty).
+    pub fn outbox_end(&self) -> Result<u64> {
+        let end = |tree: &sled::Tree| -> Result<u64> {
+            Ok(tree.last()?.map_or(0, |(key, _)| outbox_key(&key).saturating_add(1)))
+        };
+        Ok(end(&self.outbox)?.max(end(&self.dead_letters)?))
+    }
+
+    /// Outbox entries with keys below `end`, oldest first.
+    pub fn outbox_up_to(&self, end: u64) -> Result<Vec<(u64, OutboxEntry)>> {
         self.outbox
-            .iter()
+            .range(..end.to_be_bytes())
             .map(|item| {
                 let (key, value) = item?;
-                Ok((key, OutboxEntry::from_bytes(&value)?))
+                Ok((outbox_key(&key), OutboxEntry::from_bytes(&value)?))
+            })
+            .collect()
+    }
+
+    /// Dead letters with keys below `end`, oldest first.
+    pub fn dead_letters_up_to(&self, end: u64) -> Result<Vec<(u64, DeadLetterEntry)>> {
+        self.dead_letters
+            .range(..end.to_be_bytes())
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((outbox_key(&key), DeadLetterEntry::from_bytes(&value)?))
             })
             .collect()
     }
 
     /// Removes sent entries. Not flushed: an entry sent again after a crash is refused by its
     /// agent as a stale generation.
-    pub fn sent(&self, key: &sled::IVec) -> Result<()> {
-        self.outbox.remove(key)?;
+    pub fn sent(&self, key: u64) -> Result<()> {
+        self.outbox.remove(key.to_be_bytes())?;
         Ok(())
+    }
+
+    /// Removes a sent dead letter (one sent again after a crash is a harmless duplicate).
+    pub fn dead_letter_sent(&self, key: u64) -> Result<()> {
+        self.dead_letters.remove(key.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Replaces a dead letter by a smaller one.
+    pub fn replace_dead_letter(&self, key: u64, entry: &DeadLetterEntry) -> Result<()> {
+        self.dead_letters.insert(key.to_be_bytes(), entry.to_bytes()?)?;
+        Ok(())
+    }
+
+    /// Moves an outbox entry to the parked ones, with the reason (and makes it durable).
+    pub fn park(&self, key: u64, reason: &str) -> Result<()> {
+        self.park_from(&self.outbox, b'c', key, reason)
+    }
+
+    /// Moves a dead letter to the parked entries, with the reason (and makes it durable).
+    pub fn park_dead_letter(&self, key: u64, reason: &str) -> Result<()> {
+        self.park_from(&self.dead_letters, b'd', key, reason)
+    }
+
+    /// Parked entries are `kind` (`c` command, `d` dead letter), the reason's length (u32), the
+    /// reason and the entry's bytes.
+    fn park_from(&self, tree: &sled::Tree, kind: u8, key: u64, reason: &str) -> Result<()> {
+        let Some(entry) = tree.remove(key.to_be_bytes())? else { return Ok(()) };
+        let mut bytes = vec![kind];
+        bytes.extend_from_slice(&u32::try_from(reason.len()).unwrap_or(u32::MAX).to_be_bytes());
+        bytes.extend_from_slice(reason.as_bytes());
+        bytes.extend_from_slice(&entry);
+        self.parked.insert(key.to_be_bytes(), bytes)?;
+        self.flush()
+    }
+
+    /// How many entries are parked.
+    pub fn parked_count(&self) -> usize {
+        self.parked.len()
     }
 
     /// Makes everything written so far durable.
@@ -329,7 +502,63 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::OutboxEntry;
+    use super::{DeadLetterEntry, HostRecord, OutboxEntry, Store};
+
+    #[test]
+    fn retention_removes_old_audit_entries_keeps_the_newest_per_host_and_old_api_calls() {
+        use super::{ApiCall, AuditEntry, HostState, Retention, RetentionOutcome};
+        let dir = std::env::temp_dir().join(format!("cordon-store-retention-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        let entry = |host: &str, at_ms: i64| AuditEntry {
+            at_ms,
+            host: host.into(),
+            from: HostState::NotIsolated,
+            to: HostState::Isolating,
+            by: "test".into(),
+            event_id: None,
+            generation: 1,
+            why: format!("at {at_ms}"),
+        };
+        // web-01: 5 old entries and 20 recent ones; web-02 (a prefix of no other): 3 recent.
+        for at in (0..5).chain(1_000..1_020) {
+            store.audit(&entry("web-01", at)).unwrap();
+        }
+        for at in 1_000..1_003 {
+            store.audit(&entry("web-02", at)).unwrap();
+        }
+        for at in [10, 20, 1_500] {
+            let call = ApiCall { at_ms: at, caller: "c".into(), method: "GET".into(), path: "/".into(), status: 200 };
+            store.record_api_call(&call).unwrap();
+        }
+        let retention = Retention { audit_ms: 500, audit_per_host: 10, api_calls_ms: 500 };
+        let outcome = store.apply_retention(&retention, 1_100).unwrap();
+        assert_eq!(outcome, RetentionOutcome { audit_entries: 15, api_calls: 2 });
+        let kept: Vec<i64> = store.audit_of("web-01").unwrap().iter().map(|e| e.at_ms).collect();
+        assert_eq!(kept, (1_010..1_020).collect::<Vec<_>>(), "the newest 10 of web-01");
+        assert_eq!(store.audit_of("web-02").unwrap().len(), 3);
+        assert_eq!(store.api_calls().unwrap().iter().map(|c| c.at_ms).collect::<Vec<_>>(), vec![1_500]);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn made_up_hosts_are_not_cached_and_known_ones_are() {
+        let dir = std::env::temp_dir().join(format!("cordon-store-tags-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        for i in 0..1_000 {
+            assert!(store.tags_of(&format!("made-up-{i}")).unwrap().is_empty());
+        }
+        assert_eq!(store.cached_tags(), 0);
+        let mut record = HostRecord::new("web-01", 0);
+        record.tags = vec!["plc".into()];
+        store.put_host(None, &record).unwrap();
+        assert_eq!(store.tags_of("web-01").unwrap(), vec!["plc".to_owned()]);
+        assert_eq!(store.cached_tags(), 1);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn outbox_entries_round_trip_and_refuse_truncation() {
@@ -339,5 +568,9 @@ mod tests {
         assert_eq!(OutboxEntry::from_bytes(&bytes).unwrap(), entry);
         assert!(OutboxEntry::from_bytes(&bytes[..5]).is_err());
         assert!(OutboxEntry::from_bytes(&[0]).is_err());
+        let letter = DeadLetterEntry { key: vec![7; 70_000], record: b"{}".to_vec() };
+        let bytes = letter.to_bytes().unwrap();
+        assert_eq!(DeadLetterEntry::from_bytes(&bytes).unwrap(), letter);
+        assert!(DeadLetterEntry::from_bytes(&bytes[..100]).is_err());
     }
 }

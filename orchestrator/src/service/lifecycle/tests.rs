@@ -43,7 +43,8 @@ fn operator_isolation_is_confirmed_then_lifted_at_its_deadline() {
     on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 30);
     assert_eq!(host.state, HostState::Isolated);
     assert_eq!(host.tags, vec![ISOLATED_TAG.to_owned(), "plc".to_owned()]);
-    assert!(host.last_command.is_none(), "an answered command is not resent");
+    assert!(host.command_issued_at_ms.is_none(), "an answered command is not resent");
+    assert!(resend_due(&mut host, 1, T0 + 100_000).is_none());
 
     let effects = deadline_reached(&mut host, T0 + 60_000);
     assert!(matches!(effects.command, Some(cordon_wire::Action::Release { .. })));
@@ -184,6 +185,74 @@ fn an_agent_ahead_of_cordon_is_caught_up() {
     assert_eq!(host.generation, 7);
     let effects = operator_isolate(&mut host, &timed(60), "x", "operator a", T0 + 1);
     assert_eq!(effects.audit.unwrap().generation, 8);
+}
+
+#[test]
+fn an_agent_ahead_refusing_an_isolation_as_stale_gets_it_again_at_its_generation_plus_one() {
+    let mut host = HostRecord::new("web-01", T0);
+    operator_isolate(&mut host, &timed(600), "incident 9", "operator a", T0);
+    assert_eq!(host.generation, 1);
+    // cordon's state was restored from an old copy: the agent has applied up to generation 7.
+    let mut refused = status("web-01", 7, false, cordon_wire::StatusKind::Refused);
+    refused.command_id = Some("web-01-1".into());
+    refused.refusal = Some(cordon_wire::Refusal::StaleGeneration);
+    let effects = on_status(&mut host, &refused, T0 + 100_000);
+    assert_eq!((host.state, host.generation), (HostState::Isolating, 8), "never released by a refusal");
+    match effects.command {
+        Some(cordon_wire::Action::Isolate { duration_seconds, reason, .. }) => {
+            assert_eq!(duration_seconds, Some(500), "what is left of the isolation, not all of it again");
+            assert!(reason.contains("incident 9"), "{reason}");
+        }
+        other => panic!("expected the isolation again, got {other:?}"),
+    }
+    let audit = effects.audit.unwrap();
+    assert_eq!((audit.to, audit.generation), (HostState::Isolating, 8));
+    assert!(audit.why.contains("ahead of cordon") && audit.why.contains("generation 8"), "{}", audit.why);
+    assert_eq!(host.expires_at_ms, Some(T0 + 600_000), "the deadline is kept");
+
+    // The agent applies it: confirmed.
+    on_status(&mut host, &status("web-01", 8, true, cordon_wire::StatusKind::Applied), T0 + 100_050);
+    assert_eq!((host.state, host.generation), (HostState::Isolated, 8));
+}
+
+#[test]
+fn an_agent_ahead_that_lost_an_answered_isolation_gets_it_again() {
+    let mut host = HostRecord::new("db-01", T0);
+    operator_isolate(&mut host, &IsolationPlan::default(), "x", "operator a", T0);
+    on_status(&mut host, &status("db-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1);
+    let effects = on_status(&mut host, &status("db-01", 4, false, cordon_wire::StatusKind::Heartbeat), T0 + 2);
+    assert!(matches!(effects.command, Some(cordon_wire::Action::Isolate { duration_seconds: None, .. })));
+    assert_eq!((host.state, host.generation), (HostState::Isolating, 5));
+}
+
+#[test]
+fn an_agent_ahead_that_already_has_the_desired_state_is_only_caught_up() {
+    let mut host = HostRecord::new("db-01", T0);
+    operator_isolate(&mut host, &timed(60), "x", "operator a", T0);
+    on_status(&mut host, &status("db-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1);
+    deadline_reached(&mut host, T0 + 60_000);
+    on_status(&mut host, &status("db-01", 2, false, cordon_wire::StatusKind::Applied), T0 + 60_001);
+    let effects = on_status(&mut host, &status("db-01", 9, false, cordon_wire::StatusKind::Heartbeat), T0 + 60_002);
+    assert!(effects.command.is_none());
+    assert_eq!((host.state, host.generation), (HostState::Released, 9));
+}
+
+#[test]
+fn an_implausible_generation_is_not_believed_and_nothing_wraps() {
+    let mut host = HostRecord::new("web-01", T0);
+    operator_isolate(&mut host, &timed(60), "x", "operator a", T0);
+    let forged = status("web-01", u64::MAX, false, cordon_wire::StatusKind::Applied);
+    let effects = on_status(&mut host, &forged, T0 + 1);
+    assert_eq!((host.state, host.generation), (HostState::Isolating, 1), "neither released nor moved");
+    assert!(effects.command.is_none());
+    assert!(host.last_error.as_deref().unwrap().contains("not believed"), "{:?}", host.last_error);
+
+    // Even at the very end of the range, nothing wraps and nothing panics.
+    host.generation = u64::MAX;
+    let effects = operator_release(&mut host, "y", "operator a", T0 + 2).unwrap();
+    assert!(effects.command.is_none());
+    assert_eq!(host.generation, u64::MAX);
+    assert!(effects.audit.unwrap().why.contains("largest there is"));
 }
 
 #[test]
