@@ -1250,3 +1250,51 @@ fn an_agent_ahead_of_cordon_gets_the_isolation_again_at_its_generation_plus_one(
     harness.report(&again, true);
     wait_for_line(&lines, "ahead-01: isolating -> isolated by agent");
 }
+
+#[test]
+fn a_wall_clock_step_neither_lifts_an_isolation_early_nor_holds_it_late() {
+    let mut harness = Harness::start("clock");
+    let offset = harness.dir.join("clock-offset-ms");
+    std::fs::write(&offset, "0").expect("write the offset");
+    let offset_path: &'static str = Box::leak(offset.display().to_string().into_boxed_str());
+    harness.env.push(("CORDON_CLOCK_OFFSET_FILE", offset_path));
+    let lines = harness.serve();
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+
+    // Forwards by an hour, 1 s into a 6 s isolation: it must still end at about 6 s.
+    let started = Instant::now();
+    harness.cordon_ok(&["isolate", "clk-01", "--for", "6s"]);
+    let isolate = next_command(&commands, &key, Duration::from_secs(10));
+    harness.report(&isolate, true);
+    wait_for_line(&lines, "clk-01: isolating -> isolated by agent");
+    std::thread::sleep(Duration::from_secs(1).saturating_sub(started.elapsed()));
+    std::fs::write(&offset, "3600000").expect("step the clock");
+    wait_for_line(&lines, "the wall clock stepped: it is now +3600.0 s from cordon's clock");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(harness.host_json("clk-01")["state"], "isolated", "lifted early by the step");
+    let release = loop {
+        let command = next_command(&commands, &key, Duration::from_secs(10));
+        if matches!(command.action, cordon_wire::Action::Release { .. }) {
+            break command;
+        }
+    };
+    let elapsed = started.elapsed();
+    assert_eq!(release.host_id, "clk-01");
+    assert!(elapsed >= Duration::from_millis(5_900) && elapsed < Duration::from_secs(8), "lifted after {elapsed:?}");
+
+    // Backwards by two hours (an hour behind real time) during a 4 s isolation: still on time.
+    let started = Instant::now();
+    harness.cordon_ok(&["isolate", "clk-02", "--for", "4s"]);
+    std::fs::write(&offset, "-3600000").expect("step the clock back");
+    wait_for_line(&lines, "the wall clock stepped: it is now -3600.0 s from cordon's clock");
+    let release = loop {
+        let command = next_command(&commands, &key, Duration::from_secs(10));
+        if command.host_id == "clk-02" && matches!(command.action, cordon_wire::Action::Release { .. }) {
+            break command;
+        }
+    };
+    let elapsed = started.elapsed();
+    assert_eq!(release.generation, 2);
+    assert!(elapsed >= Duration::from_millis(3_900) && elapsed < Duration::from_secs(6), "lifted after {elapsed:?}");
+}

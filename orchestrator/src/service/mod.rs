@@ -13,6 +13,7 @@
 //! by the engine's state and the host records; unsent commands are still in the outbox.
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod jobs;
 pub mod lifecycle;
@@ -42,11 +43,7 @@ use self::observe::Metrics;
 use self::outbox::{DeadLetterKind, Enqueued, Outbox, Parked};
 use self::store::Store;
 
-/// Wall clock in epoch milliseconds; the only place the service reads it.
-pub fn now_ms() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-}
+pub use self::clock::now_ms;
 
 /// The consumer's context: says which partitions the service reads, when the group assigns or
 /// takes them (operators, and tests, wait for "consuming"), and reads librdkafka's statistics
@@ -442,8 +439,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     service.lift_due(now_ms())?;
     service.outbox.send();
 
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = deadline_tick();
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
@@ -474,6 +470,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
             }
             _ = hangup.recv() => service.reload_rules("SIGHUP"),
             _ = tick.tick() => {
+                clock::check_for_step();
                 if let Err(error) = service.lift_due(now_ms()) {
                     break Err(error);
                 }
@@ -495,6 +492,13 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     }
     telemetry.shutdown();
     result
+}
+
+/// The 100 ms tick that lifts due isolations (a late tick is not made up for by a burst).
+fn deadline_tick() -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
 }
 
 /// A detection as the reader parsed it, or why it is not one.
@@ -813,7 +817,9 @@ impl Service {
             if record.state == HostState::Isolating
                 && previous.as_ref().is_none_or(|p| p.state != HostState::Isolating)
             {
-                record.detected_at_ms = Some(epoch_ms(received_at));
+                // On cordon's clock, like `now` (see clock.rs).
+                let waited = received_at.elapsed().unwrap_or_default().as_millis();
+                record.detected_at_ms = Some(now.saturating_sub(i64::try_from(waited).unwrap_or(0)));
             }
             self.apply(previous.as_ref(), &mut record, effects, now, decide.as_ref())?;
             if let Some(decide) = decide {
@@ -1243,10 +1249,4 @@ impl Service {
 /// then, and the event is not to blame.
 fn is_store_fault(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| cause.downcast_ref::<sled::Error>().is_some())
-}
-
-/// Epoch milliseconds of a `SystemTime`.
-fn epoch_ms(time: SystemTime) -> i64 {
-    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
