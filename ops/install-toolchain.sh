@@ -61,6 +61,14 @@ if [ "$want_broker" -eq 1 ]; then
   fi
 fi
 
+# cargo-fuzz, for the fuzz targets (ops/fuzz.sh runs them with the nightly toolchain).
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  say "cargo install cargo-fuzz 0.13.2 (about 2 minutes)"
+  cargo install cargo-fuzz --version 0.13.2 --locked
+else
+  say "cargo-fuzz present"
+fi
+
 # confluent-kafka, for the Python producer example (ops/examples), the demo and their tests.
 if ! python3 -c 'import confluent_kafka' 2>/dev/null; then
   say "pip install confluent-kafka"

@@ -1,0 +1,33 @@
+//! Fuzzes detection parsing, whole and through a rule set's projection, and evaluation: no input
+//! panics, both parses agree on validity, and both decide the same.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+
+fn ruleset() -> &'static rules::Ruleset {
+    static RULES: OnceLock<rules::Ruleset> = OnceLock::new();
+    RULES.get_or_init(|| {
+        let text = "id: fuzz\ntitle: Fuzz\ndetection:\n  selection:\n    severity_id|gte: 4\n    \
+                    process.name|contains: [crypt, ransom]\n  other:\n    device.os.name: Linux\n  \
+                    condition: selection or other\nresponse:\n  isolate:\n    mode: automatic\n    duration: 1h\n";
+        let files = [rules::SourceFile { name: "fuzz.yaml".into(), text: text.into() }];
+        rules::RuleDirectory::load(&files, None).expect("the fuzz rule validates").ruleset().clone()
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let whole = rules::Event::parse(text);
+    let projected = rules::Event::parse_projected(text, ruleset().projection());
+    assert_eq!(whole.is_ok(), projected.is_ok(), "whole: {whole:?}, projected: {projected:?}");
+    if let (Ok(whole), Ok(projected)) = (whole, projected) {
+        let none: [&str; 0] = [];
+        let mut state = rules::EngineState::default();
+        let decided = rules::evaluate(ruleset(), &mut state, &whole, 1_700_000_000_000, &none);
+        let mut state = rules::EngineState::default();
+        let decided_projected = rules::evaluate(ruleset(), &mut state, &projected, 1_700_000_000_000, &none);
+        assert_eq!(decided, decided_projected);
+    }
+});
