@@ -50,8 +50,16 @@ host_ip=198.19.250.1
 peer_ip=198.19.250.2
 pids=()
 
+# A background job here is a subshell whose child (nsenter, then cordon) outlives a signal to the
+# subshell alone: stop every process under it, children first.
+kill_tree() {
+  local child
+  for child in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$child"; done
+  kill "$1" 2>/dev/null || true
+}
+
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do kill_tree "$pid"; done
   wait 2>/dev/null || true
   rm -rf "$pins"
   ip netns delete "$host_ns" 2>/dev/null || true

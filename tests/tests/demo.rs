@@ -54,6 +54,17 @@ fn the_demo_tells_its_story_and_cleans_up() {
         !cgroups.flatten().any(|entry| entry.file_name().to_string_lossy().starts_with("cordon-demo")),
         "the demo left its cgroup behind"
     );
+    // No process of the demo's outlives it (cordon serve and the agent carry its scratch
+    // directory on their command lines).
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains("cordon-demo-"))
+        .collect();
+    assert!(left.is_empty(), "the demo left processes running: {left:?}");
     let pins = std::fs::read_dir("/sys/fs/bpf").expect("bpffs");
     assert!(
         !pins.flatten().any(|entry| entry.file_name().to_string_lossy().starts_with("cordon-demo")),
