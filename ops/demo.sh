@@ -51,15 +51,29 @@ peer_ip=198.19.250.2
 pids=()
 
 # A background job here is a subshell whose child (nsenter, then cordon) outlives a signal to the
-# subshell alone: stop every process under it, children first.
-kill_tree() {
+# subshell alone: every process under each job is asked to stop, given 10 s (cordon serve shuts
+# down in order), then killed.
+tree_of() {
   local child
-  for child in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$child"; done
-  kill "$1" 2>/dev/null || true
+  echo "$1"
+  for child in $(pgrep -P "$1" 2>/dev/null); do tree_of "$child"; done
 }
 
 cleanup() {
-  for pid in "${pids[@]}"; do kill_tree "$pid"; done
+  local all=() pid
+  for pid in "${pids[@]}"; do mapfile -t -O "${#all[@]}" all < <(tree_of "$pid"); done
+  for pid in "${all[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for _ in $(seq 100); do
+    local alive=0
+    for pid in "${all[@]}"; do
+      # A zombie (exited, not yet reaped by `wait`) counts as stopped.
+      local state; state=$(ps -o stat= -p "$pid" 2>/dev/null || true)
+      [ -n "$state" ] && [ "${state#Z}" = "$state" ] && alive=1
+    done
+    [ "$alive" -eq 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${all[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$pins"
   ip netns delete "$host_ns" 2>/dev/null || true
