@@ -1298,3 +1298,26 @@ fn a_wall_clock_step_neither_lifts_an_isolation_early_nor_holds_it_late() {
     assert_eq!(release.generation, 2);
     assert!(elapsed >= Duration::from_millis(3_900) && elapsed < Duration::from_secs(6), "lifted after {elapsed:?}");
 }
+
+#[test]
+fn a_damaged_state_store_is_refused_with_its_path_and_the_runbook_step() {
+    let mut harness = Harness::start("damaged");
+    let _lines = harness.serve_started();
+    harness.cordon_ok(&["isolate", "keep-01", "--manual", "--reason", "incident 3"]);
+    harness.kill_service();
+    // Every byte of the store's log overwritten, as a failing disk might.
+    let db = harness.dir.join("state/orchestrator.sled/db");
+    let size = usize::try_from(std::fs::metadata(&db).expect("the store's log").len()).unwrap();
+    std::fs::write(&db, vec![0x5a; size]).expect("damage the store");
+    let output = Command::new(CORDON)
+        .args(["serve", "--config"])
+        .arg(harness.dir.join("cordon.toml"))
+        .output()
+        .expect("run cordon serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "started on a damaged store: {stdout}{stderr}");
+    assert!(!stdout.contains("API on"), "{stdout}");
+    assert!(stderr.contains(&harness.dir.join("state/orchestrator.sled").display().to_string()), "{stderr}");
+    assert!(stderr.contains("A lost or corrupt state store"), "{stderr}");
+}

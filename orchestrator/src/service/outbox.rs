@@ -269,7 +269,8 @@ fn cut(text: &str, limit: usize) -> String {
     format!("{}... ({} bytes in all)", &text[..end], text.len())
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hexadecimal.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut text, b| {
         let _ = write!(text, "{b:02x}");

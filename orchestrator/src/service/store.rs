@@ -70,6 +70,55 @@ impl DeadLetterEntry {
     }
 }
 
+/// The name of the file beside the store that holds its identity.
+const IDENTITY_FILE: &str = "store-id";
+const IDENTITY_KEY: &[u8] = b"store_id";
+
+/// Refuses a store that is not the one this state directory had: sled recovers a store whose
+/// files are damaged by keeping what it can read, which can be nothing at all, and an empty store
+/// would silently forget every isolation. The store keeps a random identity, and the state
+/// directory a copy of it (`store-id`): a store that lost it while the copy is there is refused.
+/// A new store (no copy, nothing in it) gets one; a store from before identities gets one too.
+fn check_identity(db: &sled::Db, dir: &Path, path: &Path) -> Result<()> {
+    let copy_path = dir.join(IDENTITY_FILE);
+    let copy = match std::fs::read_to_string(&copy_path) {
+        Ok(text) => Some(text.trim().to_owned()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => return Err(error).with_context(|| format!("cannot read {}", copy_path.display())),
+    };
+    let stored = db.get(IDENTITY_KEY)?.map(|id| String::from_utf8_lossy(&id).into_owned());
+    match (stored, copy) {
+        (Some(stored), Some(copy)) if stored == copy => Ok(()),
+        (Some(stored), Some(copy)) => anyhow::bail!(
+            "the state store {} is not the one of this state directory (its identity is {stored}, {} says \
+             {copy}): cordon does not start on it (docs/operations.md, \"A lost or corrupt state store\")",
+            path.display(),
+            copy_path.display()
+        ),
+        (None, Some(copy)) => anyhow::bail!(
+            "the state store {} has lost its contents (it no longer holds the identity {copy} that {} \
+             records: damaged or replaced). cordon does not start on it, as it would forget every isolation: \
+             restore the store from a backup, or, to start empty on purpose, remove {} \
+             (docs/operations.md, \"A lost or corrupt state store\")",
+            path.display(),
+            copy_path.display(),
+            copy_path.display()
+        ),
+        (stored, None) => {
+            let id = if let Some(id) = stored {
+                id
+            } else {
+                let id = super::outbox::hex(&cordon_wire::generate_signing_key().to_bytes()[..16]);
+                db.insert(IDENTITY_KEY, id.as_bytes())?;
+                db.flush().context("cannot flush the state store")?;
+                id
+            };
+            std::fs::write(&copy_path, format!("{id}\n"))
+                .with_context(|| format!("cannot write {}", copy_path.display()))
+        }
+    }
+}
+
 /// How long audit entries and API call records are kept (`[state]` in `cordon.toml`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Retention {
@@ -152,7 +201,15 @@ impl Store {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create state directory {}", dir.display()))?;
         let path = dir.join("orchestrator.sled");
-        let db = sled::open(&path).with_context(|| format!("cannot open state store {}", path.display()))?;
+        let db = sled::open(&path).map_err(|error| match error {
+            sled::Error::Corruption { .. } => anyhow::anyhow!(
+                "the state store {} is corrupt ({error}). cordon does not start on it: restore it from a \
+                 backup, or move it aside to start empty (docs/operations.md, \"A lost or corrupt state store\")",
+                path.display()
+            ),
+            other => anyhow::Error::new(other).context(format!("cannot open state store {}", path.display())),
+        })?;
+        check_identity(&db, dir, &path)?;
         let store = Store {
             hosts: db.open_tree("hosts")?,
             deadlines: db.open_tree("deadlines")?,
@@ -539,6 +596,26 @@ mod tests {
         assert_eq!(store.audit_of("web-02").unwrap().len(), 3);
         assert_eq!(store.api_calls().unwrap().iter().map(|c| c.at_ms).collect::<Vec<_>>(), vec![1_500]);
         drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_store_that_lost_its_contents_is_refused_until_the_operator_says_so() {
+        let dir = std::env::temp_dir().join(format!("cordon-store-identity-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        drop(Store::open(&dir).unwrap());
+        let id = std::fs::read_to_string(dir.join("store-id")).unwrap();
+        drop(Store::open(&dir).unwrap());
+        assert_eq!(std::fs::read_to_string(dir.join("store-id")).unwrap(), id, "the same store, the same id");
+        // The store's files are gone (or unreadable): an empty store must not start silently.
+        std::fs::remove_dir_all(dir.join("orchestrator.sled")).unwrap();
+        let error = format!("{:#}", Store::open(&dir).err().expect("refused"));
+        assert!(error.contains("has lost its contents") && error.contains("orchestrator.sled"), "{error}");
+        assert!(error.contains("A lost or corrupt state store"), "{error}");
+        // Removing the copy is how an operator says "start empty".
+        std::fs::remove_file(dir.join("store-id")).unwrap();
+        drop(Store::open(&dir).unwrap());
+        assert_ne!(std::fs::read_to_string(dir.join("store-id")).unwrap(), id, "a new store, a new id");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
