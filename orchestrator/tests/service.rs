@@ -1321,3 +1321,25 @@ fn a_damaged_state_store_is_refused_with_its_path_and_the_runbook_step() {
     assert!(stderr.contains(&harness.dir.join("state/orchestrator.sled").display().to_string()), "{stderr}");
     assert!(stderr.contains("A lost or corrupt state store"), "{stderr}");
 }
+
+#[test]
+fn a_service_stopped_while_joining_its_group_exits_promptly() {
+    for attempt in 0..3 {
+        let mut harness = Harness::start(&format!("stop-early-{attempt}"));
+        // The API serves at once; the consumer takes seconds to join its group on tansu.
+        let _lines = harness.serve_started();
+        std::thread::sleep(Duration::from_millis(300 * attempt));
+        // (Left among the harness's children: killed on drop if it does not stop.)
+        let service = harness.children.last_mut().expect("the service");
+        signal(service.id(), "TERM");
+        let stopped = Instant::now();
+        loop {
+            if let Some(status) = service.try_wait().expect("wait") {
+                assert!(status.success(), "cordon serve stopped with {status}");
+                break;
+            }
+            assert!(stopped.elapsed() < Duration::from_secs(10), "cordon serve still running 10 s after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -51,6 +51,8 @@ pub use self::clock::now_ms;
 struct GroupLog {
     metrics: Arc<Metrics>,
     detections_topic: String,
+    /// Set when the service stops: the last revocation is the close, not a rebalance.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl ClientContext for GroupLog {
@@ -78,6 +80,10 @@ impl ConsumerContext for GroupLog {
             Rebalance::Assign(list) => {
                 self.metrics.consumer_partitions.set(i64::try_from(list.count()).unwrap_or(i64::MAX));
                 tracing::info!("consuming {}.", describe(list));
+            }
+            Rebalance::Revoke(list) if self.stopping.load(std::sync::atomic::Ordering::Relaxed) => {
+                self.metrics.consumer_partitions.set(0);
+                tracing::info!("stopped consuming {}.", describe(list));
             }
             Rebalance::Revoke(list) => {
                 self.metrics.consumer_partitions.set(0);
@@ -302,7 +308,11 @@ fn detection_consumer(
         .set("fetch.wait.max.ms", kafka.fetch_wait_ms.to_string())
         // Consumer lag and broker connections for the metrics and /readyz.
         .set("statistics.interval.ms", "2000")
-        .create_with_context(GroupLog { metrics, detections_topic: kafka.detections_topic.clone() })
+        .create_with_context(GroupLog {
+            metrics,
+            detections_topic: kafka.detections_topic.clone(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        })
         .context("cannot create the Kafka consumer")?;
     consumer
         .subscribe(&[&kafka.detections_topic, &kafka.status_topic])
@@ -480,10 +490,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     };
     let mut scheduler = scheduler;
     let _ = scheduler.shutdown().await;
-    // The reader stops within one poll once nobody takes its batches; the consumer must not
-    // outlive the broker it reads (the embedded one goes when this returns).
-    drop(batches);
-    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+    stop_reading(batches, reader, consumer).await;
     // The sender ends its round (bounded by the send timeout) and stops; what it has not sent
     // stays in the outbox for the next start.
     drop(service);
@@ -492,6 +499,38 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     }
     telemetry.shutdown();
     result
+}
+
+/// Stops the reader (within one poll once nobody takes its batches), then closes the consumer:
+/// it must not outlive the broker it reads (the embedded one goes when `serve` returns).
+async fn stop_reading(
+    batches: mpsc::Receiver<ConsumedBatch>,
+    reader: std::thread::JoinHandle<()>,
+    consumer: Arc<DetectionConsumer>,
+) {
+    drop(batches);
+    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+    close_consumer(consumer);
+}
+
+/// Closes the consumer on a thread of its own and waits at most 5 s: librdkafka can hang in the
+/// last rebalance of a close (librdkafka issue 4041; seen here when the service was stopped while
+/// joining its group), and a stop must not hang. Exiting without the close loses nothing: offsets
+/// are committed only after their state is durable, and the group takes the partitions back
+/// after its session timeout.
+fn close_consumer(consumer: Arc<DetectionConsumer>) {
+    consumer.context().stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (closed, done) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("cordon-close".into()).spawn(move || {
+        drop(consumer);
+        let _ = closed.send(());
+    });
+    if spawned.is_ok() && done.recv_timeout(Duration::from_secs(5)).is_err() {
+        tracing::warn!(
+            "the Kafka consumer did not close within 5 s (a known librdkafka hang); stopping without it: the group \
+             reassigns its partitions after the session timeout, nothing is lost."
+        );
+    }
 }
 
 /// The 100 ms tick that lifts due isolations (a late tick is not made up for by a burst).
