@@ -269,12 +269,8 @@ impl Channel {
         }
         match outcome {
             Ok(()) => {
+                // Recorded on disk by the isolation or release itself, in the same write.
                 self.last_generation.set(Some(command.generation));
-                if let Err(error) = Store::open(&apply.target.state_dir)
-                    .and_then(|s| s.set_last_generation(command.generation))
-                {
-                    tracing::error!("cannot record generation {}: {error:#}", command.generation);
-                }
                 tracing::info!(
                     command_id = %command.command_id,
                     generation = command.generation,
@@ -442,6 +438,7 @@ fn execute(command: &Command, apply: &Apply<'_>) -> Result<(), (Refusal, String)
                         interfaces: apply.interfaces.to_vec(),
                         management: apply.management.to_vec(),
                         actor: actor.clone(),
+                        command_generation: Some(command.generation),
                     };
                     isolation::isolate(apply.target, &request)
                         .map(|_| ())
@@ -449,7 +446,7 @@ fn execute(command: &Command, apply: &Apply<'_>) -> Result<(), (Refusal, String)
                 }
             }
         }
-        Action::Release { .. } => isolation::release(apply.target, &actor, "released")
+        Action::Release { .. } => isolation::release(apply.target, &actor, "released", Some(command.generation))
             .map(|_| ())
             .map_err(|e| (Refusal::InvalidContent, format!("{e:#}"))),
     }

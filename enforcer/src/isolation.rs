@@ -40,6 +40,9 @@ pub struct IsolateRequest {
     pub management: Vec<Exclusion>,
     /// Who asked: `cli`, `agent`, a command id.
     pub actor: String,
+    /// The generation of the command this carries out (none from the command line): recorded in
+    /// the same write as the isolation.
+    pub command_generation: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -219,7 +222,8 @@ pub fn isolate(target: &Target, request: &IsolateRequest) -> Result<IsolateOutco
         }
         let updated_live = before.installed && previous.is_some();
         let recorded =
-            bpf::set_generation(&target.pins, record.generation).and_then(|()| store.set_current(&record));
+            bpf::set_generation(&target.pins, record.generation)
+            .and_then(|()| store.set_current(&record, request.command_generation));
         if let Err(error) = recorded {
             before.roll_back(&target.pins);
             return Err(error.context("the isolation was rolled back because it could not be recorded"));
@@ -322,17 +326,19 @@ pub fn arm(target: &Target) -> Result<bool> {
 
 /// Lifts the isolation: enforcement off, programs detached, pins removed, record closed.
 /// Returns whether anything was isolated.
-pub fn release(target: &Target, actor: &str, event: &str) -> Result<bool> {
+/// `command_generation`: the generation of the command this carries out (none from the command
+/// line or the agent's own deadline), recorded in the same write as the release.
+pub fn release(target: &Target, actor: &str, event: &str, command_generation: Option<u64>) -> Result<bool> {
     let _lock = lock_changes(target)?;
-    release_locked(target, actor, event)
+    release_locked(target, actor, event, command_generation)
 }
 
-fn release_locked(target: &Target, actor: &str, event: &str) -> Result<bool> {
+fn release_locked(target: &Target, actor: &str, event: &str, command_generation: Option<u64>) -> Result<bool> {
     let was_installed = target.pins.root().exists();
     bpf::uninstall(&target.pins)?;
     let store = Store::open(&target.state_dir)?;
     let had_record = store.current()?.is_some();
-    store.clear_current()?;
+    store.clear_current(command_generation)?;
     if was_installed || had_record {
         store.audit(&AuditEntry {
             at_unix_ms: now_unix_ms(),
@@ -456,7 +462,7 @@ pub fn restore(target: &Target) -> Result<Restored> {
     let installed = target.pins.installed();
     match (record, installed) {
         (Some(record), _) if record.overdue_at(now_unix_ms()) => {
-            release_locked(target, "agent", "expired")?;
+            release_locked(target, "agent", "expired", None)?;
             Ok(Restored::Expired)
         }
         (Some(_), true) => {
@@ -522,7 +528,7 @@ pub fn expire_if_due(target: &Target) -> Result<Deadline> {
         if !still_due {
             return Ok(Deadline::None);
         }
-        release_locked(target, "agent", "expired")?;
+        release_locked(target, "agent", "expired", None)?;
         return Ok(Deadline::Lifted);
     }
     Ok(Deadline::Pending(Duration::from_nanos(deadline - now)))

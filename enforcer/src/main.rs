@@ -138,7 +138,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Isolate(args) => isolate(&target, &config, args),
         Command::Release => {
             require_root()?;
-            if isolation::release(&target, "cli", "released")? {
+            if isolation::release(&target, "cli", "released", None)? {
                 println!("Released: the host is back on the network.");
             } else {
                 println!("Not isolated: nothing to release.");
@@ -228,6 +228,7 @@ fn isolate(target: &Target, config: &EnforcerConfig, args: IsolateArgs) -> Resul
         interfaces,
         management,
         actor: "cli".into(),
+        command_generation: None,
     };
     let exclusions_ok = rule_table::compile(&request.exclusions);
     if let Err(error) = exclusions_ok {

@@ -108,15 +108,30 @@ impl Store {
         Ok(Some(record))
     }
 
-    pub fn set_current(&self, record: &IsolationRecord) -> Result<()> {
+    /// Writes the isolation record and, when a command caused it, that command's generation, in
+    /// one atomic write: a crash can never leave the record of a command without its generation
+    /// (which would let the same command, replayed, apply again).
+    pub fn set_current(&self, record: &IsolationRecord, command_generation: Option<u64>) -> Result<()> {
         let bytes = serde_json::to_vec(record).context("cannot encode the isolation record")?;
-        self.db.insert(CURRENT_KEY, bytes).context("cannot write the isolation record")?;
+        let mut batch = sled::Batch::default();
+        batch.insert(CURRENT_KEY, bytes);
+        if let Some(generation) = command_generation {
+            batch.insert(LAST_GENERATION_KEY, &generation.to_be_bytes());
+        }
+        self.db.apply_batch(batch).context("cannot write the isolation record")?;
         self.db.flush().context("cannot flush the state store")?;
         Ok(())
     }
 
-    pub fn clear_current(&self) -> Result<()> {
-        self.db.remove(CURRENT_KEY).context("cannot remove the isolation record")?;
+    /// Removes the isolation record and, when a command caused it, records that command's
+    /// generation, in one atomic write (see [`Store::set_current`]).
+    pub fn clear_current(&self, command_generation: Option<u64>) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        batch.remove(CURRENT_KEY);
+        if let Some(generation) = command_generation {
+            batch.insert(LAST_GENERATION_KEY, &generation.to_be_bytes());
+        }
+        self.db.apply_batch(batch).context("cannot remove the isolation record")?;
         self.db.flush().context("cannot flush the state store")?;
         Ok(())
     }
@@ -125,14 +140,6 @@ impl Store {
     pub fn last_generation(&self) -> Result<u64> {
         let bytes = self.db.get(LAST_GENERATION_KEY).context("cannot read the last generation")?;
         Ok(bytes.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok()).map_or(0, u64::from_be_bytes))
-    }
-
-    pub fn set_last_generation(&self, generation: u64) -> Result<()> {
-        self.db
-            .insert(LAST_GENERATION_KEY, &generation.to_be_bytes())
-            .context("cannot record the generation")?;
-        self.db.flush().context("cannot flush the state store")?;
-        Ok(())
     }
 
     pub fn audit(&self, entry: &AuditEntry) -> Result<()> {
@@ -156,5 +163,43 @@ impl Store {
             .collect();
         entries.reverse();
         Ok(entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{IsolationRecord, Mode, Store};
+
+    #[test]
+    fn a_command_generation_is_written_with_its_record_and_with_its_release() {
+        let dir = std::env::temp_dir().join(format!("cordon-enforcer-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        let record = IsolationRecord {
+            version: IsolationRecord::new_version(),
+            mode: Mode::Manual,
+            started_at_unix_ms: 1,
+            expires_at_unix_ms: None,
+            reason: None,
+            exclusions: Vec::new(),
+            management: Vec::new(),
+            allowed_processes: Vec::new(),
+            allow_dns: false,
+            allow_dhcp: false,
+            cgroup: "/sys/fs/cgroup".into(),
+            interfaces: Vec::new(),
+            generation: 1,
+        };
+        store.set_current(&record, Some(5)).unwrap();
+        assert_eq!((store.current().unwrap().is_some(), store.last_generation().unwrap()), (true, 5));
+        // From the command line: the record changes, the commands' generation does not.
+        store.set_current(&record, None).unwrap();
+        assert_eq!(store.last_generation().unwrap(), 5);
+        store.clear_current(Some(6)).unwrap();
+        drop(store);
+        let store = Store::open(&dir).unwrap();
+        assert_eq!((store.current().unwrap().is_none(), store.last_generation().unwrap()), (true, 6));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
