@@ -4,7 +4,7 @@
 //! Every evaluation first computes a plan against a read-only state (the decisions and the state
 //! changes they imply); `evaluate` then applies the changes, `dry_run` does not.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use crate::config::{ResponseMode, Retrigger, RuleConfig, Threshold};
@@ -12,7 +12,9 @@ use crate::decision::{Action, Decision, Isolation, IsolationMode, Reason};
 use crate::duration::millis;
 use crate::event::Event;
 use crate::ruleset::Ruleset;
-use crate::state::{event_key, ActiveIsolation, EngineState, EscalationCount, ThresholdWindow};
+use crate::state::{
+    event_key, ActiveIsolation, EngineState, EscalationCount, ThresholdWindow, MAX_THRESHOLD_GROUPS,
+};
 
 /// What `dry_run` found: the decisions `evaluate` would return, and each matching rule's verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -421,15 +423,32 @@ fn combine<T: AsRef<str>>(
     Some(decision(Action::Isolate(isolation), why))
 }
 
+/// Makes room for one more threshold group of a rule that has [`MAX_THRESHOLD_GROUPS`]: drops
+/// the groups whose window has passed, and if none has, the one matched least recently. Events
+/// may name any group they like; this bounds the memory a flood of made-up ones can take, at the
+/// cost of forgetting the stalest partial count. Runs only when the rule is full.
+fn make_room(groups: &mut HashMap<String, ThresholdWindow>, now_ms: i64) {
+    groups.retain(|_, window| window.hits.back().is_some_and(|&last| last > now_ms.saturating_sub(window.within_ms)));
+    if groups.len() < MAX_THRESHOLD_GROUPS {
+        return;
+    }
+    let stalest = groups
+        .iter()
+        .min_by_key(|(_, window)| window.hits.back().copied().unwrap_or(i64::MIN))
+        .map(|(group, _)| group.clone());
+    if let Some(stalest) = stalest {
+        groups.remove(&stalest);
+    }
+}
+
 fn apply(state: &mut EngineState, change: Change) {
     match change {
         Change::ThresholdHit { rule, group, at, within_ms, keep } => {
-            let window = state
-                .thresholds
-                .entry(rule)
-                .or_default()
-                .entry(group)
-                .or_insert_with(|| ThresholdWindow { hits: VecDeque::new(), within_ms });
+            let groups = state.thresholds.entry(rule).or_default();
+            if !groups.contains_key(&group) && groups.len() >= MAX_THRESHOLD_GROUPS {
+                make_room(groups, at);
+            }
+            let window = groups.entry(group).or_insert_with(|| ThresholdWindow { hits: VecDeque::new(), within_ms });
             window.within_ms = within_ms;
             let oldest = at.saturating_sub(within_ms);
             window.hits.retain(|&hit| hit > oldest);
@@ -458,5 +477,35 @@ fn apply(state: &mut EngineState, change: Change) {
                 state.recent_isolations.pop_front();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(state: &mut EngineState, group: &str, at: i64) {
+        let change =
+            Change::ThresholdHit { rule: "r".into(), group: group.into(), at, within_ms: 1_000_000, keep: 2 };
+        apply(state, change);
+    }
+
+    #[test]
+    fn a_flood_of_threshold_groups_stays_bounded_and_pushes_out_the_stalest() {
+        let mut state = EngineState::default();
+        for i in 0..MAX_THRESHOLD_GROUPS {
+            hit(&mut state, &format!("made-up-{i}"), i64::try_from(i).unwrap());
+        }
+        hit(&mut state, "made-up-0", 100_000);
+        // Full, all within their window: a new group pushes out the one matched least recently.
+        hit(&mut state, "new", 100_001);
+        let groups = &state.thresholds["r"];
+        assert_eq!(groups.len(), MAX_THRESHOLD_GROUPS);
+        assert!(groups.contains_key("new") && groups.contains_key("made-up-0"));
+        assert!(!groups.contains_key("made-up-1"), "the stalest (last matched at 1) went");
+        assert!(groups.contains_key("made-up-2"));
+        // Much later every old window has passed: they all go at once to make room.
+        hit(&mut state, "later", 5_000_000);
+        assert_eq!(state.thresholds["r"].len(), 1);
     }
 }

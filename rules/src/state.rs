@@ -12,6 +12,10 @@ use crate::decision::IsolationMode;
 /// first; each costs 16 bytes (a 64-bit hash in a queue and a set), about 1 MiB in all.
 pub const DEDUP_CAPACITY: usize = 65_536;
 
+/// How many threshold groups (e.g. hosts, users) one rule counts at once; a new one beyond that
+/// pushes out the groups whose window has passed, or else the one matched least recently.
+pub const MAX_THRESHOLD_GROUPS: usize = 65_536;
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EngineState {
     pub(crate) seen: SeenEvents,
