@@ -480,6 +480,10 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
             }
             _ = hangup.recv() => service.reload_rules("SIGHUP"),
             _ = tick.tick() => {
+                if sender.is_finished() {
+                    // Only a bug ends it early: stop loudly rather than keep deciding what is never sent.
+                    break Err(anyhow::anyhow!("the outbox sender stopped; commands would no longer be sent"));
+                }
                 clock::check_for_step();
                 if let Err(error) = service.lift_due(now_ms()) {
                     break Err(error);
@@ -491,14 +495,18 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let mut scheduler = scheduler;
     let _ = scheduler.shutdown().await;
     stop_reading(batches, reader, consumer).await;
-    // The sender ends its round (bounded by the send timeout) and stops; what it has not sent
-    // stays in the outbox for the next start.
+    stop_sending(service, sender).await;
+    telemetry.shutdown();
+    result
+}
+
+/// Drops the loop's side of the outbox, so that the sender ends its round (bounded by the send
+/// timeout) and stops; what it has not sent stays in the outbox for the next start.
+async fn stop_sending(service: Service, sender: tokio::task::JoinHandle<()>) {
     drop(service);
     if tokio::time::timeout(Duration::from_secs(5), sender).await.is_err() {
         tracing::warn!("stopped with commands still on their way to the broker; they stay in the outbox.");
     }
-    telemetry.shutdown();
-    result
 }
 
 /// Stops the reader (within one poll once nobody takes its batches), then closes the consumer:
