@@ -1343,3 +1343,31 @@ fn a_service_stopped_while_joining_its_group_exits_promptly() {
         }
     }
 }
+
+#[test]
+fn a_tag_reported_by_an_agent_grants_no_protection_and_an_operators_tag_does() {
+    let mut harness = Harness::start("protect");
+    std::fs::write(harness.dir.join("rules/policy.yaml"), "protect: [plc]\n").expect("write policy");
+    let lines = harness.serve();
+    // Anyone who can write to the status topic (or controls the host) claims the tag `plc`.
+    let forged = serde_json::json!({
+        "version": 1, "host_id": "claims-plc", "sent_at_ms": 0, "kind": "heartbeat",
+        "command_id": null, "generation": 0, "isolated": false, "mode": null, "expires_at_ms": null,
+        "exclusions": [], "tags": ["plc"], "refusal": null, "error": null,
+        "packets_dropped": 0, "packets_allowed": 0
+    });
+    harness.produce("cordon.status", "claims-plc", forged.to_string().as_bytes());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !harness.cordon(&["host", "claims-plc", "--json"]).status.success() {
+        assert!(Instant::now() < deadline, "the report was never recorded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(harness.host_json("claims-plc")["tags"], serde_json::json!(["plc"]), "shown, as the agent's");
+    harness.cordon_ok(&["tag", "real-plc", "--add", "plc"]);
+    harness.produce("edr.detections", "claims-plc", &detection("claims-plc", "pr-1", 5));
+    harness.produce("edr.detections", "real-plc", &detection("real-plc", "pr-2", 5));
+    wait_for_lines(
+        &lines,
+        &["claims-plc: not_isolated -> isolating by rules ransomware", "real-plc: not_isolated -> pending_approval"],
+    );
+}

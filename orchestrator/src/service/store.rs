@@ -159,9 +159,9 @@ pub struct ApiCall {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    /// Every host's tags, read once from its record and kept in step by `put_host`: the rules
-    /// engine needs them for every detection, and decoding the record each time is most of
-    /// the cost of a detection that decides nothing.
+    /// Every known host's trusted tags (the operators'; never the agent's), read once from its
+    /// record and kept in step by `put_host`: the rules engine needs them for every detection,
+    /// and decoding the record each time is most of the cost of a detection that decides nothing.
     tags: Arc<Mutex<HashMap<String, Vec<String>>>>,
     hosts: sled::Tree,
     deadlines: sled::Tree,
@@ -318,16 +318,19 @@ impl Store {
             .collect()
     }
 
-    /// The tags of `host` (none for a host cordon does not know). Only known hosts are kept in
-    /// memory: detections name any host id they like, and a flood of made-up ones must not grow
-    /// the cache (an unknown host costs one index lookup, no decoding).
+    /// The tags the rules engine may act on for `host` (they decide protection): the operators'
+    /// only. Tags an agent reports never grant protection: whoever controls a host, or can write
+    /// to the status topic, could otherwise turn every automatic isolation of it into a request
+    /// for approval. None for a host cordon does not know; only known hosts are kept in memory
+    /// (detections name any host id they like, and a flood of made-up ones must not grow it).
     pub fn tags_of(&self, host: &str) -> Result<Vec<String>> {
         if let Some(tags) = self.tags.lock().unwrap_or_else(PoisonError::into_inner).get(host) {
             return Ok(tags.clone());
         }
         let Some(record) = self.host(host)? else { return Ok(Vec::new()) };
-        self.tags.lock().unwrap_or_else(PoisonError::into_inner).insert(host.to_owned(), record.tags.clone());
-        Ok(record.tags)
+        let tags = record.operator_tags;
+        self.tags.lock().unwrap_or_else(PoisonError::into_inner).insert(host.to_owned(), tags.clone());
+        Ok(tags)
     }
 
     /// How many hosts' tags are kept in memory.
@@ -340,7 +343,7 @@ impl Store {
         self.tags
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(record.host.clone(), record.tags.clone());
+            .insert(record.host.clone(), record.operator_tags.clone());
         if let Some(deadline) = previous.and_then(|p| p.expires_at_ms) {
             self.deadlines.remove(deadline_key(deadline, &record.host))?;
         }
@@ -629,9 +632,10 @@ mod tests {
         }
         assert_eq!(store.cached_tags(), 0);
         let mut record = HostRecord::new("web-01", 0);
-        record.tags = vec!["plc".into()];
+        record.operator_tags = vec!["plc".into()];
+        record.agent_tags = vec!["safety-critical".into()];
         store.put_host(None, &record).unwrap();
-        assert_eq!(store.tags_of("web-01").unwrap(), vec!["plc".to_owned()]);
+        assert_eq!(store.tags_of("web-01").unwrap(), vec!["plc".to_owned()], "never the agent's tags");
         assert_eq!(store.cached_tags(), 1);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
