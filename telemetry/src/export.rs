@@ -398,14 +398,7 @@ struct Reporting<E> {
     runtime: Option<tokio::runtime::Handle>,
     signal: &'static str,
     endpoint: String,
-    state: std::sync::Mutex<FailureState>,
-}
-
-#[derive(Debug, Default)]
-struct FailureState {
-    failing: bool,
-    last_said: Option<std::time::Instant>,
-    unsaid: u64,
+    state: std::sync::Mutex<crate::logs::Throttled>,
 }
 
 const SAY_FAILURES_EVERY: Duration = Duration::from_mins(1);
@@ -422,7 +415,7 @@ impl<E> Reporting<E> {
             runtime,
             signal,
             endpoint: endpoint.to_owned(),
-            state: std::sync::Mutex::default(),
+            state: std::sync::Mutex::new(crate::logs::Throttled::new(SAY_FAILURES_EVERY)),
         }
     }
 
@@ -430,26 +423,14 @@ impl<E> Reporting<E> {
     fn note(&self, result: &OTelSdkResult) -> Option<String> {
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let said = match result {
-            Ok(()) if state.failing => {
-                *state = FailureState::default();
+            Ok(()) if state.success() => {
                 let line = format!("OTLP {} export to {} works again.", self.signal, self.endpoint);
                 tracing::info!("{line}");
                 line
             }
             Ok(()) => return None,
             Err(error) => {
-                state.failing = true;
-                if state.last_said.is_some_and(|at| at.elapsed() < SAY_FAILURES_EVERY) {
-                    state.unsaid += 1;
-                    return None;
-                }
-                let repeats = if state.unsaid > 0 {
-                    format!(" ({} more failures since the last report)", state.unsaid)
-                } else {
-                    String::new()
-                };
-                state.last_said = Some(std::time::Instant::now());
-                state.unsaid = 0;
+                let repeats = state.failure("failures")?;
                 let line = format!(
                     "OTLP {} export to {} failed: {error}{repeats}. This telemetry is lost; isolations are not affected.",
                     self.signal, self.endpoint

@@ -52,3 +52,57 @@ pub fn format_from_env(configured: LogFormat) -> Result<LogFormat, String> {
         _ => Ok(configured),
     }
 }
+
+/// A failure that repeats (a broker down fails every poll and every send, a collector down every
+/// export), said once, then at most every `every` with how many were not said, and its end said
+/// once: news is never lost and the log is never flooded.
+#[derive(Debug)]
+pub struct Throttled {
+    every: std::time::Duration,
+    /// When the failure was last said; `None` while nothing is failing.
+    pub(crate) last_said: Option<std::time::Instant>,
+    unsaid: u64,
+}
+
+impl Throttled {
+    pub fn new(every: std::time::Duration) -> Throttled {
+        Throttled { every, last_said: None, unsaid: 0 }
+    }
+
+    /// Notes a failure; returns, when it is to be said now, the suffix that counts the failures
+    /// not said since the last time (empty when there were none).
+    pub fn failure(&mut self, noun: &str) -> Option<String> {
+        if self.last_said.is_some_and(|at| at.elapsed() < self.every) {
+            self.unsaid += 1;
+            return None;
+        }
+        let repeats =
+            if self.unsaid > 0 { format!(" ({} more {noun} since the last report)", self.unsaid) } else { String::new() };
+        self.last_said = Some(std::time::Instant::now());
+        self.unsaid = 0;
+        Some(repeats)
+    }
+
+    /// Notes a success; returns whether it ends a failure (to be said, once).
+    pub fn success(&mut self) -> bool {
+        self.unsaid = 0;
+        self.last_said.take().is_some()
+    }
+}
+
+#[cfg(test)]
+mod throttled_tests {
+    use super::Throttled;
+
+    #[test]
+    fn a_repeated_failure_is_said_once_then_with_its_count_and_its_end_once() {
+        let mut throttled = Throttled::new(std::time::Duration::from_hours(1));
+        assert_eq!(throttled.failure("failures").as_deref(), Some(""));
+        assert_eq!(throttled.failure("failures"), None);
+        assert_eq!(throttled.failure("failures"), None);
+        throttled.last_said = std::time::Instant::now().checked_sub(std::time::Duration::from_hours(1));
+        assert_eq!(throttled.failure("failures").as_deref(), Some(" (2 more failures since the last report)"));
+        assert!(throttled.success());
+        assert!(!throttled.success(), "the end is said once");
+    }
+}

@@ -608,20 +608,16 @@ fn read_batches(
 /// broker on every poll), with what they mean for the service and what to check.
 struct ReadErrors<'a> {
     brokers: &'a str,
-    last_said: Option<std::time::Instant>,
-    unsaid: u64,
+    throttled: cordon_telemetry::logs::Throttled,
 }
 
 impl<'a> ReadErrors<'a> {
     fn new(brokers: &'a str) -> ReadErrors<'a> {
-        ReadErrors { brokers, last_said: None, unsaid: 0 }
+        ReadErrors { brokers, throttled: cordon_telemetry::logs::Throttled::new(Duration::from_secs(30)) }
     }
 
     fn say(&mut self, error: &rdkafka::error::KafkaError) {
-        if self.last_said.is_some_and(|at| at.elapsed() < Duration::from_secs(30)) {
-            self.unsaid += 1;
-            return;
-        }
+        let Some(repeats) = self.throttled.failure("errors") else { return };
         let unreachable = matches!(
             error.rdkafka_error_code(),
             Some(
@@ -638,22 +634,14 @@ impl<'a> ReadErrors<'a> {
         } else {
             String::new()
         };
-        let repeats = if self.unsaid > 0 {
-            format!(" ({} more since the last report)", self.unsaid)
-        } else {
-            String::new()
-        };
         tracing::error!("reading Kafka: {error}{hint}{repeats}.");
-        self.last_said = Some(std::time::Instant::now());
-        self.unsaid = 0;
     }
 
     /// A message arrived: the next error is news again.
     fn recovered(&mut self) {
-        if self.last_said.take().is_some() {
+        if self.throttled.success() {
             tracing::info!("reading Kafka again.");
         }
-        self.unsaid = 0;
     }
 }
 

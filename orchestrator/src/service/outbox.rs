@@ -517,33 +517,27 @@ impl Sender {
 
 /// Send errors, said once and then at most every 30 s (a broker that is down fails every send),
 /// with what they mean.
-#[derive(Default)]
-struct SendErrors {
-    last_said: Option<std::time::Instant>,
-    unsaid: u64,
+struct SendErrors(cordon_telemetry::logs::Throttled);
+
+impl Default for SendErrors {
+    fn default() -> Self {
+        SendErrors(cordon_telemetry::logs::Throttled::new(Duration::from_secs(30)))
+    }
 }
 
 impl SendErrors {
     fn say(&mut self, what: &str, error: &KafkaError) {
-        if self.last_said.is_some_and(|at| at.elapsed() < Duration::from_secs(30)) {
-            self.unsaid += 1;
-            return;
-        }
-        let repeats =
-            if self.unsaid > 0 { format!(" ({} more since the last report)", self.unsaid) } else { String::new() };
+        let Some(repeats) = self.0.failure("errors") else { return };
         tracing::error!(
             "{what}: {error}; it stays in the outbox and is tried again every {} s (the service goes on){repeats}.",
             RETRY_EVERY.as_secs()
         );
-        self.last_said = Some(std::time::Instant::now());
-        self.unsaid = 0;
     }
 
     fn recovered(&mut self) {
-        if self.last_said.take().is_some() {
+        if self.0.success() {
             tracing::info!("sending to Kafka again: the outbox is empty.");
         }
-        self.unsaid = 0;
     }
 }
 
