@@ -866,12 +866,21 @@ fn unreachable_brokers_are_named_once_and_the_service_keeps_serving() {
 
 /// GETs `path` from the service's API (no token: health, readiness and metrics are open).
 fn get(api: &str, path: &str) -> (u16, String) {
+    get_as(api, path, None)
+}
+
+/// A GET, with the bearer token when one is given; the status and the body.
+fn get_as(api: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .into();
-    let mut response = agent.get(format!("{api}{path}")).call().expect("the API answers");
+    let mut request = agent.get(format!("{api}{path}"));
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let mut response = request.call().expect("the API answers");
     let status = response.status().as_u16();
     (status, response.body_mut().read_to_string().expect("a text body"))
 }
@@ -1116,7 +1125,7 @@ fn oversized_requests_are_refused_and_an_unsendable_command_is_parked_while_othe
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("300 exclusions; the limit is 256"), "{stderr}");
-    let (status, _) = get_with_token(&harness.api, "/v1/hosts/big-01", token.trim());
+    let (status, _) = get_as(&harness.api, "/v1/hosts/big-01", Some(token.trim()));
     assert_eq!(status, 404, "nothing was recorded for big-01");
 
     // 250 exclusions pass the API but make a command larger than a message may be: parked.
@@ -1146,17 +1155,6 @@ fn oversized_requests_are_refused_and_an_unsendable_command_is_parked_while_othe
     }
 }
 
-fn get_with_token(api: &str, path: &str, token: &str) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
-    let mut response =
-        agent.get(format!("{api}{path}")).header("Authorization", format!("Bearer {token}")).call().expect("answer");
-    let status = response.status().as_u16();
-    (status, response.body_mut().read_to_string().expect("a text body"))
-}
 
 /// Continues a stopped process on drop, so that it does not stay stopped when an assertion fails.
 struct Continue(u32);

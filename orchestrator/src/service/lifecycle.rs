@@ -245,6 +245,13 @@ impl HostRecord {
         }
     }
 
+    /// The last command issued can never be sent (`reason`): the record shows it, and it is not
+    /// resent (an operator decides what to do).
+    pub fn command_not_sent(&mut self, command_id: &str, reason: &str) {
+        self.last_error = Some(format!("command {command_id}: {reason}"));
+        self.command_issued_at_ms = None;
+    }
+
     /// Recomputes `tags` from the operators', the agent's and the state.
     fn retag(&mut self) {
         let mut tags: Vec<String> = self.operator_tags.iter().chain(&self.agent_tags).cloned().collect();

@@ -355,13 +355,13 @@ fn start_reader(
 #[derive(Clone)]
 struct InputRules {
     status_topic: String,
-    /// A detection (or report) larger than this is not parsed.
-    max_message_bytes: usize,
+    /// A detection larger than this is not parsed.
+    max_detection_bytes: usize,
 }
 
 impl InputRules {
     fn of(kafka: &config::KafkaSection) -> InputRules {
-        InputRules { status_topic: kafka.status_topic.clone(), max_message_bytes: kafka.max_detection_bytes }
+        InputRules { status_topic: kafka.status_topic.clone(), max_detection_bytes: kafka.max_detection_bytes }
     }
 }
 
@@ -649,13 +649,13 @@ impl<'a> ReadErrors<'a> {
 /// its text and fields, then its host id.
 fn parse_detection(message: &OwnedMessage, input: &InputRules, projection: &rules::Projection) -> Parsed {
     let payload = message.payload().unwrap_or_default();
-    if payload.len() > input.max_message_bytes {
+    if payload.len() > input.max_detection_bytes {
         return Err((
             DeadLetterKind::Oversized,
             format!(
                 "the detection is {} bytes, more than the {} allowed ([kafka] max_detection_bytes); not parsed",
                 payload.len(),
-                input.max_message_bytes
+                input.max_detection_bytes
             ),
         ));
     }
@@ -919,8 +919,7 @@ impl Service {
                 Enqueued::TooLarge { command_id, reason } => {
                     // Never sent, never resent: the host shows why.
                     tracing::error!(host_id = %record.host, "{}: command {command_id}: {reason}", record.host);
-                    record.last_error = Some(format!("command {command_id}: {reason}"));
-                    record.command_issued_at_ms = None;
+                    record.command_not_sent(&command_id, &reason);
                     if let Some(audit) = &mut audit {
                         audit.why = format!("{} (command NOT sent: {reason})", audit.why);
                     }
@@ -980,9 +979,11 @@ impl Service {
         let Some(previous) = self.store.host(&parked.host)? else { return Ok(()) };
         let mut record = previous.clone();
         let command = parked.command_id.as_deref().unwrap_or("(unreadable)");
-        record.last_error = Some(format!("command {command}: {}", parked.reason));
         if parked.generation == Some(record.generation) {
-            record.command_issued_at_ms = None;
+            record.command_not_sent(command, &parked.reason);
+        } else {
+            // An older command: the current one may still go out.
+            record.last_error = Some(format!("command {command}: {}", parked.reason));
         }
         let effects = lifecycle::note(&mut record, "cordon", format!("command {command} parked: {}", parked.reason), now);
         self.apply(Some(&previous), &mut record, effects, now, None)?;
@@ -1208,8 +1209,7 @@ impl Service {
                             record.resends
                         );
                         if let Enqueued::TooLarge { command_id, reason } = self.enqueue(&record, action, now, None)? {
-                            record.last_error = Some(format!("command {command_id}: {reason}"));
-                            record.command_issued_at_ms = None;
+                            record.command_not_sent(&command_id, &reason);
                         }
                         self.store.put_host(Some(&previous), &record)?;
                     }

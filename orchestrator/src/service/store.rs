@@ -602,22 +602,36 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Opens the store again once the last instance's sled threads have let go of its lock
+    /// (they hold it a moment after the drop; a test reopening at once can meet it).
+    fn reopen(dir: &std::path::Path) -> anyhow::Result<Store> {
+        let started = std::time::Instant::now();
+        loop {
+            match Store::open(dir) {
+                Err(error) if format!("{error:#}").contains("could not acquire lock") && started.elapsed().as_secs() < 10 => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
     #[test]
     fn a_store_that_lost_its_contents_is_refused_until_the_operator_says_so() {
         let dir = std::env::temp_dir().join(format!("cordon-store-identity-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         drop(Store::open(&dir).unwrap());
         let id = std::fs::read_to_string(dir.join("store-id")).unwrap();
-        drop(Store::open(&dir).unwrap());
+        drop(reopen(&dir).unwrap());
         assert_eq!(std::fs::read_to_string(dir.join("store-id")).unwrap(), id, "the same store, the same id");
         // The store's files are gone (or unreadable): an empty store must not start silently.
         std::fs::remove_dir_all(dir.join("orchestrator.sled")).unwrap();
-        let error = format!("{:#}", Store::open(&dir).err().expect("refused"));
+        let error = format!("{:#}", reopen(&dir).err().expect("refused"));
         assert!(error.contains("has lost its contents") && error.contains("orchestrator.sled"), "{error}");
         assert!(error.contains("A lost or corrupt state store"), "{error}");
         // Removing the copy is how an operator says "start empty".
         std::fs::remove_file(dir.join("store-id")).unwrap();
-        drop(Store::open(&dir).unwrap());
+        drop(reopen(&dir).unwrap());
         assert_ne!(std::fs::read_to_string(dir.join("store-id")).unwrap(), id, "a new store, a new id");
         let _ = std::fs::remove_dir_all(&dir);
     }
