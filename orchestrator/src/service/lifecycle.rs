@@ -245,6 +245,11 @@ impl HostRecord {
         }
     }
 
+    /// The id of the command of the record's generation: `HOST-GENERATION`.
+    pub fn command_id(&self) -> String {
+        format!("{}-{}", self.host, self.generation)
+    }
+
     /// The last command issued can never be sent (`reason`): the record shows it, and it is not
     /// resent (an operator decides what to do).
     pub fn command_not_sent(&mut self, command_id: &str, reason: &str) {

@@ -963,7 +963,7 @@ impl Service {
                 vec![
                     KeyValue::new("messaging.system", "kafka"),
                     KeyValue::new("messaging.destination.name", self.topics.commands.clone()),
-                    KeyValue::new("cordon.command_id", format!("{}-{}", record.host, record.generation)),
+                    KeyValue::new("cordon.command_id", record.command_id()),
                     KeyValue::new("cordon.generation", i64::try_from(record.generation).unwrap_or(i64::MAX)),
                     KeyValue::new("cordon.action", action_name),
                 ],

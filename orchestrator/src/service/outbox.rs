@@ -164,7 +164,7 @@ impl Outbox {
     ) -> Result<Enqueued> {
         let command = cordon_wire::Command {
             version: cordon_wire::WIRE_VERSION,
-            command_id: format!("{}-{}", record.host, record.generation),
+            command_id: record.command_id(),
             host_id: record.host.clone(),
             generation: record.generation,
             issued_at_ms: now,

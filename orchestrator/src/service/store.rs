@@ -123,14 +123,9 @@ fn check_identity(db: &sled::Db, dir: &Path, path: &Path) -> Result<()> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Retention {
     pub audit_ms: i64,
+    /// The newest entries kept per host (at least 1: `StateSection::retention` sees to it).
     pub audit_per_host: usize,
     pub api_calls_ms: i64,
-}
-
-impl Retention {
-    fn per_host_or_all(&self) -> usize {
-        self.audit_per_host.max(1)
-    }
 }
 
 /// What one retention pass removed.
@@ -400,7 +395,7 @@ impl Store {
         let mut trail: Vec<(sled::IVec, i64)> = Vec::new();
         let mut host: Vec<u8> = Vec::new();
         let trim = |trail: &mut Vec<(sled::IVec, i64)>, outcome: &mut RetentionOutcome| -> Result<()> {
-            let over = trail.len().saturating_sub(retention.per_host_or_all());
+            let over = trail.len().saturating_sub(retention.audit_per_host);
             for (index, (key, at)) in trail.iter().enumerate() {
                 if index < over || *at < audit_cutoff {
                     self.audit.remove(key)?;
