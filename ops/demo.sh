@@ -175,6 +175,10 @@ fetch_wait_ms = 10
 [signing]
 public_key_file = "$dir/keys/signing.pub"
 EOF
+# The agent signs its reports with its own key; cordon applies them only once it is enrolled.
+agent_key=$("$enforcer" --cgroup "$cgroup" --state-dir "$dir/agent" --config "$dir/enforcer.toml" keygen 2>/dev/null)
+echo "$agent_key" | cordon_cli agents enroll demo-host --key - --reason "demo agent" > /dev/null
+show "agent key $agent_key enrolled for demo-host (cordon agents enroll)"
 on_host "$enforcer" --cgroup "$cgroup" --pin-dir "$pins" --state-dir "$dir/agent" --config "$dir/enforcer.toml" run > "$dir/agent.log" 2>&1 &
 pids+=($!)
 wait_for "$dir/agent.log" "command channel connected" 30

@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 use cordon_telemetry::Spans;
 use cordon_wire::spec::Exclusion;
-use cordon_wire::VerifyingKey;
 use cordon_wire::{Action, Command, Refusal, Status, StatusKind, WIRE_VERSION};
+use cordon_wire::{SigningKey, VerifyingKey};
 use opentelemetry::trace::{SpanKind, Status as SpanStatus, TraceContextExt as _};
 use opentelemetry::{Context as TraceContext, KeyValue};
 use rdkafka::config::ClientConfig;
@@ -39,6 +39,8 @@ pub struct ChannelSettings {
     pub host_id: String,
     /// Commands signed by any of these are authentic (more than one while keys are rotated).
     pub public_keys: Vec<VerifyingKey>,
+    /// This agent's own key: it signs every report.
+    pub agent_key: SigningKey,
 }
 
 /// The consumer's context: counts the brokers it is connected to (from librdkafka's
@@ -66,6 +68,9 @@ pub struct Channel {
     /// -1 until the first statistics arrive.
     brokers_up: Arc<AtomicI64>,
     last_command: std::cell::RefCell<Option<LastCommand>>,
+    /// The `sent_at_ms` of the last report: each report's is later than the one before, since
+    /// cordon refuses a report not newer than the last it applied (a replay).
+    last_sent_at_ms: std::cell::Cell<i64>,
     spans: Spans,
 }
 
@@ -126,6 +131,7 @@ impl Channel {
             last_generation: std::cell::Cell::new(None),
             brokers_up,
             last_command: std::cell::RefCell::new(None),
+            last_sent_at_ms: std::cell::Cell::new(0),
             spans,
         })
     }
@@ -332,10 +338,12 @@ impl Channel {
         error: Option<String>,
     ) -> Status {
         let generation = Store::open(&target.state_dir).and_then(|s| s.last_generation()).unwrap_or(0);
+        let sent_at_ms = isolation::now_unix_ms().max(self.last_sent_at_ms.get().saturating_add(1));
+        self.last_sent_at_ms.set(sent_at_ms);
         let mut status = Status {
             version: WIRE_VERSION,
             host_id: self.settings.host_id.clone(),
-            sent_at_ms: isolation::now_unix_ms(),
+            sent_at_ms,
             kind,
             command_id,
             generation,
@@ -371,7 +379,8 @@ impl Channel {
         status
     }
 
-    /// Publishes `status` (keyed by host id); failures are logged, never fatal.
+    /// Publishes `status` (keyed by host id, signed with the agent's key); failures are logged,
+    /// never fatal.
     pub fn report(&self, status: &Status) {
         self.report_in(status, None);
     }
@@ -379,7 +388,7 @@ impl Channel {
     /// Publishes `status`; under `trace` ("report status", whose context goes in the message's
     /// headers so that the orchestrator's handling of it joins the trace).
     fn report_in(&self, status: &Status, trace: Option<&TraceContext>) {
-        let Ok(bytes) = serde_json::to_vec(status) else { return };
+        let bytes = cordon_wire::seal_report(status, &self.settings.agent_key);
         let mut record =
             BaseRecord::to(&self.settings.status_topic).key(&self.settings.host_id).payload(&bytes);
         let reporting = trace.and_then(|parent| {
@@ -446,8 +455,10 @@ fn execute(command: &Command, apply: &Apply<'_>) -> Result<(), (Refusal, String)
                 }
             }
         }
-        Action::Release { .. } => isolation::release(apply.target, &actor, "released", Some(command.generation))
-            .map(|_| ())
-            .map_err(|e| (Refusal::InvalidContent, format!("{e:#}"))),
+        Action::Release { .. } => {
+            isolation::release(apply.target, &actor, "released", Some(command.generation))
+                .map(|_| ())
+                .map_err(|e| (Refusal::InvalidContent, format!("{e:#}")))
+        }
     }
 }

@@ -63,8 +63,9 @@ impl EnforcerConfig {
             .map_err(|error| anyhow::anyhow!("{}: {}", path.display(), error.to_string().trim_end()))
     }
 
-    /// The channel settings, when a `[kafka]` section is configured.
-    pub fn channel_settings(&self) -> Result<Option<crate::channel::ChannelSettings>> {
+    /// The channel settings, when a `[kafka]` section is configured; the agent's key (which
+    /// signs its reports) comes from `state_dir`, created there on first use.
+    pub fn channel_settings(&self, state_dir: &Path) -> Result<Option<crate::channel::ChannelSettings>> {
         let Some(kafka) = &self.kafka else { return Ok(None) };
         let signing = self.signing.as_ref().context(
             "[kafka] is configured but [signing] public_key_file is not: the agent refuses to take unsigned orders",
@@ -80,6 +81,15 @@ impl EnforcerConfig {
                 .trim()
                 .to_owned(),
         };
+        let agent_key = crate::identity::load_or_create(state_dir)?;
+        if let crate::identity::Loaded::Created(key) = &agent_key {
+            tracing::warn!(
+                "created this agent's key {}: cordon applies its reports only once an operator enrolls it \
+                 (cordon agents enroll {host_id} --key -, with {})",
+                crate::identity::key_path(state_dir).display(),
+                crate::identity::public_text(key)
+            );
+        }
         Ok(Some(crate::channel::ChannelSettings {
             brokers: kafka.brokers.clone(),
             commands_topic: kafka.commands_topic.clone().unwrap_or_else(|| "cordon.commands".into()),
@@ -87,6 +97,7 @@ impl EnforcerConfig {
             fetch_wait_ms: kafka.fetch_wait_ms.unwrap_or(500),
             host_id,
             public_keys,
+            agent_key: agent_key.key(),
         }))
     }
 

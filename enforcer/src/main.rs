@@ -9,6 +9,7 @@ mod config;
 mod exclusion;
 mod health;
 mod host;
+mod identity;
 mod isolation;
 mod rule_table;
 mod sever;
@@ -72,6 +73,13 @@ enum Command {
     },
     /// The long-running agent: restores isolation at start-up and lifts it at its deadline.
     Run,
+    /// Print this agent's public key (creating its key pair in the state dir if there is none),
+    /// for `cordon agents enroll HOST --key -`.
+    Keygen {
+        /// Replace the key pair with a new one. Reports are refused until the new key is enrolled.
+        #[arg(long)]
+        rotate: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -167,6 +175,26 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Run => agent(&target, &config),
+        Command::Keygen { rotate } => {
+            let key = if rotate {
+                let key = identity::rotate(&target.state_dir)?;
+                eprintln!(
+                    "Replaced {}: enroll the new public key below; reports are refused until then.",
+                    identity::key_path(&target.state_dir).display()
+                );
+                key
+            } else {
+                match identity::load_or_create(&target.state_dir)? {
+                    identity::Loaded::Created(key) => {
+                        eprintln!("Created {}.", identity::key_path(&target.state_dir).display());
+                        key
+                    }
+                    identity::Loaded::Existing(key) => key,
+                }
+            };
+            println!("{}", identity::public_text(&key));
+            Ok(())
+        }
     }
 }
 
@@ -400,7 +428,7 @@ fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
     let interfaces = choose_interfaces(target, config, Vec::new());
     let apply = channel::Apply { target, management: &management, interfaces: &interfaces };
     let heartbeat = Duration::from_secs(config.heartbeat_seconds.unwrap_or(30).max(1));
-    let mut settings = config.channel_settings()?;
+    let mut settings = config.channel_settings(&target.state_dir)?;
     let mut channel: Option<channel::Channel> = None;
     let mut next_connect = Instant::now();
     let mut next_heartbeat = Instant::now();
@@ -435,7 +463,7 @@ fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
                     }
                     Err(error) => {
                         tracing::error!("command channel: {error:#}; retrying in 5 s");
-                        settings = config.channel_settings()?;
+                        settings = config.channel_settings(&target.state_dir)?;
                         next_connect = Instant::now() + Duration::from_secs(5);
                     }
                 }

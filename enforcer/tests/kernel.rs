@@ -616,10 +616,13 @@ fn wait_for_status(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = statuses.expect_line(what, left.max(Duration::from_millis(1)));
-        if let Ok(status) = serde_json::from_str::<serde_json::Value>(&line) {
-            if matches(&status) {
-                return status;
-            }
+        // Every report is signed by the agent's own key, which names itself in the envelope.
+        let Ok(report) = cordon_wire::open_report(line.as_bytes()) else {
+            panic!("a message on the status topic is not a signed report: {line}");
+        };
+        let status = serde_json::to_value(&report.status).expect("a status serializes");
+        if matches(&status) {
+            return status;
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Fuzzes what `cordon serve` does with an agent's status report: parsing, the host-id check, and
-//! the host life cycle's handling of it, on a host in each state. No input panics, the
+//! Fuzzes what `cordon serve` does with an agent's status report: opening the signed envelope,
+//! parsing, the host-id check, and the host life cycle's handling of it, on a host in each state. No input panics, the
 //! generation never moves backwards, and never more than the believable leap forwards.
 #![no_main]
 
@@ -21,6 +21,20 @@ fn hosts() -> Vec<HostRecord> {
 }
 
 fuzz_target!(|data: &[u8]| {
+    // The envelope: anything but a report signed by the key it names is refused, never a panic;
+    // one that opens is judged against a registry that enrolled another key, and refused.
+    if let Ok(report) = cordon_wire::open_report(data) {
+        let enrolled = orchestrator::service::agents::AgentRecord {
+            host: report.status.host_id.clone(),
+            state: orchestrator::service::agents::AgentState::Enrolled,
+            key: "not the signer".into(),
+            changed_at_ms: T0,
+            changed_by: "fuzz".into(),
+            reason: "fuzz".into(),
+        };
+        let judged = orchestrator::service::agents::judge(&report, None, Some(&enrolled), None, T0);
+        assert_eq!(judged, Err(cordon_wire::ReportRefusal::WrongKey));
+    }
     let Ok(status) = serde_json::from_slice::<cordon_wire::Status>(data) else { return };
     if orchestrator::api::check_host_id(&status.host_id).is_err() {
         return;

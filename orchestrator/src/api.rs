@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::service::agents::{AgentRecord, AgentState, Claim};
 use crate::service::lifecycle::{AuditEntry, HostRecord, IsolationPlan, Proposal};
 
 /// The API's version prefix.
@@ -281,5 +282,69 @@ impl AuditView {
             generation: entry.generation,
             why: entry.why.clone(),
         }
+    }
+}
+
+/// `POST /v1/agents/{host}/enroll` and `/accept`: the agent key to trust for the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// Base64 of the agent's Ed25519 public key (as `cordon-enforcer keygen` prints it).
+    pub key: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `GET /v1/agents`: one host's agent key, enrolled, revoked, or only claimed (pending).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentKeyView {
+    pub host: String,
+    /// `enrolled`, `revoked` or `pending` (claimed by reports, never trusted until enrolled).
+    pub state: String,
+    /// The enrolled (or revoked) key; absent while pending.
+    pub key: Option<String>,
+    pub changed_at: Option<String>,
+    pub changed_by: Option<String>,
+    pub reason: Option<String>,
+    /// A key that signed reports for the host without being its enrolled key.
+    pub claim: Option<ClaimView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimView {
+    pub key: String,
+    pub first_seen: String,
+    pub last_seen: String,
+    /// More than 1: more than one key signs reports for this host.
+    pub keys_seen: u32,
+    /// Why its reports are refused: `unknown_agent`, `wrong_key` or `revoked_agent`.
+    pub refusal: String,
+}
+
+impl AgentKeyView {
+    pub fn new(record: Option<&AgentRecord>, claim: Option<&Claim>) -> Option<AgentKeyView> {
+        let host = record.map(|r| r.host.clone()).or_else(|| claim.map(|c| c.host.clone()))?;
+        // A claim by the key now enrolled is settled, whether or not its agent has spoken since.
+        let claim = claim.filter(|c| record.is_none_or(|r| r.state == AgentState::Revoked || r.key != c.key));
+        Some(AgentKeyView {
+            host,
+            state: match record.map(|r| r.state) {
+                Some(AgentState::Enrolled) => "enrolled",
+                Some(AgentState::Revoked) => "revoked",
+                None => "pending",
+            }
+            .to_owned(),
+            key: record.map(|r| r.key.clone()),
+            changed_at: record.map(|r| rfc3339(r.changed_at_ms)),
+            changed_by: record.map(|r| r.changed_by.clone()),
+            reason: record.map(|r| r.reason.clone()),
+            claim: claim.map(|c| ClaimView {
+                key: c.key.clone(),
+                first_seen: rfc3339(c.first_seen_ms),
+                last_seen: rfc3339(c.last_seen_ms),
+                keys_seen: c.keys_seen,
+                refusal: c.refusal.name().to_owned(),
+            }),
+        })
     }
 }

@@ -1,5 +1,5 @@
 //! The `cordon` command line: rule authoring (`rules`), the service (`serve`, `keygen`, `topics`) and the
-//! operator commands (`isolate`, `release`, `approve`, `deny`, `hosts`, `host`, `tag`).
+//! operator commands (`isolate`, `release`, `approve`, `deny`, `hosts`, `host`, `tag`, `agents`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -126,6 +126,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Agent keys: which key may sign each host's status reports (reports signed otherwise are refused).
+    #[command(subcommand)]
+    Agents(AgentsCommand),
     /// Add or remove a host's operator tags (tags feed the rules' protected assets).
     Tag {
         host: String,
@@ -133,6 +136,52 @@ pub enum Command {
         add: Vec<String>,
         #[arg(long, value_name = "TAG")]
         remove: Vec<String>,
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// Enrolled, revoked and pending agent keys; a pending key claims a host but is never trusted.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Trust a key for HOST's reports (first enrolment, or a rotated key).
+    Enroll {
+        host: String,
+        /// A file holding the agent's public key (`cordon-enforcer keygen` prints it), or `-` for standard input.
+        #[arg(long, value_name = "FILE|-")]
+        key: String,
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enroll the pending key that claims HOST, if it is KEY (check it on the host first).
+    Accept {
+        host: String,
+        /// The key as `cordon agents list` shows it and `cordon-enforcer keygen` prints it on the host.
+        key: String,
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop trusting HOST's key: its reports are refused until a key is enrolled again.
+    Revoke {
+        host: String,
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
         #[command(flatten)]
         connection: Connection,
         #[arg(long)]
@@ -226,6 +275,23 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Tag { host, add, remove, connection, json } => {
             let tags = crate::api::TagsRequest { add, remove };
             client::run(&connection, client::Request::Tag { host, tags }, json, &mut out)?;
+            true
+        }
+        Command::Agents(command) => {
+            let (connection, json, request) = match command {
+                AgentsCommand::List { connection, json } => (connection, json, client::AgentsRequest::List),
+                AgentsCommand::Enroll { host, key, reason, connection, json } => {
+                    let key = client::read_key_argument(&key)?;
+                    (connection, json, client::AgentsRequest::Enroll { host, key, reason })
+                }
+                AgentsCommand::Accept { host, key, reason, connection, json } => {
+                    (connection, json, client::AgentsRequest::Accept { host, key, reason })
+                }
+                AgentsCommand::Revoke { host, reason, connection, json } => {
+                    (connection, json, client::AgentsRequest::Revoke { host, reason })
+                }
+            };
+            client::agents(&connection, request, json, &mut out)?;
             true
         }
         Command::Topics { config, partitions, replication } => {

@@ -10,7 +10,10 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::api::{ErrorBody, HostView, IsolateRequest, ReasonRequest, TagsRequest, OPERATOR_HEADER, PREFIX};
+use crate::api::{
+    AgentKeyView, EnrollRequest, ErrorBody, HostView, IsolateRequest, ReasonRequest, TagsRequest,
+    OPERATOR_HEADER, PREFIX,
+};
 
 /// Where the API is and how to authenticate to it.
 #[derive(Debug, clap::Args)]
@@ -278,6 +281,101 @@ fn print_host(host: &HostView, out: &mut impl Write) -> Result<()> {
                 entry.generation,
                 entry.event_id.as_deref().map(|e| format!(", event {e}")).unwrap_or_default(),
                 entry.why
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// One `cordon agents` command.
+#[derive(Debug)]
+pub enum AgentsRequest {
+    List,
+    Enroll { host: String, key: String, reason: Option<String> },
+    Accept { host: String, key: String, reason: Option<String> },
+    Revoke { host: String, reason: Option<String> },
+}
+
+/// Runs one `cordon agents` command against the API and prints the outcome.
+pub fn agents(
+    connection: &Connection,
+    request: AgentsRequest,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    let client = Client::new(connection)?;
+    let path = |host: &str, action: &str| format!("/agents/{}/{action}", encode(host));
+    let (view, verb): (AgentKeyView, &str) = match request {
+        AgentsRequest::List => {
+            let agents: Vec<AgentKeyView> = client.get("/agents")?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&agents)?)?;
+            } else {
+                print_agents(&agents, out)?;
+            }
+            return Ok(());
+        }
+        AgentsRequest::Enroll { host, key, reason } => {
+            (client.post(&path(&host, "enroll"), &EnrollRequest { key, reason })?, "enrolled")
+        }
+        AgentsRequest::Accept { host, key, reason } => {
+            (client.post(&path(&host, "accept"), &EnrollRequest { key, reason })?, "accepted")
+        }
+        AgentsRequest::Revoke { host, reason } => {
+            (client.post(&path(&host, "revoke"), &ReasonRequest { reason })?, "revoked")
+        }
+    };
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?;
+    } else {
+        writeln!(out, "{}: agent key {} {verb}.", view.host, view.key.as_deref().unwrap_or("-"))?;
+    }
+    Ok(())
+}
+
+/// A key as `--key` names it: a file holding it, or `-` for standard input.
+pub fn read_key_argument(argument: &str) -> Result<String> {
+    let text = if argument == "-" {
+        std::io::read_to_string(std::io::stdin()).context("cannot read the key from standard input")?
+    } else {
+        std::fs::read_to_string(argument).with_context(|| format!("cannot read the key file {argument}"))?
+    };
+    Ok(text.trim().to_owned())
+}
+
+fn print_agents(agents: &[AgentKeyView], out: &mut impl Write) -> Result<()> {
+    if agents.is_empty() {
+        writeln!(out, "No agent keys enrolled or claimed.")?;
+        return Ok(());
+    }
+    let width = agents.iter().map(|a| a.host.len()).max().unwrap_or(4).max(4);
+    writeln!(out, "{:width$}  {:8}  {:44}  CHANGED", "HOST", "STATE", "KEY")?;
+    for agent in agents {
+        writeln!(
+            out,
+            "{:width$}  {:8}  {:44}  {}",
+            agent.host,
+            agent.state,
+            agent.key.as_deref().unwrap_or("-"),
+            match (&agent.changed_at, &agent.changed_by) {
+                (Some(at), Some(by)) => format!("{at} by {by}"),
+                _ => "-".to_owned(),
+            }
+        )?;
+        if let Some(claim) = &agent.claim {
+            writeln!(
+                out,
+                "{:width$}  claimed by {} ({}; first seen {}, last seen {}{})",
+                "",
+                claim.key,
+                claim.refusal,
+                claim.first_seen,
+                claim.last_seen,
+                if claim.keys_seen > 1 {
+                    format!("; {} different keys", claim.keys_seen)
+                } else {
+                    String::new()
+                }
             )?;
         }
     }

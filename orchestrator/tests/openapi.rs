@@ -263,3 +263,34 @@ fn requests_the_client_sends_match_the_documented_schemas() {
     assert!(!validator.is_valid(&serde_json::json!({"mode": "forever"})));
     assert!(!validator.is_valid(&serde_json::json!({"mode": "manual", "colour": "red"})));
 }
+
+#[test]
+fn agent_keys_match_the_documented_schemas() {
+    use orchestrator::service::agents::{AgentRecord, AgentState, Claim};
+    let key = cordon_wire::key_to_base64(cordon_wire::generate_signing_key().verifying_key().as_bytes());
+    let record = AgentRecord {
+        host: "web-01".into(),
+        state: AgentState::Enrolled,
+        key: key.clone(),
+        changed_at_ms: 1_700_000_000_000,
+        changed_by: "operator alice (127.0.0.1:1)".into(),
+        reason: "enrolled".into(),
+    };
+    let claim = Claim {
+        host: "web-01".into(),
+        key: "another".into(),
+        first_seen_ms: 1_700_000_000_000,
+        last_seen_ms: 1_700_000_060_000,
+        keys_seen: 2,
+        refusal: cordon_wire::ReportRefusal::WrongKey,
+    };
+    let revoked = AgentRecord { state: AgentState::Revoked, ..record.clone() };
+    for (record, claim) in
+        [(Some(&record), None), (Some(&record), Some(&claim)), (Some(&revoked), None), (None, Some(&claim))]
+    {
+        let view = orchestrator::api::AgentKeyView::new(record, claim).expect("a view");
+        assert_valid("AgentKey", &serde_json::to_value(view).unwrap());
+    }
+    let request = orchestrator::api::EnrollRequest { key, reason: Some("checked on the host".into()) };
+    assert_valid("EnrollRequest", &serde_json::to_value(request).unwrap());
+}

@@ -35,6 +35,11 @@ struct Harness {
     env: Vec<(&'static str, &'static str)>,
     /// Extra lines of the `[kafka]` section of `cordon.toml`.
     kafka_config: String,
+    /// The key the test's agents sign their reports with, and the hosts it is enrolled for.
+    agent_key: cordon_wire::SigningKey,
+    enrolled: std::cell::RefCell<std::collections::HashSet<String>>,
+    /// The last report's `sent_at_ms`: each report is newer than the one before.
+    last_sent_at_ms: std::cell::Cell<i64>,
 }
 
 impl Drop for Harness {
@@ -90,6 +95,9 @@ impl Harness {
             api: String::new(),
             env: Vec::new(),
             kafka_config: String::new(),
+            agent_key: cordon_wire::generate_signing_key(),
+            enrolled: std::cell::RefCell::default(),
+            last_sent_at_ms: std::cell::Cell::new(0),
         };
         for (topic, partitions) in [
             ("edr.detections", "3"),
@@ -274,7 +282,42 @@ impl Harness {
             "tags": if isolated { vec!["ISOLATED FROM NETWORK", "linux"] } else { vec!["linux"] },
             "refusal": refusal, "error": null, "packets_dropped": packets.0, "packets_allowed": packets.1
         });
-        self.produce("cordon.status", &command.host_id, status.to_string().as_bytes());
+        self.publish_status(status);
+    }
+
+    /// Publishes `status` as the host's enrolled agent would: signed with the agent key (enrolled
+    /// for the host first, through the CLI), keyed by the host, and newer than the last report.
+    fn publish_status(&self, mut status: serde_json::Value) {
+        let host = status["host_id"].as_str().expect("a host_id").to_owned();
+        self.enroll(&host);
+        status["sent_at_ms"] = self.next_sent_at_ms().into();
+        let status: cordon_wire::Status = serde_json::from_value(status).expect("a status report");
+        self.produce("cordon.status", &host, &cordon_wire::seal_report(&status, &self.agent_key));
+    }
+
+    fn next_sent_at_ms(&self) -> i64 {
+        let now = i64::try_from(std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap().as_millis()).unwrap();
+        let sent = now.max(self.last_sent_at_ms.get() + 1);
+        self.last_sent_at_ms.set(sent);
+        sent
+    }
+
+    /// The agent key's public half, in a file for `cordon agents enroll --key`.
+    fn agent_key_file(&self) -> PathBuf {
+        let path = self.dir.join("agent.pub");
+        std::fs::write(&path, cordon_wire::key_to_base64(self.agent_key.verifying_key().as_bytes()))
+            .expect("write agent.pub");
+        path
+    }
+
+    /// Enrolls the test's agent key for `host`, once.
+    fn enroll(&self, host: &str) {
+        if self.enrolled.borrow().contains(host) {
+            return;
+        }
+        let key = self.agent_key_file();
+        self.cordon_ok(&["agents", "enroll", host, "--key", &key.to_string_lossy()]);
+        self.enrolled.borrow_mut().insert(host.to_owned());
     }
 
     fn produce(&self, topic: &str, key: &str, value: &[u8]) {
@@ -432,6 +475,8 @@ fn a_detection_isolates_its_host_until_the_deadline() {
         .as_array()
         .expect("audit trail")
         .iter()
+        // The operator's enrolment of the agent's key is in the trail too, before the rest.
+        .filter(|e| !e["why"].as_str().unwrap().starts_with("agent key enrolled"))
         .map(|e| (e["to"].as_str().unwrap().to_owned(), e["by"].as_str().unwrap().to_owned()))
         .collect();
     let expected = [
@@ -1050,7 +1095,8 @@ fn poison_messages_are_dead_lettered_and_the_next_detection_still_decides() {
     // The service kept going: the next detection decides, and nothing of the poison does.
     harness.produce("edr.detections", "web-03", &detection("web-03", "ev-3", 5));
     wait_for_line(&lines, "web-03: not_isolated -> isolating");
-    let hosts: serde_json::Value = serde_json::from_str(&harness.cordon_ok(&["hosts", "--json"])).expect("JSON");
+    let hosts: serde_json::Value =
+        serde_json::from_str(&harness.cordon_ok(&["hosts", "--json"])).expect("JSON");
     assert_eq!(hosts.as_array().map(Vec::len), Some(1), "only web-03 is known: {hosts}");
     let (_, metrics) = get(&harness.api, "/metrics");
     for (series, expected) in [
@@ -1117,7 +1163,8 @@ fn oversized_requests_are_refused_and_an_unsendable_command_is_parked_while_othe
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("reason is 2000 bytes; the limit is 1024"), "{stderr}");
     let mut too_many = vec!["isolate", "big-01", "--manual"];
-    let specs: Vec<String> = (0..300).map(|i| format!("out,tcp,10.0.{}.{}/32,443", i / 250, i % 250)).collect();
+    let specs: Vec<String> =
+        (0..300).map(|i| format!("out,tcp,10.0.{}.{}/32,443", i / 250, i % 250)).collect();
     for spec in &specs {
         too_many.extend(["--allow", spec]);
     }
@@ -1145,7 +1192,10 @@ fn oversized_requests_are_refused_and_an_unsendable_command_is_parked_while_othe
     let trail = host["audit"].as_array().expect("audit");
     assert!(trail.last().unwrap()["why"].as_str().unwrap().contains("command NOT sent"), "{host}");
     let (_, metrics) = get(&harness.api, "/metrics");
-    assert!((sample(&metrics, "cordon_commands_parked_total{reason=\"too_large\"}") - 1.0).abs() < 1e-9, "{metrics}");
+    assert!(
+        (sample(&metrics, "cordon_commands_parked_total{reason=\"too_large\"}") - 1.0).abs() < 1e-9,
+        "{metrics}"
+    );
     // Never resent (the resend interval here is 2 s; small-01's resends do come).
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
@@ -1154,7 +1204,6 @@ fn oversized_requests_are_refused_and_an_unsendable_command_is_parked_while_othe
         }
     }
 }
-
 
 /// Continues a stopped process on drop, so that it does not stay stopped when an assertion fails.
 struct Continue(u32);
@@ -1191,7 +1240,10 @@ fn while_the_broker_is_stopped_the_api_answers_deadlines_release_and_commands_go
     let started = Instant::now();
     harness.cordon_ok(&["hosts"]);
     longest = longest.max(started.elapsed());
-    assert!(longest < Duration::from_secs(2), "API answers took up to {longest:?} while the broker was stopped");
+    assert!(
+        longest < Duration::from_secs(2),
+        "API answers took up to {longest:?} while the broker was stopped"
+    );
     // The deadline releases while the broker is still stopped: the release waits in the outbox.
     wait_for_line(&lines, "out-01: isolating -> releasing by scheduler");
     assert_eq!(harness.host_json("out-01")["state"], "releasing");
@@ -1228,7 +1280,7 @@ fn an_agent_ahead_of_cordon_gets_the_isolation_again_at_its_generation_plus_one(
         "exclusions": [], "tags": [], "refusal": "stale_generation", "error": null,
         "packets_dropped": 0, "packets_allowed": 0
     });
-    harness.produce("cordon.status", "ahead-01", refusal.to_string().as_bytes());
+    harness.publish_status(refusal);
     // (Resends of generation 1 may come first: no agent answered it.)
     let again = loop {
         let command = next_command(&commands, &key, Duration::from_secs(10));
@@ -1279,7 +1331,10 @@ fn a_wall_clock_step_neither_lifts_an_isolation_early_nor_holds_it_late() {
     };
     let elapsed = started.elapsed();
     assert_eq!(release.host_id, "clk-01");
-    assert!(elapsed >= Duration::from_millis(5_900) && elapsed < Duration::from_secs(8), "lifted after {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(5_900) && elapsed < Duration::from_secs(8),
+        "lifted after {elapsed:?}"
+    );
 
     // Backwards by two hours (an hour behind real time) during a 4 s isolation: still on time.
     let started = Instant::now();
@@ -1294,7 +1349,10 @@ fn a_wall_clock_step_neither_lifts_an_isolation_early_nor_holds_it_late() {
     };
     let elapsed = started.elapsed();
     assert_eq!(release.generation, 2);
-    assert!(elapsed >= Duration::from_millis(3_900) && elapsed < Duration::from_secs(6), "lifted after {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(3_900) && elapsed < Duration::from_secs(6),
+        "lifted after {elapsed:?}"
+    );
 }
 
 #[test]
@@ -1336,7 +1394,10 @@ fn a_service_stopped_while_joining_its_group_exits_promptly() {
                 assert!(status.success(), "cordon serve stopped with {status}");
                 break;
             }
-            assert!(stopped.elapsed() < Duration::from_secs(10), "cordon serve still running 10 s after SIGTERM");
+            assert!(
+                stopped.elapsed() < Duration::from_secs(10),
+                "cordon serve still running 10 s after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -1347,14 +1408,14 @@ fn a_tag_reported_by_an_agent_grants_no_protection_and_an_operators_tag_does() {
     let mut harness = Harness::start("protect");
     std::fs::write(harness.dir.join("rules/policy.yaml"), "protect: [plc]\n").expect("write policy");
     let lines = harness.serve();
-    // Anyone who can write to the status topic (or controls the host) claims the tag `plc`.
+    // Whoever controls the host (and so its agent's key) claims the tag `plc`.
     let forged = serde_json::json!({
         "version": 1, "host_id": "claims-plc", "sent_at_ms": 0, "kind": "heartbeat",
         "command_id": null, "generation": 0, "isolated": false, "mode": null, "expires_at_ms": null,
         "exclusions": [], "tags": ["plc"], "refusal": null, "error": null,
         "packets_dropped": 0, "packets_allowed": 0
     });
-    harness.produce("cordon.status", "claims-plc", forged.to_string().as_bytes());
+    harness.publish_status(forged);
     let deadline = Instant::now() + Duration::from_secs(15);
     while !harness.cordon(&["host", "claims-plc", "--json"]).status.success() {
         assert!(Instant::now() < deadline, "the report was never recorded");
@@ -1366,6 +1427,196 @@ fn a_tag_reported_by_an_agent_grants_no_protection_and_an_operators_tag_does() {
     harness.produce("edr.detections", "real-plc", &detection("real-plc", "pr-2", 5));
     wait_for_lines(
         &lines,
-        &["claims-plc: not_isolated -> isolating by rules ransomware", "real-plc: not_isolated -> pending_approval"],
+        &[
+            "claims-plc: not_isolated -> isolating by rules ransomware",
+            "real-plc: not_isolated -> pending_approval",
+        ],
     );
+}
+
+/// A heartbeat from `host` at `generation`, as JSON (the harness signs and dates it).
+fn heartbeat(host: &str, generation: u64, isolated: bool) -> serde_json::Value {
+    serde_json::json!({
+        "version": 1, "host_id": host, "sent_at_ms": 0, "kind": "heartbeat",
+        "command_id": null, "generation": generation, "isolated": isolated,
+        "mode": isolated.then_some("manual"), "expires_at_ms": null, "exclusions": [],
+        "tags": if isolated { vec!["ISOLATED FROM NETWORK", "linux"] } else { vec!["linux"] },
+        "refusal": null, "error": null, "packets_dropped": 0, "packets_allowed": 0
+    })
+}
+
+/// Waits until the metrics show `series` at `expected` (the loop handles reports in batches).
+fn wait_for_sample(api: &str, series: &str, expected: f64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, text) = get(api, "/metrics");
+        let got = text
+            .lines()
+            .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .map_or(0.0, |value| value.parse().expect("a number"));
+        if (got - expected).abs() < 1e-9 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{series} is {got}, expected {expected}\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Anyone who can write to the status topic tries to undo or fake an isolation: unsigned,
+/// tampered, signed by a key not enrolled, by another host's enrolled key, under another host's
+/// Kafka key, replayed, and dated in the future. Nothing changes (state, generation, tags), each
+/// is counted by reason and the host's audit trail says so; a key that claims an unknown host is
+/// held as pending until an operator accepts it, and a revoked key is refused.
+#[test]
+fn forged_unsigned_wrong_key_and_replayed_reports_change_nothing() {
+    let mut harness = Harness::start("trust");
+    let lines = harness.serve();
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+    // A genuine report from before the isolation, which a forger recorded.
+    harness.enroll("trust-01");
+    let old = {
+        let mut status: cordon_wire::Status =
+            serde_json::from_value(heartbeat("trust-01", 0, false)).expect("a status");
+        status.sent_at_ms = harness.next_sent_at_ms();
+        cordon_wire::seal_report(&status, &harness.agent_key)
+    };
+    harness.produce("cordon.status", "trust-01", &old);
+    harness.cordon_ok(&["isolate", "trust-01", "--manual", "--reason", "incident 9"]);
+    let isolate = next_command(&commands, &key, Duration::from_secs(10));
+    harness.report(&isolate, true);
+    wait_for_line(&lines, "trust-01: isolating -> isolated by agent");
+    let before = harness.host_json("trust-01");
+
+    // The forgeries all say "released", at the same generation and at one that would wrap.
+    let released = |generation: u64| {
+        let mut status: cordon_wire::Status =
+            serde_json::from_value(heartbeat("trust-01", generation, false)).expect("a status");
+        status.sent_at_ms = harness.next_sent_at_ms();
+        status
+    };
+    let attacker = cordon_wire::generate_signing_key();
+    let other_host = cordon_wire::generate_signing_key();
+    std::fs::write(
+        harness.dir.join("other.pub"),
+        cordon_wire::key_to_base64(other_host.verifying_key().as_bytes()),
+    )
+    .expect("write other.pub");
+    harness.cordon_ok(&[
+        "agents",
+        "enroll",
+        "other-01",
+        "--key",
+        &harness.dir.join("other.pub").to_string_lossy(),
+    ]);
+    let unsigned = serde_json::to_vec(&released(1)).expect("json");
+    let no_signer = {
+        let mut envelope: serde_json::Value =
+            serde_json::from_slice(&cordon_wire::seal_report(&released(1), &attacker)).expect("json");
+        envelope.as_object_mut().expect("an object").remove("signer");
+        serde_json::to_vec(&envelope).expect("json")
+    };
+    let tampered = {
+        let mut envelope: serde_json::Value =
+            serde_json::from_slice(&cordon_wire::seal_report(&released(1), &harness.agent_key))
+                .expect("json");
+        envelope["payload"] = envelope["payload"]
+            .as_str()
+            .expect("text")
+            .replace("\"generation\":1", "\"generation\":2")
+            .into();
+        serde_json::to_vec(&envelope).expect("json")
+    };
+    let mut as_other = released(1);
+    as_other.host_id = "other-01".into();
+    let mut future = released(1);
+    future.sent_at_ms += 3_600_000;
+    let forgeries: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("malformed", "trust-01", unsigned),
+        ("unsigned", "trust-01", no_signer),
+        ("bad_signature", "trust-01", tampered),
+        ("wrong_key", "trust-01", cordon_wire::seal_report(&released(1), &attacker)),
+        ("wrong_key", "trust-01", cordon_wire::seal_report(&released(u64::MAX), &other_host)),
+        // other-01's genuine key, for other-01, under trust-01's Kafka key.
+        ("wrong_host", "trust-01", cordon_wire::seal_report(&as_other, &other_host)),
+        ("replayed", "trust-01", old),
+        ("from_the_future", "trust-01", cordon_wire::seal_report(&future, &harness.agent_key)),
+    ];
+    for (_, kafka_key, bytes) in &forgeries {
+        harness.produce("cordon.status", kafka_key, bytes);
+    }
+    for reason in ["malformed", "unsigned", "bad_signature", "wrong_host", "replayed", "from_the_future"] {
+        wait_for_sample(&harness.api, &format!("cordon_status_refused_total{{reason=\"{reason}\"}}"), 1.0);
+    }
+    wait_for_sample(&harness.api, "cordon_status_refused_total{reason=\"wrong_key\"}", 2.0);
+    let after = harness.host_json("trust-01");
+    for field in ["state", "generation", "tags", "mode", "agent"] {
+        assert_eq!(after[field], before[field], "{field} changed: {after:#}");
+    }
+    assert_eq!(after["state"], "isolated");
+    let trail = after["audit"].as_array().expect("an audit trail");
+    let refusals: Vec<&str> = trail
+        .iter()
+        .filter_map(|entry| entry["why"].as_str())
+        .filter(|why| why.starts_with("refused a status report"))
+        .collect();
+    // Said once a minute per host, not once per forgery.
+    assert_eq!(refusals.len(), 1, "{trail:#?}");
+    // The attacker's key now claims trust-01 (shown, never trusted).
+    let agents: serde_json::Value =
+        serde_json::from_str(&harness.cordon_ok(&["agents", "list", "--json"])).expect("JSON");
+    let trust =
+        agents.as_array().expect("a list").iter().find(|a| a["host"] == "trust-01").expect("trust-01");
+    assert_eq!(trust["state"], "enrolled");
+    assert_eq!(trust["claim"]["refusal"], "wrong_key", "{trust:#}");
+    assert_eq!(trust["claim"]["keys_seen"], 2, "two foreign keys signed for trust-01: {trust:#}");
+
+    // A revoked key is refused, even the genuine agent's.
+    harness.cordon_ok(&["agents", "revoke", "trust-01", "--reason", "host reimaged"]);
+    harness.publish_status(heartbeat("trust-01", 1, false));
+    wait_for_sample(&harness.api, "cordon_status_refused_total{reason=\"revoked_agent\"}", 1.0);
+    assert_eq!(harness.host_json("trust-01")["state"], "isolated");
+    let audit = harness.host_json("trust-01")["audit"].to_string();
+    assert!(audit.contains("agent key revoked") && audit.contains("operator alice"), "{audit}");
+}
+
+/// An agent nobody enrolled is refused and its key held as pending, until an operator accepts
+/// exactly that key; then its reports apply.
+#[test]
+fn an_unknown_agent_key_is_pending_until_an_operator_accepts_that_key() {
+    let mut harness = Harness::start("pending");
+    let _lines = harness.serve();
+    let attacker = cordon_wire::generate_signing_key();
+    let newcomer = cordon_wire::generate_signing_key();
+    let newcomer_key = cordon_wire::key_to_base64(newcomer.verifying_key().as_bytes());
+    let mut hello: cordon_wire::Status =
+        serde_json::from_value(heartbeat("new-01", 0, false)).expect("a status");
+    hello.sent_at_ms = harness.next_sent_at_ms();
+    harness.produce("cordon.status", "new-01", &cordon_wire::seal_report(&hello, &newcomer));
+    wait_for_sample(&harness.api, "cordon_status_refused_total{reason=\"unknown_agent\"}", 1.0);
+    assert!(!harness.cordon(&["host", "new-01"]).status.success(), "a refused report made a host record");
+    let listed = harness.cordon_ok(&["agents", "list"]);
+    assert!(
+        listed.contains("new-01") && listed.contains("pending") && listed.contains(&newcomer_key),
+        "{listed}"
+    );
+    // Accepting needs the key the operator checked on the host; another key is refused.
+    let wrong = harness.cordon(&[
+        "agents",
+        "accept",
+        "new-01",
+        &cordon_wire::key_to_base64(attacker.verifying_key().as_bytes()),
+    ]);
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("check the key on the host"), "{wrong:?}");
+    harness.cordon_ok(&["agents", "accept", "new-01", &newcomer_key, "--reason", "checked on the console"]);
+    hello.sent_at_ms = harness.next_sent_at_ms();
+    harness.produce("cordon.status", "new-01", &cordon_wire::seal_report(&hello, &newcomer));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !harness.cordon(&["host", "new-01"]).status.success() {
+        assert!(Instant::now() < deadline, "the accepted agent's report was never applied");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let listed = harness.cordon_ok(&["agents", "list"]);
+    assert!(listed.contains("enrolled") && !listed.contains("claimed by"), "{listed}");
 }

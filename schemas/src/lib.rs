@@ -1,9 +1,11 @@
 //! The wire contracts between `cordon serve` and `cordon-enforcer`: commands (orchestrator to
-//! agent, signed) and status reports (agent to orchestrator), version 1.
+//! agent) and status reports (agent to orchestrator), both signed, version 1.
 //!
-//! A command travels as an envelope `{"payload": "<JSON text>", "signature": "<base64>"}`: the
+//! Both travel as an envelope `{"payload": "<JSON text>", "signature": "<base64>"}`: the
 //! Ed25519 signature covers the exact payload bytes, so nothing has to be canonicalised and a
-//! verifier never parses what it has not verified. The JSON Schemas beside this crate
+//! verifier never parses what it has not verified. A report's envelope also names its `signer`
+//! (the agent's public key), so that a key cordon has not enrolled yet can be shown to an
+//! operator as pending; it is trusted only once an operator enrolls it. The JSON Schemas beside this crate
 //! (`command.schema.json`, `status.schema.json`) describe the same messages for other tools.
 //!
 //! Only this crate and `schemas/` define serialized forms of these messages; domain types in
@@ -29,6 +31,9 @@ pub struct Envelope {
     pub payload: String,
     /// Base64 (standard, padded) Ed25519 signature of the payload bytes.
     pub signature: String,
+    /// Reports only: base64 of the agent's Ed25519 public key that made `signature`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
 }
 
 /// What the orchestrator asks one host's agent to do.
@@ -122,10 +127,7 @@ pub fn open_with_any(envelope_bytes: &[u8], keys: &[VerifyingKey]) -> Result<Com
     if envelope.signature.is_empty() {
         return Err(Refusal::Unsigned);
     }
-    let signature_bytes = base64::engine::general_purpose::STANDARD
-        .decode(&envelope.signature)
-        .map_err(|_| Refusal::BadSignature)?;
-    let signature = Signature::from_slice(&signature_bytes).map_err(|_| Refusal::BadSignature)?;
+    let signature = decode_signature(&envelope.signature).ok_or(Refusal::BadSignature)?;
     if !keys.iter().any(|key| key.verify(envelope.payload.as_bytes(), &signature).is_ok()) {
         return Err(Refusal::BadSignature);
     }
@@ -136,11 +138,114 @@ pub fn open_with_any(envelope_bytes: &[u8], keys: &[VerifyingKey]) -> Result<Com
     Ok(command)
 }
 
+fn decode_signature(text: &str) -> Option<Signature> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text).ok()?;
+    Signature::from_slice(&bytes).ok()
+}
+
+fn sign(payload: &str, key: &SigningKey) -> String {
+    base64::engine::general_purpose::STANDARD.encode(key.sign(payload.as_bytes()).to_bytes())
+}
+
 /// Serializes and signs `command` into envelope bytes.
 pub fn seal(command: &Command, key: &SigningKey) -> Vec<u8> {
     let payload = serde_json::to_string(command).expect("a command always serializes");
-    let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(payload.as_bytes()).to_bytes());
-    serde_json::to_vec(&Envelope { payload, signature }).expect("an envelope always serializes")
+    let signature = sign(&payload, key);
+    serde_json::to_vec(&Envelope { payload, signature, signer: None }).expect("an envelope always serializes")
+}
+
+/// Serializes and signs an agent's `status` into envelope bytes that name the agent's key.
+pub fn seal_report(status: &Status, key: &SigningKey) -> Vec<u8> {
+    let payload = serde_json::to_string(status).expect("a status always serializes");
+    let signature = sign(&payload, key);
+    let signer = Some(key_to_base64(key.verifying_key().as_bytes()));
+    serde_json::to_vec(&Envelope { payload, signature, signer }).expect("an envelope always serializes")
+}
+
+/// Why `cordon serve` did not apply a status report (the `reason` label of
+/// `cordon_status_refused_total`). The first five are found by [`open_report`] alone; the rest
+/// need cordon's registry of agents and the host's record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportRefusal {
+    #[error("the message is not a report envelope")]
+    Malformed,
+    #[error("the report carries no signature or names no signer (an agent older than signed reports?)")]
+    Unsigned,
+    #[error("the signature does not verify with the key the report names")]
+    BadSignature,
+    #[error("the signed payload is not a status report cordon can read")]
+    InvalidContent,
+    #[error("the report speaks a wire version cordon does not know")]
+    UnsupportedVersion,
+    #[error("the report is larger than [kafka] max_detection_bytes")]
+    Oversized,
+    #[error(
+        "no agent key is enrolled for this host (the key is held as pending until an operator enrolls it)"
+    )]
+    UnknownAgent,
+    #[error("this host's agent key was revoked")]
+    RevokedAgent,
+    #[error("signed by a key other than the one enrolled for this host")]
+    WrongKey,
+    #[error("the report names another host than its Kafka key")]
+    WrongHost,
+    #[error("the report is not newer than the last one applied for this host (replayed or reordered)")]
+    Replayed,
+    #[error("the report was sent more than the allowed skew in cordon's future")]
+    FromTheFuture,
+}
+
+impl ReportRefusal {
+    /// `snake_case`, as in JSON and in the metric's `reason` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReportRefusal::Malformed => "malformed",
+            ReportRefusal::Unsigned => "unsigned",
+            ReportRefusal::BadSignature => "bad_signature",
+            ReportRefusal::InvalidContent => "invalid_content",
+            ReportRefusal::UnsupportedVersion => "unsupported_version",
+            ReportRefusal::Oversized => "oversized",
+            ReportRefusal::UnknownAgent => "unknown_agent",
+            ReportRefusal::RevokedAgent => "revoked_agent",
+            ReportRefusal::WrongKey => "wrong_key",
+            ReportRefusal::WrongHost => "wrong_host",
+            ReportRefusal::Replayed => "replayed",
+            ReportRefusal::FromTheFuture => "from_the_future",
+        }
+    }
+}
+
+/// A report whose signature verifies with the key it names. Whether that key is the one trusted
+/// for the host is the registry's question, not this one's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedReport {
+    pub signer: VerifyingKey,
+    pub status: Status,
+}
+
+impl SignedReport {
+    /// The signer's public key as base64 text (as enrolled and listed).
+    pub fn signer_text(&self) -> String {
+        key_to_base64(self.signer.as_bytes())
+    }
+}
+
+/// Checks a report envelope's signature against the key it names, then reads its payload.
+pub fn open_report(envelope_bytes: &[u8]) -> Result<SignedReport, ReportRefusal> {
+    let envelope: Envelope = serde_json::from_slice(envelope_bytes).map_err(|_| ReportRefusal::Malformed)?;
+    let Some(signer) = envelope.signer.as_deref().filter(|_| !envelope.signature.is_empty()) else {
+        return Err(ReportRefusal::Unsigned);
+    };
+    let signer = verifying_key_from_base64(signer).map_err(|_| ReportRefusal::Malformed)?;
+    let signature = decode_signature(&envelope.signature).ok_or(ReportRefusal::BadSignature)?;
+    signer.verify_strict(envelope.payload.as_bytes(), &signature).map_err(|_| ReportRefusal::BadSignature)?;
+    let status: Status =
+        serde_json::from_str(&envelope.payload).map_err(|_| ReportRefusal::InvalidContent)?;
+    if status.version != WIRE_VERSION {
+        return Err(ReportRefusal::UnsupportedVersion);
+    }
+    Ok(SignedReport { signer, status })
 }
 
 /// What an agent reports: on every change, on every command (applied or refused), and as a
@@ -347,6 +452,59 @@ mod tests {
         );
         assert_eq!(open(b"{not json", &key.verifying_key()), Err(Refusal::Malformed));
         assert_eq!(open(b"{\"payload\":\"x\"}", &key.verifying_key()), Err(Refusal::Malformed));
+    }
+
+    fn status() -> Status {
+        serde_json::from_str(include_str!("../examples/status.json")).unwrap()
+    }
+
+    #[test]
+    fn sealed_reports_open_and_name_their_signer() {
+        let key = generate_signing_key();
+        let report = open_report(&seal_report(&status(), &key)).unwrap();
+        assert_eq!(report.status, status());
+        assert_eq!(report.signer, key.verifying_key());
+        assert_eq!(verifying_key_from_base64(&report.signer_text()).unwrap(), key.verifying_key());
+    }
+
+    #[test]
+    fn forged_reports_are_refused_by_reason() {
+        let key = generate_signing_key();
+        let sealed = seal_report(&status(), &key);
+        let envelope: Envelope = serde_json::from_slice(&sealed).unwrap();
+        let with = |change: &dyn Fn(&mut Envelope)| {
+            let mut forged = envelope.clone();
+            change(&mut forged);
+            open_report(&serde_json::to_vec(&forged).unwrap())
+        };
+        // A bare status (an agent before signed reports, or a forger) is not an envelope.
+        assert_eq!(open_report(&serde_json::to_vec(&status()).unwrap()), Err(ReportRefusal::Malformed));
+        assert_eq!(with(&|e| e.signer = None), Err(ReportRefusal::Unsigned));
+        assert_eq!(with(&|e| e.signature.clear()), Err(ReportRefusal::Unsigned));
+        assert_eq!(
+            with(&|e| e.payload = e.payload.replace("true", "false")),
+            Err(ReportRefusal::BadSignature)
+        );
+        let other = key_to_base64(generate_signing_key().verifying_key().as_bytes());
+        assert_eq!(with(&|e| e.signer = Some(other.clone())), Err(ReportRefusal::BadSignature));
+        assert_eq!(with(&|e| e.signer = Some("AAAA".into())), Err(ReportRefusal::Malformed));
+        assert_eq!(with(&|e| e.signature = "@@".into()), Err(ReportRefusal::BadSignature));
+        let not_a_status =
+            Envelope { payload: "{}".into(), signature: sign("{}", &key), signer: envelope.signer.clone() };
+        assert_eq!(
+            open_report(&serde_json::to_vec(&not_a_status).unwrap()),
+            Err(ReportRefusal::InvalidContent)
+        );
+        let mut future = status();
+        future.version = 2;
+        assert_eq!(open_report(&seal_report(&future, &key)), Err(ReportRefusal::UnsupportedVersion));
+    }
+
+    #[test]
+    fn a_command_envelope_is_not_a_report_and_a_report_is_not_a_command() {
+        let key = generate_signing_key();
+        assert_eq!(open_report(&seal(&command(), &key)), Err(ReportRefusal::Unsigned));
+        assert_eq!(open(&seal_report(&status(), &key), &key.verifying_key()), Err(Refusal::InvalidContent));
     }
 
     #[test]

@@ -107,7 +107,10 @@ fn what_the_types_emit_validates() {
             packets_dropped: 7,
             packets_allowed: 1,
         };
-        assert_valid("status.schema.json", &serde_json::to_value(status).unwrap());
+        assert_valid("status.schema.json", &serde_json::to_value(&status).unwrap());
+        let report: serde_json::Value =
+            serde_json::from_slice(&cordon_wire::seal_report(&status, &key)).unwrap();
+        assert_valid("report.schema.json", &report);
     }
 }
 
@@ -145,6 +148,31 @@ fn refusal_names_are_their_wire_names() {
         StaleGeneration,
         UnsupportedVersion,
         InvalidContent,
+    ] {
+        assert_eq!(serde_json::to_value(refusal).unwrap(), serde_json::Value::from(refusal.name()));
+    }
+}
+
+/// The report refusal names in the metric's `reason` label are their JSON names.
+#[test]
+fn report_refusal_names_are_their_wire_names() {
+    use cordon_wire::ReportRefusal::{
+        BadSignature, FromTheFuture, InvalidContent, Malformed, Oversized, Replayed, RevokedAgent,
+        UnknownAgent, Unsigned, UnsupportedVersion, WrongHost, WrongKey,
+    };
+    for refusal in [
+        Malformed,
+        Unsigned,
+        BadSignature,
+        InvalidContent,
+        UnsupportedVersion,
+        Oversized,
+        UnknownAgent,
+        RevokedAgent,
+        WrongKey,
+        WrongHost,
+        Replayed,
+        FromTheFuture,
     ] {
         assert_eq!(serde_json::to_value(refusal).unwrap(), serde_json::Value::from(refusal.name()));
     }

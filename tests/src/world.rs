@@ -161,8 +161,25 @@ impl World {
             ),
         )
         .expect("write enforcer.toml");
+        world.enroll_agent();
         world.start_agent();
         world
+    }
+
+    /// Creates the agent's key (`cordon-enforcer keygen`) and enrolls it with the service, as an
+    /// operator does before the agent's reports count.
+    fn enroll_agent(&self) {
+        let state_dir = self.sandbox.state_dir.to_string_lossy().into_owned();
+        let (code, public_key, stderr) = output_of({
+            let mut keygen = Command::new(&self.enforcer);
+            keygen.args(["--state-dir", &state_dir, "--config"]).arg(self.dir.join("enforcer.toml"));
+            keygen.arg("--cgroup").arg(&self.sandbox.cgroup).arg("keygen");
+            keygen
+        });
+        assert_eq!(code, 0, "cordon-enforcer keygen: {stderr}");
+        let key_file = self.dir.join("agent.pub");
+        std::fs::write(&key_file, public_key).expect("write agent.pub");
+        self.cordon_ok(&["agents", "enroll", HOST, "--key", &key_file.to_string_lossy()]);
     }
 
     /// Starts the probe's echo servers on the peer, then the broker and its topics.

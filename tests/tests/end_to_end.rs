@@ -117,12 +117,14 @@ fn epoch_ms(value: &serde_json::Value) -> i64 {
     i64::try_from(time.unix_timestamp_nanos() / 1_000_000).expect("ms")
 }
 
-/// The audit trail as `TO by WHO` lines.
+/// The audit trail as `TO by WHO` lines (without the enrolment of the agent's key, which is in
+/// every host's trail before the rest).
 fn view_audit(view: &serde_json::Value) -> Vec<String> {
     view["audit"]
         .as_array()
         .expect("audit trail")
         .iter()
+        .filter(|entry| !entry["why"].as_str().unwrap().starts_with("agent key enrolled"))
         .map(|entry| format!("{} by {}", entry["to"].as_str().unwrap(), entry["by"].as_str().unwrap()))
         .map(|line| line.split(" (").next().unwrap().to_owned())
         .collect()

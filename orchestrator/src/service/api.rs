@@ -16,12 +16,15 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
+use super::agents::{AgentRecord, AgentState};
+use super::lifecycle::AuditEntry;
 use super::lifecycle::{HostRecord, IsolationPlan, Refused};
 use super::now_ms;
 use super::observe::Metrics;
 use super::store::{ApiCall, Store};
 use crate::api::{
-    check_host_id, ErrorBody, HostView, IsolateRequest, ReasonRequest, TagsRequest, OPERATOR_HEADER,
+    check_host_id, AgentKeyView, EnrollRequest, ErrorBody, HostView, IsolateRequest, ReasonRequest,
+    TagsRequest, OPERATOR_HEADER,
 };
 
 /// A change an operator asked for, for the service loop to carry out.
@@ -72,6 +75,10 @@ pub fn router(
         .route("/hosts/{host}/approve", post(approve))
         .route("/hosts/{host}/deny", post(deny))
         .route("/hosts/{host}/tags", post(tags))
+        .route("/agents", get(list_agents))
+        .route("/agents/{host}/enroll", post(enroll_agent))
+        .route("/agents/{host}/accept", post(accept_agent))
+        .route("/agents/{host}/revoke", post(revoke_agent))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -144,7 +151,10 @@ impl From<JsonRejection> for ApiError {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             return ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body is larger than the API's limit of {} bytes", crate::api::MAX_BODY_BYTES),
+                format!(
+                    "the request body is larger than the API's limit of {} bytes",
+                    crate::api::MAX_BODY_BYTES
+                ),
             );
         }
         ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text())
@@ -153,7 +163,8 @@ impl From<JsonRejection> for ApiError {
 
 /// 400 unless `reason` is within the limit.
 fn checked_reason(reason: Option<String>, default: &str) -> Result<String, ApiError> {
-    crate::api::check_reason(reason.as_deref()).map_err(|problem| ApiError::new(StatusCode::BAD_REQUEST, problem))?;
+    crate::api::check_reason(reason.as_deref())
+        .map_err(|problem| ApiError::new(StatusCode::BAD_REQUEST, problem))?;
     Ok(reason_or(reason, default))
 }
 
@@ -341,10 +352,150 @@ async fn tags(
     if body.add.len() + body.remove.len() > crate::api::MAX_TAGS {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("{} tags in one request; the limit is {}", body.add.len() + body.remove.len(), crate::api::MAX_TAGS),
+            format!(
+                "{} tags in one request; the limit is {}",
+                body.add.len() + body.remove.len(),
+                crate::api::MAX_TAGS
+            ),
         ));
     }
     change(&state, caller, host, Operation::Tags { add: body.add, remove: body.remove }).await
+}
+
+/// Every host with an enrolled or revoked agent key, or a key claiming it (pending).
+async fn list_agents(State(state): State<ApiState>) -> Result<Json<Vec<AgentKeyView>>, ApiError> {
+    let mut records: std::collections::BTreeMap<String, (Option<AgentRecord>, Option<super::agents::Claim>)> =
+        std::collections::BTreeMap::new();
+    for record in state.store.agents()? {
+        let host = record.host.clone();
+        records.entry(host).or_default().0 = Some(record);
+    }
+    for claim in state.store.claims()? {
+        let host = claim.host.clone();
+        records.entry(host).or_default().1 = Some(claim);
+    }
+    Ok(Json(
+        records
+            .values()
+            .filter_map(|(record, claim)| AgentKeyView::new(record.as_ref(), claim.as_ref()))
+            .collect(),
+    ))
+}
+
+/// Records an operator's decision about a host's agent key, durably, with an audit entry.
+fn decide_agent(
+    state: &ApiState,
+    caller: &Caller,
+    record: &AgentRecord,
+    what: &str,
+) -> Result<Json<AgentKeyView>, ApiError> {
+    state.store.put_agent(record)?;
+    let host = state.store.host(&record.host)?;
+    state.store.audit(&AuditEntry {
+        at_ms: record.changed_at_ms,
+        host: record.host.clone(),
+        from: host.as_ref().map_or(super::lifecycle::HostState::NotIsolated, |h| h.state),
+        to: host.as_ref().map_or(super::lifecycle::HostState::NotIsolated, |h| h.state),
+        by: caller.0.clone(),
+        event_id: None,
+        generation: host.as_ref().map_or(0, |h| h.generation),
+        why: format!("agent key {what}: {} ({})", record.key, record.reason),
+    })?;
+    state.store.flush()?;
+    let claim = state.store.claim(&record.host)?;
+    Ok(Json(AgentKeyView::new(Some(record), claim.as_ref()).expect("a record makes a view")))
+}
+
+fn checked_key(host: &str, key: &str) -> Result<String, ApiError> {
+    check_host_id(host).map_err(|problem| ApiError::new(StatusCode::BAD_REQUEST, problem))?;
+    let key = key.trim();
+    cordon_wire::verifying_key_from_base64(key)
+        .map_err(|problem| ApiError::new(StatusCode::BAD_REQUEST, format!("key: {problem}")))?;
+    Ok(key.to_owned())
+}
+
+/// Trusts `key` for the host's reports from now on (a first enrolment or a key rotation).
+async fn enroll_agent(
+    State(state): State<ApiState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(host): Path<String>,
+    body: Result<Json<EnrollRequest>, JsonRejection>,
+) -> Result<Json<AgentKeyView>, ApiError> {
+    let Json(body) = body?;
+    let key = checked_key(&host, &body.key)?;
+    let reason = checked_reason(body.reason, "enrolled by an operator")?;
+    let record = AgentRecord {
+        host,
+        state: AgentState::Enrolled,
+        key,
+        changed_at_ms: now_ms(),
+        changed_by: caller.0.clone(),
+        reason,
+    };
+    decide_agent(&state, &caller, &record, "enrolled")
+}
+
+/// Enrolls the key that claims the host, if it is the key the operator names (checked on the
+/// host): what is accepted is never a key the operator has not seen.
+async fn accept_agent(
+    State(state): State<ApiState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(host): Path<String>,
+    body: Result<Json<EnrollRequest>, JsonRejection>,
+) -> Result<Json<AgentKeyView>, ApiError> {
+    let Json(body) = body?;
+    let key = checked_key(&host, &body.key)?;
+    let reason = checked_reason(body.reason, "accepted by an operator")?;
+    match state.store.claim(&host)? {
+        Some(claim) if claim.key == key => {}
+        Some(claim) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "the key claiming {host} is {}, not the key given: check the key on the host (cordon-enforcer                      keygen prints it); to trust a key no report has shown yet, use enroll",
+                    claim.key
+                ),
+            ))
+        }
+        None => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("no key claims {host}: nothing to accept (to trust a key before its agent speaks, use enroll)"),
+            ))
+        }
+    }
+    let record = AgentRecord {
+        host,
+        state: AgentState::Enrolled,
+        key,
+        changed_at_ms: now_ms(),
+        changed_by: caller.0.clone(),
+        reason,
+    };
+    decide_agent(&state, &caller, &record, "accepted")
+}
+
+/// Stops trusting the host's enrolled key; its reports are refused until a key is enrolled.
+async fn revoke_agent(
+    State(state): State<ApiState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(host): Path<String>,
+    body: Result<Json<ReasonRequest>, JsonRejection>,
+) -> Result<Json<AgentKeyView>, ApiError> {
+    let Json(body) = body?;
+    check_host_id(&host).map_err(|problem| ApiError::new(StatusCode::BAD_REQUEST, problem))?;
+    let reason = checked_reason(body.reason, "revoked by an operator")?;
+    let Some(enrolled) = state.store.agent(&host)? else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no agent key is enrolled for {host}")));
+    };
+    let record = AgentRecord {
+        state: AgentState::Revoked,
+        changed_at_ms: now_ms(),
+        changed_by: caller.0.clone(),
+        reason,
+        ..enrolled
+    };
+    decide_agent(&state, &caller, &record, "revoked")
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! any point loses nothing: uncommitted messages come again, and their events are deduplicated
 //! by the engine's state and the host records; unsent commands are still in the outbox.
 
+pub mod agents;
 pub mod api;
 pub mod clock;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod jobs;
 pub mod lifecycle;
 pub mod observe;
 pub mod outbox;
+mod reports;
 pub mod store;
 
 use std::collections::HashMap;
@@ -119,6 +121,8 @@ struct Service {
     spans: Spans,
     /// Each agent's last packet counters, for the fleet totals.
     packets: HashMap<String, (u64, u64)>,
+    /// When a refused status report was last said, per host.
+    report_notes: agents::RefusalNotes,
     /// The rule set's projection, and the reader thread's copy of it.
     projection: Arc<rules::Projection>,
     /// The topic names, for span attributes (made once, not per span).
@@ -332,6 +336,7 @@ fn start_telemetry(
         metrics.registry.export_to(&meter);
     }
     metrics.show_counts(&store.counts());
+    metrics.agent_claims.set(i64::try_from(store.claims_count()).unwrap_or(i64::MAX));
     metrics.rules_loaded.set(i64::try_from(ruleset.len()).unwrap_or(i64::MAX));
     Ok((telemetry, metrics))
 }
@@ -361,7 +366,10 @@ struct InputRules {
 
 impl InputRules {
     fn of(kafka: &config::KafkaSection) -> InputRules {
-        InputRules { status_topic: kafka.status_topic.clone(), max_detection_bytes: kafka.max_detection_bytes }
+        InputRules {
+            status_topic: kafka.status_topic.clone(),
+            max_detection_bytes: kafka.max_detection_bytes,
+        }
     }
 }
 
@@ -409,7 +417,8 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let (batches_tx, mut batches) = mpsc::channel::<ConsumedBatch>(1);
     let projection = Arc::new(ruleset.projection().clone());
     let shared_projection: SharedProjection = Arc::new(std::sync::Mutex::new(Arc::clone(&projection)));
-    let reader = start_reader(&consumer, InputRules::of(&config.kafka), brokers, batches_tx, &shared_projection)?;
+    let reader =
+        start_reader(&consumer, InputRules::of(&config.kafka), brokers, batches_tx, &shared_projection)?;
     let failpoint = std::env::var("CORDON_FAILPOINT").ok().filter(|name| !name.is_empty());
     let (outbox, sender, mut parked) =
         start_outbox(&config, &store, signing_key, brokers, &metrics, failpoint.clone())?;
@@ -434,6 +443,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         metrics,
         spans: Spans::new(telemetry.tracer().cloned()),
         packets: HashMap::new(),
+        report_notes: agents::RefusalNotes::default(),
         projection,
         shared_projection,
         topics,
@@ -659,17 +669,25 @@ fn parse_detection(message: &OwnedMessage, input: &InputRules, projection: &rule
             ),
         ));
     }
-    let text = std::str::from_utf8(payload).map_err(|e| (DeadLetterKind::Invalid, format!("not UTF-8 text: {e}")))?;
-    let event =
-        rules::Event::parse_projected(text, projection).map_err(|e| (DeadLetterKind::Invalid, e.to_string()))?;
-    crate::api::check_host_id(event.host()).map_err(|problem| (DeadLetterKind::BadHostId, format!("device.uid: {problem}")))?;
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| (DeadLetterKind::Invalid, format!("not UTF-8 text: {e}")))?;
+    let event = rules::Event::parse_projected(text, projection)
+        .map_err(|e| (DeadLetterKind::Invalid, e.to_string()))?;
+    crate::api::check_host_id(event.host())
+        .map_err(|problem| (DeadLetterKind::BadHostId, format!("device.uid: {problem}")))?;
     Ok(event)
 }
 
 /// Parses the detections of a batch, on several cores when the batch is large; the results
 /// keep the batch's order, since evaluation must not reorder events.
-fn parse_batch(messages: &[OwnedMessage], input: &InputRules, projection: &rules::Projection) -> Vec<Option<Parsed>> {
-    let parse = |message: &OwnedMessage| (message.topic() != input.status_topic).then(|| parse_detection(message, input, projection));
+fn parse_batch(
+    messages: &[OwnedMessage],
+    input: &InputRules,
+    projection: &rules::Projection,
+) -> Vec<Option<Parsed>> {
+    let parse = |message: &OwnedMessage| {
+        (message.topic() != input.status_topic).then(|| parse_detection(message, input, projection))
+    };
     // One core goes to the loop.
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).saturating_sub(1);
     if threads <= 1 || messages.len() < 256 {
@@ -705,7 +723,8 @@ impl Service {
     fn handle_batch(&mut self, consumer: &DetectionConsumer, mut batch: ConsumedBatch) -> Result<()> {
         if !Arc::ptr_eq(&batch.projection, &self.projection) {
             // Read before the rules changed: the new rules may look at fields it left out.
-            batch.events = parse_batch(&batch.messages, &InputRules::of(&self.config.kafka), &self.projection);
+            batch.events =
+                parse_batch(&batch.messages, &InputRules::of(&self.config.kafka), &self.projection);
         }
         let now = now_ms();
         let (mut detections, mut invalid, mut reports) = (0, 0, 0);
@@ -722,7 +741,11 @@ impl Service {
                             return Err(error);
                         }
                         self.metrics.events_failed.add(1);
-                        self.dead_letter(message, DeadLetterKind::Failed, &format!("cannot be handled: {error:#}"))?;
+                        self.dead_letter(
+                            message,
+                            DeadLetterKind::Failed,
+                            &format!("cannot be handled: {error:#}"),
+                        )?;
                     }
                 }
                 Some(Err((kind, reason))) => {
@@ -985,96 +1008,14 @@ impl Service {
             // An older command: the current one may still go out.
             record.last_error = Some(format!("command {command}: {}", parked.reason));
         }
-        let effects = lifecycle::note(&mut record, "cordon", format!("command {command} parked: {}", parked.reason), now);
+        let effects = lifecycle::note(
+            &mut record,
+            "cordon",
+            format!("command {command} parked: {}", parked.reason),
+            now,
+        );
         self.apply(Some(&previous), &mut record, effects, now, None)?;
         self.flush()
-    }
-
-    /// Applies an agent's report to its host's record (not yet durable). A report that answers
-    /// a traced command continues its trace ("consume status").
-    fn on_status(&mut self, message: &OwnedMessage, now: i64) -> Result<()> {
-        let payload = message.payload().unwrap_or_default();
-        if payload.len() > self.config.kafka.max_detection_bytes {
-            tracing::warn!("ignored a status report of {} bytes (more than [kafka] max_detection_bytes)", payload.len());
-            return Ok(());
-        }
-        let status =
-            match serde_json::from_slice::<cordon_wire::Status>(payload) {
-                Ok(status) => status,
-                Err(error) => {
-                    tracing::warn!("ignored an unreadable status report: {error}");
-                    return Ok(());
-                }
-            };
-        if let Err(problem) = crate::api::check_host_id(&status.host_id) {
-            tracing::warn!("ignored a status report: {problem}");
-            return Ok(());
-        }
-        let consume = if self.spans.enabled() {
-            cordon_telemetry::propagation::context_of_message(message).and_then(|parent| {
-                self.spans.start(
-                    "consume status",
-                    SpanKind::Consumer,
-                    SystemTime::now(),
-                    &parent,
-                    vec![
-                        KeyValue::new("messaging.system", "kafka"),
-                        KeyValue::new("messaging.destination.name", self.topics.status.clone()),
-                        KeyValue::new("cordon.host_id", status.host_id.clone()),
-                        KeyValue::new("cordon.command_id", status.command_id.clone().unwrap_or_default()),
-                        KeyValue::new(
-                            "cordon.generation",
-                            i64::try_from(status.generation).unwrap_or(i64::MAX),
-                        ),
-                        KeyValue::new("cordon.isolated", status.isolated),
-                    ],
-                )
-            })
-        } else {
-            None
-        };
-        if status.kind == cordon_wire::StatusKind::Refused {
-            let reason = status.refusal.map_or("failed", cordon_wire::Refusal::name);
-            self.metrics.commands_refused.add(reason, 1);
-        }
-        self.count_packets(&status);
-        let previous = self.store.host(&status.host_id)?;
-        let mut record = previous.clone().unwrap_or_else(|| HostRecord::new(&status.host_id, now));
-        let effects = lifecycle::on_status(&mut record, &status, now);
-        if !record.state.may_be_isolated() && previous.as_ref().is_some_and(|p| p.state.may_be_isolated()) {
-            self.engine.release(&record.host);
-        }
-        if record.state == HostState::Isolated
-            && previous.as_ref().is_some_and(|p| p.state == HostState::Isolating)
-        {
-            if let Some(detected) = record.detected_at_ms {
-                #[allow(clippy::cast_precision_loss, reason = "milliseconds of latency")]
-                self.metrics.detection_to_enforced.observe((now - detected).max(0) as f64 / 1e3);
-            }
-        }
-        let said = self.transitions.len();
-        self.apply(previous.as_ref(), &mut record, effects, now, consume.as_ref())?;
-        if let Some(this) = self.transitions.get_mut(said) {
-            if this.command_id.is_none() {
-                this.command_id.clone_from(&status.command_id);
-            }
-        }
-        if let Some(consume) = consume {
-            consume.span().set_attribute(KeyValue::new("cordon.state", record.state.name()));
-            consume.span().end();
-        }
-        Ok(())
-    }
-
-    /// Keeps the fleet's packet totals: the sum of every agent's last report.
-    fn count_packets(&mut self, status: &cordon_wire::Status) {
-        let now = (status.packets_dropped, status.packets_allowed);
-        let before = self.packets.insert(status.host_id.clone(), now).unwrap_or((0, 0));
-        let delta = |after: u64, before: u64| {
-            i64::try_from(after).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(i64::MAX)
-        };
-        self.metrics.packets_dropped.add(delta(now.0, before.0));
-        self.metrics.packets_allowed.add(delta(now.1, before.1));
     }
 
     /// Carries out an operator's request, durably, and answers it.
@@ -1208,7 +1149,9 @@ impl Service {
                             record.generation,
                             record.resends
                         );
-                        if let Enqueued::TooLarge { command_id, reason } = self.enqueue(&record, action, now, None)? {
+                        if let Enqueued::TooLarge { command_id, reason } =
+                            self.enqueue(&record, action, now, None)?
+                        {
                             record.command_not_sent(&command_id, &reason);
                         }
                         self.store.put_host(Some(&previous), &record)?;

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub commands_issued: Arc<Counter>,
     pub commands_sent: Arc<Counter>,
     pub commands_refused: Arc<Family>,
+    pub reports_refused: Arc<Family>,
+    pub agent_claims: Arc<Gauge>,
     pub commands_parked: Arc<Family>,
     pub outbox_waiting: Arc<Gauge>,
     pub dead_letters: Arc<Family>,
@@ -102,6 +104,15 @@ impl Metrics {
                 "cordon_commands_refused_total",
                 "Commands agents refused or failed to apply, by reason.",
                 "reason",
+            ),
+            reports_refused: r.counter_family(
+                "cordon_status_refused_total",
+                "Status reports not applied (unsigned, forged, from an agent not enrolled, replayed, ...), by reason.",
+                "reason",
+            ),
+            agent_claims: r.gauge(
+                "cordon_agent_claims",
+                "Hosts whose reports are signed by a key not enrolled for them, held for an operator (cordon agents).",
             ),
             commands_parked: r.counter_family(
                 "cordon_commands_parked_total",

@@ -1,5 +1,6 @@
 //! The service's durable state in sled: one record per host, the deadline index the scheduler
-//! scans, the rules engine's state, the audit trail, and the outbox of signed commands and dead
+//! scans, the rules engine's state, the audit trail, the registry of agent keys (and the keys
+//! that claimed a host without being enrolled), and the outbox of signed commands and dead
 //! letters (with the entries parked because the broker can never take them).
 //!
 //! Commands are written to the outbox in the same flush as the state change that causes them,
@@ -13,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+pub use super::agents::{AgentRecord, Claim};
 pub use super::lifecycle::{AuditEntry, HostRecord, HostState};
 
 /// A sealed command waiting to be sent, stored as the host's length (2 bytes, big-endian), the
@@ -168,6 +170,10 @@ pub struct Store {
     /// Outbox entries the broker can never take, with the reason: kept for an operator, never sent.
     parked: sled::Tree,
     api_calls: sled::Tree,
+    /// Enrolled and revoked agent keys by host: written by operators (the API) only.
+    agents: sled::Tree,
+    /// Keys that signed reports for a host without being enrolled for it: written by the loop only.
+    claims: sled::Tree,
     /// How many hosts are in each state and how many agents are stale, kept in step by
     /// `put_host` (in memory, and in sled so that a restart need not read every record).
     counts: Arc<Mutex<HostCounts>>,
@@ -213,6 +219,8 @@ impl Store {
             dead_letters: db.open_tree("dead_letters")?,
             parked: db.open_tree("parked")?,
             api_calls: db.open_tree("api_calls")?,
+            agents: db.open_tree("agents")?,
+            claims: db.open_tree("claims")?,
             tags: Arc::default(),
             counts: Arc::default(),
             counts_tree: db.open_tree("counts")?,
@@ -349,6 +357,62 @@ impl Store {
         }
         self.hosts.insert(record.host.as_bytes(), serde_json::to_vec(record)?)?;
         self.count_change(previous, record)
+    }
+
+    /// The operators' decision about `host`'s agent key, if any.
+    pub fn agent(&self, host: &str) -> Result<Option<AgentRecord>> {
+        let Some(bytes) = self.agents.get(host.as_bytes())? else { return Ok(None) };
+        Ok(Some(
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("the agent record of {host} is unreadable"))?,
+        ))
+    }
+
+    pub fn agents(&self) -> Result<Vec<AgentRecord>> {
+        self.agents
+            .iter()
+            .values()
+            .map(|value| serde_json::from_slice(&value?).context("an agent record is unreadable"))
+            .collect()
+    }
+
+    /// Records an operator's enrolment or revocation, durably (the API answers after it).
+    pub fn put_agent(&self, record: &AgentRecord) -> Result<()> {
+        self.agents.insert(record.host.as_bytes(), serde_json::to_vec(record)?)?;
+        self.agents.flush()?;
+        Ok(())
+    }
+
+    pub fn claim(&self, host: &str) -> Result<Option<Claim>> {
+        let Some(bytes) = self.claims.get(host.as_bytes())? else { return Ok(None) };
+        Ok(Some(
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("the key claim for {host} is unreadable"))?,
+        ))
+    }
+
+    pub fn claims(&self) -> Result<Vec<Claim>> {
+        self.claims
+            .iter()
+            .values()
+            .map(|value| serde_json::from_slice(&value?).context("a key claim is unreadable"))
+            .collect()
+    }
+
+    /// Not durable until `flush`.
+    pub fn put_claim(&self, claim: &Claim) -> Result<()> {
+        self.claims.insert(claim.host.as_bytes(), serde_json::to_vec(claim)?)?;
+        Ok(())
+    }
+
+    pub fn remove_claim(&self, host: &str) -> Result<()> {
+        self.claims.remove(host.as_bytes())?;
+        Ok(())
+    }
+
+    /// How many hosts have a claim held.
+    pub fn claims_count(&self) -> usize {
+        self.claims.len()
     }
 
     /// Hosts whose deadline is at or before `now_ms`, earliest first.
@@ -583,7 +647,13 @@ mod tests {
             store.audit(&entry("web-02", at)).unwrap();
         }
         for at in [10, 20, 1_500] {
-            let call = ApiCall { at_ms: at, caller: "c".into(), method: "GET".into(), path: "/".into(), status: 200 };
+            let call = ApiCall {
+                at_ms: at,
+                caller: "c".into(),
+                method: "GET".into(),
+                path: "/".into(),
+                status: 200,
+            };
             store.record_api_call(&call).unwrap();
         }
         let retention = Retention { audit_ms: 500, audit_per_host: 10, api_calls_ms: 500 };
@@ -603,7 +673,10 @@ mod tests {
         let started = std::time::Instant::now();
         loop {
             match Store::open(dir) {
-                Err(error) if format!("{error:#}").contains("could not acquire lock") && started.elapsed().as_secs() < 10 => {
+                Err(error)
+                    if format!("{error:#}").contains("could not acquire lock")
+                        && started.elapsed().as_secs() < 10 =>
+                {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 other => return other,
