@@ -144,6 +144,8 @@ pub struct Enforcement<'a> {
     pub expires_at_coarse_ns: u64,
     /// false: attached but not isolated ("armed"), every program a no-op.
     pub active: bool,
+    /// The agent's process: only its sockets may use the management channel (0: no agent).
+    pub agent_tgid: u32,
 }
 
 const _: () = assert!(STAT_ECHO_DROPPED < N_STATS, "every counter index must fit the counters map");
@@ -218,6 +220,15 @@ pub fn retire_other_layouts(pins: &Pins) -> Result<()> {
     for layout in pins.other_layouts() {
         remove_pins(&Pins { root: layout })?;
     }
+    Ok(())
+}
+
+/// Makes `agent_tgid` the agent whose sockets may use the management channel (a restarted agent
+/// adopting the isolation in force).
+pub fn set_agent(pins: &Pins, agent_tgid: u32) -> Result<()> {
+    let mut maps = LiveMaps::open(pins)?;
+    let config = Config { agent_tgid, ..maps.config()? };
+    maps.config.set(0, config, 0).context("cannot write the config map")?;
     Ok(())
 }
 
@@ -430,7 +441,7 @@ impl LiveMaps {
             .context("cannot update the exempt processes")?;
         let config = Config {
             active: u32::from(enforcement.active),
-            flags: 0,
+            agent_tgid: enforcement.agent_tgid,
             expires_at_coarse_ns: enforcement.expires_at_coarse_ns,
             generation,
         };

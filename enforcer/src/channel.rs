@@ -448,6 +448,7 @@ fn execute(command: &Command, apply: &Apply<'_>) -> Result<(), (Refusal, String)
                         management: apply.management.to_vec(),
                         actor: actor.clone(),
                         command_generation: Some(command.generation),
+                        agent_tgid: Some(std::process::id()),
                     };
                     isolation::isolate(apply.target, &request)
                         .map(|_| ())

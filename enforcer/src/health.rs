@@ -47,6 +47,12 @@ pub fn read(state_dir: &Path) -> Option<AgentHealth> {
 
 /// Whether `pid` is a live `cordon-enforcer` (pids are reused: the name is checked; a killed
 /// process its parent has not reaped yet is a zombie, not an agent).
+/// The pid of the agent running for this state dir, if one runs (its health file names a live
+/// `cordon-enforcer` process).
+pub fn running_agent(state_dir: &Path) -> Option<u32> {
+    read(state_dir).map(|health| health.pid).filter(|pid| is_agent_process(*pid))
+}
+
 fn is_agent_process(pid: u32) -> bool {
     // /proc/PID/stat: "PID (COMM) STATE ..."; COMM is cut to 15 bytes: exactly "cordon-enforcer".
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };

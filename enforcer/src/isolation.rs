@@ -10,6 +10,7 @@ use cordon_wire::spec::{Direction, Exclusion, Network, PortRange, Protocol};
 use serde::Serialize;
 
 use crate::bpf::{self, Counters, Enforcement, Pins};
+use enforcer_common::{AGENT_SOCKET_MARK, EXEMPT_SOCKET_MARK};
 use crate::exclusion::comm_key;
 use crate::rule_table;
 use crate::sever::{self, SeverReport};
@@ -43,6 +44,9 @@ pub struct IsolateRequest {
     /// The generation of the command this carries out (none from the command line): recorded in
     /// the same write as the isolation.
     pub command_generation: Option<u64>,
+    /// The agent's process, whose sockets alone may use the management channel: this process
+    /// when the agent isolates; `None` from the command line, which then finds the running agent.
+    pub agent_tgid: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -156,21 +160,31 @@ fn dhcp_exclusions() -> Vec<Exclusion> {
         .collect()
 }
 
-/// Every exclusion the kernel enforces for `record`: the user's, the management channel's, and
-/// DNS and DHCP when asked for.
-pub fn effective_exclusions(record: &IsolationRecord) -> Result<Vec<Exclusion>> {
-    let mut all: Vec<Exclusion> = Vec::new();
-    for spec in record.management.iter().chain(&record.exclusions) {
-        all.push(spec.parse().with_context(|| format!("stored exclusion '{spec}' is invalid"))?);
-    }
+/// Every exclusion the kernel enforces for a record.
+pub struct EffectiveExclusions {
+    /// For every socket: the user's, and DNS and DHCP when asked for.
+    pub shared: Vec<Exclusion>,
+    /// For the agent's sockets only: its management channel.
+    pub management: Vec<Exclusion>,
+}
+
+/// Every exclusion the kernel enforces for `record`.
+pub fn effective_exclusions(record: &IsolationRecord) -> Result<EffectiveExclusions> {
+    let parse = |specs: &[String]| -> Result<Vec<Exclusion>> {
+        specs
+            .iter()
+            .map(|spec| spec.parse().with_context(|| format!("stored exclusion '{spec}' is invalid")))
+            .collect()
+    };
+    let mut shared = parse(&record.exclusions)?;
     if record.allow_dns {
         let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        all.extend(dns_exclusions(&resolvers(&text)));
+        shared.extend(dns_exclusions(&resolvers(&text)));
     }
     if record.allow_dhcp {
-        all.extend(dhcp_exclusions());
+        shared.extend(dhcp_exclusions());
     }
-    Ok(all)
+    Ok(EffectiveExclusions { shared, management: parse(&record.management)? })
 }
 
 /// Isolates the target, or updates the isolation in force without ever opening it.
@@ -204,7 +218,8 @@ pub fn isolate(target: &Target, request: &IsolateRequest) -> Result<IsolateOutco
             generation: 0,
         };
         let before = Before::read(&target.pins);
-        let applied = apply_record(target, &record, before);
+        let agent = request.agent_tgid.or_else(|| crate::health::running_agent(&target.state_dir));
+        let applied = apply_record(target, &record, before, agent);
         let read = reading.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         let outcome = applied?;
         let (store, previous) = match read {
@@ -263,10 +278,16 @@ impl Before {
     }
 }
 
-/// Installs or updates the kernel state for `record`, marks exempt sockets and severs.
-fn apply_record(target: &Target, record: &IsolationRecord, before: Before) -> Result<IsolateOutcome> {
+/// Installs or updates the kernel state for `record`, marks exempt sockets and the agent's
+/// (`agent`: its process), and severs.
+fn apply_record(
+    target: &Target,
+    record: &IsolationRecord,
+    before: Before,
+    agent: Option<u32>,
+) -> Result<IsolateOutcome> {
     let exclusions = effective_exclusions(record)?;
-    let tables = rule_table::compile(&exclusions)?;
+    let tables = rule_table::compile(&exclusions.shared, &exclusions.management)?;
     let exempt_names: Vec<_> = record.allowed_processes.iter().map(|n| comm_key(n)).collect();
     let pids = sever::cgroup_pids(&target.cgroup);
     let exempt_tgids = sever::processes_named(&pids, &record.allowed_processes);
@@ -276,16 +297,21 @@ fn apply_record(target: &Target, record: &IsolationRecord, before: Before) -> Re
         exempt_tgids: &exempt_tgids,
         expires_at_coarse_ns: kernel_deadline(record.expires_at_unix_ms),
         active: true,
+        agent_tgid: agent.unwrap_or(0),
     };
-    // Mark what exempt processes already hold before anything is enforced.
-    let exempt_sockets_marked = sever::mark_existing_sockets(&exempt_tgids);
+    // Mark what exempt processes and the agent already hold before anything is enforced.
+    let exempt_sockets_marked = sever::mark_existing_sockets(&exempt_tgids, EXEMPT_SOCKET_MARK);
+    if let Some(agent) = agent {
+        sever::mark_existing_sockets(&[agent], AGENT_SOCKET_MARK);
+    }
     let updated_live = before.installed;
     if updated_live {
         bpf::LiveMaps::open(&target.pins)?.apply(&enforcement, record.generation)?;
     } else {
         bpf::install(&target.pins, &target.cgroup, &record.interfaces, &enforcement, record.generation)?;
     }
-    let severed = match sever::sever_connections(&target.cgroup, &exclusions) {
+    // The agent's connections to its brokers are kept (marked above); another process's are cut.
+    let severed = match sever::sever_connections(&target.cgroup, &exclusions.shared, &exclusions.management) {
         Ok(report) => report,
         Err(error) => {
             before.roll_back(&target.pins);
@@ -318,6 +344,7 @@ pub fn arm(target: &Target) -> Result<bool> {
         exempt_tgids: &[],
         expires_at_coarse_ns: 0,
         active: false,
+        agent_tgid: 0,
     };
     bpf::arm(&target.pins, &enforcement)?;
     audit(target, "armed", "cli", "programs loaded, not attached")?;
@@ -466,6 +493,9 @@ pub fn restore(target: &Target) -> Result<Restored> {
             Ok(Restored::Expired)
         }
         (Some(_), true) => {
+            // The management channel is this agent's now (its sockets are made after this).
+            bpf::set_agent(&target.pins, std::process::id())?;
+            sever::mark_existing_sockets(&[std::process::id()], AGENT_SOCKET_MARK);
             audit(target, "adopted", "agent", "pinned isolation adopted at start-up")?;
             Ok(Restored::Adopted)
         }
@@ -477,7 +507,7 @@ pub fn restore(target: &Target) -> Result<Restored> {
                     target.cgroup.display()
                 );
             }
-            apply_record(target, &record, Before::read(&target.pins))
+            apply_record(target, &record, Before::read(&target.pins), Some(std::process::id()))
                 .context("cannot restore the recorded isolation")?;
             audit(target, "restored", "agent", "isolation re-installed at start-up (pins were gone)")?;
             Ok(Restored::Reinstalled)

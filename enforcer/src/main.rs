@@ -257,8 +257,10 @@ fn isolate(target: &Target, config: &EnforcerConfig, args: IsolateArgs) -> Resul
         management,
         actor: "cli".into(),
         command_generation: None,
+        // The running agent's, if one runs: its channel stays its own.
+        agent_tgid: None,
     };
-    let exclusions_ok = rule_table::compile(&request.exclusions);
+    let exclusions_ok = rule_table::compile(&request.exclusions, &request.management);
     if let Err(error) = exclusions_ok {
         return Err(UsageError(error.to_string()).into());
     }

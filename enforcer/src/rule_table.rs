@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 
 use cordon_wire::spec::{Direction, Exclusion, Network, Protocol};
 use enforcer_common::{
-    Rule, RuleList, DIRECTION_IN, DIRECTION_OUT, MAX_PREFIXES, MAX_RULES_PER_PREFIX, PROTO_ANY, PROTO_ICMP,
-    PROTO_TCP, PROTO_UDP,
+    Rule, RuleList, DIRECTION_IN, DIRECTION_OUT, MAX_PREFIXES, MAX_RULES_PER_PREFIX, OWNER_AGENT, OWNER_ANY,
+    PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 
 /// What the kernel maps must hold: one entry per distinct prefix and family.
@@ -27,7 +27,8 @@ pub enum TableError {
     TooManyNetworks { count: usize },
 }
 
-pub fn kernel_rule(exclusion: &Exclusion) -> Rule {
+/// `owner`: `OWNER_ANY` (any socket may use it) or `OWNER_AGENT` (the agent's sockets only).
+pub fn kernel_rule(exclusion: &Exclusion, owner: u16) -> Rule {
     let protocol = match exclusion.protocol() {
         Protocol::Any => PROTO_ANY,
         Protocol::Tcp => PROTO_TCP,
@@ -41,17 +42,24 @@ pub fn kernel_rule(exclusion: &Exclusion) -> Rule {
     };
     // No PORTS: every port; the kernel rule then spans its whole range, 0 included.
     let (port_lo, port_hi) = exclusion.ports().map_or((0, u16::MAX), |ports| (ports.first(), ports.last()));
-    Rule { protocol, directions, port_lo, port_hi, reserved: 0 }
+    Rule { protocol, directions, port_lo, port_hi, owner }
 }
 
-pub fn compile(exclusions: &[Exclusion]) -> Result<RuleTables, TableError> {
+/// The tables for `shared` exclusions (any socket) and `agent_only` ones (the agent's sockets:
+/// its management channel).
+pub fn compile(shared: &[Exclusion], agent_only: &[Exclusion]) -> Result<RuleTables, TableError> {
     let mut tables = RuleTables::default();
+    let owned: Vec<(&Exclusion, u16)> = shared
+        .iter()
+        .map(|e| (e, OWNER_ANY))
+        .chain(agent_only.iter().map(|e| (e, OWNER_AGENT)))
+        .collect();
     let networks: BTreeSet<(bool, Network)> =
-        exclusions.iter().map(|e| (e.network().address().is_ipv6(), e.network())).collect();
+        owned.iter().map(|(e, _)| (e.network().address().is_ipv6(), e.network())).collect();
     for (ipv6, network) in networks {
         let mut rules: Vec<Rule> = Vec::new();
-        for exclusion in exclusions.iter().filter(|e| e.network().covers(network)) {
-            let rule = kernel_rule(exclusion);
+        for (exclusion, owner) in owned.iter().filter(|(e, _)| e.network().covers(network)) {
+            let rule = kernel_rule(exclusion, *owner);
             if !rules.contains(&rule) {
                 rules.push(rule);
             }
@@ -82,7 +90,7 @@ mod tests {
 
     #[test]
     fn longer_prefixes_inherit_the_rules_of_the_networks_that_cover_them() {
-        let tables = compile(&exclusions(&["out,tcp,10.0.0.0/8,443", "out,udp,10.1.0.0/16,53"])).unwrap();
+        let tables = compile(&exclusions(&["out,tcp,10.0.0.0/8,443", "out,udp,10.1.0.0/16,53"]), &[]).unwrap();
         assert_eq!(tables.v4.len(), 2);
         let (wide, wide_rules) = &tables.v4[0];
         assert_eq!(wide.to_string(), "10.0.0.0/8");
@@ -95,9 +103,19 @@ mod tests {
     }
 
     #[test]
+    fn the_management_channel_is_the_agents_only() {
+        let tables = compile(&exclusions(&["out,tcp,10.0.0.0/8,443"]), &exclusions(&["out,tcp,10.0.0.5/32,9092"]))
+            .unwrap();
+        let (_, list) = tables.v4.iter().find(|(n, _)| n.to_string() == "10.0.0.5/32").unwrap();
+        let owners: Vec<u16> = list.rules[..list.len as usize].iter().map(|r| r.owner).collect();
+        // The broker's /32 inherits the shared /8 rule; its own rule is the agent's.
+        assert_eq!(owners, vec![OWNER_ANY, OWNER_AGENT]);
+    }
+
+    #[test]
     fn families_are_kept_apart_and_duplicates_merged() {
         let tables =
-            compile(&exclusions(&["both,any,fd00::/8", "both,any,fd00::/8", "in,tcp,0.0.0.0/0,22"])).unwrap();
+            compile(&exclusions(&["both,any,fd00::/8", "both,any,fd00::/8", "in,tcp,0.0.0.0/0,22"]), &[]).unwrap();
         assert_eq!(tables.v6.len(), 1);
         assert_eq!(tables.v6[0].1.len, 1);
         assert_eq!(tables.v6[0].1.rules[0].directions, DIRECTION_IN | DIRECTION_OUT);
@@ -108,7 +126,7 @@ mod tests {
     fn too_many_overlapping_rules_is_refused() {
         let specs: Vec<String> = (1..=17).map(|port| format!("out,tcp,10.0.0.0/8,{port}")).collect();
         let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
-        let error = compile(&exclusions(&specs)).unwrap_err();
+        let error = compile(&exclusions(&specs), &[]).unwrap_err();
         assert_eq!(
             error.to_string(),
             "17 different exclusions apply to 10.0.0.0/8; at most 16 may overlap one network"
@@ -120,6 +138,6 @@ mod tests {
         let specs: Vec<String> =
             (0..1000).map(|i| format!("out,tcp,10.{}.{}.0/24,443", i / 256, i % 256)).collect();
         let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
-        assert_eq!(compile(&exclusions(&specs)).unwrap().v4.len(), 1000);
+        assert_eq!(compile(&exclusions(&specs), &[]).unwrap().v4.len(), 1000);
     }
 }

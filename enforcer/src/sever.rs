@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use cordon_wire::spec::Exclusion;
-use enforcer_common::EXEMPT_SOCKET_MARK;
+use enforcer_common::{AGENT_SOCKET_MARK, EXEMPT_SOCKET_MARK};
 
 use crate::exclusion::spares_connection;
 
@@ -166,14 +166,16 @@ fn namespaces_of(pids: &[u32]) -> Result<Vec<PathBuf>> {
 
 /// Severs every TCP connection of the cgroup's processes that no exclusion spares, in every
 /// network namespace they use. Loopback connections and exempt sockets are left alone.
-pub fn sever_connections(cgroup: &Path, exclusions: &[Exclusion]) -> Result<SeverReport> {
+/// `anyones` exclusions spare any process's connections; `agents` ones only the agent's (sockets
+/// carrying the agent mark): another process's connection to the brokers is severed.
+pub fn sever_connections(cgroup: &Path, anyones: &[Exclusion], agents: &[Exclusion]) -> Result<SeverReport> {
     let ids = cgroup_ids(cgroup)?;
     let namespaces = namespaces_of(&cgroup_pids(cgroup))?;
     let mut report = SeverReport { namespaces: namespaces.len(), ..SeverReport::default() };
     for namespace in namespaces {
-        let exclusions = exclusions.to_vec();
+        let (anyones, agents) = (anyones.to_vec(), agents.to_vec());
         let ids = ids.clone();
-        let (severed, spared) = in_namespace(&namespace, move || sever_here(&ids, &exclusions))??;
+        let (severed, spared) = in_namespace(&namespace, move || sever_here(&ids, &anyones, &agents))??;
         report.severed += severed;
         report.spared += spared;
     }
@@ -194,7 +196,11 @@ fn in_namespace<T: Send + 'static>(namespace: &Path, work: impl FnOnce() -> T + 
     joined.with_context(|| format!("cannot enter network namespace {}", namespace.display()))
 }
 
-fn sever_here(cgroup_ids: &HashSet<u64>, exclusions: &[Exclusion]) -> Result<(usize, usize)> {
+fn sever_here(
+    cgroup_ids: &HashSet<u64>,
+    anyones: &[Exclusion],
+    agents: &[Exclusion],
+) -> Result<(usize, usize)> {
     let socket = DiagSocket::open()?;
     let local_addresses = local_addresses();
     let mut severed = 0;
@@ -205,9 +211,9 @@ fn sever_here(cgroup_ids: &HashSet<u64>, exclusions: &[Exclusion]) -> Result<(us
                 continue;
             }
             let loopback = is_loopback(info.remote) || local_addresses.contains(&info.remote);
-            let excluded = exclusions
-                .iter()
-                .any(|e| spares_connection(*e, true, info.remote, info.local_port, info.remote_port));
+            let keeps = |e: &Exclusion| spares_connection(*e, true, info.remote, info.local_port, info.remote_port);
+            let excluded =
+                anyones.iter().any(keeps) || (info.mark == AGENT_SOCKET_MARK && agents.iter().any(keeps));
             if loopback || excluded || info.mark == EXEMPT_SOCKET_MARK {
                 spared += 1;
                 continue;
@@ -468,7 +474,7 @@ pub fn processes_named(pids: &[u32], names: &[String]) -> Vec<u32> {
 /// Marks every IPv4/IPv6 socket the processes `tgids` already hold as exempt, so the programs
 /// and the severing pass spare them (sockets created from now on are marked by the kernel).
 /// Returns how many sockets were marked.
-pub fn mark_existing_sockets(tgids: &[u32]) -> usize {
+pub fn mark_existing_sockets(tgids: &[u32], mark: u32) -> usize {
     let mut marked = 0;
     for &tgid in tgids {
         let Ok(entries) = fs::read_dir(format!("/proc/{tgid}/fd")) else {
@@ -491,7 +497,7 @@ pub fn mark_existing_sockets(tgids: &[u32]) -> usize {
             let Some(target_fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
                 continue;
             };
-            if is_socket && mark_remote_socket(&pidfd, target_fd) {
+            if is_socket && mark_remote_socket(&pidfd, target_fd, mark) {
                 marked += 1;
             }
         }
@@ -499,7 +505,7 @@ pub fn mark_existing_sockets(tgids: &[u32]) -> usize {
     marked
 }
 
-fn mark_remote_socket(pidfd: &OwnedFd, target_fd: i32) -> bool {
+fn mark_remote_socket(pidfd: &OwnedFd, target_fd: i32, mark: u32) -> bool {
     // SAFETY: pidfd_getfd(2) duplicates the target's descriptor into ours; checked below.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target_fd, 0) };
     let Ok(fd) = i32::try_from(fd) else {
@@ -525,7 +531,6 @@ fn mark_remote_socket(pidfd: &OwnedFd, target_fd: i32) -> bool {
     if !ok || (domain != libc::AF_INET && domain != libc::AF_INET6) {
         return false;
     }
-    let mark = EXEMPT_SOCKET_MARK;
     // SAFETY: setsockopt from a local u32 of the given length.
     unsafe {
         libc::setsockopt(

@@ -25,7 +25,7 @@ fn main() {
         Trial::test("established_tcp_connection_is_severed_within_a_second", severs_established_connections),
         Trial::test("new_tcp_udp_and_icmp_are_refused_both_ways_v4_and_v6", refuses_new_traffic),
         Trial::test("exclusions_allow_exactly_their_ports_ranges_and_direction", exclusions_are_exact),
-        Trial::test("management_channel_stays_open", management_channel_stays_open),
+        Trial::test("the_management_channel_is_the_agents_alone", management_channel_is_the_agents),
         Trial::test("excluded_process_connects_out_and_accepts_in_others_do_not", process_exclusion),
         Trial::test("loopback_keeps_working", loopback_keeps_working),
         Trial::test("kill_9_of_the_agent_keeps_isolation_and_restart_adopts_it", survives_agent_kill),
@@ -226,16 +226,22 @@ fn exclusions_are_exact() -> Result<(), Failed> {
     Ok(())
 }
 
-fn management_channel_stays_open() -> Result<(), Failed> {
+/// The brokers are excluded for the agent's sockets only: with no agent running, no process on
+/// the host reaches them, and a connection another process held to them is cut. (That the agent
+/// keeps its channel while isolated is shown by `signed_commands_over_kafka`.)
+fn management_channel_is_the_agents() -> Result<(), Failed> {
     let mut sandbox = Sandbox::new();
     start_peer_servers(&mut sandbox, &["9092", "9093"]);
     let peer = sandbox.peer_v4();
     let config = sandbox.state_dir.with_extension("toml");
     std::fs::write(&config, format!("[kafka]\nbrokers = \"{peer}:9092\"\n")).expect("write config");
     let config = config.to_string_lossy().into_owned();
+    let mut held = sandbox.spawn(sandbox.on_host(&probe_binary(), &["probe", "hold", &peer, "9092"]));
+    check("a connection to the broker before isolation", &held.expect_line("connect", Duration::from_secs(3)), "connected")?;
     let out = enforcer_ok(&sandbox, &["--config", &config, "isolate"]);
     assert!(out.contains(&format!("out,tcp,{peer}/32,9092")), "isolate output: {out}");
-    check("broker port", &on_host(&sandbox, &["connect", &peer, "9092"]), "ok")?;
+    check("a held connection to the broker", &held.expect_line("sever", Duration::from_secs(1)), "broken ECONNABORTED")?;
+    check("broker port, not the agent", &on_host(&sandbox, &["connect", &peer, "9092"]), "error EPERM")?;
     check("other port on the broker host", &on_host(&sandbox, &["connect", &peer, "9093"]), "error EPERM")?;
     let status = status(&sandbox);
     assert_eq!(status["management"], serde_json::json!([format!("out,tcp,{peer}/32,9092")]));
@@ -735,6 +741,13 @@ fn signed_commands_over_kafka() -> Result<(), Failed> {
         s["kind"] == "heartbeat" && s["isolated"] == true
     });
     assert_eq!(after["generation"], 1);
+    // The brokers are the agent's channel only: another process in the cgroup gets nothing.
+    check(
+        "another process connecting to the broker while the agent reports",
+        &on_host(&sandbox, &["connect", &peer, "9092"]),
+        "error EPERM",
+    )?;
+    wait_for_status(&mut statuses, "a heartbeat after that", |s| s["kind"] == "heartbeat" && s["isolated"] == true);
 
     // Forged, replayed, expired, wrong-host, unsigned and garbage commands are refused.
     let forger = cordon_wire::generate_signing_key();

@@ -7,7 +7,9 @@
 
 /// Version of the pin layout under the pin directory. A program or map layout change must bump
 /// it, so a new agent never reuses an incompatible pinned map (aya reuses pins without checking).
-pub const PIN_LAYOUT_VERSION: &str = "v2";
+/// v3: `Config::agent_tgid` and `Rule::owner` (the management channel belongs to the agent); a
+/// v2 program would read them as reserved zeroes and let every process use the channel.
+pub const PIN_LAYOUT_VERSION: &str = "v3";
 
 /// Map holding the single [`Config`] record (an `Array` with one entry, index 0).
 pub const MAP_CONFIG: &str = "CORDON_CONFIG";
@@ -44,6 +46,17 @@ pub const PROG_TC_INGRESS: &str = "cordon_tc_ingress";
 /// sockets a marked listener accepts, so an exempt server keeps serving.
 pub const EXEMPT_SOCKET_MARK: u32 = 0xC0D0_0E5E;
 
+/// Socket mark that identifies a socket of the agent itself: only such sockets may use the
+/// exclusions whose [`Rule::owner`] is [`OWNER_AGENT`] (the management channel). Set by the
+/// `sock_create` program for sockets the agent's process creates, and by the agent on sockets it
+/// held before isolation.
+pub const AGENT_SOCKET_MARK: u32 = 0xC0D0_0A6E;
+
+/// [`Rule::owner`] values: who may use an exclusion.
+pub const OWNER_ANY: u16 = 0;
+/// Only the agent's own sockets (its brokers and collectors, the management channel).
+pub const OWNER_AGENT: u16 = 1;
+
 /// Linux `TASK_COMM_LEN`: a process name is at most 15 bytes plus a NUL.
 pub const COMM_LEN: usize = 16;
 
@@ -77,8 +90,9 @@ pub const N_STATS: u32 = 8;
 pub struct Config {
     /// 1 while the host is isolated; 0 makes every program a no-op.
     pub active: u32,
-    /// Reserved, zero.
-    pub flags: u32,
+    /// The agent's process id (tgid): the sockets it creates get [`AGENT_SOCKET_MARK`]. 0 while
+    /// no agent runs (then no socket may use the management channel).
+    pub agent_tgid: u32,
     /// `CLOCK_MONOTONIC_COARSE` nanoseconds at which enforcement stops by itself (timed
     /// isolation); 0 for a manual isolation. Held here so the deadline holds even if the agent
     /// is dead. The coarse clock is what the kernel's tick keeps: reading it costs a few loads,
@@ -112,7 +126,8 @@ pub struct Rule {
     /// `in`. `0..=65535` when the exclusion names no port.
     pub port_lo: u16,
     pub port_hi: u16,
-    pub reserved: u16,
+    /// `OWNER_*`: whether any socket may use this rule, or only the agent's.
+    pub owner: u16,
 }
 
 impl Rule {
@@ -130,6 +145,16 @@ impl Rule {
             || self.protocol == protocol
             || (self.protocol == PROTO_ICMP && protocol == PROTO_ICMPV6);
         protocol_matches && self.directions & direction != 0 && port >= self.port_lo && port <= self.port_hi
+    }
+
+    /// [`Rule::allows`], for a socket that is the agent's (`agent_socket`) or not.
+    #[inline(always)]
+    #[expect(
+        clippy::inline_always,
+        reason = "runs per packet in eBPF; a call would cost verifier state and time"
+    )]
+    pub fn allows_socket(&self, protocol: u8, direction: u8, port: u16, agent_socket: bool) -> bool {
+        (self.owner == OWNER_ANY || agent_socket) && self.allows(protocol, direction, port)
     }
 }
 
@@ -176,7 +201,7 @@ mod tests {
             directions: DIRECTION_OUT,
             port_lo: 5000,
             port_hi: 5010,
-            reserved: 0,
+            owner: OWNER_ANY,
         };
         assert!(rule.allows(PROTO_TCP, DIRECTION_OUT, 5005));
         assert!(!rule.allows(PROTO_TCP, DIRECTION_OUT, 5011));
@@ -187,14 +212,18 @@ mod tests {
             directions: DIRECTION_IN | DIRECTION_OUT,
             port_lo: 0,
             port_hi: u16::MAX,
-            reserved: 0,
+            owner: OWNER_ANY,
         };
         assert!(icmp.allows(PROTO_ICMPV6, DIRECTION_IN, 0));
+        let management = Rule { owner: OWNER_AGENT, ..rule };
+        assert!(management.allows_socket(PROTO_TCP, DIRECTION_OUT, 5005, true));
+        assert!(!management.allows_socket(PROTO_TCP, DIRECTION_OUT, 5005, false));
+        assert!(rule.allows_socket(PROTO_TCP, DIRECTION_OUT, 5005, false));
     }
 
     #[test]
     fn deadline_zero_means_manual() {
-        let manual = Config { active: 1, flags: 0, expires_at_coarse_ns: 0, generation: 1 };
+        let manual = Config { active: 1, agent_tgid: 0, expires_at_coarse_ns: 0, generation: 1 };
         assert!(manual.enforcing_at(u64::MAX));
         let timed = Config { expires_at_coarse_ns: 100, ..manual };
         assert!(timed.enforcing_at(99));

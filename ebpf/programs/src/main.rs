@@ -2,10 +2,12 @@
 //!
 //! Every program starts by reading [`Config`]: while the host is not isolated (or the
 //! kernel-held deadline has passed) each one is a no-op. While isolated:
-//! - `cordon_sock_create` marks the sockets of exempt processes and refuses raw sockets;
+//! - `cordon_sock_create` marks the agent's sockets and exempt processes' sockets, and refuses
+//!   raw sockets;
 //! - `cordon_connect4/6` and `cordon_sendmsg4/6` refuse new outbound connections and
 //!   datagrams at once (EPERM) unless an `out` exclusion allows them;
 //! - `cordon_egress` / `cordon_ingress` drop every packet no exclusion allows;
+//! - exclusions owned by the agent (its management channel) allow only the agent's sockets;
 //! - `cordon_tc_ingress`, on the host's interfaces, drops ICMP echo requests the kernel would
 //!   answer without any socket.
 //!
@@ -27,7 +29,7 @@ mod programs {
     };
     use core::ptr::{addr_of, read_volatile};
     use enforcer_common::{
-        Config, RuleList, COMM_LEN, DIRECTION_IN, DIRECTION_OUT, EXEMPT_SOCKET_MARK,
+        Config, RuleList, AGENT_SOCKET_MARK, COMM_LEN, DIRECTION_IN, DIRECTION_OUT, EXEMPT_SOCKET_MARK,
         MAX_EXEMPT_COMMS, MAX_EXEMPT_TGIDS, MAX_PREFIXES, MAX_RULES_PER_PREFIX, N_STATS,
         PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, STAT_CONNECTS_REFUSED, STAT_ECHO_DROPPED,
         STAT_EXEMPT_SOCKETS, STAT_PACKETS_ALLOWED, STAT_PACKETS_DROPPED, STAT_SOCKETS_REFUSED,
@@ -58,15 +60,23 @@ mod programs {
     const ICMP_ECHO_REQUEST: u8 = 8;
     const ICMPV6_ECHO_REQUEST: u8 = 128;
 
-    /// Whether to enforce now. Checks the switch before reading the clock, so armed programs
-    /// cost one array lookup.
+    /// The config, if the programs must enforce now. Checks the switch before reading the
+    /// clock, so armed programs cost one array lookup.
     #[inline(always)]
-    fn enforcing() -> bool {
+    fn enforcing() -> Option<&'static Config> {
         match CORDON_CONFIG.get(0) {
             // SAFETY: the helper has no preconditions.
-            Some(config) if config.active == 1 => config.enforcing_at(unsafe { bpf_ktime_get_coarse_ns() }),
-            _ => false,
+            Some(config) if config.active == 1 && config.enforcing_at(unsafe { bpf_ktime_get_coarse_ns() }) => {
+                Some(config)
+            }
+            _ => None,
         }
+    }
+
+    /// Whether the current process is the agent.
+    #[inline(always)]
+    fn process_is_agent(config: &Config) -> bool {
+        config.agent_tgid != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 == config.agent_tgid
     }
 
     #[inline(always)]
@@ -90,14 +100,14 @@ mod programs {
     }
 
     #[inline(always)]
-    fn rules_allow(list: &RuleList, protocol: u8, direction: u8, port: u16) -> bool {
+    fn rules_allow(list: &RuleList, protocol: u8, direction: u8, port: u16, agent: bool) -> bool {
         let len = list.len as usize;
         let mut i = 0;
         while i < MAX_RULES_PER_PREFIX {
             if i >= len {
                 return false;
             }
-            if list.rules[i].allows(protocol, direction, port) {
+            if list.rules[i].allows_socket(protocol, direction, port, agent) {
                 return true;
             }
             i += 1;
@@ -106,17 +116,17 @@ mod programs {
     }
 
     #[inline(always)]
-    fn v4_allows(addr: [u8; 4], protocol: u8, direction: u8, port: u16) -> bool {
+    fn v4_allows(addr: [u8; 4], protocol: u8, direction: u8, port: u16, agent: bool) -> bool {
         match CORDON_RULES_V4.get(Key::new(32, addr)) {
-            Some(list) => rules_allow(list, protocol, direction, port),
+            Some(list) => rules_allow(list, protocol, direction, port, agent),
             None => false,
         }
     }
 
     #[inline(always)]
-    fn v6_allows(addr: [u8; 16], protocol: u8, direction: u8, port: u16) -> bool {
+    fn v6_allows(addr: [u8; 16], protocol: u8, direction: u8, port: u16, agent: bool) -> bool {
         match CORDON_RULES_V6.get(Key::new(128, addr)) {
-            Some(list) => rules_allow(list, protocol, direction, port),
+            Some(list) => rules_allow(list, protocol, direction, port, agent),
             None => false,
         }
     }
@@ -129,11 +139,14 @@ mod programs {
         sock_create_verdict(ctx.sock)
     }
 
-    /// Sockets of exempt processes get the exempt mark (sockets they held before isolation
-    /// are marked by the agent); raw sockets are refused while isolated.
+    /// The agent's sockets get the agent mark, exempt processes' the exempt mark (sockets they
+    /// held before isolation are marked by the agent); raw sockets are refused while isolated.
     #[inline(always)]
     fn sock_create_verdict(sock: *mut bpf_sock) -> i32 {
-        if !enforcing() {
+        let Some(config) = enforcing() else { return ALLOW };
+        if process_is_agent(config) {
+            // SAFETY: the kernel hands sock_create programs a valid, writable socket context.
+            unsafe { (*sock).mark = AGENT_SOCKET_MARK };
             return ALLOW;
         }
         if process_is_exempt() {
@@ -176,9 +189,7 @@ mod programs {
 
     #[inline(always)]
     fn address_verdict(ctx: &SockAddrContext, ipv6: bool) -> i32 {
-        if !enforcing() {
-            return ALLOW;
-        }
+        let Some(config) = enforcing() else { return ALLOW };
         let sa = ctx.sock_addr;
         // SAFETY: the kernel hands sock_addr programs a valid context; every field is read with
         // a single load of its own size, as the verifier requires.
@@ -194,6 +205,7 @@ mod programs {
         if mark == EXEMPT_SOCKET_MARK || process_is_exempt() {
             return ALLOW;
         }
+        let agent = mark == AGENT_SOCKET_MARK || process_is_agent(config);
         let port = u16::from_be(user_port as u16);
         let protocol = protocol as u8;
         let allowed = if ipv6 {
@@ -209,16 +221,16 @@ mod programs {
             if words[0] == 0 && words[1] == 0 && words[2] == u32::to_be(0xffff) {
                 // IPv4-mapped address on a dual-stack socket.
                 let v4 = words[3].to_ne_bytes();
-                v4[0] == 127 || v4_allows(v4, protocol, DIRECTION_OUT, port)
+                v4[0] == 127 || v4_allows(v4, protocol, DIRECTION_OUT, port, agent)
             } else if words[0] == 0 && words[1] == 0 && words[2] == 0 && words[3] == u32::to_be(1) {
                 true
             } else {
-                v6_allows(words_to_bytes(words), protocol, DIRECTION_OUT, port)
+                v6_allows(words_to_bytes(words), protocol, DIRECTION_OUT, port, agent)
             }
         } else {
             // SAFETY: as above.
             let v4 = unsafe { read_volatile(addr_of!((*sa).user_ip4)) }.to_ne_bytes();
-            v4[0] == 127 || v4_allows(v4, protocol, DIRECTION_OUT, port)
+            v4[0] == 127 || v4_allows(v4, protocol, DIRECTION_OUT, port, agent)
         };
         if allowed {
             ALLOW
@@ -271,7 +283,7 @@ mod programs {
 
     #[inline(always)]
     fn packet_verdict(ctx: &SkBuffContext, egress: bool) -> i32 {
-        if !enforcing() {
+        if enforcing().is_none() {
             return ALLOW;
         }
         let skb = ctx.skb.skb;
@@ -284,7 +296,7 @@ mod programs {
             ALLOW
         } else {
             match parse_packet(ctx, egress) {
-                Ok(packet) => packet_allowed(&packet, egress, listening),
+                Ok(packet) => packet_allowed(&packet, egress, listening, mark == AGENT_SOCKET_MARK),
                 // A packet we cannot read is not let through while isolated.
                 Err(()) => DENY,
             }
@@ -314,7 +326,7 @@ mod programs {
     }
 
     #[inline(always)]
-    fn packet_allowed(packet: &Packet, egress: bool, listening: bool) -> i32 {
+    fn packet_allowed(packet: &Packet, egress: bool, listening: bool, agent: bool) -> i32 {
         if egress && packet.bare_reset {
             return ALLOW;
         }
@@ -333,8 +345,8 @@ mod programs {
         let mut i = 0;
         while i < MAX_RULES_PER_PREFIX && i < len {
             let rule = &list.rules[i];
-            if rule.allows(packet.protocol, DIRECTION_IN, packet.local_port)
-                || (out_applies && rule.allows(packet.protocol, DIRECTION_OUT, packet.remote_port))
+            if rule.allows_socket(packet.protocol, DIRECTION_IN, packet.local_port, agent)
+                || (out_applies && rule.allows_socket(packet.protocol, DIRECTION_OUT, packet.remote_port, agent))
             {
                 return ALLOW;
             }
@@ -408,12 +420,13 @@ mod programs {
 
     #[classifier]
     pub fn cordon_tc_ingress(ctx: TcContext) -> i32 {
-        if !enforcing() {
+        if enforcing().is_none() {
             return TC_ACT_UNSPEC;
         }
+        // The kernel answers an echo request itself, for no socket: the agent's rules never apply.
         match echo_request_source(&ctx) {
-            Some(Source::V4(addr)) if !v4_allows(addr, PROTO_ICMP, DIRECTION_IN, 0) => drop_echo(),
-            Some(Source::V6(addr)) if !v6_allows(addr, PROTO_ICMPV6, DIRECTION_IN, 0) => drop_echo(),
+            Some(Source::V4(addr)) if !v4_allows(addr, PROTO_ICMP, DIRECTION_IN, 0, false) => drop_echo(),
+            Some(Source::V6(addr)) if !v6_allows(addr, PROTO_ICMPV6, DIRECTION_IN, 0, false) => drop_echo(),
             _ => TC_ACT_UNSPEC,
         }
     }
