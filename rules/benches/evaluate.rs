@@ -54,6 +54,15 @@ fn benchmarks(c: &mut Criterion) {
             }
         });
     });
+    // What `cordon serve` does: only the fields some rule of a 100-rule set reads are kept.
+    let projection = ruleset(100).projection().clone();
+    group.bench_function("event_projected", |b| {
+        b.iter(|| {
+            for text in &texts {
+                black_box(Event::parse_projected(text, &projection).unwrap());
+            }
+        });
+    });
     group.finish();
 
     for count in [10, 100, 1000] {

@@ -228,6 +228,61 @@ impl Projection {
     }
 }
 
+/// A value no rule reads, read and dropped. Read, not skipped (serde's `IgnoredAny` skips a
+/// number without reading it), so that the projected parse refuses what [`Event::parse`] refuses:
+/// a number out of range (`1E400`) anywhere in the event makes both fail alike.
+struct Skipped;
+
+impl<'de> serde::Deserialize<'de> for Skipped {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Skipped, D::Error> {
+        deserializer.deserialize_any(SkippedVisitor)
+    }
+}
+
+struct SkippedVisitor;
+
+impl<'de> Visitor<'de> for SkippedVisitor {
+    type Value = Skipped;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("any valid JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Skipped, E> {
+        Ok(Skipped)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Skipped, E> {
+        Ok(Skipped)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Skipped, E> {
+        Ok(Skipped)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Skipped, E> {
+        Ok(Skipped)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Skipped, E> {
+        Ok(Skipped)
+    }
+
+    fn visit_unit<E>(self) -> Result<Skipped, E> {
+        Ok(Skipped)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skipped, A::Error> {
+        while map.next_entry::<IgnoredAny, Skipped>()?.is_some() {}
+        Ok(Skipped)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skipped, A::Error> {
+        while seq.next_element::<Skipped>()?.is_some() {}
+        Ok(Skipped)
+    }
+}
+
 /// Deserializes a value as `.0` keeps it.
 struct NodeSeed<'n>(&'n Node);
 
@@ -259,7 +314,7 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
                     kept.insert(key.into_owned(), value);
                 }
                 None => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Skipped>()?;
                 }
             }
         }
@@ -409,6 +464,9 @@ mod tests {
             r#"{"device":{"uid":"a"},"finding_info":{"uid":"e1"},"time":1,"severity_id":9}"#,
             r#"{"device":{"uid":"a"},"finding_info":{"uid":"e1"},"time":1,"severity_id":"4"}"#,
             r#"{"device":{"uid":"a","uid":"b"},"finding_info":{"uid":"e1"},"time":1,"severity_id":4}"#,
+            // A number out of range in a field no rule reads (found by the `detection` fuzz target).
+            r#"{"device":{"uid":"a"},"finding_info":{"uid":"e1"},"time":1,"severity_id":4,"x":{"y":[16E6000]}}"#,
+            r#"{"device":{"uid":"a"},"finding_info":{"uid":"e1"},"time":1,"severity_id":4,"x":-1e400}"#,
         ];
         let projection = projection(&["process.name"]);
         for text in texts {
