@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
     }
     for mut host in hosts() {
         let before = host.generation;
-        let _ = lifecycle::on_status(&mut host, &status, T0 + 1_000);
+        let _ = lifecycle::on_status(&mut host, &status, T0 + 1_000, lifecycle::OnTamper::ReisolateAll);
         assert!(host.generation >= before, "the generation went backwards");
         assert!(
             host.generation - before <= MAX_GENERATION_LEAP.saturating_add(1),

@@ -214,9 +214,21 @@ pub struct HostView {
     pub pending: Option<PendingView>,
     pub agent: AgentView,
     pub last_error: Option<String>,
+    /// Set when an isolation was undone on the host, not by cordon; cleared when an operator
+    /// isolates or releases the host.
+    pub tampered: Option<TamperedView>,
     pub updated_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<Vec<AuditView>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TamperedView {
+    pub at: String,
+    /// The generation of the isolation that was undone.
+    pub generation: u64,
+    /// What cordon did: isolated it again, or left it released for an operator.
+    pub response: String,
 }
 
 /// RFC 3339 (UTC, millisecond precision) of epoch milliseconds.
@@ -251,6 +263,11 @@ impl HostView {
                 packets_allowed: status.map(|s| s.packets_allowed),
             },
             last_error: record.last_error.clone(),
+            tampered: record.tampered.as_ref().map(|t| TamperedView {
+                at: rfc3339(t.at_ms),
+                generation: t.generation,
+                response: t.response.clone(),
+            }),
             updated_at: rfc3339(record.updated_at_ms),
             audit: audit.map(|entries| entries.iter().map(AuditView::new).collect()),
         }

@@ -211,12 +211,16 @@ fn print_hosts(hosts: &[HostView], out: &mut impl Write) -> Result<()> {
         return Ok(());
     }
     let width = hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(4);
-    writeln!(out, "{:width$}  {:16}  {:9}  {:24}  TAGS", "HOST", "STATE", "MODE", "EXPIRES AT")?;
+    writeln!(out, "{:width$}  {:20}  {:9}  {:24}  TAGS", "HOST", "STATE", "MODE", "EXPIRES AT")?;
     for host in hosts {
-        let state = if host.agent.stale { format!("{} (stale)", host.state) } else { host.state.clone() };
+        let state = match (host.tampered.is_some(), host.agent.stale) {
+            (true, _) => format!("{} (TAMPERED)", host.state),
+            (false, true) => format!("{} (stale)", host.state),
+            (false, false) => host.state.clone(),
+        };
         writeln!(
             out,
-            "{:width$}  {:16}  {:9}  {:24}  {}",
+            "{:width$}  {:20}  {:9}  {:24}  {}",
             host.host,
             state,
             host.mode.as_deref().unwrap_or("-"),
@@ -267,6 +271,13 @@ fn print_host(host: &HostView, out: &mut impl Write) -> Result<()> {
     }
     if let Some(error) = &host.last_error {
         writeln!(out, "Last error:  {error}")?;
+    }
+    if let Some(tampered) = &host.tampered {
+        writeln!(
+            out,
+            "TAMPERED:    at {}: the isolation (generation {}) was undone on the host, not by cordon; {}",
+            tampered.at, tampered.generation, tampered.response
+        )?;
     }
     if let Some(audit) = &host.audit {
         writeln!(out, "Audit trail:")?;

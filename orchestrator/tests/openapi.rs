@@ -220,7 +220,7 @@ fn answers_match_the_documented_schemas() {
         packets_dropped: 12,
         packets_allowed: 3,
     };
-    audit.extend(lifecycle::on_status(&mut record, &status, t0 + 20).audit);
+    audit.extend(lifecycle::on_status(&mut record, &status, t0 + 20, lifecycle::OnTamper::default()).audit);
     check(&record, &audit);
     audit.extend(
         lifecycle::operator_release(&mut record, "done", "operator bob (127.0.0.1:2)", t0 + 30)

@@ -1445,6 +1445,13 @@ fn heartbeat(host: &str, generation: u64, isolated: bool) -> serde_json::Value {
     })
 }
 
+/// A signed envelope, changed by `change` (a forger's edit).
+fn edit_envelope(sealed: &[u8], change: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let mut envelope: serde_json::Value = serde_json::from_slice(sealed).expect("an envelope is JSON");
+    change(&mut envelope);
+    serde_json::to_vec(&envelope).expect("JSON")
+}
+
 /// Waits until the metrics show `series` at `expected` (the loop handles reports in batches).
 fn wait_for_sample(api: &str, series: &str, expected: f64) {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -1510,23 +1517,13 @@ fn forged_unsigned_wrong_key_and_replayed_reports_change_nothing() {
         &harness.dir.join("other.pub").to_string_lossy(),
     ]);
     let unsigned = serde_json::to_vec(&released(1)).expect("json");
-    let no_signer = {
-        let mut envelope: serde_json::Value =
-            serde_json::from_slice(&cordon_wire::seal_report(&released(1), &attacker)).expect("json");
+    let no_signer = edit_envelope(&cordon_wire::seal_report(&released(1), &attacker), |envelope| {
         envelope.as_object_mut().expect("an object").remove("signer");
-        serde_json::to_vec(&envelope).expect("json")
-    };
-    let tampered = {
-        let mut envelope: serde_json::Value =
-            serde_json::from_slice(&cordon_wire::seal_report(&released(1), &harness.agent_key))
-                .expect("json");
-        envelope["payload"] = envelope["payload"]
-            .as_str()
-            .expect("text")
-            .replace("\"generation\":1", "\"generation\":2")
-            .into();
-        serde_json::to_vec(&envelope).expect("json")
-    };
+    });
+    let tampered = edit_envelope(&cordon_wire::seal_report(&released(1), &harness.agent_key), |envelope| {
+        let payload = envelope["payload"].as_str().expect("text").replace("\"generation\":1", "\"generation\":2");
+        envelope["payload"] = payload.into();
+    });
     let mut as_other = released(1);
     as_other.host_id = "other-01".into();
     let mut future = released(1);

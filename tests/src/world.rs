@@ -313,6 +313,12 @@ impl World {
         serde_json::from_str(&stdout).expect("status --json is JSON")
     }
 
+    /// `cordon-enforcer ARGS` on the host, for the sandbox's cgroup, pins and state (as someone
+    /// with root on the host runs it, beside the agent); its exit code and output.
+    pub fn enforcer(&self, args: &[&str]) -> (i32, String, String) {
+        output_of(self.sandbox.enforcer(&self.enforcer, args))
+    }
+
     /// One probe run on the peer; its answer line.
     pub fn peer(&self, args: &[&str]) -> String {
         let mut full = vec!["probe"];

@@ -28,6 +28,10 @@ fn main() {
             agent_killed_while_isolated,
         ),
         Trial::test("one_trace_follows_a_detection_through_both_services", one_trace_per_detection),
+        Trial::test(
+            "a_release_on_the_host_is_reported_as_tampering_and_isolated_again",
+            local_release_is_tampering,
+        ),
     ];
     libtest_mimic::run(&Arguments::from_args(), tests).exit();
 }
@@ -244,6 +248,33 @@ fn agent_killed_while_isolated() -> Result<(), Failed> {
     world.wait_for_state("released", Duration::from_secs(5));
     let view = world.host_view();
     assert_eq!(view["generation"], 2, "one isolate and one release, nothing doubled: {view:#}");
+    Ok(())
+}
+
+/// Root on the host lifts a manual isolation with `cordon-enforcer release`: the agent reports it,
+/// cordon marks the host tampered (log, metric, `cordon hosts`) and, by the default policy,
+/// isolates it again, and the host is cut off again.
+fn local_release_is_tampering() -> Result<(), Failed> {
+    let world = World::start(RULES, &Options::default());
+    world.cordon_ok(&["isolate", HOST, "--manual", "--reason", "IR-5150"]);
+    world.wait_for_state("isolated", Duration::from_secs(10));
+    world.wait_until_refused(Duration::from_secs(2))?;
+    let (code, out, err) = world.enforcer(&["release"]);
+    assert_eq!(code, 0, "cordon-enforcer release: {out}{err}");
+    world.wait_until_connects(Duration::from_secs(2)).ok_or("the local release did not let traffic through")?;
+    // The agent's next heartbeat says so; cordon isolates the host again (generation 2).
+    world.wait_until_refused(Duration::from_secs(15))?;
+    let view = world.wait_for_state("isolated", Duration::from_secs(10));
+    assert_eq!(view["generation"], 2, "{view:#}");
+    assert!(view["tampered"]["response"].as_str().is_some_and(|r| r.contains("isolated again")), "{view:#}");
+    let listed = world.cordon_ok(&["hosts"]);
+    assert!(listed.contains("isolated (TAMPERED)"), "{listed}");
+    let trail = world.host_view()["audit"].to_string();
+    assert!(trail.contains("TAMPERED: the agent reports the host not isolated"), "{trail}");
+    // An operator's release answers the alarm.
+    world.cordon_ok(&["release", HOST, "--reason", "IR-5150: host checked"]);
+    let view = world.wait_for_state("released", Duration::from_secs(10));
+    assert!(view["tampered"].is_null(), "{view:#}");
     Ok(())
 }
 

@@ -133,6 +133,11 @@ pub struct AgentsSection {
     /// ... up to 32x).
     #[serde(default = "default_resend_after")]
     pub resend_after_seconds: u64,
+    /// When an agent reports its host no longer isolated though no command released it:
+    /// `reisolate_manual` (default: isolate manual isolations again, alert only for timed ones),
+    /// `reisolate_all` or `alert_only`.
+    #[serde(default)]
+    pub on_tamper: super::lifecycle::OnTamper,
 }
 
 impl Default for AgentsSection {
@@ -140,6 +145,7 @@ impl Default for AgentsSection {
         AgentsSection {
             stale_after_seconds: default_stale_after(),
             resend_after_seconds: default_resend_after(),
+            on_tamper: super::lifecycle::OnTamper::default(),
         }
     }
 }
@@ -302,11 +308,12 @@ mod tests {
         assert_eq!(config.kafka.fetch_wait_ms, default_fetch_wait());
         assert_eq!(config.api.token_file, Some(PathBuf::from("/etc/cordon/api-token")));
         assert_eq!(config.agents.resend_after_seconds, default_resend_after());
+        assert_eq!(config.agents.on_tamper, super::super::lifecycle::OnTamper::ReisolateManual);
         // Every key of every section is in the example (a new key must be documented there).
         let text = std::fs::read_to_string(&path).unwrap();
         let table: toml::Table = toml::from_str(&text).unwrap();
         let keys: usize = table.values().map(|section| section.as_table().map_or(1, toml::Table::len)).sum();
-        assert_eq!(keys, 18, "keys in ops/config/cordon.toml (a key added to the config goes there too)");
+        assert_eq!(keys, 19, "keys in ops/config/cordon.toml (a key added to the config goes there too)");
     }
 
     #[test]

@@ -181,8 +181,52 @@ pub struct HostRecord {
     /// detection-to-enforced latency; none for operators' isolations.
     #[serde(default)]
     pub detected_at_ms: Option<i64>,
+    /// Set when the agent reported the host no longer isolated though no command released it
+    /// (a local `cordon-enforcer release`, vanished pins): kept until an operator isolates or
+    /// releases the host.
+    #[serde(default)]
+    pub tampered: Option<Tampering>,
     pub updated_at_ms: i64,
 }
+
+/// An isolation undone on the host, not by cordon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tampering {
+    pub at_ms: i64,
+    /// The generation of the isolation that was undone.
+    pub generation: u64,
+    /// What cordon did about it ([`OnTamper`]).
+    pub response: String,
+}
+
+/// What cordon does when an agent reports its host no longer isolated though no command
+/// released it (`[agents] on_tamper`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTamper {
+    /// Isolate manual isolations again; for timed ones raise the alarm only.
+    #[default]
+    ReisolateManual,
+    /// Isolate every tampered host again (a timed one for what is left of its time).
+    ReisolateAll,
+    /// Raise the alarm only: the host shows released, and tampered.
+    AlertOnly,
+}
+
+impl OnTamper {
+    pub fn name(self) -> &'static str {
+        match self {
+            OnTamper::ReisolateManual => "reisolate_manual",
+            OnTamper::ReisolateAll => "reisolate_all",
+            OnTamper::AlertOnly => "alert_only",
+        }
+    }
+}
+
+/// How close to its deadline an agent may lift a timed isolation on its own without it counting
+/// as tampering (the agent's kernel deadline is rounded up, so it never lifts first; this is for
+/// clocks and delivery).
+pub const DEADLINE_SLACK_MS: i64 = 30_000;
 
 /// One line of a host's audit trail: a transition, or a request that changed nothing visible.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,6 +285,7 @@ impl HostRecord {
             agent_stale: false,
             last_error: None,
             detected_at_ms: None,
+            tampered: None,
             updated_at_ms: now_ms,
         }
     }
@@ -400,6 +445,8 @@ pub fn operator_isolate(
 ) -> Effects {
     record.pending = None;
     record.rules = vec![operator.to_owned()];
+    // An operator acting on the host has seen it: the tampering alarm is answered.
+    record.tampered = None;
     record.isolate(plan, operator, None, reason.to_owned(), now)
 }
 
@@ -414,6 +461,7 @@ pub fn operator_release(
     if record.state == HostState::PendingApproval {
         return Err(Refused::PendingApproval { host: record.host.clone() });
     }
+    record.tampered = None;
     Ok(record.release(operator, reason.to_owned(), now))
 }
 
@@ -491,7 +539,10 @@ pub const MAX_GENERATION_LEAP: u64 = 1 << 32;
 /// generation and, when the agent's state is not the host's desired state (or a command is still
 /// unanswered), issues the desired state again at the agent's generation + 1. A refusal never
 /// counts as the answer to another state than the one it refused.
-pub fn on_status(record: &mut HostRecord, status: &cordon_wire::Status, now: i64) -> Effects {
+///
+/// A report that the host is not isolated at the generation of an isolation that no command has
+/// released, before its deadline, is tampering: see [`OnTamper`].
+pub fn on_status(record: &mut HostRecord, status: &cordon_wire::Status, now: i64, on_tamper: OnTamper) -> Effects {
     let was_stale = record.agent_stale;
     record.last_seen_ms = Some(now);
     record.agent_stale = false;
@@ -515,6 +566,11 @@ pub fn on_status(record: &mut HostRecord, status: &cordon_wire::Status, now: i64
         }
     }
     let answers_last_command = status.generation >= record.generation;
+    if answers_last_command && is_tampering(record, status, now) {
+        record.last_status = Some(status.clone());
+        record.command_issued_at_ms = None;
+        return tampered(record, status, on_tamper, now);
+    }
     let failure = status
         .refusal
         .map(|refusal| refusal.to_string())
@@ -580,6 +636,63 @@ pub fn on_status(record: &mut HostRecord, status: &cordon_wire::Status, now: i64
 /// Issues the host's desired state again after its agent turned out to be ahead of cordon (the
 /// record already carries the agent's generation): when a command is unanswered, or the agent's
 /// isolation differs from what the host should have. `None` when the agent already has it.
+/// The agent applied the isolation cordon wants, and now says the host is not isolated, though
+/// no command released it and its deadline (if any) is not near.
+fn is_tampering(record: &HostRecord, status: &cordon_wire::Status, now: i64) -> bool {
+    !status.isolated
+        && status.kind != cordon_wire::StatusKind::Refused
+        && matches!(record.state, HostState::Isolating | HostState::Isolated)
+        && matches!(record.last_command, Some(cordon_wire::Action::Isolate { .. }))
+        && record.expires_at_ms.is_none_or(|deadline| now < deadline.saturating_sub(DEADLINE_SLACK_MS))
+}
+
+fn tampered(record: &mut HostRecord, status: &cordon_wire::Status, on_tamper: OnTamper, now: i64) -> Effects {
+    let manual = record.expires_at_ms.is_none();
+    let again = match on_tamper {
+        OnTamper::ReisolateAll => true,
+        OnTamper::ReisolateManual => manual,
+        OnTamper::AlertOnly => false,
+    };
+    let what = format!(
+        "TAMPERED: the agent reports the host not isolated ({:?} report, generation {}) though no command \
+         released it",
+        status.kind, status.generation
+    );
+    let command = again.then(|| isolation_again(record, now)).flatten();
+    let response = if command.is_some() {
+        "isolated again".to_owned()
+    } else {
+        format!("left released: an operator must decide ({} isolation)", if manual { "manual" } else { "timed" })
+    };
+    record.tampered = Some(Tampering { at_ms: now, generation: status.generation, response: response.clone() });
+    let why = format!("{what}; {response} ([agents] on_tamper = {})", on_tamper.name());
+    if command.is_some() {
+        record.step(HostState::Isolating, command, "agent", None, why, now)
+    } else {
+        record.expires_at_ms = None;
+        record.mode = None;
+        record.step(HostState::Released, None, "agent", None, why, now)
+    }
+}
+
+/// The host's last isolate command again, a timed one for what is left of its time (whole
+/// seconds, rounded up, so the agent's backstop never ends first); `None` when the last command
+/// is not an isolation or its deadline has passed.
+fn isolation_again(record: &HostRecord, now: i64) -> Option<cordon_wire::Action> {
+    match record.last_command.clone()? {
+        cordon_wire::Action::Isolate { duration_seconds: Some(_), .. } if record.expires_at_ms.is_some_and(|at| at <= now) => None,
+        cordon_wire::Action::Isolate { duration_seconds, exclusions, allowed_processes, allow_dns, allow_dhcp, reason } => {
+            let duration_seconds = duration_seconds.map(|full| {
+                record.expires_at_ms.map_or(full, |at| {
+                    u64::try_from((at - now).max(1_000).saturating_add(999) / 1_000).unwrap_or(full)
+                })
+            });
+            Some(cordon_wire::Action::Isolate { duration_seconds, exclusions, allowed_processes, allow_dns, allow_dhcp, reason })
+        }
+        cordon_wire::Action::Release { .. } => None,
+    }
+}
+
 fn reissue_desired_state(record: &mut HostRecord, status: &cordon_wire::Status, now: i64) -> Option<Effects> {
     let desired_isolated = match record.state {
         HostState::Isolating | HostState::Isolated => true,
@@ -591,20 +704,8 @@ fn reissue_desired_state(record: &mut HostRecord, status: &cordon_wire::Status, 
         return None;
     }
     let command = match record.last_command.clone()? {
-        cordon_wire::Action::Isolate { duration_seconds: Some(_), .. } if record.expires_at_ms.is_some_and(|at| at <= now) => {
-            // Its deadline has passed: the tick releases it; nothing to issue again.
-            return None;
-        }
-        cordon_wire::Action::Isolate { duration_seconds, exclusions, allowed_processes, allow_dns, allow_dhcp, reason } => {
-            // What is left of a timed isolation, in whole seconds rounded up (the agent's backstop
-            // never ends first).
-            let duration_seconds = duration_seconds.map(|full| {
-                record.expires_at_ms.map_or(full, |at| {
-                    u64::try_from((at - now).max(1_000).saturating_add(999) / 1_000).unwrap_or(full)
-                })
-            });
-            cordon_wire::Action::Isolate { duration_seconds, exclusions, allowed_processes, allow_dns, allow_dhcp, reason }
-        }
+        // A timed isolation whose deadline has passed: the tick releases it; nothing to issue.
+        cordon_wire::Action::Isolate { .. } => isolation_again(record, now)?,
         release @ cordon_wire::Action::Release { .. } => release,
     };
     let is_isolate = matches!(command, cordon_wire::Action::Isolate { .. });

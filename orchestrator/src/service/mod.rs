@@ -448,12 +448,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         shared_projection,
         topics,
     };
-    tracing::info!("telemetry: {}.", telemetry.description());
-    tracing::info!(
-        "serving {} rule(s) from {}; API on http://{api_address}.",
-        service.ruleset.len(),
-        service.config.rules.dir.display()
-    );
+    service.announce(&telemetry, api_address);
     // Whatever was decided before a restart and not sent yet goes out first; overdue
     // isolations are lifted at once.
     service.lift_due(now_ms())?;
@@ -707,6 +702,16 @@ fn parse_batch(
 }
 
 impl Service {
+    /// Says what is served, once the service is ready to: operators (and tests) wait for it.
+    fn announce(&self, telemetry: &cordon_telemetry::Telemetry, api_address: std::net::SocketAddr) {
+        tracing::info!("telemetry: {}.", telemetry.description());
+        tracing::info!(
+            "serving {} rule(s) from {}; API on http://{api_address}.",
+            self.ruleset.len(),
+            self.config.rules.dir.display()
+        );
+    }
+
     /// Crashes the process at the named point when `CORDON_FAILPOINT` names it: how the crash
     /// tests stop the service exactly between two steps, as a `kill -9` there would.
     fn failpoint(&self, name: &str) {

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub commands_sent: Arc<Counter>,
     pub commands_refused: Arc<Family>,
     pub reports_refused: Arc<Family>,
+    pub hosts_tampered: Arc<Counter>,
     pub agent_claims: Arc<Gauge>,
     pub commands_parked: Arc<Family>,
     pub outbox_waiting: Arc<Gauge>,
@@ -109,6 +110,10 @@ impl Metrics {
                 "cordon_status_refused_total",
                 "Status reports not applied (unsigned, forged, from an agent not enrolled, replayed, ...), by reason.",
                 "reason",
+            ),
+            hosts_tampered: r.counter(
+                "cordon_hosts_tampered_total",
+                "Isolations undone on the host, not by cordon (an agent reported its host no longer isolated).",
             ),
             agent_claims: r.gauge(
                 "cordon_agent_claims",

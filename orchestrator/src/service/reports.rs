@@ -182,7 +182,19 @@ impl Service {
         }
         self.count_packets(status);
         let mut record = previous.cloned().unwrap_or_else(|| HostRecord::new(&status.host_id, now));
-        let effects = lifecycle::on_status(&mut record, status, now);
+        let effects = lifecycle::on_status(&mut record, status, now, self.config.agents.on_tamper);
+        if record.tampered.is_some() && previous.is_none_or(|p| p.tampered != record.tampered) {
+            if let Some(tampering) = &record.tampered {
+                self.metrics.hosts_tampered.add(1);
+                tracing::error!(
+                    host_id = %record.host,
+                    "{}: TAMPERED: its agent reports it no longer isolated though no command released it \
+                     (someone ran `cordon-enforcer release` on it, or its pins vanished); {}",
+                    record.host,
+                    tampering.response
+                );
+            }
+        }
         if !record.state.may_be_isolated() && previous.is_some_and(|p| p.state.may_be_isolated()) {
             self.engine.release(&record.host);
         }

@@ -40,7 +40,7 @@ fn operator_isolation_is_confirmed_then_lifted_at_its_deadline() {
     assert_eq!(host.expires_at_ms, Some(T0 + 60_000));
     assert_eq!(host.tags, vec![ISOLATED_TAG.to_owned()]);
 
-    on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 30);
+    on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 30, OnTamper::AlertOnly);
     assert_eq!(host.state, HostState::Isolated);
     assert_eq!(host.tags, vec![ISOLATED_TAG.to_owned(), "plc".to_owned()]);
     assert!(host.command_issued_at_ms.is_none(), "an answered command is not resent");
@@ -51,7 +51,7 @@ fn operator_isolation_is_confirmed_then_lifted_at_its_deadline() {
     assert_eq!((host.state, host.generation), (HostState::Releasing, 2));
     assert!(host.tags.contains(&ISOLATED_TAG.to_owned()), "still isolated until the agent confirms");
 
-    on_status(&mut host, &status("web-01", 2, false, cordon_wire::StatusKind::Applied), T0 + 60_050);
+    on_status(&mut host, &status("web-01", 2, false, cordon_wire::StatusKind::Applied), T0 + 60_050, OnTamper::AlertOnly);
     assert_eq!(host.state, HostState::Released);
     assert_eq!(host.tags, vec!["plc".to_owned()]);
     assert_eq!((host.mode.as_deref(), host.expires_at_ms), (None, None));
@@ -63,7 +63,7 @@ fn a_report_for_an_older_generation_confirms_nothing() {
     operator_isolate(&mut host, &timed(60), "x", "operator a", T0);
     operator_release(&mut host, "y", "operator a", T0 + 1).unwrap();
     // The isolation's answer arrives after the release was issued.
-    let effects = on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 2);
+    let effects = on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 2, OnTamper::AlertOnly);
     assert_eq!(host.state, HostState::Releasing);
     assert!(effects.audit.is_none());
     assert!(host.last_command.is_some(), "the release is still unanswered");
@@ -160,7 +160,7 @@ fn an_unanswered_command_is_resent_with_backoff_and_the_same_generation() {
     // The agent had applied it: it refuses the resend as stale, which answers it.
     let mut refused = status("web-01", 1, true, cordon_wire::StatusKind::Refused);
     refused.refusal = Some(cordon_wire::Refusal::StaleGeneration);
-    on_status(&mut host, &refused, T0 + 30_010);
+    on_status(&mut host, &refused, T0 + 30_010, OnTamper::AlertOnly);
     assert_eq!(host.state, HostState::Isolated);
     assert!(host.last_error.is_none());
     assert!(resend_due(&mut host, 10_000, T0 + 100_000).is_none());
@@ -172,7 +172,7 @@ fn a_refusal_is_kept_and_the_state_does_not_move() {
     operator_isolate(&mut host, &timed(600), "x", "operator a", T0);
     let mut refused = status("web-01", 0, false, cordon_wire::StatusKind::Refused);
     refused.refusal = Some(cordon_wire::Refusal::BadSignature);
-    let effects = on_status(&mut host, &refused, T0 + 5);
+    let effects = on_status(&mut host, &refused, T0 + 5, OnTamper::AlertOnly);
     assert_eq!(host.state, HostState::Isolating);
     assert!(host.last_error.as_deref().unwrap().contains("signature"), "{:?}", host.last_error);
     assert!(effects.audit.unwrap().why.contains("could not apply"));
@@ -181,7 +181,7 @@ fn a_refusal_is_kept_and_the_state_does_not_move() {
 #[test]
 fn an_agent_ahead_of_cordon_is_caught_up() {
     let mut host = HostRecord::new("web-01", T0);
-    on_status(&mut host, &status("web-01", 7, false, cordon_wire::StatusKind::Heartbeat), T0);
+    on_status(&mut host, &status("web-01", 7, false, cordon_wire::StatusKind::Heartbeat), T0, OnTamper::AlertOnly);
     assert_eq!(host.generation, 7);
     let effects = operator_isolate(&mut host, &timed(60), "x", "operator a", T0 + 1);
     assert_eq!(effects.audit.unwrap().generation, 8);
@@ -196,7 +196,7 @@ fn an_agent_ahead_refusing_an_isolation_as_stale_gets_it_again_at_its_generation
     let mut refused = status("web-01", 7, false, cordon_wire::StatusKind::Refused);
     refused.command_id = Some("web-01-1".into());
     refused.refusal = Some(cordon_wire::Refusal::StaleGeneration);
-    let effects = on_status(&mut host, &refused, T0 + 100_000);
+    let effects = on_status(&mut host, &refused, T0 + 100_000, OnTamper::AlertOnly);
     assert_eq!((host.state, host.generation), (HostState::Isolating, 8), "never released by a refusal");
     match effects.command {
         Some(cordon_wire::Action::Isolate { duration_seconds, reason, .. }) => {
@@ -211,7 +211,7 @@ fn an_agent_ahead_refusing_an_isolation_as_stale_gets_it_again_at_its_generation
     assert_eq!(host.expires_at_ms, Some(T0 + 600_000), "the deadline is kept");
 
     // The agent applies it: confirmed.
-    on_status(&mut host, &status("web-01", 8, true, cordon_wire::StatusKind::Applied), T0 + 100_050);
+    on_status(&mut host, &status("web-01", 8, true, cordon_wire::StatusKind::Applied), T0 + 100_050, OnTamper::AlertOnly);
     assert_eq!((host.state, host.generation), (HostState::Isolated, 8));
 }
 
@@ -219,8 +219,8 @@ fn an_agent_ahead_refusing_an_isolation_as_stale_gets_it_again_at_its_generation
 fn an_agent_ahead_that_lost_an_answered_isolation_gets_it_again() {
     let mut host = HostRecord::new("db-01", T0);
     operator_isolate(&mut host, &IsolationPlan::default(), "x", "operator a", T0);
-    on_status(&mut host, &status("db-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1);
-    let effects = on_status(&mut host, &status("db-01", 4, false, cordon_wire::StatusKind::Heartbeat), T0 + 2);
+    on_status(&mut host, &status("db-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1, OnTamper::AlertOnly);
+    let effects = on_status(&mut host, &status("db-01", 4, false, cordon_wire::StatusKind::Heartbeat), T0 + 2, OnTamper::AlertOnly);
     assert!(matches!(effects.command, Some(cordon_wire::Action::Isolate { duration_seconds: None, .. })));
     assert_eq!((host.state, host.generation), (HostState::Isolating, 5));
 }
@@ -229,10 +229,10 @@ fn an_agent_ahead_that_lost_an_answered_isolation_gets_it_again() {
 fn an_agent_ahead_that_already_has_the_desired_state_is_only_caught_up() {
     let mut host = HostRecord::new("db-01", T0);
     operator_isolate(&mut host, &timed(60), "x", "operator a", T0);
-    on_status(&mut host, &status("db-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1);
+    on_status(&mut host, &status("db-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1, OnTamper::AlertOnly);
     deadline_reached(&mut host, T0 + 60_000);
-    on_status(&mut host, &status("db-01", 2, false, cordon_wire::StatusKind::Applied), T0 + 60_001);
-    let effects = on_status(&mut host, &status("db-01", 9, false, cordon_wire::StatusKind::Heartbeat), T0 + 60_002);
+    on_status(&mut host, &status("db-01", 2, false, cordon_wire::StatusKind::Applied), T0 + 60_001, OnTamper::AlertOnly);
+    let effects = on_status(&mut host, &status("db-01", 9, false, cordon_wire::StatusKind::Heartbeat), T0 + 60_002, OnTamper::AlertOnly);
     assert!(effects.command.is_none());
     assert_eq!((host.state, host.generation), (HostState::Released, 9));
 }
@@ -242,7 +242,7 @@ fn an_implausible_generation_is_not_believed_and_nothing_wraps() {
     let mut host = HostRecord::new("web-01", T0);
     operator_isolate(&mut host, &timed(60), "x", "operator a", T0);
     let forged = status("web-01", u64::MAX, false, cordon_wire::StatusKind::Applied);
-    let effects = on_status(&mut host, &forged, T0 + 1);
+    let effects = on_status(&mut host, &forged, T0 + 1, OnTamper::AlertOnly);
     assert_eq!((host.state, host.generation), (HostState::Isolating, 1), "neither released nor moved");
     assert!(effects.command.is_none());
     assert!(host.last_error.as_deref().unwrap().contains("not believed"), "{:?}", host.last_error);
@@ -256,26 +256,94 @@ fn an_implausible_generation_is_not_believed_and_nothing_wraps() {
 }
 
 #[test]
-fn a_local_release_on_the_host_is_respected() {
+fn a_local_release_of_a_manual_isolation_is_tampering_and_isolated_again_by_default() {
     let mut host = HostRecord::new("web-01", T0);
     operator_isolate(&mut host, &IsolationPlan::default(), "x", "operator a", T0);
-    on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1);
-    on_status(&mut host, &status("web-01", 1, false, cordon_wire::StatusKind::Changed), T0 + 2);
+    on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1, OnTamper::default());
+    // Someone ran `cordon-enforcer release` on the host: its heartbeat says so.
+    let effects =
+        on_status(&mut host, &status("web-01", 1, false, cordon_wire::StatusKind::Heartbeat), T0 + 2, OnTamper::default());
+    assert_eq!((host.state, host.generation), (HostState::Isolating, 2));
+    assert!(matches!(effects.command, Some(cordon_wire::Action::Isolate { duration_seconds: None, .. })));
+    let why = effects.audit.unwrap().why;
+    assert!(why.starts_with("TAMPERED") && why.contains("isolated again"), "{why}");
+    let tampered = host.tampered.clone().expect("marked tampered");
+    assert_eq!((tampered.at_ms, tampered.generation), (T0 + 2, 1));
+    // The agent applies it; the alarm stays until an operator acts on the host.
+    on_status(&mut host, &status("web-01", 2, true, cordon_wire::StatusKind::Applied), T0 + 3, OnTamper::default());
+    assert_eq!(host.state, HostState::Isolated);
+    assert!(host.tampered.is_some());
+    operator_release(&mut host, "checked the host", "operator a", T0 + 4).unwrap();
+    assert!(host.tampered.is_none());
+}
+
+#[test]
+fn a_local_release_of_a_timed_isolation_only_raises_the_alarm_by_default() {
+    let mut host = HostRecord::new("web-01", T0);
+    operator_isolate(&mut host, &timed(3_600), "x", "operator a", T0);
+    on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1, OnTamper::default());
+    let effects =
+        on_status(&mut host, &status("web-01", 1, false, cordon_wire::StatusKind::Changed), T0 + 2, OnTamper::default());
     assert_eq!(host.state, HostState::Released);
-    assert!(resend_due(&mut host, 1, T0 + 100).is_none(), "cordon does not fight the operator on the host");
+    assert!(effects.command.is_none());
+    assert!(host.tampered.as_ref().is_some_and(|t| t.response.contains("operator must decide")), "{host:?}");
+    assert!(resend_due(&mut host, 1, T0 + 100).is_none(), "nothing is sent for an alarm");
+    // `reisolate_all` isolates it again for what is left of its hour.
+    let mut host = HostRecord::new("web-01", T0);
+    operator_isolate(&mut host, &timed(3_600), "x", "operator a", T0);
+    on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1, OnTamper::ReisolateAll);
+    let effects = on_status(
+        &mut host,
+        &status("web-01", 1, false, cordon_wire::StatusKind::Changed),
+        T0 + 600_000,
+        OnTamper::ReisolateAll,
+    );
+    assert!(matches!(effects.command, Some(cordon_wire::Action::Isolate { duration_seconds: Some(3_000), .. })));
+    // `alert_only` never isolates again, manual or not.
+    let mut host = HostRecord::new("web-01", T0);
+    operator_isolate(&mut host, &IsolationPlan::default(), "x", "operator a", T0);
+    on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1, OnTamper::AlertOnly);
+    on_status(&mut host, &status("web-01", 1, false, cordon_wire::StatusKind::Changed), T0 + 2, OnTamper::AlertOnly);
+    assert_eq!(host.state, HostState::Released);
+    assert!(host.tampered.is_some());
+}
+
+#[test]
+fn what_is_not_tampering() {
+    // The agent's own deadline, within the slack of cordon's.
+    let mut host = HostRecord::new("web-01", T0);
+    operator_isolate(&mut host, &timed(60), "x", "operator a", T0);
+    on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1, OnTamper::default());
+    on_status(&mut host, &status("web-01", 1, false, cordon_wire::StatusKind::Changed), T0 + 59_000, OnTamper::default());
+    assert_eq!(host.state, HostState::Released);
+    assert!(host.tampered.is_none());
+    // An answer to a release; a refused isolation; a report of an older generation.
+    let mut host = HostRecord::new("web-01", T0);
+    operator_isolate(&mut host, &IsolationPlan::default(), "x", "operator a", T0);
+    on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1, OnTamper::default());
+    operator_release(&mut host, "done", "operator a", T0 + 2).unwrap();
+    on_status(&mut host, &status("web-01", 2, false, cordon_wire::StatusKind::Applied), T0 + 3, OnTamper::default());
+    assert_eq!((host.state, host.tampered.is_none()), (HostState::Released, true));
+    let mut host = HostRecord::new("web-01", T0);
+    operator_isolate(&mut host, &IsolationPlan::default(), "x", "operator a", T0);
+    let mut refused = status("web-01", 1, false, cordon_wire::StatusKind::Refused);
+    refused.error = Some("cannot attach".into());
+    on_status(&mut host, &refused, T0 + 1, OnTamper::default());
+    on_status(&mut host, &status("web-01", 0, false, cordon_wire::StatusKind::Heartbeat), T0 + 2, OnTamper::default());
+    assert!(host.tampered.is_none(), "{host:?}");
 }
 
 #[test]
 fn silent_agents_become_stale_once_and_recover() {
     let mut host = HostRecord::new("web-01", T0);
     assert_eq!(check_stale(&mut host, 90_000, T0 + 1_000_000), Effects::default(), "never heard: not stale");
-    on_status(&mut host, &status("web-01", 0, false, cordon_wire::StatusKind::Heartbeat), T0);
+    on_status(&mut host, &status("web-01", 0, false, cordon_wire::StatusKind::Heartbeat), T0, OnTamper::AlertOnly);
     assert!(check_stale(&mut host, 90_000, T0 + 90_000).audit.is_none());
     assert!(check_stale(&mut host, 90_000, T0 + 90_001).audit.is_some());
     assert!(host.agent_stale);
     assert!(check_stale(&mut host, 90_000, T0 + 200_000).audit.is_none(), "marked once");
     let effects =
-        on_status(&mut host, &status("web-01", 0, false, cordon_wire::StatusKind::Heartbeat), T0 + 200_001);
+        on_status(&mut host, &status("web-01", 0, false, cordon_wire::StatusKind::Heartbeat), T0 + 200_001, OnTamper::AlertOnly);
     assert!(!host.agent_stale);
     assert_eq!(effects.audit.unwrap().why, "agent heard from again");
 }
@@ -287,7 +355,7 @@ fn operator_tags_are_checked_and_merged_with_the_agents() {
     assert_eq!(refused, Err(Refused::ReservedTag(ISOLATED_TAG.into())));
     assert!(set_tags(&mut host, &[String::new()], &[], "operator a", T0).is_err());
     set_tags(&mut host, &["production".into(), "plc".into()], &[], "operator a", T0).unwrap();
-    on_status(&mut host, &status("plc-07", 0, false, cordon_wire::StatusKind::Heartbeat), T0);
+    on_status(&mut host, &status("plc-07", 0, false, cordon_wire::StatusKind::Heartbeat), T0, OnTamper::AlertOnly);
     assert_eq!(host.tags, vec!["plc".to_owned(), "production".to_owned()]);
     set_tags(&mut host, &[], &["production".into()], "operator a", T0).unwrap();
     assert_eq!(host.tags, vec!["plc".to_owned()]);
