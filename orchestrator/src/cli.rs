@@ -44,6 +44,12 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         replication: i32,
     },
+    /// Make an API token for an operator: prints the token (hand it to them) and the `[[token]]`
+    /// entry to add to `[api] tokens_file` (which holds only its SHA-256), then restart the service.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Write a new command-signing key pair: DIR/signing.key (secret) and DIR/signing.pub.
     Keygen {
         #[arg(long, value_name = "DIR")]
@@ -144,6 +150,19 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// A new random token for OPERATOR with ROLE.
+    New {
+        /// The operator's name, as the audit trail will record it.
+        #[arg(long)]
+        operator: String,
+        /// `viewer` (reads), `responder` (also isolate, release, approve, deny, tag) or `admin` (also agent keys).
+        #[arg(long, value_parser = ["viewer", "responder", "admin"])]
+        role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AgentsCommand {
     /// Enrolled, revoked and pending agent keys; a pending key claims a host but is never trusted.
     List {
@@ -207,6 +226,24 @@ pub enum RulesCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `cordon agents ...`.
+fn agents(command: AgentsCommand, out: &mut impl Write) -> anyhow::Result<()> {
+    let (connection, json, request) = match command {
+        AgentsCommand::List { connection, json } => (connection, json, client::AgentsRequest::List),
+        AgentsCommand::Enroll { host, key, reason, connection, json } => {
+            let key = client::read_key_argument(&key)?;
+            (connection, json, client::AgentsRequest::Enroll { host, key, reason })
+        }
+        AgentsCommand::Accept { host, key, reason, connection, json } => {
+            (connection, json, client::AgentsRequest::Accept { host, key, reason })
+        }
+        AgentsCommand::Revoke { host, reason, connection, json } => {
+            (connection, json, client::AgentsRequest::Revoke { host, reason })
+        }
+    };
+    client::agents(&connection, request, json, out)
 }
 
 /// Runs a parsed command line. Ok(false) means the command ran and found problems (exit 1).
@@ -278,20 +315,7 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
             true
         }
         Command::Agents(command) => {
-            let (connection, json, request) = match command {
-                AgentsCommand::List { connection, json } => (connection, json, client::AgentsRequest::List),
-                AgentsCommand::Enroll { host, key, reason, connection, json } => {
-                    let key = client::read_key_argument(&key)?;
-                    (connection, json, client::AgentsRequest::Enroll { host, key, reason })
-                }
-                AgentsCommand::Accept { host, key, reason, connection, json } => {
-                    (connection, json, client::AgentsRequest::Accept { host, key, reason })
-                }
-                AgentsCommand::Revoke { host, reason, connection, json } => {
-                    (connection, json, client::AgentsRequest::Revoke { host, reason })
-                }
-            };
-            client::agents(&connection, request, json, &mut out)?;
+            agents(command, &mut out)?;
             true
         }
         Command::Topics { config, partitions, replication } => {
@@ -299,6 +323,16 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
             for line in crate::topics::create(&config, crate::topics::Layout { partitions, replication })? {
                 writeln!(out, "{line}")?;
             }
+            true
+        }
+        Command::Token { command: TokenCommand::New { operator, role } } => {
+            let (token, sha256) = crate::service::access::new_token();
+            writeln!(out, "{token}")?;
+            writeln!(
+                err,
+                "Give the token above to {operator} (it is shown only now), add this to [api] tokens_file and \
+                 restart cordon serve:\n\n[[token]]\noperator = {operator:?}\nrole = {role:?}\nsha256 = \"{sha256}\""
+            )?;
             true
         }
         Command::Keygen { out: dir } => {

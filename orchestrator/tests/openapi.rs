@@ -64,7 +64,12 @@ fn serve(name: &str) -> Served {
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
     let address = listener.local_addr().expect("address");
     let metrics = std::sync::Arc::new(orchestrator::service::observe::Metrics::new());
-    let app = orchestrator::service::api::router(store, TOKEN, requests_tx, metrics)
+    let app = orchestrator::service::api::router(
+        store,
+        orchestrator::service::access::Tokens::shared(TOKEN),
+        requests_tx,
+        metrics,
+    )
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     runtime.spawn(async move { axum::serve(listener, app).await });
     Served { base: format!("http://{address}"), dir, _runtime: runtime, _requests: requests }
@@ -139,7 +144,7 @@ fn every_documented_route_exists_and_needs_the_token() {
             assert!(body["error"].as_str().unwrap().contains("bearer token"), "{body}");
             let (status, body) = call(method, &url, Some("not-the-token-at-all"));
             assert_eq!(status, 401, "{method} {path} with a wrong token: {body}");
-            assert!(body.contains("not the one configured"), "{body}");
+            assert!(body.contains("not one configured"), "{body}");
         }
     }
     let (status, _) = call("get", &format!("{}/v1/nothing-here", served.base), Some(TOKEN));

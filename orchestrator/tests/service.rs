@@ -35,6 +35,8 @@ struct Harness {
     env: Vec<(&'static str, &'static str)>,
     /// Extra lines of the `[kafka]` section of `cordon.toml`.
     kafka_config: String,
+    /// Extra lines of the `[api]` section.
+    api_config: String,
     /// The key the test's agents sign their reports with, and the hosts it is enrolled for.
     agent_key: cordon_wire::SigningKey,
     enrolled: std::cell::RefCell<std::collections::HashSet<String>>,
@@ -95,6 +97,7 @@ impl Harness {
             api: String::new(),
             env: Vec::new(),
             kafka_config: String::new(),
+            api_config: String::new(),
             agent_key: cordon_wire::generate_signing_key(),
             enrolled: std::cell::RefCell::default(),
             last_sent_at_ms: std::cell::Cell::new(0),
@@ -146,12 +149,13 @@ impl Harness {
             &config,
             format!(
                 "[kafka]\nbrokers = \"{}\"\n{}[rules]\ndir = \"{}\"\npoll_seconds = 1\n[state]\ndir = \"{}\"\n\
-                 [signing]\nkey_file = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[agents]\nresend_after_seconds = 2\n",
+                 [signing]\nkey_file = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n{}[agents]\nresend_after_seconds = 2\n",
                 self.brokers,
                 self.kafka_config,
                 self.dir.join("rules").display(),
                 self.dir.join("state").display(),
-                keys.join("signing.key").display()
+                keys.join("signing.key").display(),
+                self.api_config
             ),
         )
         .expect("write config");
@@ -1616,4 +1620,123 @@ fn an_unknown_agent_key_is_pending_until_an_operator_accepts_that_key() {
     }
     let listed = harness.cordon_ok(&["agents", "list"]);
     assert!(listed.contains("enrolled") && !listed.contains("claimed by"), "{listed}");
+}
+
+/// `cordon token new`: the token (stdout) and its `[[token]]` entry (stderr).
+fn new_token(operator: &str, role: &str) -> (String, String) {
+    let output = Command::new(CORDON)
+        .args(["token", "new", "--operator", operator, "--role", role])
+        .output()
+        .expect("run cordon token new");
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let entry = &stderr[stderr.find("[[token]]").expect("a [[token]] entry")..];
+    (String::from_utf8_lossy(&output.stdout).trim().to_owned(), entry.to_owned())
+}
+
+/// Each role can do exactly its calls, through the command line; the audit trail names the
+/// token's operator whatever the client claims; a source that keeps failing gets 429.
+#[test]
+fn each_api_role_can_do_exactly_its_calls_and_the_token_names_the_operator() {
+    let mut harness = Harness::start("roles");
+    let mut entries = String::new();
+    let mut token_files = std::collections::HashMap::new();
+    for (operator, role) in [("vera", "viewer"), ("rita", "responder"), ("adam", "admin")] {
+        let (token, entry) = new_token(operator, role);
+        entries.push_str(&entry);
+        let file = harness.dir.join(format!("{operator}.token"));
+        std::fs::write(&file, &token).expect("write the token");
+        token_files.insert(role, file);
+    }
+    let tokens = harness.dir.join("api-tokens.toml");
+    std::fs::write(&tokens, entries).expect("write the tokens file");
+    harness.api_config = format!("tokens_file = \"{}\"\n", tokens.display());
+    let _lines = harness.serve();
+    let as_role = |role: &str, args: &[&str]| {
+        Command::new(CORDON)
+            .args(args)
+            .args(["--api", &harness.api, "--token-file"])
+            .arg(&token_files[role])
+            // What the client claims is ignored: the token names its operator.
+            .args(["--operator", "mallory"])
+            .env_remove("CORDON_TOKEN")
+            .output()
+            .expect("run cordon")
+    };
+    let refused = |output: &std::process::Output, needs: &str| {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{output:?}");
+        assert!(stderr.contains(&format!("needs the role {needs}")) && stderr.contains("403"), "{stderr}");
+    };
+    let key = harness.agent_key_file();
+    let key = key.to_string_lossy();
+    let isolate = ["isolate", "role-01", "--manual", "--reason", "IR-7"];
+    let enroll = ["agents", "enroll", "role-01", "--key", &*key];
+
+    assert!(as_role("viewer", &["hosts"]).status.success());
+    assert!(as_role("viewer", &["agents", "list"]).status.success());
+    refused(&as_role("viewer", &isolate), "responder");
+    refused(&as_role("viewer", &["tag", "role-01", "--add", "plc"]), "responder");
+    refused(&as_role("viewer", &enroll), "admin");
+    assert!(as_role("responder", &isolate).status.success());
+    refused(&as_role("responder", &enroll), "admin");
+    assert!(as_role("admin", &enroll).status.success());
+    assert!(as_role("admin", &["release", "role-01", "--reason", "done"]).status.success());
+    let shown = as_role("viewer", &["host", "role-01", "--json"]);
+    let host: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("host --json is JSON");
+    let by: Vec<&str> = host["audit"].as_array().expect("audit").iter().filter_map(|e| e["by"].as_str()).collect();
+    assert!(by.iter().any(|b| b.starts_with("operator rita (")), "{by:?}");
+    assert!(by.iter().any(|b| b.starts_with("operator adam (")), "{by:?}");
+    assert!(!by.iter().any(|b| b.contains("mallory")), "the client's claim reached the audit trail: {by:?}");
+
+    // Twenty wrong tokens from one source: the next try, even with a good token, is 429.
+    for _ in 0..20 {
+        assert_eq!(get_as(&harness.api, "/v1/hosts", Some("not-a-token-at-all-0123")).0, 401);
+    }
+    let viewer_token = std::fs::read_to_string(&token_files["viewer"]).expect("read the token");
+    let (status, body) = get_as(&harness.api, "/v1/hosts", Some(viewer_token.trim()));
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("too many failed authentications"), "{body}");
+}
+
+/// A signing key or shared API token that others can read, and a tokens file others can write,
+/// stop the service at start with the fix.
+#[test]
+fn secrets_others_can_read_are_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut harness = Harness::start("secrets");
+    let _lines = harness.serve_started();
+    harness.kill_service();
+    let refusal = |harness: &Harness| {
+        let output = Command::new(CORDON)
+            .args(["serve", "--config"])
+            .arg(harness.dir.join("cordon.toml"))
+            .output()
+            .expect("run cordon serve");
+        assert!(!output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let chmod = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    let key = harness.dir.join("keys/signing.key");
+    chmod(&key, 0o644);
+    let stderr = refusal(&harness);
+    assert!(stderr.contains("has mode 644") && stderr.contains(&format!("chmod 600 {}", key.display())), "{stderr}");
+    chmod(&key, 0o600);
+    let token = harness.dir.join("state/api-token");
+    chmod(&token, 0o640);
+    let stderr = refusal(&harness);
+    assert!(stderr.contains("the API token file") && stderr.contains("has mode 640"), "{stderr}");
+    chmod(&token, 0o600);
+    let (_, entry) = new_token("alice", "admin");
+    let tokens = harness.dir.join("api-tokens.toml");
+    std::fs::write(&tokens, entry).expect("write the tokens file");
+    chmod(&tokens, 0o666);
+    let config = harness.dir.join("cordon.toml");
+    let text = std::fs::read_to_string(&config).expect("read cordon.toml");
+    let text = text.replace("listen = \"127.0.0.1:0\"\n", &format!("listen = \"127.0.0.1:0\"\ntokens_file = \"{}\"\n", tokens.display()));
+    std::fs::write(&config, text).expect("write cordon.toml");
+    let stderr = refusal(&harness);
+    assert!(stderr.contains("others could add a token") && stderr.contains("chmod go-w"), "{stderr}");
 }

@@ -1,7 +1,8 @@
 //! The operator API (JSON over HTTP, axum): reads come straight from the store; changes go to the
-//! service loop as [`OperatorRequest`]s, so one writer orders every change. Every call needs the
-//! bearer token and is recorded with its caller, whatever its outcome. `schemas/openapi.yaml`
-//! documents it.
+//! service loop as [`OperatorRequest`]s, so one writer orders every change. Every call needs a
+//! bearer token, which names the caller and their role (`access.rs`); each route needs a role
+//! (viewer: reads; responder: changes to hosts; admin: agent keys), and every call is recorded
+//! with its caller, whatever its outcome. `schemas/openapi.json` documents it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
+use super::access::{FailedAttempts, Role, Tokens};
 use super::agents::{AgentRecord, AgentState};
 use super::lifecycle::AuditEntry;
 use super::lifecycle::{HostRecord, IsolationPlan, Refused};
@@ -49,36 +51,53 @@ pub enum Operation {
 #[derive(Clone)]
 struct ApiState {
     store: Store,
-    token: Arc<str>,
+    tokens: Arc<Tokens>,
+    failed: Arc<std::sync::Mutex<FailedAttempts>>,
     requests: mpsc::Sender<OperatorRequest>,
     metrics: Arc<Metrics>,
 }
 
-/// The caller of a request, as the authentication layer established it.
+/// The caller of a request, as the authentication layer established it: `operator NAME
+/// (ADDRESS)` and the token's role.
 #[derive(Clone)]
-struct Caller(String);
+struct Caller(String, Role);
 
 /// The API's routes: `/healthz`, `/readyz` and `/metrics` are open (they name no host), everything
-/// under `/v1` needs the token.
+/// under `/v1` needs a token, and a role for what it does.
 pub fn router(
     store: Store,
-    token: &str,
+    tokens: Tokens,
     requests: mpsc::Sender<OperatorRequest>,
     metrics: Arc<Metrics>,
 ) -> Router {
-    let state = ApiState { store, token: Arc::from(token), requests, metrics };
-    let v1 = Router::new()
+    let state = ApiState {
+        store,
+        tokens: Arc::new(tokens),
+        failed: Arc::default(),
+        requests,
+        metrics,
+    };
+    let reads = Router::new()
         .route("/hosts", get(list_hosts))
         .route("/hosts/{host}", get(show_host))
+        .route("/agents", get(list_agents));
+    let responses = Router::new()
         .route("/hosts/{host}/isolate", post(isolate))
         .route("/hosts/{host}/release", post(release))
         .route("/hosts/{host}/approve", post(approve))
         .route("/hosts/{host}/deny", post(deny))
         .route("/hosts/{host}/tags", post(tags))
-        .route("/agents", get(list_agents))
+        .route_layer(axum::middleware::from_fn(|request: Request, next: Next| {
+            require(Role::Responder, request, next)
+        }));
+    let administration = Router::new()
         .route("/agents/{host}/enroll", post(enroll_agent))
         .route("/agents/{host}/accept", post(accept_agent))
         .route("/agents/{host}/revoke", post(revoke_agent))
+        .route_layer(axum::middleware::from_fn(|request: Request, next: Next| require(Role::Admin, request, next)));
+    let v1 = reads
+        .merge(responses)
+        .merge(administration)
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -180,12 +199,22 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
-/// Equal length and equal bytes, in time that does not depend on where they differ.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+/// 403 unless the caller's role is at least `needed`.
+async fn require(needed: Role, request: Request, next: Next) -> Response {
+    let allowed = request.extensions().get::<Caller>().is_some_and(|caller| caller.1 >= needed);
+    if allowed {
+        return next.run(request).await;
+    }
+    let role = request.extensions().get::<Caller>().map_or("none", |caller| caller.1.name());
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!("this needs the role {} or above; the token's role is {role}", needed.name()),
+    )
+    .into_response()
 }
 
-/// Checks the bearer token, names the caller, and records the call with its outcome.
+/// Checks the bearer token, names the caller, and records the call with its outcome. A source
+/// that failed too often in the last minute is answered 429 without its token being looked at.
 async fn authenticate(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -197,22 +226,36 @@ async fn authenticate(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
-    let name = operator_name(headers);
+    let claimed = operator_name(headers);
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
-    let authenticated = token.is_some_and(|token| same_secret(token.as_bytes(), state.token.as_bytes()));
-    let (caller, response) = if authenticated {
+    let now = now_ms();
+    let blocked = state.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).blocked(peer.ip(), now);
+    let holder = if blocked { None } else { token.and_then(|token| state.tokens.holder(token)).cloned() };
+    let (caller, response) = if let Some(holder) = holder {
+        // A token that names its operator is the name in the audit trail, whatever the client says.
+        let name = if holder.named_by_token { holder.name.clone() } else { claimed };
         let caller = format!("operator {name} ({peer})");
-        request.extensions_mut().insert(Caller(caller.clone()));
+        request.extensions_mut().insert(Caller(caller.clone(), holder.role));
         (caller, next.run(request).await)
+    } else if blocked {
+        let error = format!(
+            "too many failed authentications from {} in the last minute (at most {}): wait, then use a valid token",
+            peer.ip(),
+            FailedAttempts::LIMIT
+        );
+        (format!("anonymous {claimed} ({peer})"), ApiError::new(StatusCode::TOO_MANY_REQUESTS, error).into_response())
     } else {
+        if token.is_some() {
+            state.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).failed(peer.ip(), now);
+        }
         let error = if token.is_none() {
             "this API needs a bearer token (Authorization: Bearer TOKEN; the cordon client reads it from \
              --token-file or CORDON_TOKEN)"
         } else {
-            "the bearer token is not the one configured in [api] token_file"
+            "the bearer token is not one configured in [api] token_file or tokens_file"
         };
-        (format!("anonymous {name} ({peer})"), ApiError::new(StatusCode::UNAUTHORIZED, error).into_response())
+        (format!("anonymous {claimed} ({peer})"), ApiError::new(StatusCode::UNAUTHORIZED, error).into_response())
     };
     let call = ApiCall { at_ms: now_ms(), caller, method, path, status: response.status().as_u16() };
     if let Err(error) = state.store.record_api_call(&call) {
@@ -498,15 +541,4 @@ async fn revoke_agent(
     decide_agent(&state, &caller, &record, "revoked")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::same_secret;
 
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(same_secret(b"abcdef", b"abcdef"));
-        assert!(!same_secret(b"abcdeg", b"abcdef"));
-        assert!(!same_secret(b"abcde", b"abcdef"));
-        assert!(!same_secret(b"", b"abcdef"));
-    }
-}

@@ -113,13 +113,18 @@ pub struct ApiSection {
     /// Address and port of the operator API.
     #[serde(default = "default_api_listen")]
     pub listen: String,
-    /// The bearer token; absent: `<state dir>/api-token`, created on first start.
+    /// The one shared bearer token (an admin, named by what the client claims); absent:
+    /// `<state dir>/api-token`, created on first start. Set this or `tokens_file`, not both.
     pub token_file: Option<PathBuf>,
+    /// Tokens that each name their operator and role (TOML `[[token]]` entries with `operator`,
+    /// `role` = viewer | responder | admin, and the token's `sha256`; `cordon token new` makes
+    /// one). With it, the audit trail records the token's operator, not what the client claims.
+    pub tokens_file: Option<PathBuf>,
 }
 
 impl Default for ApiSection {
     fn default() -> Self {
-        ApiSection { listen: default_api_listen(), token_file: None }
+        ApiSection { listen: default_api_listen(), token_file: None, tokens_file: None }
     }
 }
 
@@ -306,7 +311,7 @@ mod tests {
         let config = ServiceConfig::load(&path).unwrap();
         assert_eq!(config.kafka.brokers.as_deref(), Some("broker-1:9092,broker-2:9092"));
         assert_eq!(config.kafka.fetch_wait_ms, default_fetch_wait());
-        assert_eq!(config.api.token_file, Some(PathBuf::from("/etc/cordon/api-token")));
+        assert_eq!(config.api.tokens_file, Some(PathBuf::from("/etc/cordon/api-tokens.toml")));
         assert_eq!(config.agents.resend_after_seconds, default_resend_after());
         assert_eq!(config.agents.on_tamper, super::super::lifecycle::OnTamper::ReisolateManual);
         // Every key of every section is in the example (a new key must be documented there).

@@ -13,6 +13,7 @@
 //! by the engine's state and the host records; unsent commands are still in the outbox.
 
 pub mod agents;
+pub mod access;
 pub mod api;
 pub mod clock;
 pub mod config;
@@ -244,7 +245,18 @@ fn write_secret(path: &std::path::Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// The API token: from `[api] token_file`, or created in the state directory on first start.
+/// Who may use the API: the tokens of `[api] tokens_file`, or else the one shared token.
+fn api_tokens(config: &ServiceConfig) -> Result<access::Tokens> {
+    let Some(path) = &config.api.tokens_file else { return Ok(access::Tokens::shared(&api_token(config)?)) };
+    if config.api.token_file.is_some() {
+        bail!("[api] sets both token_file and tokens_file: choose one (tokens_file names each operator and role)");
+    }
+    access::check_not_writable_by_others(path, "the API tokens file")?;
+    access::Tokens::load(path)
+}
+
+/// The shared API token: from `[api] token_file`, or created in the state directory on first
+/// start; readable by its owner only.
 fn api_token(config: &ServiceConfig) -> Result<String> {
     let path = if let Some(path) = &config.api.token_file {
         path.clone()
@@ -257,6 +269,7 @@ fn api_token(config: &ServiceConfig) -> Result<String> {
         }
         path
     };
+    access::check_private(&path, "the API token file")?;
     let token = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read the API token file {}", path.display()))?;
     let token = token.trim().to_owned();
@@ -275,7 +288,7 @@ fn api_token(config: &ServiceConfig) -> Result<String> {
 async fn start_api(
     listen: &str,
     store: Store,
-    token: &str,
+    tokens: access::Tokens,
     requests: mpsc::Sender<OperatorRequest>,
     metrics: Arc<Metrics>,
 ) -> Result<std::net::SocketAddr> {
@@ -283,7 +296,7 @@ async fn start_api(
         .await
         .with_context(|| format!("cannot listen on {listen} ([api] listen)"))?;
     let address = listener.local_addr()?;
-    let app = api::router(store, token, requests, metrics)
+    let app = api::router(store, tokens, requests, metrics)
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
@@ -407,11 +420,12 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let rules_fingerprint = jobs::Fingerprint::of(&config.rules.dir);
     let store = Store::open(&config.state.dir)?;
     let engine = store.engine_state()?;
+    access::check_private(&config.signing.key_file, "the signing key")?;
     let key_text = std::fs::read_to_string(&config.signing.key_file)
         .with_context(|| format!("cannot read the signing key {}", config.signing.key_file.display()))?;
     let signing_key = cordon_wire::signing_key_from_base64(&key_text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.signing.key_file.display()))?;
-    let token = api_token(&config)?;
+    let tokens = api_tokens(&config)?;
     let (telemetry, metrics) = start_telemetry(&config, &store, &ruleset)?;
     let consumer = Arc::new(detection_consumer(&config.kafka, brokers, Arc::clone(&metrics))?);
     let (batches_tx, mut batches) = mpsc::channel::<ConsumedBatch>(1);
@@ -424,7 +438,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         start_outbox(&config, &store, signing_key, brokers, &metrics, failpoint.clone())?;
     let (requests_tx, mut requests) = mpsc::channel::<OperatorRequest>(64);
     let api_address =
-        start_api(&config.api.listen, store.clone(), &token, requests_tx, Arc::clone(&metrics)).await?;
+        start_api(&config.api.listen, store.clone(), tokens, requests_tx, Arc::clone(&metrics)).await?;
     let (jobs_tx, mut jobs) = mpsc::channel::<Job>(16);
     let scheduler = jobs::start(&config, jobs_tx).await?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
