@@ -71,6 +71,8 @@ pub struct Channel {
     /// The `sent_at_ms` of the last report: each report's is later than the one before, since
     /// cordon refuses a report not newer than the last it applied (a replay).
     last_sent_at_ms: std::cell::Cell<i64>,
+    /// The brokers the cluster advertised when the channel connected (`host:port`).
+    advertised: Vec<String>,
     spans: Spans,
 }
 
@@ -98,6 +100,8 @@ impl Channel {
         let metadata = consumer
             .fetch_metadata(Some(&settings.commands_topic), Duration::from_secs(10))
             .with_context(|| format!("cannot reach the Kafka brokers {}", settings.brokers))?;
+        let advertised: Vec<String> =
+            metadata.brokers().iter().map(|broker| format!("{}:{}", broker.host(), broker.port())).collect();
         let partitions = metadata
             .topics()
             .iter()
@@ -132,8 +136,14 @@ impl Channel {
             brokers_up,
             last_command: std::cell::RefCell::new(None),
             last_sent_at_ms: std::cell::Cell::new(0),
+            advertised,
             spans,
         })
+    }
+
+    /// The brokers the cluster advertised (`host:port`), which librdkafka connects to.
+    pub fn advertised(&self) -> &[String] {
+        &self.advertised
     }
 
     /// Connected to at least one broker (as of the last statistics; true until the first

@@ -90,8 +90,9 @@ impl EnforcerConfig {
                 crate::identity::public_text(key)
             );
         }
+        let brokers = crate::endpoints::Endpoints::load(state_dir).bootstrap(&self.brokers());
         Ok(Some(crate::channel::ChannelSettings {
-            brokers: kafka.brokers.clone(),
+            brokers,
             commands_topic: kafka.commands_topic.clone().unwrap_or_else(|| "cordon.commands".into()),
             status_topic: kafka.status_topic.clone().unwrap_or_else(|| "cordon.status".into()),
             fetch_wait_ms: kafka.fetch_wait_ms.unwrap_or(500),

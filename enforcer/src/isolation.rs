@@ -1,7 +1,7 @@
 //! What the enforcer does, step by step: isolate, update, release, report, restore and expire.
 //! Joins the kernel (`bpf`), the severing pass (`sever`) and the durable record (`store`).
 
-use std::net::{IpAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -110,25 +110,27 @@ fn kernel_deadline(expires_at_unix_ms: Option<i64>) -> u64 {
     }
 }
 
-/// Resolves `host:port` broker addresses into exclusions that keep the channel open.
-pub fn management_exclusions(brokers: &[String]) -> Result<Vec<Exclusion>> {
+/// `out,tcp,ADDRESS,PORT` for each management endpoint's address: what keeps the channel open.
+pub fn management_exclusions(addresses: &[SocketAddr]) -> Vec<Exclusion> {
     let mut exclusions = Vec::new();
-    for broker in brokers {
-        let addresses = broker
-            .to_socket_addrs()
-            .with_context(|| format!("cannot resolve management endpoint '{broker}' (expected host:port)"))?;
-        for address in addresses {
-            let port = PortRange::single(address.port())
-                .with_context(|| format!("management endpoint '{broker}' resolves to {address}"))?;
-            let exclusion =
-                Exclusion::new(Direction::Out, Protocol::Tcp, Network::host(address.ip()), Some(port))
-                    .expect("TCP takes ports");
-            if !exclusions.contains(&exclusion) {
-                exclusions.push(exclusion);
-            }
+    for address in addresses {
+        let Ok(port) = PortRange::single(address.port()) else { continue };
+        let exclusion = Exclusion::new(Direction::Out, Protocol::Tcp, Network::host(address.ip()), Some(port))
+            .expect("TCP takes ports");
+        if !exclusions.contains(&exclusion) {
+            exclusions.push(exclusion);
         }
     }
-    Ok(exclusions)
+    exclusions
+}
+
+/// DNS to the resolvers of `/etc/resolv.conf` that are not on this host (loopback is always
+/// open): part of the management channel, so the agent (and only the agent) can still resolve
+/// its brokers' names while isolated.
+pub fn agent_dns_exclusions() -> Vec<Exclusion> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let remote: Vec<IpAddr> = resolvers(&text).into_iter().filter(|ip| !ip.is_loopback()).collect();
+    dns_exclusions(&remote)
 }
 
 /// Resolvers named in /etc/resolv.conf.
@@ -327,6 +329,27 @@ fn apply_record(
         exempt_sockets_marked,
         record: record.clone(),
     })
+}
+
+/// Brings the management channel of the isolation in force to `management`, live (the agent
+/// learned other broker addresses); false when nothing is isolated or nothing changes.
+pub fn update_management(target: &Target, management: &[Exclusion]) -> Result<bool> {
+    let _lock = lock_changes(target)?;
+    if !target.pins.installed() {
+        return Ok(false);
+    }
+    let store = Store::open(&target.state_dir)?;
+    let Some(mut record) = store.current()? else { return Ok(false) };
+    let wanted: Vec<String> = management.iter().map(ToString::to_string).collect();
+    if record.management == wanted {
+        return Ok(false);
+    }
+    record.management = wanted;
+    apply_record(target, &record, Before::read(&target.pins), Some(std::process::id()))?;
+    store.set_current(&record, None)?;
+    drop(store);
+    audit(target, "updated", "agent", "management channel updated (broker addresses)")?;
+    Ok(true)
 }
 
 /// Loads, verifies and pins the programs without attaching them ("armed"): no cost to any
@@ -593,12 +616,11 @@ mod tests {
     }
 
     #[test]
-    fn management_brokers_become_out_tcp_exclusions() {
-        let exclusions = management_exclusions(&["127.0.0.1:9092".into(), "[::1]:9093".into()]).unwrap();
-        let specs: Vec<String> = exclusions.iter().map(ToString::to_string).collect();
+    fn management_addresses_become_out_tcp_exclusions() {
+        let addresses: Vec<SocketAddr> =
+            ["127.0.0.1:9092", "[::1]:9093", "127.0.0.1:9092"].iter().map(|a| a.parse().unwrap()).collect();
+        let specs: Vec<String> = management_exclusions(&addresses).iter().map(ToString::to_string).collect();
         assert_eq!(specs, vec!["out,tcp,127.0.0.1/32,9092", "out,tcp,::1/128,9093"]);
-        let error = management_exclusions(&["no-port".into()]).unwrap_err();
-        assert!(format!("{error:#}").contains("cannot resolve management endpoint 'no-port'"), "{error:#}");
     }
 
     #[test]

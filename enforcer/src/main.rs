@@ -5,6 +5,7 @@
 
 mod bpf;
 mod channel;
+mod endpoints;
 mod config;
 mod exclusion;
 mod health;
@@ -244,7 +245,12 @@ fn require_root() -> Result<()> {
 fn isolate(target: &Target, config: &EnforcerConfig, args: IsolateArgs) -> Result<()> {
     require_root()?;
     bpf::ensure_bpffs(target.pins.root())?;
-    let management = management_channel(config).map_err(|e| UsageError(format!("{e:#}")))?;
+    let (management, problems) = management_channel(config, &target.state_dir);
+    if !problems.is_empty() {
+        // By hand, a broker that is neither resolvable nor known is a mistake to fix first: the
+        // isolation would cut the host off its own management channel.
+        return Err(UsageError(problems.join("; ")).into());
+    }
     let interfaces = choose_interfaces(target, config, args.interfaces);
     let request = IsolateRequest {
         duration: args.duration,
@@ -286,21 +292,39 @@ fn isolate(target: &Target, config: &EnforcerConfig, args: IsolateArgs) -> Resul
 /// What stays reachable while isolated: the brokers (which must resolve: without them the host
 /// could not be released remotely) and the OTLP collectors (best effort: a collector that does
 /// not resolve is left out, with a warning, rather than stopping an isolation).
-fn management_channel(config: &EnforcerConfig) -> Result<Vec<Exclusion>> {
-    let mut management = isolation::management_exclusions(&config.brokers())?;
-    for collector in config.collectors() {
-        match isolation::management_exclusions(std::slice::from_ref(&collector)) {
-            Ok(exclusions) => {
-                for exclusion in exclusions {
-                    if !management.contains(&exclusion) {
-                        management.push(exclusion);
-                    }
+/// The management channel: the brokers (as configured, and as the cluster advertised them), the
+/// OTLP collectors, and DNS to the host's resolvers, for the agent's sockets only. A name that
+/// does not resolve uses the addresses it had (kept in the state dir); one never seen resolved is
+/// returned as a problem, and left out.
+fn management_channel(config: &EnforcerConfig, state_dir: &std::path::Path) -> (Vec<Exclusion>, Vec<String>) {
+    let mut endpoints = endpoints::Endpoints::load(state_dir);
+    let mut addresses = Vec::new();
+    let mut problems = Vec::new();
+    let named: Vec<String> = config.brokers().into_iter().chain(config.collectors()).collect();
+    for endpoint in named.iter().chain(&endpoints.others(&named)) {
+        match endpoints.find(endpoint) {
+            Ok(found) => {
+                if let endpoints::Found::Remembered(known, problem) = &found {
+                    tracing::warn!(
+                        "management endpoint {endpoint} does not resolve now ({problem}): using {known:?}, its \
+                         addresses when it last did"
+                    );
                 }
+                addresses.extend_from_slice(found.addresses());
             }
-            Err(error) => tracing::warn!("the OTLP collector stays unreachable while isolated: {error:#}"),
+            Err(error) => problems.push(format!("{error:#}")),
         }
     }
-    Ok(management)
+    if let Err(error) = endpoints.save() {
+        tracing::warn!("cannot remember the management endpoints' addresses: {error:#}");
+    }
+    let mut management = isolation::management_exclusions(&addresses);
+    for dns in isolation::agent_dns_exclusions() {
+        if !management.contains(&dns) {
+            management.push(dns);
+        }
+    }
+    (management, problems)
 }
 
 /// The interfaces that get the ICMP echo guard: those given, else those configured, else every
@@ -426,9 +450,13 @@ fn start_agent(target: &Target, config: &EnforcerConfig) -> Result<cordon_teleme
 fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
     let telemetry = start_agent(target, config)?;
     let arm = config.arm.unwrap_or(true);
-    let management = management_channel(config)?;
+    let (mut management, problems) = management_channel(config, &target.state_dir);
+    for problem in &problems {
+        tracing::error!("{problem}: the channel to it stays closed while isolated");
+    }
+    // An isolation recorded with other addresses (brokers moved, renamed) gets these.
+    update_management(target, &management);
     let interfaces = choose_interfaces(target, config, Vec::new());
-    let apply = channel::Apply { target, management: &management, interfaces: &interfaces };
     let heartbeat = Duration::from_secs(config.heartbeat_seconds.unwrap_or(30).max(1));
     let mut settings = config.channel_settings(&target.state_dir)?;
     let mut channel: Option<channel::Channel> = None;
@@ -461,6 +489,7 @@ fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
                     Ok(connected) => {
                         let partition = connected.partition().unwrap_or(-1);
                         tracing::info!("command channel connected to {brokers} (partition {partition}).");
+                        learn_advertised_brokers(target, config, connected.advertised(), &mut management);
                         channel = Some(connected);
                     }
                     Err(error) => {
@@ -505,6 +534,7 @@ fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
                 ));
                 next_heartbeat = Instant::now() + heartbeat;
             }
+            let apply = channel::Apply { target, management: &management, interfaces: &interfaces };
             match channel.poll(wait, &apply) {
                 // The command's spans go out now, not in a few seconds.
                 Ok(true) => telemetry.flush(),
@@ -517,6 +547,46 @@ fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
             }
             std::thread::sleep(wait);
         }
+    }
+}
+
+/// Remembers the brokers the cluster advertises (librdkafka connects to them, not only to the
+/// bootstrap list) and opens the management channel to them, live if the host is isolated.
+fn learn_advertised_brokers(
+    target: &Target,
+    config: &EnforcerConfig,
+    advertised: &[String],
+    management: &mut Vec<Exclusion>,
+) {
+    let mut endpoints = endpoints::Endpoints::load(&target.state_dir);
+    let mut learned = false;
+    let new: Vec<&String> = advertised.iter().filter(|broker| !endpoints.knows(broker)).collect();
+    for broker in new {
+        match endpoints.find(broker) {
+            Ok(_) => learned = true,
+            Err(error) => tracing::warn!("advertised broker: {error:#}"),
+        }
+    }
+    if !learned {
+        return;
+    }
+    if let Err(error) = endpoints.save() {
+        tracing::warn!("cannot remember the advertised brokers' addresses: {error:#}");
+    }
+    let (now, _) = management_channel(config, &target.state_dir);
+    if now != *management {
+        tracing::info!("management channel: {} exclusion(s) with the brokers the cluster advertises.", now.len());
+        *management = now;
+        update_management(target, management);
+    }
+}
+
+/// Brings the isolation in force, if any, to `management`, live.
+fn update_management(target: &Target, management: &[Exclusion]) {
+    match isolation::update_management(target, management) {
+        Ok(true) => tracing::info!("the isolation in force now keeps the management channel to {} endpoint(s).", management.len()),
+        Ok(false) => {}
+        Err(error) => tracing::error!("cannot update the management channel of the isolation in force: {error:#}"),
     }
 }
 

@@ -238,6 +238,25 @@ impl Sandbox {
         self.in_namespace(&self.peer_ns, false, program, args)
     }
 
+    /// `command`, in a mount namespace of its own where `/etc/resolv.conf` is `resolv_conf` (as
+    /// `ip netns exec` does): the machine's file is never touched.
+    pub fn with_resolv_conf(command: &Command, resolv_conf: &Path) -> Command {
+        let mut wrapped = Command::new("unshare");
+        wrapped
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"")
+            .arg(resolv_conf)
+            .arg(command.get_program())
+            .args(command.get_args());
+        for (key, value) in command.get_envs() {
+            match value {
+                Some(value) => wrapped.env(key, value),
+                None => wrapped.env_remove(key),
+            };
+        }
+        wrapped
+    }
+
     fn in_namespace(&self, namespace: &str, in_cgroup: bool, program: &Path, args: &[&str]) -> Command {
         let join_cgroup = if in_cgroup {
             format!("echo $$ > {}/cgroup.procs && ", self.cgroup.display())

@@ -50,6 +50,7 @@ pub fn main(args: &[String]) -> i32 {
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     match words.as_slice() {
         ["serve", ports @ ..] => serve(ports),
+        ["dns", host, name, ip] => dns(address(host, "53"), name, ip.parse().expect("probe: bad IPv4 address")),
         ["connect", host, port] => say(&connect(address(host, port))),
         ["hold", host, port] => hold(address(host, port)),
         ["udp", host, port] => say(&udp(address(host, port))),
@@ -144,6 +145,50 @@ fn sink(port: u16) {
     for stream in listener.incoming().flatten() {
         held.push(stream);
     }
+}
+
+/// A DNS server on UDP `at` that answers `A` queries for `name` with `ip`, and every other
+/// question with NXDOMAIN (the tests' brokers by name).
+fn dns(at: SocketAddr, name: &str, ip: std::net::Ipv4Addr) {
+    let socket = std::net::UdpSocket::bind(at).expect("probe: cannot bind the DNS port");
+    say("ready");
+    let mut buffer = [0u8; 512];
+    loop {
+        let Ok((length, from)) = socket.recv_from(&mut buffer) else { continue };
+        if let Some(answer) = dns_answer(&buffer[..length], name, ip) {
+            let _ = socket.send_to(&answer, from);
+        }
+    }
+}
+
+/// The answer to one DNS query (RFC 1035): the header and question echoed, one A record when
+/// the question is `name` IN A, NXDOMAIN otherwise (NOERROR with no answer for `name` AAAA).
+fn dns_answer(query: &[u8], name: &str, ip: std::net::Ipv4Addr) -> Option<Vec<u8>> {
+    if query.len() < 12 {
+        return None;
+    }
+    // The question: labels up to the zero byte, then type and class.
+    let mut at = 12;
+    let mut labels = Vec::new();
+    while *query.get(at)? != 0 {
+        let length = usize::from(query[at]);
+        labels.push(String::from_utf8_lossy(query.get(at + 1..at + 1 + length)?).to_lowercase());
+        at += 1 + length;
+    }
+    let question_end = at + 5;
+    let record_type = u16::from_be_bytes([*query.get(at + 1)?, *query.get(at + 2)?]);
+    let asked = labels.join(".");
+    let known = asked == name.to_lowercase();
+    let mut answer = query.get(..question_end)?.to_vec();
+    answer[2] = 0x81 | (query[2] & 0x01); // response, recursion desired as asked
+    answer[3] = if known { 0x80 } else { 0x83 }; // recursion available; NOERROR or NXDOMAIN
+    answer[6..12].copy_from_slice(&[0, 0, 0, 0, 0, 0]);
+    if known && record_type == 1 {
+        answer[7] = 1;
+        answer.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+        answer.extend_from_slice(&ip.octets());
+    }
+    Some(answer)
 }
 
 /// Waits up to 10 s for something to listen at `target`.

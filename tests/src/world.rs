@@ -27,7 +27,13 @@ pub struct Options {
     /// Run an OTLP receiver on the peer (gRPC on 4317, HTTP on 4318); the service exports to it
     /// over gRPC (configured in its file), the agent over HTTP (configured by `OTEL_*`).
     pub otlp: bool,
+    /// Name the broker [`BROKER_NAME`], served by a DNS server on the peer (the broker advertises
+    /// the name; the service and the agent are configured with it and resolve it there).
+    pub broker_by_name: bool,
 }
+
+/// The broker's name when [`Options::broker_by_name`].
+pub const BROKER_NAME: &str = "broker.cordon.test";
 
 /// This binary: tests and benchmarks that use a [`World`] double as the probe.
 pub fn probe_binary() -> PathBuf {
@@ -70,6 +76,8 @@ pub struct World {
     /// Spans and metric names the receiver reported so far.
     pub spans: Vec<ReceivedSpan>,
     pub metric_names: Vec<String>,
+    /// `nameserver PEER`, for the processes that must resolve [`BROKER_NAME`].
+    resolv_conf: Option<PathBuf>,
 }
 
 impl Drop for World {
@@ -91,6 +99,11 @@ impl World {
         std::fs::create_dir_all(dir.join("rules")).expect("create scratch dir");
         let peer = sandbox.peer_v4();
         let broker = format!("{peer}:9092");
+        let resolv_conf = options.broker_by_name.then(|| {
+            let path = dir.join("resolv.conf");
+            std::fs::write(&path, format!("nameserver {peer}\n")).expect("write resolv.conf");
+            path
+        });
         let mut world = World {
             sandbox,
             dir,
@@ -102,7 +115,10 @@ impl World {
             telemetry: None,
             spans: Vec::new(),
             metric_names: Vec::new(),
+            resolv_conf,
         };
+        // What the service and the agent are configured with.
+        let broker = if options.broker_by_name { format!("{BROKER_NAME}:9092") } else { broker };
 
         world.start_broker(&tansu);
 
@@ -134,7 +150,7 @@ impl World {
         )
         .expect("write cordon.toml");
         let config = config.to_string_lossy().into_owned();
-        let mut serve = world.sandbox.on_peer(&cordon, &["serve", "--config", &config]);
+        let mut serve = world.resolving(world.sandbox.on_peer(&cordon, &["serve", "--config", &config]));
         // Export within a fraction of a second, not the default 5 s (spans) and 60 s (metrics).
         serve.env("OTEL_BSP_SCHEDULE_DELAY", "100").env("OTEL_METRIC_EXPORT_INTERVAL", "500");
         let mut serve = world.sandbox.spawn(serve);
@@ -192,6 +208,15 @@ impl World {
         assert_eq!(servers.expect_line("peer servers", Duration::from_secs(5)), "ready");
         servers.echo("peer servers".into());
         let url = format!("tcp://{broker}");
+        let advertised = if self.options.broker_by_name {
+            let dns = self.sandbox.on_peer(&probe_binary(), &["probe", "dns", &peer, BROKER_NAME, &peer]);
+            let mut dns = self.sandbox.spawn(dns);
+            assert_eq!(dns.expect_line("the DNS server", Duration::from_secs(5)), "ready");
+            dns.echo("dns".into());
+            format!("tcp://{BROKER_NAME}:9092")
+        } else {
+            url.clone()
+        };
         let mut broker_command = self.sandbox.on_peer(
             tansu,
             &[
@@ -199,7 +224,7 @@ impl World {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ],
@@ -217,11 +242,10 @@ impl World {
             ("cordon.status", "1"),
             ("cordon.dead-letter", "1"),
         ] {
-            let (code, _, stderr) =
-                output_of(self.sandbox.on_peer(
-                    tansu,
-                    &["topic", "create", topic, "--partitions", partitions, "--broker", &url],
-                ));
+            let (code, _, stderr) = output_of(self.resolving(self.sandbox.on_peer(
+                tansu,
+                &["topic", "create", topic, "--partitions", partitions, "--broker", &url],
+            )));
             assert_eq!(code, 0, "tansu topic create {topic}: {stderr}");
         }
     }
@@ -238,7 +262,8 @@ impl World {
 
     /// Starts `cordon-enforcer run` on the host and waits for its command channel.
     pub fn start_agent(&mut self) {
-        let mut command = self.sandbox.agent_on_host(&self.enforcer, &self.dir.join("enforcer.toml"));
+        let mut command =
+            self.resolving(self.sandbox.agent_on_host(&self.enforcer, &self.dir.join("enforcer.toml")));
         if self.options.otlp {
             let peer = self.sandbox.peer_v4();
             command
@@ -323,7 +348,15 @@ impl World {
     pub fn peer(&self, args: &[&str]) -> String {
         let mut full = vec!["probe"];
         full.extend_from_slice(args);
-        output_of(self.sandbox.on_peer(&probe_binary(), &full)).1
+        output_of(self.resolving(self.sandbox.on_peer(&probe_binary(), &full))).1
+    }
+
+    /// `command`, resolving names through the peer's DNS server when the broker has a name.
+    fn resolving(&self, command: Command) -> Command {
+        match &self.resolv_conf {
+            Some(resolv_conf) => Sandbox::with_resolv_conf(&command, resolv_conf),
+            None => command,
+        }
     }
 
     /// One probe run on the isolated host; its answer line.

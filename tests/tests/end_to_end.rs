@@ -32,6 +32,10 @@ fn main() {
             "a_release_on_the_host_is_reported_as_tampering_and_isolated_again",
             local_release_is_tampering,
         ),
+        Trial::test(
+            "an_agent_restarted_while_isolated_resolves_its_broker_by_name_and_is_released_remotely",
+            broker_by_name_while_isolated,
+        ),
     ];
     libtest_mimic::run(&Arguments::from_args(), tests).exit();
 }
@@ -275,6 +279,26 @@ fn local_release_is_tampering() -> Result<(), Failed> {
     world.cordon_ok(&["release", HOST, "--reason", "IR-5150: host checked"]);
     let view = world.wait_for_state("released", Duration::from_secs(10));
     assert!(view["tampered"].is_null(), "{view:#}");
+    Ok(())
+}
+
+/// The broker is named (`broker.cordon.test`, served by a DNS server on the peer) and the
+/// isolation does not exclude DNS. The agent, killed and restarted while its host is isolated,
+/// still resolves the name (DNS to the host's resolvers belongs to the agent's management
+/// channel, like the brokers: no other process gets it), reconnects and is released remotely.
+fn broker_by_name_while_isolated() -> Result<(), Failed> {
+    let mut world = World::start(RULES, &Options { broker_by_name: true, ..Options::default() });
+    let peer = world.sandbox.peer_v4();
+    world.cordon_ok(&["isolate", HOST, "--manual", "--reason", "IR-6001"]);
+    world.wait_for_state("isolated", Duration::from_secs(10));
+    world.wait_until_refused(Duration::from_secs(2))?;
+    check("another process, to the resolver", &world.host(&["connect", &peer, "53"]), "error EPERM")?;
+    world.kill_agent();
+    world.start_agent();
+    world.cordon_ok(&["release", HOST, "--reason", "IR-6001 closed"]);
+    world.wait_until_connects(Duration::from_secs(15)).ok_or("the restarted agent never released the host")?;
+    let view = world.wait_for_state("released", Duration::from_secs(10));
+    assert_eq!(view["generation"], 2, "{view:#}");
     Ok(())
 }
 
