@@ -1740,3 +1740,33 @@ fn secrets_others_can_read_are_refused_with_the_fix() {
     let stderr = refusal(&harness);
     assert!(stderr.contains("others could add a token") && stderr.contains("chmod go-w"), "{stderr}");
 }
+
+/// Handling one valid detection fails after its evaluation (a failpoint, as an unexpected error
+/// there would): that event is dead-lettered as `failed` with the reason, the batch goes on, the
+/// host is not changed and its next detection isolates it; nothing of it is met again after a
+/// restart.
+#[test]
+fn a_detection_whose_handling_fails_is_dead_lettered_and_the_rest_go_on() {
+    let mut harness = Harness::start("fail-event");
+    let lines = harness.serve_with("fail-event:ev-fails");
+    let line = wait_for_line(&lines, "API on http://");
+    let address = line.split("API on ").nth(1).expect("address").trim_end_matches('.');
+    address.clone_into(&mut harness.api);
+    wait_for_line(&lines, "consuming cordon.status/0, edr.detections/0, edr.detections/1, edr.detections/2.");
+    let dead_letters = harness.consumer("cordon.dead-letter");
+    let failing = detection("fail-01", "ev-fails", 5);
+    harness.produce("edr.detections", "fail-01", &failing);
+    harness.produce("edr.detections", "web-06", &detection("web-06", "ev-6", 5));
+    let (_, record) = next_message(&dead_letters, Duration::from_secs(15));
+    check_dead_letter(&record, &failing, "failed", "fails after its evaluation");
+    wait_for_line(&lines, "web-06: not_isolated -> isolating");
+    assert!(!harness.cordon(&["host", "fail-01"]).status.success(), "the failed event changed its host");
+    let (_, metrics) = get(&harness.api, "/metrics");
+    assert!((sample(&metrics, "cordon_events_failed_total") - 1.0).abs() < 1e-9, "{metrics}");
+    // Its next detection isolates it.
+    harness.produce("edr.detections", "fail-01", &detection("fail-01", "ev-next", 5));
+    wait_for_line(&lines, "fail-01: not_isolated -> isolating");
+    harness.kill_service();
+    let _lines = harness.serve();
+    no_message(&dead_letters, Duration::from_secs(2));
+}

@@ -28,7 +28,7 @@ pub use duration::{format_duration, parse_duration, DurationError, MAX_DURATION}
 pub use engine::{dry_run, dry_run_rule, evaluate, DryRun, RuleVerdict};
 pub use event::{Event, EventError, Projection};
 pub use ruleset::Ruleset;
-pub use state::{EngineState, DEDUP_CAPACITY, MAX_THRESHOLD_GROUPS};
+pub use state::{EngineState, HostIsolationMemory, DEDUP_CAPACITY, MAX_THRESHOLD_GROUPS};
 pub use testing::{describe_decision, run_test, RuleDirectory, SourceFile, TestOutcome, TestResult};
 
 /// An exclusion SPEC of `allow:`, `DIR,PROTO,CIDR[,PORTS]`: the grammar the enforcer's `--allow`

@@ -118,10 +118,33 @@ impl ActiveIsolation {
     }
 }
 
+/// What the engine remembers of one host's isolation, taken before an event is evaluated so it
+/// can be put back if handling that event fails afterwards (the host's record was not changed,
+/// so the engine must not believe it was).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostIsolationMemory(Option<ActiveIsolation>);
+
 impl EngineState {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    #[must_use]
+    pub fn isolation_memory(&self, host: &str) -> HostIsolationMemory {
+        HostIsolationMemory(self.active.get(host).cloned())
+    }
+
+    /// Puts back what [`EngineState::isolation_memory`] took for `host`.
+    pub fn restore_isolation_memory(&mut self, host: &str, memory: HostIsolationMemory) {
+        match memory.0 {
+            Some(active) => {
+                self.active.insert(host.to_owned(), active);
+            }
+            None => {
+                self.active.remove(host);
+            }
+        }
     }
 
     /// Forgets the engine's isolation of `host`, e.g. after an operator released it; the next
@@ -198,6 +221,21 @@ mod tests {
         let back: EngineState = serde_json::from_str(&json).unwrap();
         assert_eq!(back, state);
         assert!(back.seen.contains(event_key("ws-1", "e1")));
+    }
+
+    #[test]
+    fn a_hosts_isolation_memory_is_put_back_as_it_was() {
+        let mut state = EngineState::new();
+        let before = state.isolation_memory("ws-1");
+        state.note_isolation("ws-1", IsolationMode::Manual, None, "rules a");
+        assert!(state.isolation_of("ws-1", 0).is_some());
+        state.restore_isolation_memory("ws-1", before);
+        assert!(state.isolation_of("ws-1", 0).is_none(), "what was not there is gone again");
+        state.note_isolation("ws-2", IsolationMode::Automatic, Some(100), "rules a");
+        let kept = state.isolation_memory("ws-2");
+        state.release("ws-2");
+        state.restore_isolation_memory("ws-2", kept);
+        assert_eq!(state.isolation_of("ws-2", 0), Some((IsolationMode::Automatic, Some(100))));
     }
 
     #[test]

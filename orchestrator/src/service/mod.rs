@@ -755,10 +755,14 @@ impl Service {
                 }
                 Some(Ok(event)) => {
                     detections += 1;
+                    let memory = self.engine.isolation_memory(event.host());
                     if let Err(error) = self.on_detection(message, &event, now, batch.received_at) {
                         if is_store_fault(&error) {
                             return Err(error);
                         }
+                        // The engine saw the event; the host's record did not change: forget
+                        // what the engine concluded about the host, or it would count as isolated.
+                        self.engine.restore_isolation_memory(event.host(), memory);
                         self.metrics.events_failed.add(1);
                         self.dead_letter(
                             message,
@@ -823,6 +827,13 @@ impl Service {
         let tags = self.store.tags_of(event.host())?;
         let evaluating_since = self.spans.enabled().then(SystemTime::now);
         let decisions = rules::evaluate(&self.ruleset, &mut self.engine, event, now, &tags);
+        if let Some(failing) = self.failpoint.as_deref().and_then(|name| name.strip_prefix("fail-event:")) {
+            // CORDON_FAILPOINT=fail-event:ID: handling event ID fails after its evaluation, as
+            // an unexpected error there would (the tests of the per-event failure path).
+            if event.id() == failing {
+                bail!("failpoint fail-event: handling event {failing} fails after its evaluation");
+            }
+        }
         let parent = if self.spans.enabled() {
             cordon_telemetry::propagation::context_of_message(message)
         } else {
