@@ -321,20 +321,35 @@ fn attach(pins: &Pins, cgroup: &Path, interfaces: &[String]) -> Result<()> {
         };
         pin_link(link, &pins.links_dir().join(name))?;
     }
-    if !interfaces.is_empty() {
-        let mut classifier = SchedClassifier::from_pin(pins.prog(PROG_TC_INGRESS))?;
-        for interface in interfaces {
-            let id = classifier
-                .attach(interface, TcAttachType::Ingress)
-                .with_context(|| format!("cannot attach cordon_tc_ingress to interface {interface}"))?;
-            let link: FdLink = classifier
-                .take_link(id)?
-                .try_into()
-                .context("interface programs need tcx links (kernel 6.6 or newer)")?;
-            pin_link(link, &pins.links_dir().join(format!("tc-ingress-{interface}")))?;
-        }
+    attach_interfaces(pins, interfaces)
+}
+
+/// Attaches the ICMP echo guard to each of `interfaces` (tcx ingress), pinning its link.
+fn attach_interfaces(pins: &Pins, interfaces: &[String]) -> Result<()> {
+    if interfaces.is_empty() {
+        return Ok(());
+    }
+    let mut classifier = SchedClassifier::from_pin(pins.prog(PROG_TC_INGRESS))?;
+    for interface in interfaces {
+        let id = classifier
+            .attach(interface, TcAttachType::Ingress)
+            .with_context(|| format!("cannot attach cordon_tc_ingress to interface {interface}"))?;
+        let link: FdLink =
+            classifier.take_link(id)?.try_into().context("interface programs need tcx links (kernel 6.6 or newer)")?;
+        pin_link(link, &pins.links_dir().join(format!("tc-ingress-{interface}")))?;
     }
     Ok(())
+}
+
+/// Guards interfaces that appeared after the isolation was installed; returns those it attached.
+pub fn guard_new_interfaces(pins: &Pins, interfaces: &[String]) -> Result<Vec<String>> {
+    let new: Vec<String> = interfaces
+        .iter()
+        .filter(|interface| !pins.links_dir().join(format!("tc-ingress-{interface}")).exists())
+        .cloned()
+        .collect();
+    attach_interfaces(pins, &new)?;
+    Ok(new)
 }
 
 fn pin_link(link: FdLink, path: &Path) -> Result<()> {

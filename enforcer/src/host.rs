@@ -35,12 +35,28 @@ pub fn validate_cgroup(cgroup: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Interfaces of this network namespace except loopback.
+/// Interfaces of this process's network namespace except loopback. Asked of the kernel by
+/// netlink (`if_nameindex`), not read from `/sys/class/net`, which lists the interfaces of the
+/// namespace `/sys` was mounted in: an agent in another network namespace would guard the wrong
+/// interfaces, or fail on ones it cannot see.
 pub fn non_loopback_interfaces() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .map(|entries| entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
-        .unwrap_or_default();
+    let mut names = Vec::new();
+    // SAFETY: if_nameindex returns null or an array ended by a zero entry, freed below.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return names;
+        }
+        let mut entry = list;
+        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
+            let name = std::ffi::CStr::from_ptr((*entry).if_name).to_string_lossy().into_owned();
+            names.push(name);
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
     names.retain(|name| name != "lo");
     names.sort();
+    names.dedup();
     names
 }

@@ -331,6 +331,30 @@ fn apply_record(
     })
 }
 
+/// Guards `interfaces` that the isolation in force does not guard yet (they appeared while the
+/// host was isolated) and records them; returns those newly guarded.
+pub fn guard_new_interfaces(target: &Target, interfaces: &[String]) -> Result<Vec<String>> {
+    let _lock = lock_changes(target)?;
+    if !target.pins.installed() {
+        return Ok(Vec::new());
+    }
+    let store = Store::open(&target.state_dir)?;
+    let Some(mut record) = store.current()? else { return Ok(Vec::new()) };
+    let new = bpf::guard_new_interfaces(&target.pins, interfaces)?;
+    if new.is_empty() {
+        return Ok(new);
+    }
+    for interface in &new {
+        if !record.interfaces.contains(interface) {
+            record.interfaces.push(interface.clone());
+        }
+    }
+    store.set_current(&record, None)?;
+    drop(store);
+    audit(target, "updated", "agent", &format!("ICMP echo guard added to new interface(s) {}", new.join(", ")))?;
+    Ok(new)
+}
+
 /// Brings the management channel of the isolation in force to `management`, live (the agent
 /// learned other broker addresses); false when nothing is isolated or nothing changes.
 pub fn update_management(target: &Target, management: &[Exclusion]) -> Result<bool> {

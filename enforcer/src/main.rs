@@ -457,6 +457,10 @@ fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
     // An isolation recorded with other addresses (brokers moved, renamed) gets these.
     update_management(target, &management);
     let interfaces = choose_interfaces(target, config, Vec::new());
+    // The whole host, no interfaces configured: every interface is guarded, also one that
+    // appears while the host is isolated.
+    let guards_every_interface =
+        config.interfaces.is_none() && host::cgroup2_root().is_ok_and(|root| root == target.cgroup);
     let heartbeat = Duration::from_secs(config.heartbeat_seconds.unwrap_or(30).max(1));
     let mut settings = config.channel_settings(&target.state_dir)?;
     let mut channel: Option<channel::Channel> = None;
@@ -500,28 +504,11 @@ fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
                 }
             }
         }
-        let wait = match isolation::expire_if_due(target) {
-            Ok(isolation::Deadline::Pending(remaining)) => remaining.min(Duration::from_millis(500)),
-            Ok(isolation::Deadline::Lifted) => {
-                tracing::info!("deadline reached: isolation lifted.");
-                if let Some(channel) = &channel {
-                    channel.report(&channel.snapshot(
-                        target,
-                        cordon_wire::StatusKind::Changed,
-                        None,
-                        None,
-                        None,
-                    ));
-                }
-                Duration::ZERO
-            }
-            Ok(isolation::Deadline::None) => Duration::from_millis(500),
-            Err(error) => {
-                tracing::error!("checking the deadline failed: {error:#}");
-                Duration::from_secs(1)
-            }
-        };
+        let wait = lift_if_due(target, channel.as_ref());
         let heartbeat_due = Instant::now() >= next_heartbeat;
+        if heartbeat_due && guards_every_interface {
+            guard_new_interfaces(target);
+        }
         note_health(target, channel.as_ref(), &mut health, &mut health_written, heartbeat_due);
         if let Some(channel) = &channel {
             if heartbeat_due {
@@ -578,6 +565,37 @@ fn learn_advertised_brokers(
         tracing::info!("management channel: {} exclusion(s) with the brokers the cluster advertises.", now.len());
         *management = now;
         update_management(target, management);
+    }
+}
+
+/// Lifts the isolation at its deadline (and says so); returns how long the loop may wait.
+fn lift_if_due(target: &Target, channel: Option<&channel::Channel>) -> Duration {
+    match isolation::expire_if_due(target) {
+        Ok(isolation::Deadline::Pending(remaining)) => remaining.min(Duration::from_millis(500)),
+        Ok(isolation::Deadline::Lifted) => {
+            tracing::info!("deadline reached: isolation lifted.");
+            if let Some(channel) = channel {
+                channel.report(&channel.snapshot(target, cordon_wire::StatusKind::Changed, None, None, None));
+            }
+            Duration::ZERO
+        }
+        Ok(isolation::Deadline::None) => Duration::from_millis(500),
+        Err(error) => {
+            tracing::error!("checking the deadline failed: {error:#}");
+            Duration::from_secs(1)
+        }
+    }
+}
+
+/// Guards the interfaces that appeared while the host is isolated.
+fn guard_new_interfaces(target: &Target) {
+    if !target.pins.installed() {
+        return;
+    }
+    match isolation::guard_new_interfaces(target, &host::non_loopback_interfaces()) {
+        Ok(new) if !new.is_empty() => tracing::info!("ICMP echo guard attached to new interface(s) {}.", new.join(", ")),
+        Ok(_) => {}
+        Err(error) => tracing::error!("cannot guard a new interface: {error:#}"),
     }
 }
 

@@ -41,6 +41,7 @@ fn main() {
         Trial::test("armed_programs_change_nothing_until_isolate", armed_then_isolated),
         Trial::test("dns_and_dhcp_only_when_asked_for", dns_and_dhcp_on_request),
         Trial::test("signed_commands_over_kafka_applied_forgeries_refused", signed_commands_over_kafka),
+        Trial::test("whole_host_mode_with_the_default_options", whole_host_mode),
         Trial::test("not_root_is_told_what_is_missing", not_root_is_refused),
         Trial::test("failed_isolation_is_rolled_back", failed_isolation_is_rolled_back),
         Trial::test("bad_input_exits_2_and_changes_nothing", bad_input_changes_nothing),
@@ -785,6 +786,68 @@ fn signed_commands_over_kafka() -> Result<(), Failed> {
     assert_eq!(released["isolated"], false, "{released}");
     check("after the release command", &on_host(&sandbox, &["connect", &peer, "8080"]), "ok")?;
     let _ = std::fs::remove_dir_all(&files);
+    Ok(())
+}
+
+/// The agent as it runs on a real host, with the default options: the sandbox is the whole
+/// machine to it (its cgroup v2 root is the sandbox's cgroup, through a cgroup namespace, and its
+/// network namespace is the sandbox host's, while `/sys/class/net` still lists the machine's
+/// interfaces). The isolation guards the host's own interface (found by netlink), refuses new
+/// traffic both ways, and the agent lifts it at its deadline.
+fn whole_host_mode() -> Result<(), Failed> {
+    let mut sandbox = Sandbox::new();
+    start_peer_servers(&mut sandbox, &["8080"]);
+    let (peer, host) = (sandbox.peer_v4(), sandbox.host_v4());
+    let config = sandbox.state_dir.with_extension("toml");
+    // Only the heartbeat is not the default: new interfaces are looked for with each.
+    std::fs::write(&config, "heartbeat_seconds = 1\n").expect("write enforcer.toml");
+    let (pin_dir, state_dir, config) = (
+        sandbox.pin_dir.to_string_lossy().into_owned(),
+        sandbox.state_dir.to_string_lossy().into_owned(),
+        config.to_string_lossy().into_owned(),
+    );
+    let base = ["--pin-dir", pin_dir.as_str(), "--state-dir", state_dir.as_str(), "--config", config.as_str()];
+    let whole = |sandbox: &Sandbox, args: &[&str]| {
+        let all: Vec<&str> = base.iter().chain(args).copied().collect();
+        output_of(sandbox.as_whole_host(Path::new(ENFORCER), &all))
+    };
+    let (code, out, err) = whole(&sandbox, &["isolate", "--duration", "6s"]);
+    assert_eq!(code, 0, "isolate in whole-host mode: {out}{err}");
+    let (code, out, err) = whole(&sandbox, &["status", "--json"]);
+    assert_eq!(code, 0, "status: {err}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status --json is JSON");
+    let links = status["pinned_links"].to_string();
+    assert!(links.contains(&format!("tc-ingress-{}", sandbox.host_if)), "the host's interface is guarded: {links}");
+    check("connect out", &on_host(&sandbox, &["connect", &peer, "8080"]), "error EPERM")?;
+    check("ping in", &on_peer(&sandbox, &["ping", &host]), "timeout")?;
+    let agent_args: Vec<&str> = base.iter().copied().chain(["run"]).collect();
+    let mut agent = sandbox.spawn(sandbox.as_whole_host(Path::new(ENFORCER), &agent_args));
+    let started = agent.expect_line("agent start", Duration::from_secs(10));
+    assert!(started.contains("adopted the pinned isolation"), "agent said: {started}");
+    // An interface that appears while the host is isolated is guarded too.
+    let added = Command::new("ip")
+        .args(["-n", &sandbox.host_ns, "link", "add", "cdnew0", "type", "veth", "peer", "name", "cdnew1"])
+        .status()
+        .expect("run ip");
+    assert!(added.success(), "cannot add an interface to the sandbox host");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (_, out, _) = whole(&sandbox, &["status", "--json"]);
+        if out.contains("tc-ingress-cdnew0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new interface was not guarded: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let until = Instant::now() + Duration::from_secs(8);
+    loop {
+        let line = agent.expect_line("the deadline", until.saturating_duration_since(Instant::now()));
+        if line.contains("deadline reached: isolation lifted") {
+            break;
+        }
+    }
+    check("connect out after the deadline", &on_host(&sandbox, &["connect", &peer, "8080"]), "ok")?;
+    check("ping in after the deadline", &on_peer(&sandbox, &["ping", &host]), "ok")?;
     Ok(())
 }
 

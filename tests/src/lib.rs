@@ -173,6 +173,33 @@ impl Sandbox {
         format!("fd00:c0d:{}::2", self.subnet)
     }
 
+    /// `program args` as on a real host of which this sandbox is the whole machine: in the
+    /// sandbox's cgroup, then in a cgroup namespace and a mount namespace of its own where cgroup
+    /// v2 is mounted again (so the sandbox's cgroup is its cgroup v2 root, what `--cgroup`
+    /// defaults to), in the host network namespace, with the machine's `/sys` (whose
+    /// `/sys/class/net` lists the machine's interfaces, not the sandbox's). Before running it,
+    /// checks that the new root is the sandbox's cgroup (the same kernfs inode), and exits 97
+    /// without running it otherwise: nothing is ever attached to the machine's own root.
+    pub fn as_whole_host(&self, program: &Path, args: &[&str]) -> Command {
+        use std::os::unix::fs::MetadataExt as _;
+        let mount_point = cgroup2_root();
+        let expected = fs::metadata(&self.cgroup).expect("the sandbox cgroup").ino();
+        let inner = format!(
+            "umount -l {mp} && mount -t cgroup2 none {mp} && [ \"$(stat -c %i {mp})\" = {expected} ] || \
+             {{ echo 'whole-host sandbox: the cgroup v2 root is not the sandbox cgroup; refusing' >&2; exit 97; }}; \
+             exec nsenter --net=/run/netns/{ns} \"$0\" \"$@\"",
+            mp = mount_point.display(),
+            ns = self.host_ns
+        );
+        let outer = format!(
+            "echo $$ > {}/cgroup.procs && exec unshare --cgroup --mount --propagation private -- sh -c \"$0\" \"$@\"",
+            self.cgroup.display()
+        );
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(outer).arg(inner).arg(program).args(args);
+        command
+    }
+
     /// `cordon-enforcer` with this sandbox's cgroup, pin and state directories, run inside the
     /// host namespace (so interface names resolve there and nowhere else).
     pub fn enforcer(&self, enforcer: &Path, args: &[&str]) -> Command {
