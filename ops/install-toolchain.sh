@@ -21,9 +21,10 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-# Debian packages: LLVM 22 for bpf-linker, iproute2/nftables/iperf3 for the kernel tests and benchmarks.
+# Debian packages: LLVM 22 for bpf-linker, iproute2/nftables/iperf3 for the kernel tests and
+# benchmarks, openssl (the command) for the tests' TLS certificates.
 need_pkgs=()
-for pkg in llvm-22-dev libpolly-22-dev libzstd-dev iproute2 nftables iperf3 procps; do
+for pkg in llvm-22-dev libpolly-22-dev libzstd-dev iproute2 nftables iperf3 procps openssl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

@@ -24,9 +24,13 @@ pub struct Connection {
     /// A file holding the API token (the service's `[api] token_file`). Or set `CORDON_TOKEN`.
     #[arg(long, value_name = "FILE", global = true)]
     pub token_file: Option<PathBuf>,
-    /// Your name in the audit trail (default: $USER).
+    /// Your name in the audit trail (default: $USER); ignored when your token names you.
     #[arg(long, global = true)]
     pub operator: Option<String>,
+    /// Trust only this CA (PEM) for an https:// API (the service's `[api] tls_cert_file`, or the
+    /// CA that issued it); without it, the public CAs.
+    #[arg(long, env = "CORDON_CA_FILE", value_name = "FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// An error the API answered with: its status and what it said.
@@ -71,11 +75,12 @@ impl Client {
             .clone()
             .or_else(|| std::env::var("USER").ok())
             .unwrap_or_else(|| "unnamed".into());
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
+        let mut config =
+            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(30)));
+        if let Some(ca_file) = &connection.ca_file {
+            config = config.tls_config(trusting(ca_file)?);
+        }
+        let agent = config.build().into();
         Ok(Client {
             base: connection.api.trim_end_matches('/').to_owned(),
             token: token.trim().to_owned(),
@@ -123,6 +128,23 @@ impl Client {
             .header(OPERATOR_HEADER, &self.operator);
         self.answer(request.send_json(body))
     }
+}
+
+/// TLS that trusts only the certificates in `ca_file` (PEM).
+fn trusting(ca_file: &std::path::Path) -> Result<ureq::tls::TlsConfig> {
+    let pem = std::fs::read(ca_file).with_context(|| format!("cannot read the CA file {}", ca_file.display()))?;
+    let mut certificates = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        if let ureq::tls::PemItem::Certificate(certificate) =
+            item.with_context(|| format!("{} is not PEM", ca_file.display()))?
+        {
+            certificates.push(certificate);
+        }
+    }
+    if certificates.is_empty() {
+        bail!("{} holds no PEM certificate", ca_file.display());
+    }
+    Ok(ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&certificates)).build())
 }
 
 /// Percent-encodes a host id or tag for a URL path segment or query value.

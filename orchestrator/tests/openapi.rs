@@ -70,7 +70,7 @@ fn serve(name: &str) -> Served {
         requests_tx,
         metrics,
     )
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        .into_make_service_with_connect_info::<orchestrator::service::tls::Peer>();
     runtime.spawn(async move { axum::serve(listener, app).await });
     Served { base: format!("http://{address}"), dir, _runtime: runtime, _requests: requests }
 }

@@ -219,7 +219,7 @@ impl Harness {
     /// the group); remembers the API address.
     fn serve_started(&mut self) -> mpsc::Receiver<String> {
         let lines = self.serve_with("");
-        let line = wait_for_line(&lines, "API on http://");
+        let line = wait_for_line(&lines, "; API on ");
         let address = line.split("API on ").nth(1).expect("address").trim_end_matches('.');
         address.clone_into(&mut self.api);
         lines
@@ -228,6 +228,18 @@ impl Harness {
     fn public_key(&self) -> cordon_wire::VerifyingKey {
         let public = std::fs::read_to_string(self.dir.join("keys/signing.pub")).expect("read public key");
         cordon_wire::verifying_key_from_base64(&public).expect("public key")
+    }
+
+    /// Runs `cordon serve` on the config of the last start, which must refuse to start; returns
+    /// what it said on standard error.
+    fn serve_refused(&self) -> String {
+        let output =
+            Command::new(CORDON).args(["serve", "--config"]).arg(self.dir.join("cordon.toml")).output().expect("run cordon serve");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(!output.status.success(), "cordon serve started: {stdout}{stderr}");
+        assert!(!stdout.contains("API on"), "{stdout}");
+        stderr
     }
 
     /// Kills `cordon serve` as `kill -9` would (the broker keeps running).
@@ -1369,15 +1381,7 @@ fn a_damaged_state_store_is_refused_with_its_path_and_the_runbook_step() {
     let db = harness.dir.join("state/orchestrator.sled/db");
     let size = usize::try_from(std::fs::metadata(&db).expect("the store's log").len()).unwrap();
     std::fs::write(&db, vec![0x5a; size]).expect("damage the store");
-    let output = Command::new(CORDON)
-        .args(["serve", "--config"])
-        .arg(harness.dir.join("cordon.toml"))
-        .output()
-        .expect("run cordon serve");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(!output.status.success(), "started on a damaged store: {stdout}{stderr}");
-    assert!(!stdout.contains("API on"), "{stdout}");
+    let stderr = harness.serve_refused();
     assert!(stderr.contains(&harness.dir.join("state/orchestrator.sled").display().to_string()), "{stderr}");
     assert!(stderr.contains("A lost or corrupt state store"), "{stderr}");
 }
@@ -1707,26 +1711,17 @@ fn secrets_others_can_read_are_refused_with_the_fix() {
     let mut harness = Harness::start("secrets");
     let _lines = harness.serve_started();
     harness.kill_service();
-    let refusal = |harness: &Harness| {
-        let output = Command::new(CORDON)
-            .args(["serve", "--config"])
-            .arg(harness.dir.join("cordon.toml"))
-            .output()
-            .expect("run cordon serve");
-        assert!(!output.status.success(), "{output:?}");
-        String::from_utf8_lossy(&output.stderr).into_owned()
-    };
     let chmod = |path: &Path, mode: u32| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
     };
     let key = harness.dir.join("keys/signing.key");
     chmod(&key, 0o644);
-    let stderr = refusal(&harness);
+    let stderr = harness.serve_refused();
     assert!(stderr.contains("has mode 644") && stderr.contains(&format!("chmod 600 {}", key.display())), "{stderr}");
     chmod(&key, 0o600);
     let token = harness.dir.join("state/api-token");
     chmod(&token, 0o640);
-    let stderr = refusal(&harness);
+    let stderr = harness.serve_refused();
     assert!(stderr.contains("the API token file") && stderr.contains("has mode 640"), "{stderr}");
     chmod(&token, 0o600);
     let (_, entry) = new_token("alice", "admin");
@@ -1737,7 +1732,7 @@ fn secrets_others_can_read_are_refused_with_the_fix() {
     let text = std::fs::read_to_string(&config).expect("read cordon.toml");
     let text = text.replace("listen = \"127.0.0.1:0\"\n", &format!("listen = \"127.0.0.1:0\"\ntokens_file = \"{}\"\n", tokens.display()));
     std::fs::write(&config, text).expect("write cordon.toml");
-    let stderr = refusal(&harness);
+    let stderr = harness.serve_refused();
     assert!(stderr.contains("others could add a token") && stderr.contains("chmod go-w"), "{stderr}");
 }
 
@@ -1769,4 +1764,63 @@ fn a_detection_whose_handling_fails_is_dead_lettered_and_the_rest_go_on() {
     harness.kill_service();
     let _lines = harness.serve();
     no_message(&dead_letters, Duration::from_secs(2));
+}
+
+/// `openssl req` for a self-signed certificate for 127.0.0.1: (certificate, key), in `dir`.
+fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        // A server's certificate, not a CA's (webpki refuses a CA used as the server's).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-addext", "extendedKeyUsage=serverAuth", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl (Debian package openssl)");
+    assert!(status.success(), "openssl req failed");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod the key");
+    (cert, key)
+}
+
+/// The API over TLS: the CLI trusting the service's certificate works; trusting another CA,
+/// or the public ones, fails with the reason; plain HTTP to it gets nothing; a key others can
+/// read stops the service at start.
+#[test]
+fn the_api_over_tls_trusts_only_the_given_ca() {
+    let mut harness = Harness::start("api-tls");
+    let (cert, key) = self_signed(&harness.dir, "api");
+    let (other, _) = self_signed(&harness.dir, "other");
+    harness.api_config =
+        format!("tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n", cert.display(), key.display());
+    let _lines = harness.serve();
+    assert!(harness.api.starts_with("https://127.0.0.1:"), "{}", harness.api);
+    let trusting = |ca: Option<&Path>| {
+        let mut args = vec!["hosts", "--json"];
+        let ca = ca.map(|ca| ca.to_string_lossy().into_owned());
+        if let Some(ca) = &ca {
+            args.extend(["--ca-file", ca.as_str()]);
+        }
+        harness.cordon(&args)
+    };
+    let ok = trusting(Some(&cert));
+    assert!(ok.status.success(), "{ok:?}");
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "[]");
+    for (what, ca) in [("another CA", Some(other.as_path())), ("the public CAs", None)] {
+        let refused = trusting(ca);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "trusting {what} worked: {refused:?}");
+        assert!(stderr.contains("cannot reach the cordon API") && stderr.to_lowercase().contains("certificate"), "{what}: {stderr}");
+    }
+    let plain = harness.api.replace("https://", "http://");
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).build().into();
+    assert!(agent.get(format!("{plain}/v1/hosts")).call().is_err(), "plain HTTP was answered");
+    // A TLS key others can read is refused at start.
+    harness.kill_service();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+    let stderr = harness.serve_refused();
+    assert!(stderr.contains("the API's TLS key") && stderr.contains("chmod 600"), "{stderr}");
 }

@@ -4,7 +4,6 @@
 //! (viewer: reads; responder: changes to hosts; admin: agent keys), and every call is recorded
 //! with its caller, whatever its outcome. `schemas/openapi.json` documents it.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -217,7 +216,7 @@ async fn require(needed: Role, request: Request, next: Next) -> Response {
 /// that failed too often in the last minute is answered 429 without its token being looked at.
 async fn authenticate(
     State(state): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<super::tls::Peer>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -230,7 +229,7 @@ async fn authenticate(
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
     let now = now_ms();
-    let blocked = state.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).blocked(peer.ip(), now);
+    let blocked = state.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).blocked(peer.0.ip(), now);
     let holder = if blocked { None } else { token.and_then(|token| state.tokens.holder(token)).cloned() };
     let (caller, response) = if let Some(holder) = holder {
         // A token that names its operator is the name in the audit trail, whatever the client says.
@@ -241,13 +240,13 @@ async fn authenticate(
     } else if blocked {
         let error = format!(
             "too many failed authentications from {} in the last minute (at most {}): wait, then use a valid token",
-            peer.ip(),
+            peer.0.ip(),
             FailedAttempts::LIMIT
         );
         (format!("anonymous {claimed} ({peer})"), ApiError::new(StatusCode::TOO_MANY_REQUESTS, error).into_response())
     } else {
         if token.is_some() {
-            state.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).failed(peer.ip(), now);
+            state.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).failed(peer.0.ip(), now);
         }
         let error = if token.is_none() {
             "this API needs a bearer token (Authorization: Bearer TOKEN; the cordon client reads it from \

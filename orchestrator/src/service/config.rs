@@ -120,11 +120,15 @@ pub struct ApiSection {
     /// `role` = viewer | responder | admin, and the token's `sha256`; `cordon token new` makes
     /// one). With it, the audit trail records the token's operator, not what the client claims.
     pub tokens_file: Option<PathBuf>,
+    /// Serve the API over TLS with this certificate (PEM: the server's, then its chain) and key
+    /// (PEM, readable by its owner only); both or neither. Clients: `cordon --ca-file`.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for ApiSection {
     fn default() -> Self {
-        ApiSection { listen: default_api_listen(), token_file: None, tokens_file: None }
+        ApiSection { listen: default_api_listen(), token_file: None, tokens_file: None, tls_cert_file: None, tls_key_file: None }
     }
 }
 
@@ -318,7 +322,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let table: toml::Table = toml::from_str(&text).unwrap();
         let keys: usize = table.values().map(|section| section.as_table().map_or(1, toml::Table::len)).sum();
-        assert_eq!(keys, 19, "keys in ops/config/cordon.toml (a key added to the config goes there too)");
+        assert_eq!(keys, 21, "keys in ops/config/cordon.toml (a key added to the config goes there too)");
     }
 
     #[test]

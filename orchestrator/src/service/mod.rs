@@ -23,6 +23,7 @@ pub mod observe;
 pub mod outbox;
 mod reports;
 pub mod store;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -286,24 +287,40 @@ fn api_token(config: &ServiceConfig) -> Result<String> {
 
 /// Serves the operator API on `listen` in a task of its own; returns the address it listens on.
 async fn start_api(
-    listen: &str,
+    section: &config::ApiSection,
     store: Store,
     tokens: access::Tokens,
     requests: mpsc::Sender<OperatorRequest>,
     metrics: Arc<Metrics>,
-) -> Result<std::net::SocketAddr> {
+) -> Result<(std::net::SocketAddr, &'static str)> {
+    let listen = &section.listen;
+    let tls = match (&section.tls_cert_file, &section.tls_key_file) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        (None, None) => None,
+        _ => bail!("[api] needs both tls_cert_file and tls_key_file, or neither"),
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} ([api] listen)"))?;
     let address = listener.local_addr()?;
-    let app = api::router(store, tokens, requests, metrics)
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!("the API server stopped: {error}");
-        }
-    });
-    Ok(address)
+    let app = api::router(store, tokens, requests, metrics).into_make_service_with_connect_info::<tls::Peer>();
+    let scheme = if let Some(tls) = tls {
+        let listener = tls::TlsListener::new(listener, tls)?;
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!("the API server stopped: {error}");
+            }
+        });
+        "https"
+    } else {
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!("the API server stopped: {error}");
+            }
+        });
+        "http"
+    };
+    Ok((address, scheme))
 }
 
 /// The consumer of detections and agents' reports, subscribed, in the service's group.
@@ -437,8 +454,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let (outbox, sender, mut parked) =
         start_outbox(&config, &store, signing_key, brokers, &metrics, failpoint.clone())?;
     let (requests_tx, mut requests) = mpsc::channel::<OperatorRequest>(64);
-    let api_address =
-        start_api(&config.api.listen, store.clone(), tokens, requests_tx, Arc::clone(&metrics)).await?;
+    let api_address = start_api(&config.api, store.clone(), tokens, requests_tx, Arc::clone(&metrics)).await?;
     let (jobs_tx, mut jobs) = mpsc::channel::<Job>(16);
     let scheduler = jobs::start(&config, jobs_tx).await?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -717,10 +733,10 @@ fn parse_batch(
 
 impl Service {
     /// Says what is served, once the service is ready to: operators (and tests) wait for it.
-    fn announce(&self, telemetry: &cordon_telemetry::Telemetry, api_address: std::net::SocketAddr) {
+    fn announce(&self, telemetry: &cordon_telemetry::Telemetry, (api_address, scheme): (std::net::SocketAddr, &str)) {
         tracing::info!("telemetry: {}.", telemetry.description());
         tracing::info!(
-            "serving {} rule(s) from {}; API on http://{api_address}.",
+            "serving {} rule(s) from {}; API on {scheme}://{api_address}.",
             self.ruleset.len(),
             self.config.rules.dir.display()
         );
