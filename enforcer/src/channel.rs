@@ -41,15 +41,22 @@ pub struct ChannelSettings {
     pub public_keys: Vec<VerifyingKey>,
     /// This agent's own key: it signs every report.
     pub agent_key: SigningKey,
+    /// librdkafka settings for TLS and SASL (`[kafka.tls]`, `[kafka.sasl]`, `[kafka.settings]`).
+    pub security: Vec<(String, String)>,
 }
 
 /// The consumer's context: counts the brokers it is connected to (from librdkafka's
 /// statistics), for the agent's health.
 struct BrokerWatch {
     brokers_up: Arc<AtomicI64>,
+    client_log: cordon_telemetry::logs::KafkaClientLog,
 }
 
 impl ClientContext for BrokerWatch {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.client_log.say(level as i32, facility, message);
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
         let up = statistics.brokers.values().filter(|b| b.nodeid >= 0 && b.state == "UP").count();
         self.brokers_up.store(i64::try_from(up).unwrap_or(i64::MAX), Ordering::Relaxed);
@@ -88,14 +95,24 @@ impl Channel {
     /// (the beginning of the partition the first time: expired and stale commands are refused).
     pub fn connect(settings: ChannelSettings, spans: Spans) -> Result<Channel> {
         let brokers_up = Arc::new(AtomicI64::new(-1));
-        let consumer: BaseConsumer<BrokerWatch> = ClientConfig::new()
+        let secured = || {
+            let mut config = ClientConfig::new();
+            for (key, value) in &settings.security {
+                config.set(key, value);
+            }
+            config
+        };
+        let consumer: BaseConsumer<BrokerWatch> = secured()
             .set("bootstrap.servers", &settings.brokers)
             .set("group.id", format!("cordon-enforcer-{}", settings.host_id))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
             .set("statistics.interval.ms", "5000")
-            .create_with_context(BrokerWatch { brokers_up: Arc::clone(&brokers_up) })
+            .create_with_context(BrokerWatch {
+                brokers_up: Arc::clone(&brokers_up),
+                client_log: cordon_telemetry::logs::KafkaClientLog::default(),
+            })
             .context("cannot create the Kafka consumer")?;
         let metadata = consumer
             .fetch_metadata(Some(&settings.commands_topic), Duration::from_secs(10))
@@ -122,7 +139,7 @@ impl Channel {
             )
             .context("cannot build the partition assignment")?;
         consumer.assign(&assignment).context("cannot read this host's partition")?;
-        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        let producer: ThreadedProducer<DefaultProducerContext> = secured()
             .set("bootstrap.servers", &settings.brokers)
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "0")

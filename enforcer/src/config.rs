@@ -45,6 +45,13 @@ pub struct KafkaConfig {
     /// request rate; brokers that answer only at the end of the wait (tansu 0.6) add it to
     /// every command's latency.
     pub fetch_wait_ms: Option<u64>,
+    /// `[kafka.tls]`: TLS to the brokers, mutual with a client certificate.
+    pub tls: Option<cordon_wire::kafka::KafkaTls>,
+    /// `[kafka.sasl]`: PLAIN (over TLS only) or SCRAM, the password from a file.
+    pub sasl: Option<cordon_wire::kafka::KafkaSasl>,
+    /// `[kafka.settings]`: other librdkafka settings, passed through (not the ones cordon sets).
+    #[serde(default)]
+    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +97,8 @@ impl EnforcerConfig {
                 crate::identity::public_text(key)
             );
         }
+        let security = cordon_wire::kafka::client_settings(kafka.tls.as_ref(), kafka.sasl.as_ref(), &kafka.settings, "[kafka]")
+            .map_err(|problems| anyhow::anyhow!("[kafka]: {} problem(s):\n  - {}", problems.len(), problems.join("\n  - ")))?;
         let brokers = crate::endpoints::Endpoints::load(state_dir).bootstrap(&self.brokers());
         Ok(Some(crate::channel::ChannelSettings {
             brokers,
@@ -99,6 +108,7 @@ impl EnforcerConfig {
             host_id,
             public_keys,
             agent_key: agent_key.key(),
+            security,
         }))
     }
 

@@ -71,7 +71,11 @@ pub fn create(config: &ServiceConfig, layout: Layout) -> Result<Vec<String>> {
     if layout.partitions < 1 || layout.replication < 1 {
         bail!("--partitions and --replication must be at least 1");
     }
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    let mut client = ClientConfig::new();
+    for (key, value) in config.kafka.client_settings()? {
+        client.set(key, value);
+    }
+    let admin: AdminClient<DefaultClientContext> = client
         .set("bootstrap.servers", brokers)
         .create()
         .context("cannot create the Kafka admin client")?;

@@ -42,6 +42,8 @@ struct Harness {
     enrolled: std::cell::RefCell<std::collections::HashSet<String>>,
     /// The last report's `sent_at_ms`: each report is newer than the one before.
     last_sent_at_ms: std::cell::Cell<i64>,
+    /// librdkafka settings of the test's own clients (TLS behind a front).
+    client_settings: Vec<(String, String)>,
 }
 
 impl Drop for Harness {
@@ -66,10 +68,16 @@ fn free_port() -> u16 {
 
 /// A tansu broker on a free loopback port, with no topics, once it accepts connections.
 fn start_broker() -> (Child, u16) {
+    start_broker_advertising(None)
+}
+
+/// As [`start_broker`], advertising `advertised` (a TLS front's port) instead of its own port.
+fn start_broker_advertising(advertised: Option<u16>) -> (Child, u16) {
     let port = free_port();
     let url = format!("tcp://127.0.0.1:{port}");
+    let advertised = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
     let broker = Command::new(tansu())
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
         .args(["--storage-engine", "memory://tansu/"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -85,10 +93,14 @@ fn start_broker() -> (Child, u16) {
 
 impl Harness {
     fn start(name: &str) -> Harness {
+        Harness::start_advertising(name, None)
+    }
+
+    fn start_advertising(name: &str, advertised: Option<u16>) -> Harness {
         let dir = std::env::temp_dir().join(format!("cordon-service-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("rules")).expect("create dirs");
-        let (broker, port) = start_broker();
+        let (broker, port) = start_broker_advertising(advertised);
         let url = format!("tcp://127.0.0.1:{port}");
         let mut harness = Harness {
             children: vec![broker],
@@ -101,6 +113,7 @@ impl Harness {
             agent_key: cordon_wire::generate_signing_key(),
             enrolled: std::cell::RefCell::default(),
             last_sent_at_ms: std::cell::Cell::new(0),
+            client_settings: Vec::new(),
         };
         for (topic, partitions) in [
             ("edr.detections", "3"),
@@ -230,6 +243,12 @@ impl Harness {
         cordon_wire::verifying_key_from_base64(&public).expect("public key")
     }
 
+    /// The lines of every `cordon serve` this harness started that contain `needle`, in order.
+    fn log_lines(&self, needle: &str) -> Vec<String> {
+        let log = std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default();
+        log.lines().filter(|line| line.contains(needle)).map(str::to_owned).collect()
+    }
+
     /// Runs `cordon serve` on the config of the last start, which must refuse to start; returns
     /// what it said on standard error.
     fn serve_refused(&self) -> String {
@@ -337,7 +356,8 @@ impl Harness {
     }
 
     fn produce(&self, topic: &str, key: &str, value: &[u8]) {
-        let producer: BaseProducer = ClientConfig::new()
+        let producer: BaseProducer = self
+            .client()
             .set("bootstrap.servers", &self.brokers)
             .set("partitioner", "murmur2_random")
             // Room for the hostile, oversized messages the fault tests publish.
@@ -348,8 +368,18 @@ impl Harness {
         producer.flush(Duration::from_secs(10)).expect("flush");
     }
 
+    /// A client configuration with the test's own settings (TLS behind a front).
+    fn client(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        for (key, value) in &self.client_settings {
+            config.set(key, value);
+        }
+        config
+    }
+
     fn consumer(&self, topic: &str) -> BaseConsumer {
-        let consumer: BaseConsumer = ClientConfig::new()
+        let consumer: BaseConsumer = self
+            .client()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", format!("test-{topic}-{}", std::process::id()))
             .set("auto.offset.reset", "earliest")
@@ -1823,4 +1853,120 @@ fn the_api_over_tls_trusts_only_the_given_ca() {
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
     let stderr = harness.serve_refused();
     assert!(stderr.contains("the API's TLS key") && stderr.contains("chmod 600"), "{stderr}");
+}
+
+/// `openssl` with `args`, which must succeed.
+fn openssl(dir: &Path, args: &[&str]) {
+    let status = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl (Debian package openssl)");
+    assert!(status.success(), "openssl {args:?} failed");
+}
+
+/// A CA `name` in `dir` (`name.crt`, `name.key`), and a certificate it issued for `leaf` with
+/// `usage` (`serverAuth` for 127.0.0.1, or `clientAuth`): `leaf.crt`, `leaf.key` (0600).
+fn issue(dir: &Path, ca: &str, leaf: &str, usage: &str) {
+    if !dir.join(format!("{ca}.crt")).exists() {
+        openssl(dir, &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+            "-subj", &format!("/CN={ca}"), "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.crt")]);
+    }
+    openssl(dir, &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", &format!("{leaf}.key"), "-out", &format!("{leaf}.csr")]);
+    std::fs::write(
+        dir.join(format!("{leaf}.ext")),
+        format!("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n"),
+    )
+    .expect("write the extensions");
+    openssl(dir, &["x509", "-req", "-in", &format!("{leaf}.csr"), "-CA", &format!("{ca}.crt"), "-CAkey", &format!("{ca}.key"),
+        "-CAcreateserial", "-days", "1", "-extfile", &format!("{leaf}.ext"), "-out", &format!("{leaf}.crt")]);
+    std::fs::set_permissions(dir.join(format!("{leaf}.key")), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod the key");
+}
+
+/// Kafka over mutual TLS: tansu behind stunnel (which needs a client certificate from the CA),
+/// advertising stunnel's port. A service with the CA and a client certificate consumes, decides
+/// and sends; one trusting another CA, or with no client certificate, reaches no broker and says
+/// so, and /readyz says not ready.
+#[test]
+fn kafka_over_mutual_tls_works_and_a_wrong_ca_or_no_client_certificate_is_refused() {
+    let tls_port = free_port();
+    let mut harness = Harness::start_advertising("kafka-tls", Some(tls_port));
+    let plain = harness.brokers.clone();
+    let pki = harness.dir.join("pki");
+    std::fs::create_dir_all(&pki).expect("create pki");
+    issue(&pki, "ca", "broker", "serverAuth");
+    issue(&pki, "ca", "client", "clientAuth");
+    issue(&pki, "other-ca", "stranger", "clientAuth");
+    let stunnel_conf = pki.join("stunnel.conf");
+    std::fs::write(
+        &stunnel_conf,
+        format!(
+            "foreground = yes\npid =\n[kafka]\naccept = 127.0.0.1:{tls_port}\nconnect = {plain}\ncert = {dir}/broker.crt\n\
+             key = {dir}/broker.key\nCAfile = {dir}/ca.crt\nverifyChain = yes\nrequireCert = yes\n",
+            dir = pki.display()
+        ),
+    )
+    .expect("write stunnel.conf");
+    let stunnel = Command::new("stunnel4").arg(&stunnel_conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start stunnel4 (Debian package stunnel4)");
+    harness.children.push(stunnel);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+        assert!(Instant::now() < deadline, "stunnel did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    harness.brokers = format!("127.0.0.1:{tls_port}");
+    let tls_section = |ca: &str, client: Option<&str>| {
+        let ca = format!("[kafka.tls]\nca_file = \"{}/{ca}.crt\"\n", pki.display());
+        let client = client.map_or(String::new(), |client| {
+            format!("cert_file = \"{0}/{client}.crt\"\nkey_file = \"{0}/{client}.key\"\n", pki.display())
+        });
+        ca + &client
+    };
+    // The test's own clients (the EDR, the agent) come through the front too.
+    harness.client_settings = vec![
+        ("security.protocol".into(), "ssl".into()),
+        ("ssl.ca.location".into(), pki.join("ca.crt").display().to_string()),
+        ("ssl.certificate.location".into(), pki.join("client.crt").display().to_string()),
+        ("ssl.key.location".into(), pki.join("client.key").display().to_string()),
+    ];
+    harness.kafka_config = tls_section("ca", Some("client"));
+    let lines = harness.serve();
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+    harness.produce("edr.detections", "tls-01", &detection("tls-01", "ev-tls", 5));
+    wait_for_line(&lines, "tls-01: not_isolated -> isolating");
+    let command = next_command(&commands, &key, Duration::from_secs(15));
+    assert_eq!(command.host_id, "tls-01");
+    assert_eq!(get(&harness.api, "/readyz").0, 200);
+    harness.kill_service();
+
+    for (what, section) in [
+        ("a service with no client certificate", tls_section("ca", None)),
+        ("a service trusting another CA", tls_section("other-ca", Some("client"))),
+        ("a service with a certificate from another CA", tls_section("ca", Some("stranger"))),
+    ] {
+        harness.kafka_config = section;
+        let said_before = harness.log_lines("ERROR Kafka client (FAIL)").len();
+        let _lines = harness.serve_started();
+        // The Kafka client's own words reach the log (it may say them before the API serves).
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let said = loop {
+            if let Some(line) = harness.log_lines("ERROR Kafka client (FAIL)").get(said_before) {
+                break line.clone();
+            }
+            assert!(Instant::now() < deadline, "{what}: the Kafka client's failure never reached the log");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(said.contains("SSL"), "{what}: {said}");
+        // The happy path consumed within 6 s; this one is still not connected after 8.
+        std::thread::sleep(Duration::from_secs(8));
+        let (status, body) = get(&harness.api, "/readyz");
+        assert_eq!(status, 503, "{what}: {body}");
+        assert!(body.contains("not connected to any Kafka broker"), "{what}: {body}");
+        harness.kill_service();
+    }
 }

@@ -11,6 +11,7 @@
 //! Only this crate and `schemas/` define serialized forms of these messages; domain types in
 //! the enforcer and the orchestrator convert to and from them.
 
+pub mod kafka;
 pub mod spec;
 
 pub use spec::{Direction, Exclusion, Network, PortRange, Protocol, SpecError};

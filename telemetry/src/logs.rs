@@ -106,3 +106,37 @@ mod throttled_tests {
         assert!(!throttled.success(), "the end is said once");
     }
 }
+
+/// The Kafka client's own warnings and errors (librdkafka's log: a TLS handshake that failed, a
+/// connection the broker closed, a broker that does not resolve), into this process's log: the
+/// details cordon's own errors cannot give. Each facility is said at most once a minute, so a
+/// client that retries every second does not flood the log.
+#[derive(Default)]
+pub struct KafkaClientLog {
+    last_said: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl KafkaClientLog {
+    /// `severity`: syslog's, as librdkafka gives it (3 error, 4 warning; others are not said).
+    pub fn say(&self, severity: i32, facility: &str, message: &str) {
+        if severity > 4 {
+            return;
+        }
+        let now = std::time::Instant::now();
+        {
+            let mut last = self.last_said.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.get(facility).is_some_and(|at| now.duration_since(*at) < std::time::Duration::from_mins(1)) {
+                return;
+            }
+            if last.len() > 256 {
+                last.clear();
+            }
+            last.insert(facility.to_owned(), now);
+        }
+        if severity <= 3 {
+            tracing::error!("Kafka client ({facility}): {message} (said once a minute)");
+        } else {
+            tracing::warn!("Kafka client ({facility}): {message} (said once a minute)");
+        }
+    }
+}

@@ -57,9 +57,23 @@ pub struct KafkaSection {
     /// host shows why; a dead letter keeps only as much of the original bytes as fits.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// `[kafka.tls]`: TLS to the brokers, mutual with a client certificate.
+    pub tls: Option<cordon_wire::kafka::KafkaTls>,
+    /// `[kafka.sasl]`: PLAIN (over TLS only) or SCRAM, the password from a file.
+    pub sasl: Option<cordon_wire::kafka::KafkaSasl>,
+    /// `[kafka.settings]`: other librdkafka settings, passed through (not the ones cordon sets).
+    #[serde(default)]
+    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 impl KafkaSection {
+    /// The librdkafka settings of `[kafka.tls]`, `[kafka.sasl]` and `[kafka.settings]`, for every
+    /// client cordon makes; every problem at once.
+    pub fn client_settings(&self) -> Result<Vec<(String, String)>> {
+        cordon_wire::kafka::client_settings(self.tls.as_ref(), self.sasl.as_ref(), &self.settings, "[kafka]")
+            .map_err(|problems| anyhow::anyhow!("[kafka]: {} problem(s):\n  - {}", problems.len(), problems.join("\n  - ")))
+    }
+
     /// The limits must leave room for what they bound; every problem at once.
     pub fn check_limits(&self) -> Result<()> {
         let mut problems = Vec::new();
@@ -94,6 +108,9 @@ impl Default for KafkaSection {
             fetch_wait_ms: default_fetch_wait(),
             max_detection_bytes: default_max_detection_bytes(),
             max_message_bytes: default_max_message_bytes(),
+            tls: None,
+            sasl: None,
+            settings: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -322,7 +339,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let table: toml::Table = toml::from_str(&text).unwrap();
         let keys: usize = table.values().map(|section| section.as_table().map_or(1, toml::Table::len)).sum();
-        assert_eq!(keys, 21, "keys in ops/config/cordon.toml (a key added to the config goes there too)");
+        assert_eq!(keys, 24, "keys in ops/config/cordon.toml (a key added to the config goes there too)");
     }
 
     #[test]

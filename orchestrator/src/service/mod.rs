@@ -57,9 +57,14 @@ struct GroupLog {
     detections_topic: String,
     /// Set when the service stops: the last revocation is the close, not a rebalance.
     stopping: std::sync::atomic::AtomicBool,
+    client_log: cordon_telemetry::logs::KafkaClientLog,
 }
 
 impl ClientContext for GroupLog {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.client_log.say(level as i32, facility, message);
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
         let up = statistics.brokers.values().filter(|b| b.nodeid >= 0 && b.state == "UP").count();
         self.metrics.kafka_brokers_up.set(i64::try_from(up).unwrap_or(i64::MAX));
@@ -187,6 +192,9 @@ pub fn run_from_config(path: &std::path::Path) -> Result<()> {
         let embedded;
         let brokers = match config.kafka.brokers.as_deref() {
             None | Some("embedded") => {
+                if config.kafka.tls.is_some() || config.kafka.sasl.is_some() {
+                    bail!("the embedded broker speaks plaintext only: [kafka.tls] and [kafka.sasl] need [kafka] brokers");
+                }
                 embedded = rdkafka::mocking::MockCluster::new(1).context("cannot start the embedded broker")?;
                 for topic in [
                     &config.kafka.detections_topic,
@@ -329,7 +337,11 @@ fn detection_consumer(
     brokers: &str,
     metrics: Arc<Metrics>,
 ) -> Result<DetectionConsumer> {
-    let consumer: DetectionConsumer = ClientConfig::new()
+    let mut client = ClientConfig::new();
+    for (key, value) in kafka.client_settings()? {
+        client.set(key, value);
+    }
+    let consumer: DetectionConsumer = client
         .set("bootstrap.servers", brokers)
         .set("group.id", &kafka.group_id)
         .set("enable.auto.commit", "false")
@@ -346,6 +358,7 @@ fn detection_consumer(
             metrics,
             detections_topic: kafka.detections_topic.clone(),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            client_log: cordon_telemetry::logs::KafkaClientLog::default(),
         })
         .context("cannot create the Kafka consumer")?;
     consumer
@@ -421,7 +434,7 @@ fn start_outbox(
         config.kafka.max_message_bytes,
         Arc::clone(metrics),
         outbox::SenderConfig {
-            producer: outbox::producer(brokers, config.kafka.max_message_bytes)?,
+            producer: outbox::producer(brokers, config.kafka.max_message_bytes, &config.kafka.client_settings()?)?,
             commands_topic: config.kafka.commands_topic.clone(),
             dead_letter_topic: config.kafka.dead_letter_topic.clone(),
             failpoint,
@@ -660,10 +673,21 @@ impl<'a> ReadErrors<'a> {
                     | rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
             )
         );
+        let tls = matches!(
+            error.rdkafka_error_code(),
+            Some(rdkafka::types::RDKafkaErrorCode::SSL | rdkafka::types::RDKafkaErrorCode::Authentication)
+        );
         let hint = if unreachable {
             format!(
                 "; cannot reach the Kafka brokers {} (check [kafka] brokers and that they listen). Retrying; \
                  deadlines and the API go on, commands wait in the outbox",
+                self.brokers
+            )
+        } else if tls {
+            format!(
+                "; TLS or SASL with the Kafka brokers {} failed: check [kafka.tls] ca_file (the CA that issued the \
+                 brokers' certificates), cert_file and key_file (a client certificate the brokers accept) and \
+                 [kafka.sasl]. Retrying; deadlines and the API go on, commands wait in the outbox",
                 self.brokers
             )
         } else {

@@ -543,8 +543,12 @@ impl SendErrors {
 
 /// How the producer must be set up for the outbox: idempotent (one host's commands in order,
 /// no duplicates from retries), bounded waits, and the message limit the outbox checks against.
-pub fn producer(brokers: &str, max_message_bytes: usize) -> Result<FutureProducer> {
-    rdkafka::ClientConfig::new()
+pub fn producer(brokers: &str, max_message_bytes: usize, security: &[(String, String)]) -> Result<FutureProducer> {
+    let mut config = rdkafka::ClientConfig::new();
+    for (key, value) in security {
+        config.set(key, value);
+    }
+    config
         .set("bootstrap.servers", brokers)
         .set("partitioner", "murmur2_random")
         .set("enable.idempotence", "true")
