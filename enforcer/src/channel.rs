@@ -114,9 +114,14 @@ impl Channel {
                 client_log: cordon_telemetry::logs::KafkaClientLog::default(),
             })
             .context("cannot create the Kafka consumer")?;
-        let metadata = consumer
-            .fetch_metadata(Some(&settings.commands_topic), Duration::from_secs(10))
-            .with_context(|| format!("cannot reach the Kafka brokers {}", settings.brokers))?;
+        let metadata = match consumer.fetch_metadata(Some(&settings.commands_topic), Duration::from_secs(10)) {
+            Ok(metadata) => metadata,
+            Err(error) => {
+                // The client's own log (why: a TLS alert, a refused connection) is served by a poll.
+                let _ = consumer.poll(Duration::from_millis(100));
+                return Err(error).with_context(|| format!("cannot reach the Kafka brokers {}", settings.brokers));
+            }
+        };
         let advertised: Vec<String> =
             metadata.brokers().iter().map(|broker| format!("{}:{}", broker.host(), broker.port())).collect();
         let partitions = metadata

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cordon_tests::{output_of, which, LineReader, Sandbox};
+use cordon_tests::{make_pki, output_of, which, LineReader, Sandbox};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 const ENFORCER: &str = env!("CARGO_BIN_EXE_cordon-enforcer");
@@ -41,6 +41,7 @@ fn main() {
         Trial::test("armed_programs_change_nothing_until_isolate", armed_then_isolated),
         Trial::test("dns_and_dhcp_only_when_asked_for", dns_and_dhcp_on_request),
         Trial::test("signed_commands_over_kafka_applied_forgeries_refused", signed_commands_over_kafka),
+        Trial::test("the_agents_channel_over_mutual_tls", agent_channel_over_mutual_tls),
         Trial::test("whole_host_mode_with_the_default_options", whole_host_mode),
         Trial::test("not_root_is_told_what_is_missing", not_root_is_refused),
         Trial::test("failed_isolation_is_rolled_back", failed_isolation_is_rolled_back),
@@ -705,14 +706,7 @@ fn signed_commands_over_kafka() -> Result<(), Failed> {
             action,
         }
     };
-    let isolate = cordon_wire::Action::Isolate {
-        duration_seconds: None,
-        exclusions: vec![],
-        allowed_processes: vec![],
-        allow_dns: false,
-        allow_dhcp: false,
-        reason: "test".into(),
-    };
+    let isolate = manual_isolation();
     let send = |bytes: &[u8]| {
         let file = files.join("message");
         std::fs::write(&file, bytes).expect("write message");
@@ -785,6 +779,149 @@ fn signed_commands_over_kafka() -> Result<(), Failed> {
     assert_eq!(released["kind"], "applied", "{released}");
     assert_eq!(released["isolated"], false, "{released}");
     check("after the release command", &on_host(&sandbox, &["connect", &peer, "8080"]), "ok")?;
+    let _ = std::fs::remove_dir_all(&files);
+    Ok(())
+}
+
+/// tansu on the peer's port 9092, advertising 9093, where stunnel serves TLS and requires a
+/// client certificate from the CA of `make_pki`; returns the TLS broker address, the scratch
+/// directory and the PKI directory.
+fn start_broker_behind_tls(sandbox: &mut Sandbox) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    let tansu = which("tansu");
+    let peer = sandbox.peer_v4();
+    let (plain, secure) = (format!("{peer}:9092"), format!("{peer}:9093"));
+    let broker_args = ["broker", "--listener-url", &format!("tcp://{plain}"), "--advertised-listener-url", &format!("tcp://{secure}")];
+    let mut broker_command = sandbox.on_peer(&tansu, &broker_args);
+    broker_command.args(["--storage-engine", "memory://tansu/"]);
+    sandbox.spawn_quiet(broker_command);
+    assert_eq!(on_peer(sandbox, &["port", &peer, "9092"]), "ok", "broker up");
+    for (topic, partitions) in [("cordon.commands", "3"), ("cordon.status", "1")] {
+        let create = ["topic", "create", topic, "--partitions", partitions, "--broker", &format!("tcp://{plain}")];
+        let (code, _, stderr) = output_of(sandbox.on_peer(&tansu, &create));
+        assert_eq!(code, 0, "tansu topic create {topic}: {stderr}");
+    }
+    let files = sandbox.state_dir.with_extension("tls");
+    let pki = files.join("pki");
+    make_pki(&pki, &peer);
+    let stunnel_conf = pki.join("stunnel.conf");
+    std::fs::write(
+        &stunnel_conf,
+        format!(
+            "foreground = yes\npid =\n[kafka]\naccept = {secure}\nconnect = {plain}\ncert = {0}/server.crt\nkey = {0}/server.key\n\
+             CAfile = {0}/ca.crt\nverifyChain = yes\nrequireCert = yes\n",
+            pki.display()
+        ),
+    )
+    .expect("write stunnel.conf");
+    sandbox.spawn_quiet(sandbox.on_peer(Path::new("/usr/bin/stunnel4"), &[&stunnel_conf.to_string_lossy()]));
+    assert_eq!(on_peer(sandbox, &["port", &peer, "9093"]), "ok", "stunnel up");
+    (secure, files, pki)
+}
+
+/// A manual isolation with no exclusions, as a command's action.
+fn manual_isolation() -> cordon_wire::Action {
+    cordon_wire::Action::Isolate {
+        duration_seconds: None,
+        exclusions: vec![],
+        allowed_processes: vec![],
+        allow_dns: false,
+        allow_dhcp: false,
+        reason: "test".into(),
+    }
+}
+
+/// The agent's channel through tansu behind stunnel, which requires a client certificate from
+/// the CA: with `[kafka.tls]` the agent applies a signed isolation and reports over TLS while its
+/// host is isolated (another process gets nothing from the TLS port), and is released; without a
+/// client certificate it reaches no broker and the log says why.
+fn agent_channel_over_mutual_tls() -> Result<(), Failed> {
+    let mut sandbox = Sandbox::new();
+    start_peer_servers(&mut sandbox, &["8080"]);
+    let peer = sandbox.peer_v4();
+    let (secure, files, pki) = start_broker_behind_tls(&mut sandbox);
+    let tls_env = format!("{0}/ca.crt;{0}/client.crt;{0}/client.key", pki.display());
+    let probe = |sandbox: &Sandbox, args: &[&str]| {
+        let mut full = vec!["probe"];
+        full.extend_from_slice(args);
+        let mut command = sandbox.on_peer(&probe_binary(), &full);
+        command.env("CORDON_PROBE_KAFKA_TLS", &tls_env);
+        command
+    };
+
+    let key = cordon_wire::generate_signing_key();
+    let public_key_file = files.join("signing.pub");
+    std::fs::write(&public_key_file, cordon_wire::key_to_base64(key.verifying_key().as_bytes())).expect("write key");
+    let config = files.join("enforcer.toml");
+    let write_config = |client: bool| {
+        let client = if client {
+            format!("cert_file = \"{0}/client.crt\"\nkey_file = \"{0}/client.key\"\n", pki.display())
+        } else {
+            String::new()
+        };
+        std::fs::write(
+            &config,
+            format!(
+                "host_id = \"sandbox-host\"\nheartbeat_seconds = 1\n[kafka]\nbrokers = \"{secure}\"\n[kafka.tls]\nca_file = \"{}/ca.crt\"\n{client}\
+                 [signing]\npublic_key_file = \"{}\"\n",
+                pki.display(),
+                public_key_file.display()
+            ),
+        )
+        .expect("write config");
+    };
+    write_config(true);
+    let mut statuses = sandbox.spawn(probe(&sandbox, &["kafka-consume", &secure, "cordon.status"]));
+    statuses.expect_line("status consumer", Duration::from_secs(10));
+    let mut agent = sandbox.spawn(sandbox.agent_on_host(Path::new(ENFORCER), &config));
+    let until = Instant::now() + Duration::from_secs(20);
+    while !agent.expect_line("agent output", until.saturating_duration_since(Instant::now())).contains("command channel connected") {}
+    let now = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap();
+    let command = |id: &str, generation: u64, action: cordon_wire::Action| cordon_wire::Command {
+        version: cordon_wire::WIRE_VERSION,
+        command_id: id.into(),
+        host_id: "sandbox-host".into(),
+        generation,
+        issued_at_ms: now,
+        expires_at_ms: now + 60_000,
+        action,
+    };
+    let send = |bytes: &[u8]| {
+        let file = files.join("message");
+        std::fs::write(&file, bytes).expect("write message");
+        let (_, answer, _) = output_of(probe(&sandbox, &["kafka-produce", &secure, "cordon.commands", "sandbox-host", &file.to_string_lossy()]));
+        assert_eq!(answer, "ok", "produce over TLS");
+    };
+    let isolate = manual_isolation();
+    send(&cordon_wire::seal(&command("t-1", 1, isolate), &key));
+    let applied = wait_for_status(&mut statuses, "t-1 applied", |s| s["command_id"] == "t-1");
+    assert_eq!(applied["isolated"], true, "{applied}");
+    check("connect out while isolated", &on_host(&sandbox, &["connect", &peer, "8080"]), "error EPERM")?;
+    check("another process, to the TLS port", &on_host(&sandbox, &["connect", &peer, "9093"]), "error EPERM")?;
+    wait_for_status(&mut statuses, "a heartbeat while isolated", |s| s["kind"] == "heartbeat" && s["isolated"] == true);
+    send(&cordon_wire::seal(&command("t-2", 2, cordon_wire::Action::Release { reason: "test".into() }), &key));
+    let released = wait_for_status(&mut statuses, "t-2 applied", |s| s["command_id"] == "t-2");
+    assert_eq!(released["isolated"], false, "{released}");
+
+    // Without a client certificate the broker's front refuses the agent; the log says why.
+    for pid in sandbox.agent_pids(Path::new(ENFORCER)) {
+        // SAFETY: signalling the agent this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    write_config(false);
+    // Errors go to the agent's standard error: read it with the rest.
+    let agent_command = sandbox.agent_on_host(Path::new(ENFORCER), &config);
+    let mut merged = Command::new("sh");
+    merged.arg("-c").arg("exec \"$0\" \"$@\" 2>&1").arg(agent_command.get_program()).args(agent_command.get_args());
+    let mut agent = sandbox.spawn(merged);
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = agent.expect_line("the TLS refusal", until.saturating_duration_since(Instant::now()));
+        println!("agent: {line}");
+        assert!(!line.contains("command channel connected"), "connected without a client certificate: {line}");
+        if line.contains("Kafka client (") && line.contains("certificate required") {
+            break;
+        }
+    }
     let _ = std::fs::remove_dir_all(&files);
     Ok(())
 }

@@ -1855,38 +1855,6 @@ fn the_api_over_tls_trusts_only_the_given_ca() {
     assert!(stderr.contains("the API's TLS key") && stderr.contains("chmod 600"), "{stderr}");
 }
 
-/// `openssl` with `args`, which must succeed.
-fn openssl(dir: &Path, args: &[&str]) {
-    let status = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run openssl (Debian package openssl)");
-    assert!(status.success(), "openssl {args:?} failed");
-}
-
-/// A CA `name` in `dir` (`name.crt`, `name.key`), and a certificate it issued for `leaf` with
-/// `usage` (`serverAuth` for 127.0.0.1, or `clientAuth`): `leaf.crt`, `leaf.key` (0600).
-fn issue(dir: &Path, ca: &str, leaf: &str, usage: &str) {
-    if !dir.join(format!("{ca}.crt")).exists() {
-        openssl(dir, &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
-            "-subj", &format!("/CN={ca}"), "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.crt")]);
-    }
-    openssl(dir, &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", &format!("{leaf}.key"), "-out", &format!("{leaf}.csr")]);
-    std::fs::write(
-        dir.join(format!("{leaf}.ext")),
-        format!("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n"),
-    )
-    .expect("write the extensions");
-    openssl(dir, &["x509", "-req", "-in", &format!("{leaf}.csr"), "-CA", &format!("{ca}.crt"), "-CAkey", &format!("{ca}.key"),
-        "-CAcreateserial", "-days", "1", "-extfile", &format!("{leaf}.ext"), "-out", &format!("{leaf}.crt")]);
-    std::fs::set_permissions(dir.join(format!("{leaf}.key")), std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .expect("chmod the key");
-}
-
 /// Kafka over mutual TLS: tansu behind stunnel (which needs a client certificate from the CA),
 /// advertising stunnel's port. A service with the CA and a client certificate consumes, decides
 /// and sends; one trusting another CA, or with no client certificate, reaches no broker and says
@@ -1898,9 +1866,9 @@ fn kafka_over_mutual_tls_works_and_a_wrong_ca_or_no_client_certificate_is_refuse
     let plain = harness.brokers.clone();
     let pki = harness.dir.join("pki");
     std::fs::create_dir_all(&pki).expect("create pki");
-    issue(&pki, "ca", "broker", "serverAuth");
-    issue(&pki, "ca", "client", "clientAuth");
-    issue(&pki, "other-ca", "stranger", "clientAuth");
+    cordon_tests::issue_certificate(&pki, "ca", "broker", "serverAuth", "127.0.0.1");
+    cordon_tests::issue_certificate(&pki, "ca", "client", "clientAuth", "127.0.0.1");
+    cordon_tests::issue_certificate(&pki, "other-ca", "stranger", "clientAuth", "127.0.0.1");
     let stunnel_conf = pki.join("stunnel.conf");
     std::fs::write(
         &stunnel_conf,

@@ -452,3 +452,49 @@ impl LineReader {
         unsafe { libc::poll(&raw mut poll, 1, millis) > 0 }
     }
 }
+
+/// `openssl ARGS` in `dir`, which must succeed.
+fn openssl(dir: &Path, args: &[&str]) {
+    let status = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl (Debian package openssl)");
+    assert!(status.success(), "openssl {args:?} failed");
+}
+
+/// In `dir`: a CA `ca` (`ca.crt`, made if missing) and a certificate it issued, `leaf.crt` with
+/// `leaf.key` (0600), for `ip` with `usage` (`serverAuth` or `clientAuth`).
+pub fn issue_certificate(dir: &Path, ca: &str, leaf: &str, usage: &str, ip: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::create_dir_all(dir).expect("create the pki dir");
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
+    if !dir.join(&ca_crt).exists() {
+        let subject = format!("/CN={ca}");
+        let mut request = vec!["req", "-x509"];
+        request.extend(ec);
+        request.extend(["-days", "1", "-subj", &subject, "-keyout", &ca_key, "-out", &ca_crt]);
+        openssl(dir, &request);
+    }
+    let (key, csr, crt, ext) = (format!("{leaf}.key"), format!("{leaf}.csr"), format!("{leaf}.crt"), format!("{leaf}.ext"));
+    let mut request = vec!["req"];
+    request.extend(ec);
+    request.extend(["-subj", "/CN=cordon-test", "-keyout", &key, "-out", &csr]);
+    openssl(dir, &request);
+    fs::write(dir.join(&ext), format!("subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n"))
+        .expect("write the extensions");
+    openssl(dir, &["x509", "-req", "-in", &csr, "-CA", &ca_crt, "-CAkey", &ca_key, "-CAcreateserial", "-days", "1",
+        "-extfile", &ext, "-out", &crt]);
+    fs::set_permissions(dir.join(&key), fs::Permissions::from_mode(0o600)).expect("chmod the key");
+}
+
+/// In `dir`: a CA `ca.crt`, a server certificate `server.crt`/`server.key` it issued for
+/// `server_ip`, and a client certificate `client.crt`/`client.key`: for mutual TLS in front of a
+/// broker.
+pub fn make_pki(dir: &Path, server_ip: &str) {
+    issue_certificate(dir, "ca", "server", "serverAuth", server_ip);
+    issue_certificate(dir, "ca", "client", "clientAuth", server_ip);
+}

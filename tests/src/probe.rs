@@ -204,10 +204,27 @@ fn port_open(target: SocketAddr) -> String {
 }
 
 /// Produces the bytes of `value_file` with `key`, partitioned as Kafka's Java client does.
+/// A Kafka client configuration; over mutual TLS when `CORDON_PROBE_KAFKA_TLS` is
+/// `CA;CERT;KEY` (PEM files).
+fn kafka_client() -> rdkafka::ClientConfig {
+    let mut config = rdkafka::ClientConfig::new();
+    if let Ok(tls) = std::env::var("CORDON_PROBE_KAFKA_TLS") {
+        let parts: Vec<&str> = tls.split(';').collect();
+        if let [ca, cert, key] = parts.as_slice() {
+            config
+                .set("security.protocol", "ssl")
+                .set("ssl.ca.location", *ca)
+                .set("ssl.certificate.location", *cert)
+                .set("ssl.key.location", *key);
+        }
+    }
+    config
+}
+
 fn kafka_produce(brokers: &str, topic: &str, key: &str, value_file: &str) -> String {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let value = std::fs::read(value_file).expect("probe: read value file");
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
+    let producer: BaseProducer = kafka_client()
         .set("bootstrap.servers", brokers)
         .set("partitioner", "murmur2_random")
         .create()
@@ -225,7 +242,7 @@ fn kafka_produce(brokers: &str, topic: &str, key: &str, value_file: &str) -> Str
 fn kafka_consume(brokers: &str, topic: &str) {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+    let consumer: BaseConsumer = kafka_client()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("probe-{}", std::process::id()))
         .set("auto.offset.reset", "earliest")
