@@ -331,6 +331,10 @@ fn one_trace_per_detection() -> Result<(), Failed> {
     {
         return Err(format!("the agent's health in status: {status:#}").into());
     }
+    // The collector is on the agent's management channel only: another process on the host
+    // gets nothing from it (the agent's export below shows the agent still does).
+    let peer = world.sandbox.peer_v4();
+    check("another process, to the collector", &world.host(&["connect", &peer, "4318"]), "error EPERM")?;
     // The agent exports while its host is isolated: the collector is on its management channel.
     let trace_of_detection = |spans: &[ReceivedSpan]| {
         let Some(root) = spans.iter().find(|s| {
