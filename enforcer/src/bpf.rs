@@ -169,6 +169,77 @@ pub struct KernelState {
     pub links: Vec<String>,
 }
 
+/// `bpf(2)` commands and link types used to ask the kernel whether a pinned link still holds.
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_TYPE_CGROUP: u32 = 3;
+const BPF_LINK_TYPE_TCX: u32 = 11;
+
+/// Whether the pinned link at `path` is still attached. A link that root detached (`BPF_LINK_DETACH`)
+/// stays pinned but no longer holds its cgroup (cgroup id 0) or interface (ifindex 0).
+fn link_attached(path: &Path) -> Result<bool> {
+    use std::os::fd::FromRawFd as _;
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).context("a pin path has no NUL")?;
+    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags, path_fd.
+    let mut get = [0u64; 3];
+    get[0] = name.as_ptr() as u64;
+    // SAFETY: bpf(2) with an attr of the size given, pointing at a live C string.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, get.as_mut_ptr(), std::mem::size_of_val(&get)) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot open pinned link {}", path.display()));
+    }
+    // SAFETY: a new descriptor the kernel just returned, owned here.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(i32::try_from(fd).unwrap_or(-1)) };
+    // struct bpf_link_info: type, id, prog_id, then the per-type union at offset 16.
+    let mut info = [0u8; 128];
+    // union bpf_attr for BPF_OBJ_GET_INFO_BY_FD: bpf_fd (u32), info_len (u32), info (u64).
+    let mut query = [0u64; 2];
+    query[0] = u64::from(std::os::fd::AsRawFd::as_raw_fd(&fd).cast_unsigned()) | (128u64 << 32);
+    query[1] = info.as_mut_ptr() as u64;
+    // SAFETY: bpf(2) with an attr of the size given, pointing at a live buffer of info_len bytes.
+    let done = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, query.as_mut_ptr(), std::mem::size_of_val(&query))
+    };
+    if done < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot read link {}", path.display()));
+    }
+    let link_type = u32::from_ne_bytes(info[0..4].try_into().expect("4 bytes"));
+    Ok(match link_type {
+        BPF_LINK_TYPE_CGROUP => u64::from_ne_bytes(info[16..24].try_into().expect("8 bytes")) != 0,
+        BPF_LINK_TYPE_TCX => u32::from_ne_bytes(info[16..20].try_into().expect("4 bytes")) != 0,
+        _ => true,
+    })
+}
+
+/// The pinned links of an installed isolation that no longer hold (someone on the host detached
+/// them), by pin name.
+pub fn detached_links(pins: &Pins) -> Result<Vec<String>> {
+    let mut detached = Vec::new();
+    let Ok(entries) = std::fs::read_dir(pins.links_dir()) else { return Ok(detached) };
+    for entry in entries.flatten() {
+        if !link_attached(&entry.path())? {
+            detached.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    detached.sort();
+    Ok(detached)
+}
+
+/// Attaches again the links named `detached` (as [`detached_links`] names them), replacing their
+/// pins.
+pub fn reattach(pins: &Pins, cgroup: &Path, detached: &[String]) -> Result<()> {
+    for name in detached {
+        std::fs::remove_file(pins.links_dir().join(name))
+            .with_context(|| format!("cannot remove the detached link {name}"))?;
+        if let Some(interface) = name.strip_prefix("tc-ingress-") {
+            attach_interfaces(pins, &[interface.to_owned()])?;
+        } else if let Some((_, hook)) = CGROUP_PROGRAMS.iter().find(|(program, _)| program == name) {
+            attach_cgroup_program(pins, cgroup, name, *hook)?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes sure bpffs is mounted at the pin directory's filesystem.
 pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     if crate::host::mount_points("bpf")?.iter().any(|mount| pin_dir.starts_with(mount)) {
@@ -295,9 +366,16 @@ fn load(pins: &Pins) -> Result<()> {
 /// Attaches the pinned programs to `cgroup` and `interfaces` and pins the links. The config
 /// still says "inactive" when this runs, so nothing is enforced until every piece is in place.
 fn attach(pins: &Pins, cgroup: &Path, interfaces: &[String]) -> Result<()> {
-    let cgroup_file =
-        File::open(cgroup).with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
     for (name, hook) in CGROUP_PROGRAMS {
+        attach_cgroup_program(pins, cgroup, name, hook)?;
+    }
+    attach_interfaces(pins, interfaces)
+}
+
+/// Attaches the pinned program `name` to `cgroup` and pins its link.
+fn attach_cgroup_program(pins: &Pins, cgroup: &Path, name: &str, hook: Hook) -> Result<()> {
+    let cgroup_file = File::open(cgroup).with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
+    {
         let path = pins.prog(name);
         let attach_error = || format!("cannot attach {name} to {}", cgroup.display());
         let link: FdLink = match hook {
@@ -321,7 +399,7 @@ fn attach(pins: &Pins, cgroup: &Path, interfaces: &[String]) -> Result<()> {
         };
         pin_link(link, &pins.links_dir().join(name))?;
     }
-    attach_interfaces(pins, interfaces)
+    Ok(())
 }
 
 /// Attaches the ICMP echo guard to each of `interfaces` (tcx ingress), pinning its link.

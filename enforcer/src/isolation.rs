@@ -331,6 +331,28 @@ fn apply_record(
     })
 }
 
+/// Attaches again whatever link of the isolation in force someone on the host detached (its pin
+/// kept, so `status` alone would not see it), and records that in the audit trail; returns the
+/// links re-attached.
+pub fn repair_detached_links(target: &Target) -> Result<Vec<String>> {
+    let _lock = lock_changes(target)?;
+    if !target.pins.installed() {
+        return Ok(Vec::new());
+    }
+    let detached = bpf::detached_links(&target.pins)?;
+    if detached.is_empty() {
+        return Ok(detached);
+    }
+    bpf::reattach(&target.pins, &target.cgroup, &detached)?;
+    audit(
+        target,
+        "tampered",
+        "agent",
+        &format!("link(s) {} detached on the host, not by cordon; attached again", detached.join(", ")),
+    )?;
+    Ok(detached)
+}
+
 /// Guards `interfaces` that the isolation in force does not guard yet (they appeared while the
 /// host was isolated) and records them; returns those newly guarded.
 pub fn guard_new_interfaces(target: &Target, interfaces: &[String]) -> Result<Vec<String>> {

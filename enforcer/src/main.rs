@@ -506,8 +506,11 @@ fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
         }
         let wait = lift_if_due(target, channel.as_ref());
         let heartbeat_due = Instant::now() >= next_heartbeat;
-        if heartbeat_due && guards_every_interface {
-            guard_new_interfaces(target);
+        if heartbeat_due {
+            repair_detached_links(target, channel.as_ref());
+            if guards_every_interface {
+                guard_new_interfaces(target);
+            }
         }
         note_health(target, channel.as_ref(), &mut health, &mut health_written, heartbeat_due);
         if let Some(channel) = &channel {
@@ -584,6 +587,28 @@ fn lift_if_due(target: &Target, channel: Option<&channel::Channel>) -> Duration 
             tracing::error!("checking the deadline failed: {error:#}");
             Duration::from_secs(1)
         }
+    }
+}
+
+/// Attaches again the links someone detached on the host, and says so loudly (log, audit trail,
+/// and a report to cordon with the error).
+fn repair_detached_links(target: &Target, channel: Option<&channel::Channel>) {
+    if !target.pins.installed() {
+        return;
+    }
+    match isolation::repair_detached_links(target) {
+        Ok(repaired) if !repaired.is_empty() => {
+            let what = format!(
+                "TAMPERING: link(s) {} of the isolation were detached on the host, not by cordon; attached again",
+                repaired.join(", ")
+            );
+            tracing::error!("{what}");
+            if let Some(channel) = channel {
+                channel.report(&channel.snapshot(target, cordon_wire::StatusKind::Changed, None, None, Some(what)));
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::error!("cannot check or repair the isolation's links: {error:#}"),
     }
 }
 

@@ -43,6 +43,7 @@ fn main() {
         Trial::test("signed_commands_over_kafka_applied_forgeries_refused", signed_commands_over_kafka),
         Trial::test("the_agents_channel_over_mutual_tls", agent_channel_over_mutual_tls),
         Trial::test("whole_host_mode_with_the_default_options", whole_host_mode),
+        Trial::test("links_detached_on_the_host_are_attached_again_and_said", detached_links_reattached),
         Trial::test("not_root_is_told_what_is_missing", not_root_is_refused),
         Trial::test("failed_isolation_is_rolled_back", failed_isolation_is_rolled_back),
         Trial::test("bad_input_exits_2_and_changes_nothing", bad_input_changes_nothing),
@@ -110,6 +111,13 @@ fn check(what: &str, got: &str, expected: &str) -> Result<(), Failed> {
 fn spawn_agent(sandbox: &mut Sandbox) -> LineReader {
     let command = sandbox.enforcer(Path::new(ENFORCER), &["run"]);
     sandbox.spawn(command)
+}
+
+/// `command` with its standard error joined to its standard output (the agent logs errors there).
+fn with_stderr(command: &Command) -> Command {
+    let mut merged = Command::new("sh");
+    merged.arg("-c").arg("exec \"$0\" \"$@\" 2>&1").arg(command.get_program()).args(command.get_args());
+    merged
 }
 
 fn kill_9(pid: i32) {
@@ -909,10 +917,7 @@ fn agent_channel_over_mutual_tls() -> Result<(), Failed> {
     }
     write_config(false);
     // Errors go to the agent's standard error: read it with the rest.
-    let agent_command = sandbox.agent_on_host(Path::new(ENFORCER), &config);
-    let mut merged = Command::new("sh");
-    merged.arg("-c").arg("exec \"$0\" \"$@\" 2>&1").arg(agent_command.get_program()).args(agent_command.get_args());
-    let mut agent = sandbox.spawn(merged);
+    let mut agent = sandbox.spawn(with_stderr(&sandbox.agent_on_host(Path::new(ENFORCER), &config)));
     let until = Instant::now() + Duration::from_secs(20);
     loop {
         let line = agent.expect_line("the TLS refusal", until.saturating_duration_since(Instant::now()));
@@ -923,6 +928,41 @@ fn agent_channel_over_mutual_tls() -> Result<(), Failed> {
         }
     }
     let _ = std::fs::remove_dir_all(&files);
+    Ok(())
+}
+
+/// Root on the host detaches two of the isolation's links (`BPF_LINK_DETACH`) and leaves their
+/// pins, so the host is open though `status` still sees every pin: the agent notices at its next
+/// check, attaches them again, says so loudly and records it; the host is cut off again.
+fn detached_links_reattached() -> Result<(), Failed> {
+    let mut sandbox = Sandbox::new();
+    start_peer_servers(&mut sandbox, &["8080"]);
+    let peer = sandbox.peer_v4();
+    enforcer_ok(&sandbox, &["isolate"]);
+    check("isolated", &on_host(&sandbox, &["connect", &peer, "8080"]), "error EPERM")?;
+    let links = sandbox.pin_dir.join(enforcer_common::PIN_LAYOUT_VERSION).join("links");
+    for link in ["cordon_connect4", "cordon_egress", "cordon_ingress"] {
+        let (_, answer, _) = output_of({
+            let mut detach = Command::new(probe_binary());
+            detach.args(["probe", "detach-link"]).arg(links.join(link));
+            detach
+        });
+        assert_eq!(answer, "ok", "detach {link}");
+    }
+    check("after root detached the links", &on_host(&sandbox, &["connect", &peer, "8080"]), "ok")?;
+    // The agent (its errors go to standard error: read them with the rest).
+    let mut agent = sandbox.spawn(with_stderr(&sandbox.enforcer(Path::new(ENFORCER), &["run"])));
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = agent.expect_line("the repair", until.saturating_duration_since(Instant::now()));
+        if line.contains("TAMPERING") {
+            assert!(line.contains("cordon_connect4") && line.contains("cordon_egress"), "{line}");
+            break;
+        }
+    }
+    check("after the agent's repair", &on_host(&sandbox, &["connect", &peer, "8080"]), "error EPERM")?;
+    let history = status(&sandbox)["history"].to_string();
+    assert!(history.contains("tampered") && history.contains("attached again"), "{history}");
     Ok(())
 }
 

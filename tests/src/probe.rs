@@ -50,6 +50,7 @@ pub fn main(args: &[String]) -> i32 {
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     match words.as_slice() {
         ["serve", ports @ ..] => serve(ports),
+        ["detach-link", path] => say(&detach_link(path)),
         ["dns", host, name, ip] => dns(address(host, "53"), name, ip.parse().expect("probe: bad IPv4 address")),
         ["connect", host, port] => say(&connect(address(host, port))),
         ["hold", host, port] => hold(address(host, port)),
@@ -189,6 +190,27 @@ fn dns_answer(query: &[u8], name: &str, ip: std::net::Ipv4Addr) -> Option<Vec<u8
         answer.extend_from_slice(&ip.octets());
     }
     Some(answer)
+}
+
+/// Detaches the pinned BPF link at `path` (`BPF_LINK_DETACH`), leaving its pin: what root on a
+/// host could do to an isolation.
+fn detach_link(path: &str) -> String {
+    let name = std::ffi::CString::new(path).expect("probe: a path without NUL");
+    let mut get = [0u64; 3];
+    get[0] = name.as_ptr() as u64;
+    // SAFETY: bpf(2) BPF_OBJ_GET with an attr of the size given, pointing at a live C string.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 7, get.as_mut_ptr(), std::mem::size_of_val(&get)) };
+    if fd < 0 {
+        return format!("error {}", io::Error::last_os_error());
+    }
+    let mut detach = [0u32; 2];
+    detach[0] = u32::try_from(fd).unwrap_or(0);
+    // SAFETY: bpf(2) BPF_LINK_DETACH (34) on the descriptor just opened.
+    let done = unsafe { libc::syscall(libc::SYS_bpf, 34, detach.as_mut_ptr(), std::mem::size_of_val(&detach)) };
+    let answer = if done < 0 { format!("error {}", io::Error::last_os_error()) } else { "ok".to_owned() };
+    // SAFETY: closing the descriptor opened above, once.
+    unsafe { libc::close(i32::try_from(fd).unwrap_or(-1)) };
+    answer
 }
 
 /// Waits up to 10 s for something to listen at `target`.
