@@ -98,7 +98,7 @@ impl EnforcerConfig {
             );
         }
         let security = cordon_wire::kafka::client_settings(kafka.tls.as_ref(), kafka.sasl.as_ref(), &kafka.settings, "[kafka]")
-            .map_err(|problems| anyhow::anyhow!("[kafka]: {} problem(s):\n  - {}", problems.len(), problems.join("\n  - ")))?;
+            .map_err(anyhow::Error::msg)?;
         let brokers = crate::endpoints::Endpoints::load(state_dir).bootstrap(&self.brokers());
         Ok(Some(crate::channel::ChannelSettings {
             brokers,

@@ -5,10 +5,10 @@
 //! key file that others may read is refused, since anyone who reads it can speak for the agent.
 
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use cordon_wire::SigningKey;
 
 /// Where the agent's secret key is kept.
@@ -58,16 +58,12 @@ pub fn rotate(state_dir: &Path) -> Result<SigningKey> {
 }
 
 fn read(path: &Path) -> Result<SigningKey> {
-    let metadata = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mode = metadata.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "the agent's key {} has mode {mode:03o}: others could read it and sign reports as this agent; \
-             run `chmod 600 {}` (and, if others did read it, `cordon-enforcer keygen --rotate`)",
-            path.display(),
-            path.display()
-        );
-    }
+    cordon_wire::secret::check_private(path, "the agent's key").map_err(|problem| {
+        anyhow::anyhow!(
+            "{problem}: they could sign reports as this agent (and if someone did read it, `cordon-enforcer keygen \
+             --rotate`)"
+        )
+    })?;
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     cordon_wire::signing_key_from_base64(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
@@ -89,6 +85,8 @@ fn write_new(path: &Path, key: &SigningKey) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     fn scratch(name: &str) -> PathBuf {

@@ -1796,33 +1796,16 @@ fn a_detection_whose_handling_fails_is_dead_lettered_and_the_rest_go_on() {
     no_message(&dead_letters, Duration::from_secs(2));
 }
 
-/// `openssl req` for a self-signed certificate for 127.0.0.1: (certificate, key), in `dir`.
-fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
-    let status = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
-        // A server's certificate, not a CA's (webpki refuses a CA used as the server's).
-        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-addext", "extendedKeyUsage=serverAuth", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .expect("run openssl (Debian package openssl)");
-    assert!(status.success(), "openssl req failed");
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod the key");
-    (cert, key)
-}
-
-/// The API over TLS: the CLI trusting the service's certificate works; trusting another CA,
+/// The API over TLS: the CLI trusting the CA that issued the service's certificate works; trusting another CA,
 /// or the public ones, fails with the reason; plain HTTP to it gets nothing; a key others can
 /// read stops the service at start.
 #[test]
 fn the_api_over_tls_trusts_only_the_given_ca() {
     let mut harness = Harness::start("api-tls");
-    let (cert, key) = self_signed(&harness.dir, "api");
-    let (other, _) = self_signed(&harness.dir, "other");
+    cordon_tests::issue_certificate(&harness.dir, "ca", "api", "serverAuth", "127.0.0.1");
+    cordon_tests::issue_certificate(&harness.dir, "other-ca", "other", "serverAuth", "127.0.0.1");
+    let (cert, key) = (harness.dir.join("api.crt"), harness.dir.join("api.key"));
+    let (ca, other) = (harness.dir.join("ca.crt"), harness.dir.join("other-ca.crt"));
     harness.api_config =
         format!("tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n", cert.display(), key.display());
     let _lines = harness.serve();
@@ -1835,7 +1818,7 @@ fn the_api_over_tls_trusts_only_the_given_ca() {
         }
         harness.cordon(&args)
     };
-    let ok = trusting(Some(&cert));
+    let ok = trusting(Some(&ca));
     assert!(ok.status.success(), "{ok:?}");
     assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "[]");
     for (what, ca) in [("another CA", Some(other.as_path())), ("the public CAs", None)] {

@@ -51,8 +51,18 @@ pub const OWNED_SETTINGS: &[&str] = &[
 ];
 
 /// The librdkafka settings for `tls`, `sasl` and the pass-through `settings`, or every problem
-/// with them at once (`section` names the config section in messages, e.g. `[kafka]`).
+/// with them at once, in one message (`section` names the config section, e.g. `[kafka]`).
 pub fn client_settings(
+    tls: Option<&KafkaTls>,
+    sasl: Option<&KafkaSasl>,
+    settings: &BTreeMap<String, String>,
+    section: &str,
+) -> Result<Vec<(String, String)>, String> {
+    problems_of(tls, sasl, settings, section)
+        .map_err(|problems| format!("{section}: {} problem(s):\n  - {}", problems.len(), problems.join("\n  - ")))
+}
+
+fn problems_of(
     tls: Option<&KafkaTls>,
     sasl: Option<&KafkaSasl>,
     settings: &BTreeMap<String, String>,
@@ -77,7 +87,7 @@ pub fn client_settings(
         match (&tls.cert_file, &tls.key_file) {
             (Some(cert), Some(key)) => {
                 check_readable(cert, &format!("{section}.tls cert_file"), &mut problems);
-                check_private(key, &format!("{section}.tls key_file"), &mut problems);
+                problems.extend(crate::secret::check_private(key, &format!("{section}.tls key_file")).err());
                 out.push(("ssl.certificate.location".into(), cert.display().to_string()));
                 out.push(("ssl.key.location".into(), key.display().to_string()));
             }
@@ -98,7 +108,7 @@ pub fn client_settings(
         if sasl.username.is_empty() {
             problems.push(format!("{section}.sasl username is empty"));
         }
-        check_private(&sasl.password_file, &format!("{section}.sasl password_file"), &mut problems);
+        problems.extend(crate::secret::check_private(&sasl.password_file, &format!("{section}.sasl password_file")).err());
         match std::fs::read_to_string(&sasl.password_file) {
             Ok(password) if !password.trim_end_matches(['\n', '\r']).is_empty() => {
                 out.push(("sasl.mechanisms".into(), sasl.mechanism.clone()));
@@ -131,19 +141,6 @@ fn check_readable(path: &Path, what: &str, problems: &mut Vec<String>) {
     }
 }
 
-fn check_private(path: &Path, what: &str, problems: &mut Vec<String>) {
-    use std::os::unix::fs::PermissionsExt as _;
-    match std::fs::metadata(path) {
-        Err(error) => problems.push(format!("{what} {}: {error}", path.display())),
-        Ok(metadata) if metadata.permissions().mode() & 0o077 != 0 => problems.push(format!(
-            "{what} {} has mode {:03o}: others could read it; run `chmod 600 {}`",
-            path.display(),
-            metadata.permissions().mode() & 0o777,
-            path.display()
-        )),
-        Ok(_) => {}
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -198,8 +195,8 @@ mod tests {
             ("security.protocol".to_owned(), "plaintext".to_owned()),
             ("ssl.endpoint.identification.algorithm".to_owned(), "none".to_owned()),
         ]);
-        let problems = client_settings(Some(&tls), Some(&sasl), &extra, "[kafka]").unwrap_err();
-        let all = problems.join("\n");
+        let all = client_settings(Some(&tls), Some(&sasl), &extra, "[kafka]").unwrap_err();
+        assert!(all.starts_with("[kafka]: 7 problem(s):"), "{all}");
         for expected in [
             "ca_file",
             "both cert_file and key_file",
@@ -213,7 +210,7 @@ mod tests {
         }
         let plain = KafkaSasl { mechanism: "PLAIN".into(), username: "u".into(), password_file: dir.join("password") };
         let problems = client_settings(None, Some(&plain), &BTreeMap::new(), "[kafka]").unwrap_err();
-        assert!(problems.iter().any(|p| p.contains("in the clear")), "{problems:?}");
+        assert!(problems.contains("in the clear"), "{problems:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -72,7 +72,7 @@ fn digest(token: &str) -> [u8; 32] {
 pub fn new_token() -> (String, String) {
     let bytes = cordon_wire::generate_signing_key().to_bytes();
     let token = cordon_wire::key_to_base64(&bytes).trim_end_matches('=').replace(['+', '/'], "-");
-    let sha256 = hex(&digest(&token));
+    let sha256 = super::outbox::hex(&digest(&token));
     (token, sha256)
 }
 
@@ -138,14 +138,6 @@ impl Tokens {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut text, b| {
-        let _ = write!(text, "{b:02x}");
-        text
-    })
-}
-
 /// Refuses a file that others may write (they could add a token of their own), saying how to
 /// fix it.
 pub fn check_not_writable_by_others(path: &Path, what: &str) -> Result<()> {
@@ -164,18 +156,8 @@ pub fn check_not_writable_by_others(path: &Path, what: &str) -> Result<()> {
 
 /// Refuses a secret file that others may read (or write), saying how to fix it.
 pub fn check_private(path: &Path, what: &str) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let metadata = std::fs::metadata(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
-    let mode = metadata.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "{what} {} has mode {mode:03o}: others on this machine could read it; run `chmod 600 {}` (and replace \
-             the secret if someone did)",
-            path.display(),
-            path.display()
-        );
-    }
-    Ok(())
+    cordon_wire::secret::check_private(path, what)
+        .map_err(|problem| anyhow::anyhow!("{problem} (and replace the secret if someone did)"))
 }
 
 /// Wrong tokens per source address: after [`FailedAttempts::LIMIT`] in a minute, the source is

@@ -456,6 +456,11 @@ fn checked_key(host: &str, key: &str) -> Result<String, ApiError> {
     Ok(key.to_owned())
 }
 
+/// The record of `caller` trusting `key` for `host`'s reports, now.
+fn enrolment(host: String, key: String, caller: &Caller, reason: String) -> AgentRecord {
+    AgentRecord { host, state: AgentState::Enrolled, key, changed_at_ms: now_ms(), changed_by: caller.0.clone(), reason }
+}
+
 /// Trusts `key` for the host's reports from now on (a first enrolment or a key rotation).
 async fn enroll_agent(
     State(state): State<ApiState>,
@@ -466,15 +471,7 @@ async fn enroll_agent(
     let Json(body) = body?;
     let key = checked_key(&host, &body.key)?;
     let reason = checked_reason(body.reason, "enrolled by an operator")?;
-    let record = AgentRecord {
-        host,
-        state: AgentState::Enrolled,
-        key,
-        changed_at_ms: now_ms(),
-        changed_by: caller.0.clone(),
-        reason,
-    };
-    decide_agent(&state, &caller, &record, "enrolled")
+    decide_agent(&state, &caller, &enrolment(host, key, &caller, reason), "enrolled")
 }
 
 /// Enrolls the key that claims the host, if it is the key the operator names (checked on the
@@ -494,7 +491,8 @@ async fn accept_agent(
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 format!(
-                    "the key claiming {host} is {}, not the key given: check the key on the host (cordon-enforcer                      keygen prints it); to trust a key no report has shown yet, use enroll",
+                    "the key claiming {host} is {}, not the key given: check the key on the host (cordon-enforcer \
+                     keygen prints it); to trust a key no report has shown yet, use enroll",
                     claim.key
                 ),
             ))
@@ -506,15 +504,7 @@ async fn accept_agent(
             ))
         }
     }
-    let record = AgentRecord {
-        host,
-        state: AgentState::Enrolled,
-        key,
-        changed_at_ms: now_ms(),
-        changed_by: caller.0.clone(),
-        reason,
-    };
-    decide_agent(&state, &caller, &record, "accepted")
+    decide_agent(&state, &caller, &enrolment(host, key, &caller, reason), "accepted")
 }
 
 /// Stops trusting the host's enrolled key; its reports are refused until a key is enrolled.

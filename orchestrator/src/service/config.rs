@@ -71,7 +71,7 @@ impl KafkaSection {
     /// client cordon makes; every problem at once.
     pub fn client_settings(&self) -> Result<Vec<(String, String)>> {
         cordon_wire::kafka::client_settings(self.tls.as_ref(), self.sasl.as_ref(), &self.settings, "[kafka]")
-            .map_err(|problems| anyhow::anyhow!("[kafka]: {} problem(s):\n  - {}", problems.len(), problems.join("\n  - ")))
+            .map_err(anyhow::Error::msg)
     }
 
     /// The limits must leave room for what they bound; every problem at once.
