@@ -90,9 +90,78 @@ impl Throttled {
     }
 }
 
+
+/// Says something about a key (a host, a facility) at most once a minute: a flood of the same
+/// trouble is visible without filling the log. Remembers at most `max_keys`; past it the memory
+/// starts over (one line per key per minute at most, still).
+pub struct OncePerMinute {
+    last_said_ms: std::collections::HashMap<String, i64>,
+    max_keys: usize,
+}
+
+impl OncePerMinute {
+    pub fn new(max_keys: usize) -> OncePerMinute {
+        OncePerMinute { last_said_ms: std::collections::HashMap::new(), max_keys }
+    }
+
+    /// Whether something about `key` should be said at `now_ms`; if so, it counts as said.
+    pub fn due(&mut self, key: &str, now_ms: i64) -> bool {
+        if self.last_said_ms.get(key).is_some_and(|last| now_ms - last < 60_000) {
+            return false;
+        }
+        if self.last_said_ms.len() >= self.max_keys {
+            self.last_said_ms.clear();
+        }
+        self.last_said_ms.insert(key.to_owned(), now_ms);
+        true
+    }
+}
+
+/// The Kafka client's own warnings and errors (librdkafka's log: a TLS handshake that failed, a
+/// connection the broker closed, a broker that does not resolve), into this process's log: the
+/// details cordon's own errors cannot give. Each facility is said at most once a minute, so a
+/// client that retries every second does not flood the log.
+pub struct KafkaClientLog {
+    said: std::sync::Mutex<OncePerMinute>,
+    since: std::time::Instant,
+}
+
+impl Default for KafkaClientLog {
+    fn default() -> Self {
+        KafkaClientLog { said: std::sync::Mutex::new(OncePerMinute::new(256)), since: std::time::Instant::now() }
+    }
+}
+
+impl KafkaClientLog {
+    /// `severity`: syslog's, as librdkafka gives it (3 error, 4 warning; others are not said).
+    pub fn say(&self, severity: i32, facility: &str, message: &str) {
+        if severity > 4 {
+            return;
+        }
+        let now_ms = i64::try_from(self.since.elapsed().as_millis()).unwrap_or(i64::MAX);
+        if !self.said.lock().unwrap_or_else(std::sync::PoisonError::into_inner).due(facility, now_ms) {
+            return;
+        }
+        if severity <= 3 {
+            tracing::error!("Kafka client ({facility}): {message} (said once a minute)");
+        } else {
+            tracing::warn!("Kafka client ({facility}): {message} (said once a minute)");
+        }
+    }
+}
+
 #[cfg(test)]
 mod throttled_tests {
-    use super::Throttled;
+    use super::{OncePerMinute, Throttled};
+
+    #[test]
+    fn said_once_per_key_per_minute() {
+        let mut notes = OncePerMinute::new(10);
+        assert!(notes.due("h", 1_000));
+        assert!(!notes.due("h", 60_999));
+        assert!(notes.due("other", 1_001));
+        assert!(notes.due("h", 61_000));
+    }
 
     #[test]
     fn a_repeated_failure_is_said_once_then_with_its_count_and_its_end_once() {
@@ -104,39 +173,5 @@ mod throttled_tests {
         assert_eq!(throttled.failure("failures").as_deref(), Some(" (2 more failures since the last report)"));
         assert!(throttled.success());
         assert!(!throttled.success(), "the end is said once");
-    }
-}
-
-/// The Kafka client's own warnings and errors (librdkafka's log: a TLS handshake that failed, a
-/// connection the broker closed, a broker that does not resolve), into this process's log: the
-/// details cordon's own errors cannot give. Each facility is said at most once a minute, so a
-/// client that retries every second does not flood the log.
-#[derive(Default)]
-pub struct KafkaClientLog {
-    last_said: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
-}
-
-impl KafkaClientLog {
-    /// `severity`: syslog's, as librdkafka gives it (3 error, 4 warning; others are not said).
-    pub fn say(&self, severity: i32, facility: &str, message: &str) {
-        if severity > 4 {
-            return;
-        }
-        let now = std::time::Instant::now();
-        {
-            let mut last = self.last_said.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if last.get(facility).is_some_and(|at| now.duration_since(*at) < std::time::Duration::from_mins(1)) {
-                return;
-            }
-            if last.len() > 256 {
-                last.clear();
-            }
-            last.insert(facility.to_owned(), now);
-        }
-        if severity <= 3 {
-            tracing::error!("Kafka client ({facility}): {message} (said once a minute)");
-        } else {
-            tracing::warn!("Kafka client ({facility}): {message} (said once a minute)");
-        }
     }
 }

@@ -125,32 +125,8 @@ pub fn judge(
     Ok(())
 }
 
-/// Says a refused report once per host per minute (in the log and the host's audit trail), so
-/// that a flood of forgeries is visible without filling either.
-#[derive(Default)]
-pub struct RefusalNotes {
-    last_said_ms: std::collections::HashMap<String, i64>,
-}
-
-impl RefusalNotes {
-    /// The most hosts remembered; past it, the memory starts over (a flood of invented host ids
-    /// then gets one line per host per minute at most, as before).
-    const MAX_HOSTS: usize = 10_000;
-
-    /// Whether a refusal for `host` should be said now.
-    pub fn due(&mut self, host: &str, now: i64) -> bool {
-        if let Some(last) = self.last_said_ms.get(host) {
-            if now - last < 60_000 {
-                return false;
-            }
-        }
-        if self.last_said_ms.len() >= Self::MAX_HOSTS {
-            self.last_said_ms.clear();
-        }
-        self.last_said_ms.insert(host.to_owned(), now);
-        true
-    }
-}
+/// The most hosts whose refused reports are remembered as said (see `OncePerMinute`).
+pub const MAX_REFUSAL_NOTES: usize = 10_000;
 
 #[cfg(test)]
 mod tests {
@@ -238,14 +214,5 @@ mod tests {
         assert_eq!((later.keys_seen, later.last_seen_ms), (1, T0 + 61_000));
         let other = Claim::noted(Some(&later), "h", "k2", ReportRefusal::UnknownAgent, T0 + 62_000).unwrap();
         assert_eq!((other.key.as_str(), other.keys_seen, other.first_seen_ms), ("k2", 2, T0));
-    }
-
-    #[test]
-    fn refusals_are_said_once_per_host_per_minute() {
-        let mut notes = RefusalNotes::default();
-        assert!(notes.due("h", T0));
-        assert!(!notes.due("h", T0 + 59_999));
-        assert!(notes.due("other", T0 + 1));
-        assert!(notes.due("h", T0 + 60_000));
     }
 }

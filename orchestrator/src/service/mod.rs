@@ -129,7 +129,7 @@ struct Service {
     /// Each agent's last packet counters, for the fleet totals.
     packets: HashMap<String, (u64, u64)>,
     /// When a refused status report was last said, per host.
-    report_notes: agents::RefusalNotes,
+    report_notes: cordon_telemetry::logs::OncePerMinute,
     /// The rule set's projection, and the reader thread's copy of it.
     projection: Arc<rules::Projection>,
     /// The topic names, for span attributes (made once, not per span).
@@ -486,7 +486,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         metrics,
         spans: Spans::new(telemetry.tracer().cloned()),
         packets: HashMap::new(),
-        report_notes: agents::RefusalNotes::default(),
+        report_notes: cordon_telemetry::logs::OncePerMinute::new(agents::MAX_REFUSAL_NOTES),
         projection,
         shared_projection,
         topics,
