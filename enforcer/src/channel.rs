@@ -386,6 +386,7 @@ impl Channel {
             tags: Vec::new(),
             refusal,
             error,
+            tampering: None,
             packets_dropped: 0,
             packets_allowed: 0,
         };

@@ -591,7 +591,7 @@ fn lift_if_due(target: &Target, channel: Option<&channel::Channel>) -> Duration 
 }
 
 /// Attaches again the links someone detached on the host, and says so loudly (log, audit trail,
-/// and a report to cordon with the error).
+/// and a report to cordon that carries it as `tampering`).
 fn repair_detached_links(target: &Target, channel: Option<&channel::Channel>) {
     if !target.pins.installed() {
         return;
@@ -604,7 +604,9 @@ fn repair_detached_links(target: &Target, channel: Option<&channel::Channel>) {
             );
             tracing::error!("{what}");
             if let Some(channel) = channel {
-                channel.report(&channel.snapshot(target, cordon_wire::StatusKind::Changed, None, None, Some(what)));
+                let mut status = channel.snapshot(target, cordon_wire::StatusKind::Changed, None, None, None);
+                status.tampering = Some(what);
+                channel.report(&status);
             }
         }
         Ok(_) => {}

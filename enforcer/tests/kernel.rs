@@ -940,15 +940,7 @@ fn detached_links_reattached() -> Result<(), Failed> {
     let peer = sandbox.peer_v4();
     enforcer_ok(&sandbox, &["isolate"]);
     check("isolated", &on_host(&sandbox, &["connect", &peer, "8080"]), "error EPERM")?;
-    let links = sandbox.pin_dir.join(enforcer_common::PIN_LAYOUT_VERSION).join("links");
-    for link in ["cordon_connect4", "cordon_egress", "cordon_ingress"] {
-        let (_, answer, _) = output_of({
-            let mut detach = Command::new(probe_binary());
-            detach.args(["probe", "detach-link"]).arg(links.join(link));
-            detach
-        });
-        assert_eq!(answer, "ok", "detach {link}");
-    }
+    sandbox.detach_links(&probe_binary(), &["cordon_connect4", "cordon_egress", "cordon_ingress"]);
     check("after root detached the links", &on_host(&sandbox, &["connect", &peer, "8080"]), "ok")?;
     // The agent (its errors go to standard error: read them with the rest).
     let mut agent = sandbox.spawn(with_stderr(&sandbox.enforcer(Path::new(ENFORCER), &["run"])));

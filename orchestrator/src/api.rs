@@ -227,6 +227,8 @@ pub struct TamperedView {
     pub at: String,
     /// The generation of the isolation that was undone.
     pub generation: u64,
+    /// What was done to the isolation on the host.
+    pub what: String,
     /// What cordon did: isolated it again, or left it released for an operator.
     pub response: String,
 }
@@ -266,6 +268,7 @@ impl HostView {
             tampered: record.tampered.as_ref().map(|t| TamperedView {
                 at: rfc3339(t.at_ms),
                 generation: t.generation,
+                what: t.what.clone(),
                 response: t.response.clone(),
             }),
             updated_at: rfc3339(record.updated_at_ms),

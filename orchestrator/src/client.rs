@@ -297,8 +297,8 @@ fn print_host(host: &HostView, out: &mut impl Write) -> Result<()> {
     if let Some(tampered) = &host.tampered {
         writeln!(
             out,
-            "TAMPERED:    at {}: the isolation (generation {}) was undone on the host, not by cordon; {}",
-            tampered.at, tampered.generation, tampered.response
+            "TAMPERED:    at {} (generation {}): {}; {}",
+            tampered.at, tampered.generation, tampered.what, tampered.response
         )?;
     }
     if let Some(audit) = &host.audit {

@@ -222,6 +222,7 @@ fn answers_match_the_documented_schemas() {
         tags: vec!["ISOLATED FROM NETWORK".into(), "plc".into()],
         refusal: None,
         error: None,
+        tampering: None,
         packets_dropped: 12,
         packets_allowed: 3,
     };

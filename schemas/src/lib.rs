@@ -273,6 +273,10 @@ pub struct Status {
     pub refusal: Option<Refusal>,
     /// What went wrong applying an authentic command.
     pub error: Option<String>,
+    /// Tampering the agent found on its host and undid (links of the isolation detached by
+    /// someone on the host and attached again): what it saw and did. Absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tampering: Option<String>,
     pub packets_dropped: u64,
     pub packets_allowed: u64,
 }

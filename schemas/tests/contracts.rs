@@ -104,6 +104,7 @@ fn what_the_types_emit_validates() {
             refusal: (kind == cordon_wire::StatusKind::Refused)
                 .then_some(cordon_wire::Refusal::StaleGeneration),
             error: None,
+            tampering: None,
             packets_dropped: 7,
             packets_allowed: 1,
         };

@@ -325,6 +325,18 @@ impl Sandbox {
         self.children.push(child);
     }
 
+    /// Detaches the isolation's pinned links `names` (`BPF_LINK_DETACH`, their pins kept), as root
+    /// on the host can, through `probe` (a test binary that answers `probe detach-link PATH`).
+    pub fn detach_links(&self, probe: &Path, names: &[&str]) {
+        let links = self.pin_dir.join(enforcer_common::PIN_LAYOUT_VERSION).join("links");
+        for name in names {
+            let mut detach = Command::new(probe);
+            detach.args(["probe", "detach-link"]).arg(links.join(name));
+            let (_, answer, _) = output_of(detach);
+            assert_eq!(answer, "ok", "detach the link {name}");
+        }
+    }
+
     /// Kills the background processes started so far.
     pub fn kill_children(&mut self) {
         for child in &mut self.children {

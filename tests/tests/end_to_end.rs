@@ -257,7 +257,8 @@ fn agent_killed_while_isolated() -> Result<(), Failed> {
 
 /// Root on the host lifts a manual isolation with `cordon-enforcer release`: the agent reports it,
 /// cordon marks the host tampered (log, metric, `cordon hosts`) and, by the default policy,
-/// isolates it again, and the host is cut off again.
+/// isolates it again, and the host is cut off again. Then root detaches the links of the
+/// isolation: the agent attaches them again, and cordon marks the host tampered for that too.
 fn local_release_is_tampering() -> Result<(), Failed> {
     let world = World::start(RULES, &Options::default());
     world.cordon_ok(&["isolate", HOST, "--manual", "--reason", "IR-5150"]);
@@ -279,6 +280,31 @@ fn local_release_is_tampering() -> Result<(), Failed> {
     world.cordon_ok(&["release", HOST, "--reason", "IR-5150: host checked"]);
     let view = world.wait_for_state("released", Duration::from_secs(10));
     assert!(view["tampered"].is_null(), "{view:#}");
+    // Isolated again, root detaches the isolation's links (pins kept): the agent attaches them
+    // again and reports it; cordon marks the host tampered, and it stays isolated.
+    world.cordon_ok(&["isolate", HOST, "--manual", "--reason", "IR-5151"]);
+    world.wait_for_state("isolated", Duration::from_secs(10));
+    world.wait_until_refused(Duration::from_secs(2))?;
+    world.sandbox.detach_links(&probe_binary(), &["cordon_connect4", "cordon_egress"]);
+    let limit = Instant::now() + Duration::from_secs(15);
+    let view = loop {
+        let view = world.host_view();
+        if !view["tampered"].is_null() {
+            break view;
+        }
+        assert!(Instant::now() < limit, "the repair was never reported as tampering: {view:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        (view["state"].as_str(), view["generation"].as_u64()),
+        (Some("isolated"), Some(4)),
+        "{view:#}"
+    );
+    let what = view["tampered"]["what"].to_string();
+    assert!(what.contains("cordon_connect4") && what.contains("attached again"), "{view:#}");
+    check("after the agent's repair", &world.host_connects(), "error EPERM")?;
+    let listed = world.cordon_ok(&["hosts"]);
+    assert!(listed.contains("isolated (TAMPERED)"), "{listed}");
     Ok(())
 }
 

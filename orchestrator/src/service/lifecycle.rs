@@ -182,19 +182,22 @@ pub struct HostRecord {
     #[serde(default)]
     pub detected_at_ms: Option<i64>,
     /// Set when the agent reported the host no longer isolated though no command released it
-    /// (a local `cordon-enforcer release`, vanished pins): kept until an operator isolates or
-    /// releases the host.
+    /// (a local `cordon-enforcer release`, vanished pins), or reported tampering it undid
+    /// (detached links attached again): kept until an operator isolates or releases the host.
     #[serde(default)]
     pub tampered: Option<Tampering>,
     pub updated_at_ms: i64,
 }
 
-/// An isolation undone on the host, not by cordon.
+/// An isolation undone (or partly undone) on the host, not by cordon.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tampering {
     pub at_ms: i64,
     /// The generation of the isolation that was undone.
     pub generation: u64,
+    /// What was done to the isolation, as cordon learned it.
+    #[serde(default)]
+    pub what: String,
     /// What cordon did about it ([`OnTamper`]).
     pub response: String,
 }
@@ -571,6 +574,12 @@ pub fn on_status(record: &mut HostRecord, status: &cordon_wire::Status, now: i64
         record.command_issued_at_ms = None;
         return tampered(record, status, on_tamper, now);
     }
+    let repaired = status.tampering.as_ref().filter(|_| status.isolated && answers_last_command).map(|found| {
+        let response = "the agent undid it: the host stays isolated".to_owned();
+        let why = format!("TAMPERED: {found}; {response}");
+        record.tampered = Some(Tampering { at_ms: now, generation: status.generation, what: found.clone(), response });
+        why
+    });
     let failure = status
         .refusal
         .map(|refusal| refusal.to_string())
@@ -620,7 +629,12 @@ pub fn on_status(record: &mut HostRecord, status: &cordon_wire::Status, now: i64
         };
         record.step(to, None, "agent", None, why, now)
     };
-    if effects.audit.is_none() && (was_stale || caught_up || failure.is_some()) {
+    if let Some(repaired) = repaired {
+        match &mut effects.audit {
+            Some(audit) => audit.why = format!("{}; {repaired}", audit.why),
+            None => effects = record.step(record.state, None, "agent", None, repaired, now),
+        }
+    } else if effects.audit.is_none() && (was_stale || caught_up || failure.is_some()) {
         let why = if let Some(failure) = failure {
             format!("agent could not apply a command: {failure}")
         } else if caught_up {
@@ -654,8 +668,8 @@ fn tampered(record: &mut HostRecord, status: &cordon_wire::Status, on_tamper: On
         OnTamper::AlertOnly => false,
     };
     let what = format!(
-        "TAMPERED: the agent reports the host not isolated ({:?} report, generation {}) though no command \
-         released it",
+        "the agent reports the host not isolated ({:?} report, generation {}) though no command released it \
+         (someone ran `cordon-enforcer release` on it, or its pins vanished)",
         status.kind, status.generation
     );
     let command = again.then(|| isolation_again(record, now)).flatten();
@@ -664,8 +678,8 @@ fn tampered(record: &mut HostRecord, status: &cordon_wire::Status, on_tamper: On
     } else {
         format!("left released: an operator must decide ({} isolation)", if manual { "manual" } else { "timed" })
     };
-    record.tampered = Some(Tampering { at_ms: now, generation: status.generation, response: response.clone() });
-    let why = format!("{what}; {response} ([agents] on_tamper = {})", on_tamper.name());
+    let why = format!("TAMPERED: {what}; {response} ([agents] on_tamper = {})", on_tamper.name());
+    record.tampered = Some(Tampering { at_ms: now, generation: status.generation, what, response });
     if command.is_some() {
         record.step(HostState::Isolating, command, "agent", None, why, now)
     } else {

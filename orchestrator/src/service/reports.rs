@@ -188,9 +188,9 @@ impl Service {
                 self.metrics.hosts_tampered.add(1);
                 tracing::error!(
                     host_id = %record.host,
-                    "{}: TAMPERED: its agent reports it no longer isolated though no command released it \
-                     (someone ran `cordon-enforcer release` on it, or its pins vanished); {}",
+                    "{}: TAMPERED: {}; {}",
                     record.host,
+                    tampering.what,
                     tampering.response
                 );
             }

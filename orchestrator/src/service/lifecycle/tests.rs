@@ -20,6 +20,7 @@ fn status(host: &str, generation: u64, isolated: bool, kind: cordon_wire::Status
         tags: if isolated { vec![ISOLATED_TAG.into(), "plc".into()] } else { vec!["plc".into()] },
         refusal: None,
         error: None,
+        tampering: None,
         packets_dropped: 0,
         packets_allowed: 0,
     }
@@ -306,6 +307,39 @@ fn a_local_release_of_a_timed_isolation_only_raises_the_alarm_by_default() {
     on_status(&mut host, &status("web-01", 1, false, cordon_wire::StatusKind::Changed), T0 + 2, OnTamper::AlertOnly);
     assert_eq!(host.state, HostState::Released);
     assert!(host.tampered.is_some());
+}
+
+#[test]
+fn tampering_the_agent_undid_marks_the_host_and_keeps_it_isolated() {
+    let mut host = HostRecord::new("web-01", T0);
+    operator_isolate(&mut host, &timed(3_600), "x", "operator a", T0);
+    on_status(
+        &mut host,
+        &status("web-01", 1, true, cordon_wire::StatusKind::Applied),
+        T0 + 1,
+        OnTamper::default(),
+    );
+    // Root detached links; the agent attached them again and says so.
+    let mut repaired = status("web-01", 1, true, cordon_wire::StatusKind::Changed);
+    repaired.tampering = Some("TAMPERING: link(s) cordon_egress of the isolation were detached".into());
+    let effects = on_status(&mut host, &repaired, T0 + 2, OnTamper::AlertOnly);
+    assert!(effects.command.is_none(), "the host is still isolated: nothing to send");
+    assert_eq!((host.state, host.generation), (HostState::Isolated, 1));
+    let why = effects.audit.expect("an audit line").why;
+    assert!(
+        why.starts_with("TAMPERED: TAMPERING: link(s) cordon_egress") && why.contains("stays isolated"),
+        "{why}"
+    );
+    let tampered = host.tampered.clone().expect("marked tampered");
+    assert_eq!((tampered.at_ms, tampered.generation), (T0 + 2, 1));
+    assert!(tampered.what.contains("cordon_egress"), "{tampered:?}");
+    // A report of tampering from an agent behind cordon's last command, or not isolated, marks nothing.
+    let mut host = HostRecord::new("web-01", T0);
+    operator_isolate(&mut host, &IsolationPlan::default(), "x", "operator a", T0);
+    let mut old = status("web-01", 0, true, cordon_wire::StatusKind::Changed);
+    old.tampering = Some("links detached".into());
+    on_status(&mut host, &old, T0 + 1, OnTamper::default());
+    assert!(host.tampered.is_none(), "{host:?}");
 }
 
 #[test]
