@@ -1831,11 +1831,49 @@ fn the_api_over_tls_trusts_only_the_given_ca() {
     let agent: ureq::Agent =
         ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).build().into();
     assert!(agent.get(format!("{plain}/v1/hosts")).call().is_err(), "plain HTTP was answered");
+    handshakes_are_bounded_in_time_and_number(&harness, &|| trusting(Some(&ca)));
     // A TLS key others can read is refused at start.
     harness.kill_service();
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
     let stderr = harness.serve_refused();
     assert!(stderr.contains("the API's TLS key") && stderr.contains("chmod 600"), "{stderr}");
+}
+
+/// Clients that open TCP connections to the TLS API and never start a handshake: as many as the
+/// API lets handshake at once, and one more, which is closed at once (and said in the log). The
+/// others are closed by the API after its handshake timeout, after which `call` works again.
+fn handshakes_are_bounded_in_time_and_number(harness: &Harness, call: &dyn Fn() -> std::process::Output) {
+    use std::io::Read as _;
+    use orchestrator::service::tls::{HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES};
+    let address = harness.api.trim_start_matches("https://").trim_end_matches('/').to_owned();
+    let opened = Instant::now();
+    let mut silent: Vec<std::net::TcpStream> = (0..MAX_PENDING_HANDSHAKES)
+        .map(|_| std::net::TcpStream::connect(&address).expect("connect to the API"))
+        .collect();
+    // Let the API accept them all before the one too many.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut extra = std::net::TcpStream::connect(&address).expect("connect to the API");
+    extra.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let closed = extra.read(&mut [0u8; 1]);
+    assert!(matches!(closed, Ok(0)) || closed.as_ref().is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock
+        && e.kind() != std::io::ErrorKind::TimedOut), "a connection beyond the bound was not closed at once: {closed:?}");
+    let limit = Instant::now() + Duration::from_secs(2);
+    while harness.log_lines("TLS handshakes are already under way").is_empty() && Instant::now() < limit {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let said = harness.log_lines("TLS handshakes are already under way");
+    assert_eq!(said.len(), 1, "said once: {said:?}");
+    for stream in &mut silent {
+        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT + Duration::from_secs(5))).expect("timeout");
+        let end = stream.read(&mut [0u8; 1]);
+        assert!(matches!(end, Ok(0)) || end.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "a silent client was not closed: {end:?} after {:?}", opened.elapsed());
+    }
+    let waited = opened.elapsed();
+    assert!(waited + Duration::from_secs(1) >= HANDSHAKE_TIMEOUT, "closed before the timeout: {waited:?}");
+    assert!(waited <= HANDSHAKE_TIMEOUT + Duration::from_secs(3), "closed long after the timeout: {waited:?}");
+    let again = call();
+    assert!(again.status.success(), "the API after the flood: {again:?}");
 }
 
 /// Kafka over mutual TLS: tansu behind stunnel (which needs a client certificate from the CA),

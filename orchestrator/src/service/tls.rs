@@ -1,6 +1,7 @@
 //! TLS for the operator API (`[api] tls_cert_file`, `tls_key_file`): rustls on ring. Handshakes
-//! run in tasks of their own, bounded in time, so a client that never finishes one holds up no
-//! one; a failed handshake is counted in the log and dropped.
+//! run in tasks of their own, bounded in time and in number, so a client that never finishes one
+//! holds up no one and a flood of them cannot take the process's file descriptors (the store's
+//! and Kafka's); a failed handshake is said in the log and dropped.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -18,7 +19,10 @@ use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
 
 /// The longest a client may take to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most handshakes under way at once; a connection beyond them is closed at once.
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
 
 /// The server's certificate chain and key, read from PEM files (the key readable by its owner
 /// only).
@@ -56,7 +60,9 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let (done, ready) = mpsc::channel(64);
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
         tokio::spawn(async move {
+            let mut said_full: Option<std::time::Instant> = None;
             loop {
                 let (stream, peer) = match tcp.accept().await {
                     Ok(accepted) => accepted,
@@ -66,8 +72,21 @@ impl TlsListener {
                         continue;
                     }
                 };
+                let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    drop(stream);
+                    if said_full.is_none_or(|said| said.elapsed() >= Duration::from_mins(1)) {
+                        said_full = Some(std::time::Instant::now());
+                        tracing::warn!(
+                            "the API closed a connection from {peer} at once: {MAX_PENDING_HANDSHAKES} TLS handshakes are \
+                             already under way (a client flooding the API? each waits at most {HANDSHAKE_TIMEOUT:?}; \
+                             said once a minute)"
+                        );
+                    }
+                    continue;
+                };
                 let (acceptor, done) = (acceptor.clone(), done.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = done.send((tls, peer)).await;
