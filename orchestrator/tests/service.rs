@@ -1507,6 +1507,60 @@ fn wait_for_sample(api: &str, series: &str, expected: f64) {
     }
 }
 
+/// A writer on the status topic floods it with signed reports for 10,050 invented hosts: every one
+/// is refused and counted, at most 10,000 are kept as claims, the log says 60 of them one by one
+/// (not 10,050 lines), and the loop is not slowed to a crawl (no read of every claim per report):
+/// afterwards an operator's isolation is sent at once.
+#[test]
+fn a_flood_of_reports_for_invented_hosts_is_bounded() {
+    let mut harness = Harness::start("flood");
+    let lines = harness.serve();
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+    let producer: BaseProducer = harness
+        .client()
+        .set("bootstrap.servers", &harness.brokers)
+        .set("queue.buffering.max.messages", "100000")
+        .create()
+        .expect("producer");
+    let attacker = cordon_wire::generate_signing_key();
+    let flood = 10_050;
+    let started = Instant::now();
+    for i in 0..flood {
+        let host = format!("flood-{i:05}");
+        let mut status: cordon_wire::Status =
+            serde_json::from_value(heartbeat(&host, 0, false)).expect("a status");
+        status.sent_at_ms = harness.next_sent_at_ms();
+        let sealed = cordon_wire::seal_report(&status, &attacker);
+        producer.send(BaseRecord::to("cordon.status").key(&host).payload(&sealed)).map_err(|(e, _)| e).expect("send");
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    let limit = Instant::now() + Duration::from_mins(1);
+    let metrics = loop {
+        let (_, metrics) = get(&harness.api, "/metrics");
+        if metrics.contains("cordon_status_refused_total{reason=\"unknown_agent\"}")
+            && sample(&metrics, "cordon_status_refused_total{reason=\"unknown_agent\"}") >= f64::from(flood)
+        {
+            break metrics;
+        }
+        assert!(Instant::now() < limit, "the flood was not handled within 60 s");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!("{flood} forged reports produced and refused in {:?}", started.elapsed());
+    let refused = sample(&metrics, "cordon_status_refused_total{reason=\"unknown_agent\"}");
+    assert!((refused - f64::from(flood)).abs() < 0.5, "refused {refused} of {flood}");
+    let claims = sample(&metrics, "cordon_agent_claims");
+    assert!((claims - 10_000.0).abs() < 0.5, "claims are capped at 10,000: {claims}");
+    let said = harness.log_lines("refused a status report for");
+    assert_eq!(said.len(), 60, "60 said one by one, the rest counted: {} lines", said.len());
+    // The loop still answers an operator at once.
+    harness.cordon_ok(&["isolate", "after-flood", "--manual", "--reason", "incident 77"]);
+    let isolate = next_command(&commands, &key, Duration::from_secs(5));
+    assert_eq!(isolate.host_id, "after-flood");
+    drop(lines);
+}
+
 /// Anyone who can write to the status topic tries to undo or fake an isolation: unsigned,
 /// tampered, signed by a key not enrolled, by another host's enrolled key, under another host's
 /// Kafka key, replayed, and dated in the future. Nothing changes (state, generation, tags), each

@@ -117,6 +117,46 @@ impl OncePerMinute {
     }
 }
 
+/// At most `per_minute` lines a minute in all, whatever their keys (a flood of forged reports each
+/// for another invented host passes [`OncePerMinute`] every time), and how many were left unsaid.
+pub struct PerMinuteBudget {
+    per_minute: u32,
+    window_start_ms: i64,
+    said: u32,
+    unsaid: u64,
+}
+
+/// What [`PerMinuteBudget::take`] allows.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Allowance {
+    /// Whether this line may be said.
+    pub say: bool,
+    /// How many lines the budget held back in the minute that just ended (say that first).
+    pub unsaid_before: u64,
+}
+
+impl PerMinuteBudget {
+    pub fn new(per_minute: u32) -> PerMinuteBudget {
+        PerMinuteBudget { per_minute, window_start_ms: i64::MIN, said: 0, unsaid: 0 }
+    }
+
+    /// One more line at `now_ms`.
+    pub fn take(&mut self, now_ms: i64) -> Allowance {
+        let mut unsaid_before = 0;
+        if now_ms.saturating_sub(self.window_start_ms) >= 60_000 {
+            unsaid_before = std::mem::take(&mut self.unsaid);
+            (self.window_start_ms, self.said) = (now_ms, 0);
+        }
+        let say = self.said < self.per_minute;
+        if say {
+            self.said += 1;
+        } else {
+            self.unsaid += 1;
+        }
+        Allowance { say, unsaid_before }
+    }
+}
+
 /// The Kafka client's own warnings and errors (librdkafka's log: a TLS handshake that failed, a
 /// connection the broker closed, a broker that does not resolve), into this process's log: the
 /// details cordon's own errors cannot give. Each facility is said at most once a minute, so a
@@ -152,7 +192,19 @@ impl KafkaClientLog {
 
 #[cfg(test)]
 mod throttled_tests {
-    use super::{OncePerMinute, Throttled};
+    use super::{Allowance, OncePerMinute, PerMinuteBudget, Throttled};
+
+    #[test]
+    fn a_budget_says_at_most_so_many_a_minute_and_counts_the_rest() {
+        let mut budget = PerMinuteBudget::new(2);
+        let said = |say, unsaid_before| Allowance { say, unsaid_before };
+        assert_eq!(budget.take(1_000), said(true, 0));
+        assert_eq!(budget.take(1_001), said(true, 0));
+        assert_eq!(budget.take(1_002), said(false, 0));
+        assert_eq!(budget.take(60_999), said(false, 0));
+        assert_eq!(budget.take(61_000), said(true, 2), "the next minute says what the last held back");
+        assert_eq!(budget.take(61_001), said(true, 0));
+    }
 
     #[test]
     fn said_once_per_key_per_minute() {

@@ -128,6 +128,9 @@ pub fn judge(
 /// The most hosts whose refused reports are remembered as said (see `OncePerMinute`).
 pub const MAX_REFUSAL_NOTES: usize = 10_000;
 
+/// The most refused reports logged one by one a minute, over all hosts; the rest are summed up.
+pub const MAX_REFUSAL_LINES_PER_MINUTE: u32 = 60;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,6 +130,8 @@ struct Service {
     packets: HashMap<String, (u64, u64)>,
     /// When a refused status report was last said, per host.
     report_notes: cordon_telemetry::logs::OncePerMinute,
+    /// How many refused reports may still be said this minute, over all hosts.
+    report_budget: cordon_telemetry::logs::PerMinuteBudget,
     /// The rule set's projection, and the reader thread's copy of it.
     projection: Arc<rules::Projection>,
     /// The topic names, for span attributes (made once, not per span).
@@ -487,6 +489,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         spans: Spans::new(telemetry.tracer().cloned()),
         packets: HashMap::new(),
         report_notes: cordon_telemetry::logs::OncePerMinute::new(agents::MAX_REFUSAL_NOTES),
+        report_budget: cordon_telemetry::logs::PerMinuteBudget::new(agents::MAX_REFUSAL_LINES_PER_MINUTE),
         projection,
         shared_projection,
         topics,

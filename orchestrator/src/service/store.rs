@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context, Result};
@@ -174,6 +175,10 @@ pub struct Store {
     agents: sled::Tree,
     /// Keys that signed reports for a host without being enrolled for it: written by the loop only.
     claims: sled::Tree,
+    /// How many entries `claims` holds, counted once at open and kept by `put_claim` and
+    /// `remove_claim` (sled counts a tree by reading all of it, which a flood of forged reports
+    /// would make the loop do for each one).
+    claims_len: Arc<AtomicUsize>,
     /// How many hosts are in each state and how many agents are stale, kept in step by
     /// `put_host` (in memory, and in sled so that a restart need not read every record).
     counts: Arc<Mutex<HostCounts>>,
@@ -221,12 +226,14 @@ impl Store {
             api_calls: db.open_tree("api_calls")?,
             agents: db.open_tree("agents")?,
             claims: db.open_tree("claims")?,
+            claims_len: Arc::default(),
             tags: Arc::default(),
             counts: Arc::default(),
             counts_tree: db.open_tree("counts")?,
             db,
         };
         store.load_counts()?;
+        store.claims_len.store(store.claims.len(), Ordering::SeqCst);
         Ok(store)
     }
 
@@ -401,18 +408,22 @@ impl Store {
 
     /// Not durable until `flush`.
     pub fn put_claim(&self, claim: &Claim) -> Result<()> {
-        self.claims.insert(claim.host.as_bytes(), serde_json::to_vec(claim)?)?;
+        if self.claims.insert(claim.host.as_bytes(), serde_json::to_vec(claim)?)?.is_none() {
+            self.claims_len.fetch_add(1, Ordering::SeqCst);
+        }
         Ok(())
     }
 
     pub fn remove_claim(&self, host: &str) -> Result<()> {
-        self.claims.remove(host.as_bytes())?;
+        if self.claims.remove(host.as_bytes())?.is_some() {
+            self.claims_len.fetch_sub(1, Ordering::SeqCst);
+        }
         Ok(())
     }
 
     /// How many hosts have a claim held.
     pub fn claims_count(&self) -> usize {
-        self.claims.len()
+        self.claims_len.load(Ordering::SeqCst)
     }
 
     /// Hosts whose deadline is at or before `now_ms`, earliest first.
