@@ -356,19 +356,23 @@ impl Harness {
     }
 
     fn produce(&self, topic: &str, key: &str, value: &[u8]) {
-        let producer: BaseProducer = self
-            .client()
-            .set("bootstrap.servers", &self.brokers)
-            .set("partitioner", "murmur2_random")
-            // Room for the hostile, oversized messages the fault tests publish.
-            .set("message.max.bytes", "4000000")
-            .create()
-            .expect("producer");
+        let producer = self.producer();
         producer.send(BaseRecord::to(topic).key(key).payload(value)).map_err(|(e, _)| e).expect("send");
         producer.flush(Duration::from_secs(10)).expect("flush");
     }
 
     /// A client configuration with the test's own settings (TLS behind a front).
+    /// A producer to the harness's broker, as an EDR or an agent would use.
+    fn producer(&self) -> BaseProducer {
+        self.client()
+            .set("bootstrap.servers", &self.brokers)
+            .set("partitioner", "murmur2_random")
+            // Room for the hostile, oversized messages the fault tests publish.
+            .set("message.max.bytes", "4000000")
+            .create()
+            .expect("producer")
+    }
+
     fn client(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         for (key, value) in &self.client_settings {
@@ -1517,12 +1521,7 @@ fn a_flood_of_reports_for_invented_hosts_is_bounded() {
     let lines = harness.serve();
     let key = harness.public_key();
     let commands = harness.consumer("cordon.commands");
-    let producer: BaseProducer = harness
-        .client()
-        .set("bootstrap.servers", &harness.brokers)
-        .set("queue.buffering.max.messages", "100000")
-        .create()
-        .expect("producer");
+    let producer = harness.producer();
     let attacker = cordon_wire::generate_signing_key();
     let flood = 10_050;
     let started = Instant::now();

@@ -574,12 +574,7 @@ pub fn on_status(record: &mut HostRecord, status: &cordon_wire::Status, now: i64
         record.command_issued_at_ms = None;
         return tampered(record, status, on_tamper, now);
     }
-    let repaired = status.tampering.as_ref().filter(|_| status.isolated && answers_last_command).map(|found| {
-        let response = "the agent undid it: the host stays isolated".to_owned();
-        let why = format!("TAMPERED: {found}; {response}");
-        record.tampered = Some(Tampering { at_ms: now, generation: status.generation, what: found.clone(), response });
-        why
-    });
+    let repaired = answers_last_command.then(|| mark_repaired_tampering(record, status, now)).flatten();
     let failure = status
         .refusal
         .map(|refusal| refusal.to_string())
@@ -647,9 +642,16 @@ pub fn on_status(record: &mut HostRecord, status: &cordon_wire::Status, now: i64
     effects
 }
 
-/// Issues the host's desired state again after its agent turned out to be ahead of cordon (the
-/// record already carries the agent's generation): when a command is unanswered, or the agent's
-/// isolation differs from what the host should have. `None` when the agent already has it.
+/// Tampering the agent found on its still isolated host and undid (`status.tampering`): marks the
+/// host tampered and returns the audit line's words; `None` when the report carries none.
+fn mark_repaired_tampering(record: &mut HostRecord, status: &cordon_wire::Status, now: i64) -> Option<String> {
+    let found = status.tampering.as_ref().filter(|_| status.isolated)?;
+    let response = "the agent undid it: the host stays isolated".to_owned();
+    let why = format!("TAMPERED: {found}; {response}");
+    record.tampered = Some(Tampering { at_ms: now, generation: status.generation, what: found.clone(), response });
+    Some(why)
+}
+
 /// The agent applied the isolation cordon wants, and now says the host is not isolated, though
 /// no command released it and its deadline (if any) is not near.
 fn is_tampering(record: &HostRecord, status: &cordon_wire::Status, now: i64) -> bool {
@@ -707,6 +709,9 @@ fn isolation_again(record: &HostRecord, now: i64) -> Option<cordon_wire::Action>
     }
 }
 
+/// Issues the host's desired state again after its agent turned out to be ahead of cordon (the
+/// record already carries the agent's generation): when a command is unanswered, or the agent's
+/// isolation differs from what the host should have. `None` when the agent already has it.
 fn reissue_desired_state(record: &mut HostRecord, status: &cordon_wire::Status, now: i64) -> Option<Effects> {
     let desired_isolated = match record.state {
         HostState::Isolating | HostState::Isolated => true,

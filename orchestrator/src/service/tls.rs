@@ -62,7 +62,7 @@ impl TlsListener {
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
         tokio::spawn(async move {
-            let mut said_full: Option<std::time::Instant> = None;
+            let mut full = cordon_telemetry::logs::Throttled::new(Duration::from_mins(1));
             loop {
                 let (stream, peer) = match tcp.accept().await {
                     Ok(accepted) => accepted,
@@ -74,12 +74,11 @@ impl TlsListener {
                 };
                 let Ok(permit) = pending.clone().try_acquire_owned() else {
                     drop(stream);
-                    if said_full.is_none_or(|said| said.elapsed() >= Duration::from_mins(1)) {
-                        said_full = Some(std::time::Instant::now());
+                    if let Some(repeats) = full.failure("connections closed") {
                         tracing::warn!(
                             "the API closed a connection from {peer} at once: {MAX_PENDING_HANDSHAKES} TLS handshakes are \
                              already under way (a client flooding the API? each waits at most {HANDSHAKE_TIMEOUT:?}; \
-                             said once a minute)"
+                             said once a minute){repeats}"
                         );
                     }
                     continue;
