@@ -1,4 +1,4 @@
-//! `cordon topics --config cordon.toml`: creates the four Kafka topics the configuration names,
+//! `cordon topics --config cordon.toml`: creates the five Kafka topics the configuration names,
 //! each with the settings its use calls for. Topics that exist are left as they are (and said
 //! so), so the command can run on every deployment.
 
@@ -32,7 +32,7 @@ struct Plan<'a> {
 const WEEK_MS: &str = "604800000";
 const MONTH_MS: &str = "2592000000";
 
-fn plans(config: &ServiceConfig, layout: Layout) -> [Plan<'_>; 4] {
+fn plans(config: &ServiceConfig, layout: Layout) -> [Plan<'_>; 5] {
     let kafka = &config.kafka;
     [
         Plan {
@@ -59,6 +59,13 @@ fn plans(config: &ServiceConfig, layout: Layout) -> [Plan<'_>; 4] {
             partitions: layout.partitions,
             settings: &[("cleanup.policy", "compact")],
             why: "agents' reports keyed by host, compacted to the newest per host",
+        },
+        Plan {
+            name: &kafka.lease_topic,
+            partitions: 1,
+            // One claim per instance id matters: the newest.
+            settings: &[("cleanup.policy", "compact")],
+            why: "each service's signed claim to be the active one for its instance_id",
         },
     ]
 }

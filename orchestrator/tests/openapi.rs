@@ -69,6 +69,7 @@ fn serve(name: &str) -> Served {
         orchestrator::service::access::Tokens::shared(TOKEN),
         requests_tx,
         metrics,
+        orchestrator::service::lease::Fence::default(),
     )
         .into_make_service_with_connect_info::<orchestrator::service::tls::Peer>();
     runtime.spawn(async move { axum::serve(listener, app).await });

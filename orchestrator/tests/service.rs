@@ -44,6 +44,8 @@ struct Harness {
     last_sent_at_ms: std::cell::Cell<i64>,
     /// librdkafka settings of the test's own clients (TLS behind a front).
     client_settings: Vec<(String, String)>,
+    /// The state directory of the next `cordon serve`, under `dir`.
+    state: &'static str,
 }
 
 impl Drop for Harness {
@@ -114,12 +116,14 @@ impl Harness {
             enrolled: std::cell::RefCell::default(),
             last_sent_at_ms: std::cell::Cell::new(0),
             client_settings: Vec::new(),
+            state: "state",
         };
         for (topic, partitions) in [
             ("edr.detections", "3"),
             ("cordon.commands", "3"),
             ("cordon.status", "1"),
             ("cordon.dead-letter", "1"),
+            ("cordon.lease", "1"),
         ] {
             let status = Command::new(tansu())
                 .args(["topic", "create", topic, "--partitions", partitions, "--broker", &url])
@@ -166,7 +170,7 @@ impl Harness {
                 self.brokers,
                 self.kafka_config,
                 self.dir.join("rules").display(),
-                self.dir.join("state").display(),
+                self.dir.join(self.state).display(),
                 keys.join("signing.key").display(),
                 self.api_config
             ),
@@ -870,6 +874,7 @@ fn topics_are_created_once_with_their_partitions() {
         "created cordon.dead-letter (1 partition(s))",
         "created cordon.commands (4 partition(s))",
         "created cordon.status (4 partition(s))",
+        "created cordon.lease (1 partition(s))",
     ] {
         assert!(said.contains(expected), "'{expected}' not in:\n{said}");
     }
@@ -880,7 +885,7 @@ fn topics_are_created_once_with_their_partitions() {
         "a second run succeeds: {said}{}",
         String::from_utf8_lossy(&again.stderr)
     );
-    assert_eq!(said.matches("exists: left as it is").count(), 4, "{said}");
+    assert_eq!(said.matches("exists: left as it is").count(), 5, "{said}");
     // The broker holds them with the partitions of the first run.
     let consumer: BaseConsumer =
         ClientConfig::new().set("bootstrap.servers", format!("127.0.0.1:{port}")).create().expect("client");
@@ -889,6 +894,7 @@ fn topics_are_created_once_with_their_partitions() {
         |name: &str| metadata.topics().iter().find(|t| t.name() == name).map(|t| t.partitions().len());
     assert_eq!(partitions("cordon.commands"), Some(4));
     assert_eq!(partitions("cordon.dead-letter"), Some(1));
+    assert_eq!(partitions("cordon.lease"), Some(1));
     // Without brokers there is nothing to create: the embedded broker makes its own.
     std::fs::write(
         &config,
@@ -2011,4 +2017,199 @@ fn kafka_over_mutual_tls_works_and_a_wrong_ca_or_no_client_certificate_is_refuse
         assert!(body.contains("not connected to any Kafka broker"), "{what}: {body}");
         harness.kill_service();
     }
+}
+
+/// A tmpfs mounted on a directory the test made, unmounted (lazily: the service may still
+/// hold it) on drop.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).expect("create the mount point");
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "cordon-test-disk"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            output.status.success(),
+            "this test needs root to mount a small tmpfs as the state disk (CI runs as root): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        SmallDisk(dir.to_path_buf())
+    }
+
+    /// Fills the disk with one file, until it takes no more.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write as _;
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path).expect("create the filler");
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_state_disk_makes_the_service_not_ready_and_it_recovers_when_space_returns() {
+    let mut harness = Harness::start("disk-full");
+    let disk = SmallDisk::mount(&harness.dir.join("state"), "16m");
+    let lines = harness.serve();
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+    harness.cordon_ok(&["isolate", "before-01", "--for", "1h"]);
+    assert_eq!(next_command(&commands, &key, Duration::from_secs(10)).command_id, "before-01-1");
+
+    // The disk fills up; detections keep coming until the store refuses one of their batches.
+    let filler = disk.fill();
+    let mut sent = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let host = format!("full-{:02}", sent.len());
+        harness.produce("edr.detections", &host, &detection(&host, &format!("{host}-finding"), 5));
+        sent.push(host);
+        std::thread::sleep(Duration::from_millis(300));
+        if get(&harness.api, "/readyz").0 == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the service stayed ready on a full disk");
+    }
+    wait_for_line(&lines, "cannot be written");
+    let (status, body) = get(&harness.api, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    let readiness: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(readiness["checks"]["state"]["ok"], false, "{body}");
+    let detail = readiness["checks"]["state"]["detail"].as_str().expect("a detail");
+    assert!(detail.contains("No space left on device"), "{detail}");
+    // Operators are answered at once that nothing was done; the service is still up.
+    let started = Instant::now();
+    let refused = harness.cordon(&["isolate", "during-01", "--for", "1h"]);
+    assert!(started.elapsed() < Duration::from_secs(2), "the API took {:?}", started.elapsed());
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("the state store cannot be written") && said.contains("nothing was changed"), "{said}");
+    assert!(harness.children.last_mut().unwrap().try_wait().unwrap().is_none(), "the service exited");
+    // More detections while the disk is full: they wait in Kafka.
+    for _ in 0..3 {
+        let host = format!("full-{:02}", sent.len());
+        harness.produce("edr.detections", &host, &detection(&host, &format!("{host}-finding"), 5));
+        sent.push(host);
+    }
+
+    std::fs::remove_file(filler).expect("free the disk");
+    wait_for_line(&lines, "the state store takes writes again");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&harness.api, "/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "not ready again after the disk was freed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every detection decided exactly once: one isolation per host, none lost, none doubled
+    // (the released ones come after their 3 s).
+    let mut isolations: std::collections::HashMap<String, Vec<u64>> = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sent.iter().any(|host| !isolations.contains_key(host)) {
+        assert!(Instant::now() < deadline, "not every host was isolated: {isolations:?} of {sent:?}");
+        let command = next_command(&commands, &key, Duration::from_secs(30));
+        if matches!(command.action, cordon_wire::Action::Isolate { .. }) {
+            isolations.entry(command.host_id).or_default().push(command.generation);
+        }
+    }
+    let quiet = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < quiet {
+        if let Some(Ok(message)) = commands.poll(Duration::from_millis(100)) {
+            let command = cordon_wire::open(message.payload().unwrap_or_default(), &key).expect("verifies");
+            if matches!(command.action, cordon_wire::Action::Isolate { .. }) {
+                isolations.entry(command.host_id).or_default().push(command.generation);
+            }
+        }
+    }
+    for host in &sent {
+        // Resent while unanswered (no agent here), always at generation 1.
+        assert!(isolations[host].iter().all(|generation| *generation == 1), "{host}: {isolations:?}");
+        let trail = harness.host_json(host)["audit"].as_array().expect("an audit trail").clone();
+        let isolating = trail.iter().filter(|entry| entry["to"] == "isolating").count();
+        assert_eq!(isolating, 1, "{host} was decided {isolating} times: {trail:?}");
+    }
+    assert!(!isolations.contains_key("during-01"), "a refused request was carried out");
+    // The service never restarted, and takes operators' changes again.
+    assert_eq!(harness.log_lines("serving ").len(), 1);
+    harness.cordon_ok(&["isolate", "after-01", "--for", "1h"]);
+    drop(disk);
+}
+
+#[test]
+fn a_second_service_with_the_same_instance_id_fences_the_first_and_forged_claims_fence_nobody() {
+    let mut harness = Harness::start("twin");
+    let first_lines = harness.serve();
+    assert_eq!(harness.log_lines("claimed the lease for instance_id cordon").len(), 1);
+    let first_api = harness.api.clone();
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+    harness.cordon_ok(&["isolate", "first-01", "--for", "4s"]);
+    assert_eq!(next_command(&commands, &key, Duration::from_secs(10)).command_id, "first-01-1");
+
+    // The twin: the same configuration and keys, its own state (another machine), the API
+    // token shared so that the test's client speaks to both.
+    std::fs::create_dir_all(harness.dir.join("twin-state")).expect("twin state");
+    std::fs::copy(harness.dir.join("state/api-token"), harness.dir.join("twin-state/api-token")).expect("token");
+    harness.state = "twin-state";
+    let twin_lines = harness.serve_started();
+    wait_for_line(&twin_lines, "claimed the lease for instance_id cordon");
+    let fenced = wait_for_line(&first_lines, "fenced: another cordon serve with instance_id cordon started later");
+    assert!(fenced.contains("stops acting"), "{fenced}");
+
+    // The first one stops acting: not ready, writes refused, reads answered, nothing sent.
+    let (status, body) = get(&first_api, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    let readiness: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(readiness["checks"]["lease"]["ok"], false, "{body}");
+    let twin_api = std::mem::replace(&mut harness.api, first_api.clone());
+    let refused = harness.cordon(&["isolate", "first-02", "--for", "1h"]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && said.contains("no longer acts"), "{said}");
+    assert!(harness.cordon_ok(&["hosts"]).contains("first-01"));
+    assert!((sample(&get(&first_api, "/metrics").1, "cordon_fenced") - 1.0).abs() < 1e-9, "cordon_fenced is 1");
+    harness.api = twin_api;
+
+    // Forged and replayed claims: one signed by another key, the first service's own claim
+    // again (older than the twin). Neither fences the twin.
+    let lease = harness.consumer("cordon.lease");
+    let (_, first_claim) = next_message(&lease, Duration::from_secs(10));
+    let stranger_key = cordon_wire::generate_signing_key();
+    let forged = cordon_wire::lease::seal_lease(
+        &cordon_wire::lease::Lease::new("cordon", "ffff", i64::MAX / 2),
+        &stranger_key,
+    );
+    harness.produce("cordon.lease", "cordon", &forged);
+    harness.produce("cordon.lease", "cordon", &first_claim);
+    harness.produce("cordon.lease", "cordon", b"not even JSON");
+    wait_for_line(&twin_lines, "is not a claim of cordon's");
+
+    // The twin acts: it takes detections and decides; the first one's deadline passes
+    // without a release from it.
+    wait_for_line(&twin_lines, "consuming ");
+    harness.produce("edr.detections", "twin-01", &detection("twin-01", "twin-01-finding", 5));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let command = next_command(&commands, &key, Duration::from_secs(30));
+        assert_ne!(command.command_id, "first-01-2", "the fenced service lifted a deadline");
+        if command.command_id == "twin-01-1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the twin never isolated twin-01");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    while let Some(Ok(message)) = commands.poll(Duration::from_millis(200)) {
+        let command = cordon_wire::open(message.payload().unwrap_or_default(), &key).expect("verifies");
+        assert_ne!(command.command_id, "first-01-2", "the fenced service lifted a deadline");
+    }
+    assert_eq!(get(&harness.api, "/readyz").0, 200, "the twin is ready");
+    assert!(!harness.log_lines("first-01: isolating -> releasing").iter().any(|line| !line.is_empty()));
 }

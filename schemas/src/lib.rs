@@ -12,6 +12,7 @@
 //! the enforcer and the orchestrator convert to and from them.
 
 pub mod kafka;
+pub mod lease;
 pub mod secret;
 pub mod spec;
 

@@ -241,6 +241,7 @@ impl World {
             ("cordon.commands", "3"),
             ("cordon.status", "1"),
             ("cordon.dead-letter", "1"),
+            ("cordon.lease", "1"),
         ] {
             let (code, _, stderr) = output_of(self.resolving(self.sandbox.on_peer(
                 tansu,

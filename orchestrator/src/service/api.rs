@@ -22,6 +22,7 @@ use super::lifecycle::AuditEntry;
 use super::lifecycle::{HostRecord, IsolationPlan, Refused};
 use super::now_ms;
 use super::observe::Metrics;
+use super::lease::Fence;
 use super::store::{ApiCall, Store};
 use crate::api::{
     check_host_id, AgentKeyView, EnrollRequest, ErrorBody, HostView, IsolateRequest, ReasonRequest,
@@ -35,7 +36,21 @@ pub struct OperatorRequest {
     pub operation: Operation,
     /// `operator NAME (ADDRESS)`.
     pub operator: String,
-    pub reply: oneshot::Sender<Result<HostRecord, Refused>>,
+    pub reply: oneshot::Sender<Result<HostRecord, NotDone>>,
+}
+
+/// Why an operator's request was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum NotDone {
+    /// The request contradicts the host's state.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// The state store cannot be written now: nothing was changed.
+    #[error("the state store cannot be written ({0}); nothing was changed or sent: try again once /readyz says ready")]
+    StoreFault(String),
+    /// A later start of this `instance_id` took over: this service no longer acts.
+    #[error("this cordon serve no longer acts ({0}); nothing was changed: ask the active one")]
+    Fenced(String),
 }
 
 #[derive(Debug)]
@@ -54,6 +69,7 @@ struct ApiState {
     failed: Arc<std::sync::Mutex<FailedAttempts>>,
     requests: mpsc::Sender<OperatorRequest>,
     metrics: Arc<Metrics>,
+    fence: Fence,
 }
 
 /// The caller of a request, as the authentication layer established it: `operator NAME
@@ -68,6 +84,7 @@ pub fn router(
     tokens: Tokens,
     requests: mpsc::Sender<OperatorRequest>,
     metrics: Arc<Metrics>,
+    fence: Fence,
 ) -> Router {
     let state = ApiState {
         store,
@@ -75,6 +92,7 @@ pub fn router(
         failed: Arc::default(),
         requests,
         metrics,
+        fence,
     };
     let reads = Router::new()
         .route("/hosts", get(list_hosts))
@@ -97,6 +115,7 @@ pub fn router(
     let v1 = reads
         .merge(responses)
         .merge(administration)
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), refuse_writes_when_fenced))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -105,6 +124,16 @@ pub fn router(
         .nest(crate::api::PREFIX, v1)
         .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// 503 for every change once a later start of this `instance_id` fenced this service (reads go on).
+async fn refuse_writes_when_fenced(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    if request.method() != axum::http::Method::GET {
+        if let Some(why) = state.fence.reason() {
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, NotDone::Fenced(why).to_string()).into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// The metrics in the Prometheus text format.
@@ -133,17 +162,24 @@ async fn readiness(State(state): State<ApiState>) -> Response {
              with the same [kafka] instance_id"
             .to_owned())
     };
-    let store = state.store.readable().map(|()| "open".to_owned()).map_err(|e| format!("{e:#}"));
+    let store = state.store.usable().map(|()| "open".to_owned()).map_err(|e| format!("{e:#}"));
+    let lease = state.fence.reason().map_or_else(|| Ok("active for its instance_id".to_owned()), Err);
     let rules = state.metrics.rules_loaded.get();
     let rules = Ok::<_, String>(format!("{rules} rule(s) in force"));
-    let ready = kafka.is_ok() && consumer.is_ok() && store.is_ok() && rules.is_ok();
+    let ready = kafka.is_ok() && consumer.is_ok() && store.is_ok() && rules.is_ok() && lease.is_ok();
     let check = |result: Result<String, String>| match result {
         Ok(detail) => serde_json::json!({"ok": true, "detail": detail}),
         Err(detail) => serde_json::json!({"ok": false, "detail": detail}),
     };
     let body = serde_json::json!({
         "ready": ready,
-        "checks": {"kafka": check(kafka), "consumer": check(consumer), "state": check(store), "rules": check(rules)},
+        "checks": {
+            "kafka": check(kafka),
+            "consumer": check(consumer),
+            "state": check(store),
+            "rules": check(rules),
+            "lease": check(lease),
+        },
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
@@ -325,7 +361,10 @@ async fn change(
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the service is shutting down"))?;
     match answer.await {
         Ok(Ok(record)) => Ok(Json(HostView::new(&record, None))),
-        Ok(Err(refused)) => Err(ApiError::new(StatusCode::CONFLICT, refused.to_string())),
+        Ok(Err(refused @ NotDone::Refused(_))) => Err(ApiError::new(StatusCode::CONFLICT, refused.to_string())),
+        Ok(Err(fault @ (NotDone::StoreFault(_) | NotDone::Fenced(_)))) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, fault.to_string()))
+        }
         Err(_) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the service could not record the change (see its log); nothing was sent",
@@ -433,7 +472,7 @@ fn decide_agent(
 ) -> Result<Json<AgentKeyView>, ApiError> {
     state.store.put_agent(record)?;
     let host = state.store.host(&record.host)?;
-    state.store.audit(&AuditEntry {
+    state.store.audit_now(&AuditEntry {
         at_ms: record.changed_at_ms,
         host: record.host.clone(),
         from: host.as_ref().map_or(super::lifecycle::HostState::NotIsolated, |h| h.state),

@@ -38,6 +38,9 @@ pub struct KafkaSection {
     pub commands_topic: String,
     #[serde(default = "default_status_topic")]
     pub status_topic: String,
+    /// Where each service claims to be the active one for its `instance_id` (see `lease.rs`).
+    #[serde(default = "default_lease_topic")]
+    pub lease_topic: String,
     #[serde(default = "default_group")]
     pub group_id: String,
     /// This service's static member id in the group: one active service per id.
@@ -103,6 +106,7 @@ impl Default for KafkaSection {
             dead_letter_topic: default_dead_letter_topic(),
             commands_topic: default_commands_topic(),
             status_topic: default_status_topic(),
+            lease_topic: default_lease_topic(),
             group_id: default_group(),
             instance_id: default_group(),
             fetch_wait_ms: default_fetch_wait(),
@@ -247,6 +251,9 @@ fn default_commands_topic() -> String {
 }
 fn default_status_topic() -> String {
     "cordon.status".into()
+}
+fn default_lease_topic() -> String {
+    "cordon.lease".into()
 }
 fn default_group() -> String {
     "cordon".into()

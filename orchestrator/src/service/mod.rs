@@ -18,6 +18,7 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod jobs;
+pub mod lease;
 pub mod lifecycle;
 pub mod observe;
 pub mod outbox;
@@ -137,7 +138,28 @@ struct Service {
     /// The topic names, for span attributes (made once, not per span).
     topics: SpanTopics,
     shared_projection: SharedProjection,
+    /// Set while the state store cannot be written: the loop takes no input then, only tries
+    /// to write again.
+    store_fault: Option<StoreFault>,
+    /// Set by the lease watcher when a later start of this `instance_id` took over.
+    fence: lease::Fence,
+    /// Whether the fence was seen (and acted on) by the loop.
+    fenced: bool,
 }
+
+/// The state store refused a write: what the loop holds until it can write again.
+struct StoreFault {
+    since: std::time::Instant,
+    next_attempt: std::time::Instant,
+    /// The batch whose changes were not made durable (its offsets are not committed): handled
+    /// again, first, once the store takes writes.
+    held: Option<ConsumedBatch>,
+    /// Throttles "still cannot write" to once a minute.
+    still: cordon_telemetry::logs::Throttled,
+}
+
+/// How often the loop tries to write to a store that refused a write.
+const STORE_RETRY_EVERY: Duration = Duration::from_secs(2);
 
 /// Topic names as span attribute values: shared, so that a span's attributes cost no copy.
 struct SpanTopics {
@@ -206,6 +228,8 @@ pub fn run_from_config(path: &std::path::Path) -> Result<()> {
                 ] {
                     embedded.create_topic(topic, 3, 1).with_context(|| format!("cannot create topic {topic}"))?;
                 }
+                let lease = &config.kafka.lease_topic;
+                embedded.create_topic(lease, 1, 1).with_context(|| format!("cannot create topic {lease}"))?;
                 let brokers = embedded.bootstrap_servers();
                 tracing::warn!(
                     "no brokers configured: embedded Kafka-protocol broker at {brokers}. It keeps nothing across \
@@ -302,6 +326,7 @@ async fn start_api(
     tokens: access::Tokens,
     requests: mpsc::Sender<OperatorRequest>,
     metrics: Arc<Metrics>,
+    fence: lease::Fence,
 ) -> Result<(std::net::SocketAddr, &'static str)> {
     let listen = &section.listen;
     let tls = match (&section.tls_cert_file, &section.tls_key_file) {
@@ -313,7 +338,7 @@ async fn start_api(
         .await
         .with_context(|| format!("cannot listen on {listen} ([api] listen)"))?;
     let address = listener.local_addr()?;
-    let app = api::router(store, tokens, requests, metrics).into_make_service_with_connect_info::<tls::Peer>();
+    let app = api::router(store, tokens, requests, metrics, fence).into_make_service_with_connect_info::<tls::Peer>();
     let scheme = if let Some(tls) = tls {
         let listener = tls::TlsListener::new(listener, tls)?;
         tokio::spawn(async move {
@@ -427,6 +452,7 @@ fn start_outbox(
     brokers: &str,
     metrics: &Arc<Metrics>,
     failpoint: Option<String>,
+    fence: &lease::Fence,
 ) -> Result<(Outbox, tokio::task::JoinHandle<()>, mpsc::Receiver<Parked>)> {
     let (parked_tx, parked) = mpsc::channel::<Parked>(64);
     let (outbox, sender) = Outbox::new(
@@ -440,6 +466,7 @@ fn start_outbox(
             commands_topic: config.kafka.commands_topic.clone(),
             dead_letter_topic: config.kafka.dead_letter_topic.clone(),
             failpoint,
+            fence: fence.clone(),
         },
         parked_tx,
     )?;
@@ -458,6 +485,8 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let signing_key = cordon_wire::signing_key_from_base64(&key_text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.signing.key_file.display()))?;
     let tokens = api_tokens(&config)?;
+    let fence = lease::Fence::default();
+    let lease = lease::start(&config.kafka, brokers, &signing_key, fence.clone())?;
     let (telemetry, metrics) = start_telemetry(&config, &store, &ruleset)?;
     let consumer = Arc::new(detection_consumer(&config.kafka, brokers, Arc::clone(&metrics))?);
     let (batches_tx, mut batches) = mpsc::channel::<ConsumedBatch>(1);
@@ -467,9 +496,10 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         start_reader(&consumer, InputRules::of(&config.kafka), brokers, batches_tx, &shared_projection)?;
     let failpoint = std::env::var("CORDON_FAILPOINT").ok().filter(|name| !name.is_empty());
     let (outbox, sender, mut parked) =
-        start_outbox(&config, &store, signing_key, brokers, &metrics, failpoint.clone())?;
+        start_outbox(&config, &store, signing_key, brokers, &metrics, failpoint.clone(), &fence)?;
     let (requests_tx, mut requests) = mpsc::channel::<OperatorRequest>(64);
-    let api_address = start_api(&config.api, store.clone(), tokens, requests_tx, Arc::clone(&metrics)).await?;
+    let api_address =
+        start_api(&config.api, store.clone(), tokens, requests_tx, Arc::clone(&metrics), fence.clone()).await?;
     let (jobs_tx, mut jobs) = mpsc::channel::<Job>(16);
     let scheduler = jobs::start(&config, jobs_tx).await?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -493,41 +523,36 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         projection,
         shared_projection,
         topics,
+        store_fault: None,
+        fence,
+        fenced: false,
     };
     service.announce(&telemetry, api_address);
     // Whatever was decided before a restart and not sent yet goes out first; overdue
     // isolations are lifted at once.
-    service.lift_due(now_ms())?;
-    service.outbox.send();
+    let result = service.lift_due(now_ms());
+    service.after(result);
 
     let mut tick = deadline_tick();
     tokio::pin!(shutdown);
     let result = loop {
+        // While the store refuses writes, no input that would change state is taken (it waits
+        // in its channel, or in Kafka uncommitted); operators are answered at once.
+        let writable = service.store_fault.is_none() && !service.check_fence(&consumer);
         tokio::select! {
             () = &mut shutdown => break Ok(()),
-            Some(batch) = batches.recv() => {
-                if let Err(error) = service.handle_batch(&consumer, batch) {
-                    // Nothing of this batch is committed: it comes again after the restart.
-                    break Err(error);
-                }
-                service.outbox.send();
-            }
+            Some(batch) = batches.recv(), if writable => service.on_batch(&consumer, batch),
             Some(request) = requests.recv() => {
-                if let Err(error) = service.on_operator(request) {
-                    break Err(error);
-                }
-                service.outbox.send();
+                let result = service.on_operator(request);
+                service.after(result);
             }
-            Some(job) = jobs.recv() => {
-                if let Err(error) = service.on_job(job) {
-                    break Err(error);
-                }
-                service.outbox.send();
+            Some(job) = jobs.recv(), if writable => {
+                let result = service.on_job(job);
+                service.after(result);
             }
-            Some(parked) = parked.recv() => {
-                if let Err(error) = service.on_parked(&parked) {
-                    break Err(error);
-                }
+            Some(parked) = parked.recv(), if writable => {
+                let result = service.on_parked(&parked);
+                service.after(result);
             }
             _ = hangup.recv() => service.reload_rules("SIGHUP"),
             _ = tick.tick() => {
@@ -536,16 +561,19 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
                     break Err(anyhow::anyhow!("the outbox sender stopped; commands would no longer be sent"));
                 }
                 clock::check_for_step();
-                if let Err(error) = service.lift_due(now_ms()) {
-                    break Err(error);
+                if writable {
+                    let result = service.lift_due(now_ms());
+                    service.after(result);
+                } else if !service.fenced {
+                    service.try_to_write_again(&consumer);
                 }
-                service.outbox.send();
             }
         }
     };
     let mut scheduler = scheduler;
     let _ = scheduler.shutdown().await;
     stop_reading(batches, reader, consumer).await;
+    let _ = tokio::task::spawn_blocking(move || lease.stop()).await;
     stop_sending(service, sender).await;
     telemetry.shutdown();
     result
@@ -778,11 +806,117 @@ impl Service {
         }
     }
 
+    /// Handles a batch; if the store refuses its changes, holds it until it can write again.
+    fn on_batch(&mut self, consumer: &DetectionConsumer, mut batch: ConsumedBatch) {
+        match self.handle_batch(consumer, &mut batch) {
+            Ok(()) => self.outbox.send(),
+            Err(error) => self.store_failed(&error, Some(batch)),
+        }
+    }
+
+    /// Whether a later start of this `instance_id` fenced this service; the first time, stops
+    /// consuming (leaving the group to the twin) and says so.
+    fn check_fence(&mut self, consumer: &DetectionConsumer) -> bool {
+        if self.fenced {
+            return true;
+        }
+        let Some(why) = self.fence.reason() else { return false };
+        self.fenced = true;
+        consumer.unsubscribe();
+        self.metrics.fenced.set(1);
+        self.metrics.consumer_partitions.set(0);
+        tracing::error!(
+            "{why}. This service stops acting: it takes no detections or reports, lifts no deadline, sends no \
+             command and refuses operators' changes until it is restarted; its API still answers reads. Stop one of \
+             the two (or give them different [kafka] instance_id and state)."
+        );
+        true
+    }
+
+    /// After a handler: what it made durable may be sent; a failure is the store's.
+    fn after(&mut self, result: Result<()>) {
+        match result {
+            Ok(()) => self.outbox.send(),
+            Err(error) => self.store_failed(&error, None),
+        }
+    }
+
+    /// A write to the store failed (the only error a handler returns): nothing since the last
+    /// flush counts. The service stops taking input, says so (log, `/readyz`, metrics, answers
+    /// to operators) and tries to write again every [`STORE_RETRY_EVERY`]. `held`: the batch
+    /// whose changes were lost, handled again first.
+    fn store_failed(&mut self, error: &anyhow::Error, held: Option<ConsumedBatch>) {
+        let why = format!("{error:#}");
+        let now = std::time::Instant::now();
+        if let Some(fault) = &mut self.store_fault {
+            fault.held = held.or(fault.held.take());
+            fault.next_attempt = now + STORE_RETRY_EVERY;
+            tracing::error!("the state store refused a write again: {why}.");
+        } else {
+            tracing::error!(
+                "the state store in {} cannot be written: {why}. Not ready: no detections or reports are taken \
+                 (nothing uncommitted is lost: it comes again), operators' changes are refused and no deadline is \
+                 lifted until it can; trying again every {} s (free space on its disk).",
+                self.config.state.dir.display(),
+                STORE_RETRY_EVERY.as_secs()
+            );
+            self.metrics.state_store_faults.add(1);
+            self.metrics.state_store_failing.set(1);
+            self.store_fault = Some(StoreFault {
+                since: now,
+                next_attempt: now + STORE_RETRY_EVERY,
+                held,
+                still: cordon_telemetry::logs::Throttled::new(Duration::from_mins(1)),
+            });
+        }
+        self.store.set_fault(Some(format!("the state store cannot be written: {why}")));
+    }
+
+    /// Opens the store again (sled refuses everything after a failed write) and, if a write
+    /// goes through, takes up the state it holds (what was durable), handles the held batch and
+    /// goes on.
+    fn try_to_write_again(&mut self, consumer: &DetectionConsumer) {
+        let Some(fault) = &mut self.store_fault else { return };
+        if std::time::Instant::now() < fault.next_attempt {
+            return;
+        }
+        fault.next_attempt = std::time::Instant::now() + STORE_RETRY_EVERY;
+        let reopened = self
+            .store
+            .reopen()
+            .and_then(|()| self.store.check_writable(now_ms()))
+            .and_then(|()| self.store.engine_state())
+            .and_then(|engine| Ok((engine, self.outbox.reopened()?)));
+        let engine = match reopened {
+            Ok((engine, ())) => engine,
+            Err(error) => {
+                if let Some(repeats) = fault.still.failure("store") {
+                    tracing::error!("the state store still cannot be written: {error:#}{repeats}.");
+                }
+                return;
+            }
+        };
+        let Some(fault) = self.store_fault.take() else { return };
+        self.engine = engine;
+        self.transitions.clear();
+        self.store.set_fault(None);
+        self.metrics.state_store_failing.set(0);
+        tracing::info!(
+            "the state store takes writes again (after {} s): taking input again.",
+            fault.since.elapsed().as_secs()
+        );
+        if let Some(batch) = fault.held {
+            self.on_batch(consumer, batch);
+        } else {
+            self.outbox.send();
+        }
+    }
+
     /// Handles a batch of messages, makes every change durable, then commits their offsets. One
     /// message never stops the batch: an invalid or oversized one, or one whose handling fails,
     /// is dead-lettered and the rest go on. Only a store that cannot be written fails the batch
     /// (nothing of it is committed then).
-    fn handle_batch(&mut self, consumer: &DetectionConsumer, mut batch: ConsumedBatch) -> Result<()> {
+    fn handle_batch(&mut self, consumer: &DetectionConsumer, batch: &mut ConsumedBatch) -> Result<()> {
         if !Arc::ptr_eq(&batch.projection, &self.projection) {
             // Read before the rules changed: the new rules may look at fields it left out.
             batch.events =
@@ -790,7 +924,7 @@ impl Service {
         }
         let now = now_ms();
         let (mut detections, mut invalid, mut reports) = (0, 0, 0);
-        for (message, event) in batch.messages.iter().zip(batch.events) {
+        for (message, event) in batch.messages.iter().zip(&batch.events) {
             match event {
                 None => {
                     reports += 1;
@@ -799,7 +933,7 @@ impl Service {
                 Some(Ok(event)) => {
                     detections += 1;
                     let memory = self.engine.isolation_memory(event.host());
-                    if let Err(error) = self.on_detection(message, &event, now, batch.received_at) {
+                    if let Err(error) = self.on_detection(message, event, now, batch.received_at) {
                         if is_store_fault(&error) {
                             return Err(error);
                         }
@@ -816,7 +950,7 @@ impl Service {
                 }
                 Some(Err((kind, reason))) => {
                     invalid += 1;
-                    self.dead_letter(message, kind, &reason)?;
+                    self.dead_letter(message, *kind, reason)?;
                 }
             }
         }
@@ -836,7 +970,11 @@ impl Service {
         for ((topic, partition), offset) in offsets {
             list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
         }
-        consumer.commit(&list, CommitMode::Async).context("cannot commit the offsets")?;
+        if let Err(error) = consumer.commit(&list, CommitMode::Async) {
+            // The changes are durable: the batch comes again after a restart or a rebalance,
+            // and its events are deduplicated then.
+            tracing::warn!("cannot commit the offsets of a handled batch ({error}); its messages may be read again.");
+        }
         self.failpoint("after-commit");
         Ok(())
     }
@@ -972,7 +1110,7 @@ impl Service {
     /// Makes everything written so far durable, then logs the transitions it made durable (in
     /// one write: a batch can hold thousands).
     fn flush(&mut self) -> Result<()> {
-        self.store.flush()?;
+        self.store.commit()?;
         self.outbox.made_durable();
         let transitions = std::mem::take(&mut self.transitions);
         if !transitions.is_empty() {
@@ -1091,10 +1229,25 @@ impl Service {
         self.flush()
     }
 
-    /// Carries out an operator's request, durably, and answers it.
+    /// Carries out an operator's request, durably, and answers it; while the store cannot be
+    /// written, answers at once that nothing was done.
     fn on_operator(&mut self, request: OperatorRequest) -> Result<()> {
+        if let Some(why) = self.fence.reason() {
+            let _ = request.reply.send(Err(api::NotDone::Fenced(why)));
+            return Ok(());
+        }
+        if let Some(fault) = self.store.fault() {
+            let _ = request.reply.send(Err(api::NotDone::StoreFault(fault)));
+            return Ok(());
+        }
         let now = now_ms();
-        let previous = self.store.host(&request.host)?;
+        let previous = match self.store.host(&request.host) {
+            Ok(previous) => previous,
+            Err(error) => {
+                let _ = request.reply.send(Err(api::NotDone::StoreFault(format!("{error:#}"))));
+                return Err(error);
+            }
+        };
         let mut record = previous.clone().unwrap_or_else(|| HostRecord::new(&request.host, now));
         let operator = request.operator.as_str();
         let operation_name = match &request.operation {
@@ -1139,18 +1292,25 @@ impl Service {
             Operation::Deny { reason } => lifecycle::deny(&mut record, &reason, operator, now),
             Operation::Tags { add, remove } => lifecycle::set_tags(&mut record, &add, &remove, operator, now),
         };
+        let mut failed = None;
         let answer = match outcome {
-            Ok(effects) => {
-                self.apply(previous.as_ref(), &mut record, effects, now, trace.as_ref())?;
-                self.store.put_engine_state(&self.engine)?;
-                self.flush()?;
-                Ok(record)
-            }
+            Ok(effects) => match self
+                .apply(previous.as_ref(), &mut record, effects, now, trace.as_ref())
+                .and_then(|()| self.store.put_engine_state(&self.engine))
+                .and_then(|()| self.flush())
+            {
+                Ok(()) => Ok(record),
+                Err(error) => {
+                    let fault = api::NotDone::StoreFault(format!("{error:#}"));
+                    failed = Some(error);
+                    Err(fault)
+                }
+            },
             Err(refused) => {
                 if let Some(trace) = &trace {
                     trace.span().set_status(SpanStatus::error(refused.to_string()));
                 }
-                Err(refused)
+                Err(api::NotDone::Refused(refused))
             }
         };
         if let Some(trace) = trace {
@@ -1158,7 +1318,7 @@ impl Service {
         }
         // The client may have gone; the change stands either way.
         let _ = request.reply.send(answer);
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Tells the engine about an isolation it did not decide, so rules never weaken it.

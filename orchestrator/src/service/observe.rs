@@ -39,6 +39,11 @@ pub struct Metrics {
     pub events_failed: Arc<Counter>,
     pub consumer_partitions: Arc<Gauge>,
     pub kafka_brokers_up: Arc<Gauge>,
+    /// 1 while the state store cannot be written (the service takes no detections then).
+    pub state_store_failing: Arc<Gauge>,
+    pub state_store_faults: Arc<Counter>,
+    /// 1 once a later start of this `instance_id` fenced this service.
+    pub fenced: Arc<Gauge>,
     pub rules_loaded: Arc<Gauge>,
 }
 
@@ -46,6 +51,7 @@ pub struct Metrics {
 pub const ON_TIME_MS: i64 = 1_000;
 
 impl Metrics {
+    #[allow(clippy::too_many_lines, reason = "one registration per metric, nothing else")]
     pub fn new() -> Metrics {
         let mut r = Registry::default();
         Metrics {
@@ -142,6 +148,18 @@ impl Metrics {
                 "Partitions the consumer holds now (0: not consuming, e.g. rebalancing or fenced).",
             ),
             kafka_brokers_up: r.gauge("cordon_kafka_brokers_up", "Kafka brokers the consumer is connected to."),
+            state_store_failing: r.gauge(
+                "cordon_state_store_failing",
+                "1 while the state store cannot be written (disk full, I/O errors): no detections are taken.",
+            ),
+            fenced: r.gauge(
+                "cordon_fenced",
+                "1 once another cordon serve with this instance_id started later: this one no longer acts.",
+            ),
+            state_store_faults: r.counter(
+                "cordon_state_store_faults_total",
+                "Times a write to the state store failed and the service stopped taking input until it could write.",
+            ),
             rules_loaded: r.gauge("cordon_rules_loaded", "Rules in force."),
             registry: r,
         }

@@ -111,6 +111,8 @@ pub struct SenderConfig {
     pub commands_topic: String,
     pub dead_letter_topic: String,
     pub failpoint: Option<String>,
+    /// Once fenced by a twin, nothing more is sent.
+    pub fence: super::lease::Fence,
 }
 
 impl Outbox {
@@ -218,6 +220,15 @@ impl Outbox {
     /// Everything appended so far is durable (the store was just flushed).
     pub fn made_durable(&mut self) {
         self.durable = self.appended;
+    }
+
+    /// The store was opened again after a failed write: what it holds is durable, and what
+    /// was appended since the last flush is gone.
+    pub fn reopened(&mut self) -> Result<()> {
+        let end = self.store.outbox_end()?;
+        self.appended = end.max(self.durable);
+        self.durable = self.appended;
+        Ok(())
     }
 
     /// Lets the sender send what is durable.
@@ -339,6 +350,11 @@ impl Sender {
     }
 
     async fn round(&mut self) -> Round {
+        if self.store.fault().is_some() || self.config.fence.reason().is_some() {
+            // The store cannot be written (the loop reopens it; the entries wait), or a twin
+            // took over (its own outbox sends).
+            return Round::Retry;
+        }
         let up_to = *self.watermark.borrow_and_update();
         while let Ok((key, span)) = self.spans.try_recv() {
             self.in_flight.insert(key, span);

@@ -10,10 +10,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use sled::Transactional as _;
 
 pub use super::agents::{AgentRecord, Claim};
 pub use super::lifecycle::{AuditEntry, HostRecord, HostState};
@@ -154,13 +155,9 @@ pub struct ApiCall {
     pub status: u16,
 }
 
-#[derive(Clone)]
-pub struct Store {
+/// The open sled database and its trees; replaced whole when the store is reopened.
+struct Trees {
     db: sled::Db,
-    /// Every known host's trusted tags (the operators'; never the agent's), read once from its
-    /// record and kept in step by `put_host`: the rules engine needs them for every detection,
-    /// and decoding the record each time is most of the cost of a detection that decides nothing.
-    tags: Arc<Mutex<HashMap<String, Vec<String>>>>,
     hosts: sled::Tree,
     deadlines: sled::Tree,
     /// Keyed by host, then a sequence number: one host's trail is one range.
@@ -175,6 +172,68 @@ pub struct Store {
     agents: sled::Tree,
     /// Keys that signed reports for a host without being enrolled for it: written by the loop only.
     claims: sled::Tree,
+    counts_tree: sled::Tree,
+}
+
+/// The trees the loop's writes go to, staged until [`Store::commit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Slot {
+    /// The database's default tree (the engine state).
+    Default,
+    Hosts,
+    Deadlines,
+    Audit,
+    Outbox,
+    DeadLetters,
+    Claims,
+    Counts,
+}
+
+const SLOTS: [Slot; 8] =
+    [Slot::Default, Slot::Hosts, Slot::Deadlines, Slot::Audit, Slot::Outbox, Slot::DeadLetters, Slot::Claims, Slot::Counts];
+
+impl Trees {
+    fn slot(&self, slot: Slot) -> &sled::Tree {
+        match slot {
+            Slot::Default => &self.db,
+            Slot::Hosts => &self.hosts,
+            Slot::Deadlines => &self.deadlines,
+            Slot::Audit => &self.audit,
+            Slot::Outbox => &self.outbox,
+            Slot::DeadLetters => &self.dead_letters,
+            Slot::Claims => &self.claims,
+            Slot::Counts => &self.counts_tree,
+        }
+    }
+}
+
+/// The loop's writes since its last commit, in order, and the newest value per key (what the
+/// loop reads back before the commit).
+#[derive(Default)]
+struct Staged {
+    writes: Vec<(Slot, Vec<u8>, Option<Vec<u8>>)>,
+    newest: HashMap<(Slot, Vec<u8>), Option<Vec<u8>>>,
+}
+
+/// The state store, shared by the loop, the outbox's sender and the API. After a write error
+/// (a full disk) sled refuses every later operation until the database is opened again, so the
+/// trees sit behind a lock that [`Store::reopen`] swaps for freshly opened ones.
+#[derive(Clone)]
+pub struct Store {
+    dir: std::path::PathBuf,
+    trees: Arc<RwLock<Option<Arc<Trees>>>>,
+    /// Why the store cannot be written, while it cannot (set by the loop, cleared once a write
+    /// goes through again): `/readyz` and the sender read it.
+    fault: Arc<Mutex<Option<String>>>,
+    /// The loop's changes not yet committed: one handler's changes (a whole batch) go to sled
+    /// in one transaction, so that a crash or a failed write keeps all of them or none (sled
+    /// alone writes pages, not operations: a failed flush can keep a host's audit entry and
+    /// lose its record, or its record and lose its deadline).
+    staged: Arc<Mutex<Staged>>,
+    /// Every known host's trusted tags (the operators'; never the agent's), read once from its
+    /// record and kept in step by `put_host`: the rules engine needs them for every detection,
+    /// and decoding the record each time is most of the cost of a detection that decides nothing.
+    tags: Arc<Mutex<HashMap<String, Vec<String>>>>,
     /// How many entries `claims` holds, counted once at open and kept by `put_claim` and
     /// `remove_claim` (sled counts a tree by reading all of it, which a flood of forged reports
     /// would make the loop do for each one).
@@ -182,7 +241,6 @@ pub struct Store {
     /// How many hosts are in each state and how many agents are stale, kept in step by
     /// `put_host` (in memory, and in sled so that a restart need not read every record).
     counts: Arc<Mutex<HostCounts>>,
-    counts_tree: sled::Tree,
 }
 
 /// Hosts by state, and stale agents: what the fleet gauges show.
@@ -196,14 +254,18 @@ const STALE_KEY: &str = "stale_agents";
 
 const ENGINE_KEY: &[u8] = b"engine";
 
+/// Where `check_writable` writes.
+const WRITE_CHECK_KEY: &[u8] = b"write_check";
+
 fn deadline_key(expires_at_ms: i64, host: &str) -> Vec<u8> {
     let mut key = expires_at_ms.to_be_bytes().to_vec();
     key.extend_from_slice(host.as_bytes());
     key
 }
 
-impl Store {
-    pub fn open(dir: &Path) -> Result<Store> {
+impl Trees {
+    /// Opens the store in `dir` (creating it) and checks that it is this directory's.
+    fn open(dir: &Path) -> Result<Trees> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create state directory {}", dir.display()))?;
         let path = dir.join("orchestrator.sled");
@@ -216,7 +278,7 @@ impl Store {
             other => anyhow::Error::new(other).context(format!("cannot open state store {}", path.display())),
         })?;
         check_identity(&db, dir, &path)?;
-        let store = Store {
+        Ok(Trees {
             hosts: db.open_tree("hosts")?,
             deadlines: db.open_tree("deadlines")?,
             audit: db.open_tree("audit")?,
@@ -226,31 +288,134 @@ impl Store {
             api_calls: db.open_tree("api_calls")?,
             agents: db.open_tree("agents")?,
             claims: db.open_tree("claims")?,
+            counts_tree: db.open_tree("counts")?,
+            db,
+        })
+    }
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store> {
+        let store = Store {
+            dir: dir.to_path_buf(),
+            trees: Arc::new(RwLock::new(Some(Arc::new(Trees::open(dir)?)))),
+            fault: Arc::default(),
+            staged: Arc::default(),
             claims_len: Arc::default(),
             tags: Arc::default(),
             counts: Arc::default(),
-            counts_tree: db.open_tree("counts")?,
-            db,
         };
-        store.load_counts()?;
-        store.claims_len.store(store.claims.len(), Ordering::SeqCst);
+        store.load_memory()?;
         Ok(store)
+    }
+
+    /// Reads what the store keeps in memory from the trees.
+    fn load_memory(&self) -> Result<()> {
+        self.tags.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.load_counts()?;
+        self.claims_len.store(self.trees()?.claims.len(), Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Stages a write (`None`: a removal) until the next commit.
+    fn stage(&self, slot: Slot, key: &[u8], value: Option<Vec<u8>>) {
+        let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+        staged.newest.insert((slot, key.to_vec()), value.clone());
+        staged.writes.push((slot, key.to_vec(), value));
+    }
+
+    /// A key's value as the loop sees it: staged, or else stored.
+    fn read(&self, trees: &Trees, slot: Slot, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(value) = self.staged.lock().unwrap_or_else(PoisonError::into_inner).newest.get(&(slot, key.to_vec())) {
+            return Ok(value.clone());
+        }
+        Ok(trees.slot(slot).get(key)?.map(|value| value.to_vec()))
+    }
+
+    /// Puts everything staged in sled in one transaction, then makes it durable. Staged writes
+    /// are dropped even if this fails: the loop opens the store again and starts over from
+    /// what it holds.
+    pub fn commit(&self) -> Result<()> {
+        let trees = self.trees()?;
+        let staged = std::mem::take(&mut *self.staged.lock().unwrap_or_else(PoisonError::into_inner));
+        if !staged.writes.is_empty() {
+            let all: Vec<&sled::Tree> = SLOTS.iter().map(|slot| trees.slot(*slot)).collect();
+            all.as_slice()
+                .transaction(|views| {
+                    for (slot, key, value) in &staged.writes {
+                        let view = &views[SLOTS.iter().position(|s| s == slot).unwrap_or(0)];
+                        match value {
+                            Some(value) => view.insert(key.as_slice(), value.as_slice())?,
+                            None => view.remove(key.as_slice())?,
+                        };
+                    }
+                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .map_err(|error| match error {
+                    sled::transaction::TransactionError::Storage(error) => anyhow::Error::new(error),
+                    sled::transaction::TransactionError::Abort(()) => anyhow::anyhow!("the commit was aborted"),
+                })
+                .context("cannot write the state store")?;
+        }
+        trees.db.flush().context("cannot flush the state store")?;
+        Ok(())
+    }
+
+    /// The open trees, or an error while the store is being reopened.
+    fn trees(&self) -> Result<Arc<Trees>> {
+        self.trees
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .with_context(|| format!("the state store in {} is closed (being reopened)", self.dir.display()))
+    }
+
+    /// Closes the database and opens it again: the only way out of sled's refusal of every
+    /// operation after a write error. What was flushed before the error is what the reopened
+    /// store holds. Fails (and is to be tried again) while another handle still holds the
+    /// database, or while the disk still refuses it.
+    pub fn reopen(&self) -> Result<()> {
+        *self.staged.lock().unwrap_or_else(PoisonError::into_inner) = Staged::default();
+        let mut slot = self.trees.write().unwrap_or_else(PoisonError::into_inner);
+        drop(slot.take());
+        *slot = Some(Arc::new(Trees::open(&self.dir)?));
+        drop(slot);
+        self.load_memory()
+    }
+
+    /// Writes a small marker and flushes it: whether the store takes writes again.
+    pub fn check_writable(&self, now_ms: i64) -> Result<()> {
+        let trees = self.trees()?;
+        trees.db.insert(WRITE_CHECK_KEY, &now_ms.to_be_bytes())?;
+        trees.db.flush().context("cannot flush the state store")?;
+        Ok(())
+    }
+
+    /// The store cannot be written, and why (the loop says so; `/readyz` shows it).
+    pub fn set_fault(&self, why: Option<String>) {
+        *self.fault.lock().unwrap_or_else(PoisonError::into_inner) = why;
+    }
+
+    /// Why the store cannot be written, if it cannot.
+    pub fn fault(&self) -> Option<String> {
+        self.fault.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Reads the kept counts; a store written before they were kept is counted once.
     fn load_counts(&self) -> Result<()> {
+        let trees = self.trees()?;
         let mut counts = HostCounts::default();
-        if self.counts_tree.is_empty() && !self.hosts.is_empty() {
+        if trees.counts_tree.is_empty() && !trees.hosts.is_empty() {
             for record in self.hosts()? {
                 *counts.by_state.entry(record.state.name()).or_default() += 1;
                 counts.stale_agents += i64::from(record.agent_stale);
             }
             for (name, count) in &counts.by_state {
-                self.counts_tree.insert(name.as_bytes(), &count.to_be_bytes())?;
+                trees.counts_tree.insert(name.as_bytes(), &count.to_be_bytes())?;
             }
-            self.counts_tree.insert(STALE_KEY.as_bytes(), &counts.stale_agents.to_be_bytes())?;
+            trees.counts_tree.insert(STALE_KEY.as_bytes(), &counts.stale_agents.to_be_bytes())?;
         } else {
-            for item in &self.counts_tree {
+            for item in &trees.counts_tree {
                 let (key, value) = item?;
                 let value = value.as_ref().try_into().map_or(0, i64::from_be_bytes);
                 if key.as_ref() == STALE_KEY.as_bytes() {
@@ -266,9 +431,13 @@ impl Store {
         Ok(())
     }
 
-    /// Whether the store answers reads (for `/readyz`).
-    pub fn readable(&self) -> Result<()> {
-        self.hosts.first().context("the state store does not answer reads")?;
+    /// Whether the store answers reads and takes writes (for `/readyz`).
+    pub fn usable(&self) -> Result<()> {
+        if let Some(fault) = self.fault() {
+            anyhow::bail!("{fault}");
+        }
+        let trees = self.trees()?;
+        trees.hosts.first().context("the state store does not answer reads")?;
         Ok(())
     }
 
@@ -277,10 +446,10 @@ impl Store {
         self.counts.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    fn count_change(&self, previous: Option<&HostRecord>, record: &HostRecord) -> Result<()> {
+    fn count_change(&self, previous: Option<&HostRecord>, record: &HostRecord) {
         let was = previous.map(|p| (p.state, p.agent_stale));
         if was == Some((record.state, record.agent_stale)) {
-            return Ok(());
+            return;
         }
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         let mut changed: Vec<(&'static str, i64)> = Vec::with_capacity(3);
@@ -307,13 +476,13 @@ impl Store {
         }
         drop(counts);
         for (name, value) in changed {
-            self.counts_tree.insert(name.as_bytes(), &value.to_be_bytes())?;
+            self.stage(Slot::Counts, name.as_bytes(), Some(value.to_be_bytes().to_vec()));
         }
-        Ok(())
     }
 
     pub fn host(&self, host: &str) -> Result<Option<HostRecord>> {
-        let Some(bytes) = self.hosts.get(host.as_bytes())? else { return Ok(None) };
+        let trees = self.trees()?;
+        let Some(bytes) = self.read(&trees, Slot::Hosts, host.as_bytes())? else { return Ok(None) };
         Ok(Some(
             serde_json::from_slice(&bytes)
                 .with_context(|| format!("the record of host {host} is unreadable"))?,
@@ -321,7 +490,8 @@ impl Store {
     }
 
     pub fn hosts(&self) -> Result<Vec<HostRecord>> {
-        self.hosts
+        let trees = self.trees()?;
+        trees.hosts
             .iter()
             .values()
             .map(|value| serde_json::from_slice(&value?).context("a host record is unreadable"))
@@ -348,27 +518,29 @@ impl Store {
         self.tags.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
-    /// Stores `record` and keeps the deadline index in step with it. Not durable until `flush`.
+    /// Stores `record` and keeps the deadline index in step with it. Staged until `commit`.
     pub fn put_host(&self, previous: Option<&HostRecord>, record: &HostRecord) -> Result<()> {
         self.tags
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(record.host.clone(), record.operator_tags.clone());
         if let Some(deadline) = previous.and_then(|p| p.expires_at_ms) {
-            self.deadlines.remove(deadline_key(deadline, &record.host))?;
+            self.stage(Slot::Deadlines, &deadline_key(deadline, &record.host), None);
         }
         if let (Some(deadline), HostState::Isolating | HostState::Isolated) =
             (record.expires_at_ms, record.state)
         {
-            self.deadlines.insert(deadline_key(deadline, &record.host), record.host.as_bytes())?;
+            self.stage(Slot::Deadlines, &deadline_key(deadline, &record.host), Some(record.host.as_bytes().to_vec()));
         }
-        self.hosts.insert(record.host.as_bytes(), serde_json::to_vec(record)?)?;
-        self.count_change(previous, record)
+        self.stage(Slot::Hosts, record.host.as_bytes(), Some(serde_json::to_vec(record)?));
+        self.count_change(previous, record);
+        Ok(())
     }
 
     /// The operators' decision about `host`'s agent key, if any.
     pub fn agent(&self, host: &str) -> Result<Option<AgentRecord>> {
-        let Some(bytes) = self.agents.get(host.as_bytes())? else { return Ok(None) };
+        let trees = self.trees()?;
+        let Some(bytes) = trees.agents.get(host.as_bytes())? else { return Ok(None) };
         Ok(Some(
             serde_json::from_slice(&bytes)
                 .with_context(|| format!("the agent record of {host} is unreadable"))?,
@@ -376,7 +548,8 @@ impl Store {
     }
 
     pub fn agents(&self) -> Result<Vec<AgentRecord>> {
-        self.agents
+        let trees = self.trees()?;
+        trees.agents
             .iter()
             .values()
             .map(|value| serde_json::from_slice(&value?).context("an agent record is unreadable"))
@@ -385,13 +558,15 @@ impl Store {
 
     /// Records an operator's enrolment or revocation, durably (the API answers after it).
     pub fn put_agent(&self, record: &AgentRecord) -> Result<()> {
-        self.agents.insert(record.host.as_bytes(), serde_json::to_vec(record)?)?;
-        self.agents.flush()?;
+        let trees = self.trees()?;
+        trees.agents.insert(record.host.as_bytes(), serde_json::to_vec(record)?)?;
+        trees.agents.flush()?;
         Ok(())
     }
 
     pub fn claim(&self, host: &str) -> Result<Option<Claim>> {
-        let Some(bytes) = self.claims.get(host.as_bytes())? else { return Ok(None) };
+        let trees = self.trees()?;
+        let Some(bytes) = self.read(&trees, Slot::Claims, host.as_bytes())? else { return Ok(None) };
         Ok(Some(
             serde_json::from_slice(&bytes)
                 .with_context(|| format!("the key claim for {host} is unreadable"))?,
@@ -399,24 +574,31 @@ impl Store {
     }
 
     pub fn claims(&self) -> Result<Vec<Claim>> {
-        self.claims
+        let trees = self.trees()?;
+        trees.claims
             .iter()
             .values()
             .map(|value| serde_json::from_slice(&value?).context("a key claim is unreadable"))
             .collect()
     }
 
-    /// Not durable until `flush`.
+    /// Staged until `commit`.
+    /// Staged until `commit`.
     pub fn put_claim(&self, claim: &Claim) -> Result<()> {
-        if self.claims.insert(claim.host.as_bytes(), serde_json::to_vec(claim)?)?.is_none() {
+        let trees = self.trees()?;
+        if self.read(&trees, Slot::Claims, claim.host.as_bytes())?.is_none() {
             self.claims_len.fetch_add(1, Ordering::SeqCst);
         }
+        self.stage(Slot::Claims, claim.host.as_bytes(), Some(serde_json::to_vec(claim)?));
         Ok(())
     }
 
+    /// Staged until `commit`.
     pub fn remove_claim(&self, host: &str) -> Result<()> {
-        if self.claims.remove(host.as_bytes())?.is_some() {
+        let trees = self.trees()?;
+        if self.read(&trees, Slot::Claims, host.as_bytes())?.is_some() {
             self.claims_len.fetch_sub(1, Ordering::SeqCst);
+            self.stage(Slot::Claims, host.as_bytes(), None);
         }
         Ok(())
     }
@@ -428,8 +610,9 @@ impl Store {
 
     /// Hosts whose deadline is at or before `now_ms`, earliest first.
     pub fn due(&self, now_ms: i64) -> Result<Vec<String>> {
+        let trees = self.trees()?;
         let end = deadline_key(now_ms.saturating_add(1), "");
-        self.deadlines
+        trees.deadlines
             .range(..end)
             .values()
             .map(|value| Ok(String::from_utf8_lossy(&value?).into_owned()))
@@ -438,23 +621,38 @@ impl Store {
 
     /// The next deadline, if any.
     pub fn next_deadline(&self) -> Result<Option<i64>> {
-        Ok(self.deadlines.first()?.and_then(|(key, _)| key.get(..8)?.try_into().ok().map(i64::from_be_bytes)))
+        let trees = self.trees()?;
+        Ok(trees.deadlines.first()?.and_then(|(key, _)| key.get(..8)?.try_into().ok().map(i64::from_be_bytes)))
     }
 
+    /// Staged until `commit` (the loop's entries go with the change they tell of).
     pub fn audit(&self, entry: &AuditEntry) -> Result<()> {
-        let id = self.db.generate_id()?;
+        let key = self.audit_key(entry)?;
+        self.stage(Slot::Audit, &key, Some(serde_json::to_vec(entry)?));
+        Ok(())
+    }
+
+    /// Writes an audit entry at once, outside the loop's commits (the API's own changes).
+    pub fn audit_now(&self, entry: &AuditEntry) -> Result<()> {
+        let key = self.audit_key(entry)?;
+        self.trees()?.audit.insert(key, serde_json::to_vec(entry)?)?;
+        Ok(())
+    }
+
+    fn audit_key(&self, entry: &AuditEntry) -> Result<Vec<u8>> {
+        let id = self.trees()?.db.generate_id()?;
         let mut key = entry.host.as_bytes().to_vec();
         key.push(0);
         key.extend_from_slice(&id.to_be_bytes());
-        self.audit.insert(key, serde_json::to_vec(entry)?)?;
-        Ok(())
+        Ok(key)
     }
 
     /// A host's audit trail, oldest first.
     pub fn audit_of(&self, host: &str) -> Result<Vec<AuditEntry>> {
+        let trees = self.trees()?;
         let mut prefix = host.as_bytes().to_vec();
         prefix.push(0);
-        self.audit
+        trees.audit
             .scan_prefix(prefix)
             .values()
             .map(|value| serde_json::from_slice(&value?).context("an audit entry is unreadable"))
@@ -464,6 +662,7 @@ impl Store {
     /// Removes audit entries older than the retention and, per host, all but the newest
     /// `per_host`; then API call records older than theirs. Returns how many were removed.
     pub fn apply_retention(&self, retention: &Retention, now_ms: i64) -> Result<RetentionOutcome> {
+        let trees = self.trees()?;
         let mut outcome = RetentionOutcome::default();
         let audit_cutoff = now_ms.saturating_sub(retention.audit_ms);
         // One host's trail is one key range, oldest first: (key, time) per host, then trimmed.
@@ -473,14 +672,14 @@ impl Store {
             let over = trail.len().saturating_sub(retention.audit_per_host);
             for (index, (key, at)) in trail.iter().enumerate() {
                 if index < over || *at < audit_cutoff {
-                    self.audit.remove(key)?;
+                    trees.audit.remove(key)?;
                     outcome.audit_entries += 1;
                 }
             }
             trail.clear();
             Ok(())
         };
-        for item in &self.audit {
+        for item in &trees.audit {
             let (key, value) = item?;
             let this_host = key.split(|b| *b == 0).next().unwrap_or_default();
             if this_host != host.as_slice() {
@@ -492,27 +691,29 @@ impl Store {
         }
         trim(&mut trail, &mut outcome)?;
         let calls_cutoff = now_ms.saturating_sub(retention.api_calls_ms);
-        for item in &self.api_calls {
+        for item in &trees.api_calls {
             let (key, value) = item?;
             let at = serde_json::from_slice::<ApiCall>(&value).map_or(i64::MIN, |call| call.at_ms);
             if at >= calls_cutoff {
                 break;
             }
-            self.api_calls.remove(key)?;
+            trees.api_calls.remove(key)?;
             outcome.api_calls += 1;
         }
         Ok(outcome)
     }
 
     pub fn record_api_call(&self, call: &ApiCall) -> Result<()> {
-        let id = self.db.generate_id()?;
-        self.api_calls.insert(id.to_be_bytes(), serde_json::to_vec(call)?)?;
+        let trees = self.trees()?;
+        let id = trees.db.generate_id()?;
+        trees.api_calls.insert(id.to_be_bytes(), serde_json::to_vec(call)?)?;
         Ok(())
     }
 
     /// Every API call, oldest first.
     pub fn api_calls(&self) -> Result<Vec<ApiCall>> {
-        self.api_calls
+        let trees = self.trees()?;
+        trees.api_calls
             .iter()
             .values()
             .map(|value| serde_json::from_slice(&value?).context("an API call record is unreadable"))
@@ -520,7 +721,8 @@ impl Store {
     }
 
     pub fn engine_state(&self) -> Result<rules::EngineState> {
-        match self.db.get(ENGINE_KEY)? {
+        let trees = self.trees()?;
+        match trees.db.get(ENGINE_KEY)? {
             Some(bytes) => {
                 serde_json::from_slice(&bytes).context("the stored rules engine state is unreadable")
             }
@@ -528,36 +730,39 @@ impl Store {
         }
     }
 
+    /// Staged until `commit`.
     pub fn put_engine_state(&self, state: &rules::EngineState) -> Result<()> {
-        self.db.insert(ENGINE_KEY, serde_json::to_vec(state)?)?;
+        self.stage(Slot::Default, ENGINE_KEY, Some(serde_json::to_vec(state)?));
         Ok(())
     }
 
-    /// Returns the entry's key (the order it goes out in).
+    /// Returns the entry's key (the order it goes out in). Staged until `commit`.
     pub fn enqueue(&self, entry: &OutboxEntry) -> Result<u64> {
-        let key = self.db.generate_id()?;
-        self.outbox.insert(key.to_be_bytes(), entry.to_bytes()?)?;
+        let key = self.trees()?.db.generate_id()?;
+        self.stage(Slot::Outbox, &key.to_be_bytes(), Some(entry.to_bytes()?));
         Ok(key)
     }
 
-    /// Returns the entry's key, from the outbox's sequence.
+    /// Returns the entry's key, from the outbox's sequence. Staged until `commit`.
     pub fn enqueue_dead_letter(&self, entry: &DeadLetterEntry) -> Result<u64> {
-        let key = self.db.generate_id()?;
-        self.dead_letters.insert(key.to_be_bytes(), entry.to_bytes()?)?;
+        let key = self.trees()?.db.generate_id()?;
+        self.stage(Slot::DeadLetters, &key.to_be_bytes(), Some(entry.to_bytes()?));
         Ok(key)
     }
 
     /// The key after the newest of the outbox and the dead letters (0 when both are empty).
     pub fn outbox_end(&self) -> Result<u64> {
+        let trees = self.trees()?;
         let end = |tree: &sled::Tree| -> Result<u64> {
             Ok(tree.last()?.map_or(0, |(key, _)| outbox_key(&key).saturating_add(1)))
         };
-        Ok(end(&self.outbox)?.max(end(&self.dead_letters)?))
+        Ok(end(&trees.outbox)?.max(end(&trees.dead_letters)?))
     }
 
     /// Outbox entries with keys below `end`, oldest first.
     pub fn outbox_up_to(&self, end: u64) -> Result<Vec<(u64, OutboxEntry)>> {
-        self.outbox
+        let trees = self.trees()?;
+        trees.outbox
             .range(..end.to_be_bytes())
             .map(|item| {
                 let (key, value) = item?;
@@ -568,7 +773,8 @@ impl Store {
 
     /// Dead letters with keys below `end`, oldest first.
     pub fn dead_letters_up_to(&self, end: u64) -> Result<Vec<(u64, DeadLetterEntry)>> {
-        self.dead_letters
+        let trees = self.trees()?;
+        trees.dead_letters
             .range(..end.to_be_bytes())
             .map(|item| {
                 let (key, value) = item?;
@@ -580,52 +786,59 @@ impl Store {
     /// Removes sent entries. Not flushed: an entry sent again after a crash is refused by its
     /// agent as a stale generation.
     pub fn sent(&self, key: u64) -> Result<()> {
-        self.outbox.remove(key.to_be_bytes())?;
+        let trees = self.trees()?;
+        trees.outbox.remove(key.to_be_bytes())?;
         Ok(())
     }
 
     /// Removes a sent dead letter (one sent again after a crash is a harmless duplicate).
     pub fn dead_letter_sent(&self, key: u64) -> Result<()> {
-        self.dead_letters.remove(key.to_be_bytes())?;
+        let trees = self.trees()?;
+        trees.dead_letters.remove(key.to_be_bytes())?;
         Ok(())
     }
 
     /// Replaces a dead letter by a smaller one.
     pub fn replace_dead_letter(&self, key: u64, entry: &DeadLetterEntry) -> Result<()> {
-        self.dead_letters.insert(key.to_be_bytes(), entry.to_bytes()?)?;
+        let trees = self.trees()?;
+        trees.dead_letters.insert(key.to_be_bytes(), entry.to_bytes()?)?;
         Ok(())
     }
 
     /// Moves an outbox entry to the parked ones, with the reason (and makes it durable).
     pub fn park(&self, key: u64, reason: &str) -> Result<()> {
-        self.park_from(&self.outbox, b'c', key, reason)
+        let trees = self.trees()?;
+        self.park_from(&trees.outbox, b'c', key, reason)
     }
 
     /// Moves a dead letter to the parked entries, with the reason (and makes it durable).
     pub fn park_dead_letter(&self, key: u64, reason: &str) -> Result<()> {
-        self.park_from(&self.dead_letters, b'd', key, reason)
+        let trees = self.trees()?;
+        self.park_from(&trees.dead_letters, b'd', key, reason)
     }
 
     /// Parked entries are `kind` (`c` command, `d` dead letter), the reason's length (u32), the
     /// reason and the entry's bytes.
     fn park_from(&self, tree: &sled::Tree, kind: u8, key: u64, reason: &str) -> Result<()> {
+        let trees = self.trees()?;
         let Some(entry) = tree.remove(key.to_be_bytes())? else { return Ok(()) };
         let mut bytes = vec![kind];
         bytes.extend_from_slice(&u32::try_from(reason.len()).unwrap_or(u32::MAX).to_be_bytes());
         bytes.extend_from_slice(reason.as_bytes());
         bytes.extend_from_slice(&entry);
-        self.parked.insert(key.to_be_bytes(), bytes)?;
+        trees.parked.insert(key.to_be_bytes(), bytes)?;
         self.flush()
     }
 
     /// How many entries are parked.
     pub fn parked_count(&self) -> usize {
-        self.parked.len()
+        self.trees().map_or(0, |trees| trees.parked.len())
     }
 
-    /// Makes everything written so far durable.
+    /// Makes what was written directly (not staged) durable: the sender's and the API's writes.
     pub fn flush(&self) -> Result<()> {
-        self.db.flush().context("cannot flush the state store")?;
+        let trees = self.trees()?;
+        trees.db.flush().context("cannot flush the state store")?;
         Ok(())
     }
 }
@@ -633,6 +846,31 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::{DeadLetterEntry, HostRecord, OutboxEntry, Store};
+
+    #[test]
+    fn staged_changes_are_read_back_and_kept_only_once_committed() {
+        let dir = std::env::temp_dir().join(format!("cordon-store-staged-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        let mut record = HostRecord::new("web-01", 0);
+        record.state = super::HostState::Isolating;
+        record.expires_at_ms = Some(5_000);
+        store.put_host(None, &record).unwrap();
+        assert_eq!(store.host("web-01").unwrap().as_ref(), Some(&record), "the loop reads its own change");
+        assert!(store.due(10_000).unwrap().is_empty(), "not in sled before the commit");
+        // Dropped uncommitted (as after a failed write): the store holds none of it.
+        store.reopen().unwrap_or_else(|_| panic!("reopen"));
+        assert_eq!(store.host("web-01").unwrap(), None);
+        store.put_host(None, &record).unwrap();
+        store.commit().unwrap();
+        drop(store);
+        let store = reopen(&dir).unwrap();
+        assert_eq!(store.host("web-01").unwrap(), Some(record));
+        assert_eq!(store.due(10_000).unwrap(), vec!["web-01".to_owned()]);
+        assert_eq!(store.counts().by_state.get("isolating"), Some(&1));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn retention_removes_old_audit_entries_keeps_the_newest_per_host_and_old_api_calls() {
@@ -657,6 +895,7 @@ mod tests {
         for at in 1_000..1_003 {
             store.audit(&entry("web-02", at)).unwrap();
         }
+        store.commit().unwrap();
         for at in [10, 20, 1_500] {
             let call = ApiCall {
                 at_ms: at,
