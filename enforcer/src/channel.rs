@@ -81,7 +81,25 @@ pub struct Channel {
     /// The brokers the cluster advertised when the channel connected (`host:port`).
     advertised: Vec<String>,
     spans: Spans,
+    /// Refusals reported (and logged) this minute: anyone who can write to the commands topic
+    /// can make the agent refuse, and each report would cost a record read and a message.
+    refusals: std::cell::RefCell<cordon_telemetry::logs::PerMinuteBudget>,
+    /// Offsets of other hosts' commands are committed at most every [`COMMIT_EVERY`]: their
+    /// commands share the partition, and a commit each would make a flood of them slow to skip.
+    uncommitted: std::cell::Cell<bool>,
+    last_commit: std::cell::Cell<std::time::Instant>,
 }
+
+/// At most this many refused commands a minute are reported (and logged); the rest are counted
+/// and said in one line.
+pub const MAX_REFUSAL_REPORTS_PER_MINUTE: u32 = 30;
+
+/// At most this many other hosts' messages are skipped in one poll (the agent's loop then checks
+/// its deadline and heartbeat before it reads on).
+const MAX_SKIPPED_PER_POLL: usize = 10_000;
+
+/// How often the offsets of skipped messages (other hosts' commands) are committed.
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
 
 /// What the agent needs besides the channel to apply a command.
 pub struct Apply<'a> {
@@ -160,6 +178,11 @@ impl Channel {
             last_sent_at_ms: std::cell::Cell::new(0),
             advertised,
             spans,
+            refusals: std::cell::RefCell::new(cordon_telemetry::logs::PerMinuteBudget::new(
+                MAX_REFUSAL_REPORTS_PER_MINUTE,
+            )),
+            uncommitted: std::cell::Cell::new(false),
+            last_commit: std::cell::Cell::new(std::time::Instant::now()),
         })
     }
 
@@ -187,42 +210,59 @@ impl Channel {
             .map_or(0, rdkafka::topic_partition_list::TopicPartitionListElem::partition))
     }
 
-    /// Waits up to `timeout` for one message; applies it if it is for this host and reports the
-    /// outcome. Returns whether a command for this host was handled.
+    /// Waits up to `timeout` for a message; skips other hosts' messages (up to
+    /// [`MAX_SKIPPED_PER_POLL`] at once, without waiting again); applies the first one for this
+    /// host and reports the outcome. Returns whether a command for this host was handled.
     pub fn poll(&self, timeout: Duration, apply: &Apply<'_>) -> Result<bool> {
-        let Some(result) = self.consumer.poll(timeout) else { return Ok(false) };
-        let message = match result {
-            Ok(message) => message,
-            Err(error) => {
-                tracing::error!("reading commands: {error}");
+        let mut wait = timeout;
+        for _ in 0..MAX_SKIPPED_PER_POLL {
+            let Some(result) = self.consumer.poll(wait) else {
+                self.commit_skipped(true);
                 return Ok(false);
-            }
-        };
-        // Other hosts share the partition: their commands are not ours to judge.
-        let ours = message.key() == Some(self.settings.host_id.as_bytes());
-        if ours {
-            let consume = if self.spans.enabled() {
-                let parent = cordon_telemetry::propagation::context_of_message(&message);
-                parent.and_then(|parent| {
-                    self.spans.start(
-                        "consume command",
-                        SpanKind::Consumer,
-                        SystemTime::now(),
-                        &parent,
-                        vec![
-                            KeyValue::new("messaging.system", "kafka"),
-                            KeyValue::new("messaging.destination.name", message.topic().to_owned()),
-                            KeyValue::new("messaging.kafka.partition", i64::from(message.partition())),
-                            KeyValue::new("messaging.kafka.offset", message.offset()),
-                            KeyValue::new("cordon.host_id", self.settings.host_id.clone()),
-                        ],
-                    )
-                })
-            } else {
-                None
             };
-            let payload = message.payload().unwrap_or_default();
-            let report = self.handle(payload, apply, consume.as_ref());
+            wait = Duration::ZERO;
+            let message = match result {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::error!("reading commands: {error}");
+                    return Ok(false);
+                }
+            };
+            // Other hosts share the partition: their commands are not ours to judge, only to skip.
+            if message.key() == Some(self.settings.host_id.as_bytes()) {
+                return self.take(&message, apply);
+            }
+            self.uncommitted.set(true);
+            self.commit_skipped(false);
+        }
+        Ok(false)
+    }
+
+    /// Handles one message keyed with this host's id.
+    fn take(&self, message: &rdkafka::message::BorrowedMessage<'_>, apply: &Apply<'_>) -> Result<bool> {
+        let consume = if self.spans.enabled() {
+            let parent = cordon_telemetry::propagation::context_of_message(message);
+            parent.and_then(|parent| {
+                self.spans.start(
+                    "consume command",
+                    SpanKind::Consumer,
+                    SystemTime::now(),
+                    &parent,
+                    vec![
+                        KeyValue::new("messaging.system", "kafka"),
+                        KeyValue::new("messaging.destination.name", message.topic().to_owned()),
+                        KeyValue::new("messaging.kafka.partition", i64::from(message.partition())),
+                        KeyValue::new("messaging.kafka.offset", message.offset()),
+                        KeyValue::new("cordon.host_id", self.settings.host_id.clone()),
+                    ],
+                )
+            })
+        } else {
+            None
+        };
+        let payload = message.payload().unwrap_or_default();
+        let report = self.handle(payload, apply, consume.as_ref());
+        if let Some(report) = &report {
             *self.last_command.borrow_mut() = Some(LastCommand {
                 command_id: report.command_id.clone(),
                 generation: report.command_id.as_ref().map(|_| report.generation),
@@ -233,20 +273,43 @@ impl Channel {
                 },
                 at_ms: isolation::now_unix_ms(),
             });
-            self.report_in(&report, consume.as_ref());
-            if let Some(consume) = consume {
-                consume.span().end();
-            }
+            self.report_in(report, consume.as_ref());
+        }
+        if let Some(consume) = consume {
+            consume.span().end();
+        }
+        if report.is_none() {
+            // A refusal held back: skipped like another host's message.
+            self.uncommitted.set(true);
+            self.commit_skipped(false);
+            return Ok(true);
         }
         self.consumer
-            .commit_message(&message, CommitMode::Sync)
+            .commit_message(message, CommitMode::Sync)
             .context("cannot commit the command's offset")?;
-        Ok(ours)
+        self.uncommitted.set(false);
+        self.last_commit.set(std::time::Instant::now());
+        Ok(true)
     }
 
-    /// Checks and applies one command; returns the status that answers it. `trace`: the
-    /// command's "consume command" span, parent of "check command" and "apply".
-    fn handle(&self, bytes: &[u8], apply: &Apply<'_>, trace: Option<&TraceContext>) -> Status {
+    /// Commits the offsets of skipped messages, if some are uncommitted and the last commit was
+    /// [`COMMIT_EVERY`] ago (or at once when `idle`). A failed commit only means they are
+    /// skipped again after a restart.
+    fn commit_skipped(&self, idle: bool) {
+        if !self.uncommitted.get() || (!idle && self.last_commit.get().elapsed() < COMMIT_EVERY) {
+            return;
+        }
+        if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Async) {
+            tracing::debug!("committing skipped commands' offsets: {error}");
+        }
+        self.uncommitted.set(false);
+        self.last_commit.set(std::time::Instant::now());
+    }
+
+    /// Checks and applies one command; returns the status that answers it, or `None` for a
+    /// refusal beyond this minute's [`MAX_REFUSAL_REPORTS_PER_MINUTE`]. `trace`: the command's
+    /// "consume command" span, parent of "check command" and "apply".
+    fn handle(&self, bytes: &[u8], apply: &Apply<'_>, trace: Option<&TraceContext>) -> Option<Status> {
         let check = trace.and_then(|parent| {
             self.spans.start("check command", SpanKind::Internal, SystemTime::now(), parent, Vec::new())
         });
@@ -271,12 +334,24 @@ impl Channel {
         let command = match checked {
             Ok(command) => command,
             Err((refusal, command_id)) => {
+                let allowance = self.refusals.borrow_mut().take(isolation::now_unix_ms());
+                if allowance.unsaid_before > 0 {
+                    tracing::warn!(
+                        "{} more commands were refused in the last minute, neither reported nor logged one by one \
+                         (at most {MAX_REFUSAL_REPORTS_PER_MINUTE} a minute): someone may be flooding the commands \
+                         topic.",
+                        allowance.unsaid_before
+                    );
+                }
+                if !allowance.say {
+                    return None;
+                }
                 tracing::warn!(
                     command_id = command_id.as_deref().unwrap_or(""),
                     refusal = refusal.name(),
                     "refused a command: {refusal}"
                 );
-                return self.snapshot(apply.target, StatusKind::Refused, command_id, Some(refusal), None);
+                return Some(self.snapshot(apply.target, StatusKind::Refused, command_id, Some(refusal), None));
             }
         };
         if let Some(trace) = trace {
@@ -317,17 +392,17 @@ impl Channel {
                     command.command_id,
                     command.generation
                 );
-                self.snapshot(apply.target, StatusKind::Applied, command_id, None, None)
+                Some(self.snapshot(apply.target, StatusKind::Applied, command_id, None, None))
             }
             Err((_, error)) => {
                 tracing::error!(command_id = %command.command_id, "command {} failed: {error}", command.command_id);
-                self.snapshot(
+                Some(self.snapshot(
                     apply.target,
                     StatusKind::Refused,
                     command_id,
                     Some(Refusal::InvalidContent),
                     Some(error),
-                )
+                ))
             }
         }
     }

@@ -63,6 +63,13 @@ pub fn main(args: &[String]) -> i32 {
             say(&kafka_produce(brokers, topic, key, value_file));
         }
         ["kafka-consume", brokers, topic] => kafka_consume(brokers, topic),
+        ["kafka-flood", brokers, topic, key, count] => {
+            say(&kafka_flood(brokers, topic, key, count.parse().expect("probe: bad count")));
+        }
+        ["kafka-count-refused", brokers, topic, key, seconds] => {
+            let seconds = Duration::from_secs(seconds.parse().expect("probe: bad seconds"));
+            say(&kafka_count_refused(brokers, topic, key, seconds).to_string());
+        }
         ["sink", port] => sink(port.parse().expect("probe: bad port")),
         ["drain", port] => drain(port.parse().expect("probe: bad port")),
         ["respond", port] => respond(port.parse().expect("probe: bad port")),
@@ -244,26 +251,73 @@ fn kafka_client() -> rdkafka::ClientConfig {
 }
 
 fn kafka_produce(brokers: &str, topic: &str, key: &str, value_file: &str) -> String {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let value = std::fs::read(value_file).expect("probe: read value file");
+    produce_all(brokers, topic, std::iter::once((key.to_owned(), value)))
+}
+
+/// Produces `count` messages that are no command (unsigned envelopes) to `topic`, keyed `key`
+/// with `{i}` replaced by the message's number: a flood, from anyone who can write to Kafka.
+fn kafka_flood(brokers: &str, topic: &str, key: &str, count: usize) -> String {
+    let payload = br#"{"payload":"{\"not\":\"a command\"}","signature":""}"#;
+    produce_all(brokers, topic, (0..count).map(|i| (key.replace("{i}", &i.to_string()), payload.to_vec())))
+}
+
+/// Produces every (key, value) to `topic`, waiting while the producer's queue is full; "ok" once
+/// the broker has them all.
+fn produce_all(brokers: &str, topic: &str, messages: impl Iterator<Item = (String, Vec<u8>)>) -> String {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let producer: BaseProducer = kafka_client()
         .set("bootstrap.servers", brokers)
         .set("partitioner", "murmur2_random")
+        .set("queue.buffering.max.messages", "1000000")
         .create()
         .expect("probe: producer");
-    if let Err((error, _)) = producer.send(BaseRecord::to(topic).key(key).payload(&value)) {
-        return format!("error {error}");
+    for (key, value) in messages {
+        let mut record = BaseRecord::to(topic).key(&key).payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((error, _)) => return format!("error {error}"),
+            }
+        }
     }
-    match producer.flush(Duration::from_secs(10)) {
+    match producer.flush(Duration::from_mins(1)) {
         Ok(()) => "ok".into(),
         Err(error) => format!("error {error}"),
     }
 }
 
-/// Prints every message value of `topic` (all partitions, from the start), one per line.
-fn kafka_consume(brokers: &str, topic: &str) {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+/// How many status reports keyed `key` on `topic` say a command was refused (read from the
+/// start for `seconds`).
+fn kafka_count_refused(brokers: &str, topic: &str, key: &str, seconds: Duration) -> usize {
     use rdkafka::message::Message;
+    let consumer = subscriber(brokers, topic);
+    let deadline = std::time::Instant::now() + seconds;
+    let mut refused = 0;
+    while std::time::Instant::now() < deadline {
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) else { continue };
+        if message.key() != Some(key.as_bytes()) {
+            continue;
+        }
+        let kind = serde_json::from_slice::<serde_json::Value>(message.payload().unwrap_or_default())
+            .ok()
+            .and_then(|envelope| envelope["payload"].as_str().map(str::to_owned))
+            .and_then(|payload| serde_json::from_str::<serde_json::Value>(&payload).ok())
+            .and_then(|status| status["kind"].as_str().map(str::to_owned));
+        if kind.as_deref() == Some("refused") {
+            refused += 1;
+        }
+    }
+    refused
+}
+
+/// A consumer of `topic` (all partitions, from the start) in a group of its own.
+fn subscriber(brokers: &str, topic: &str) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = kafka_client()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("probe-{}", std::process::id()))
@@ -271,6 +325,13 @@ fn kafka_consume(brokers: &str, topic: &str) {
         .create()
         .expect("probe: consumer");
     consumer.subscribe(&[topic]).expect("probe: subscribe");
+    consumer
+}
+
+/// Prints every message value of `topic` (all partitions, from the start), one per line.
+fn kafka_consume(brokers: &str, topic: &str) {
+    use rdkafka::message::Message;
+    let consumer = subscriber(brokers, topic);
     say("consuming");
     loop {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {

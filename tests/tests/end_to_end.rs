@@ -36,6 +36,10 @@ fn main() {
             "an_agent_restarted_while_isolated_resolves_its_broker_by_name_and_is_released_remotely",
             broker_by_name_while_isolated,
         ),
+        Trial::test(
+            "a_flood_on_the_commands_topic_delays_no_isolation_and_sends_few_refusals",
+            flooded_commands_topic,
+        ),
     ];
     libtest_mimic::run(&Arguments::from_args(), tests).exit();
 }
@@ -430,5 +434,31 @@ fn one_trace_per_detection() -> Result<(), Failed> {
             .iter()
             .all(|wanted| metrics.iter().any(|m| m == wanted))
     })?;
+    Ok(())
+}
+
+/// Anyone who can write to Kafka floods the commands topic: 30,000 messages keyed by other
+/// hosts (a third share this host's partition) and 3,000 keyed by this host that are no
+/// command. An operator's isolation right behind the flood cuts the host off within 15 s, and the
+/// agent reports at most its budget of refusals (30 a minute), not 3,000.
+fn flooded_commands_topic() -> Result<(), Failed> {
+    let world = World::start(RULES, &Options::default());
+    let flood = world.peer(&["kafka-flood", &world.broker, "cordon.commands", "flood-{i}", "30000"]);
+    check("the flood of other hosts' messages", &flood, "ok")?;
+    let forged = world.peer(&["kafka-flood", &world.broker, "cordon.commands", HOST, "3000"]);
+    check("the flood of messages keyed by this host", &forged, "ok")?;
+    let started = Instant::now();
+    world.cordon_ok(&["isolate", HOST, "--manual", "--reason", "behind a flood"]);
+    world.wait_until_refused(Duration::from_secs(15))?;
+    let took = started.elapsed();
+    world.wait_for_state("isolated", Duration::from_secs(10));
+    let refused: usize = world
+        .peer(&["kafka-count-refused", &world.broker, "cordon.status", HOST, "5"])
+        .parse()
+        .map_err(|e| format!("kafka-count-refused: {e}"))?;
+    if !(1..=60).contains(&refused) {
+        return Err(format!("the agent reported {refused} refusals of 3,000 (at most 30 a minute)").into());
+    }
+    eprintln!("isolated {took:?} after the flood; {refused} refusals reported");
     Ok(())
 }
