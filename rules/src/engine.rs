@@ -46,11 +46,9 @@ pub fn evaluate<T: AsRef<str>>(
     now_ms: i64,
     host_tags: &[T],
 ) -> Vec<Decision> {
-    let key = event_key(event.host(), event.id());
-    if state.seen.contains(key) {
+    if !state.remember_event(event_key(event.host(), event.id())) {
         return Vec::new();
     }
-    state.seen.insert(key);
     let candidates = ruleset.candidates(event);
     if candidates.is_empty() {
         return Vec::new();
@@ -427,10 +425,18 @@ fn combine<T: AsRef<str>>(
 /// the groups whose window has passed, and if none has, the one matched least recently. Events
 /// may name any group they like; this bounds the memory a flood of made-up ones can take, at the
 /// cost of forgetting the stalest partial count. Runs only when the rule is full.
-fn make_room(groups: &mut HashMap<String, ThresholdWindow>, now_ms: i64) {
-    groups.retain(|_, window| window.hits.back().is_some_and(|&last| last > now_ms.saturating_sub(window.within_ms)));
+/// Returns the groups it dropped.
+fn make_room(groups: &mut HashMap<String, ThresholdWindow>, now_ms: i64) -> Vec<String> {
+    let mut dropped = Vec::new();
+    groups.retain(|group, window| {
+        let keep = window.hits.back().is_some_and(|&last| last > now_ms.saturating_sub(window.within_ms));
+        if !keep {
+            dropped.push(group.clone());
+        }
+        keep
+    });
     if groups.len() < MAX_THRESHOLD_GROUPS {
-        return;
+        return dropped;
     }
     let stalest = groups
         .iter()
@@ -438,16 +444,21 @@ fn make_room(groups: &mut HashMap<String, ThresholdWindow>, now_ms: i64) {
         .map(|(group, _)| group.clone());
     if let Some(stalest) = stalest {
         groups.remove(&stalest);
+        dropped.push(stalest);
     }
+    dropped
 }
 
 fn apply(state: &mut EngineState, change: Change) {
     match change {
         Change::ThresholdHit { rule, group, at, within_ms, keep } => {
-            let groups = state.thresholds.entry(rule).or_default();
+            let groups = state.thresholds.entry(rule.clone()).or_default();
             if !groups.contains_key(&group) && groups.len() >= MAX_THRESHOLD_GROUPS {
-                make_room(groups, at);
+                for pushed_out in make_room(groups, at) {
+                    state.touched.thresholds.insert((rule.clone(), pushed_out));
+                }
             }
+            state.touched.thresholds.insert((rule, group.clone()));
             let window = groups.entry(group).or_insert_with(|| ThresholdWindow { hits: VecDeque::new(), within_ms });
             window.within_ms = within_ms;
             let oldest = at.saturating_sub(within_ms);
@@ -458,6 +469,7 @@ fn apply(state: &mut EngineState, change: Change) {
             }
         }
         Change::ThresholdFired { rule, group } => {
+            state.touched.thresholds.insert((rule.clone(), group.clone()));
             if let Some(groups) = state.thresholds.get_mut(&rule) {
                 groups.remove(&group);
                 if groups.is_empty() {
@@ -466,12 +478,15 @@ fn apply(state: &mut EngineState, change: Change) {
             }
         }
         Change::Isolated { host, isolation } => {
+            state.touched.active.insert(host.clone());
             state.active.insert(host, isolation);
         }
         Change::Escalation { rule, host, count } => {
+            state.touched.escalations.insert((rule.clone(), host.clone()));
             state.escalations.entry(rule).or_default().insert(host, count);
         }
         Change::NewIsolation { at, keep } => {
+            state.touched.recent = true;
             state.recent_isolations.push_back(at);
             while state.recent_isolations.len() > keep {
                 state.recent_isolations.pop_front();

@@ -1,6 +1,11 @@
 //! The engine's memory between events, a plain value the caller persists: recently seen event ids,
 //! threshold windows, escalation counters, the hosts the engine has isolated, and the recent
 //! automatic isolations counted by the ceiling. Rules are referred to by id, so state survives a reload.
+//!
+//! The caller persists it by changes: [`EngineState::take_changes`] gives the entries (key,
+//! value or removal) of a key-value store that changed since the last call, and
+//! [`EngineState::from_entries`] reads the state back from all of them. Writing the whole state
+//! per batch would cost a megabyte (the deduplication window) each time.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -18,6 +23,9 @@ pub const MAX_THRESHOLD_GROUPS: usize = 65_536;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EngineState {
+    /// What changed since the last [`EngineState::take_changes`] (not part of the state).
+    #[serde(skip)]
+    pub(crate) touched: Touched,
     pub(crate) seen: SeenEvents,
     /// rule id -> group key -> match times.
     pub(crate) thresholds: HashMap<String, HashMap<String, ThresholdWindow>>,
@@ -29,17 +37,52 @@ pub struct EngineState {
     pub(crate) recent_isolations: VecDeque<i64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The keys of the state that changed since the last [`EngineState::take_changes`]: each is
+/// written as it is then (or removed if it is gone). Equal whatever it holds: it is bookkeeping,
+/// not state.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Touched {
+    /// Everything: the state did not come from entries (it was read whole, or is new).
+    all: bool,
+    pub(crate) thresholds: HashSet<(String, String)>,
+    pub(crate) escalations: HashSet<(String, String)>,
+    pub(crate) active: HashSet<String>,
+    pub(crate) recent: bool,
+    /// Sequence numbers of seen events added, and of those forgotten.
+    seen_added: Vec<u64>,
+    seen_dropped: Vec<u64>,
+}
+
+impl PartialEq for Touched {
+    fn eq(&self, _: &Touched) -> bool {
+        true
+    }
+}
+
+/// Equal when they remember the same events in the same order (sequence numbers are how they are
+/// stored, not what they remember).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(from = "VecDeque<u64>", into = "VecDeque<u64>")]
 pub(crate) struct SeenEvents {
     order: VecDeque<u64>,
     set: HashSet<u64>,
+    /// The sequence number the next key gets; the front of `order` has `next - order.len()`.
+    next: u64,
 }
+
+impl PartialEq for SeenEvents {
+    fn eq(&self, other: &SeenEvents) -> bool {
+        self.order == other.order
+    }
+}
+
+impl Eq for SeenEvents {}
 
 impl From<VecDeque<u64>> for SeenEvents {
     fn from(order: VecDeque<u64>) -> Self {
         let set = order.iter().copied().collect();
-        Self { order, set }
+        let next = order.len() as u64;
+        Self { order, set, next }
     }
 }
 
@@ -54,16 +97,30 @@ impl SeenEvents {
         self.set.contains(&key)
     }
 
-    pub fn insert(&mut self, key: u64) {
+    /// Remembers `key`; returns its sequence number and that of the key it pushed out, if any
+    /// (`None` if it was known).
+    pub fn insert(&mut self, key: u64) -> Option<(u64, Option<u64>)> {
         if !self.set.insert(key) {
-            return;
+            return None;
         }
+        let sequence = self.next;
+        self.next += 1;
         self.order.push_back(key);
+        let mut dropped = None;
         if self.order.len() > DEDUP_CAPACITY {
             if let Some(oldest) = self.order.pop_front() {
                 self.set.remove(&oldest);
+                dropped = Some(sequence - DEDUP_CAPACITY as u64);
             }
         }
+        Some((sequence, dropped))
+    }
+
+    /// The key with sequence number `sequence`, if still remembered.
+    fn at(&self, sequence: u64) -> Option<u64> {
+        let front = self.next - self.order.len() as u64;
+        let index = usize::try_from(sequence.checked_sub(front)?).ok()?;
+        self.order.get(index).copied()
     }
 }
 
@@ -137,6 +194,7 @@ impl EngineState {
 
     /// Puts back what [`EngineState::isolation_memory`] took for `host`.
     pub fn restore_isolation_memory(&mut self, host: &str, memory: HostIsolationMemory) {
+        self.touched.active.insert(host.to_owned());
         match memory.0 {
             Some(active) => {
                 self.active.insert(host.to_owned(), active);
@@ -150,7 +208,9 @@ impl EngineState {
     /// Forgets the engine's isolation of `host`, e.g. after an operator released it; the next
     /// match isolates it anew rather than as a retrigger.
     pub fn release(&mut self, host: &str) {
-        self.active.remove(host);
+        if self.active.remove(host).is_some() {
+            self.touched.active.insert(host.to_owned());
+        }
     }
 
     /// Records an isolation decided outside the engine (an operator's, or an approved proposal),
@@ -164,6 +224,7 @@ impl EngineState {
             host.to_owned(),
             ActiveIsolation { mode, deadline_ms, rules: BTreeMap::from([(by.to_owned(), duration)]) },
         );
+        self.touched.active.insert(host.to_owned());
     }
 
     /// The isolation the engine believes is in force on `host` at `now_ms`: its mode and deadline.
@@ -179,22 +240,198 @@ impl EngineState {
     /// times outside their threshold window, escalation counts past their window, ceiling entries
     /// older than `ceiling_window_ms`. Call it periodically to keep the state small.
     pub fn prune(&mut self, now_ms: i64, ceiling_window_ms: i64) {
-        self.active.retain(|_, active| active.in_force(now_ms));
-        for groups in self.thresholds.values_mut() {
-            for window in groups.values_mut() {
+        let touched = &mut self.touched;
+        self.active.retain(|host, active| {
+            let keep = active.in_force(now_ms);
+            if !keep {
+                touched.active.insert(host.clone());
+            }
+            keep
+        });
+        for (rule, groups) in &mut self.thresholds {
+            for (group, window) in groups.iter_mut() {
                 let oldest = now_ms.saturating_sub(window.within_ms);
+                let before = window.hits.len();
                 window.hits.retain(|&at| at > oldest);
+                if window.hits.len() != before {
+                    touched.thresholds.insert((rule.clone(), group.clone()));
+                }
             }
             groups.retain(|_, window| !window.hits.is_empty());
         }
         self.thresholds.retain(|_, groups| !groups.is_empty());
-        for hosts in self.escalations.values_mut() {
-            hosts.retain(|_, count| count.current(now_ms) > 0);
+        for (rule, hosts) in &mut self.escalations {
+            hosts.retain(|host, count| {
+                let keep = count.current(now_ms) > 0;
+                if !keep {
+                    touched.escalations.insert((rule.clone(), host.clone()));
+                }
+                keep
+            });
         }
         self.escalations.retain(|_, hosts| !hosts.is_empty());
         let oldest = now_ms.saturating_sub(ceiling_window_ms);
+        let before = self.recent_isolations.len();
         self.recent_isolations.retain(|&at| at > oldest);
+        touched.recent |= self.recent_isolations.len() != before;
     }
+
+    /// Remembers the event `key` (host and event id); false if it was seen already.
+    pub(crate) fn remember_event(&mut self, key: u64) -> bool {
+        let Some((sequence, dropped)) = self.seen.insert(key) else { return false };
+        self.touched.seen_added.push(sequence);
+        self.touched.seen_dropped.extend(dropped);
+        true
+    }
+
+    /// Counts the whole state as changed: the next [`EngineState::take_changes`] gives every
+    /// entry (for a state read whole, from before it was persisted by changes).
+    pub fn touch_all(&mut self) {
+        self.touched.all = true;
+    }
+
+    /// The entries that changed since the last call (key, and the value or `None` for a
+    /// removal), to write in one transaction with the changes they go with.
+    pub fn take_changes(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let touched = std::mem::take(&mut self.touched);
+        let mut changes = Vec::new();
+        if touched.all {
+            for (host, active) in &self.active {
+                changes.push((entry_key(ACTIVE, &[host]), Some(to_json(active))));
+            }
+            for (rule, groups) in &self.thresholds {
+                for (group, window) in groups {
+                    changes.push((entry_key(THRESHOLD, &[rule, group]), Some(to_json(window))));
+                }
+            }
+            for (rule, hosts) in &self.escalations {
+                for (host, count) in hosts {
+                    changes.push((entry_key(ESCALATION, &[rule, host]), Some(to_json(count))));
+                }
+            }
+            changes.push((vec![RECENT], Some(to_json(&self.recent_isolations))));
+            let front = self.seen.next - self.seen.order.len() as u64;
+            for (offset, key) in self.seen.order.iter().enumerate() {
+                changes.push((seen_key(front + offset as u64), Some(key.to_be_bytes().to_vec())));
+            }
+            return changes;
+        }
+        for host in &touched.active {
+            let value = self.active.get(host).map(to_json);
+            changes.push((entry_key(ACTIVE, &[host]), value));
+        }
+        for (rule, group) in &touched.thresholds {
+            let value = self.thresholds.get(rule).and_then(|groups| groups.get(group)).map(to_json);
+            changes.push((entry_key(THRESHOLD, &[rule, group]), value));
+        }
+        for (rule, host) in &touched.escalations {
+            let value = self.escalations.get(rule).and_then(|hosts| hosts.get(host)).map(to_json);
+            changes.push((entry_key(ESCALATION, &[rule, host]), value));
+        }
+        if touched.recent {
+            changes.push((vec![RECENT], Some(to_json(&self.recent_isolations))));
+        }
+        for sequence in touched.seen_dropped {
+            changes.push((seen_key(sequence), None));
+        }
+        for sequence in touched.seen_added {
+            if let Some(key) = self.seen.at(sequence) {
+                changes.push((seen_key(sequence), Some(key.to_be_bytes().to_vec())));
+            }
+        }
+        changes
+    }
+
+    /// The state from every entry [`EngineState::take_changes`] gave (in any order).
+    ///
+    /// # Errors
+    /// An entry that is not one of the state's, or whose value cannot be read, named.
+    pub fn from_entries<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<EngineState, String> {
+        let mut state = EngineState::default();
+        let mut seen: Vec<(u64, u64)> = Vec::new();
+        for (key, value) in entries {
+            let (key, value) = (key.as_ref(), value.as_ref());
+            let unreadable = |what: &str| format!("the engine state's entry {} is unreadable ({what})", String::from_utf8_lossy(key));
+            let Some((&kind, rest)) = key.split_first() else { return Err(unreadable("empty key")) };
+            match kind {
+                ACTIVE => {
+                    let host = String::from_utf8(rest.to_vec()).map_err(|_| unreadable("host"))?;
+                    state.active.insert(host, from_json(value).map_err(|e| unreadable(&e))?);
+                }
+                THRESHOLD | ESCALATION => {
+                    let (first, second) = split_pair(rest).ok_or_else(|| unreadable("key"))?;
+                    if kind == THRESHOLD {
+                        let window = from_json(value).map_err(|e| unreadable(&e))?;
+                        state.thresholds.entry(first).or_default().insert(second, window);
+                    } else {
+                        let count = from_json(value).map_err(|e| unreadable(&e))?;
+                        state.escalations.entry(first).or_default().insert(second, count);
+                    }
+                }
+                RECENT => state.recent_isolations = from_json(value).map_err(|e| unreadable(&e))?,
+                SEEN => {
+                    let sequence = rest.try_into().map(u64::from_be_bytes).map_err(|_| unreadable("sequence"))?;
+                    let event = value.try_into().map(u64::from_be_bytes).map_err(|_| unreadable("event key"))?;
+                    seen.push((sequence, event));
+                }
+                _ => return Err(unreadable("unknown kind")),
+            }
+        }
+        // The newest run of consecutive sequence numbers (all of them, when nothing is amiss).
+        seen.sort_unstable();
+        let mut start = seen.len();
+        while start > 0 && (start == seen.len() || seen[start - 1].0 + 1 == seen[start].0) {
+            start -= 1;
+        }
+        let run = &seen[start..];
+        state.seen.next = run.last().map_or(0, |(sequence, _)| sequence + 1);
+        for (_, event) in run {
+            state.seen.order.push_back(*event);
+            state.seen.set.insert(*event);
+        }
+        Ok(state)
+    }
+}
+
+const ACTIVE: u8 = b'a';
+const THRESHOLD: u8 = b't';
+const ESCALATION: u8 = b'e';
+const RECENT: u8 = b'r';
+const SEEN: u8 = b's';
+
+/// `kind`, then each part but the last with its length (u32, big-endian), then the last part.
+fn entry_key(kind: u8, parts: &[&str]) -> Vec<u8> {
+    let mut key = vec![kind];
+    for (index, part) in parts.iter().enumerate() {
+        if index + 1 < parts.len() {
+            key.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+        }
+        key.extend_from_slice(part.as_bytes());
+    }
+    key
+}
+
+fn split_pair(rest: &[u8]) -> Option<(String, String)> {
+    let length = usize::try_from(u32::from_be_bytes(rest.get(..4)?.try_into().ok()?)).ok()?;
+    let first = rest.get(4..4 + length)?;
+    let second = rest.get(4 + length..)?;
+    Some((String::from_utf8(first.to_vec()).ok()?, String::from_utf8(second.to_vec()).ok()?))
+}
+
+fn seen_key(sequence: u64) -> Vec<u8> {
+    let mut key = vec![SEEN];
+    key.extend_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("the engine's state always serializes")
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -121,3 +121,67 @@ fn prune_forgets_what_no_longer_matters() {
         "dedup is kept"
     );
 }
+
+/// Applies the state's changes to `store` (a key-value store, as the orchestrator's sled tree).
+fn persist(state: &mut EngineState, store: &mut std::collections::BTreeMap<Vec<u8>, Vec<u8>>) -> usize {
+    let changes = state.take_changes();
+    let count = changes.len();
+    for (key, value) in changes {
+        match value {
+            Some(value) => store.insert(key, value),
+            None => store.remove(&key),
+        };
+    }
+    count
+}
+
+fn host_event(host: &str, id: &str, time: i64, title: &str) -> Event {
+    Event::from_json(json!({"time": time, "severity_id": 3, "device": {"uid": host}, "finding_info": {"uid": id, "title": title}})).unwrap()
+}
+
+#[test]
+fn the_state_persisted_by_changes_reads_back_as_it_is_after_every_step() {
+    let directory = directory();
+    let ruleset = directory.ruleset();
+    let mut state = EngineState::new();
+    let mut store = std::collections::BTreeMap::new();
+    let mut now = 0;
+    // Threshold windows filling and firing, manual isolations, duplicates, releases, operators'
+    // notes, a prune, and more events than the deduplication window holds.
+    for step in 0..(rules::DEDUP_CAPACITY + 500) {
+        now += 7;
+        let host = format!("h{}", step % 37);
+        let title = match step % 5 {
+            0 | 1 => "strike",
+            2 => "worm",
+            _ => "nothing",
+        };
+        evaluate(ruleset, &mut state, &host_event(&host, &format!("e{step}"), now, title), now, NO_TAGS);
+        if step % 11 == 0 {
+            evaluate(ruleset, &mut state, &host_event(&host, &format!("e{step}"), now, title), now, NO_TAGS);
+        }
+        if step % 13 == 0 {
+            state.release(&host);
+        }
+        if step % 17 == 0 {
+            state.note_isolation(&host, IsolationMode::Automatic, Some(now + 50), "operator o");
+        }
+        if step == 40_000 {
+            state.prune(now, 60_000);
+        }
+        let written = persist(&mut state, &mut store);
+        assert!(written <= 8, "step {step}: {written} entries written for one event");
+        if step % 4_999 == 0 || step > rules::DEDUP_CAPACITY + 490 {
+            let back = EngineState::from_entries(store.iter()).unwrap();
+            assert_eq!(back, state, "step {step}");
+        }
+    }
+    assert_eq!(store.keys().filter(|key| key[0] == b's').count(), rules::DEDUP_CAPACITY);
+    // A state read whole (before it was persisted by changes) writes every entry once.
+    let mut whole: EngineState = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+    whole.touch_all();
+    let mut fresh = std::collections::BTreeMap::new();
+    persist(&mut whole, &mut fresh);
+    assert_eq!(EngineState::from_entries(fresh.iter()).unwrap(), state);
+    assert!(EngineState::from_entries([(b"x".to_vec(), b"1".to_vec())]).unwrap_err().contains("unknown kind"));
+}

@@ -957,7 +957,7 @@ impl Service {
         self.metrics.events_consumed.add(detections + invalid);
         self.metrics.events_invalid.add(invalid);
         self.metrics.status_reports.add(reports);
-        self.store.put_engine_state(&self.engine)?;
+        self.store.put_engine_changes(&mut self.engine);
         self.failpoint("before-flush");
         self.flush()?;
         self.failpoint("after-flush");
@@ -1296,7 +1296,7 @@ impl Service {
         let answer = match outcome {
             Ok(effects) => match self
                 .apply(previous.as_ref(), &mut record, effects, now, trace.as_ref())
-                .and_then(|()| self.store.put_engine_state(&self.engine))
+                .map(|()| self.store.put_engine_changes(&mut self.engine))
                 .and_then(|()| self.flush())
             {
                 Ok(()) => Ok(record),
@@ -1363,7 +1363,7 @@ impl Service {
                 trace.span().end();
             }
         }
-        self.store.put_engine_state(&self.engine)?;
+        self.store.put_engine_changes(&mut self.engine);
         self.flush()
     }
 
@@ -1402,7 +1402,7 @@ impl Service {
             Job::Prune => {
                 let window_ms = self.ruleset_ceiling_window_ms();
                 self.engine.prune(now, window_ms);
-                self.store.put_engine_state(&self.engine)?;
+                self.store.put_engine_changes(&mut self.engine);
             }
             Job::Retention => {
                 let outcome = self.store.apply_retention(&self.config.state.retention(), now)?;

@@ -173,6 +173,8 @@ struct Trees {
     /// Keys that signed reports for a host without being enrolled for it: written by the loop only.
     claims: sled::Tree,
     counts_tree: sled::Tree,
+    /// The rules engine's state, by entries (`rules::EngineState::take_changes`).
+    engine: sled::Tree,
 }
 
 /// The trees the loop's writes go to, staged until [`Store::commit`].
@@ -187,10 +189,20 @@ enum Slot {
     DeadLetters,
     Claims,
     Counts,
+    Engine,
 }
 
-const SLOTS: [Slot; 8] =
-    [Slot::Default, Slot::Hosts, Slot::Deadlines, Slot::Audit, Slot::Outbox, Slot::DeadLetters, Slot::Claims, Slot::Counts];
+const SLOTS: [Slot; 9] = [
+    Slot::Default,
+    Slot::Hosts,
+    Slot::Deadlines,
+    Slot::Audit,
+    Slot::Outbox,
+    Slot::DeadLetters,
+    Slot::Claims,
+    Slot::Counts,
+    Slot::Engine,
+];
 
 impl Trees {
     fn slot(&self, slot: Slot) -> &sled::Tree {
@@ -203,6 +215,7 @@ impl Trees {
             Slot::DeadLetters => &self.dead_letters,
             Slot::Claims => &self.claims,
             Slot::Counts => &self.counts_tree,
+            Slot::Engine => &self.engine,
         }
     }
 }
@@ -289,6 +302,7 @@ impl Trees {
             agents: db.open_tree("agents")?,
             claims: db.open_tree("claims")?,
             counts_tree: db.open_tree("counts")?,
+            engine: db.open_tree("engine")?,
             db,
         })
     }
@@ -720,20 +734,31 @@ impl Store {
             .collect()
     }
 
+    /// The rules engine's state as it was last committed. A store from before the state was
+    /// kept by entries holds it whole: read that, and write it as entries at the next commit.
     pub fn engine_state(&self) -> Result<rules::EngineState> {
         let trees = self.trees()?;
+        if !trees.engine.is_empty() {
+            let entries: Vec<(sled::IVec, sled::IVec)> = trees.engine.iter().collect::<Result<_, _>>()?;
+            return rules::EngineState::from_entries(entries).map_err(anyhow::Error::msg);
+        }
         match trees.db.get(ENGINE_KEY)? {
             Some(bytes) => {
-                serde_json::from_slice(&bytes).context("the stored rules engine state is unreadable")
+                let mut state: rules::EngineState =
+                    serde_json::from_slice(&bytes).context("the stored rules engine state is unreadable")?;
+                state.touch_all();
+                self.stage(Slot::Default, ENGINE_KEY, None);
+                Ok(state)
             }
             None => Ok(rules::EngineState::default()),
         }
     }
 
-    /// Staged until `commit`.
-    pub fn put_engine_state(&self, state: &rules::EngineState) -> Result<()> {
-        self.stage(Slot::Default, ENGINE_KEY, Some(serde_json::to_vec(state)?));
-        Ok(())
+    /// Stages what changed in the engine's state since the last call, until `commit`.
+    pub fn put_engine_changes(&self, state: &mut rules::EngineState) {
+        for (key, value) in state.take_changes() {
+            self.stage(Slot::Engine, &key, value);
+        }
     }
 
     /// Returns the entry's key (the order it goes out in). Staged until `commit`.
@@ -868,6 +893,32 @@ mod tests {
         assert_eq!(store.host("web-01").unwrap(), Some(record));
         assert_eq!(store.due(10_000).unwrap(), vec!["web-01".to_owned()]);
         assert_eq!(store.counts().by_state.get("isolating"), Some(&1));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_engine_state_kept_whole_is_read_and_then_kept_by_entries() {
+        let dir = std::env::temp_dir().join(format!("cordon-store-engine-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        let mut whole = rules::EngineState::new();
+        whole.note_isolation("web-01", rules::IsolationMode::Manual, None, "operator o");
+        store.trees().unwrap().db.insert(super::ENGINE_KEY, serde_json::to_vec(&whole).unwrap()).unwrap();
+        let mut state = store.engine_state().unwrap();
+        assert_eq!(state, whole);
+        store.put_engine_changes(&mut state);
+        store.commit().unwrap();
+        drop(store);
+        let store = reopen(&dir).unwrap();
+        assert!(store.trees().unwrap().db.get(super::ENGINE_KEY).unwrap().is_none(), "the whole copy is gone");
+        let mut state = store.engine_state().unwrap();
+        assert_eq!(state, whole);
+        // From now on only what changes is written.
+        state.release("web-01");
+        store.put_engine_changes(&mut state);
+        store.commit().unwrap();
+        assert_eq!(store.engine_state().unwrap(), rules::EngineState::new());
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
