@@ -48,9 +48,9 @@ pub(crate) struct Touched {
     pub(crate) escalations: HashSet<(String, String)>,
     pub(crate) active: HashSet<String>,
     pub(crate) recent: bool,
-    /// Sequence numbers of seen events added, and of those forgotten.
-    seen_added: Vec<u64>,
-    seen_dropped: Vec<u64>,
+    /// Chunks ([`SEEN_CHUNK`] sequence numbers each) of seen events where one was added or
+    /// forgotten: a chunk is one entry, so a batch of thousands of events writes a few entries.
+    seen_chunks: std::collections::BTreeSet<u64>,
 }
 
 impl PartialEq for Touched {
@@ -116,11 +116,22 @@ impl SeenEvents {
         Some((sequence, dropped))
     }
 
-    /// The key with sequence number `sequence`, if still remembered.
-    fn at(&self, sequence: u64) -> Option<u64> {
+    /// The chunk's entry: its first remembered sequence number, then the keys from there on
+    /// (big-endian u64s); `None` when the chunk holds nothing remembered.
+    fn chunk(&self, chunk: u64) -> Option<Vec<u8>> {
         let front = self.next - self.order.len() as u64;
-        let index = usize::try_from(sequence.checked_sub(front)?).ok()?;
-        self.order.get(index).copied()
+        let start = (chunk * SEEN_CHUNK).max(front);
+        let end = ((chunk + 1) * SEEN_CHUNK).min(self.next);
+        if start >= end {
+            return None;
+        }
+        let mut value = Vec::with_capacity(8 * (1 + usize::try_from(end - start).unwrap_or(0)));
+        value.extend_from_slice(&start.to_be_bytes());
+        let (from, to) = (usize::try_from(start - front).ok()?, usize::try_from(end - front).ok()?);
+        for key in self.order.range(from..to) {
+            value.extend_from_slice(&key.to_be_bytes());
+        }
+        Some(value)
     }
 }
 
@@ -279,8 +290,10 @@ impl EngineState {
     /// Remembers the event `key` (host and event id); false if it was seen already.
     pub(crate) fn remember_event(&mut self, key: u64) -> bool {
         let Some((sequence, dropped)) = self.seen.insert(key) else { return false };
-        self.touched.seen_added.push(sequence);
-        self.touched.seen_dropped.extend(dropped);
+        self.touched.seen_chunks.insert(sequence / SEEN_CHUNK);
+        if let Some(dropped) = dropped {
+            self.touched.seen_chunks.insert(dropped / SEEN_CHUNK);
+        }
         true
     }
 
@@ -311,8 +324,10 @@ impl EngineState {
             }
             changes.push((vec![RECENT], Some(to_json(&self.recent_isolations))));
             let front = self.seen.next - self.seen.order.len() as u64;
-            for (offset, key) in self.seen.order.iter().enumerate() {
-                changes.push((seen_key(front + offset as u64), Some(key.to_be_bytes().to_vec())));
+            for chunk in front / SEEN_CHUNK..self.seen.next.div_ceil(SEEN_CHUNK) {
+                if let Some(value) = self.seen.chunk(chunk) {
+                    changes.push((seen_key(chunk), Some(value)));
+                }
             }
             return changes;
         }
@@ -331,13 +346,8 @@ impl EngineState {
         if touched.recent {
             changes.push((vec![RECENT], Some(to_json(&self.recent_isolations))));
         }
-        for sequence in touched.seen_dropped {
-            changes.push((seen_key(sequence), None));
-        }
-        for sequence in touched.seen_added {
-            if let Some(key) = self.seen.at(sequence) {
-                changes.push((seen_key(sequence), Some(key.to_be_bytes().to_vec())));
-            }
+        for chunk in touched.seen_chunks {
+            changes.push((seen_key(chunk), self.seen.chunk(chunk)));
         }
         changes
     }
@@ -372,9 +382,12 @@ impl EngineState {
                 }
                 RECENT => state.recent_isolations = from_json(value).map_err(|e| unreadable(&e))?,
                 SEEN => {
-                    let sequence = rest.try_into().map(u64::from_be_bytes).map_err(|_| unreadable("sequence"))?;
-                    let event = value.try_into().map(u64::from_be_bytes).map_err(|_| unreadable("event key"))?;
-                    seen.push((sequence, event));
+                    if rest.len() != 8 || value.len() < 16 || value.len() % 8 != 0 {
+                        return Err(unreadable("seen events"));
+                    }
+                    let mut words = value.chunks_exact(8).map(|word| u64::from_be_bytes(word.try_into().unwrap_or_default()));
+                    let first = words.next().unwrap_or_default();
+                    seen.extend(words.enumerate().map(|(offset, event)| (first + offset as u64, event)));
                 }
                 _ => return Err(unreadable("unknown kind")),
             }
@@ -420,9 +433,12 @@ fn split_pair(rest: &[u8]) -> Option<(String, String)> {
     Some((String::from_utf8(first.to_vec()).ok()?, String::from_utf8(second.to_vec()).ok()?))
 }
 
-fn seen_key(sequence: u64) -> Vec<u8> {
+/// How many sequence numbers of seen events one entry holds.
+const SEEN_CHUNK: u64 = 1024;
+
+fn seen_key(chunk: u64) -> Vec<u8> {
     let mut key = vec![SEEN];
-    key.extend_from_slice(&sequence.to_be_bytes());
+    key.extend_from_slice(&chunk.to_be_bytes());
     key
 }
 

@@ -176,7 +176,9 @@ fn the_state_persisted_by_changes_reads_back_as_it_is_after_every_step() {
             assert_eq!(back, state, "step {step}");
         }
     }
-    assert_eq!(store.keys().filter(|key| key[0] == b's').count(), rules::DEDUP_CAPACITY);
+    // The deduplication window is 64 entries of 1,024 events (65 while it straddles them).
+    let chunks = store.keys().filter(|key| key[0] == b's').count();
+    assert!((64..=65).contains(&chunks), "{chunks} entries of seen events");
     // A state read whole (before it was persisted by changes) writes every entry once.
     let mut whole: EngineState = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
     whole.touch_all();
