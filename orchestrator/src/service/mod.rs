@@ -885,10 +885,10 @@ impl Service {
             .store
             .reopen()
             .and_then(|()| self.store.check_writable(now_ms()))
-            .and_then(|()| self.store.engine_state())
-            .and_then(|engine| Ok((engine, self.outbox.reopened()?)));
+            .and_then(|()| self.outbox.reopened())
+            .and_then(|()| self.store.engine_state());
         let engine = match reopened {
-            Ok((engine, ())) => engine,
+            Ok(engine) => engine,
             Err(error) => {
                 if let Some(repeats) = fault.still.failure("store") {
                     tracing::error!("the state store still cannot be written: {error:#}{repeats}.");

@@ -177,7 +177,8 @@ struct Trees {
     engine: sled::Tree,
 }
 
-/// The trees the loop's writes go to, staged until [`Store::commit`].
+/// The trees the loop's writes go to, staged until [`Store::commit`]; in the order of [`SLOTS`]
+/// (a slot's number is its place there).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Slot {
     /// The database's default tree (the engine state).
@@ -220,13 +221,10 @@ impl Trees {
     }
 }
 
-/// The loop's writes since its last commit, in order, and the newest value per key (what the
-/// loop reads back before the commit).
-#[derive(Default)]
-struct Staged {
-    writes: Vec<(Slot, Vec<u8>, Option<Vec<u8>>)>,
-    newest: HashMap<(Slot, Vec<u8>), Option<Vec<u8>>>,
-}
+/// The loop's writes since its last commit: the newest value per key (`None`: removed), which
+/// is what the loop reads back before the commit and what the commit writes (the transaction
+/// makes them all visible at once, so their order does not matter).
+type Staged = HashMap<(Slot, Vec<u8>), Option<Vec<u8>>>;
 
 /// The state store, shared by the loop, the outbox's sender and the API. After a write error
 /// (a full disk) sled refuses every later operation until the database is opened again, so the
@@ -333,14 +331,12 @@ impl Store {
 
     /// Stages a write (`None`: a removal) until the next commit.
     fn stage(&self, slot: Slot, key: &[u8], value: Option<Vec<u8>>) {
-        let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
-        staged.newest.insert((slot, key.to_vec()), value.clone());
-        staged.writes.push((slot, key.to_vec(), value));
+        self.staged.lock().unwrap_or_else(PoisonError::into_inner).insert((slot, key.to_vec()), value);
     }
 
     /// A key's value as the loop sees it: staged, or else stored.
     fn read(&self, trees: &Trees, slot: Slot, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(value) = self.staged.lock().unwrap_or_else(PoisonError::into_inner).newest.get(&(slot, key.to_vec())) {
+        if let Some(value) = self.staged.lock().unwrap_or_else(PoisonError::into_inner).get(&(slot, key.to_vec())) {
             return Ok(value.clone());
         }
         Ok(trees.slot(slot).get(key)?.map(|value| value.to_vec()))
@@ -352,12 +348,12 @@ impl Store {
     pub fn commit(&self) -> Result<()> {
         let trees = self.trees()?;
         let staged = std::mem::take(&mut *self.staged.lock().unwrap_or_else(PoisonError::into_inner));
-        if !staged.writes.is_empty() {
+        if !staged.is_empty() {
             let all: Vec<&sled::Tree> = SLOTS.iter().map(|slot| trees.slot(*slot)).collect();
             all.as_slice()
                 .transaction(|views| {
-                    for (slot, key, value) in &staged.writes {
-                        let view = &views[SLOTS.iter().position(|s| s == slot).unwrap_or(0)];
+                    for ((slot, key), value) in &staged {
+                        let view = &views[*slot as usize];
                         match value {
                             Some(value) => view.insert(key.as_slice(), value.as_slice())?,
                             None => view.remove(key.as_slice())?,
@@ -389,7 +385,7 @@ impl Store {
     /// store holds. Fails (and is to be tried again) while another handle still holds the
     /// database, or while the disk still refuses it.
     pub fn reopen(&self) -> Result<()> {
-        *self.staged.lock().unwrap_or_else(PoisonError::into_inner) = Staged::default();
+        self.staged.lock().unwrap_or_else(PoisonError::into_inner).clear();
         let mut slot = self.trees.write().unwrap_or_else(PoisonError::into_inner);
         drop(slot.take());
         *slot = Some(Arc::new(Trees::open(&self.dir)?));
@@ -872,11 +868,24 @@ impl Store {
 mod tests {
     use super::{DeadLetterEntry, HostRecord, OutboxEntry, Store};
 
-    #[test]
-    fn staged_changes_are_read_back_and_kept_only_once_committed() {
-        let dir = std::env::temp_dir().join(format!("cordon-store-staged-{}", std::process::id()));
+    /// A new store in a scratch directory of its own (removed first), and the directory.
+    fn scratch(name: &str) -> (std::path::PathBuf, Store) {
+        let dir = std::env::temp_dir().join(format!("cordon-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = Store::open(&dir).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn each_slot_is_numbered_by_its_place_in_slots() {
+        for (place, slot) in super::SLOTS.iter().enumerate() {
+            assert_eq!(*slot as usize, place, "{slot:?}");
+        }
+    }
+
+    #[test]
+    fn staged_changes_are_read_back_and_kept_only_once_committed() {
+        let (dir, store) = scratch("staged");
         let mut record = HostRecord::new("web-01", 0);
         record.state = super::HostState::Isolating;
         record.expires_at_ms = Some(5_000);
@@ -899,9 +908,7 @@ mod tests {
 
     #[test]
     fn an_engine_state_kept_whole_is_read_and_then_kept_by_entries() {
-        let dir = std::env::temp_dir().join(format!("cordon-store-engine-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = Store::open(&dir).unwrap();
+        let (dir, store) = scratch("engine");
         let mut whole = rules::EngineState::new();
         whole.note_isolation("web-01", rules::IsolationMode::Manual, None, "operator o");
         store.trees().unwrap().db.insert(super::ENGINE_KEY, serde_json::to_vec(&whole).unwrap()).unwrap();
@@ -926,9 +933,7 @@ mod tests {
     #[test]
     fn retention_removes_old_audit_entries_keeps_the_newest_per_host_and_old_api_calls() {
         use super::{ApiCall, AuditEntry, HostState, Retention, RetentionOutcome};
-        let dir = std::env::temp_dir().join(format!("cordon-store-retention-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = Store::open(&dir).unwrap();
+        let (dir, store) = scratch("retention");
         let entry = |host: &str, at_ms: i64| AuditEntry {
             at_ms,
             host: host.into(),
@@ -1007,9 +1012,7 @@ mod tests {
 
     #[test]
     fn made_up_hosts_are_not_cached_and_known_ones_are() {
-        let dir = std::env::temp_dir().join(format!("cordon-store-tags-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = Store::open(&dir).unwrap();
+        let (dir, store) = scratch("tags");
         for i in 0..1_000 {
             assert!(store.tags_of(&format!("made-up-{i}")).unwrap().is_empty());
         }
