@@ -238,23 +238,24 @@ pub fn isolate(target: &Target, request: &IsolateRequest) -> Result<IsolateOutco
             record.started_at_unix_ms = previous.started_at_unix_ms;
         }
         let updated_live = before.installed && previous.is_some();
-        let recorded =
-            bpf::set_generation(&target.pins, record.generation)
-            .and_then(|()| store.set_current(&record, request.command_generation));
-        if let Err(error) = recorded {
-            before.roll_back(&target.pins);
-            return Err(error.context("the isolation was rolled back because it could not be recorded"));
-        }
         let detail = match record.expires_at_unix_ms {
             Some(deadline) => format!("automatic until {}", format_time(deadline)),
             None => "manual".to_owned(),
         };
-        store.audit(&AuditEntry {
+        let entry = AuditEntry {
             at_unix_ms: now,
             event: if updated_live { "updated" } else { "isolated" }.into(),
             actor: request.actor.clone(),
             detail: format!("{detail}; reason: {}", record.reason.as_deref().unwrap_or("none given")),
-        })?;
+            command_generation: request.command_generation,
+            expires_at_unix_ms: record.expires_at_unix_ms,
+        };
+        let recorded = bpf::set_generation(&target.pins, record.generation)
+            .and_then(|()| store.set_current(&record, request.command_generation, Some(&entry)));
+        if let Err(error) = recorded {
+            before.roll_back(&target.pins);
+            return Err(error.context("the isolation was rolled back because it could not be recorded"));
+        }
         Ok(IsolateOutcome { updated_live, record, ..outcome })
     })
 }
@@ -371,7 +372,7 @@ pub fn guard_new_interfaces(target: &Target, interfaces: &[String]) -> Result<Ve
             record.interfaces.push(interface.clone());
         }
     }
-    store.set_current(&record, None)?;
+    store.set_current(&record, None, None)?;
     drop(store);
     audit(target, "updated", "agent", &format!("ICMP echo guard added to new interface(s) {}", new.join(", ")))?;
     Ok(new)
@@ -392,7 +393,7 @@ pub fn update_management(target: &Target, management: &[Exclusion]) -> Result<bo
     }
     record.management = wanted;
     apply_record(target, &record, Before::read(&target.pins), Some(std::process::id()))?;
-    store.set_current(&record, None)?;
+    store.set_current(&record, None, None)?;
     drop(store);
     audit(target, "updated", "agent", "management channel updated (broker addresses)")?;
     Ok(true)
@@ -434,16 +435,16 @@ fn release_locked(target: &Target, actor: &str, event: &str, command_generation:
     bpf::uninstall(&target.pins)?;
     let store = Store::open(&target.state_dir)?;
     let had_record = store.current()?.is_some();
-    store.clear_current(command_generation)?;
-    if was_installed || had_record {
-        store.audit(&AuditEntry {
-            at_unix_ms: now_unix_ms(),
-            event: event.into(),
-            actor: actor.into(),
-            detail: String::new(),
-        })?;
-    }
-    Ok(was_installed || had_record)
+    let entry = (was_installed || had_record).then(|| AuditEntry {
+        at_unix_ms: now_unix_ms(),
+        event: event.into(),
+        actor: actor.into(),
+        detail: String::new(),
+        command_generation,
+        expires_at_unix_ms: None,
+    });
+    store.clear_current(command_generation, entry.as_ref())?;
+    Ok(entry.is_some())
 }
 
 /// What `status` reports.
@@ -592,6 +593,8 @@ fn audit(target: &Target, event: &str, actor: &str, detail: &str) -> Result<()> 
         event: event.into(),
         actor: actor.into(),
         detail: detail.into(),
+        command_generation: None,
+        expires_at_unix_ms: None,
     })
 }
 

@@ -72,6 +72,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The whole audit trail of this host's isolations, oldest first.
+    History {
+        /// One JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// The long-running agent: restores isolation at start-up and lifts it at its deadline.
     Run,
     /// Print this agent's public key (creating its key pair in the state dir if there is none),
@@ -172,6 +178,18 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string(&status)?);
             } else {
                 print_status(&status);
+            }
+            Ok(())
+        }
+        Command::History { json } => {
+            require_root()?;
+            let trail = store::Store::open(&target.state_dir)?.audit_trail()?;
+            if json {
+                println!("{}", serde_json::to_string(&trail)?);
+            } else {
+                for entry in &trail {
+                    println!("{}  {:<9} {:<8} {}", isolation::format_time(entry.at_unix_ms), entry.event, entry.actor, entry.detail);
+                }
             }
             Ok(())
         }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 const CURRENT_KEY: &[u8] = b"current";
 const LAST_GENERATION_KEY: &[u8] = b"last_generation";
 const RECORD_VERSION: u32 = 1;
+const AUDIT_TREE: &str = "audit";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -61,6 +62,13 @@ pub struct AuditEntry {
     pub event: String,
     pub actor: String,
     pub detail: String,
+    /// The generation of the cordon command this carried out (none for the command line's own
+    /// changes and the agent's restorations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_generation: Option<u64>,
+    /// The deadline an automatic isolation was given (epoch milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_unix_ms: Option<i64>,
 }
 
 /// sled reports a lock held by another process as an I/O error whose message says so.
@@ -108,30 +116,55 @@ impl Store {
         Ok(Some(record))
     }
 
-    /// Writes the isolation record and, when a command caused it, that command's generation, in
-    /// one atomic write: a crash can never leave the record of a command without its generation
-    /// (which would let the same command, replayed, apply again).
-    pub fn set_current(&self, record: &IsolationRecord, command_generation: Option<u64>) -> Result<()> {
+    /// Writes the isolation record and, when a command caused it, that command's generation, with
+    /// the audit entry that says so, in one transaction: a crash can never leave the record of a
+    /// command without its generation (which would let the same command, replayed, apply again),
+    /// nor an isolation applied and recorded that the audit trail does not show.
+    pub fn set_current(
+        &self,
+        record: &IsolationRecord,
+        command_generation: Option<u64>,
+        entry: Option<&AuditEntry>,
+    ) -> Result<()> {
         let bytes = serde_json::to_vec(record).context("cannot encode the isolation record")?;
-        let mut batch = sled::Batch::default();
-        batch.insert(CURRENT_KEY, bytes);
-        if let Some(generation) = command_generation {
-            batch.insert(LAST_GENERATION_KEY, &generation.to_be_bytes());
-        }
-        self.db.apply_batch(batch).context("cannot write the isolation record")?;
-        self.db.flush().context("cannot flush the state store")?;
-        Ok(())
+        self.write_current(Some(bytes), command_generation, entry).context("cannot write the isolation record")
     }
 
     /// Removes the isolation record and, when a command caused it, records that command's
-    /// generation, in one atomic write (see [`Store::set_current`]).
-    pub fn clear_current(&self, command_generation: Option<u64>) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        batch.remove(CURRENT_KEY);
-        if let Some(generation) = command_generation {
-            batch.insert(LAST_GENERATION_KEY, &generation.to_be_bytes());
-        }
-        self.db.apply_batch(batch).context("cannot remove the isolation record")?;
+    /// generation, with its audit entry, in one transaction (see [`Store::set_current`]).
+    pub fn clear_current(&self, command_generation: Option<u64>, entry: Option<&AuditEntry>) -> Result<()> {
+        self.write_current(None, command_generation, entry).context("cannot remove the isolation record")
+    }
+
+    fn write_current(
+        &self,
+        current: Option<Vec<u8>>,
+        command_generation: Option<u64>,
+        entry: Option<&AuditEntry>,
+    ) -> Result<()> {
+        use sled::transaction::{ConflictableTransactionResult, TransactionError, Transactional as _};
+        let audit = self.db.open_tree(AUDIT_TREE).context("cannot open the audit trail")?;
+        let entry = entry.map(serde_json::to_vec).transpose().context("cannot encode the audit entry")?;
+        let main: &sled::Tree = &self.db;
+        (main, &audit)
+            .transaction(|(main, audit)| -> ConflictableTransactionResult<(), ()> {
+                match &current {
+                    Some(bytes) => main.insert(CURRENT_KEY, bytes.as_slice())?,
+                    None => main.remove(CURRENT_KEY)?,
+                };
+                if let Some(generation) = command_generation {
+                    main.insert(LAST_GENERATION_KEY, generation.to_be_bytes().to_vec())?;
+                }
+                if let Some(entry) = &entry {
+                    let id = main.generate_id()?;
+                    audit.insert(id.to_be_bytes().to_vec(), entry.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(|error| match error {
+                TransactionError::Abort(()) => anyhow::anyhow!("the write was aborted"),
+                TransactionError::Storage(error) => anyhow::Error::new(error),
+            })?;
         self.db.flush().context("cannot flush the state store")?;
         Ok(())
     }
@@ -143,7 +176,7 @@ impl Store {
     }
 
     pub fn audit(&self, entry: &AuditEntry) -> Result<()> {
-        let audit = self.db.open_tree("audit").context("cannot open the audit trail")?;
+        let audit = self.db.open_tree(AUDIT_TREE).context("cannot open the audit trail")?;
         let id = self.db.generate_id().context("cannot number the audit entry")?;
         audit
             .insert(id.to_be_bytes(), serde_json::to_vec(entry)?)
@@ -152,9 +185,21 @@ impl Store {
         Ok(())
     }
 
+    /// The whole audit trail, oldest first (entries it cannot read are said, not skipped).
+    pub fn audit_trail(&self) -> Result<Vec<AuditEntry>> {
+        let audit = self.db.open_tree(AUDIT_TREE).context("cannot open the audit trail")?;
+        audit
+            .iter()
+            .map(|item| {
+                let (_, value) = item.context("cannot read the audit trail")?;
+                serde_json::from_slice(&value).context("an audit entry is unreadable")
+            })
+            .collect()
+    }
+
     /// The last `n` audit entries, oldest first.
     pub fn recent_audit(&self, n: usize) -> Result<Vec<AuditEntry>> {
-        let audit = self.db.open_tree("audit").context("cannot open the audit trail")?;
+        let audit = self.db.open_tree(AUDIT_TREE).context("cannot open the audit trail")?;
         let mut entries: Vec<AuditEntry> = audit
             .iter()
             .rev()
@@ -168,7 +213,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::{IsolationRecord, Mode, Store};
+    use super::{AuditEntry, IsolationRecord, Mode, Store};
 
     #[test]
     fn a_command_generation_is_written_with_its_record_and_with_its_release() {
@@ -190,15 +235,26 @@ mod tests {
             interfaces: Vec::new(),
             generation: 1,
         };
-        store.set_current(&record, Some(5)).unwrap();
+        store.set_current(&record, Some(5), None).unwrap();
         assert_eq!((store.current().unwrap().is_some(), store.last_generation().unwrap()), (true, 5));
         // From the command line: the record changes, the commands' generation does not.
-        store.set_current(&record, None).unwrap();
+        store.set_current(&record, None, None).unwrap();
         assert_eq!(store.last_generation().unwrap(), 5);
-        store.clear_current(Some(6)).unwrap();
+        let released = AuditEntry {
+            at_unix_ms: 2,
+            event: "released".into(),
+            actor: "cordon".into(),
+            detail: String::new(),
+            command_generation: Some(6),
+            expires_at_unix_ms: None,
+        };
+        store.clear_current(Some(6), Some(&released)).unwrap();
         drop(store);
         let store = Store::open(&dir).unwrap();
         assert_eq!((store.current().unwrap().is_none(), store.last_generation().unwrap()), (true, 6));
+        let trail = store.audit_trail().unwrap();
+        assert_eq!(trail.len(), 1, "the release is in the audit trail with its record: {trail:?}");
+        assert_eq!((trail[0].event.as_str(), trail[0].command_generation), ("released", Some(6)));
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -15,6 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
+use cordon_tests::SmallDisk;
 
 const CORDON: &str = env!("CARGO_BIN_EXE_cordon");
 
@@ -2019,48 +2020,10 @@ fn kafka_over_mutual_tls_works_and_a_wrong_ca_or_no_client_certificate_is_refuse
     }
 }
 
-/// A tmpfs mounted on a directory the test made, unmounted (lazily: the service may still
-/// hold it) on drop.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
-        std::fs::create_dir_all(dir).expect("create the mount point");
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "cordon-test-disk"])
-            .arg(dir)
-            .output()
-            .expect("run mount");
-        assert!(
-            output.status.success(),
-            "this test needs root to mount a small tmpfs as the state disk (CI runs as root): {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        SmallDisk(dir.to_path_buf())
-    }
-
-    /// Fills the disk with one file, until it takes no more.
-    fn fill(&self) -> PathBuf {
-        use std::io::Write as _;
-        let path = self.0.join("filler");
-        let mut file = std::fs::File::create(&path).expect("create the filler");
-        let chunk = vec![0u8; 64 * 1024];
-        while file.write_all(&chunk).is_ok() {}
-        let _ = file.sync_all();
-        path
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_state_disk_makes_the_service_not_ready_and_it_recovers_when_space_returns() {
     let mut harness = Harness::start("disk-full");
-    let disk = SmallDisk::mount(&harness.dir.join("state"), "16m");
+    let disk = SmallDisk::mount(&harness.dir.join("state"), "64m");
     let lines = harness.serve();
     let key = harness.public_key();
     let commands = harness.consumer("cordon.commands");

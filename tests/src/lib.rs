@@ -8,6 +8,8 @@
 //! routed to the machine's own namespace. Programs are attached only to the sandbox's cgroup and,
 //! through `nsenter`, only to interfaces inside its namespaces.
 
+pub mod chaos;
+pub mod fleet;
 pub mod otlp;
 pub mod probe;
 pub mod world;
@@ -219,7 +221,14 @@ impl Sandbox {
     /// A command that runs `program args` as a process of the isolated host: inside the test
     /// cgroup and the host namespace.
     pub fn on_host(&self, program: &Path, args: &[&str]) -> Command {
-        self.in_namespace(&self.host_ns, true, program, args)
+        self.in_namespace(&self.host_ns, Some(&self.cgroup), program, args)
+    }
+
+    /// A command that runs `program args` as a process of the host namespace in `cgroup` (a
+    /// cgroup this sandbox made under its own).
+    pub fn in_cgroup_on_host(&self, cgroup: &Path, program: &Path, args: &[&str]) -> Command {
+        assert!(cgroup.starts_with(&self.cgroup), "{} is not under the sandbox's cgroup", cgroup.display());
+        self.in_namespace(&self.host_ns, Some(cgroup), program, args)
     }
 
     /// `cordon-enforcer ... --config CONFIG run`, the agent, as a process of the isolated host
@@ -262,7 +271,7 @@ impl Sandbox {
 
     /// A command that runs `program args` on the peer (outside the test cgroup).
     pub fn on_peer(&self, program: &Path, args: &[&str]) -> Command {
-        self.in_namespace(&self.peer_ns, false, program, args)
+        self.in_namespace(&self.peer_ns, None, program, args)
     }
 
     /// `command`, in a mount namespace of its own where `/etc/resolv.conf` is `resolv_conf` (as
@@ -284,12 +293,9 @@ impl Sandbox {
         wrapped
     }
 
-    fn in_namespace(&self, namespace: &str, in_cgroup: bool, program: &Path, args: &[&str]) -> Command {
-        let join_cgroup = if in_cgroup {
-            format!("echo $$ > {}/cgroup.procs && ", self.cgroup.display())
-        } else {
-            String::new()
-        };
+    fn in_namespace(&self, namespace: &str, cgroup: Option<&Path>, program: &Path, args: &[&str]) -> Command {
+        let join_cgroup =
+            cgroup.map(|cgroup| format!("echo $$ > {}/cgroup.procs && ", cgroup.display())).unwrap_or_default();
         let script = format!("{join_cgroup}exec nsenter --net=/run/netns/{namespace} \"$0\" \"$@\"");
         let mut command = Command::new("sh");
         command.arg("-c").arg(script).arg(program).args(args);
@@ -298,12 +304,10 @@ impl Sandbox {
 
     /// Starts `command` in the background; it is killed when the sandbox is dropped. Returns a
     /// reader over its standard output.
-    pub fn spawn(&mut self, mut command: Command) -> LineReader {
-        let mut child =
-            command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn test process");
-        let stdout = child.stdout.take().expect("stdout");
+    pub fn spawn(&mut self, command: Command) -> LineReader {
+        let (child, reader) = spawn_reading(command);
         self.children.push(child);
-        LineReader { lines: BufReader::new(stdout) }
+        reader
     }
 
     /// Starts `command` in the background with a pipe to its standard input; it is killed when
@@ -319,10 +323,12 @@ impl Sandbox {
     }
 
     /// Starts `command` in the background with its output discarded (a server whose logs the
-    /// test does not read); it is killed when the sandbox is dropped.
-    pub fn spawn_quiet(&mut self, mut command: Command) {
+    /// test does not read); it is killed when the sandbox is dropped. Returns its process id.
+    pub fn spawn_quiet(&mut self, mut command: Command) -> u32 {
         let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn test process");
+        let pid = child.id();
         self.children.push(child);
+        pid
     }
 
     /// Detaches the isolation's pinned links `names` (`BPF_LINK_DETACH`, their pins kept), as root
@@ -386,6 +392,54 @@ impl Drop for Sandbox {
     }
 }
 
+/// Starts `command` with its standard output piped (its errors go to the test's); the caller
+/// owns the process (and kills it). Returns it and a reader over its output.
+pub fn spawn_reading(mut command: Command) -> (Child, LineReader) {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn test process");
+    let stdout = child.stdout.take().expect("stdout");
+    (child, LineReader { lines: BufReader::new(stdout) })
+}
+
+/// A tmpfs mounted on a directory the test made, unmounted (lazily: a process may still hold it)
+/// on drop.
+pub struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` (e.g. `"16m"`) on `dir` (created); needs root, as CI has.
+    pub fn mount(dir: &Path, size: &str) -> SmallDisk {
+        fs::create_dir_all(dir).expect("create the mount point");
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "cordon-test-disk"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            output.status.success(),
+            "this test needs root to mount a small tmpfs as the state disk (CI runs as root): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        SmallDisk(dir.to_path_buf())
+    }
+
+    /// Fills the disk with one file, until it takes no more; returns the file (remove it to free
+    /// the space).
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write as _;
+        let path = self.0.join("filler");
+        let mut file = fs::File::create(&path).expect("create the filler");
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 /// Reads a background process's output line by line, with a timeout.
 pub struct LineReader {
     lines: BufReader<ChildStdout>,
@@ -442,6 +496,20 @@ impl LineReader {
             }
         }
         Err(format!("the process did not end within {timeout:?}"))
+    }
+
+    /// Appends every further line to `file` until the process closes its output; the returned
+    /// handle ends then.
+    pub fn copy_to(mut self, file: &Path) -> std::thread::JoinHandle<()> {
+        use std::io::Write as _;
+        let mut out = fs::OpenOptions::new().create(true).append(true).open(file).expect("open the log file");
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while self.lines.read_line(&mut line).is_ok_and(|n| n > 0) {
+                let _ = out.write_all(line.as_bytes());
+                line.clear();
+            }
+        })
     }
 
     /// Prints every further line with `prefix` (for the test's log) until the process closes its

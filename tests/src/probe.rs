@@ -53,6 +53,10 @@ pub fn main(args: &[String]) -> i32 {
         ["detach-link", path] => say(&detach_link(path)),
         ["dns", host, name, ip] => dns(address(host, "53"), name, ip.parse().expect("probe: bad IPv4 address")),
         ["connect", host, port] => say(&connect(address(host, port))),
+        ["watch", host, port, interval_ms] => {
+            watch(address(host, port), Duration::from_millis(interval_ms.parse().expect("probe: bad interval")));
+        }
+        ["http-status", host, port, path] => say(&http_status(address(host, port), path)),
         ["hold", host, port] => hold(address(host, port)),
         ["udp", host, port] => say(&udp(address(host, port))),
         ["ping", host] => say(&ping(host.parse().expect("probe: bad address"))),
@@ -484,6 +488,37 @@ fn connect(target: SocketAddr) -> String {
         Ok(()) => "ok".into(),
         Err(error) => errno_name(&error),
     }
+}
+
+/// Tries a new connection every `interval`, forever: one line `<EPOCH_MS> <ANSWER>` per try
+/// (the answers of `connect`), the kernel's view of this process's network over time.
+fn watch(target: SocketAddr, interval: Duration) {
+    loop {
+        let started = Instant::now();
+        let answer = match TcpStream::connect_timeout(&target, Duration::from_millis(500)).and_then(|mut s| greet(&mut s)) {
+            Ok(()) => "ok".into(),
+            Err(error) => errno_name(&error),
+        };
+        say(&format!("{} {answer}", epoch_micros() / 1_000));
+        std::thread::sleep(interval.saturating_sub(started.elapsed()));
+    }
+}
+
+/// `GET path` over HTTP/1.0: the response's status code (`200`, `503`, ...) and its body on one
+/// line, or the error.
+fn http_status(target: SocketAddr, path: &str) -> String {
+    let answer = (|| -> io::Result<String> {
+        let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {target}\r\n\r\n")?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        let response = String::from_utf8_lossy(&response);
+        let code = response.get(9..12).unwrap_or("???");
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        Ok(format!("{code} {}", body.replace('\n', " ")))
+    })();
+    answer.unwrap_or_else(|error| errno_name(&error))
 }
 
 /// Microseconds since the epoch, on the machine's wall clock (shared by every namespace).

@@ -30,6 +30,14 @@ pub struct Options {
     /// Name the broker [`BROKER_NAME`], served by a DNS server on the peer (the broker advertises
     /// the name; the service and the agent are configured with it and resolve it there).
     pub broker_by_name: bool,
+    /// Start no agent of [`HOST`] (a fleet adds its own, see [`crate::fleet`]).
+    pub without_agent: bool,
+    /// Keep the service's state on a tmpfs of this size (e.g. `"64m"`), to fill it.
+    pub state_disk: Option<&'static str>,
+    /// Give the service `CORDON_CLOCK_OFFSET_FILE` ([`World::clock_offset_file`]), to step its clock.
+    pub clock_offset: bool,
+    /// Append the service's output to [`World::service_log`] instead of printing it.
+    pub service_log: bool,
 }
 
 /// The broker's name when [`Options::broker_by_name`].
@@ -78,11 +86,19 @@ pub struct World {
     pub metric_names: Vec<String>,
     /// `nameserver PEER`, for the processes that must resolve [`BROKER_NAME`].
     resolv_conf: Option<PathBuf>,
+    /// The running `cordon serve`, once started.
+    service: Option<std::process::Child>,
+    /// The broker's process id (to stop and continue it).
+    pub broker_pid: u32,
+    /// The tmpfs under the service's state (see [`Options::state_disk`]).
+    pub state_disk: Option<crate::SmallDisk>,
 }
 
 impl Drop for World {
     fn drop(&mut self) {
+        self.kill_service();
         self.sandbox.kill_children();
+        self.state_disk.take();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -116,9 +132,12 @@ impl World {
             spans: Vec::new(),
             metric_names: Vec::new(),
             resolv_conf,
+            service: None,
+            broker_pid: 0,
+            state_disk: None,
         };
-        // What the service and the agent are configured with.
-        let broker = if options.broker_by_name { format!("{BROKER_NAME}:9092") } else { broker };
+        let broker = world.configured_broker();
+        world.state_disk = options.state_disk.map(|size| crate::SmallDisk::mount(&world.dir.join("service"), size));
 
         world.start_broker(&tansu);
 
@@ -149,11 +168,7 @@ impl World {
             ),
         )
         .expect("write cordon.toml");
-        let config = config.to_string_lossy().into_owned();
-        let mut serve = world.resolving(world.sandbox.on_peer(&cordon, &["serve", "--config", &config]));
-        // Export within a fraction of a second, not the default 5 s (spans) and 60 s (metrics).
-        serve.env("OTEL_BSP_SCHEDULE_DELAY", "100").env("OTEL_METRIC_EXPORT_INTERVAL", "500");
-        let mut serve = world.sandbox.spawn(serve);
+        let mut serve = world.spawn_service();
         let deadline = Instant::now() + Duration::from_secs(20);
         // Serving, and consuming: the consumer group has given it the detections' partitions.
         loop {
@@ -165,37 +180,106 @@ impl World {
             assert!(Instant::now() < deadline, "cordon serve did not start consuming");
         }
         // Read on, or the service would fail writing its log to a closed pipe.
-        serve.echo("serve".into());
+        if options.service_log {
+            serve.copy_to(&world.service_log());
+        } else {
+            serve.echo("serve".into());
+        }
+        if options.without_agent {
+            return world;
+        }
 
         // The agent, on the host, inside the isolated cgroup.
-        std::fs::write(
-            world.dir.join("enforcer.toml"),
-            format!(
-                "host_id = \"{HOST}\"\nheartbeat_seconds = 1\n[kafka]\nbrokers = \"{broker}\"\n{}[signing]\npublic_key_file = \"{}\"\n",
-                options.agent_fetch_wait_ms.map(|ms| format!("fetch_wait_ms = {ms}\n")).unwrap_or_default(),
-                keys.join("signing.pub").display()
-            ),
-        )
-        .expect("write enforcer.toml");
+        std::fs::write(world.dir.join("enforcer.toml"), world.agent_config(HOST)).expect("write enforcer.toml");
         world.enroll_agent();
         world.start_agent();
         world
     }
 
-    /// Creates the agent's key (`cordon-enforcer keygen`) and enrolls it with the service, as an
-    /// operator does before the agent's reports count.
-    fn enroll_agent(&self) {
-        let state_dir = self.sandbox.state_dir.to_string_lossy().into_owned();
+    /// The broker's address as the service and the agents are configured with it.
+    fn configured_broker(&self) -> String {
+        if self.options.broker_by_name { format!("{BROKER_NAME}:9092") } else { self.broker.clone() }
+    }
+
+    /// The configuration file of the agent of `host`.
+    pub fn agent_config(&self, host: &str) -> String {
+        format!(
+            "host_id = \"{host}\"\nheartbeat_seconds = 1\n[kafka]\nbrokers = \"{}\"\n{}[signing]\npublic_key_file = \"{}\"\n",
+            self.configured_broker(),
+            self.options.agent_fetch_wait_ms.map(|ms| format!("fetch_wait_ms = {ms}\n")).unwrap_or_default(),
+            self.dir.join("keys/signing.pub").display()
+        )
+    }
+
+    /// Where the service's output goes with [`Options::service_log`].
+    pub fn service_log(&self) -> PathBuf {
+        self.dir.join("service.log")
+    }
+
+    /// The file whose number (milliseconds) the service adds to its wall clock, with
+    /// [`Options::clock_offset`].
+    pub fn clock_offset_file(&self) -> PathBuf {
+        self.dir.join("clock-offset")
+    }
+
+    /// Starts `cordon serve` on the peer (see [`World::start`]); returns its output, which must
+    /// be read on.
+    pub fn spawn_service(&mut self) -> LineReader {
+        let cordon = self.cordon.clone();
+        let config = self.dir.join("cordon.toml").to_string_lossy().into_owned();
+        let mut serve = self.resolving(self.sandbox.on_peer(&cordon, &["serve", "--config", &config]));
+        // Export within a fraction of a second, not the default 5 s (spans) and 60 s (metrics).
+        serve.env("OTEL_BSP_SCHEDULE_DELAY", "100").env("OTEL_METRIC_EXPORT_INTERVAL", "500");
+        if self.options.clock_offset {
+            serve.env("CORDON_CLOCK_OFFSET_FILE", self.clock_offset_file());
+        }
+        let (child, reader) = crate::spawn_reading(serve);
+        self.service = Some(child);
+        reader
+    }
+
+    /// Kills `cordon serve` as `kill -9` would (nothing when it is not running); returns once it is gone.
+    pub fn kill_service(&mut self) {
+        if let Some(mut service) = self.service.take() {
+            let _ = service.kill();
+            let _ = service.wait();
+        }
+    }
+
+    /// Whether `cordon serve` ended by itself (its exit status then), not killed by the test.
+    pub fn service_exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.service.as_mut().and_then(|service| service.try_wait().ok().flatten())
+    }
+
+    /// Creates the key of the agent of `host` (`cordon-enforcer keygen`, state in `state_dir`)
+    /// and enrolls it with the service, as an operator does before the agent's reports count.
+    pub fn enroll(&self, host: &str, state_dir: &Path, config: &Path) {
         let (code, public_key, stderr) = output_of({
             let mut keygen = Command::new(&self.enforcer);
-            keygen.args(["--state-dir", &state_dir, "--config"]).arg(self.dir.join("enforcer.toml"));
-            keygen.arg("--cgroup").arg(&self.sandbox.cgroup).arg("keygen");
+            keygen.arg("--state-dir").arg(state_dir).arg("--config").arg(config).arg("keygen");
             keygen
         });
         assert_eq!(code, 0, "cordon-enforcer keygen: {stderr}");
-        let key_file = self.dir.join("agent.pub");
-        std::fs::write(&key_file, public_key).expect("write agent.pub");
-        self.cordon_ok(&["agents", "enroll", HOST, "--key", &key_file.to_string_lossy()]);
+        let key_file = state_dir.with_extension("pub");
+        std::fs::write(&key_file, public_key).expect("write the agent's public key");
+        self.cordon_ok(&["agents", "enroll", host, "--key", &key_file.to_string_lossy()]);
+    }
+
+    fn enroll_agent(&self) {
+        self.enroll(HOST, &self.sandbox.state_dir, &self.dir.join("enforcer.toml"));
+    }
+
+    /// The agent binary, `cordon-enforcer`.
+    pub fn enforcer_binary(&self) -> &Path {
+        &self.enforcer
+    }
+
+    /// `command`, resolving names through the peer's DNS server when the broker has a name.
+    pub fn resolving(&self, command: Command) -> Command {
+        match &self.resolv_conf {
+            Some(resolv_conf) => Sandbox::with_resolv_conf(&command, resolv_conf),
+            None => command,
+        }
     }
 
     /// Starts the probe's echo servers on the peer, then the broker and its topics.
@@ -230,7 +314,7 @@ impl World {
             ],
         );
         broker_command.env("RUST_LOG", "error");
-        self.sandbox.spawn_quiet(broker_command);
+        self.broker_pid = self.sandbox.spawn_quiet(broker_command);
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.peer(&["port", &peer, "9092"]) != "ok" {
             assert!(Instant::now() < deadline, "the broker did not start");
@@ -352,13 +436,6 @@ impl World {
         output_of(self.resolving(self.sandbox.on_peer(&probe_binary(), &full))).1
     }
 
-    /// `command`, resolving names through the peer's DNS server when the broker has a name.
-    fn resolving(&self, command: Command) -> Command {
-        match &self.resolv_conf {
-            Some(resolv_conf) => Sandbox::with_resolv_conf(&command, resolv_conf),
-            None => command,
-        }
-    }
 
     /// One probe run on the isolated host; its answer line.
     pub fn host(&self, args: &[&str]) -> String {

@@ -473,11 +473,44 @@ fn start_outbox(
     Ok((outbox, tokio::spawn(sender.run()), parked))
 }
 
+/// Opens the state store; while its disk has too little room to open it safely
+/// ([`store::NoRoomToOpen`]), says so once and tries again every 2 s (`None`: shut down meanwhile).
+async fn open_store_when_there_is_room(
+    dir: &std::path::Path,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<Store>> {
+    let mut said = false;
+    loop {
+        match Store::open(dir) {
+            Ok(store) => {
+                if said {
+                    tracing::info!("the state store's disk has room again: opened {}.", dir.display());
+                }
+                return Ok(Some(store));
+            }
+            Err(error) if error.downcast_ref::<store::NoRoomToOpen>().is_some() => {
+                if !said {
+                    tracing::error!("{error:#}; trying again every 2 s.");
+                    said = true;
+                }
+            }
+            Err(error) => return Err(error),
+        }
+        tokio::select! {
+            () = shutdown.as_mut() => return Ok(None),
+            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+    }
+}
+
 /// Runs the service until `shutdown` completes. `brokers` is the resolved bootstrap list.
 pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<Output = ()>) -> Result<()> {
     let ruleset = load_rules(&config.rules.dir)?;
     let rules_fingerprint = jobs::Fingerprint::of(&config.rules.dir);
-    let store = Store::open(&config.state.dir)?;
+    tokio::pin!(shutdown);
+    let Some(store) = open_store_when_there_is_room(&config.state.dir, &mut shutdown).await? else {
+        return Ok(());
+    };
     let engine = store.engine_state()?;
     access::check_private(&config.signing.key_file, "the signing key")?;
     let key_text = std::fs::read_to_string(&config.signing.key_file)
@@ -534,7 +567,6 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     service.after(result);
 
     let mut tick = deadline_tick();
-    tokio::pin!(shutdown);
     let result = loop {
         // While the store refuses writes, no input that would change state is taken (it waits
         // in its channel, or in Kafka uncommitted); operators are answered at once.

@@ -274,12 +274,56 @@ fn deadline_key(expires_at_ms: i64, host: &str) -> Vec<u8> {
     key
 }
 
+/// The free space sled must have to open the store. Opening runs sled's recovery, which writes
+/// (the log's torn tail made good after a crash, a new snapshot); a recovery cut short by a full
+/// disk can leave the store unreadable for good ("corrupt" at every later start, with the space
+/// back): found by the chaos soak (a `kill -9` then a restart on a full disk) and reproduced with
+/// sled alone. So cordon does not open the store without this much room, or an eighth of the
+/// store's size if that is more.
+pub const ROOM_TO_OPEN_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Why the store was not opened: too little room on its disk (see [`ROOM_TO_OPEN_BYTES`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the state store {path} was not opened: {free_mib} MiB free on its disk, {need_mib} MiB needed (opening it \
+     runs sled's recovery, and a write cut short by a full disk can damage the store for good); free some space"
+)]
+pub struct NoRoomToOpen {
+    pub path: String,
+    pub free_mib: u64,
+    pub need_mib: u64,
+}
+
+fn check_room_to_open(dir: &Path, path: &Path) -> Result<()> {
+    let free = fs2::available_space(dir).with_context(|| format!("cannot read the free space of {}", dir.display()))?;
+    let store_bytes: u64 = std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.metadata().ok())
+        .filter(std::fs::Metadata::is_file)
+        .map(|metadata| metadata.len())
+        .sum();
+    let need = ROOM_TO_OPEN_BYTES.max(store_bytes / 8);
+    if free < need {
+        return Err(NoRoomToOpen {
+            path: path.display().to_string(),
+            free_mib: free / (1024 * 1024),
+            need_mib: need.div_ceil(1024 * 1024),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 impl Trees {
-    /// Opens the store in `dir` (creating it) and checks that it is this directory's.
+    /// Opens the store in `dir` (creating it) and checks that it is this directory's; refuses
+    /// ([`NoRoomToOpen`]) when its disk has too little room for sled's recovery.
     fn open(dir: &Path) -> Result<Trees> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create state directory {}", dir.display()))?;
         let path = dir.join("orchestrator.sled");
+        check_room_to_open(dir, &path)?;
         let db = sled::open(&path).map_err(|error| match error {
             sled::Error::Corruption { .. } => anyhow::anyhow!(
                 "the state store {} is corrupt ({error}). cordon does not start on it: restore it from a \
