@@ -243,7 +243,8 @@ pub fn isolate(target: &Target, request: &IsolateRequest) -> Result<IsolateOutco
             None => "manual".to_owned(),
         };
         let entry = AuditEntry {
-            at_unix_ms: now,
+            // When the isolation took effect (the programs in force), not when the change began.
+            at_unix_ms: now_unix_ms(),
             event: if updated_live { "updated" } else { "isolated" }.into(),
             actor: request.actor.clone(),
             detail: format!("{detail}; reason: {}", record.reason.as_deref().unwrap_or("none given")),

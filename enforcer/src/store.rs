@@ -127,7 +127,7 @@ impl Store {
         entry: Option<&AuditEntry>,
     ) -> Result<()> {
         let bytes = serde_json::to_vec(record).context("cannot encode the isolation record")?;
-        self.write_current(Some(bytes), command_generation, entry).context("cannot write the isolation record")
+        self.write_current(Some(&bytes), command_generation, entry).context("cannot write the isolation record")
     }
 
     /// Removes the isolation record and, when a command caused it, records that command's
@@ -138,7 +138,7 @@ impl Store {
 
     fn write_current(
         &self,
-        current: Option<Vec<u8>>,
+        current: Option<&[u8]>,
         command_generation: Option<u64>,
         entry: Option<&AuditEntry>,
     ) -> Result<()> {
@@ -148,8 +148,8 @@ impl Store {
         let main: &sled::Tree = &self.db;
         (main, &audit)
             .transaction(|(main, audit)| -> ConflictableTransactionResult<(), ()> {
-                match &current {
-                    Some(bytes) => main.insert(CURRENT_KEY, bytes.as_slice())?,
+                match current {
+                    Some(bytes) => main.insert(CURRENT_KEY, bytes)?,
                     None => main.remove(CURRENT_KEY)?,
                 };
                 if let Some(generation) = command_generation {

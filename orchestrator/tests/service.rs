@@ -448,6 +448,18 @@ fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str) -> String {
     }
 }
 
+/// The first line containing `needle` within `limit` (`None` when none came).
+fn wait_for_line_within(lines: &mpsc::Receiver<String>, needle: &str, limit: Duration) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains(needle) => return Some(line),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Waits until every one of `needles` was said, in any order.
 fn wait_for_lines(lines: &mpsc::Receiver<String>, needles: &[&str]) {
     let mut missing: Vec<&str> = needles.to_vec();
@@ -2147,7 +2159,7 @@ fn a_second_service_with_the_same_instance_id_fences_the_first_and_forged_claims
     let (_, first_claim) = next_message(&lease, Duration::from_secs(10));
     let stranger_key = cordon_wire::generate_signing_key();
     let forged = cordon_wire::lease::seal_lease(
-        &cordon_wire::lease::Lease::new("cordon", "ffff", i64::MAX / 2),
+        &cordon_wire::lease::Lease::new("cordon", "ffff", i64::MAX / 2, None),
         &stranger_key,
     );
     harness.produce("cordon.lease", "cordon", &forged);
@@ -2175,4 +2187,24 @@ fn a_second_service_with_the_same_instance_id_fences_the_first_and_forged_claims
     }
     assert_eq!(get(&harness.api, "/readyz").0, 200, "the twin is ready");
     assert!(!harness.log_lines("first-01: isolating -> releasing").iter().any(|line| !line.is_empty()));
+}
+
+#[test]
+fn a_service_killed_while_its_group_rebalances_takes_its_partitions_back() {
+    const CONSUMING: &str = "consuming cordon.status/0, edr.detections/0, edr.detections/1, edr.detections/2.";
+    let mut harness = Harness::start("crash-loop");
+    harness.serve();
+    // Killed, restarted; the new start consumes, then loses its partitions when the group drops
+    // its crashed predecessor; killed again right then, as the chaos soak did.
+    harness.kill_service();
+    let lines = harness.serve_started();
+    assert!(wait_for_line_within(&lines, CONSUMING, Duration::from_secs(40)).is_some(), "the second start never consumed");
+    let revoked = wait_for_line_within(&lines, "no longer consuming", Duration::from_secs(20));
+    println!("revoked: {revoked:?}");
+    harness.kill_service();
+    let started = Instant::now();
+    let lines = harness.serve_started();
+    let consuming = wait_for_line_within(&lines, CONSUMING, Duration::from_mins(1));
+    println!("the third start consumed after {:?}: {consuming:?}", started.elapsed());
+    assert!(consuming.is_some(), "the start after a kill during a rebalance never took its partitions back within 60 s");
 }

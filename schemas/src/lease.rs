@@ -2,8 +2,14 @@
 //! `instance_id`) that it is the active one. Each service publishes one signed claim when it
 //! starts, on the lease topic, and reads everyone's: the newest start wins, the others stop
 //! acting. Claims are signed with the command signing key (twins share it, as agents trust it),
-//! so nobody who can merely write to Kafka can fence cordon; a replayed old claim is older than
-//! the service it would fence and changes nothing.
+//! so nobody who can merely write to Kafka can fence cordon.
+//!
+//! "Newest" is not a matter of clocks: a service that started while its wall clock was ahead
+//! would otherwise fence its own restarts (found by the chaos soak). Before claiming, a service
+//! reads the topic to its end and names, in its claim, the incarnation whose claim it read last
+//! (`succeeds`): a claim fences the service it succeeds, and of two claims that succeed the same
+//! one (twins started at once), the later on the topic wins. A replayed old claim succeeds an
+//! older incarnation and fences nobody.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,23 +28,35 @@ pub struct Lease {
     pub instance_id: String,
     /// Random, per start of the service.
     pub incarnation: String,
+    /// When it started, on its own clock: for people; the order of starts is `succeeds`.
     pub started_at_ms: i64,
+    /// The incarnation whose claim this service read last before claiming (none: the topic had
+    /// no claim for this `instance_id`).
+    #[serde(default)]
+    pub succeeds: Option<String>,
 }
 
 impl Lease {
-    pub fn new(instance_id: &str, incarnation: &str, started_at_ms: i64) -> Lease {
+    pub fn new(instance_id: &str, incarnation: &str, started_at_ms: i64, succeeds: Option<String>) -> Lease {
         Lease {
             version: WIRE_VERSION,
             kind: LEASE_KIND.to_owned(),
             instance_id: instance_id.to_owned(),
             incarnation: incarnation.to_owned(),
             started_at_ms,
+            succeeds,
         }
     }
 
-    /// Whether this claim was made after `other` (later start; the incarnation breaks a tie).
-    pub fn supersedes(&self, other: &Lease) -> bool {
-        (self.started_at_ms, &self.incarnation) > (other.started_at_ms, &other.incarnation)
+    /// Whether this claim, read at `offset` on the lease topic, fences `ours` (read back at
+    /// `our_offset`, once it was): it succeeds ours, or it succeeds the same claim as ours and
+    /// came later on the topic.
+    pub fn fences(&self, offset: i64, ours: &Lease, our_offset: Option<i64>) -> bool {
+        if self.instance_id != ours.instance_id || self.incarnation == ours.incarnation {
+            return false;
+        }
+        self.succeeds.as_deref() == Some(ours.incarnation.as_str())
+            || (self.succeeds == ours.succeeds && our_offset.is_some_and(|our_offset| offset > our_offset))
     }
 }
 
@@ -86,7 +104,7 @@ mod tests {
     #[test]
     fn a_claim_opens_only_with_cordons_key_and_is_no_command() {
         let key = crate::generate_signing_key();
-        let lease = Lease::new("cordon-1", "ab12", 1_000);
+        let lease = Lease::new("cordon-1", "ab12", 1_000, None);
         let sealed = seal_lease(&lease, &key);
         assert_eq!(open_lease(&sealed, &key.verifying_key()), Ok(lease));
         let stranger = crate::generate_signing_key();
@@ -109,11 +127,21 @@ mod tests {
     }
 
     #[test]
-    fn the_later_start_supersedes_and_the_incarnation_breaks_a_tie() {
-        let old = Lease::new("c", "aa", 1_000);
-        let new = Lease::new("c", "bb", 2_000);
-        assert!(new.supersedes(&old) && !old.supersedes(&new) && !old.supersedes(&old));
-        let tie = Lease::new("c", "cc", 1_000);
-        assert!(tie.supersedes(&old) && !old.supersedes(&tie));
+    fn a_claim_fences_the_start_it_succeeds_whatever_the_clocks_say() {
+        let first = Lease::new("c", "aa", 1_000, None);
+        let second = Lease::new("c", "bb", 500, Some("aa".into()));
+        assert!(second.fences(7, &first, Some(3)), "the next start fences the one it read, with its clock behind");
+        assert!(!first.fences(9, &second, Some(7)), "the first claim, replayed later, fences nobody");
+        // A start whose clock was far ahead, now dead: its restart succeeds it and is not fenced.
+        let ahead = Lease::new("c", "cc", i64::MAX / 2, Some("bb".into()));
+        let restart = Lease::new("c", "dd", 2_000, Some("cc".into()));
+        assert!(!ahead.fences(11, &restart, Some(12)) && restart.fences(12, &ahead, Some(11)));
+        // Twins that read the same claim: the later on the topic wins, before and after.
+        let twin = Lease::new("c", "ee", 2_000, Some("cc".into()));
+        assert!(twin.fences(13, &restart, Some(12)) && !restart.fences(12, &twin, Some(13)));
+        assert!(!twin.fences(13, &restart, None), "before its own claim is read back, an earlier one waits");
+        // Another instance_id, or one's own claim read again: never.
+        assert!(!Lease::new("other", "ff", 0, Some("dd".into())).fences(20, &restart, Some(12)));
+        assert!(!restart.fences(21, &restart, Some(12)));
     }
 }

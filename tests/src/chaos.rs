@@ -96,13 +96,13 @@ fn longest_clear_stretch(spans: &[(i64, i64)], from: i64, to: i64) -> i64 {
     longest.max(to - cursor)
 }
 
-/// An agent's isolation in force: from its application to the agent's next release, with the
-/// deadline its latest change gave it.
+/// An agent's isolation in force (epoch ms): from its application to the agent's next release,
+/// with the deadline its latest change gave it.
 #[derive(Debug)]
 struct Enforced {
-    from_ms: i64,
-    until_ms: Option<i64>,
-    deadline_ms: Option<i64>,
+    from: i64,
+    until: Option<i64>,
+    deadline: Option<i64>,
 }
 
 fn enforced_spans(agent: &[AgentStep]) -> Vec<Enforced> {
@@ -111,12 +111,12 @@ fn enforced_spans(agent: &[AgentStep]) -> Vec<Enforced> {
     for step in agent {
         match step.event.as_str() {
             "isolated" | "updated" => match open.as_mut() {
-                Some(span) => span.deadline_ms = step.expires_at_ms,
-                None => open = Some(Enforced { from_ms: step.at_ms, until_ms: None, deadline_ms: step.expires_at_ms }),
+                Some(span) => span.deadline = step.expires_at_ms,
+                None => open = Some(Enforced { from: step.at_ms, until: None, deadline: step.expires_at_ms }),
             },
             "released" | "expired" => {
                 if let Some(mut span) = open.take() {
-                    span.until_ms = Some(step.at_ms);
+                    span.until = Some(step.at_ms);
                     spans.push(span);
                 }
             }
@@ -187,26 +187,26 @@ fn check_delivery(host: &HostTimeline, unhealthy: &Spans, end_ms: i64, figures: 
 fn check_kernel(host: &HostTimeline, figures: &mut Figures) {
     let spans = enforced_spans(&host.agent);
     for (index, span) in spans.iter().enumerate() {
-        let next_from = spans.get(index + 1).map_or(i64::MAX, |next| next.from_ms);
-        let deadline = span.deadline_ms.unwrap_or(i64::MAX);
+        let next_from = spans.get(index + 1).map_or(i64::MAX, |next| next.from);
+        let deadline = span.deadline.unwrap_or(i64::MAX);
         // Refused from the application until the deadline, unless an operator released it.
-        let protected_until = deadline.min(span.until_ms.unwrap_or(i64::MAX)).saturating_sub(SAMPLE_SLACK_MS);
+        let protected_until = deadline.min(span.until.unwrap_or(i64::MAX)).saturating_sub(SAMPLE_SLACK_MS);
         let early = host.samples.iter().find(|s| {
-            s.connected && s.at_ms > span.from_ms + SAMPLE_SLACK_MS && s.at_ms < protected_until.min(next_from)
+            s.connected && s.at_ms > span.from + SAMPLE_SLACK_MS && s.at_ms < protected_until.min(next_from)
         });
         if let Some(sample) = early {
             let released_by_operator =
-                host.operator_releases.iter().any(|&at| at > span.from_ms && at <= sample.at_ms);
+                host.operator_releases.iter().any(|&at| at > span.from && at <= sample.at_ms);
             if !released_by_operator {
                 figures.lifted_early += 1;
                 figures.violations.push(format!(
                     "{}: traffic got through at {} while isolated since {} (deadline {:?})",
-                    host.host, sample.at_ms, span.from_ms, span.deadline_ms
+                    host.host, sample.at_ms, span.from, span.deadline
                 ));
             }
         }
-        let Some(deadline) = span.deadline_ms else { continue };
-        if span.until_ms.is_some_and(|until| until < deadline - SAMPLE_SLACK_MS) || next_from <= deadline + LATE_MS {
+        let Some(deadline) = span.deadline else { continue };
+        if span.until.is_some_and(|until| until < deadline - SAMPLE_SLACK_MS) || next_from <= deadline + LATE_MS {
             // Released before its deadline (checked above), or isolated again at once.
             continue;
         }

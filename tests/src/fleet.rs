@@ -64,7 +64,7 @@ impl FleetHost {
     }
 
     /// `--cgroup ... --pin-dir ... --state-dir ... --config ...` of this host, then `args`.
-    fn enforcer_args<'a>(&'a self, paths: &'a [String; 4], args: &[&'a str]) -> Vec<&'a str> {
+    fn enforcer_args<'a>(paths: &'a [String; 4], args: &[&'a str]) -> Vec<&'a str> {
         let mut all =
             vec!["--cgroup", &paths[0], "--pin-dir", &paths[1], "--state-dir", &paths[2], "--config", &paths[3]];
         all.extend_from_slice(args);
@@ -80,7 +80,7 @@ impl FleetHost {
     pub fn start_agent(&mut self, world: &World) {
         assert!(self.agent.is_none(), "the agent of {} is running already", self.host);
         let paths = self.paths();
-        let args = self.enforcer_args(&paths, &["run"]);
+        let args = Self::enforcer_args(&paths, &["run"]);
         let mut command = world.resolving(world.sandbox.in_cgroup_on_host(&self.cgroup, &self.enforcer, &args));
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open the agent's log");
         command.stdout(log.try_clone().expect("dup the log")).stderr(log).stdin(Stdio::null());
@@ -113,7 +113,7 @@ impl FleetHost {
         let paths = self.paths();
         let mut command = Command::new("nsenter");
         command.arg(format!("--net=/run/netns/{}", world.sandbox.host_ns)).arg(&self.enforcer);
-        command.args(self.enforcer_args(&paths, args));
+        command.args(Self::enforcer_args(&paths, args));
         output_of(command)
     }
 
@@ -137,7 +137,7 @@ impl FleetHost {
         self.watcher = Some(child);
         let samples = Arc::clone(&self.samples);
         std::thread::spawn(move || {
-            while let Some(line) = reader.next_line(Duration::from_secs(3600)) {
+            while let Some(line) = reader.next_line(Duration::from_hours(1)) {
                 let Some((at, answer)) = line.split_once(' ') else { continue };
                 let Ok(at_ms) = at.parse() else { continue };
                 samples.lock().expect("samples").push(Sample { at_ms, connected: answer == "ok" });

@@ -221,14 +221,14 @@ impl Sandbox {
     /// A command that runs `program args` as a process of the isolated host: inside the test
     /// cgroup and the host namespace.
     pub fn on_host(&self, program: &Path, args: &[&str]) -> Command {
-        self.in_namespace(&self.host_ns, Some(&self.cgroup), program, args)
+        Self::in_namespace(&self.host_ns, Some(&self.cgroup), program, args)
     }
 
     /// A command that runs `program args` as a process of the host namespace in `cgroup` (a
     /// cgroup this sandbox made under its own).
     pub fn in_cgroup_on_host(&self, cgroup: &Path, program: &Path, args: &[&str]) -> Command {
         assert!(cgroup.starts_with(&self.cgroup), "{} is not under the sandbox's cgroup", cgroup.display());
-        self.in_namespace(&self.host_ns, Some(cgroup), program, args)
+        Self::in_namespace(&self.host_ns, Some(cgroup), program, args)
     }
 
     /// `cordon-enforcer ... --config CONFIG run`, the agent, as a process of the isolated host
@@ -271,7 +271,7 @@ impl Sandbox {
 
     /// A command that runs `program args` on the peer (outside the test cgroup).
     pub fn on_peer(&self, program: &Path, args: &[&str]) -> Command {
-        self.in_namespace(&self.peer_ns, None, program, args)
+        Self::in_namespace(&self.peer_ns, None, program, args)
     }
 
     /// `command`, in a mount namespace of its own where `/etc/resolv.conf` is `resolv_conf` (as
@@ -293,7 +293,7 @@ impl Sandbox {
         wrapped
     }
 
-    fn in_namespace(&self, namespace: &str, cgroup: Option<&Path>, program: &Path, args: &[&str]) -> Command {
+    fn in_namespace(namespace: &str, cgroup: Option<&Path>, program: &Path, args: &[&str]) -> Command {
         let join_cgroup =
             cgroup.map(|cgroup| format!("echo $$ > {}/cgroup.procs && ", cgroup.display())).unwrap_or_default();
         let script = format!("{join_cgroup}exec nsenter --net=/run/netns/{namespace} \"$0\" \"$@\"");

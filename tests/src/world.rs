@@ -19,6 +19,7 @@ pub const HOST: &str = "sandbox-host";
 
 /// What may differ between worlds.
 #[derive(Clone, Debug, Default)]
+#[expect(clippy::struct_excessive_bools, reason = "independent switches of a test world")]
 pub struct Options {
     /// The agent's `[kafka] fetch_wait_ms` (its default when `None`).
     pub agent_fetch_wait_ms: Option<u64>,

@@ -298,7 +298,7 @@ impl Soak {
 
     fn inject(&mut self, fault: Fault) {
         let now = now_ms();
-        println!("soak: {} ms: {fault:?}", now);
+        println!("soak: {now} ms: {fault:?}");
         match fault {
             Fault::KillService => {
                 self.world.kill_service();

@@ -2,12 +2,13 @@
 //! (a standby started while the first still runs, a copy on a second machine) would both lift
 //! deadlines and send commands from two stores. Kafka fences a second static group member on
 //! some brokers, not on all (tansu 0.6 does not), and does not stop a fenced service's clock
-//! or API; so cordon keeps its own lease: each service publishes one claim when it starts, signed
-//! with the command signing key, on the lease topic, and reads every claim there. A claim for
-//! its `instance_id` made by a later start fences it: it stops acting (takes no input, lifts
-//! no deadline, sends nothing, refuses writes, `/readyz` not ready), says why, and stays so
-//! until it is restarted. Only a holder of the signing key can fence cordon; a claim replayed
-//! from an earlier start is older than the service it would fence.
+//! or API; so cordon keeps its own lease: each service reads the lease topic to its end, then
+//! publishes one claim, signed with the command signing key, that names the claim it read last
+//! (see `cordon_wire::lease`), and reads every claim after it. A claim for its `instance_id` made
+//! by a later start fences it: it stops acting (takes no input, lifts no deadline, sends nothing,
+//! refuses writes, `/readyz` not ready), says why, and stays so until it is restarted. Only a
+//! holder of the signing key can fence cordon; a claim replayed from an earlier start succeeds an
+//! earlier one and fences nobody; no clock decides the order.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -55,11 +56,15 @@ impl LeaseWatch {
     }
 }
 
+/// The service stopped before the watcher was done.
+struct Stopped;
+
 /// What the watcher needs to claim and to recognise claims.
 struct Watcher {
-    ours: Lease,
-    sealed: Vec<u8>,
-    verifying_key: cordon_wire::VerifyingKey,
+    instance_id: String,
+    incarnation: String,
+    started_at_ms: i64,
+    key: cordon_wire::SigningKey,
     topic: String,
     fence: Fence,
     stop: Arc<AtomicBool>,
@@ -73,7 +78,6 @@ pub fn start(
     fence: Fence,
 ) -> Result<LeaseWatch> {
     let incarnation = super::outbox::hex(&cordon_wire::generate_signing_key().to_bytes()[..8]);
-    let ours = Lease::new(&kafka.instance_id, &incarnation, now_ms());
     let mut client = ClientConfig::new();
     for (name, value) in kafka.client_settings()? {
         client.set(name, value);
@@ -92,9 +96,10 @@ pub fn start(
         .context("cannot create the lease topic's producer")?;
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = Watcher {
-        sealed: seal_lease(&ours, key),
-        ours,
-        verifying_key: key.verifying_key(),
+        instance_id: kafka.instance_id.clone(),
+        incarnation,
+        started_at_ms: now_ms(),
+        key: key.clone(),
         topic: kafka.lease_topic.clone(),
         fence,
         stop: Arc::clone(&stop),
@@ -122,43 +127,94 @@ impl Watcher {
             tracing::error!("cannot read the lease topic {}: a twin of this service would not be fenced.", self.topic);
             return;
         }
-        // Claimed once this start's claim is read back from the topic.
-        let mut claimed = false;
-        let mut next_claim = std::time::Instant::now();
         let mut refused = cordon_telemetry::logs::Throttled::new(Duration::from_mins(1));
+        let Ok(succeeds) = self.last_claim(consumer, &mut refused) else { return };
+        let ours = Lease::new(&self.instance_id, &self.incarnation, self.started_at_ms, succeeds);
+        let sealed = seal_lease(&ours, &self.key);
+        // Claimed once this start's claim is read back from the topic, at this offset.
+        let mut our_offset: Option<i64> = None;
+        let mut next_claim = std::time::Instant::now();
         while !self.stopped() {
-            if !claimed && std::time::Instant::now() >= next_claim {
-                self.publish(producer);
+            if our_offset.is_none() && std::time::Instant::now() >= next_claim {
+                self.publish(producer, &sealed);
                 next_claim = std::time::Instant::now() + Duration::from_secs(5);
             }
             let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else { continue };
-            match open_lease(message.payload().unwrap_or_default(), &self.verifying_key) {
-                Ok(claim) if claim == self.ours => {
-                    if !claimed {
-                        tracing::info!(
-                            "claimed the lease for instance_id {} (incarnation {}) on {}.",
-                            self.ours.instance_id,
-                            self.ours.incarnation,
-                            self.topic
-                        );
+            let Some(claim) = self.claim_in(&message, &mut refused) else { continue };
+            if claim == ours {
+                if our_offset.is_none() {
+                    tracing::info!(
+                        "claimed the lease for instance_id {} (incarnation {}) on {}.",
+                        ours.instance_id,
+                        ours.incarnation,
+                        self.topic
+                    );
+                }
+                our_offset.get_or_insert(message.offset());
+            } else if claim.fences(message.offset(), &ours, our_offset) {
+                self.fenced_by(&claim, &ours);
+                return;
+            }
+        }
+    }
+
+    /// Reads the lease topic to its end; the incarnation of the last claim for this
+    /// `instance_id` (`None` when there is none).
+    fn last_claim(
+        &self,
+        consumer: &BaseConsumer,
+        refused: &mut cordon_telemetry::logs::Throttled,
+    ) -> Result<Option<String>, Stopped> {
+        let mut unreachable = cordon_telemetry::logs::Throttled::new(Duration::from_mins(1));
+        let end = loop {
+            if self.stopped() {
+                return Err(Stopped);
+            }
+            match consumer.fetch_watermarks(&self.topic, 0, Duration::from_secs(5)) {
+                Ok((_, high)) => break high,
+                Err(error) => {
+                    if let Some(repeats) = unreachable.failure("attempts") {
+                        tracing::warn!("cannot read the end of the lease topic {} yet: {error}{repeats}", self.topic);
                     }
-                    claimed = true;
+                    std::thread::sleep(Duration::from_secs(1));
                 }
-                Ok(claim) if claim.instance_id == self.ours.instance_id && claim.supersedes(&self.ours) => {
-                    self.fenced_by(&claim);
-                    return;
+            }
+        };
+        let mut last = None;
+        let mut next = 0;
+        while next < end {
+            if self.stopped() {
+                return Err(Stopped);
+            }
+            let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else { continue };
+            next = message.offset() + 1;
+            if let Some(claim) = self.claim_in(&message, refused) {
+                if claim.instance_id == self.instance_id {
+                    last = Some(claim.incarnation);
                 }
-                Ok(_) => {}
-                Err(refusal) => {
-                    if let Some(repeats) = refused.failure("messages") {
-                        tracing::warn!(
-                            "a message on the lease topic {} at offset {} is not a claim of cordon's ({refusal}): \
-                             ignored{repeats}.",
-                            self.topic,
-                            message.offset()
-                        );
-                    }
+            }
+        }
+        Ok(last)
+    }
+
+    /// The claim `message` holds, if it is one (a message that is not is said, throttled).
+    fn claim_in(
+        &self,
+        message: &rdkafka::message::BorrowedMessage<'_>,
+        refused: &mut cordon_telemetry::logs::Throttled,
+    ) -> Option<Lease> {
+        match open_lease(message.payload().unwrap_or_default(), &self.key.verifying_key()) {
+            Ok(claim) => Some(claim),
+            Err(refusal) => {
+                if let Some(repeats) = refused.failure("messages") {
+                    tracing::warn!(
+                        "a message on the lease topic {} at offset {} is not a claim of cordon's ({refusal}): \
+                         ignored{repeats}.",
+                        self.topic,
+                        message.offset()
+                    );
                 }
+                None
             }
         }
     }
@@ -179,7 +235,7 @@ impl Watcher {
                             "the lease topic {} does not exist (create it with `cordon topics`): another cordon serve \
                              started with instance_id {} would not be fenced off.",
                             self.topic,
-                            self.ours.instance_id
+                            self.instance_id
                         );
                     }
                     return known;
@@ -196,18 +252,18 @@ impl Watcher {
     }
 
     /// Publishes this start's claim (again, if it was not read back yet).
-    fn publish(&self, producer: &BaseProducer) {
-        let record = BaseRecord::to(&self.topic).key(&self.ours.instance_id).payload(&self.sealed);
+    fn publish(&self, producer: &BaseProducer, sealed: &[u8]) {
+        let record = BaseRecord::to(&self.topic).key(&self.instance_id).payload(sealed);
         if producer.send(record).is_ok() {
             let _ = producer.flush(Duration::from_secs(5));
         }
     }
 
-    fn fenced_by(&self, claim: &Lease) {
+    fn fenced_by(&self, claim: &Lease, ours: &Lease) {
         let why = format!(
-            "fenced: another cordon serve with instance_id {} started later (at {} ms, incarnation {}; this one \
-             started at {} ms, incarnation {})",
-            claim.instance_id, claim.started_at_ms, claim.incarnation, self.ours.started_at_ms, self.ours.incarnation
+            "fenced: another cordon serve with instance_id {} started later (incarnation {}, at {} ms on its clock; \
+             this one is incarnation {}, started at {} ms)",
+            claim.instance_id, claim.incarnation, claim.started_at_ms, ours.incarnation, ours.started_at_ms
         );
         self.fence.set(why);
     }
