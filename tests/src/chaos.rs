@@ -52,7 +52,7 @@ pub struct HostTimeline {
 /// must be 0.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Figures {
-    /// Isolations cordon decided (transitions to `isolating`).
+    /// Isolations cordon decided (generations it moved a host to `isolating` at).
     pub decided: usize,
     /// Isolations agents applied for a cordon command (`isolated` or `updated` with its generation).
     pub applied: usize,
@@ -159,8 +159,10 @@ fn check_delivery(host: &HostTimeline, unhealthy: &Spans, end_ms: i64, figures: 
     let mut down: Vec<(i64, i64)> = unhealthy.to_vec();
     // An agent restarted needs a moment to connect again.
     down.extend(host.agent_down.iter().map(|&(a, b)| (a, b + 5_000)));
+    let mut seen = std::collections::HashSet::new();
     for (index, step) in host.cordon.iter().enumerate() {
-        if step.to != "isolating" {
+        // One decision per generation (cordon notes the agent's reports as steps too).
+        if step.to != "isolating" || !seen.insert(step.generation) {
             continue;
         }
         figures.decided += 1;
@@ -288,8 +290,10 @@ mod tests {
     }
 
     #[test]
-    fn one_command_applied_twice_is_counted() {
+    fn one_command_applied_twice_is_counted_and_one_decision_noted_twice_is_one() {
         let mut host = timed_isolation();
+        host.cordon.push(CordonStep { at_ms: 1_050, to: "isolating".into(), by: "agent".into(), generation: 1 });
+        assert_eq!(check(&[host.clone()], &[], 20_000).decided, 1);
         host.agent.insert(1, applied(1_200, 1, Some(6_000)));
         assert_eq!(check(&[host], &[], 20_000).applied_twice, 1);
     }

@@ -439,7 +439,7 @@ impl Soak {
             });
             writeln!(self.pipe, "{host}\t{event}").expect("write to the producer");
             self.tally.detections += 1;
-        } else if self.rng.chance(12) {
+        } else if self.rng.chance(if self.broker_stopped { 60 } else { 12 }) {
             let args: Vec<&str> = match self.rng.below(3) {
                 0 => vec!["isolate", &host, "--for", "5s", "--reason", "soak"],
                 1 => vec!["isolate", &host, "--manual", "--reason", "soak"],

@@ -158,8 +158,8 @@ async fn readiness(State(state): State<ApiState>) -> Response {
     let consumer = if partitions > 0 {
         Ok(format!("consuming {partitions} partition(s)"))
     } else {
-        Err("the consumer holds no partitions: joining or rebalancing the group, or fenced by another service \
-             with the same [kafka] instance_id"
+        Err("the consumer holds no partitions: the broker has not listed the topics' partitions yet, or another \
+             service with the same [kafka] instance_id fenced this one"
             .to_owned())
     };
     let store = state.store.usable().map(|()| "open".to_owned()).map_err(|e| format!("{e:#}"));

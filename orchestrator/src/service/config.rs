@@ -43,7 +43,7 @@ pub struct KafkaSection {
     pub lease_topic: String,
     #[serde(default = "default_group")]
     pub group_id: String,
-    /// This service's static member id in the group: one active service per id.
+    /// This service's id for the lease (`[kafka] lease_topic`): one active service per id.
     #[serde(default = "default_group")]
     pub instance_id: String,
     /// The longest a fetch waits at the broker for new detections. Kafka answers as soon as

@@ -35,7 +35,7 @@ use anyhow::{bail, Context, Result};
 use cordon_telemetry::Spans;
 use opentelemetry::trace::{SpanKind, Status as SpanStatus, TraceContextExt as _};
 use opentelemetry::{Context as TraceContext, KeyValue};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -50,14 +50,11 @@ use self::store::Store;
 
 pub use self::clock::now_ms;
 
-/// The consumer's context: says which partitions the service reads, when the group assigns or
-/// takes them (operators, and tests, wait for "consuming"), and reads librdkafka's statistics
-/// into the consumer-lag and brokers-up metrics.
+/// The consumer's context: reads librdkafka's statistics into the consumer-lag and brokers-up
+/// metrics, and says what the client logs.
 struct GroupLog {
     metrics: Arc<Metrics>,
     detections_topic: String,
-    /// Set when the service stops: the last revocation is the close, not a rebalance.
-    stopping: std::sync::atomic::AtomicBool,
     client_log: cordon_telemetry::logs::KafkaClientLog,
 }
 
@@ -78,35 +75,7 @@ impl ClientContext for GroupLog {
     }
 }
 
-impl ConsumerContext for GroupLog {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let describe = |list: &TopicPartitionList| {
-            let mut parts: Vec<String> =
-                list.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect();
-            parts.sort();
-            parts.join(", ")
-        };
-        match rebalance {
-            Rebalance::Assign(list) => {
-                self.metrics.consumer_partitions.set(i64::try_from(list.count()).unwrap_or(i64::MAX));
-                tracing::info!("consuming {}.", describe(list));
-            }
-            Rebalance::Revoke(list) if self.stopping.load(std::sync::atomic::Ordering::Relaxed) => {
-                self.metrics.consumer_partitions.set(0);
-                tracing::info!("stopped consuming {}.", describe(list));
-            }
-            Rebalance::Revoke(list) => {
-                self.metrics.consumer_partitions.set(0);
-                tracing::warn!(
-                    "no longer consuming {}: the group is rebalancing (or another service with this \
-                     instance_id took over); not ready until the partitions are assigned again.",
-                    describe(list)
-                );
-            }
-            Rebalance::Error(error) => tracing::error!("consumer group: {error}"),
-        }
-    }
-}
+impl ConsumerContext for GroupLog {}
 
 type DetectionConsumer = BaseConsumer<GroupLog>;
 
@@ -358,7 +327,14 @@ async fn start_api(
     Ok((address, scheme))
 }
 
-/// The consumer of detections and agents' reports, subscribed, in the service's group.
+/// The consumer of detections and agents' reports. It joins no group: the reader assigns it
+/// every partition of both topics itself ([`Assignment`]), and commits offsets under the group
+/// id. One service per `instance_id` acts (the lease), so the group's balancing is not needed,
+/// and without it a restart reads at once: no rebalance, no wait for a crashed predecessor's
+/// session to expire, and none of the group protocol's faults (on tansu 0.6, static membership
+/// could lose the group for good after a crash loop, and dynamic membership gave a restart an
+/// empty assignment until its dead predecessor expired; both found by the chaos soak, shown by
+/// `a_service_killed_twenty_times_at_random_moments_takes_its_partitions_back`).
 fn detection_consumer(
     kafka: &config::KafkaSection,
     brokers: &str,
@@ -373,24 +349,15 @@ fn detection_consumer(
         .set("group.id", &kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        // Static membership (KIP-345): a restarted service takes its partitions back at once
-        // instead of waiting for the group to evict its crashed predecessor; a second service
-        // with the same id is fenced off rather than splitting the detections with it.
-        .set("group.instance.id", &kafka.instance_id)
-        .set("session.timeout.ms", "10000")
         .set("fetch.wait.max.ms", kafka.fetch_wait_ms.to_string())
         // Consumer lag and broker connections for the metrics and /readyz.
         .set("statistics.interval.ms", "2000")
         .create_with_context(GroupLog {
             metrics,
             detections_topic: kafka.detections_topic.clone(),
-            stopping: std::sync::atomic::AtomicBool::new(false),
             client_log: cordon_telemetry::logs::KafkaClientLog::default(),
         })
         .context("cannot create the Kafka consumer")?;
-    consumer
-        .subscribe(&[&kafka.detections_topic, &kafka.status_topic])
-        .context("cannot subscribe to the detections and status topics")?;
     Ok(consumer)
 }
 
@@ -429,6 +396,7 @@ fn start_reader(
 /// What the reader needs to tell detections from reports and refuse what is too large.
 #[derive(Clone)]
 struct InputRules {
+    detections_topic: String,
     status_topic: String,
     /// A detection larger than this is not parsed.
     max_detection_bytes: usize,
@@ -437,6 +405,7 @@ struct InputRules {
 impl InputRules {
     fn of(kafka: &config::KafkaSection) -> InputRules {
         InputRules {
+            detections_topic: kafka.detections_topic.clone(),
             status_topic: kafka.status_topic.clone(),
             max_detection_bytes: kafka.max_detection_bytes,
         }
@@ -632,13 +601,95 @@ async fn stop_reading(
     close_consumer(consumer);
 }
 
-/// Closes the consumer on a thread of its own and waits at most 5 s: librdkafka can hang in the
-/// last rebalance of a close (librdkafka issue 4041; seen here when the service was stopped while
-/// joining its group), and a stop must not hang. Exiting without the close loses nothing: offsets
-/// are committed only after their state is durable, and the group takes the partitions back
-/// after its session timeout.
+/// The partitions the reader consumes: every partition of the detections and status topics,
+/// assigned by the service itself (see [`detection_consumer`]), from the offsets committed
+/// under the group id. Looked up at start (again every second until the broker answers) and
+/// every 30 s after, so partitions added to a topic are read without a restart.
+struct Assignment {
+    topics: Vec<String>,
+    assigned: std::collections::BTreeSet<(String, i32)>,
+    next_check: std::time::Instant,
+    unreachable: cordon_telemetry::logs::Throttled,
+}
+
+impl Assignment {
+    fn new(topics: &[&str]) -> Assignment {
+        Assignment {
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            assigned: std::collections::BTreeSet::new(),
+            next_check: std::time::Instant::now(),
+            unreachable: cordon_telemetry::logs::Throttled::new(Duration::from_mins(1)),
+        }
+    }
+
+    /// Assigns the partitions not assigned yet, when a check is due.
+    fn refresh(&mut self, consumer: &DetectionConsumer) {
+        if std::time::Instant::now() < self.next_check {
+            return;
+        }
+        match self.new_partitions(consumer) {
+            Ok(new) if new.count() == 0 => self.next_check = std::time::Instant::now() + Duration::from_secs(30),
+            Ok(new) => match consumer.incremental_assign(&new) {
+                Ok(()) => {
+                    for element in new.elements() {
+                        self.assigned.insert((element.topic().to_owned(), element.partition()));
+                    }
+                    let count = i64::try_from(self.assigned.len()).unwrap_or(i64::MAX);
+                    consumer.context().metrics.consumer_partitions.set(count);
+                    let parts: Vec<String> = self.assigned.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+                    tracing::info!("consuming {}.", parts.join(", "));
+                    self.next_check = std::time::Instant::now() + Duration::from_secs(30);
+                }
+                Err(error) => {
+                    tracing::error!("cannot assign the partitions {new:?} to the consumer: {error}; trying again in 1 s.");
+                    self.next_check = std::time::Instant::now() + Duration::from_secs(1);
+                }
+            },
+            // An unreachable broker is said by the reader's poll; a missing topic here.
+            Err(error) if error.downcast_ref::<rdkafka::error::KafkaError>().is_some() => {
+                tracing::debug!("cannot read the partitions of {} yet: {error}", self.topics.join(" and "));
+                self.next_check = std::time::Instant::now() + Duration::from_secs(1);
+            }
+            Err(error) => {
+                if let Some(repeats) = self.unreachable.failure("attempts") {
+                    let what = if self.assigned.is_empty() {
+                        "nothing is consumed until it exists"
+                    } else {
+                        "still consuming what was assigned"
+                    };
+                    tracing::warn!("{error}: {what}{repeats}.");
+                }
+                self.next_check = std::time::Instant::now() + Duration::from_secs(1);
+            }
+        }
+    }
+
+    /// The partitions the broker lists for the topics that are not assigned yet, from their
+    /// committed offsets.
+    fn new_partitions(&self, consumer: &DetectionConsumer) -> Result<TopicPartitionList> {
+        let mut new = TopicPartitionList::new();
+        for topic in &self.topics {
+            // Short: the reader polls (and says why the broker does not answer) in between.
+            let metadata = consumer.fetch_metadata(Some(topic), Duration::from_millis(500))?;
+            let listed = metadata.topics().iter().find(|t| t.name() == topic);
+            let Some(listed) = listed.filter(|t| t.error().is_none() && !t.partitions().is_empty()) else {
+                bail!("the broker does not list the topic {topic} (create it with `cordon topics`)");
+            };
+            for partition in listed.partitions() {
+                if !self.assigned.contains(&(topic.clone(), partition.id())) {
+                    new.add_partition_offset(topic, partition.id(), rdkafka::Offset::Stored)?;
+                }
+            }
+        }
+        Ok(new)
+    }
+}
+
+/// Closes the consumer on a thread of its own and waits at most 5 s: librdkafka can hang in a
+/// close (librdkafka issue 4041; seen here when the service was stopped while it was joining a
+/// group), and a stop must not hang. Exiting without the close loses nothing: offsets are
+/// committed only after their state is durable.
 fn close_consumer(consumer: Arc<DetectionConsumer>) {
-    consumer.context().stopping.store(true, std::sync::atomic::Ordering::Relaxed);
     let (closed, done) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new().name("cordon-close".into()).spawn(move || {
         drop(consumer);
@@ -646,8 +697,8 @@ fn close_consumer(consumer: Arc<DetectionConsumer>) {
     });
     if spawned.is_ok() && done.recv_timeout(Duration::from_secs(5)).is_err() {
         tracing::warn!(
-            "the Kafka consumer did not close within 5 s (a known librdkafka hang); stopping without it: the group \
-             reassigns its partitions after the session timeout, nothing is lost."
+            "the Kafka consumer did not close within 5 s (a known librdkafka hang); stopping without it: nothing is \
+             lost."
         );
     }
 }
@@ -685,7 +736,9 @@ fn read_batches(
     projection: &SharedProjection,
 ) {
     let mut errors = ReadErrors::new(brokers);
+    let mut assignment = Assignment::new(&[&input.detections_topic, &input.status_topic]);
     while !batches.is_closed() {
+        assignment.refresh(consumer);
         let mut messages = Vec::new();
         match consumer.poll(Duration::from_millis(100)) {
             None => continue,
@@ -847,14 +900,14 @@ impl Service {
     }
 
     /// Whether a later start of this `instance_id` fenced this service; the first time, stops
-    /// consuming (leaving the group to the twin) and says so.
+    /// consuming (leaving the partitions to the twin) and says so.
     fn check_fence(&mut self, consumer: &DetectionConsumer) -> bool {
         if self.fenced {
             return true;
         }
         let Some(why) = self.fence.reason() else { return false };
         self.fenced = true;
-        consumer.unsubscribe();
+        let _ = consumer.unassign();
         self.metrics.fenced.set(1);
         self.metrics.consumer_partitions.set(0);
         tracing::error!(
@@ -1003,7 +1056,7 @@ impl Service {
             list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
         }
         if let Err(error) = consumer.commit(&list, CommitMode::Async) {
-            // The changes are durable: the batch comes again after a restart or a rebalance,
+            // The changes are durable: the batch comes again after a restart,
             // and its events are deduplicated then.
             tracing::warn!("cannot commit the offsets of a handled batch ({error}); its messages may be read again.");
         }

@@ -145,7 +145,7 @@ impl Metrics {
             ),
             consumer_partitions: r.gauge(
                 "cordon_consumer_partitions",
-                "Partitions the consumer holds now (0: not consuming, e.g. rebalancing or fenced).",
+                "Partitions the consumer holds now (0: not consuming: partitions not listed by the broker yet, or fenced).",
             ),
             kafka_brokers_up: r.gauge("cordon_kafka_brokers_up", "Kafka brokers the consumer is connected to."),
             state_store_failing: r.gauge(
