@@ -41,6 +41,8 @@ pub struct KafkaSection {
     /// Where each service claims to be the active one for its `instance_id` (see `lease.rs`).
     #[serde(default = "default_lease_topic")]
     pub lease_topic: String,
+    /// The group id the service commits its offsets under (it joins no group: it assigns itself
+    /// every partition).
     #[serde(default = "default_group")]
     pub group_id: String,
     /// This service's id for the lease (`[kafka] lease_topic`): one active service per id.
