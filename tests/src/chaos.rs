@@ -19,7 +19,6 @@ pub const HEALTHY_DELIVERY_MS: i64 = 10_000;
 pub struct CordonStep {
     pub at_ms: i64,
     pub to: String,
-    pub by: String,
     pub generation: u64,
 }
 
@@ -240,7 +239,7 @@ mod tests {
     use super::{check, AgentStep, CordonStep, HostTimeline, Sample};
 
     fn decided(at_ms: i64, generation: u64) -> CordonStep {
-        CordonStep { at_ms, to: "isolating".into(), by: "rule".into(), generation }
+        CordonStep { at_ms, to: "isolating".into(), generation }
     }
 
     fn applied(at_ms: i64, generation: u64, expires_at_ms: Option<i64>) -> AgentStep {
@@ -292,7 +291,7 @@ mod tests {
     #[test]
     fn one_command_applied_twice_is_counted_and_one_decision_noted_twice_is_one() {
         let mut host = timed_isolation();
-        host.cordon.push(CordonStep { at_ms: 1_050, to: "isolating".into(), by: "agent".into(), generation: 1 });
+        host.cordon.push(CordonStep { at_ms: 1_050, to: "isolating".into(), generation: 1 });
         assert_eq!(check(&[host.clone()], &[], 20_000).decided, 1);
         host.agent.insert(1, applied(1_200, 1, Some(6_000)));
         assert_eq!(check(&[host], &[], 20_000).applied_twice, 1);

@@ -5,13 +5,13 @@
 //! kernel enforces for it.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::world::{probe_binary, World};
-use crate::{output_of, spawn_reading};
+use crate::{output_of, remove_cgroup, spawn_reading};
 
 /// One connection attempt of a watcher: when (epoch ms) and whether it got through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,19 +162,5 @@ impl Drop for FleetHost {
         // Removing the pins detaches whatever the agent left attached.
         let _ = fs::remove_dir_all(&self.pin_dir);
         remove_cgroup(&self.cgroup);
-    }
-}
-
-/// Kills what is left in `cgroup` (a cgroup of the test's own) and removes it.
-fn remove_cgroup(cgroup: &Path) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while fs::remove_dir(cgroup).is_err() && cgroup.exists() && std::time::Instant::now() < deadline {
-        if let Ok(procs) = fs::read_to_string(cgroup.join("cgroup.procs")) {
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                // SAFETY: signalling a process that lives in the test's own cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }

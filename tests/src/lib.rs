@@ -314,12 +314,10 @@ impl Sandbox {
     /// the sandbox is dropped. Returns the pipe and a reader over its standard output.
     pub fn spawn_piped(&mut self, mut command: Command) -> (std::process::ChildStdin, LineReader) {
         command.stdin(Stdio::piped());
-        let mut child =
-            command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn test process");
+        let (mut child, reader) = spawn_reading(command);
         let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
         self.children.push(child);
-        (stdin, LineReader { lines: BufReader::new(stdout) })
+        (stdin, reader)
     }
 
     /// Starts `command` in the background with its output discarded (a server whose logs the
@@ -367,17 +365,7 @@ impl Drop for Sandbox {
         for ns in [&self.host_ns, &self.peer_ns] {
             let _ = Command::new("ip").args(["netns", "delete", ns]).output();
         }
-        // Processes spawned into the cgroup may take a moment to be reaped.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while fs::remove_dir(&self.cgroup).is_err() && self.cgroup.exists() && Instant::now() < deadline {
-            if let Ok(procs) = fs::read_to_string(self.cgroup.join("cgroup.procs")) {
-                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    // SAFETY: signalling a process that lives in our own test cgroup.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        remove_cgroup(&self.cgroup);
         // The state directory, and every scratch file or directory a test named after it
         // (`<state dir>.bin`, `.toml`, `.e2e`, ...).
         let prefix = self.state_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -389,6 +377,21 @@ impl Drop for Sandbox {
                 }
             }
         }
+    }
+}
+
+/// Kills what is left in `cgroup` (a cgroup of the test's own) and removes it, within 5 s:
+/// processes spawned into it may take a moment to be reaped.
+pub fn remove_cgroup(cgroup: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fs::remove_dir(cgroup).is_err() && cgroup.exists() && Instant::now() < deadline {
+        if let Ok(procs) = fs::read_to_string(cgroup.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: signalling a process that lives in the test's own cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

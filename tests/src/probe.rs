@@ -484,7 +484,13 @@ fn greet(stream: &mut TcpStream) -> io::Result<()> {
 }
 
 fn connect(target: SocketAddr) -> String {
-    match TcpStream::connect_timeout(&target, Duration::from_secs(2)).and_then(|mut s| greet(&mut s)) {
+    connect_within(target, Duration::from_secs(2))
+}
+
+/// A new connection to `target` that greets its server, given up after `timeout`: `ok` or the
+/// error.
+fn connect_within(target: SocketAddr, timeout: Duration) -> String {
+    match TcpStream::connect_timeout(&target, timeout).and_then(|mut s| greet(&mut s)) {
         Ok(()) => "ok".into(),
         Err(error) => errno_name(&error),
     }
@@ -495,10 +501,7 @@ fn connect(target: SocketAddr) -> String {
 fn watch(target: SocketAddr, interval: Duration) {
     loop {
         let started = Instant::now();
-        let answer = match TcpStream::connect_timeout(&target, Duration::from_millis(500)).and_then(|mut s| greet(&mut s)) {
-            Ok(()) => "ok".into(),
-            Err(error) => errno_name(&error),
-        };
+        let answer = connect_within(target, Duration::from_millis(500));
         say(&format!("{} {answer}", epoch_micros() / 1_000));
         std::thread::sleep(interval.saturating_sub(started.elapsed()));
     }

@@ -307,9 +307,8 @@ impl Soak {
         match fault {
             Fault::KillService => {
                 self.world.kill_service();
-                self.api_up = false;
                 self.tally.service_kills += 1;
-                self.unready_since.get_or_insert(now);
+                self.service_went_down(now);
                 let back = now + i64::try_from(self.rng.between(500, 3_000)).expect("ms");
                 self.pending.push((back, Undo::RestartService));
             }
@@ -367,13 +366,7 @@ impl Soak {
     fn undo(&mut self, undo: Undo) {
         let now = now_ms();
         match undo {
-            Undo::RestartService => {
-                // Each start reads the wall clock afresh: a step is only tested while it runs.
-                std::fs::write(self.world.clock_offset_file(), "0").expect("reset the clock offset");
-                let log = self.world.service_log();
-                self.world.spawn_service().copy_to(&log);
-                self.restarted_at = Some(now);
-            }
+            Undo::RestartService => self.restart_service(now),
             Undo::RestartAgent(index) => {
                 self.hosts[index].start_agent(&self.world);
                 if let Some(since) = self.agent_down_since[index].take() {
@@ -394,17 +387,29 @@ impl Soak {
         }
     }
 
+    /// The service is gone (killed, or ended by itself): not ready, its API not answering.
+    fn service_went_down(&mut self, now: i64) {
+        self.api_up = false;
+        self.unready_since.get_or_insert(now);
+    }
+
+    /// Starts the service again, its output appended to its log.
+    fn restart_service(&mut self, now: i64) {
+        // Each start reads the wall clock afresh: a step is only tested while it runs.
+        std::fs::write(self.world.clock_offset_file(), "0").expect("reset the clock offset");
+        let log = self.world.service_log();
+        self.world.spawn_service().copy_to(&log);
+        self.restarted_at = Some(now);
+    }
+
     /// Restarts whatever ended by itself, and counts it.
     fn watch_exits(&mut self) {
         let now = now_ms();
         if let Some(status) = self.world.service_exited() {
             println!("soak: {now} ms: the service exited by itself: {status}");
             self.tally.unexpected_exits += 1;
-            self.api_up = false;
-            self.unready_since.get_or_insert(now);
-            let log = self.world.service_log();
-            self.world.spawn_service().copy_to(&log);
-            self.restarted_at = Some(now);
+            self.service_went_down(now);
+            self.restart_service(now);
         }
         for index in 0..self.hosts.len() {
             if let Some(status) = self.hosts[index].agent_exited() {
@@ -521,7 +526,6 @@ impl Soak {
                             .map(|step| CordonStep {
                                 at_ms: rfc3339_ms(step["at"].as_str().expect("at")),
                                 to: step["to"].as_str().unwrap_or_default().to_owned(),
-                                by: step["by"].as_str().unwrap_or_default().to_owned(),
                                 generation: step["generation"].as_u64().unwrap_or_default(),
                             })
                             .collect()

@@ -381,6 +381,7 @@ fn start_telemetry(
 /// Starts the reader thread (see [`read_batches`]).
 fn start_reader(
     consumer: &Arc<DetectionConsumer>,
+    assignment: Assignment,
     input: InputRules,
     brokers: &str,
     batches: mpsc::Sender<ConsumedBatch>,
@@ -389,14 +390,13 @@ fn start_reader(
     let (consumer, brokers, projection) = (Arc::clone(consumer), brokers.to_owned(), Arc::clone(projection));
     std::thread::Builder::new()
         .name("cordon-reader".into())
-        .spawn(move || read_batches(&consumer, &input, &brokers, &batches, &projection))
+        .spawn(move || read_batches(&consumer, assignment, &input, &brokers, &batches, &projection))
         .context("cannot start the Kafka reader thread")
 }
 
 /// What the reader needs to tell detections from reports and refuse what is too large.
 #[derive(Clone)]
 struct InputRules {
-    detections_topic: String,
     status_topic: String,
     /// A detection larger than this is not parsed.
     max_detection_bytes: usize,
@@ -405,7 +405,6 @@ struct InputRules {
 impl InputRules {
     fn of(kafka: &config::KafkaSection) -> InputRules {
         InputRules {
-            detections_topic: kafka.detections_topic.clone(),
             status_topic: kafka.status_topic.clone(),
             max_detection_bytes: kafka.max_detection_bytes,
         }
@@ -494,8 +493,9 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let (batches_tx, mut batches) = mpsc::channel::<ConsumedBatch>(1);
     let projection = Arc::new(ruleset.projection().clone());
     let shared_projection: SharedProjection = Arc::new(std::sync::Mutex::new(Arc::clone(&projection)));
-    let reader =
-        start_reader(&consumer, InputRules::of(&config.kafka), brokers, batches_tx, &shared_projection)?;
+    let assignment = Assignment::new(&[&config.kafka.detections_topic, &config.kafka.status_topic], fence.clone());
+    let input = InputRules::of(&config.kafka);
+    let reader = start_reader(&consumer, assignment, input, brokers, batches_tx, &shared_projection)?;
     let failpoint = std::env::var("CORDON_FAILPOINT").ok().filter(|name| !name.is_empty());
     let (outbox, sender, mut parked) =
         start_outbox(&config, &store, signing_key, brokers, &metrics, failpoint.clone(), &fence)?;
@@ -609,26 +609,29 @@ struct Assignment {
     topics: Vec<String>,
     assigned: std::collections::BTreeSet<(String, i32)>,
     next_check: std::time::Instant,
-    unreachable: cordon_telemetry::logs::Throttled,
+    missing_topic: cordon_telemetry::logs::Throttled,
+    /// A fenced service takes no partition, not even one added later.
+    fence: lease::Fence,
 }
 
 impl Assignment {
-    fn new(topics: &[&str]) -> Assignment {
+    fn new(topics: &[&str], fence: lease::Fence) -> Assignment {
         Assignment {
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
             assigned: std::collections::BTreeSet::new(),
             next_check: std::time::Instant::now(),
-            unreachable: cordon_telemetry::logs::Throttled::new(Duration::from_mins(1)),
+            missing_topic: cordon_telemetry::logs::Throttled::new(Duration::from_mins(1)),
+            fence,
         }
     }
 
     /// Assigns the partitions not assigned yet, when a check is due.
     fn refresh(&mut self, consumer: &DetectionConsumer) {
-        if std::time::Instant::now() < self.next_check {
+        if std::time::Instant::now() < self.next_check || self.fence.reason().is_some() {
             return;
         }
-        match self.new_partitions(consumer) {
-            Ok(new) if new.count() == 0 => self.next_check = std::time::Instant::now() + Duration::from_secs(30),
+        let settled = match self.new_partitions(consumer) {
+            Ok(new) if new.count() == 0 => true,
             Ok(new) => match consumer.incremental_assign(&new) {
                 Ok(()) => {
                     for element in new.elements() {
@@ -638,20 +641,20 @@ impl Assignment {
                     consumer.context().metrics.consumer_partitions.set(count);
                     let parts: Vec<String> = self.assigned.iter().map(|(t, p)| format!("{t}/{p}")).collect();
                     tracing::info!("consuming {}.", parts.join(", "));
-                    self.next_check = std::time::Instant::now() + Duration::from_secs(30);
+                    true
                 }
                 Err(error) => {
                     tracing::error!("cannot assign the partitions {new:?} to the consumer: {error}; trying again in 1 s.");
-                    self.next_check = std::time::Instant::now() + Duration::from_secs(1);
+                    false
                 }
             },
             // An unreachable broker is said by the reader's poll; a missing topic here.
             Err(error) if error.downcast_ref::<rdkafka::error::KafkaError>().is_some() => {
                 tracing::debug!("cannot read the partitions of {} yet: {error}", self.topics.join(" and "));
-                self.next_check = std::time::Instant::now() + Duration::from_secs(1);
+                false
             }
             Err(error) => {
-                if let Some(repeats) = self.unreachable.failure("attempts") {
+                if let Some(repeats) = self.missing_topic.failure("attempts") {
                     let what = if self.assigned.is_empty() {
                         "nothing is consumed until it exists"
                     } else {
@@ -659,9 +662,10 @@ impl Assignment {
                     };
                     tracing::warn!("{error}: {what}{repeats}.");
                 }
-                self.next_check = std::time::Instant::now() + Duration::from_secs(1);
+                false
             }
-        }
+        };
+        self.next_check = std::time::Instant::now() + Duration::from_secs(if settled { 30 } else { 1 });
     }
 
     /// The partitions the broker lists for the topics that are not assigned yet, from their
@@ -730,13 +734,13 @@ struct ConsumedBatch {
 /// commits offsets, after the batch's changes are durable.
 fn read_batches(
     consumer: &DetectionConsumer,
+    mut assignment: Assignment,
     input: &InputRules,
     brokers: &str,
     batches: &mpsc::Sender<ConsumedBatch>,
     projection: &SharedProjection,
 ) {
     let mut errors = ReadErrors::new(brokers);
-    let mut assignment = Assignment::new(&[&input.detections_topic, &input.status_topic]);
     while !batches.is_closed() {
         assignment.refresh(consumer);
         let mut messages = Vec::new();
