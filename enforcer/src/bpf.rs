@@ -28,7 +28,7 @@ use enforcer_common::{
     STAT_ECHO_DROPPED, STAT_EXEMPT_SOCKETS, STAT_PACKETS_ALLOWED, STAT_PACKETS_DROPPED, STAT_SOCKETS_REFUSED,
 };
 
-use crate::rule_table::RuleTables;
+use cordon_wire::rule_table::RuleTables;
 
 /// The compiled eBPF object, built by build.rs.
 static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer-ebpf"));

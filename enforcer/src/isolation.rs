@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::bpf::{self, Counters, Enforcement, Pins};
 use enforcer_common::{AGENT_SOCKET_MARK, EXEMPT_SOCKET_MARK};
 use crate::exclusion::comm_key;
-use crate::rule_table;
+use cordon_wire::rule_table;
 use crate::sever::{self, SeverReport};
 use crate::store::{AuditEntry, IsolationRecord, Mode, Store};
 
@@ -155,12 +155,6 @@ fn dns_exclusions(resolvers: &[IpAddr]) -> Vec<Exclusion> {
         .collect()
 }
 
-fn dhcp_exclusions() -> Vec<Exclusion> {
-    ["out,udp,0.0.0.0/0,67", "in,udp,0.0.0.0/0,68", "out,udp,::/0,547", "in,udp,::/0,546"]
-        .iter()
-        .map(|spec| spec.parse().expect("built-in DHCP exclusions are valid"))
-        .collect()
-}
 
 /// Every exclusion the kernel enforces for a record.
 pub struct EffectiveExclusions {
@@ -184,7 +178,7 @@ pub fn effective_exclusions(record: &IsolationRecord) -> Result<EffectiveExclusi
         shared.extend(dns_exclusions(&resolvers(&text)));
     }
     if record.allow_dhcp {
-        shared.extend(dhcp_exclusions());
+        shared.extend(rule_table::dhcp_exclusions());
     }
     Ok(EffectiveExclusions { shared, management: parse(&record.management)? })
 }

@@ -12,7 +12,6 @@ mod health;
 mod host;
 mod identity;
 mod isolation;
-mod rule_table;
 mod sever;
 mod store;
 
@@ -284,7 +283,7 @@ fn isolate(target: &Target, config: &EnforcerConfig, args: IsolateArgs) -> Resul
         // The running agent's, if one runs: its channel stays its own.
         agent_tgid: None,
     };
-    let exclusions_ok = rule_table::compile(&request.exclusions, &request.management);
+    let exclusions_ok = cordon_wire::rule_table::compile(&request.exclusions, &request.management);
     if let Err(error) = exclusions_ok {
         return Err(UsageError(error.to_string()).into());
     }

@@ -5,14 +5,23 @@
 
 use libfuzzer_sys::fuzz_target;
 use orchestrator::service::lifecycle::{self, HostRecord, IsolationPlan, MAX_GENERATION_LEAP};
+use orchestrator::service::profiles::{IsolationPolicy, PolicyVersion};
 
 const T0: i64 = 1_700_000_000_000;
 
 fn hosts() -> Vec<HostRecord> {
     let timed = IsolationPlan { duration_seconds: Some(600), ..IsolationPlan::default() };
+    let seed = PolicyVersion {
+        version: 1,
+        at_ms: T0,
+        author: "fuzz".into(),
+        reason: "fuzz".into(),
+        reverted_from: None,
+        policy: IsolationPolicy::seed(),
+    };
     let fresh = HostRecord::new("web-01", T0);
     let mut isolating = fresh.clone();
-    lifecycle::operator_isolate(&mut isolating, &timed, "fuzz", "operator f", T0);
+    lifecycle::operator_isolate(&mut isolating, &timed, seed.profile_in_force(&[]), "fuzz", "operator f", T0);
     let mut releasing = isolating.clone();
     lifecycle::deadline_reached(&mut releasing, T0 + 600_000);
     let mut at_the_end = isolating.clone();

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::service::agents::{AgentRecord, AgentState, Claim};
 use crate::service::lifecycle::{AuditEntry, HostRecord, IsolationPlan, Proposal};
+use crate::service::profiles::{Change, PolicyVersion, Profile, ProfileRef};
 
 /// The API's version prefix.
 pub const PREFIX: &str = "/v1";
@@ -16,8 +17,9 @@ pub const OPERATOR_HEADER: &str = "x-cordon-operator";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IsolateRequest {
-    /// `automatic` (needs `duration_seconds`) or `manual` (must not have it): explicit, so a
-    /// forgotten duration never turns into an isolation without end.
+    /// `automatic` or `manual` (which takes no `duration_seconds`): explicit, so a forgotten
+    /// duration never turns into an isolation without end. Automatic without
+    /// `duration_seconds` lasts the host's profile's `automatic_duration_seconds`.
     pub mode: String,
     pub duration_seconds: Option<u64>,
     #[serde(default)]
@@ -57,16 +59,23 @@ pub fn check_reason(reason: Option<&str>) -> Result<(), String> {
     }
 }
 
+/// An operator's isolation as checked: what it asks for, and whether it lasts its host's
+/// profile's automatic duration (automatic, no duration given).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedIsolation {
+    pub plan: IsolationPlan,
+    pub profile_duration: bool,
+}
+
 impl IsolateRequest {
-    /// The plan it asks for, or every problem with it.
-    pub fn plan(&self) -> Result<IsolationPlan, Vec<String>> {
+    /// What it asks for, or every problem with it.
+    pub fn plan(&self) -> Result<CheckedIsolation, Vec<String>> {
         let mut problems = Vec::new();
         match (self.mode.as_str(), self.duration_seconds) {
             ("automatic", Some(0)) => problems.push("duration_seconds must be at least 1".to_owned()),
             ("automatic", Some(seconds)) if seconds > MAX_DURATION_SECONDS => problems.push(format!(
                 "duration_seconds {seconds} is longer than a year ({MAX_DURATION_SECONDS}); use mode manual"
             )),
-            ("automatic", None) => problems.push("mode automatic needs duration_seconds".to_owned()),
             ("manual", Some(_)) => problems.push("mode manual takes no duration_seconds".to_owned()),
             ("automatic" | "manual", _) => {}
             (other, _) => problems.push(format!("mode must be \"automatic\" or \"manual\", got {other:?}")),
@@ -74,40 +83,47 @@ impl IsolateRequest {
         if let Err(problem) = check_reason(self.reason.as_deref()) {
             problems.push(problem);
         }
-        if self.exclusions.len() > MAX_EXCLUSIONS {
-            problems.push(format!(
-                "{} exclusions; the limit is {MAX_EXCLUSIONS} (use wider networks or port ranges)",
-                self.exclusions.len()
-            ));
-        }
-        if self.allowed_processes.len() > MAX_ALLOWED_PROCESSES {
-            problems.push(format!(
-                "{} allowed processes; the limit is {MAX_ALLOWED_PROCESSES}",
-                self.allowed_processes.len()
-            ));
-        }
-        for spec in self.exclusions.iter().take(MAX_EXCLUSIONS) {
-            if let Err(error) = rules::parse_allow_spec(spec) {
-                problems.push(format!("exclusion {spec:?}: {error}"));
-            }
-        }
-        for name in self.allowed_processes.iter().take(MAX_ALLOWED_PROCESSES) {
-            if let Err(problem) = check_process_name(name) {
-                problems.push(problem);
-            }
-        }
+        problems.extend(check_exclusions(&self.exclusions, &self.allowed_processes).1);
         if problems.is_empty() {
-            Ok(IsolationPlan {
-                duration_seconds: self.duration_seconds,
-                exclusions: self.exclusions.clone(),
-                allowed_processes: self.allowed_processes.clone(),
-                allow_dns: self.allow_dns,
-                allow_dhcp: self.allow_dhcp,
+            Ok(CheckedIsolation {
+                plan: IsolationPlan {
+                    duration_seconds: self.duration_seconds,
+                    exclusions: self.exclusions.clone(),
+                    allowed_processes: self.allowed_processes.clone(),
+                    allow_dns: self.allow_dns,
+                    allow_dhcp: self.allow_dhcp,
+                },
+                profile_duration: self.mode == "automatic" && self.duration_seconds.is_none(),
             })
         } else {
             Err(problems)
         }
     }
+}
+
+/// Exclusion SPECs and excluded process names as operators give them: those that parse, and
+/// every problem (too many, a SPEC that does not parse, a name the kernel cannot hold).
+pub fn check_exclusions(specs: &[String], processes: &[String]) -> (Vec<cordon_wire::Exclusion>, Vec<String>) {
+    let mut problems = Vec::new();
+    if specs.len() > MAX_EXCLUSIONS {
+        problems.push(format!("{} exclusions; the limit is {MAX_EXCLUSIONS} (use wider networks or port ranges)", specs.len()));
+    }
+    if processes.len() > MAX_ALLOWED_PROCESSES {
+        problems.push(format!("{} allowed processes; the limit is {MAX_ALLOWED_PROCESSES}", processes.len()));
+    }
+    let mut exclusions = Vec::new();
+    for spec in specs.iter().take(MAX_EXCLUSIONS) {
+        match rules::parse_allow_spec(spec) {
+            Ok(exclusion) => exclusions.push(exclusion),
+            Err(error) => problems.push(format!("exclusion {spec:?}: {error}")),
+        }
+    }
+    for name in processes.iter().take(MAX_ALLOWED_PROCESSES) {
+        if let Err(problem) = check_process_name(name) {
+            problems.push(problem);
+        }
+    }
+    (exclusions, problems)
 }
 
 /// A process name as the kernel keeps it (`comm`): 1 to 15 bytes, no `/`, no control characters.
@@ -217,9 +233,31 @@ pub struct HostView {
     /// Set when an isolation was undone on the host, not by cordon; cleared when an operator
     /// isolates or releases the host.
     pub tampered: Option<TamperedView>,
+    /// The isolation profile under the current (or last) isolation, and its policy version.
+    pub profile: Option<ProfileRef>,
+    /// The last command cordon issued to the host's agent: the state it is to be in.
+    pub command: Option<CommandView>,
     pub updated_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<Vec<AuditView>>,
+}
+
+/// The last command issued to a host's agent, and whether it answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandView {
+    pub generation: u64,
+    /// `isolate` or `release`.
+    pub action: String,
+    /// Isolate only: what stays open and how long it lasts (from when the agent applies it).
+    pub duration_seconds: Option<u64>,
+    pub exclusions: Vec<String>,
+    pub allowed_processes: Vec<String>,
+    pub allow_dns: bool,
+    pub allow_dhcp: bool,
+    /// When it was last sent; null once its agent answered.
+    pub awaiting_answer_since: Option<String>,
+    /// How many times it was sent again for want of an answer.
+    pub resends: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,9 +309,38 @@ impl HostView {
                 what: t.what.clone(),
                 response: t.response.clone(),
             }),
+            profile: record.profile.clone(),
+            command: record.last_command.as_ref().map(|action| CommandView::new(record, action)),
             updated_at: rfc3339(record.updated_at_ms),
             audit: audit.map(|entries| entries.iter().map(AuditView::new).collect()),
         }
+    }
+}
+
+impl CommandView {
+    fn new(record: &HostRecord, action: &cordon_wire::Action) -> CommandView {
+        let mut view = CommandView {
+            generation: record.generation,
+            action: "release".to_owned(),
+            duration_seconds: None,
+            exclusions: Vec::new(),
+            allowed_processes: Vec::new(),
+            allow_dns: false,
+            allow_dhcp: false,
+            awaiting_answer_since: record.command_issued_at_ms.map(rfc3339),
+            resends: record.resends,
+        };
+        if let cordon_wire::Action::Isolate { duration_seconds, exclusions, allowed_processes, allow_dns, allow_dhcp, .. } =
+            action
+        {
+            view.action = "isolate".to_owned();
+            view.duration_seconds = *duration_seconds;
+            view.exclusions.clone_from(exclusions);
+            view.allowed_processes.clone_from(allowed_processes);
+            view.allow_dns = *allow_dns;
+            view.allow_dhcp = *allow_dhcp;
+        }
+        view
     }
 }
 
@@ -367,4 +434,79 @@ impl AgentKeyView {
             }),
         })
     }
+}
+
+/// `POST /v1/policy/versions`: the whole isolation policy, in force from now as a new version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPolicyRequest {
+    pub profiles: Vec<Profile>,
+    /// Why (required): every version keeps its author, reason and time.
+    pub reason: String,
+    /// The version this change was made from: refused (409) if another change came first.
+    #[serde(default)]
+    pub expected_version: Option<u64>,
+}
+
+/// `POST /v1/policy/revert`: the policy of an earlier version, in force from now as a new one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevertPolicyRequest {
+    pub version: u64,
+    pub reason: String,
+    #[serde(default)]
+    pub expected_version: Option<u64>,
+}
+
+/// A reason a policy change must give: not blank, at most [`MAX_REASON_BYTES`].
+pub fn check_policy_reason(reason: &str) -> Result<(), String> {
+    if reason.trim().is_empty() {
+        return Err("a reason is required: every version of the policy keeps why it was made".to_owned());
+    }
+    check_reason(Some(reason))
+}
+
+/// One version of the isolation policy: `GET /v1/policy` (the one in force) and
+/// `GET /v1/policy/versions/{version}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyView {
+    pub version: u64,
+    pub at: String,
+    pub author: String,
+    pub reason: String,
+    pub reverted_from: Option<u64>,
+    pub profiles: Vec<Profile>,
+}
+
+impl PolicyView {
+    pub fn new(version: &PolicyVersion) -> PolicyView {
+        PolicyView {
+            version: version.version,
+            at: rfc3339(version.at_ms),
+            author: version.author.clone(),
+            reason: version.reason.clone(),
+            reverted_from: version.reverted_from,
+            profiles: version.policy.profiles.clone(),
+        }
+    }
+}
+
+/// `GET /v1/policy/history`: each version, oldest first, with what it changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyHistoryEntry {
+    pub version: u64,
+    pub at: String,
+    pub author: String,
+    pub reason: String,
+    pub reverted_from: Option<u64>,
+    /// What changed from the version before (everything, for the first).
+    pub changes: Vec<Change>,
+}
+
+/// `GET /v1/policy/diff?from=A&to=B` (`to`: the version in force when absent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyDiff {
+    pub from: u64,
+    pub to: u64,
+    pub changes: Vec<Change>,
 }

@@ -55,12 +55,17 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
-    /// Isolate a host now: timed (--for) or until released (--manual).
+    /// Isolate a host now: timed (--for, or --automatic for its profile's duration) or until
+    /// released (--manual). Its isolation profile's exclusions apply too (`cordon policy show`).
+    #[command(group(clap::ArgGroup::new("length").required(true).args(["duration", "automatic", "manual"])))]
     Isolate {
         host: String,
         /// How long, e.g. 90s, 15m, 4h, 7d; lifted automatically at the end.
-        #[arg(long = "for", value_name = "DUR", value_parser = client::parse_for, required_unless_present = "manual", conflicts_with = "manual")]
+        #[arg(long = "for", value_name = "DUR", value_parser = client::parse_for)]
         duration: Option<u64>,
+        /// Timed, for as long as the host's isolation profile says (`automatic_duration`).
+        #[arg(long)]
+        automatic: bool,
         /// Until an operator releases it.
         #[arg(long)]
         manual: bool,
@@ -135,6 +140,10 @@ pub enum Command {
     /// Agent keys: which key may sign each host's status reports (reports signed otherwise are refused).
     #[command(subcommand)]
     Agents(AgentsCommand),
+    /// The central isolation policy: profiles (automatic duration, exclusions, excluded
+    /// processes, DNS and DHCP) chosen by host tag; every change is a version.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Add or remove a host's operator tags (tags feed the rules' protected assets).
     Tag {
         host: String,
@@ -209,6 +218,63 @@ pub enum AgentsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// The policy in force (or --version N) as the TOML file `policy set` reads.
+    Show {
+        #[arg(long, value_name = "N")]
+        version: Option<u64>,
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put FILE's policy in force as a new version (admin); isolations in force take their new
+    /// profile live, deadlines kept.
+    Set {
+        /// A TOML file with a `[[profiles]]` table per profile (`policy show` prints one), or `-`.
+        file: PathBuf,
+        /// Why (required): every version keeps it.
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+        /// Refuse if the policy in force is no longer version N (someone changed it meanwhile).
+        #[arg(long, value_name = "N")]
+        expected_version: Option<u64>,
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every version with its author, reason, time and what it changed.
+    History {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What changed from version FROM to version TO (default: the one in force).
+    Diff {
+        from: u64,
+        to: Option<u64>,
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put version N's policy in force again, as a new version (admin).
+    Revert {
+        version: u64,
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+        #[arg(long, value_name = "N")]
+        expected_version: Option<u64>,
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum RulesCommand {
     /// Validate every rule file and policy.yaml in DIR; report every problem as `FILE:LINE:COLUMN`.
     Check {
@@ -246,6 +312,22 @@ fn agents(command: AgentsCommand, out: &mut impl Write) -> anyhow::Result<()> {
     client::agents(&connection, request, json, out)
 }
 
+/// `cordon policy ...`.
+fn policy(command: PolicyCommand, out: &mut impl Write) -> anyhow::Result<()> {
+    let (connection, json, request) = match command {
+        PolicyCommand::Show { version, connection, json } => (connection, json, client::PolicyRequest::Show { version }),
+        PolicyCommand::Set { file, reason, expected_version, connection, json } => {
+            (connection, json, client::PolicyRequest::Set { file, reason, expected_version })
+        }
+        PolicyCommand::History { connection, json } => (connection, json, client::PolicyRequest::History),
+        PolicyCommand::Diff { from, to, connection, json } => (connection, json, client::PolicyRequest::Diff { from, to }),
+        PolicyCommand::Revert { version, reason, expected_version, connection, json } => {
+            (connection, json, client::PolicyRequest::Revert { version, reason, expected_version })
+        }
+    };
+    client::policy(&connection, request, json, out)
+}
+
 /// Runs a parsed command line. Ok(false) means the command ran and found problems (exit 1).
 pub fn run(cli: Cli) -> anyhow::Result<bool> {
     let stdout = std::io::stdout();
@@ -268,6 +350,7 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Isolate {
             host,
             duration,
+            automatic,
             manual: _,
             reason,
             allow,
@@ -278,7 +361,7 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
             json,
         } => {
             let request = crate::api::IsolateRequest {
-                mode: if duration.is_some() { "automatic" } else { "manual" }.into(),
+                mode: if duration.is_some() || automatic { "automatic" } else { "manual" }.into(),
                 duration_seconds: duration,
                 exclusions: allow,
                 allowed_processes: allow_process,
@@ -316,6 +399,10 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Agents(command) => {
             agents(command, &mut out)?;
+            true
+        }
+        Command::Policy(command) => {
+            policy(command, &mut out)?;
             true
         }
         Command::Topics { config, partitions, replication } => {

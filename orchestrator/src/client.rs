@@ -1,5 +1,5 @@
 //! The operator commands of `cordon` (`isolate`, `release`, `approve`, `deny`, `hosts`, `host`,
-//! `tag`): clients of the API that `cordon serve` offers, printing for a person or, with
+//! `tag`, `agents`, `policy`): clients of the API that `cordon serve` offers, printing for a person or, with
 //! `--json`, for a program.
 
 use std::io::Write;
@@ -11,9 +11,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::{
-    AgentKeyView, EnrollRequest, ErrorBody, HostView, IsolateRequest, ReasonRequest, TagsRequest,
-    OPERATOR_HEADER, PREFIX,
+    AgentKeyView, EnrollRequest, ErrorBody, HostView, IsolateRequest, PolicyDiff, PolicyHistoryEntry, PolicyView,
+    ReasonRequest, RevertPolicyRequest, SetPolicyRequest, TagsRequest, OPERATOR_HEADER, PREFIX,
 };
+use crate::service::profiles::{format_seconds, IsolationPolicy};
 
 /// Where the API is and how to authenticate to it.
 #[derive(Debug, clap::Args)]
@@ -291,6 +292,19 @@ fn print_host(host: &HostView, out: &mut impl Write) -> Result<()> {
     if !agent.exclusions.is_empty() {
         writeln!(out, "Exclusions:  {}", agent.exclusions.join("; "))?;
     }
+    if let Some(profile) = &host.profile {
+        writeln!(out, "Profile:     {} (policy version {})", profile.name, profile.version)?;
+    }
+    if let Some(command) = &host.command {
+        let answered = command.awaiting_answer_since.as_deref().map_or_else(
+            || "answered".to_owned(),
+            |since| format!("NOT answered yet (sent {since}, {} resend(s))", command.resends),
+        );
+        writeln!(out, "Command:     {} (generation {}), {answered}", command.action, command.generation)?;
+        if command.action == "isolate" && !command.exclusions.is_empty() {
+            writeln!(out, "Sent open:   {}", command.exclusions.join("; "))?;
+        }
+    }
     if let Some(error) = &host.last_error {
         writeln!(out, "Last error:  {error}")?;
     }
@@ -363,6 +377,104 @@ pub fn agents(
     } else {
         writeln!(out, "{}: agent key {} {verb}.", view.host, view.key.as_deref().unwrap_or("-"))?;
     }
+    Ok(())
+}
+
+/// One `cordon policy` command.
+#[derive(Debug)]
+pub enum PolicyRequest {
+    Show { version: Option<u64> },
+    Set { file: PathBuf, reason: String, expected_version: Option<u64> },
+    History,
+    Diff { from: u64, to: Option<u64> },
+    Revert { version: u64, reason: String, expected_version: Option<u64> },
+}
+
+/// The policy file `cordon policy set` reads and `cordon policy show` prints: TOML, one
+/// `[[profiles]]` table per profile, the same fields as the API's JSON.
+pub fn read_policy_file(path: &std::path::Path) -> Result<IsolationPolicy> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("cannot read the policy from standard input")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the policy file {}", path.display()))?
+    };
+    toml::from_str(&text).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))
+}
+
+/// Runs one `cordon policy` command against the API and prints the outcome.
+pub fn policy(connection: &Connection, request: PolicyRequest, json: bool, out: &mut impl Write) -> Result<()> {
+    let client = Client::new(connection)?;
+    let view: PolicyView = match request {
+        PolicyRequest::Show { version } => match version {
+            Some(version) => client.get(&format!("/policy/versions/{version}"))?,
+            None => client.get("/policy")?,
+        },
+        PolicyRequest::Set { file, reason, expected_version } => {
+            let policy = read_policy_file(&file)?;
+            client.post("/policy/versions", &SetPolicyRequest { profiles: policy.profiles, reason, expected_version })?
+        }
+        PolicyRequest::Revert { version, reason, expected_version } => {
+            client.post("/policy/revert", &RevertPolicyRequest { version, reason, expected_version })?
+        }
+        PolicyRequest::History => {
+            let history: Vec<PolicyHistoryEntry> = client.get("/policy/history")?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&history)?)?;
+                return Ok(());
+            }
+            for entry in &history {
+                let reverted = entry.reverted_from.map(|v| format!(" (reverts to version {v})")).unwrap_or_default();
+                writeln!(out, "version {}  {}  by {}{reverted}: {}", entry.version, entry.at, entry.author, entry.reason)?;
+                for change in &entry.changes {
+                    writeln!(out, "    {change}")?;
+                }
+            }
+            return Ok(());
+        }
+        PolicyRequest::Diff { from, to } => {
+            let path = match to {
+                Some(to) => format!("/policy/diff?from={from}&to={to}"),
+                None => format!("/policy/diff?from={from}"),
+            };
+            let diff: PolicyDiff = client.get(&path)?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&diff)?)?;
+            } else if diff.changes.is_empty() {
+                writeln!(out, "Versions {} and {} hold the same policy.", diff.from, diff.to)?;
+            } else {
+                writeln!(out, "From version {} to version {}:", diff.from, diff.to)?;
+                for change in &diff.changes {
+                    writeln!(out, "{change}")?;
+                }
+            }
+            return Ok(());
+        }
+    };
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?;
+    } else {
+        print_policy(&view, out)?;
+    }
+    Ok(())
+}
+
+/// The policy as a TOML file that `cordon policy set` reads back, under a header of comments.
+fn print_policy(view: &PolicyView, out: &mut impl Write) -> Result<()> {
+    writeln!(out, "# Isolation policy version {}, {} by {}: {}", view.version, view.at, view.author, view.reason)?;
+    if let Some(from) = view.reverted_from {
+        writeln!(out, "# (restores version {from})")?;
+    }
+    writeln!(
+        out,
+        "# Edit and apply: cordon policy set FILE --reason TEXT --expected-version {}",
+        view.version
+    )?;
+    for profile in &view.profiles {
+        writeln!(out, "# {}: automatic isolations last {}", profile.name, format_seconds(profile.automatic_duration_seconds))?;
+    }
+    writeln!(out)?;
+    let policy = IsolationPolicy { profiles: view.profiles.clone() };
+    write!(out, "{}", toml::to_string(&policy).context("cannot write the policy as TOML")?)?;
     Ok(())
 }
 

@@ -46,7 +46,7 @@ struct Served {
     base: String,
     dir: PathBuf,
     _runtime: tokio::runtime::Runtime,
-    _requests: tokio::sync::mpsc::Receiver<orchestrator::service::api::OperatorRequest>,
+    _requests: tokio::sync::mpsc::Receiver<orchestrator::service::api::ApiRequest>,
 }
 
 impl Drop for Served {
@@ -190,6 +190,14 @@ fn answers_match_the_documented_schemas() {
 
     // A host through its whole life: every shape of the view validates, audit trail included.
     let t0 = 1_700_000_000_000;
+    let seed = orchestrator::service::profiles::PolicyVersion {
+        version: 1,
+        at_ms: t0,
+        author: "cordon".into(),
+        reason: "seed".into(),
+        reverted_from: None,
+        policy: orchestrator::service::profiles::IsolationPolicy::seed(),
+    };
     let mut record = HostRecord::new("plc-07", t0);
     let mut audit = Vec::new();
     let check = |record: &HostRecord, audit: &[lifecycle::AuditEntry]| {
@@ -206,7 +214,7 @@ fn answers_match_the_documented_schemas() {
         why: "test".into(),
     });
     check(&record, &audit);
-    let effects = lifecycle::approve(&mut record, "operator alice (127.0.0.1:1)", t0 + 5).expect("approve");
+    let effects = lifecycle::approve(&mut record, seed.profile_in_force(&[]), "operator alice (127.0.0.1:1)", t0 + 5).expect("approve");
     audit.extend(effects.audit);
     check(&record, &audit);
     let status = cordon_wire::Status {
@@ -269,6 +277,58 @@ fn requests_the_client_sends_match_the_documented_schemas() {
     let validator = validator("IsolateRequest");
     assert!(!validator.is_valid(&serde_json::json!({"mode": "forever"})));
     assert!(!validator.is_valid(&serde_json::json!({"mode": "manual", "colour": "red"})));
+}
+
+#[test]
+fn the_isolation_policy_matches_the_documented_schemas() {
+    use orchestrator::api::{PolicyDiff, PolicyHistoryEntry, PolicyView, RevertPolicyRequest, SetPolicyRequest};
+    use orchestrator::service::profiles::{IsolationPolicy, PolicyVersion, Profile};
+    let served = serve("policy");
+    let (status, body) = call("get", &format!("{}/v1/policy", served.base), Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    let seed: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_valid("Policy", &seed);
+    assert_eq!(seed["version"], 1, "a new store holds the seed: {seed}");
+    assert_eq!(seed["profiles"][0]["automatic_duration_seconds"], 18_000, "{seed}");
+    for (path, schema) in [("/v1/policy/history", None), ("/v1/policy/versions/1", Some("Policy")), ("/v1/policy/diff?from=1", Some("PolicyDiff"))] {
+        let (status, body) = call("get", &format!("{}{path}", served.base), Some(TOKEN));
+        assert_eq!(status, 200, "{path}: {body}");
+        let value: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        match schema {
+            Some(schema) => assert_valid(schema, &value),
+            None => value.as_array().expect("an array").iter().for_each(|entry| assert_valid("PolicyHistoryEntry", entry)),
+        }
+    }
+    for (path, wanted) in [("/v1/policy/versions/7", 404), ("/v1/policy/versions/x", 400), ("/v1/policy/diff?from=1&to=9", 404)] {
+        let (status, body) = call("get", &format!("{}{path}", served.base), Some(TOKEN));
+        assert_eq!(status, wanted, "{path}: {body}");
+        assert_valid("Error", &serde_json::from_str(&body).expect("JSON"));
+    }
+
+    let mut plc = IsolationPolicy::seed().profiles.remove(0);
+    plc.name = "plc".into();
+    plc.tags = vec!["plc".into()];
+    plc.priority = 10;
+    plc.exclusions = vec!["out,tcp,192.0.2.10/32,502".into()];
+    plc.allowed_processes = vec!["historian".into()];
+    plc.allow_dns = true;
+    let policy = IsolationPolicy { profiles: vec![IsolationPolicy::seed().profiles.remove(0), plc.clone()] };
+    let set = SetPolicyRequest { profiles: policy.profiles.clone(), reason: "plant".into(), expected_version: Some(1) };
+    assert_valid("SetPolicyRequest", &serde_json::to_value(&set).unwrap());
+    let revert = RevertPolicyRequest { version: 1, reason: "undo".into(), expected_version: None };
+    assert_valid("RevertPolicyRequest", &serde_json::to_value(&revert).unwrap());
+    let version = PolicyVersion { version: 2, at_ms: 1_700_000_000_000, author: "operator a".into(), reason: "plant".into(), reverted_from: Some(1), policy: policy.clone() };
+    assert_valid("Policy", &serde_json::to_value(PolicyView::new(&version)).unwrap());
+    let changes = IsolationPolicy::seed().diff(&policy);
+    assert!(!changes.is_empty());
+    assert_valid("PolicyDiff", &serde_json::to_value(PolicyDiff { from: 1, to: 2, changes: changes.clone() }).unwrap());
+    let entry = PolicyHistoryEntry { version: 2, at: "2026-12-07T00:00:00Z".into(), author: "a".into(), reason: "b".into(), reverted_from: None, changes };
+    assert_valid("PolicyHistoryEntry", &serde_json::to_value(entry).unwrap());
+    // The schema refuses what the server refuses.
+    let validator = validator("SetPolicyRequest");
+    assert!(!validator.is_valid(&serde_json::json!({"profiles": [], "reason": ""})));
+    assert!(!validator.is_valid(&serde_json::json!({"profiles": [{"name": "x y", "automatic_duration_seconds": 1}], "reason": "r"})));
+    let _: Profile = plc;
 }
 
 #[test]

@@ -1801,6 +1801,12 @@ fn each_api_role_can_do_exactly_its_calls_and_the_token_names_the_operator() {
     assert!(as_role("responder", &isolate).status.success());
     refused(&as_role("responder", &enroll), "admin");
     assert!(as_role("admin", &enroll).status.success());
+    let policy = harness.dir.join("policy.toml");
+    std::fs::write(&policy, as_role("viewer", &["policy", "show"]).stdout).expect("write the policy");
+    let policy = policy.to_string_lossy();
+    refused(&as_role("responder", &["policy", "set", &*policy, "--reason", "r"]), "admin");
+    refused(&as_role("responder", &["policy", "revert", "1", "--reason", "r"]), "admin");
+    assert!(as_role("admin", &["policy", "set", &*policy, "--reason", "same again"]).status.success());
     assert!(as_role("admin", &["release", "role-01", "--reason", "done"]).status.success());
     let shown = as_role("viewer", &["host", "role-01", "--json"]);
     let host: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("host --json is JSON");
@@ -2228,4 +2234,159 @@ fn a_service_killed_twenty_times_at_random_moments_takes_its_partitions_back() {
     let consuming = wait_for_line_within(&lines, CONSUMING, Duration::from_secs(40));
     println!("the start after twenty kills consumed after {:?}", started.elapsed());
     assert!(consuming.is_some(), "the start after twenty kills took no partition within 40 s: the group is lost");
+}
+
+/// The isolate command `command` carries: (duration, exclusions).
+fn isolation_of(command: &cordon_wire::Command) -> (Option<u64>, Vec<String>) {
+    match &command.action {
+        cordon_wire::Action::Isolate { duration_seconds, exclusions, .. } => (*duration_seconds, exclusions.clone()),
+        cordon_wire::Action::Release { .. } => panic!("expected an isolate command, got {:?}", command.action),
+    }
+}
+
+/// The isolation policy through the command line: the seed's 5 h for an automatic isolation
+/// without a duration; a broken policy refused with every problem and nothing changed; a new
+/// version reaching an isolated host live (same deadline, the profile's exclusions), used by the
+/// next isolation; a stale edit refused; a tag an agent reports choosing nothing and an
+/// operator's choosing its profile; history, diff and revert.
+#[test]
+fn the_isolation_policy_is_versioned_checked_and_reaches_isolated_hosts_live() {
+    let mut harness = Harness::start("policy");
+    let lines = harness.serve();
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+
+    let seed: serde_json::Value = serde_json::from_str(&harness.cordon_ok(&["policy", "show", "--json"])).unwrap();
+    assert_eq!((seed["version"].as_u64(), seed["author"].as_str()), (Some(1), Some("cordon")), "{seed}");
+    assert!(seed["reason"].as_str().unwrap().contains("5h"), "the seed says where its 5 h come from: {seed}");
+    harness.cordon_ok(&["isolate", "web-01", "--automatic", "--reason", "IR-1"]);
+    let first = next_command(&commands, &key, Duration::from_secs(10));
+    assert_eq!(isolation_of(&first), (Some(18_000), Vec::new()), "the seed's 5 h, nothing open");
+    harness.report(&first, true);
+    wait_for_line(&lines, "web-01: isolating -> isolated by agent");
+    let deadline = harness.host_json("web-01")["expires_at"].clone();
+
+    // Broken: every problem at once, exit 2, nothing changed, nothing sent.
+    let broken = harness.dir.join("broken.toml");
+    std::fs::write(
+        &broken,
+        "[[profiles]]\nname = \"default\"\ntags = [\"web\"]\nautomatic_duration_seconds = 0\n\
+         [[profiles]]\nname = \"plc\"\ntags = [\"plc\"]\npriority = 5\nautomatic_duration_seconds = 60\n\
+         exclusions = [\"out,tcp,192.0.2.300/32,502\"]\n\
+         [[profiles]]\nname = \"ics\"\ntags = [\"ics\"]\npriority = 5\nautomatic_duration_seconds = 60\n",
+    )
+    .unwrap();
+    let output = harness.cordon(&["policy", "set", &broken.to_string_lossy(), "--reason", "broken"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for problem in [
+        "4 problem(s)",
+        "profile default: the default profile selects no hosts by tag",
+        "profile default: automatic_duration_seconds must be at least 1",
+        "profile plc: exclusion \"out,tcp,192.0.2.300/32,502\"",
+        "profile ics: priority 5 is also profile plc's",
+    ] {
+        assert!(stderr.contains(problem), "{problem:?} not in: {stderr}");
+    }
+    let output = harness.cordon(&["policy", "set", &harness.dir.join("none.toml").to_string_lossy(), "--reason", "x"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read the policy file"), "{output:?}");
+    let output = harness.cordon(&["policy", "revert", "1", "--reason", " "]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("a reason is required"), "{output:?}");
+    assert!(harness.cordon_ok(&["policy", "show"]).contains("# Isolation policy version 1,"));
+    no_message(&commands, Duration::from_millis(500));
+
+    // Version 2: every host keeps the historian open, automatic isolations last 10 minutes;
+    // hosts an operator tagged plc keep their PLC's port instead, for 30 minutes.
+    let plant = harness.dir.join("plant.toml");
+    std::fs::write(
+        &plant,
+        "[[profiles]]\nname = \"default\"\nautomatic_duration_seconds = 600\nexclusions = [\"out,tcp,192.0.2.10/32,443\"]\n\
+         [[profiles]]\nname = \"plc\"\ntags = [\"plc\"]\npriority = 10\nautomatic_duration_seconds = 1800\n\
+         exclusions = [\"out,tcp,192.0.2.20/32,502\"]\n",
+    )
+    .unwrap();
+    let plant = plant.to_string_lossy();
+    let said = harness.cordon_ok(&["policy", "set", &plant, "--reason", "plant historian", "--expected-version", "1"]);
+    assert!(said.starts_with("# Isolation policy version 2,") && said.contains("plant historian"), "{said}");
+    let live = next_command(&commands, &key, Duration::from_secs(10));
+    assert_eq!((live.host_id.as_str(), live.generation), ("web-01", 2));
+    let (left, open) = isolation_of(&live);
+    assert!(left.is_some_and(|s| (17_900..=18_000).contains(&s)), "what is left of the 5 h: {left:?}");
+    assert_eq!(open, vec!["out,tcp,192.0.2.10/32,443"]);
+    let host = harness.host_json("web-01");
+    assert_eq!(host["expires_at"], deadline, "the deadline is kept: {host}");
+    assert_eq!((host["profile"]["name"].as_str(), host["profile"]["version"].as_u64()), (Some("default"), Some(2)));
+    let why = host["audit"].as_array().unwrap().last().unwrap()["why"].as_str().unwrap().to_owned();
+    assert!(why.contains("applied live, deadline kept: +exclusion out,tcp,192.0.2.10/32,443"), "{why}");
+    harness.report(&live, true);
+
+    // An edit made from version 1 is refused now; the next automatic isolation takes 10 minutes.
+    let output = harness.cordon(&["policy", "set", &plant, "--reason", "again", "--expected-version", "1"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("version 2, not 1"), "{output:?}");
+    harness.cordon_ok(&["isolate", "web-02", "--automatic"]);
+    let second = next_command(&commands, &key, Duration::from_secs(10));
+    assert_eq!(second.host_id, "web-02");
+    assert_eq!(isolation_of(&second), (Some(600), vec!["out,tcp,192.0.2.10/32,443".to_owned()]));
+    harness.report(&second, true);
+
+    // An agent that reports the tag plc chooses nothing; an operator's tag does, live.
+    let mut claim = heartbeat("web-01", 2, true);
+    claim["tags"] = serde_json::json!(["ISOLATED FROM NETWORK", "plc"]);
+    claim["mode"] = "automatic".into();
+    harness.publish_status(claim);
+    no_message(&commands, Duration::from_secs(2));
+    assert_eq!(harness.host_json("web-01")["profile"]["name"], "default");
+    harness.cordon_ok(&["tag", "web-01", "--add", "plc"]);
+    let retagged = next_command(&commands, &key, Duration::from_secs(10));
+    assert_eq!((retagged.host_id.as_str(), retagged.generation), ("web-01", 3));
+    assert_eq!(isolation_of(&retagged).1, vec!["out,tcp,192.0.2.20/32,502"]);
+    harness.report(&retagged, true);
+
+    let history: serde_json::Value =
+        serde_json::from_str(&harness.cordon_ok(&["policy", "history", "--json"])).unwrap();
+    assert_eq!(history.as_array().map(Vec::len), Some(2), "{history}");
+    assert!(history[1]["author"].as_str().unwrap().starts_with("operator alice ("), "{history}");
+    let diff = harness.cordon_ok(&["policy", "diff", "1", "2"]);
+    for line in ["~ profile default: automatic_duration 5h -> 10m", "+ profile default: exclusions out,tcp,192.0.2.10/32,443", "+ profile plc"] {
+        assert!(diff.contains(line), "{line:?} not in: {diff}");
+    }
+
+    // Back to version 1's policy, as version 3: both isolated hosts lose what it opened.
+    let reverted: serde_json::Value =
+        serde_json::from_str(&harness.cordon_ok(&["policy", "revert", "1", "--reason", "plant closed", "--json"])).unwrap();
+    assert_eq!((reverted["version"].as_u64(), reverted["reverted_from"].as_u64()), (Some(3), Some(1)), "{reverted}");
+    let mut hosts: Vec<(String, Vec<String>)> = (0..2)
+        .map(|_| next_command(&commands, &key, Duration::from_secs(10)))
+        .map(|command| (command.host_id.clone(), isolation_of(&command).1))
+        .collect();
+    hosts.sort();
+    assert_eq!(hosts, vec![("web-01".to_owned(), Vec::new()), ("web-02".to_owned(), Vec::new())]);
+}
+
+/// A rules directory without rule files: the service starts, says that only operators will
+/// isolate, decides nothing on a detection, and carries out an operator's isolation.
+#[test]
+fn an_empty_rules_directory_serves_operators_only_and_says_so() {
+    let mut harness = Harness::start("no-rules");
+    for file in ["ransomware.yaml", "suspicious.yaml"] {
+        std::fs::remove_file(harness.dir.join("rules").join(file)).unwrap();
+    }
+    let _lines = harness.serve();
+    // A warning: on standard error, in no set order with standard output's lines.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let said = loop {
+        if let Some(line) = harness.log_lines("no rules in force").pop() {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "cordon serve never said that no rules are in force");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(said.contains("only operators' isolations (API, CLI, console) will happen"), "{said}");
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+    harness.produce("edr.detections", "web-01", &detection("web-01", "ev-1", 9));
+    no_message(&commands, Duration::from_secs(2));
+    harness.cordon_ok(&["isolate", "web-01", "--for", "1h", "--reason", "by hand"]);
+    assert_eq!(next_command(&commands, &key, Duration::from_secs(10)).host_id, "web-01");
 }

@@ -106,6 +106,12 @@ impl Ruleset {
         self.rules.iter().map(|rule| rule.id.as_str())
     }
 
+    /// Each enabled rule's id and what its isolation leaves open (central exclusions are checked
+    /// against them: a host's profile and a rule's `allow:` are enforced together).
+    pub fn exclusions_by_rule(&self) -> impl Iterator<Item = (&str, &crate::Exclusions)> {
+        self.rules.iter().map(|rule| (rule.id.as_str(), &rule.response.exclusions))
+    }
+
     /// How many rules are indexed by a literal field value (the rest are checked on every event).
     #[must_use]
     pub fn indexed_rule_count(&self) -> usize {

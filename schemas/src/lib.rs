@@ -13,6 +13,7 @@
 
 pub mod kafka;
 pub mod lease;
+pub mod rule_table;
 pub mod secret;
 pub mod spec;
 

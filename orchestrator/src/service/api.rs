@@ -19,17 +19,46 @@ use tokio::sync::{mpsc, oneshot};
 use super::access::{FailedAttempts, Role, Tokens};
 use super::agents::{AgentRecord, AgentState};
 use super::lifecycle::AuditEntry;
-use super::lifecycle::{HostRecord, IsolationPlan, Refused};
+use super::lifecycle::{HostRecord, Refused};
 use super::now_ms;
 use super::observe::Metrics;
 use super::lease::Fence;
+use super::profiles::{IsolationPolicy, PolicyVersion};
 use super::store::{ApiCall, Store};
 use crate::api::{
-    check_host_id, AgentKeyView, EnrollRequest, ErrorBody, HostView, IsolateRequest, ReasonRequest,
+    check_host_id, check_policy_reason, AgentKeyView, CheckedIsolation, EnrollRequest, ErrorBody, HostView,
+    IsolateRequest, PolicyDiff, PolicyHistoryEntry, PolicyView, ReasonRequest, RevertPolicyRequest, SetPolicyRequest,
     TagsRequest, OPERATOR_HEADER,
 };
 
-/// A change an operator asked for, for the service loop to carry out.
+/// What the API hands the service loop: every change goes through it.
+#[derive(Debug)]
+pub enum ApiRequest {
+    Host(OperatorRequest),
+    Policy(PolicyChangeRequest),
+}
+
+/// A change of the isolation policy, for the service loop to validate (against the rules in
+/// force too), store as a new version and apply to the hosts it changes.
+#[derive(Debug)]
+pub struct PolicyChangeRequest {
+    pub change: PolicyChange,
+    /// `operator NAME (ADDRESS)`.
+    pub author: String,
+    pub reason: String,
+    /// Refused unless this is the version in force (a change made from an older one).
+    pub expected_version: Option<u64>,
+    pub reply: oneshot::Sender<Result<PolicyVersion, NotDone>>,
+}
+
+#[derive(Debug)]
+pub enum PolicyChange {
+    Set(IsolationPolicy),
+    /// The policy of this earlier version.
+    Revert(u64),
+}
+
+/// A change an operator asked for on one host, for the service loop to carry out.
 #[derive(Debug)]
 pub struct OperatorRequest {
     pub host: String,
@@ -51,11 +80,17 @@ pub enum NotDone {
     /// A later start of this `instance_id` took over: this service no longer acts.
     #[error("this cordon serve no longer acts ({0}); nothing was changed: ask the active one")]
     Fenced(String),
+    /// The request is not valid: every problem.
+    #[error("{} problem(s); nothing was changed", .0.len())]
+    Invalid(Vec<String>),
+    /// What the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 #[derive(Debug)]
 pub enum Operation {
-    Isolate { plan: IsolationPlan, reason: String },
+    Isolate { isolation: CheckedIsolation, reason: String },
     Release { reason: String },
     Approve,
     Deny { reason: String },
@@ -67,7 +102,7 @@ struct ApiState {
     store: Store,
     tokens: Arc<Tokens>,
     failed: Arc<std::sync::Mutex<FailedAttempts>>,
-    requests: mpsc::Sender<OperatorRequest>,
+    requests: mpsc::Sender<ApiRequest>,
     metrics: Arc<Metrics>,
     fence: Fence,
 }
@@ -82,7 +117,7 @@ struct Caller(String, Role);
 pub fn router(
     store: Store,
     tokens: Tokens,
-    requests: mpsc::Sender<OperatorRequest>,
+    requests: mpsc::Sender<ApiRequest>,
     metrics: Arc<Metrics>,
     fence: Fence,
 ) -> Router {
@@ -97,7 +132,11 @@ pub fn router(
     let reads = Router::new()
         .route("/hosts", get(list_hosts))
         .route("/hosts/{host}", get(show_host))
-        .route("/agents", get(list_agents));
+        .route("/agents", get(list_agents))
+        .route("/policy", get(show_policy))
+        .route("/policy/history", get(policy_history))
+        .route("/policy/versions/{version}", get(show_policy_version))
+        .route("/policy/diff", get(diff_policy));
     let responses = Router::new()
         .route("/hosts/{host}/isolate", post(isolate))
         .route("/hosts/{host}/release", post(release))
@@ -111,6 +150,8 @@ pub fn router(
         .route("/agents/{host}/enroll", post(enroll_agent))
         .route("/agents/{host}/accept", post(accept_agent))
         .route("/agents/{host}/revoke", post(revoke_agent))
+        .route("/policy/versions", post(set_policy))
+        .route("/policy/revert", post(revert_policy))
         .route_layer(axum::middleware::from_fn(|request: Request, next: Next| require(Role::Admin, request, next)));
     let v1 = reads
         .merge(responses)
@@ -354,13 +395,29 @@ async fn change(
     check_host_id(&host).map_err(|problem| ApiError::new(StatusCode::BAD_REQUEST, problem))?;
     let (reply, answer) = oneshot::channel();
     let request = OperatorRequest { host, operation, operator: caller.0, reply };
+    let record = ask(state, ApiRequest::Host(request), answer).await?;
+    Ok(Json(HostView::new(&record, None)))
+}
+
+/// Hands a request to the service loop and waits for its answer; what was not done is an error
+/// answer saying why.
+async fn ask<T>(
+    state: &ApiState,
+    request: ApiRequest,
+    answer: oneshot::Receiver<Result<T, NotDone>>,
+) -> Result<T, ApiError> {
     state
         .requests
         .send(request)
         .await
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the service is shutting down"))?;
     match answer.await {
-        Ok(Ok(record)) => Ok(Json(HostView::new(&record, None))),
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(NotDone::Invalid(problems))) => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            ErrorBody { error: format!("the request has {} problem(s); nothing was changed", problems.len()), problems },
+        )),
+        Ok(Err(missing @ NotDone::NotFound(_))) => Err(ApiError::new(StatusCode::NOT_FOUND, missing.to_string())),
         Ok(Err(refused @ NotDone::Refused(_))) => Err(ApiError::new(StatusCode::CONFLICT, refused.to_string())),
         Ok(Err(fault @ (NotDone::StoreFault(_) | NotDone::Fenced(_)))) => {
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, fault.to_string()))
@@ -383,14 +440,14 @@ async fn isolate(
     body: Result<Json<IsolateRequest>, JsonRejection>,
 ) -> Result<Json<HostView>, ApiError> {
     let Json(body) = body?;
-    let plan = body.plan().map_err(|problems| {
+    let isolation = body.plan().map_err(|problems| {
         ApiError(
             StatusCode::BAD_REQUEST,
             ErrorBody { error: format!("the isolation request has {} problem(s)", problems.len()), problems },
         )
     })?;
     let reason = reason_or(body.reason, "isolated by an operator");
-    change(&state, caller, host, Operation::Isolate { plan, reason }).await
+    change(&state, caller, host, Operation::Isolate { isolation, reason }).await
 }
 
 async fn release(
@@ -570,3 +627,106 @@ async fn revoke_agent(
 }
 
 
+
+async fn show_policy(State(state): State<ApiState>) -> Json<PolicyView> {
+    Json(PolicyView::new(&state.store.policy()))
+}
+
+async fn show_policy_version(
+    State(state): State<ApiState>,
+    Path(version): Path<String>,
+) -> Result<Json<PolicyView>, ApiError> {
+    let number = version_number(&version)?;
+    Ok(Json(PolicyView::new(&stored_version(&state, number)?)))
+}
+
+/// A version number from a path or query, or 400.
+fn version_number(text: &str) -> Result<u64, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("{text:?} is not a policy version (a number from 1)"))
+    })
+}
+
+/// The stored version `number`, or 404.
+fn stored_version(state: &ApiState, number: u64) -> Result<PolicyVersion, ApiError> {
+    state.store.policy_version(number)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("there is no policy version {number}; the one in force is {}", state.store.policy().version),
+        )
+    })
+}
+
+async fn policy_history(State(state): State<ApiState>) -> Result<Json<Vec<PolicyHistoryEntry>>, ApiError> {
+    let versions = state.store.policy_versions()?;
+    let empty = IsolationPolicy { profiles: Vec::new() };
+    let mut before = &empty;
+    let mut history = Vec::with_capacity(versions.len());
+    for version in &versions {
+        history.push(PolicyHistoryEntry {
+            version: version.version,
+            at: crate::api::rfc3339(version.at_ms),
+            author: version.author.clone(),
+            reason: version.reason.clone(),
+            reverted_from: version.reverted_from,
+            changes: before.diff(&version.policy),
+        });
+        before = &version.policy;
+    }
+    Ok(Json(history))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiffQuery {
+    from: String,
+    to: Option<String>,
+}
+
+async fn diff_policy(
+    State(state): State<ApiState>,
+    query: Result<Query<DiffQuery>, QueryRejection>,
+) -> Result<Json<PolicyDiff>, ApiError> {
+    let Query(query) = query?;
+    let from = stored_version(&state, version_number(&query.from)?)?;
+    let to = match &query.to {
+        Some(to) => stored_version(&state, version_number(to)?)?,
+        None => (*state.store.policy()).clone(),
+    };
+    Ok(Json(PolicyDiff { from: from.version, to: to.version, changes: from.policy.diff(&to.policy) }))
+}
+
+/// Hands a policy change to the loop, which validates it (with the rules in force), stores it
+/// as a new version and applies it to the isolated hosts it changes.
+async fn change_policy(
+    state: &ApiState,
+    caller: Caller,
+    change: PolicyChange,
+    reason: String,
+    expected_version: Option<u64>,
+) -> Result<Json<PolicyView>, ApiError> {
+    check_policy_reason(&reason).map_err(|problem| ApiError::new(StatusCode::BAD_REQUEST, problem))?;
+    let (reply, answer) = oneshot::channel();
+    let request = PolicyChangeRequest { change, author: caller.0, reason, expected_version, reply };
+    let version = ask(state, ApiRequest::Policy(request), answer).await?;
+    Ok(Json(PolicyView::new(&version)))
+}
+
+async fn set_policy(
+    State(state): State<ApiState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    body: Result<Json<SetPolicyRequest>, JsonRejection>,
+) -> Result<Json<PolicyView>, ApiError> {
+    let Json(body) = body?;
+    let policy = IsolationPolicy { profiles: body.profiles };
+    change_policy(&state, caller, PolicyChange::Set(policy), body.reason, body.expected_version).await
+}
+
+async fn revert_policy(
+    State(state): State<ApiState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    body: Result<Json<RevertPolicyRequest>, JsonRejection>,
+) -> Result<Json<PolicyView>, ApiError> {
+    let Json(body) = body?;
+    change_policy(&state, caller, PolicyChange::Revert(body.version), body.reason, body.expected_version).await
+}

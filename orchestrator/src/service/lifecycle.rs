@@ -12,6 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::profiles::{ProfileInForce, ProfileRef};
+
 /// The tag a host carries while it is isolated or being isolated (or released, until its agent
 /// confirms).
 pub const ISOLATED_TAG: &str = "ISOLATED FROM NETWORK";
@@ -177,6 +179,13 @@ pub struct HostRecord {
     /// The last refusal or failure an agent reported for this host's commands.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// What the rule or operator behind the current isolation asked for, before its profile was
+    /// added: the profile can change under it, and the isolation is then this plus the new one.
+    #[serde(default)]
+    pub requested: Option<IsolationPlan>,
+    /// The profile under the current isolation, and its policy version.
+    #[serde(default)]
+    pub profile: Option<ProfileRef>,
     /// When cordon consumed the detection behind the current isolation (epoch ms), for the
     /// detection-to-enforced latency; none for operators' isolations.
     #[serde(default)]
@@ -264,6 +273,11 @@ pub enum Refused {
     ReservedTag(String),
     #[error("a tag must be 1 to 128 printable characters, got {0:?}")]
     BadTag(String),
+    #[error(
+        "the isolation policy in force is version {current}, not {expected}: another change came first; see what \
+         it changed (cordon policy diff {expected}) and make yours again from version {current}"
+    )]
+    PolicyChanged { expected: u64, current: u64 },
 }
 
 impl HostRecord {
@@ -287,6 +301,8 @@ impl HostRecord {
             last_seen_ms: None,
             agent_stale: false,
             last_error: None,
+            requested: None,
+            profile: None,
             detected_at_ms: None,
             tampered: None,
             updated_at_ms: now_ms,
@@ -361,14 +377,19 @@ impl HostRecord {
         Effects { command, audit: Some(audit) }
     }
 
+    /// Isolates the host as `requested` with `profile` under it.
     fn isolate(
         &mut self,
-        plan: &IsolationPlan,
+        requested: &IsolationPlan,
+        profile: ProfileInForce<'_>,
         by: &str,
         event_id: Option<&str>,
         why: String,
         now: i64,
     ) -> Effects {
+        let plan = profile.profile.under(requested);
+        self.requested = Some(requested.clone());
+        self.profile = Some(profile.reference());
         self.mode = Some(plan.mode().to_owned());
         self.expires_at_ms = plan.duration_seconds.map(|seconds| {
             now.saturating_add(i64::try_from(seconds).unwrap_or(i64::MAX).saturating_mul(1_000))
@@ -386,7 +407,12 @@ impl HostRecord {
 }
 
 /// A rules engine decision for this host.
-pub fn on_decision(record: &mut HostRecord, decision: &rules::Decision, now: i64) -> Effects {
+pub fn on_decision(
+    record: &mut HostRecord,
+    decision: &rules::Decision,
+    profile: ProfileInForce<'_>,
+    now: i64,
+) -> Effects {
     let by = format!("rules {}", decision.rules.join(","));
     let why: Vec<String> = decision.why.iter().map(|reason| format!("{reason:?}")).collect();
     let why = why.join("; ");
@@ -400,7 +426,7 @@ pub fn on_decision(record: &mut HostRecord, decision: &rules::Decision, now: i64
             record.rules.clone_from(&decision.rules);
             record.pending = None;
             let plan = IsolationPlan::from_rules(isolation);
-            let effects = record.isolate(&plan, &by, Some(&decision.event_id), why, now);
+            let effects = record.isolate(&plan, profile, &by, Some(&decision.event_id), why, now);
             // The engine computed the deadline from the event; keep it exactly.
             if isolation.deadline_ms.is_some() {
                 record.expires_at_ms = isolation.deadline_ms;
@@ -442,6 +468,7 @@ pub fn on_decision(record: &mut HostRecord, decision: &rules::Decision, now: i64
 pub fn operator_isolate(
     record: &mut HostRecord,
     plan: &IsolationPlan,
+    profile: ProfileInForce<'_>,
     reason: &str,
     operator: &str,
     now: i64,
@@ -450,7 +477,7 @@ pub fn operator_isolate(
     record.rules = vec![operator.to_owned()];
     // An operator acting on the host has seen it: the tampering alarm is answered.
     record.tampered = None;
-    record.isolate(plan, operator, None, reason.to_owned(), now)
+    record.isolate(plan, profile, operator, None, reason.to_owned(), now)
 }
 
 /// An operator releases the host. A release is sent even when cordon believes the host is not
@@ -469,7 +496,12 @@ pub fn operator_release(
 }
 
 /// An operator approves the pending proposal: the isolation starts now (its clock too).
-pub fn approve(record: &mut HostRecord, operator: &str, now: i64) -> Result<Effects, Refused> {
+pub fn approve(
+    record: &mut HostRecord,
+    profile: ProfileInForce<'_>,
+    operator: &str,
+    now: i64,
+) -> Result<Effects, Refused> {
     let Some(proposal) = record.pending.take() else {
         return Err(Refused::NothingPending(record.host.clone()));
     };
@@ -480,7 +512,7 @@ pub fn approve(record: &mut HostRecord, operator: &str, now: i64) -> Result<Effe
         proposal.event_id,
         proposal.requests
     );
-    Ok(record.isolate(&proposal.plan, operator, Some(&proposal.event_id), why, now))
+    Ok(record.isolate(&proposal.plan, profile, operator, Some(&proposal.event_id), why, now))
 }
 
 /// An operator denies the pending proposal: the host stays as it was.
@@ -522,6 +554,66 @@ pub fn set_tags(
 /// Something happened to the host that changes no state but belongs in its trail.
 pub fn note(record: &mut HostRecord, by: &str, why: String, now: i64) -> Effects {
     record.step(record.state, None, by, None, why, now)
+}
+
+/// The host's profile changed (a new policy version, or the operators' tags chose another
+/// profile): an isolation in force gets what the new profile leaves open, live. It stays the
+/// same isolation with its deadline; the command is a new generation, which the agent applies
+/// to the programs in force, adding before it removes. Nothing is issued when what the agent
+/// enforces does not change, nor for a timed isolation whose deadline has passed (the tick lifts
+/// it).
+pub fn apply_profile(record: &mut HostRecord, profile: ProfileInForce<'_>, by: &str, now: i64) -> Effects {
+    let reference = profile.reference();
+    if !matches!(record.state, HostState::Isolating | HostState::Isolated) || record.profile.as_ref() == Some(&reference)
+    {
+        return Effects::default();
+    }
+    let Some(cordon_wire::Action::Isolate { duration_seconds, exclusions, allowed_processes, allow_dns, allow_dhcp, .. }) =
+        record.last_command.clone()
+    else {
+        return Effects::default();
+    };
+    // An isolation from before profiles: all of it was asked for.
+    let requested = record.requested.clone().unwrap_or(IsolationPlan {
+        duration_seconds,
+        exclusions: exclusions.clone(),
+        allowed_processes: allowed_processes.clone(),
+        allow_dns,
+        allow_dhcp,
+    });
+    let plan = profile.profile.under(&requested);
+    let unchanged = plan.exclusions == exclusions
+        && plan.allowed_processes == allowed_processes
+        && plan.allow_dns == allow_dns
+        && plan.allow_dhcp == allow_dhcp;
+    let remaining = isolation_again(record, now);
+    record.requested = Some(requested);
+    record.profile = Some(reference);
+    let Some(cordon_wire::Action::Isolate { duration_seconds, .. }) = remaining.filter(|_| !unchanged) else {
+        record.updated_at_ms = now;
+        return Effects::default();
+    };
+    let mut changes: Vec<String> = Vec::new();
+    for (what, before, after) in [
+        ("exclusion", &exclusions, &plan.exclusions),
+        ("process", &allowed_processes, &plan.allowed_processes),
+    ] {
+        changes.extend(after.iter().filter(|item| !before.contains(item)).map(|item| format!("+{what} {item}")));
+        changes.extend(before.iter().filter(|item| !after.contains(item)).map(|item| format!("-{what} {item}")));
+    }
+    for (what, before, after) in [("dns", allow_dns, plan.allow_dns), ("dhcp", allow_dhcp, plan.allow_dhcp)] {
+        if before != after {
+            changes.push(format!("{what} {}", if after { "open" } else { "closed" }));
+        }
+    }
+    let why = format!(
+        "profile {} (policy version {}) applied live, deadline kept: {}",
+        profile.profile.name,
+        profile.version,
+        changes.join(", ")
+    );
+    let command = IsolationPlan { duration_seconds, ..plan }.command(format!("{by}: {why}"));
+    record.step(HostState::Isolating, Some(command), by, None, why, now)
 }
 
 /// The host's automatic isolation reached its deadline.

@@ -22,6 +22,7 @@ pub mod lease;
 pub mod lifecycle;
 pub mod observe;
 pub mod outbox;
+pub mod profiles;
 mod reports;
 pub mod store;
 pub mod tls;
@@ -40,7 +41,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use self::api::{Operation, OperatorRequest};
+use self::api::{ApiRequest, NotDone, Operation, OperatorRequest, PolicyChange, PolicyChangeRequest};
 use self::config::ServiceConfig;
 use self::jobs::Job;
 use self::lifecycle::{Effects, HostRecord, HostState, IsolationPlan};
@@ -161,7 +162,8 @@ struct Transition {
     trace_id: String,
 }
 
-/// Loads the rules directory; every problem is reported at once.
+/// Loads the rules directory; every problem is reported at once. A directory without rule files
+/// is an empty rule set: a site that isolates only by hand runs that way.
 pub fn load_rules(dir: &std::path::Path) -> Result<rules::Ruleset> {
     let (rule_files, policy) = crate::rules_cli::read_directory(dir)?;
     match rules::RuleDirectory::load(&rule_files, policy.as_ref()) {
@@ -293,7 +295,7 @@ async fn start_api(
     section: &config::ApiSection,
     store: Store,
     tokens: access::Tokens,
-    requests: mpsc::Sender<OperatorRequest>,
+    requests: mpsc::Sender<ApiRequest>,
     metrics: Arc<Metrics>,
     fence: lease::Fence,
 ) -> Result<(std::net::SocketAddr, &'static str)> {
@@ -499,7 +501,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let failpoint = std::env::var("CORDON_FAILPOINT").ok().filter(|name| !name.is_empty());
     let (outbox, sender, mut parked) =
         start_outbox(&config, &store, signing_key, brokers, &metrics, failpoint.clone(), &fence)?;
-    let (requests_tx, mut requests) = mpsc::channel::<OperatorRequest>(64);
+    let (requests_tx, mut requests) = mpsc::channel::<ApiRequest>(64);
     let api_address =
         start_api(&config.api, store.clone(), tokens, requests_tx, Arc::clone(&metrics), fence.clone()).await?;
     let (jobs_tx, mut jobs) = mpsc::channel::<Job>(16);
@@ -544,7 +546,10 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
             () = &mut shutdown => break Ok(()),
             Some(batch) = batches.recv(), if writable => service.on_batch(&consumer, batch),
             Some(request) = requests.recv() => {
-                let result = service.on_operator(request);
+                let result = match request {
+                    ApiRequest::Host(request) => service.on_operator(request),
+                    ApiRequest::Policy(request) => service.on_policy(request),
+                };
                 service.after(result);
             }
             Some(job) = jobs.recv(), if writable => {
@@ -879,11 +884,30 @@ impl Service {
     /// Says what is served, once the service is ready to: operators (and tests) wait for it.
     fn announce(&self, telemetry: &cordon_telemetry::Telemetry, (api_address, scheme): (std::net::SocketAddr, &str)) {
         tracing::info!("telemetry: {}.", telemetry.description());
+        self.say_if_no_rules();
+        let policy = self.store.policy();
+        tracing::info!(
+            "isolation policy version {} ({} profile(s); automatic isolations without a duration last {}).",
+            policy.version,
+            policy.policy.profiles.len(),
+            profiles::format_seconds(policy.policy.profile_for(&[]).automatic_duration_seconds)
+        );
         tracing::info!(
             "serving {} rule(s) from {}; API on {scheme}://{api_address}.",
             self.ruleset.len(),
             self.config.rules.dir.display()
         );
+    }
+
+    /// With no rules, says plainly what the service does: only operators isolate.
+    fn say_if_no_rules(&self) {
+        if self.ruleset.is_empty() {
+            tracing::warn!(
+                "no rules in force (no rule files in {}): detections are read but decide nothing; only operators' \
+                 isolations (API, CLI, console) will happen. Add rule files there to respond automatically.",
+                self.config.rules.dir.display()
+            );
+        }
     }
 
     /// Crashes the process at the named point when `CORDON_FAILPOINT` names it: how the crash
@@ -1171,7 +1195,9 @@ impl Service {
             });
             let previous = self.store.host(&decision.host)?;
             let mut record = previous.clone().unwrap_or_else(|| HostRecord::new(&decision.host, now));
-            let effects = lifecycle::on_decision(&mut record, decision, now);
+            let policy = self.store.policy();
+            let profile = policy.profile_in_force(&record.operator_tags);
+            let effects = lifecycle::on_decision(&mut record, decision, profile, now);
             if record.state == HostState::Isolating
                 && previous.as_ref().is_none_or(|p| p.state != HostState::Isolating)
             {
@@ -1357,9 +1383,21 @@ impl Service {
                 KeyValue::new("cordon.operation", operation_name),
             ],
         );
+        let policy = self.store.policy();
+        let profile = policy.profile_in_force(&record.operator_tags);
+        let mut retagged = false;
         let outcome = match request.operation {
-            Operation::Isolate { plan, reason } => {
-                let effects = lifecycle::operator_isolate(&mut record, &plan, &reason, operator, now);
+            Operation::Isolate { isolation, reason } => {
+                let mut plan = isolation.plan;
+                if isolation.profile_duration {
+                    plan.duration_seconds = Some(profile.profile.automatic_duration_seconds);
+                }
+                let problems = profile.problems_with(&plan);
+                if !problems.is_empty() {
+                    let _ = request.reply.send(Err(NotDone::Invalid(problems)));
+                    return Ok(());
+                }
+                let effects = lifecycle::operator_isolate(&mut record, &plan, profile, &reason, operator, now);
                 self.note_isolation(&record, &plan, operator);
                 Ok(effects)
             }
@@ -1372,19 +1410,32 @@ impl Service {
             }
             Operation::Approve => {
                 let plan = record.pending.as_ref().map(|p| p.plan.clone());
-                let effects = lifecycle::approve(&mut record, operator, now);
+                let effects = lifecycle::approve(&mut record, profile, operator, now);
                 if let (Ok(_), Some(plan)) = (&effects, plan) {
                     self.note_isolation(&record, &plan, operator);
                 }
                 effects
             }
             Operation::Deny { reason } => lifecycle::deny(&mut record, &reason, operator, now),
-            Operation::Tags { add, remove } => lifecycle::set_tags(&mut record, &add, &remove, operator, now),
+            Operation::Tags { add, remove } => {
+                retagged = true;
+                lifecycle::set_tags(&mut record, &add, &remove, operator, now)
+            }
         };
         let mut failed = None;
         let answer = match outcome {
             Ok(effects) => match self
                 .apply(previous.as_ref(), &mut record, effects, now, trace.as_ref())
+                .and_then(|()| {
+                    if !retagged {
+                        return Ok(());
+                    }
+                    // Other tags may choose another profile for an isolation in force.
+                    let before = record.clone();
+                    let profile = policy.profile_in_force(&record.operator_tags);
+                    let effects = lifecycle::apply_profile(&mut record, profile, operator, now);
+                    self.apply(Some(&before), &mut record, effects, now, trace.as_ref())
+                })
                 .map(|()| self.store.put_engine_changes(&mut self.engine))
                 .and_then(|()| self.flush())
             {
@@ -1408,6 +1459,101 @@ impl Service {
         // The client may have gone; the change stands either way.
         let _ = request.reply.send(answer);
         failed.map_or(Ok(()), Err)
+    }
+
+    /// Validates a policy change (with the rules in force), stores it as the new version, applies
+    /// it live to every isolation in force whose profile it changes, durably, and answers.
+    fn on_policy(&mut self, request: PolicyChangeRequest) -> Result<()> {
+        if let Some(why) = self.fence.reason() {
+            let _ = request.reply.send(Err(NotDone::Fenced(why)));
+            return Ok(());
+        }
+        if let Some(fault) = self.store.fault() {
+            let _ = request.reply.send(Err(NotDone::StoreFault(fault)));
+            return Ok(());
+        }
+        let current = self.store.policy();
+        let prepared = match self.prepare_policy(&current, request.change, request.expected_version) {
+            Ok(prepared) => prepared,
+            Err(not_done) => {
+                let _ = request.reply.send(Err(not_done));
+                return Ok(());
+            }
+        };
+        let (policy, reverted_from) = prepared;
+        let now = now_ms();
+        let version = profiles::PolicyVersion {
+            version: current.version + 1,
+            at_ms: now,
+            author: request.author.clone(),
+            reason: request.reason,
+            reverted_from,
+            policy,
+        };
+        let changes = current.policy.diff(&version.policy);
+        let result = self.store.put_policy(version.clone()).and_then(|()| {
+            let by = format!("policy version {} by {}", version.version, request.author);
+            let mut updated = 0;
+            for previous in self.store.hosts()? {
+                let mut record = previous.clone();
+                let profile = version.profile_in_force(&record.operator_tags);
+                let effects = lifecycle::apply_profile(&mut record, profile, &by, now);
+                updated += usize::from(effects.command.is_some());
+                self.apply(Some(&previous), &mut record, effects, now, None)?;
+            }
+            self.flush()?;
+            Ok(updated)
+        });
+        match result {
+            Ok(updated) => {
+                let listed: Vec<String> = changes.iter().map(ToString::to_string).collect();
+                tracing::info!(
+                    "isolation policy version {} by {}: {}; {updated} isolation(s) in force updated live. Changes: {}",
+                    version.version,
+                    version.author,
+                    version.reason,
+                    if listed.is_empty() { "none".to_owned() } else { listed.join("; ") }
+                );
+                let _ = request.reply.send(Ok(version));
+                Ok(())
+            }
+            Err(error) => {
+                let _ = request.reply.send(Err(NotDone::StoreFault(format!("{error:#}"))));
+                Err(error)
+            }
+        }
+    }
+
+    /// The policy a change asks for (and the version it restores), checked against the version
+    /// in force and the rules in force; or why it is not done.
+    fn prepare_policy(
+        &self,
+        current: &profiles::PolicyVersion,
+        change: PolicyChange,
+        expected_version: Option<u64>,
+    ) -> Result<(profiles::IsolationPolicy, Option<u64>), NotDone> {
+        if let Some(expected) = expected_version.filter(|expected| *expected != current.version) {
+            return Err(NotDone::Refused(lifecycle::Refused::PolicyChanged { expected, current: current.version }));
+        }
+        let (policy, reverted_from) = match change {
+            PolicyChange::Set(policy) => (policy, None),
+            PolicyChange::Revert(number) => {
+                let stored = self.store.policy_version(number).map_err(|error| NotDone::StoreFault(format!("{error:#}")))?;
+                let Some(stored) = stored else {
+                    return Err(NotDone::NotFound(format!(
+                        "there is no policy version {number}; the one in force is {}",
+                        current.version
+                    )));
+                };
+                (stored.policy, Some(number))
+            }
+        };
+        let problems = policy.problems(self.ruleset.exclusions_by_rule());
+        if problems.is_empty() {
+            Ok((policy, reverted_from))
+        } else {
+            Err(NotDone::Invalid(problems))
+        }
     }
 
     /// Tells the engine about an isolation it did not decide, so rules never weaken it.
@@ -1536,6 +1682,7 @@ impl Service {
                 *self.shared_projection.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
                     Arc::clone(&self.projection);
                 self.ruleset = ruleset;
+                self.say_if_no_rules();
             }
             Err(error) => tracing::error!(
                 "rules NOT reloaded after {why}; the {} running rule(s) stay in force. {error:#}",

@@ -1,7 +1,8 @@
 //! The service's durable state in sled: one record per host, the deadline index the scheduler
 //! scans, the rules engine's state, the audit trail, the registry of agent keys (and the keys
 //! that claimed a host without being enrolled), and the outbox of signed commands and dead
-//! letters (with the entries parked because the broker can never take them).
+//! letters (with the entries parked because the broker can never take them), and every version
+//! of the central isolation policy.
 //!
 //! Commands are written to the outbox in the same flush as the state change that causes them,
 //! and sent (then removed) only after that flush: a crash at any moment loses no command, and a
@@ -18,6 +19,7 @@ use sled::Transactional as _;
 
 pub use super::agents::{AgentRecord, Claim};
 pub use super::lifecycle::{AuditEntry, HostRecord, HostState};
+pub use super::profiles::{IsolationPolicy, PolicyVersion};
 
 /// A sealed command waiting to be sent, stored as the host's length (2 bytes, big-endian), the
 /// host, and the envelope's bytes as they go on the wire: nothing to encode or decode.
@@ -139,6 +141,22 @@ pub struct RetentionOutcome {
     pub api_calls: usize,
 }
 
+/// Version 1 of every store's policy: [`IsolationPolicy::seed`].
+fn seed_policy() -> PolicyVersion {
+    PolicyVersion {
+        version: 1,
+        at_ms: super::now_ms(),
+        author: "cordon".to_owned(),
+        reason: format!(
+            "the seed policy: a default profile that leaves nothing open, automatic isolations without a duration \
+             lasting {} (KESL's default)",
+            super::profiles::format_seconds(super::profiles::SEED_AUTOMATIC_DURATION_SECONDS)
+        ),
+        reverted_from: None,
+        policy: IsolationPolicy::seed(),
+    }
+}
+
 /// An outbox key as the sender and the loop pass it around.
 fn outbox_key(bytes: &[u8]) -> u64 {
     bytes.try_into().map_or(0, u64::from_be_bytes)
@@ -175,6 +193,8 @@ struct Trees {
     counts_tree: sled::Tree,
     /// The rules engine's state, by entries (`rules::EngineState::take_changes`).
     engine: sled::Tree,
+    /// Every version of the isolation policy, keyed by its number (big-endian): the last is in force.
+    policy: sled::Tree,
 }
 
 /// The trees the loop's writes go to, staged until [`Store::commit`]; in the order of [`SLOTS`]
@@ -191,9 +211,10 @@ enum Slot {
     Claims,
     Counts,
     Engine,
+    Policy,
 }
 
-const SLOTS: [Slot; 9] = [
+const SLOTS: [Slot; 10] = [
     Slot::Default,
     Slot::Hosts,
     Slot::Deadlines,
@@ -203,6 +224,7 @@ const SLOTS: [Slot; 9] = [
     Slot::Claims,
     Slot::Counts,
     Slot::Engine,
+    Slot::Policy,
 ];
 
 impl Trees {
@@ -217,6 +239,7 @@ impl Trees {
             Slot::Claims => &self.claims,
             Slot::Counts => &self.counts_tree,
             Slot::Engine => &self.engine,
+            Slot::Policy => &self.policy,
         }
     }
 }
@@ -252,6 +275,9 @@ pub struct Store {
     /// How many hosts are in each state and how many agents are stale, kept in step by
     /// `put_host` (in memory, and in sled so that a restart need not read every record).
     counts: Arc<Mutex<HostCounts>>,
+    /// The policy version in force: the last of the `policy` tree (or staged for it), read for
+    /// every isolation.
+    policy: Arc<RwLock<Arc<PolicyVersion>>>,
 }
 
 /// Hosts by state, and stale agents: what the fleet gauges show.
@@ -345,6 +371,7 @@ impl Trees {
             claims: db.open_tree("claims")?,
             counts_tree: db.open_tree("counts")?,
             engine: db.open_tree("engine")?,
+            policy: db.open_tree("policy")?,
             db,
         })
     }
@@ -360,6 +387,7 @@ impl Store {
             claims_len: Arc::default(),
             tags: Arc::default(),
             counts: Arc::default(),
+            policy: Arc::new(RwLock::new(Arc::new(seed_policy()))),
         };
         store.load_memory()?;
         Ok(store)
@@ -370,6 +398,22 @@ impl Store {
         self.tags.lock().unwrap_or_else(PoisonError::into_inner).clear();
         self.load_counts()?;
         self.claims_len.store(self.trees()?.claims.len(), Ordering::SeqCst);
+        self.load_policy()
+    }
+
+    /// Reads the policy version in force; a store without one gets the seed, durably.
+    fn load_policy(&self) -> Result<()> {
+        let trees = self.trees()?;
+        let current = match trees.policy.last()? {
+            Some((_, bytes)) => serde_json::from_slice(&bytes).context("the isolation policy in force is unreadable")?,
+            None => {
+                let seed = seed_policy();
+                trees.policy.insert(seed.version.to_be_bytes(), serde_json::to_vec(&seed)?)?;
+                trees.policy.flush().context("cannot write the seed isolation policy")?;
+                seed
+            }
+        };
+        *self.policy.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(current);
         Ok(())
     }
 
@@ -794,6 +838,35 @@ impl Store {
         }
     }
 
+    /// The isolation policy in force (as the loop sees it: a version staged is in force).
+    pub fn policy(&self) -> Arc<PolicyVersion> {
+        Arc::clone(&self.policy.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Makes `version` the policy in force. Staged until `commit`.
+    pub fn put_policy(&self, version: PolicyVersion) -> Result<()> {
+        self.stage(Slot::Policy, &version.version.to_be_bytes(), Some(serde_json::to_vec(&version)?));
+        *self.policy.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(version);
+        Ok(())
+    }
+
+    /// Every version of the policy, oldest first.
+    pub fn policy_versions(&self) -> Result<Vec<PolicyVersion>> {
+        let trees = self.trees()?;
+        trees.policy
+            .iter()
+            .values()
+            .map(|value| serde_json::from_slice(&value?).context("a version of the isolation policy is unreadable"))
+            .collect()
+    }
+
+    /// One version of the policy, if there is one with that number.
+    pub fn policy_version(&self, version: u64) -> Result<Option<PolicyVersion>> {
+        let trees = self.trees()?;
+        let Some(bytes) = self.read(&trees, Slot::Policy, &version.to_be_bytes())? else { return Ok(None) };
+        Ok(Some(serde_json::from_slice(&bytes).context("a version of the isolation policy is unreadable")?))
+    }
+
     /// Stages what changed in the engine's state since the last call, until `commit`.
     pub fn put_engine_changes(&self, state: &mut rules::EngineState) {
         for (key, value) in state.take_changes() {
@@ -946,6 +1019,31 @@ mod tests {
         assert_eq!(store.host("web-01").unwrap(), Some(record));
         assert_eq!(store.due(10_000).unwrap(), vec!["web-01".to_owned()]);
         assert_eq!(store.counts().by_state.get("isolating"), Some(&1));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_policy_is_seeded_once_and_a_new_version_is_in_force_only_once_committed() {
+        let (dir, store) = scratch("policy");
+        let seed = store.policy();
+        assert_eq!((seed.version, seed.author.as_str()), (1, "cordon"));
+        assert_eq!(seed.policy.profile_for(&[]).automatic_duration_seconds, 5 * 3_600);
+        let mut next = (*seed).clone();
+        next.version = 2;
+        next.policy.profiles[0].automatic_duration_seconds = 600;
+        store.put_policy(next.clone()).unwrap();
+        assert_eq!(store.policy().version, 2, "the loop acts on what it staged");
+        store.reopen().unwrap_or_else(|_| panic!("reopen"));
+        assert_eq!(store.policy().version, 1, "an uncommitted version is not in force after a failed write");
+        store.put_policy(next.clone()).unwrap();
+        store.commit().unwrap();
+        drop(store);
+        let store = reopen(&dir).unwrap();
+        assert_eq!(*store.policy(), next);
+        let versions: Vec<u64> = store.policy_versions().unwrap().iter().map(|v| v.version).collect();
+        assert_eq!(versions, vec![1, 2], "the seed is written once, not at every open");
+        assert_eq!(store.policy_version(1).unwrap().map(|v| v.policy), Some(seed.policy.clone()));
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -26,6 +26,21 @@ fn status(host: &str, generation: u64, isolated: bool, kind: cordon_wire::Status
     }
 }
 
+static SEED: std::sync::LazyLock<crate::service::profiles::PolicyVersion> =
+    std::sync::LazyLock::new(|| crate::service::profiles::PolicyVersion {
+        version: 1,
+        at_ms: T0,
+        author: "cordon".into(),
+        reason: "seed".into(),
+        reverted_from: None,
+        policy: crate::service::profiles::IsolationPolicy::seed(),
+    });
+
+/// The seed's default profile, which leaves nothing open.
+fn seed() -> ProfileInForce<'static> {
+    SEED.profile_in_force(&[])
+}
+
 fn timed(seconds: u64) -> IsolationPlan {
     IsolationPlan { duration_seconds: Some(seconds), ..IsolationPlan::default() }
 }
@@ -33,7 +48,7 @@ fn timed(seconds: u64) -> IsolationPlan {
 #[test]
 fn operator_isolation_is_confirmed_then_lifted_at_its_deadline() {
     let mut host = HostRecord::new("web-01", T0);
-    let effects = operator_isolate(&mut host, &timed(60), "incident 42", "operator alice", T0);
+    let effects = operator_isolate(&mut host, &timed(60), seed(), "incident 42", "operator alice", T0);
     assert!(matches!(effects.command, Some(cordon_wire::Action::Isolate { duration_seconds: Some(60), .. })));
     let audit = effects.audit.unwrap();
     assert_eq!((audit.from, audit.to, audit.generation), (HostState::NotIsolated, HostState::Isolating, 1));
@@ -61,7 +76,7 @@ fn operator_isolation_is_confirmed_then_lifted_at_its_deadline() {
 #[test]
 fn a_report_for_an_older_generation_confirms_nothing() {
     let mut host = HostRecord::new("web-01", T0);
-    operator_isolate(&mut host, &timed(60), "x", "operator a", T0);
+    operator_isolate(&mut host, &timed(60), seed(), "x", "operator a", T0);
     operator_release(&mut host, "y", "operator a", T0 + 1).unwrap();
     // The isolation's answer arrives after the release was issued.
     let effects = on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 2, OnTamper::AlertOnly);
@@ -85,10 +100,10 @@ fn approval_requests_merge_and_the_clock_starts_at_approval() {
         rules: vec![rule.into()],
         why: Vec::new(),
     };
-    let effects = on_decision(&mut host, &request("r1", 600, "e1"), T0);
+    let effects = on_decision(&mut host, &request("r1", 600, "e1"), seed(), T0);
     assert!(effects.command.is_none(), "nothing is sent before approval");
     assert_eq!(host.state, HostState::PendingApproval);
-    on_decision(&mut host, &request("r2", 3_600, "e2"), T0 + 5);
+    on_decision(&mut host, &request("r2", 3_600, "e2"), seed(), T0 + 5);
     let pending = host.pending.clone().unwrap();
     assert_eq!((pending.requests, pending.rules.clone()), (2, vec!["r1".to_owned(), "r2".to_owned()]));
     assert_eq!(pending.plan.duration_seconds, Some(3_600), "the stronger request wins");
@@ -96,7 +111,7 @@ fn approval_requests_merge_and_the_clock_starts_at_approval() {
 
     assert!(operator_release(&mut host, "no", "operator b", T0 + 6).is_err());
     let approved_at = T0 + 120_000;
-    let effects = approve(&mut host, "operator bob", approved_at).unwrap();
+    let effects = approve(&mut host, seed(), "operator bob", approved_at).unwrap();
     assert!(matches!(
         effects.command,
         Some(cordon_wire::Action::Isolate { duration_seconds: Some(3_600), .. })
@@ -104,7 +119,7 @@ fn approval_requests_merge_and_the_clock_starts_at_approval() {
     assert_eq!(host.expires_at_ms, Some(approved_at + 3_600_000));
     assert_eq!((host.state, host.generation), (HostState::Isolating, 1));
     assert_eq!(
-        approve(&mut host, "operator bob", approved_at),
+        approve(&mut host, seed(), "operator bob", approved_at),
         Err(Refused::NothingPending("plc-07".into()))
     );
 }
@@ -144,15 +159,15 @@ fn a_redelivered_event_isolates_once() {
         rules: vec!["ransomware".into()],
         why: Vec::new(),
     };
-    assert!(on_decision(&mut host, &decision, T0).command.is_some());
-    assert_eq!(on_decision(&mut host, &decision, T0 + 10), Effects::default());
+    assert!(on_decision(&mut host, &decision, seed(), T0).command.is_some());
+    assert_eq!(on_decision(&mut host, &decision, seed(), T0 + 10), Effects::default());
     assert_eq!(host.generation, 1);
 }
 
 #[test]
 fn an_unanswered_command_is_resent_with_backoff_and_the_same_generation() {
     let mut host = HostRecord::new("web-01", T0);
-    operator_isolate(&mut host, &timed(600), "x", "operator a", T0);
+    operator_isolate(&mut host, &timed(600), seed(), "x", "operator a", T0);
     assert!(resend_due(&mut host, 10_000, T0 + 9_999).is_none());
     assert!(resend_due(&mut host, 10_000, T0 + 10_000).is_some());
     assert!(resend_due(&mut host, 10_000, T0 + 29_999).is_none(), "second wait is twice as long");
@@ -170,7 +185,7 @@ fn an_unanswered_command_is_resent_with_backoff_and_the_same_generation() {
 #[test]
 fn a_refusal_is_kept_and_the_state_does_not_move() {
     let mut host = HostRecord::new("web-01", T0);
-    operator_isolate(&mut host, &timed(600), "x", "operator a", T0);
+    operator_isolate(&mut host, &timed(600), seed(), "x", "operator a", T0);
     let mut refused = status("web-01", 0, false, cordon_wire::StatusKind::Refused);
     refused.refusal = Some(cordon_wire::Refusal::BadSignature);
     let effects = on_status(&mut host, &refused, T0 + 5, OnTamper::AlertOnly);
@@ -184,14 +199,14 @@ fn an_agent_ahead_of_cordon_is_caught_up() {
     let mut host = HostRecord::new("web-01", T0);
     on_status(&mut host, &status("web-01", 7, false, cordon_wire::StatusKind::Heartbeat), T0, OnTamper::AlertOnly);
     assert_eq!(host.generation, 7);
-    let effects = operator_isolate(&mut host, &timed(60), "x", "operator a", T0 + 1);
+    let effects = operator_isolate(&mut host, &timed(60), seed(), "x", "operator a", T0 + 1);
     assert_eq!(effects.audit.unwrap().generation, 8);
 }
 
 #[test]
 fn an_agent_ahead_refusing_an_isolation_as_stale_gets_it_again_at_its_generation_plus_one() {
     let mut host = HostRecord::new("web-01", T0);
-    operator_isolate(&mut host, &timed(600), "incident 9", "operator a", T0);
+    operator_isolate(&mut host, &timed(600), seed(), "incident 9", "operator a", T0);
     assert_eq!(host.generation, 1);
     // cordon's state was restored from an old copy: the agent has applied up to generation 7.
     let mut refused = status("web-01", 7, false, cordon_wire::StatusKind::Refused);
@@ -219,7 +234,7 @@ fn an_agent_ahead_refusing_an_isolation_as_stale_gets_it_again_at_its_generation
 #[test]
 fn an_agent_ahead_that_lost_an_answered_isolation_gets_it_again() {
     let mut host = HostRecord::new("db-01", T0);
-    operator_isolate(&mut host, &IsolationPlan::default(), "x", "operator a", T0);
+    operator_isolate(&mut host, &IsolationPlan::default(), seed(), "x", "operator a", T0);
     on_status(&mut host, &status("db-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1, OnTamper::AlertOnly);
     let effects = on_status(&mut host, &status("db-01", 4, false, cordon_wire::StatusKind::Heartbeat), T0 + 2, OnTamper::AlertOnly);
     assert!(matches!(effects.command, Some(cordon_wire::Action::Isolate { duration_seconds: None, .. })));
@@ -229,7 +244,7 @@ fn an_agent_ahead_that_lost_an_answered_isolation_gets_it_again() {
 #[test]
 fn an_agent_ahead_that_already_has_the_desired_state_is_only_caught_up() {
     let mut host = HostRecord::new("db-01", T0);
-    operator_isolate(&mut host, &timed(60), "x", "operator a", T0);
+    operator_isolate(&mut host, &timed(60), seed(), "x", "operator a", T0);
     on_status(&mut host, &status("db-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1, OnTamper::AlertOnly);
     deadline_reached(&mut host, T0 + 60_000);
     on_status(&mut host, &status("db-01", 2, false, cordon_wire::StatusKind::Applied), T0 + 60_001, OnTamper::AlertOnly);
@@ -241,7 +256,7 @@ fn an_agent_ahead_that_already_has_the_desired_state_is_only_caught_up() {
 #[test]
 fn an_implausible_generation_is_not_believed_and_nothing_wraps() {
     let mut host = HostRecord::new("web-01", T0);
-    operator_isolate(&mut host, &timed(60), "x", "operator a", T0);
+    operator_isolate(&mut host, &timed(60), seed(), "x", "operator a", T0);
     let forged = status("web-01", u64::MAX, false, cordon_wire::StatusKind::Applied);
     let effects = on_status(&mut host, &forged, T0 + 1, OnTamper::AlertOnly);
     assert_eq!((host.state, host.generation), (HostState::Isolating, 1), "neither released nor moved");
@@ -259,7 +274,7 @@ fn an_implausible_generation_is_not_believed_and_nothing_wraps() {
 #[test]
 fn a_local_release_of_a_manual_isolation_is_tampering_and_isolated_again_by_default() {
     let mut host = HostRecord::new("web-01", T0);
-    operator_isolate(&mut host, &IsolationPlan::default(), "x", "operator a", T0);
+    operator_isolate(&mut host, &IsolationPlan::default(), seed(), "x", "operator a", T0);
     on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1, OnTamper::default());
     // Someone ran `cordon-enforcer release` on the host: its heartbeat says so.
     let effects =
@@ -281,7 +296,7 @@ fn a_local_release_of_a_manual_isolation_is_tampering_and_isolated_again_by_defa
 #[test]
 fn a_local_release_of_a_timed_isolation_only_raises_the_alarm_by_default() {
     let mut host = HostRecord::new("web-01", T0);
-    operator_isolate(&mut host, &timed(3_600), "x", "operator a", T0);
+    operator_isolate(&mut host, &timed(3_600), seed(), "x", "operator a", T0);
     on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1, OnTamper::default());
     let effects =
         on_status(&mut host, &status("web-01", 1, false, cordon_wire::StatusKind::Changed), T0 + 2, OnTamper::default());
@@ -291,7 +306,7 @@ fn a_local_release_of_a_timed_isolation_only_raises_the_alarm_by_default() {
     assert!(resend_due(&mut host, 1, T0 + 100).is_none(), "nothing is sent for an alarm");
     // `reisolate_all` isolates it again for what is left of its hour.
     let mut host = HostRecord::new("web-01", T0);
-    operator_isolate(&mut host, &timed(3_600), "x", "operator a", T0);
+    operator_isolate(&mut host, &timed(3_600), seed(), "x", "operator a", T0);
     on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1, OnTamper::ReisolateAll);
     let effects = on_status(
         &mut host,
@@ -302,7 +317,7 @@ fn a_local_release_of_a_timed_isolation_only_raises_the_alarm_by_default() {
     assert!(matches!(effects.command, Some(cordon_wire::Action::Isolate { duration_seconds: Some(3_000), .. })));
     // `alert_only` never isolates again, manual or not.
     let mut host = HostRecord::new("web-01", T0);
-    operator_isolate(&mut host, &IsolationPlan::default(), "x", "operator a", T0);
+    operator_isolate(&mut host, &IsolationPlan::default(), seed(), "x", "operator a", T0);
     on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1, OnTamper::AlertOnly);
     on_status(&mut host, &status("web-01", 1, false, cordon_wire::StatusKind::Changed), T0 + 2, OnTamper::AlertOnly);
     assert_eq!(host.state, HostState::Released);
@@ -312,7 +327,7 @@ fn a_local_release_of_a_timed_isolation_only_raises_the_alarm_by_default() {
 #[test]
 fn tampering_the_agent_undid_marks_the_host_and_keeps_it_isolated() {
     let mut host = HostRecord::new("web-01", T0);
-    operator_isolate(&mut host, &timed(3_600), "x", "operator a", T0);
+    operator_isolate(&mut host, &timed(3_600), seed(), "x", "operator a", T0);
     on_status(
         &mut host,
         &status("web-01", 1, true, cordon_wire::StatusKind::Applied),
@@ -335,7 +350,7 @@ fn tampering_the_agent_undid_marks_the_host_and_keeps_it_isolated() {
     assert!(tampered.what.contains("cordon_egress"), "{tampered:?}");
     // A report of tampering from an agent behind cordon's last command, or not isolated, marks nothing.
     let mut host = HostRecord::new("web-01", T0);
-    operator_isolate(&mut host, &IsolationPlan::default(), "x", "operator a", T0);
+    operator_isolate(&mut host, &IsolationPlan::default(), seed(), "x", "operator a", T0);
     let mut old = status("web-01", 0, true, cordon_wire::StatusKind::Changed);
     old.tampering = Some("links detached".into());
     on_status(&mut host, &old, T0 + 1, OnTamper::default());
@@ -346,20 +361,20 @@ fn tampering_the_agent_undid_marks_the_host_and_keeps_it_isolated() {
 fn what_is_not_tampering() {
     // The agent's own deadline, within the slack of cordon's.
     let mut host = HostRecord::new("web-01", T0);
-    operator_isolate(&mut host, &timed(60), "x", "operator a", T0);
+    operator_isolate(&mut host, &timed(60), seed(), "x", "operator a", T0);
     on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1, OnTamper::default());
     on_status(&mut host, &status("web-01", 1, false, cordon_wire::StatusKind::Changed), T0 + 59_000, OnTamper::default());
     assert_eq!(host.state, HostState::Released);
     assert!(host.tampered.is_none());
     // An answer to a release; a refused isolation; a report of an older generation.
     let mut host = HostRecord::new("web-01", T0);
-    operator_isolate(&mut host, &IsolationPlan::default(), "x", "operator a", T0);
+    operator_isolate(&mut host, &IsolationPlan::default(), seed(), "x", "operator a", T0);
     on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1, OnTamper::default());
     operator_release(&mut host, "done", "operator a", T0 + 2).unwrap();
     on_status(&mut host, &status("web-01", 2, false, cordon_wire::StatusKind::Applied), T0 + 3, OnTamper::default());
     assert_eq!((host.state, host.tampered.is_none()), (HostState::Released, true));
     let mut host = HostRecord::new("web-01", T0);
-    operator_isolate(&mut host, &IsolationPlan::default(), "x", "operator a", T0);
+    operator_isolate(&mut host, &IsolationPlan::default(), seed(), "x", "operator a", T0);
     let mut refused = status("web-01", 1, false, cordon_wire::StatusKind::Refused);
     refused.error = Some("cannot attach".into());
     on_status(&mut host, &refused, T0 + 1, OnTamper::default());
@@ -393,4 +408,68 @@ fn operator_tags_are_checked_and_merged_with_the_agents() {
     assert_eq!(host.tags, vec!["plc".to_owned(), "production".to_owned()]);
     set_tags(&mut host, &[], &["production".into()], "operator a", T0).unwrap();
     assert_eq!(host.tags, vec!["plc".to_owned()]);
+}
+
+/// Version `version` of a policy whose default profile leaves `exclusions` open.
+fn policy_with(version: u64, exclusions: &[&str]) -> crate::service::profiles::PolicyVersion {
+    let mut policy = crate::service::profiles::IsolationPolicy::seed();
+    policy.profiles[0].exclusions = exclusions.iter().map(|e| (*e).to_owned()).collect();
+    crate::service::profiles::PolicyVersion { version, policy, ..SEED.clone() }
+}
+
+#[test]
+fn a_new_profile_reaches_an_isolation_in_force_live_with_its_deadline_kept() {
+    let mut host = HostRecord::new("plc-01", T0);
+    let asked = IsolationPlan { exclusions: vec!["in,tcp,0.0.0.0/0,22".into()], ..timed(3_600) };
+    operator_isolate(&mut host, &asked, seed(), "x", "operator a", T0);
+    on_status(&mut host, &status("plc-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 100, OnTamper::default());
+    assert_eq!(host.state, HostState::Isolated);
+    let deadline = host.expires_at_ms;
+
+    let v2 = policy_with(2, &["out,tcp,192.0.2.10/32,443"]);
+    let effects = apply_profile(&mut host, v2.profile_in_force(&[]), "policy version 2", T0 + 600_000);
+    match effects.command {
+        Some(cordon_wire::Action::Isolate { duration_seconds, exclusions, .. }) => {
+            assert_eq!(duration_seconds, Some(3_000), "what is left of the hour");
+            assert_eq!(exclusions, vec!["out,tcp,192.0.2.10/32,443", "in,tcp,0.0.0.0/0,22"], "profile's, then asked");
+        }
+        other => panic!("expected an isolate command, got {other:?}"),
+    }
+    let audit = effects.audit.unwrap();
+    assert_eq!((audit.from, audit.to, audit.generation), (HostState::Isolated, HostState::Isolating, 2));
+    assert_eq!(
+        audit.why,
+        "profile default (policy version 2) applied live, deadline kept: +exclusion out,tcp,192.0.2.10/32,443"
+    );
+    assert_eq!(host.expires_at_ms, deadline, "the deadline is cordon's, unchanged");
+    assert_eq!(host.profile.as_ref().map(|p| p.version), Some(2));
+
+    // The same version again changes nothing; a version that opens nothing new issues nothing.
+    assert_eq!(apply_profile(&mut host, v2.profile_in_force(&[]), "again", T0 + 600_001), Effects::default());
+    let v3 = policy_with(3, &["out,tcp,192.0.2.10/32,443"]);
+    assert_eq!(apply_profile(&mut host, v3.profile_in_force(&[]), "v3", T0 + 600_002), Effects::default());
+    assert_eq!(host.profile.as_ref().map(|p| p.version), Some(3), "the record names the version in force");
+    // Removing the profile's exclusion goes back to what was asked.
+    let v4 = policy_with(4, &[]);
+    let effects = apply_profile(&mut host, v4.profile_in_force(&[]), "v4", T0 + 600_003);
+    assert!(effects.audit.unwrap().why.ends_with("-exclusion out,tcp,192.0.2.10/32,443"));
+}
+
+#[test]
+fn a_new_profile_leaves_released_pending_and_overdue_hosts_alone_and_keeps_manual_ones_manual() {
+    let v2 = policy_with(2, &["out,tcp,192.0.2.10/32,443"]);
+    let mut released = HostRecord::new("a", T0);
+    operator_isolate(&mut released, &timed(60), seed(), "x", "operator a", T0);
+    operator_release(&mut released, "done", "operator a", T0 + 1).unwrap();
+    assert_eq!(apply_profile(&mut released, v2.profile_in_force(&[]), "v2", T0 + 2), Effects::default());
+
+    let mut overdue = HostRecord::new("b", T0);
+    operator_isolate(&mut overdue, &timed(60), seed(), "x", "operator a", T0);
+    assert_eq!(apply_profile(&mut overdue, v2.profile_in_force(&[]), "v2", T0 + 61_000).command, None);
+
+    let mut manual = HostRecord::new("c", T0);
+    operator_isolate(&mut manual, &IsolationPlan::default(), seed(), "x", "operator a", T0);
+    let effects = apply_profile(&mut manual, v2.profile_in_force(&[]), "v2", T0 + 5);
+    assert!(matches!(effects.command, Some(cordon_wire::Action::Isolate { duration_seconds: None, .. })));
+    assert_eq!(manual.mode.as_deref(), Some("manual"));
 }
