@@ -153,12 +153,55 @@ pub fn check_host_id(host: &str) -> Result<(), String> {
     }
 }
 
+/// Which hosts: `GET /v1/hosts?tag=&state=`, and the console's fleet and bulk pages. An empty
+/// value selects every host (as a form's "any" sends it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostFilter {
+    /// Hosts carrying this tag, e.g. `ISOLATED FROM NETWORK`.
+    pub tag: Option<String>,
+    /// Hosts in this state (`isolated`, `pending_approval`, ...).
+    pub state: Option<String>,
+}
+
+impl HostFilter {
+    pub fn matches(&self, record: &HostRecord) -> bool {
+        let wanted = |value: &Option<String>| value.as_deref().filter(|v| !v.is_empty()).map(str::to_owned);
+        wanted(&self.tag).is_none_or(|tag| record.tags.contains(&tag))
+            && wanted(&self.state).is_none_or(|state| record.state.name() == state)
+    }
+}
+
 /// `POST /v1/hosts/{host}/release` and `/deny`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonRequest {
     #[serde(default)]
     pub reason: Option<String>,
+}
+
+/// `POST /v1/hosts/{host}/extend`: more time for a timed isolation in force.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// Added to the deadline: 1 s to a year.
+    pub duration_seconds: u64,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl ExtendRequest {
+    /// Every problem with it.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !(1..=MAX_DURATION_SECONDS).contains(&self.duration_seconds) {
+            problems.push(format!("duration_seconds must be 1 to {MAX_DURATION_SECONDS}, got {}", self.duration_seconds));
+        }
+        if let Err(problem) = check_reason(self.reason.as_deref()) {
+            problems.push(problem);
+        }
+        problems
+    }
 }
 
 /// `POST /v1/hosts/{host}/tags`.
@@ -359,7 +402,7 @@ impl PendingView {
 }
 
 impl AuditView {
-    fn new(entry: &AuditEntry) -> AuditView {
+    pub fn new(entry: &AuditEntry) -> AuditView {
         AuditView {
             at: rfc3339(entry.at_ms),
             from: entry.from.name().to_owned(),

@@ -98,9 +98,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Give HOST's timed isolation in force more time (its agent moves the deadline live).
+    Extend {
+        host: String,
+        /// How much later it ends, e.g. 30m, 4h.
+        #[arg(long = "by", value_name = "DUR", value_parser = client::parse_for)]
+        by: u64,
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
+    },
     /// Approve the isolation a rule asked for on HOST; it starts now.
     Approve {
         host: String,
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
         #[command(flatten)]
         connection: Connection,
         #[arg(long)]
@@ -376,8 +391,13 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
             client::run(&connection, client::Request::Release { host, reason }, json, &mut out)?;
             true
         }
-        Command::Approve { host, connection, json } => {
-            client::run(&connection, client::Request::Approve { host }, json, &mut out)?;
+        Command::Extend { host, by, reason, connection, json } => {
+            let request = crate::api::ExtendRequest { duration_seconds: by, reason };
+            client::run(&connection, client::Request::Extend { host, request }, json, &mut out)?;
+            true
+        }
+        Command::Approve { host, reason, connection, json } => {
+            client::run(&connection, client::Request::Approve { host, reason }, json, &mut out)?;
             true
         }
         Command::Deny { host, reason, connection, json } => {

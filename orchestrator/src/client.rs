@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::{
-    AgentKeyView, EnrollRequest, ErrorBody, HostView, IsolateRequest, PolicyDiff, PolicyHistoryEntry, PolicyView,
+    AgentKeyView, EnrollRequest, ErrorBody, ExtendRequest, HostView, IsolateRequest, PolicyDiff, PolicyHistoryEntry, PolicyView,
     ReasonRequest, RevertPolicyRequest, SetPolicyRequest, TagsRequest, OPERATOR_HEADER, PREFIX,
 };
 use crate::service::profiles::{format_seconds, IsolationPolicy};
@@ -149,7 +149,7 @@ fn trusting(ca_file: &std::path::Path) -> Result<ureq::tls::TlsConfig> {
 }
 
 /// Percent-encodes a host id or tag for a URL path segment or query value.
-fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
@@ -167,7 +167,8 @@ fn encode(text: &str) -> String {
 pub enum Request {
     Isolate { host: String, request: IsolateRequest },
     Release { host: String, reason: Option<String> },
-    Approve { host: String },
+    Extend { host: String, request: ExtendRequest },
+    Approve { host: String, reason: Option<String> },
     Deny { host: String, reason: Option<String> },
     Tag { host: String, tags: TagsRequest },
     Hosts { tag: Option<String>, state: Option<String> },
@@ -185,8 +186,9 @@ pub fn run(connection: &Connection, request: Request, json: bool, out: &mut impl
         Request::Release { host, reason } => {
             (client.post(&host_path(&host, "/release"), &ReasonRequest { reason })?, "release requested")
         }
-        Request::Approve { host } => {
-            (client.post(&host_path(&host, "/approve"), &ReasonRequest::default())?, "approved")
+        Request::Extend { host, request } => (client.post(&host_path(&host, "/extend"), &request)?, "extended"),
+        Request::Approve { host, reason } => {
+            (client.post(&host_path(&host, "/approve"), &ReasonRequest { reason })?, "approved")
         }
         Request::Deny { host, reason } => {
             (client.post(&host_path(&host, "/deny"), &ReasonRequest { reason })?, "denied")

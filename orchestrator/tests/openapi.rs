@@ -214,7 +214,7 @@ fn answers_match_the_documented_schemas() {
         why: "test".into(),
     });
     check(&record, &audit);
-    let effects = lifecycle::approve(&mut record, seed.profile_in_force(&[]), "operator alice (127.0.0.1:1)", t0 + 5).expect("approve");
+    let effects = lifecycle::approve(&mut record, seed.profile_in_force(&[]), "checked", "operator alice (127.0.0.1:1)", t0 + 5).expect("approve");
     audit.extend(effects.audit);
     check(&record, &audit);
     let status = cordon_wire::Status {

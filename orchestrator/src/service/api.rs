@@ -26,7 +26,7 @@ use super::lease::Fence;
 use super::profiles::{IsolationPolicy, PolicyVersion};
 use super::store::{ApiCall, Store};
 use crate::api::{
-    check_host_id, check_policy_reason, AgentKeyView, CheckedIsolation, EnrollRequest, ErrorBody, HostView,
+    check_host_id, check_policy_reason, AgentKeyView, CheckedIsolation, EnrollRequest, ErrorBody, ExtendRequest, HostView,
     IsolateRequest, PolicyDiff, PolicyHistoryEntry, PolicyView, ReasonRequest, RevertPolicyRequest, SetPolicyRequest,
     TagsRequest, OPERATOR_HEADER,
 };
@@ -36,6 +36,35 @@ use crate::api::{
 pub enum ApiRequest {
     Host(OperatorRequest),
     Policy(PolicyChangeRequest),
+    Bulk(BulkRequest),
+}
+
+/// One operation on every host a filter selects (the console's bulk page), carried out by the
+/// loop in one commit.
+#[derive(Debug)]
+pub struct BulkRequest {
+    pub filter: crate::api::HostFilter,
+    pub action: BulkAction,
+    pub reason: String,
+    /// How many hosts the operator saw the filter select: refused if it selects another number.
+    pub expected_hosts: usize,
+    /// `operator NAME (ADDRESS)`.
+    pub operator: String,
+    pub reply: oneshot::Sender<Result<Vec<BulkOutcome>, NotDone>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BulkAction {
+    /// Automatic for each host's profile's duration, or manual.
+    Isolate { manual: bool },
+    Release,
+}
+
+/// What a bulk operation did to one host: its state now, or why it was refused there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BulkOutcome {
+    pub host: String,
+    pub result: Result<String, String>,
 }
 
 /// A change of the isolation policy, for the service loop to validate (against the rules in
@@ -86,31 +115,39 @@ pub enum NotDone {
     /// What the request names does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The service is stopping: the request was not taken.
+    #[error("the service is shutting down; nothing was changed")]
+    ShuttingDown,
+    /// The loop dropped the request without an answer (its log says why).
+    #[error("the service could not record the change (see its log); nothing was sent")]
+    Lost,
 }
 
 #[derive(Debug)]
 pub enum Operation {
     Isolate { isolation: CheckedIsolation, reason: String },
     Release { reason: String },
-    Approve,
+    Extend { seconds: u64, reason: String },
+    Approve { reason: String },
     Deny { reason: String },
     Tags { add: Vec<String>, remove: Vec<String> },
 }
 
+/// What the API's and the console's handlers share.
 #[derive(Clone)]
-struct ApiState {
-    store: Store,
-    tokens: Arc<Tokens>,
-    failed: Arc<std::sync::Mutex<FailedAttempts>>,
-    requests: mpsc::Sender<ApiRequest>,
-    metrics: Arc<Metrics>,
-    fence: Fence,
+pub(crate) struct ApiState {
+    pub(crate) store: Store,
+    pub(crate) tokens: Arc<Tokens>,
+    pub(crate) failed: Arc<std::sync::Mutex<FailedAttempts>>,
+    pub(crate) requests: mpsc::Sender<ApiRequest>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) fence: Fence,
 }
 
 /// The caller of a request, as the authentication layer established it: `operator NAME
 /// (ADDRESS)` and the token's role.
 #[derive(Clone)]
-struct Caller(String, Role);
+pub(crate) struct Caller(pub(crate) String, pub(crate) Role);
 
 /// The API's routes: `/healthz`, `/readyz` and `/metrics` are open (they name no host), everything
 /// under `/v1` needs a token, and a role for what it does.
@@ -121,14 +158,24 @@ pub fn router(
     metrics: Arc<Metrics>,
     fence: Fence,
 ) -> Router {
-    let state = ApiState {
-        store,
-        tokens: Arc::new(tokens),
-        failed: Arc::default(),
-        requests,
-        metrics,
-        fence,
-    };
+    routes(ApiState::new(store, tokens, requests, metrics, fence))
+}
+
+impl ApiState {
+    pub(crate) fn new(
+        store: Store,
+        tokens: Tokens,
+        requests: mpsc::Sender<ApiRequest>,
+        metrics: Arc<Metrics>,
+        fence: Fence,
+    ) -> ApiState {
+        ApiState { store, tokens: Arc::new(tokens), failed: Arc::default(), requests, metrics, fence }
+    }
+}
+
+/// The API's routes over `state` (which the console shares: its failed sign-ins count with the
+/// API's failed tokens).
+pub(crate) fn routes(state: ApiState) -> Router {
     let reads = Router::new()
         .route("/hosts", get(list_hosts))
         .route("/hosts/{host}", get(show_host))
@@ -140,6 +187,7 @@ pub fn router(
     let responses = Router::new()
         .route("/hosts/{host}/isolate", post(isolate))
         .route("/hosts/{host}/release", post(release))
+        .route("/hosts/{host}/extend", post(extend))
         .route("/hosts/{host}/approve", post(approve))
         .route("/hosts/{host}/deny", post(deny))
         .route("/hosts/{host}/tags", post(tags))
@@ -351,24 +399,16 @@ fn operator_name(headers: &HeaderMap) -> String {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HostsQuery {
-    tag: Option<String>,
-    state: Option<String>,
-}
-
 async fn list_hosts(
     State(state): State<ApiState>,
-    query: Result<Query<HostsQuery>, QueryRejection>,
+    query: Result<Query<crate::api::HostFilter>, QueryRejection>,
 ) -> Result<Json<Vec<HostView>>, ApiError> {
-    let Query(query) = query?;
+    let Query(filter) = query?;
     let hosts = state
         .store
         .hosts()?
         .iter()
-        .filter(|record| query.tag.as_ref().is_none_or(|tag| record.tags.contains(tag)))
-        .filter(|record| query.state.as_deref().is_none_or(|wanted| record.state.name() == wanted))
+        .filter(|record| filter.matches(record))
         .map(|record| HostView::new(record, None))
         .collect();
     Ok(Json(hosts))
@@ -393,39 +433,84 @@ async fn change(
     operation: Operation,
 ) -> Result<Json<HostView>, ApiError> {
     check_host_id(&host).map_err(|problem| ApiError::new(StatusCode::BAD_REQUEST, problem))?;
-    let (reply, answer) = oneshot::channel();
-    let request = OperatorRequest { host, operation, operator: caller.0, reply };
-    let record = ask(state, ApiRequest::Host(request), answer).await?;
+    let record = change_host(state, caller.0, host, operation).await?;
     Ok(Json(HostView::new(&record, None)))
 }
 
-/// Hands a request to the service loop and waits for its answer; what was not done is an error
-/// answer saying why.
-async fn ask<T>(
+/// Has the service loop carry out `operation` on `host` for `operator` (the API's and the
+/// console's way to change a host); the host as it now is, or why not.
+pub(crate) async fn change_host(
+    state: &ApiState,
+    operator: String,
+    host: String,
+    operation: Operation,
+) -> Result<HostRecord, NotDone> {
+    let (reply, answer) = oneshot::channel();
+    submit(state, ApiRequest::Host(OperatorRequest { host, operation, operator, reply }), answer).await
+}
+
+/// Has the service loop carry out a bulk operation; each host's outcome, or why none was done.
+pub(crate) async fn change_hosts(
+    state: &ApiState,
+    operator: String,
+    filter: crate::api::HostFilter,
+    action: BulkAction,
+    reason: String,
+    expected_hosts: usize,
+) -> Result<Vec<BulkOutcome>, NotDone> {
+    let (reply, answer) = oneshot::channel();
+    let request = BulkRequest { filter, action, reason, expected_hosts, operator, reply };
+    submit(state, ApiRequest::Bulk(request), answer).await
+}
+
+/// Has the service loop validate, store and apply a policy change by `author`; the new version,
+/// or why not.
+pub(crate) async fn change_policy_version(
+    state: &ApiState,
+    author: String,
+    change: PolicyChange,
+    reason: String,
+    expected_version: Option<u64>,
+) -> Result<PolicyVersion, NotDone> {
+    check_policy_reason(&reason).map_err(|problem| NotDone::Invalid(vec![problem]))?;
+    let (reply, answer) = oneshot::channel();
+    let request = PolicyChangeRequest { change, author, reason, expected_version, reply };
+    submit(state, ApiRequest::Policy(request), answer).await
+}
+
+/// Hands a request to the service loop and waits for its answer.
+async fn submit<T>(
     state: &ApiState,
     request: ApiRequest,
     answer: oneshot::Receiver<Result<T, NotDone>>,
-) -> Result<T, ApiError> {
-    state
-        .requests
-        .send(request)
-        .await
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the service is shutting down"))?;
-    match answer.await {
-        Ok(Ok(done)) => Ok(done),
-        Ok(Err(NotDone::Invalid(problems))) => Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            ErrorBody { error: format!("the request has {} problem(s); nothing was changed", problems.len()), problems },
-        )),
-        Ok(Err(missing @ NotDone::NotFound(_))) => Err(ApiError::new(StatusCode::NOT_FOUND, missing.to_string())),
-        Ok(Err(refused @ NotDone::Refused(_))) => Err(ApiError::new(StatusCode::CONFLICT, refused.to_string())),
-        Ok(Err(fault @ (NotDone::StoreFault(_) | NotDone::Fenced(_)))) => {
-            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, fault.to_string()))
+) -> Result<T, NotDone> {
+    state.requests.send(request).await.map_err(|_| NotDone::ShuttingDown)?;
+    answer.await.unwrap_or(Err(NotDone::Lost))
+}
+
+impl From<NotDone> for ApiError {
+    fn from(not_done: NotDone) -> ApiError {
+        let status = not_done.status();
+        match not_done {
+            NotDone::Invalid(problems) => ApiError(
+                status,
+                ErrorBody { error: format!("the request has {} problem(s); nothing was changed", problems.len()), problems },
+            ),
+            other => ApiError::new(status, other.to_string()),
         }
-        Err(_) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the service could not record the change (see its log); nothing was sent",
-        )),
+    }
+}
+
+impl NotDone {
+    /// The HTTP status that answers it.
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            NotDone::Invalid(_) => StatusCode::BAD_REQUEST,
+            NotDone::NotFound(_) => StatusCode::NOT_FOUND,
+            NotDone::Refused(_) => StatusCode::CONFLICT,
+            NotDone::StoreFault(_) | NotDone::Fenced(_) | NotDone::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            NotDone::Lost => StatusCode::INTERNAL_SERVER_ERROR,
+        }
     }
 }
 
@@ -461,12 +546,38 @@ async fn release(
     change(&state, caller, host, Operation::Release { reason }).await
 }
 
+async fn extend(
+    State(state): State<ApiState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(host): Path<String>,
+    body: Result<Json<ExtendRequest>, JsonRejection>,
+) -> Result<Json<HostView>, ApiError> {
+    let Json(body) = body?;
+    let problems = body.problems();
+    if !problems.is_empty() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            ErrorBody { error: format!("the extension has {} problem(s)", problems.len()), problems },
+        ));
+    }
+    let reason = reason_or(body.reason, "extended by an operator");
+    change(&state, caller, host, Operation::Extend { seconds: body.duration_seconds, reason }).await
+}
+
 async fn approve(
     State(state): State<ApiState>,
     axum::Extension(caller): axum::Extension<Caller>,
     Path(host): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<Json<HostView>, ApiError> {
-    change(&state, caller, host, Operation::Approve).await
+    // The body is optional (clients before reasons sent none).
+    let body: ReasonRequest = if body.is_empty() {
+        ReasonRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, format!("the body: {error}")))?
+    };
+    let reason = checked_reason(body.reason, "approved by an operator")?;
+    change(&state, caller, host, Operation::Approve { reason }).await
 }
 
 async fn deny(
@@ -706,9 +817,7 @@ async fn change_policy(
     expected_version: Option<u64>,
 ) -> Result<Json<PolicyView>, ApiError> {
     check_policy_reason(&reason).map_err(|problem| ApiError::new(StatusCode::BAD_REQUEST, problem))?;
-    let (reply, answer) = oneshot::channel();
-    let request = PolicyChangeRequest { change, author: caller.0, reason, expected_version, reply };
-    let version = ask(state, ApiRequest::Policy(request), answer).await?;
+    let version = change_policy_version(state, caller.0, change, reason, expected_version).await?;
     Ok(Json(PolicyView::new(&version)))
 }
 

@@ -22,6 +22,8 @@ pub struct ServiceConfig {
     #[serde(default)]
     pub agents: AgentsSection,
     #[serde(default)]
+    pub console: ConsoleSection,
+    #[serde(default)]
     pub telemetry: cordon_telemetry::TelemetrySection,
 }
 
@@ -153,6 +155,34 @@ impl Default for ApiSection {
     fn default() -> Self {
         ApiSection { listen: default_api_listen(), token_file: None, tokens_file: None, tls_cert_file: None, tls_key_file: None }
     }
+}
+
+/// `[console]`: the operators' web console.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSection {
+    /// Serve the console at `/console` (default: yes).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Its own address; absent: the API's listener. Over TLS when the API is (`[api] tls_*`).
+    pub listen: Option<String>,
+    /// How long a sign-in lasts, in minutes.
+    #[serde(default = "default_session_minutes")]
+    pub session_minutes: u64,
+}
+
+impl Default for ConsoleSection {
+    fn default() -> Self {
+        ConsoleSection { enabled: true, listen: None, session_minutes: default_session_minutes() }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_session_minutes() -> u64 {
+    480
 }
 
 #[derive(Debug, Deserialize)]

@@ -278,6 +278,15 @@ pub enum Refused {
          it changed (cordon policy diff {expected}) and make yours again from version {current}"
     )]
     PolicyChanged { expected: u64, current: u64 },
+    #[error("host {0} has no timed isolation in force to extend (isolate it again instead)")]
+    NothingToExtend(String),
+    #[error("the filter now selects {now} host(s), not the {expected} you saw: look again before acting on them all")]
+    BulkChanged { expected: usize, now: usize },
+    #[error(
+        "isolating {hosts} hosts at once is more than the fleet ceiling allows (policy.yaml max_automatic: {count} \
+         within {within}); narrow the filter"
+    )]
+    OverCeiling { hosts: usize, count: u32, within: String },
 }
 
 impl HostRecord {
@@ -495,10 +504,56 @@ pub fn operator_release(
     Ok(record.release(operator, reason.to_owned(), now))
 }
 
+/// An operator gives a timed isolation in force `seconds` more: the same isolation with a later
+/// deadline, sent as a new generation (the agent moves its kernel deadline live).
+pub fn extend(
+    record: &mut HostRecord,
+    seconds: u64,
+    reason: &str,
+    operator: &str,
+    now: i64,
+) -> Result<Effects, Refused> {
+    let nothing = || Refused::NothingToExtend(record.host.clone());
+    let deadline = match (record.state, record.expires_at_ms, &record.last_command) {
+        (HostState::Isolating | HostState::Isolated, Some(deadline), Some(cordon_wire::Action::Isolate { .. }))
+            if deadline > now =>
+        {
+            deadline
+        }
+        _ => return Err(nothing()),
+    };
+    let later = deadline.saturating_add(i64::try_from(seconds).unwrap_or(i64::MAX).saturating_mul(1_000));
+    record.expires_at_ms = Some(later);
+    let Some(command) = isolation_again(record, now) else {
+        record.expires_at_ms = Some(deadline);
+        return Err(nothing());
+    };
+    let why = format!(
+        "extended by {} to {}: {reason}",
+        super::profiles::format_seconds(seconds),
+        crate::api::rfc3339(later)
+    );
+    let command = match command {
+        cordon_wire::Action::Isolate { duration_seconds, exclusions, allowed_processes, allow_dns, allow_dhcp, .. } => {
+            cordon_wire::Action::Isolate {
+                duration_seconds,
+                exclusions,
+                allowed_processes,
+                allow_dns,
+                allow_dhcp,
+                reason: format!("{operator}: {why}"),
+            }
+        }
+        release @ cordon_wire::Action::Release { .. } => release,
+    };
+    Ok(record.step(HostState::Isolating, Some(command), operator, None, why, now))
+}
+
 /// An operator approves the pending proposal: the isolation starts now (its clock too).
 pub fn approve(
     record: &mut HostRecord,
     profile: ProfileInForce<'_>,
+    reason: &str,
     operator: &str,
     now: i64,
 ) -> Result<Effects, Refused> {
@@ -507,7 +562,7 @@ pub fn approve(
     };
     record.rules.clone_from(&proposal.rules);
     let why = format!(
-        "approved the isolation requested by rules {} (event {}, {} request(s))",
+        "approved the isolation requested by rules {} (event {}, {} request(s)): {reason}",
         proposal.rules.join(","),
         proposal.event_id,
         proposal.requests

@@ -17,6 +17,7 @@ pub mod access;
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod jobs;
 pub mod lease;
 pub mod lifecycle;
@@ -41,7 +42,10 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use self::api::{ApiRequest, NotDone, Operation, OperatorRequest, PolicyChange, PolicyChangeRequest};
+use self::api::{
+    ApiRequest, BulkAction, BulkOutcome, BulkRequest, NotDone, Operation, OperatorRequest, PolicyChange,
+    PolicyChangeRequest,
+};
 use self::config::ServiceConfig;
 use self::jobs::Job;
 use self::lifecycle::{Effects, HostRecord, HostState, IsolationPlan};
@@ -290,43 +294,64 @@ fn api_token(config: &ServiceConfig) -> Result<String> {
     Ok(token)
 }
 
-/// Serves the operator API on `listen` in a task of its own; returns the address it listens on.
+/// Serves the operator API on `[api] listen`, and the console there or on `[console] listen`,
+/// each in a task of its own; returns the API's address and scheme (and the console's address,
+/// when it has its own).
 async fn start_api(
-    section: &config::ApiSection,
-    store: Store,
-    tokens: access::Tokens,
-    requests: mpsc::Sender<ApiRequest>,
-    metrics: Arc<Metrics>,
-    fence: lease::Fence,
-) -> Result<(std::net::SocketAddr, &'static str)> {
-    let listen = &section.listen;
+    config: &ServiceConfig,
+    state: api::ApiState,
+) -> Result<((std::net::SocketAddr, &'static str), Option<std::net::SocketAddr>)> {
+    let section = &config.api;
     let tls = match (&section.tls_cert_file, &section.tls_key_file) {
         (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
         (None, None) => None,
         _ => bail!("[api] needs both tls_cert_file and tls_key_file, or neither"),
     };
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} ([api] listen)"))?;
+    let console = config.console.enabled.then(|| console::ConsoleOptions {
+        secure_cookies: tls.is_some(),
+        session_minutes: config.console.session_minutes,
+        shared_token: config.api.tokens_file.is_none(),
+    });
+    let mut app = api::routes(state.clone());
+    let mut console_address = None;
+    if let Some(options) = console {
+        let routes = console::router(state, options)
+            .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY_BYTES));
+        match &config.console.listen {
+            None => app = app.merge(routes),
+            Some(listen) => console_address = Some(serve_on(listen, "[console] listen", routes, tls.clone()).await?),
+        }
+    }
+    let address = serve_on(&section.listen, "[api] listen", app, tls.clone()).await?;
+    Ok(((address, if tls.is_some() { "https" } else { "http" }), console_address))
+}
+
+/// Serves `app` on `listen` (over TLS with `tls`) in a task of its own; returns the address.
+async fn serve_on(
+    listen: &str,
+    setting: &str,
+    app: axum::Router,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+) -> Result<std::net::SocketAddr> {
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} ({setting})"))?;
     let address = listener.local_addr()?;
-    let app = api::router(store, tokens, requests, metrics, fence).into_make_service_with_connect_info::<tls::Peer>();
-    let scheme = if let Some(tls) = tls {
+    let app = app.into_make_service_with_connect_info::<tls::Peer>();
+    if let Some(tls) = tls {
         let listener = tls::TlsListener::new(listener, tls)?;
         tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, app).await {
-                tracing::error!("the API server stopped: {error}");
+                tracing::error!("the server on {address} stopped: {error}");
             }
         });
-        "https"
     } else {
         tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, app).await {
-                tracing::error!("the API server stopped: {error}");
+                tracing::error!("the server on {address} stopped: {error}");
             }
         });
-        "http"
-    };
-    Ok((address, scheme))
+    }
+    Ok(address)
 }
 
 /// The consumer of detections and agents' reports. It joins no group: the reader assigns it
@@ -502,8 +527,8 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let (outbox, sender, mut parked) =
         start_outbox(&config, &store, signing_key, brokers, &metrics, failpoint.clone(), &fence)?;
     let (requests_tx, mut requests) = mpsc::channel::<ApiRequest>(64);
-    let api_address =
-        start_api(&config.api, store.clone(), tokens, requests_tx, Arc::clone(&metrics), fence.clone()).await?;
+    let api_state = api::ApiState::new(store.clone(), tokens, requests_tx, Arc::clone(&metrics), fence.clone());
+    let (api_address, console_address) = start_api(&config, api_state).await?;
     let (jobs_tx, mut jobs) = mpsc::channel::<Job>(16);
     let scheduler = jobs::start(&config, jobs_tx).await?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -531,7 +556,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         fence,
         fenced: false,
     };
-    service.announce(&telemetry, api_address);
+    service.announce(&telemetry, api_address, console_address);
     // Whatever was decided before a restart and not sent yet goes out first; overdue
     // isolations are lifted at once.
     let result = service.lift_due(now_ms());
@@ -549,6 +574,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
                 let result = match request {
                     ApiRequest::Host(request) => service.on_operator(request),
                     ApiRequest::Policy(request) => service.on_policy(request),
+                    ApiRequest::Bulk(request) => service.on_bulk(request),
                 };
                 service.after(result);
             }
@@ -882,7 +908,12 @@ fn parse_batch(
 
 impl Service {
     /// Says what is served, once the service is ready to: operators (and tests) wait for it.
-    fn announce(&self, telemetry: &cordon_telemetry::Telemetry, (api_address, scheme): (std::net::SocketAddr, &str)) {
+    fn announce(
+        &self,
+        telemetry: &cordon_telemetry::Telemetry,
+        (api_address, scheme): (std::net::SocketAddr, &str),
+        console_address: Option<std::net::SocketAddr>,
+    ) {
         tracing::info!("telemetry: {}.", telemetry.description());
         self.say_if_no_rules();
         let policy = self.store.policy();
@@ -892,6 +923,10 @@ impl Service {
             policy.policy.profiles.len(),
             profiles::format_seconds(policy.policy.profile_for(&[]).automatic_duration_seconds)
         );
+        if self.config.console.enabled {
+            let at = console_address.unwrap_or(api_address);
+            tracing::info!("console on {scheme}://{at}/console (sign in with an API token).");
+        }
         tracing::info!(
             "serving {} rule(s) from {}; API on {scheme}://{api_address}.",
             self.ruleset.len(),
@@ -1344,31 +1379,54 @@ impl Service {
         self.flush()
     }
 
+    /// Why the loop takes no change now, if it does not: a later start fenced it, or the store
+    /// cannot be written.
+    fn not_acting(&self) -> Option<NotDone> {
+        if let Some(why) = self.fence.reason() {
+            return Some(NotDone::Fenced(why));
+        }
+        self.store.fault().map(NotDone::StoreFault)
+    }
+
     /// Carries out an operator's request, durably, and answers it; while the store cannot be
     /// written, answers at once that nothing was done.
     fn on_operator(&mut self, request: OperatorRequest) -> Result<()> {
-        if let Some(why) = self.fence.reason() {
-            let _ = request.reply.send(Err(api::NotDone::Fenced(why)));
-            return Ok(());
-        }
-        if let Some(fault) = self.store.fault() {
-            let _ = request.reply.send(Err(api::NotDone::StoreFault(fault)));
+        if let Some(not_acting) = self.not_acting() {
+            let _ = request.reply.send(Err(not_acting));
             return Ok(());
         }
         let now = now_ms();
-        let previous = match self.store.host(&request.host) {
-            Ok(previous) => previous,
-            Err(error) => {
-                let _ = request.reply.send(Err(api::NotDone::StoreFault(format!("{error:#}"))));
-                return Err(error);
-            }
+        let outcome = self
+            .carry_out(&request.host, request.operation, &request.operator, now)
+            .and_then(|outcome| {
+                self.store.put_engine_changes(&mut self.engine);
+                outcome.is_ok().then(|| self.flush()).transpose().map(|_| outcome)
+            });
+        let (answer, failed) = match outcome {
+            Ok(answer) => (answer, None),
+            Err(error) => (Err(NotDone::StoreFault(format!("{error:#}"))), Some(error)),
         };
-        let mut record = previous.clone().unwrap_or_else(|| HostRecord::new(&request.host, now));
-        let operator = request.operator.as_str();
-        let operation_name = match &request.operation {
+        // The client may have gone; the change stands either way.
+        let _ = request.reply.send(answer);
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Carries out one operation on one host for `operator`: its changes are staged, not yet
+    /// durable. `Ok(Err(..))`: refused, nothing staged; `Err`: the store failed.
+    fn carry_out(
+        &mut self,
+        host: &str,
+        operation: Operation,
+        operator: &str,
+        now: i64,
+    ) -> Result<Result<HostRecord, NotDone>> {
+        let previous = self.store.host(host)?;
+        let mut record = previous.clone().unwrap_or_else(|| HostRecord::new(host, now));
+        let operation_name = match &operation {
             Operation::Isolate { .. } => "isolate",
             Operation::Release { .. } => "release",
-            Operation::Approve => "approve",
+            Operation::Extend { .. } => "extend",
+            Operation::Approve { .. } => "approve",
             Operation::Deny { .. } => "deny",
             Operation::Tags { .. } => "tags",
         };
@@ -1378,98 +1436,139 @@ impl Service {
             SystemTime::now(),
             &TraceContext::new(),
             vec![
-                KeyValue::new("cordon.host_id", request.host.clone()),
-                KeyValue::new("cordon.operator", request.operator.clone()),
+                KeyValue::new("cordon.host_id", host.to_owned()),
+                KeyValue::new("cordon.operator", operator.to_owned()),
                 KeyValue::new("cordon.operation", operation_name),
             ],
         );
         let policy = self.store.policy();
         let profile = policy.profile_in_force(&record.operator_tags);
         let mut retagged = false;
-        let outcome = match request.operation {
+        let outcome = match operation {
             Operation::Isolate { isolation, reason } => {
                 let mut plan = isolation.plan;
                 if isolation.profile_duration {
                     plan.duration_seconds = Some(profile.profile.automatic_duration_seconds);
                 }
                 let problems = profile.problems_with(&plan);
-                if !problems.is_empty() {
-                    let _ = request.reply.send(Err(NotDone::Invalid(problems)));
-                    return Ok(());
+                if problems.is_empty() {
+                    let effects = lifecycle::operator_isolate(&mut record, &plan, profile, &reason, operator, now);
+                    self.note_isolation(&record, &plan, operator);
+                    Ok(effects)
+                } else {
+                    Err(NotDone::Invalid(problems))
                 }
-                let effects = lifecycle::operator_isolate(&mut record, &plan, profile, &reason, operator, now);
-                self.note_isolation(&record, &plan, operator);
-                Ok(effects)
             }
             Operation::Release { reason } => {
                 let effects = lifecycle::operator_release(&mut record, &reason, operator, now);
                 if effects.is_ok() {
                     self.engine.release(&record.host);
                 }
-                effects
+                effects.map_err(NotDone::from)
             }
-            Operation::Approve => {
+            Operation::Extend { seconds, reason } => {
+                let effects = lifecycle::extend(&mut record, seconds, &reason, operator, now);
+                if effects.is_ok() {
+                    // The engine must never decide a shorter isolation than this one.
+                    self.engine.note_isolation(&record.host, rules::IsolationMode::Automatic, record.expires_at_ms, operator);
+                }
+                effects.map_err(NotDone::from)
+            }
+            Operation::Approve { reason } => {
                 let plan = record.pending.as_ref().map(|p| p.plan.clone());
-                let effects = lifecycle::approve(&mut record, profile, operator, now);
+                let effects = lifecycle::approve(&mut record, profile, &reason, operator, now);
                 if let (Ok(_), Some(plan)) = (&effects, plan) {
                     self.note_isolation(&record, &plan, operator);
                 }
-                effects
+                effects.map_err(NotDone::from)
             }
-            Operation::Deny { reason } => lifecycle::deny(&mut record, &reason, operator, now),
+            Operation::Deny { reason } => lifecycle::deny(&mut record, &reason, operator, now).map_err(NotDone::from),
             Operation::Tags { add, remove } => {
                 retagged = true;
-                lifecycle::set_tags(&mut record, &add, &remove, operator, now)
+                lifecycle::set_tags(&mut record, &add, &remove, operator, now).map_err(NotDone::from)
             }
         };
-        let mut failed = None;
-        let answer = match outcome {
-            Ok(effects) => match self
-                .apply(previous.as_ref(), &mut record, effects, now, trace.as_ref())
-                .and_then(|()| {
-                    if !retagged {
-                        return Ok(());
-                    }
+        let outcome = match outcome {
+            Ok(effects) => {
+                self.apply(previous.as_ref(), &mut record, effects, now, trace.as_ref())?;
+                if retagged {
                     // Other tags may choose another profile for an isolation in force.
                     let before = record.clone();
                     let profile = policy.profile_in_force(&record.operator_tags);
                     let effects = lifecycle::apply_profile(&mut record, profile, operator, now);
-                    self.apply(Some(&before), &mut record, effects, now, trace.as_ref())
-                })
-                .map(|()| self.store.put_engine_changes(&mut self.engine))
-                .and_then(|()| self.flush())
-            {
-                Ok(()) => Ok(record),
-                Err(error) => {
-                    let fault = api::NotDone::StoreFault(format!("{error:#}"));
-                    failed = Some(error);
-                    Err(fault)
+                    self.apply(Some(&before), &mut record, effects, now, trace.as_ref())?;
                 }
-            },
-            Err(refused) => {
+                Ok(record)
+            }
+            Err(not_done) => {
                 if let Some(trace) = &trace {
-                    trace.span().set_status(SpanStatus::error(refused.to_string()));
+                    trace.span().set_status(SpanStatus::error(not_done.to_string()));
                 }
-                Err(api::NotDone::Refused(refused))
+                Err(not_done)
             }
         };
         if let Some(trace) = trace {
             trace.span().end();
         }
-        // The client may have gone; the change stands either way.
+        Ok(outcome)
+    }
+
+    /// Carries out one operation on every host a filter selects, for an operator, in one commit:
+    /// refused whole if the filter no longer selects the number of hosts the operator saw, or an
+    /// isolation of more hosts than `policy.yaml`'s `max_automatic` allows at once.
+    fn on_bulk(&mut self, request: BulkRequest) -> Result<()> {
+        if let Some(not_acting) = self.not_acting() {
+            let _ = request.reply.send(Err(not_acting));
+            return Ok(());
+        }
+        let result = self.carry_out_bulk(&request);
+        let (answer, failed) = match result {
+            Ok(answer) => (answer, None),
+            Err(error) => (Err(NotDone::StoreFault(format!("{error:#}"))), Some(error)),
+        };
         let _ = request.reply.send(answer);
         failed.map_or(Ok(()), Err)
+    }
+
+    fn carry_out_bulk(&mut self, request: &BulkRequest) -> Result<Result<Vec<BulkOutcome>, NotDone>> {
+        let hosts: Vec<String> =
+            self.store.hosts()?.into_iter().filter(|r| request.filter.matches(r)).map(|r| r.host).collect();
+        if hosts.len() != request.expected_hosts {
+            let refused = lifecycle::Refused::BulkChanged { expected: request.expected_hosts, now: hosts.len() };
+            return Ok(Err(refused.into()));
+        }
+        let isolating = matches!(request.action, BulkAction::Isolate { .. });
+        if let Some(ceiling) = self.ruleset.policy().max_automatic.filter(|c| isolating && hosts.len() > c.count as usize) {
+            let refused = lifecycle::Refused::OverCeiling {
+                hosts: hosts.len(),
+                count: ceiling.count,
+                within: rules::format_duration(ceiling.within),
+            };
+            return Ok(Err(refused.into()));
+        }
+        let now = now_ms();
+        let mut outcomes = Vec::with_capacity(hosts.len());
+        for host in hosts {
+            let operation = match request.action {
+                BulkAction::Isolate { manual } => Operation::Isolate {
+                    isolation: crate::api::CheckedIsolation { plan: IsolationPlan::default(), profile_duration: !manual },
+                    reason: request.reason.clone(),
+                },
+                BulkAction::Release => Operation::Release { reason: request.reason.clone() },
+            };
+            let result = self.carry_out(&host, operation, &request.operator, now)?;
+            outcomes.push(BulkOutcome { host, result: result.map(|r| r.state.name().to_owned()).map_err(|e| e.to_string()) });
+        }
+        self.store.put_engine_changes(&mut self.engine);
+        self.flush()?;
+        Ok(Ok(outcomes))
     }
 
     /// Validates a policy change (with the rules in force), stores it as the new version, applies
     /// it live to every isolation in force whose profile it changes, durably, and answers.
     fn on_policy(&mut self, request: PolicyChangeRequest) -> Result<()> {
-        if let Some(why) = self.fence.reason() {
-            let _ = request.reply.send(Err(NotDone::Fenced(why)));
-            return Ok(());
-        }
-        if let Some(fault) = self.store.fault() {
-            let _ = request.reply.send(Err(NotDone::StoreFault(fault)));
+        if let Some(not_acting) = self.not_acting() {
+            let _ = request.reply.send(Err(not_acting));
             return Ok(());
         }
         let current = self.store.policy();

@@ -757,6 +757,16 @@ impl Store {
             .collect()
     }
 
+    /// Every host's audit trail, host by host (the console's history filters and sorts it).
+    pub fn audit_entries(&self) -> Result<Vec<AuditEntry>> {
+        let trees = self.trees()?;
+        trees.audit
+            .iter()
+            .values()
+            .map(|value| serde_json::from_slice(&value?).context("an audit entry is unreadable"))
+            .collect()
+    }
+
     /// Removes audit entries older than the retention and, per host, all but the newest
     /// `per_host`; then API call records older than theirs. Returns how many were removed.
     pub fn apply_retention(&self, retention: &Retention, now_ms: i64) -> Result<RetentionOutcome> {

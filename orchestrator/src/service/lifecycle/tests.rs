@@ -111,7 +111,7 @@ fn approval_requests_merge_and_the_clock_starts_at_approval() {
 
     assert!(operator_release(&mut host, "no", "operator b", T0 + 6).is_err());
     let approved_at = T0 + 120_000;
-    let effects = approve(&mut host, seed(), "operator bob", approved_at).unwrap();
+    let effects = approve(&mut host, seed(), "approved by an operator", "operator bob", approved_at).unwrap();
     assert!(matches!(
         effects.command,
         Some(cordon_wire::Action::Isolate { duration_seconds: Some(3_600), .. })
@@ -119,7 +119,7 @@ fn approval_requests_merge_and_the_clock_starts_at_approval() {
     assert_eq!(host.expires_at_ms, Some(approved_at + 3_600_000));
     assert_eq!((host.state, host.generation), (HostState::Isolating, 1));
     assert_eq!(
-        approve(&mut host, seed(), "operator bob", approved_at),
+        approve(&mut host, seed(), "approved by an operator", "operator bob", approved_at),
         Err(Refused::NothingPending("plc-07".into()))
     );
 }
@@ -472,4 +472,26 @@ fn a_new_profile_leaves_released_pending_and_overdue_hosts_alone_and_keeps_manua
     let effects = apply_profile(&mut manual, v2.profile_in_force(&[]), "v2", T0 + 5);
     assert!(matches!(effects.command, Some(cordon_wire::Action::Isolate { duration_seconds: None, .. })));
     assert_eq!(manual.mode.as_deref(), Some("manual"));
+}
+
+#[test]
+fn an_operator_extends_a_timed_isolation_live_and_nothing_else() {
+    let mut host = HostRecord::new("web-01", T0);
+    operator_isolate(&mut host, &timed(600), seed(), "x", "operator a", T0);
+    let effects = extend(&mut host, 3_600, "IR-9 needs longer", "operator b", T0 + 100_000).unwrap();
+    assert_eq!(host.expires_at_ms, Some(T0 + 600_000 + 3_600_000));
+    assert!(matches!(effects.command, Some(cordon_wire::Action::Isolate { duration_seconds: Some(4_100), .. })));
+    let audit = effects.audit.unwrap();
+    assert_eq!((audit.to, audit.generation, audit.by.as_str()), (HostState::Isolating, 2, "operator b"));
+    assert!(audit.why.starts_with("extended by 1h to 2023-11-14T23:"), "{}", audit.why);
+
+    let mut manual = HostRecord::new("web-02", T0);
+    operator_isolate(&mut manual, &IsolationPlan::default(), seed(), "x", "operator a", T0);
+    assert_eq!(extend(&mut manual, 60, "r", "operator b", T0 + 1), Err(Refused::NothingToExtend("web-02".into())));
+    let mut overdue = HostRecord::new("web-03", T0);
+    operator_isolate(&mut overdue, &timed(60), seed(), "x", "operator a", T0);
+    assert!(extend(&mut overdue, 60, "r", "operator b", T0 + 61_000).is_err(), "the tick lifts it; nothing to extend");
+    assert_eq!(overdue.expires_at_ms, Some(T0 + 60_000), "a refused extension changes nothing");
+    let mut released = HostRecord::new("web-04", T0);
+    assert!(extend(&mut released, 60, "r", "operator b", T0).is_err());
 }
