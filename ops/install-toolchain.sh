@@ -23,9 +23,10 @@ fi
 
 # Debian packages: LLVM 22 for bpf-linker, iproute2/nftables/iperf3 for the kernel tests and
 # benchmarks, openssl (the command) for the tests' TLS certificates, libssl-dev and pkg-config for
-# librdkafka's TLS and SASL, stunnel4 for the TLS listener the tests put in front of tansu.
+# librdkafka's TLS and SASL, stunnel4 for the TLS listener the tests put in front of tansu,
+# chromium and chromium-driver for the console's browser tests (nothing downloaded at run time).
 need_pkgs=()
-for pkg in llvm-22-dev libpolly-22-dev libzstd-dev iproute2 nftables iperf3 procps openssl libssl-dev pkg-config stunnel4; do
+for pkg in llvm-22-dev libpolly-22-dev libzstd-dev iproute2 nftables iperf3 procps openssl libssl-dev pkg-config stunnel4 chromium chromium-driver; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

@@ -1,6 +1,7 @@
 // cordon console: keeps every countdown ticking. Each <time class="countdown" data-left-ms>
 // counts down from when it arrived on the page (so the browser's clock does not matter); the
-// live parts that htmx swaps in bring fresh ones. No other script runs on the console.
+// live parts that htmx swaps in bring fresh ones; and counts Content-Security-Policy violations
+// on <body data-csp-violations> (the browser tests read it). No other script of cordon's runs.
 "use strict";
 (function () {
   function left(ms) {
@@ -25,6 +26,13 @@
       if (clock.textContent !== text) clock.textContent = text;
     }
   }
+  // A blocked script, style or request would mean the page is not what the policy allows:
+  // counted where the browser tests look.
+  document.addEventListener("securitypolicyviolation", function (event) {
+    var body = document.body;
+    body.dataset.cspViolations = String(Number(body.dataset.cspViolations || 0) + 1);
+    body.dataset.lastCspViolation = event.violatedDirective + " " + event.blockedURI;
+  });
   document.addEventListener("DOMContentLoaded", tick);
   setInterval(tick, 1000);
 })();

@@ -8,6 +8,7 @@
 //! routed to the machine's own namespace. Programs are attached only to the sandbox's cgroup and,
 //! through `nsenter`, only to interfaces inside its namespaces.
 
+pub mod browser;
 pub mod chaos;
 pub mod fleet;
 pub mod otlp;

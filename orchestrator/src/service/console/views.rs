@@ -54,8 +54,9 @@ pub fn page(title: &str, viewer: Option<(&Viewer, Section)>, body: &Markup) -> M
                 meta name="htmx-config" content=r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false,"historyCacheSize":0}"#;
                 title { (title) " · cordon" }
                 link rel="stylesheet" href="/console/assets/console.css";
-                script src=(HTMX_PATH) defer {}
+                // console.js first: it counts policy violations, htmx's included.
                 script src="/console/assets/console.js" defer {}
+                script src=(HTMX_PATH) defer {}
             }
             body {
                 a.skip href="#main" { "Skip to content" }
@@ -325,7 +326,7 @@ pub fn host(viewer: &Viewer, record: &HostRecord, audit: &[AuditEntry], now_ms: 
     let url = host_url(&record.host);
     let body = html! {
         p.crumbs { a href="/console" { "Fleet" } " / " (record.host) }
-        h1 { (record.host) " " (state_badge(record.state)) }
+        h1 { (record.host) }
         @if let Some(failed) = failed { (problems_box(failed.problems)) }
         (host_live(record, audit, now_ms))
         @if viewer.may(Role::Responder) {
@@ -352,6 +353,7 @@ pub fn host_live(record: &HostRecord, audit: &[AuditEntry], now_ms: i64) -> Mark
     };
     html! {
         div #live hx-get=(source) hx-trigger="every 2s" hx-swap="outerHTML" {
+            p.now { "Now " span #host-state { (state_badge(record.state)) } }
             @if let Some(tampered) = &record.tampered {
                 div.alarm role="alert" {
                     p { strong { "TAMPERED" } " at " (rfc3339(tampered.at_ms)) ": " (tampered.what) }
