@@ -376,7 +376,7 @@ impl CommandView {
         if let cordon_wire::Action::Isolate { duration_seconds, exclusions, allowed_processes, allow_dns, allow_dhcp, .. } =
             action
         {
-            view.action = "isolate".to_owned();
+            "isolate".clone_into(&mut view.action);
             view.duration_seconds = *duration_seconds;
             view.exclusions.clone_from(exclusions);
             view.allowed_processes.clone_from(allowed_processes);

@@ -2390,3 +2390,167 @@ fn an_empty_rules_directory_serves_operators_only_and_says_so() {
     harness.cordon_ok(&["isolate", "web-01", "--for", "1h", "--reason", "by hand"]);
     assert_eq!(next_command(&commands, &key, Duration::from_secs(10)).host_id, "web-01");
 }
+
+/// One HTTP exchange with the console: method, path, cookie, form body (url-encoded) → status,
+/// headers (lowercased names), body. Redirects are not followed.
+fn console_call(
+    api: &str,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: &[(&str, &str)],
+) -> (u16, std::collections::HashMap<String, String>, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let url = format!("{api}{path}");
+    let cookie = cookie.map(|id| format!("cordon_session={id}"));
+    let response = if method == "GET" {
+        let mut request = agent.get(&url);
+        if let Some(cookie) = &cookie {
+            request = request.header("cookie", cookie);
+        }
+        request.call()
+    } else {
+        let mut request = agent.post(&url);
+        if let Some(cookie) = &cookie {
+            request = request.header("cookie", cookie);
+        }
+        request.send_form(form.iter().copied())
+    };
+    let mut response = response.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.as_str().to_owned(), value.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    (response.status().as_u16(), headers, response.body_mut().read_to_string().unwrap_or_default())
+}
+
+/// The value of `name` in a page's hidden input (the CSRF token).
+fn hidden_value(page: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = page.find(&marker).unwrap_or_else(|| panic!("no hidden {name} in the page")) + marker.len();
+    page[start..].split('"').next().expect("a value").to_owned()
+}
+
+/// The console's defences over plain HTTP, as a hostile client would probe them: every answer
+/// carries its security headers; the session cookie is `HttpOnly` and `SameSite=Strict`; a forged
+/// cookie is no session; a POST without (or with another session's) CSRF token, an oversized
+/// form, a bad query or host id, a bad form and a viewer's change are refused and change nothing;
+/// a signed-out cookie opens nothing; 20 wrong tokens lock the source out of sign-in.
+#[test]
+fn the_console_refuses_forged_stale_oversized_and_unauthorised_requests() {
+    let mut harness = Harness::start("console");
+    let mut entries = String::new();
+    let mut tokens = std::collections::HashMap::new();
+    for (operator, role) in [("vera", "viewer"), ("rita", "responder")] {
+        let (token, entry) = new_token(operator, role);
+        entries.push_str(&entry);
+        tokens.insert(role, token);
+    }
+    let tokens_file = harness.dir.join("api-tokens.toml");
+    std::fs::write(&tokens_file, entries).expect("write the tokens file");
+    harness.api_config = format!("tokens_file = \"{}\"\n", tokens_file.display());
+    let _lines = harness.serve();
+    let api = harness.api.clone();
+    let commands = harness.consumer("cordon.commands");
+
+    let (status, headers, _) = console_call(&api, "GET", "/console", None, &[]);
+    assert_eq!((status, headers["location"].as_str()), (303, "/console/sign-in"));
+    assert!(headers["content-security-policy"].contains("script-src 'self'"), "{headers:?}");
+    assert!(!headers["content-security-policy"].contains("unsafe"), "{headers:?}");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let (status, headers, _) = console_call(&api, "GET", "/console/assets/htmx-2.0.11.min.js", None, &[]);
+    assert_eq!(status, 200);
+    assert!(headers["cache-control"].contains("immutable"), "{headers:?}");
+    assert_eq!(console_call(&api, "GET", "/console/assets/..%2F..%2Fetc%2Fpasswd", None, &[]).0, 404);
+
+    let sign_in = |role: &str| -> String {
+        let (status, headers, body) = console_call(&api, "POST", "/console/sign-in", None, &[("token", &tokens[role])]);
+        assert_eq!(status, 303, "{body}");
+        let cookie = &headers["set-cookie"];
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && cookie.contains("Path=/console"), "{cookie}");
+        assert!(!cookie.contains("Secure"), "no Secure flag over plain HTTP (the browser would drop the cookie)");
+        cookie.trim_start_matches("cordon_session=").split(';').next().unwrap().to_owned()
+    };
+    let rita = sign_in("responder");
+    let (status, _, fleet) = console_call(&api, "GET", "/console", Some(&rita), &[]);
+    assert_eq!(status, 200);
+    assert!(fleet.contains("rita (responder)"), "the token names the operator");
+    let csrf = hidden_value(&fleet, "csrf");
+
+    // A made-up session id is no session.
+    let forged = "ab".repeat(32);
+    assert_eq!(console_call(&api, "GET", "/console", Some(&forged), &[]).0, 303);
+    // No CSRF token, another's, or a forged session: refused, nothing changes.
+    let release = "/console/hosts/web-01/release";
+    let (status, _, page) = console_call(&api, "POST", release, Some(&rita), &[("reason", "x")]);
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("CSRF token") && page.contains("nothing was changed"), "{page}");
+    let vera = sign_in("viewer");
+    let (_, _, vera_page) = console_call(&api, "GET", "/console", Some(&vera), &[]);
+    let vera_csrf = hidden_value(&vera_page, "csrf");
+    assert_eq!(console_call(&api, "POST", release, Some(&rita), &[("reason", "x"), ("csrf", &vera_csrf)]).0, 403);
+    assert_eq!(console_call(&api, "POST", release, Some(&forged), &[("reason", "x"), ("csrf", &csrf)]).0, 303);
+    // A viewer may look, not act.
+    let (status, _, page) = console_call(&api, "POST", release, Some(&vera), &[("reason", "x"), ("csrf", &vera_csrf)]);
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("needs the role responder"), "{page}");
+    // Oversized forms, bad queries and host ids.
+    let big = "a".repeat(70 * 1_024);
+    assert_eq!(console_call(&api, "POST", release, Some(&rita), &[("reason", &big), ("csrf", &csrf)]).0, 413);
+    assert_eq!(console_call(&api, "GET", "/console?colour=red", Some(&rita), &[]).0, 400);
+    assert_eq!(console_call(&api, "GET", "/console/hosts/web%0A01", Some(&rita), &[]).0, 400);
+    assert_eq!(console_call(&api, "GET", "/console/history?from=yesterday", Some(&rita), &[]).0, 400);
+    // A bad isolation form, even "confirmed": every problem shown, nothing sent.
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("confirm", "yes"),
+        ("mode", "automatic"),
+        ("duration", "forever"),
+        ("reason", ""),
+        ("exclusions", "out,tcp,10.0.0.0/33,443"),
+    ];
+    let (status, _, page) = console_call(&api, "POST", "/console/hosts/web-01/isolate", Some(&rita), &form);
+    assert_eq!(status, 400, "{page}");
+    for problem in ["a reason is required", "10.0.0.0/33", "forever"] {
+        assert!(page.contains(problem), "{problem:?} not shown: {page}");
+    }
+    // A good one, without confirm=yes, is only shown for confirmation.
+    let form = [("csrf", csrf.as_str()), ("mode", "manual"), ("reason", "IR-9")];
+    let (status, _, page) = console_call(&api, "POST", "/console/hosts/web-01/isolate", Some(&rita), &form);
+    assert_eq!(status, 200);
+    assert!(page.contains("Cut web-01 off the network?"), "{page}");
+    no_message(&commands, Duration::from_secs(1));
+    assert!(!harness.cordon(&["host", "web-01"]).status.success(), "cordon still knows no web-01");
+    // A bulk action needs the exact typed count.
+    let (status, _, page) = console_call(
+        &api,
+        "POST",
+        "/console/bulk",
+        Some(&rita),
+        &[("csrf", &csrf), ("action", "isolate"), ("reason", "worm"), ("expected", "1"), ("typed", "yes")],
+    );
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("type exactly"), "{page}");
+
+    // Signed out, the cookie opens nothing.
+    let (status, headers, _) = console_call(&api, "POST", "/console/sign-out", Some(&rita), &[("csrf", &csrf)]);
+    assert_eq!(status, 303);
+    assert!(headers["set-cookie"].contains("Max-Age=0"), "{headers:?}");
+    assert_eq!(console_call(&api, "GET", "/console", Some(&rita), &[]).0, 303);
+
+    // Twenty wrong tokens from one source: the next sign-in, even with a good token, is 429.
+    for _ in 0..20 {
+        let (status, _, page) = console_call(&api, "POST", "/console/sign-in", None, &[("token", "not-a-token-at-all")]);
+        assert_eq!(status, 401, "{page}");
+    }
+    let (status, _, page) = console_call(&api, "POST", "/console/sign-in", None, &[("token", &tokens["viewer"])]);
+    assert_eq!(status, 429, "{page}");
+    assert!(page.contains("Too many failed sign-ins"), "{page}");
+}

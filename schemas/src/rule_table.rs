@@ -29,7 +29,7 @@ pub enum TableError {
     TooManyNetworks { count: usize },
 }
 
-/// What `allow_dhcp` leaves open: DHCP and DHCPv6, client side.
+/// What `allow_dhcp` leaves open: DHCP and `DHCPv6`, client side.
 pub fn dhcp_exclusions() -> Vec<Exclusion> {
     ["out,udp,0.0.0.0/0,67", "in,udp,0.0.0.0/0,68", "out,udp,::/0,547", "in,udp,::/0,546"]
         .iter()

@@ -1,5 +1,5 @@
 //! A real headless Chromium (Debian's `chromium` and `chromium-driver`, nothing downloaded at run
-//! time) driven over WebDriver, inside a sandbox's peer network namespace, where `cordon serve`
+//! time) driven over `WebDriver`, inside a sandbox's peer network namespace, where `cordon serve`
 //! listens: chromedriver runs there, and the test's thread joins that namespace while it drives
 //! the browser, so nothing of it reaches the machine's own network.
 
@@ -125,7 +125,7 @@ impl Drop for NetworkNamespace {
     }
 }
 
-/// Helpers over a WebDriver session that read as what an operator does.
+/// Helpers over a `WebDriver` session that read as what an operator does.
 pub struct Page<'a> {
     pub client: &'a Client,
     /// Where screenshots go (`docs/console/` of this checkout).
@@ -200,7 +200,7 @@ impl Page<'_> {
         }
     }
 
-    /// Runs `script` in the page (WebDriver's execute, which the page's policy does not govern).
+    /// Runs `script` in the page (`WebDriver`'s execute, which the page's policy does not govern).
     pub async fn run(&self, script: &str) -> serde_json::Value {
         self.client.execute(script, Vec::new()).await.unwrap_or_else(|e| panic!("run {script}: {e}"))
     }

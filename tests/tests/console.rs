@@ -79,6 +79,7 @@ async fn post_without_csrf(page: &Page<'_>, path: &str, form: &str) -> u64 {
     page.run(&script).await.as_u64().expect("a status")
 }
 
+#[expect(clippy::too_many_lines, reason = "one operator's session, step by step, in the order they work")]
 fn console() -> Result<(), Failed> {
     let mut world = World::start(RULES, &Options::default());
     let peer = world.sandbox.peer_v4();

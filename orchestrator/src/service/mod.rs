@@ -571,11 +571,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
             () = &mut shutdown => break Ok(()),
             Some(batch) = batches.recv(), if writable => service.on_batch(&consumer, batch),
             Some(request) = requests.recv() => {
-                let result = match request {
-                    ApiRequest::Host(request) => service.on_operator(request),
-                    ApiRequest::Policy(request) => service.on_policy(request),
-                    ApiRequest::Bulk(request) => service.on_bulk(request),
-                };
+                let result = service.on_request(request);
                 service.after(result);
             }
             Some(job) = jobs.recv(), if writable => {
@@ -1377,6 +1373,15 @@ impl Service {
         );
         self.apply(Some(&previous), &mut record, effects, now, None)?;
         self.flush()
+    }
+
+    /// An operator's request from the API or the console.
+    fn on_request(&mut self, request: ApiRequest) -> Result<()> {
+        match request {
+            ApiRequest::Host(request) => self.on_operator(request),
+            ApiRequest::Policy(request) => self.on_policy(request),
+            ApiRequest::Bulk(request) => self.on_bulk(request),
+        }
     }
 
     /// Why the loop takes no change now, if it does not: a later start fenced it, or the store

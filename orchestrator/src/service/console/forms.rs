@@ -370,13 +370,11 @@ impl HistoryFilter {
             if text.is_empty() {
                 return None;
             }
-            match parse_time(text, end) {
-                Some(ms) => Some(ms),
-                None => {
-                    add(&mut problems, field, format!("{text:?} is not a time (YYYY-MM-DD, YYYY-MM-DDTHH:MM, UTC)"));
-                    None
-                }
+            let parsed = parse_time(text, end);
+            if parsed.is_none() {
+                add(&mut problems, field, format!("{text:?} is not a time (YYYY-MM-DD, YYYY-MM-DDTHH:MM, UTC)"));
             }
+            parsed
         };
         let from = bound("from", &self.from, false);
         let to = bound("to", &self.to, true);

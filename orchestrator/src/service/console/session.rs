@@ -1,4 +1,4 @@
-//! Console sessions: a sign-in with an API token becomes a random session id in an HttpOnly
+//! Console sessions: a sign-in with an API token becomes a random session id in an `HttpOnly`
 //! cookie, with its own CSRF token, expiring. Kept in memory only (a restart signs everyone out);
 //! bounded, so a flood of sign-ins cannot grow it. Time is an argument.
 
@@ -147,7 +147,8 @@ mod tests {
             sessions.open("a", Role::Viewer, i64::try_from(n).unwrap());
         }
         assert_eq!(sessions.len(), MAX_SESSIONS);
-        assert_eq!(sessions.get(&first, MAX_SESSIONS as i64 + 1), None, "the oldest went first");
+        let later = i64::try_from(MAX_SESSIONS).unwrap() + 1;
+        assert_eq!(sessions.get(&first, later), None, "the oldest went first");
     }
 
     #[test]

@@ -127,13 +127,14 @@ pub fn time_left(ms: i64) -> String {
 /// A countdown to `deadline`: rendered now, kept ticking by `console.js` (which counts from when
 /// the element arrived, so the browser's clock does not matter).
 fn countdown(deadline_ms: Option<i64>, now_ms: i64) -> Markup {
-    match deadline_ms {
-        Some(deadline) => html! {
+    if let Some(deadline) = deadline_ms {
+        html! {
             time.countdown datetime=(rfc3339(deadline)) data-left-ms=(deadline - now_ms) title=(rfc3339(deadline)) {
                 (time_left(deadline - now_ms))
             }
-        },
-        None => html! { span.muted { "—" } },
+        }
+    } else {
+        html! { span.muted { "—" } }
     }
 }
 
