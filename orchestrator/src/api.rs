@@ -166,9 +166,14 @@ pub struct HostFilter {
 
 impl HostFilter {
     pub fn matches(&self, record: &HostRecord) -> bool {
-        let wanted = |value: &Option<String>| value.as_deref().filter(|v| !v.is_empty()).map(str::to_owned);
-        wanted(&self.tag).is_none_or(|tag| record.tags.contains(&tag))
-            && wanted(&self.state).is_none_or(|state| record.state.name() == state)
+        self.selects(record.state, &record.tags)
+    }
+
+    /// Whether a host in `state` with `tags` is selected.
+    pub fn selects(&self, state: crate::service::lifecycle::HostState, tags: &[String]) -> bool {
+        let tag = self.tag.as_deref().filter(|t| !t.is_empty());
+        let wanted_state = self.state.as_deref().filter(|s| !s.is_empty());
+        tag.is_none_or(|tag| tags.iter().any(|t| t == tag)) && wanted_state.is_none_or(|s| state.name() == s)
     }
 }
 

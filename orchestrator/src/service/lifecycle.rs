@@ -198,6 +198,40 @@ pub struct HostRecord {
     pub updated_at_ms: i64,
 }
 
+/// What the fleet list shows of a host: a few fields of its record, kept in memory by the store
+/// for the console (decoding every record for each look at the fleet costs ~8 µs a host).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostSummary {
+    pub host: String,
+    pub state: HostState,
+    pub mode: Option<String>,
+    pub expires_at_ms: Option<i64>,
+    pub tags: Vec<String>,
+    pub last_seen_ms: Option<i64>,
+    pub agent_stale: bool,
+    pub tampered: bool,
+    pub pending: bool,
+    /// The name of the profile under the current (or last) isolation.
+    pub profile: Option<String>,
+}
+
+impl HostRecord {
+    pub fn summary(&self) -> HostSummary {
+        HostSummary {
+            host: self.host.clone(),
+            state: self.state,
+            mode: self.mode.clone(),
+            expires_at_ms: self.expires_at_ms,
+            tags: self.tags.clone(),
+            last_seen_ms: self.last_seen_ms,
+            agent_stale: self.agent_stale,
+            tampered: self.tampered.is_some(),
+            pending: self.pending.is_some(),
+            profile: self.profile.as_ref().map(|p| p.name.clone()),
+        }
+    }
+}
+
 /// An isolation undone (or partly undone) on the host, not by cordon.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tampering {

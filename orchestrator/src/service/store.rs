@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional as _;
 
 pub use super::agents::{AgentRecord, Claim};
-pub use super::lifecycle::{AuditEntry, HostRecord, HostState};
+pub use super::lifecycle::{AuditEntry, HostRecord, HostState, HostSummary};
 pub use super::profiles::{IsolationPolicy, PolicyVersion};
 
 /// A sealed command waiting to be sent, stored as the host's length (2 bytes, big-endian), the
@@ -278,6 +278,9 @@ pub struct Store {
     /// The policy version in force: the last of the `policy` tree (or staged for it), read for
     /// every isolation.
     policy: Arc<RwLock<Arc<PolicyVersion>>>,
+    /// Every host's summary, by host id, for the console's fleet page: read from the records on
+    /// the first look, then kept in step by `put_host` (`None` until someone looks).
+    fleet: Arc<Mutex<Option<BTreeMap<String, HostSummary>>>>,
 }
 
 /// Hosts by state, and stale agents: what the fleet gauges show.
@@ -388,6 +391,7 @@ impl Store {
             tags: Arc::default(),
             counts: Arc::default(),
             policy: Arc::new(RwLock::new(Arc::new(seed_policy()))),
+            fleet: Arc::default(),
         };
         store.load_memory()?;
         Ok(store)
@@ -396,6 +400,7 @@ impl Store {
     /// Reads what the store keeps in memory from the trees.
     fn load_memory(&self) -> Result<()> {
         self.tags.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.fleet.lock().unwrap_or_else(PoisonError::into_inner).take();
         self.load_counts()?;
         self.claims_len.store(self.trees()?.claims.len(), Ordering::SeqCst);
         self.load_policy()
@@ -404,14 +409,13 @@ impl Store {
     /// Reads the policy version in force; a store without one gets the seed, durably.
     fn load_policy(&self) -> Result<()> {
         let trees = self.trees()?;
-        let current = match trees.policy.last()? {
-            Some((_, bytes)) => serde_json::from_slice(&bytes).context("the isolation policy in force is unreadable")?,
-            None => {
-                let seed = seed_policy();
-                trees.policy.insert(seed.version.to_be_bytes(), serde_json::to_vec(&seed)?)?;
-                trees.policy.flush().context("cannot write the seed isolation policy")?;
-                seed
-            }
+        let current = if let Some((_, bytes)) = trees.policy.last()? {
+            serde_json::from_slice(&bytes).context("the isolation policy in force is unreadable")?
+        } else {
+            let seed = seed_policy();
+            trees.policy.insert(seed.version.to_be_bytes(), serde_json::to_vec(&seed)?)?;
+            trees.policy.flush().context("cannot write the seed isolation policy")?;
+            seed
         };
         *self.policy.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(current);
         Ok(())
@@ -632,7 +636,28 @@ impl Store {
         }
         self.stage(Slot::Hosts, record.host.as_bytes(), Some(serde_json::to_vec(record)?));
         self.count_change(previous, record);
+        if let Some(fleet) = self.fleet.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            fleet.insert(record.host.clone(), record.summary());
+        }
         Ok(())
+    }
+
+    /// `look` at every host's summary, in host order (read from the records the first time).
+    pub fn with_fleet<T>(&self, look: impl FnOnce(&BTreeMap<String, HostSummary>) -> T) -> Result<T> {
+        let mut fleet = self.fleet.lock().unwrap_or_else(PoisonError::into_inner);
+        if fleet.is_none() {
+            let mut summaries: BTreeMap<String, HostSummary> =
+                self.hosts()?.iter().map(|record| (record.host.clone(), record.summary())).collect();
+            // What the loop staged and has not committed yet is what it acts on: as `host` reads.
+            let staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+            for ((slot, key), value) in staged.iter() {
+                let Some(value) = value.as_deref().filter(|_| *slot == Slot::Hosts) else { continue };
+                let record: HostRecord = serde_json::from_slice(value).context("a staged host record is unreadable")?;
+                summaries.insert(String::from_utf8_lossy(key).into_owned(), record.summary());
+            }
+            *fleet = Some(summaries);
+        }
+        Ok(look(fleet.as_ref().expect("filled above")))
     }
 
     /// The operators' decision about `host`'s agent key, if any.

@@ -199,11 +199,6 @@ impl Console {
             pending: usize::try_from(pending).unwrap_or(0),
         }
     }
-
-    /// Every host record, or the page that says the store cannot be read.
-    fn hosts(&self, viewer: &Viewer, section: Section) -> Result<Vec<HostRecord>, Response> {
-        self.api.store.hosts().map_err(|error| store_failed(viewer, section, &error))
-    }
 }
 
 fn store_failed(viewer: &Viewer, section: Section, error: &anyhow::Error) -> Response {
@@ -230,6 +225,28 @@ fn problems_of(not_done: &NotDone) -> Problems {
         }
     }
     problems
+}
+
+/// What a handler answers: a page, or the page that says why not (both complete responses).
+type Answer = Result<Response, Response>;
+
+/// The signed-in operator of a request; without a session the browser is sent to sign in.
+struct Signed {
+    viewer: Viewer,
+}
+
+impl axum::extract::FromRequestParts<Console> for Signed {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, console: &Console) -> Result<Signed, Response> {
+        let session = console.signed_in(&parts.headers)?;
+        Ok(Signed { viewer: console.viewer(&session) })
+    }
+}
+
+/// A query of type `T`, or the page that says why it is not one.
+fn query_of<T>(query: Result<Query<T>, QueryRejection>, viewer: &Viewer, section: Section) -> Result<T, Response> {
+    query.map(|Query(query)| query).map_err(|rejection| bad_query(viewer, section, &rejection))
 }
 
 // -------------------------------------------------------------------------------------------
@@ -283,60 +300,51 @@ async fn sign_out(
     State(console): State<Console>,
     headers: HeaderMap,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Response {
-    if let Err(refused) = console.checked_form(&headers, Role::Viewer, Section::Fleet, form) {
-        return refused;
-    }
+) -> Answer {
+    console.checked_form(&headers, Role::Viewer, Section::Fleet, form)?;
     if let Some((id, _)) = console.session_of(&headers) {
         console.sessions.close(&id);
     }
     let cookie = session::cookie("", 0, console.options.secure_cookies);
-    ([(header::SET_COOKIE, cookie)], Redirect::to("/console/sign-in")).into_response()
+    Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/console/sign-in")).into_response())
 }
 
 // -------------------------------------------------------------------------------------------
 // Fleet and host
 
-async fn fleet(
-    State(console): State<Console>,
-    headers: HeaderMap,
-    query: Result<Query<HostFilter>, QueryRejection>,
-) -> Response {
-    let session = match console.signed_in(&headers) {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
-    let viewer = console.viewer(&session);
-    let Query(filter) = match query {
-        Ok(query) => query,
-        Err(rejection) => return bad_query(&viewer, Section::Fleet, &rejection),
-    };
-    let all = match console.hosts(&viewer, Section::Fleet) {
-        Ok(all) => all,
-        Err(response) => return response,
-    };
-    let shown: Vec<&HostRecord> = all.iter().filter(|record| filter.matches(record)).collect();
-    views::fleet(&viewer, &filter, &shown, &all, now_ms()).into_response()
+/// The fleet page's query: the filter, and which page of it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetQuery {
+    tag: Option<String>,
+    state: Option<String>,
+    #[serde(default)]
+    page: usize,
+}
+
+impl Console {
+    /// The page of the fleet `query` asks for, from the store's summaries.
+    fn fleet_page(&self, viewer: &Viewer, query: FleetQuery) -> Result<views::FleetPage, Response> {
+        let filter = HostFilter { tag: query.tag, state: query.state };
+        self.api
+            .store
+            .with_fleet(|fleet| views::FleetPage::of(fleet, filter, query.page))
+            .map_err(|error| store_failed(viewer, Section::Fleet, &error))
+    }
+}
+
+async fn fleet(State(console): State<Console>, signed: Signed, query: Result<Query<FleetQuery>, QueryRejection>) -> Answer {
+    let page = console.fleet_page(&signed.viewer, query_of(query, &signed.viewer, Section::Fleet)?)?;
+    Ok(views::fleet(&signed.viewer, &page, now_ms()).into_response())
 }
 
 async fn fleet_rows(
     State(console): State<Console>,
-    headers: HeaderMap,
-    query: Result<Query<HostFilter>, QueryRejection>,
-) -> Response {
-    let session = match console.signed_in(&headers) {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
-    let viewer = console.viewer(&session);
-    let Ok(Query(filter)) = query else { return StatusCode::BAD_REQUEST.into_response() };
-    match console.hosts(&viewer, Section::Fleet) {
-        Ok(all) => {
-            let shown: Vec<&HostRecord> = all.iter().filter(|record| filter.matches(record)).collect();
-            views::fleet_rows(&filter, &shown, now_ms()).into_response()
-        }
-        Err(response) => response,
-    }
+    signed: Signed,
+    query: Result<Query<FleetQuery>, QueryRejection>,
+) -> Answer {
+    let page = console.fleet_page(&signed.viewer, query_of(query, &signed.viewer, Section::Fleet)?)?;
+    Ok(views::fleet_rows(&page, now_ms()).into_response())
 }
 
 /// The host's record (a host cordon does not know yet is shown as never isolated) and its
@@ -351,28 +359,14 @@ fn host_and_trail(console: &Console, viewer: &Viewer, host: &str) -> Result<(Hos
     Ok((record.unwrap_or_else(|| HostRecord::new(host, now_ms())), audit))
 }
 
-async fn host_page(State(console): State<Console>, headers: HeaderMap, Path(host): Path<String>) -> Response {
-    let session = match console.signed_in(&headers) {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
-    let viewer = console.viewer(&session);
-    match host_and_trail(&console, &viewer, &host) {
-        Ok((record, audit)) => views::host(&viewer, &record, &audit, now_ms(), None).into_response(),
-        Err(response) => response,
-    }
+async fn host_page(State(console): State<Console>, signed: Signed, Path(host): Path<String>) -> Answer {
+    let (record, audit) = host_and_trail(&console, &signed.viewer, &host)?;
+    Ok(views::host(&signed.viewer, &record, &audit, now_ms(), None).into_response())
 }
 
-async fn host_live(State(console): State<Console>, headers: HeaderMap, Path(host): Path<String>) -> Response {
-    let session = match console.signed_in(&headers) {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
-    let viewer = console.viewer(&session);
-    match host_and_trail(&console, &viewer, &host) {
-        Ok((record, audit)) => views::host_live(&record, &audit, now_ms()).into_response(),
-        Err(response) => response,
-    }
+async fn host_live(State(console): State<Console>, signed: Signed, Path(host): Path<String>) -> Answer {
+    let (record, audit) = host_and_trail(&console, &signed.viewer, &host)?;
+    Ok(views::host_live(&record, &audit, now_ms()).into_response())
 }
 
 #[derive(serde::Deserialize)]
@@ -386,36 +380,23 @@ async fn isolate_by_id(
     State(console): State<Console>,
     headers: HeaderMap,
     query: Result<Query<HostQuery>, QueryRejection>,
-) -> Response {
-    let session = match console.allowed(&headers, Role::Responder, Section::Fleet) {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
+) -> Answer {
+    let session = console.allowed(&headers, Role::Responder, Section::Fleet)?;
     let viewer = console.viewer(&session);
-    match query {
-        Ok(Query(query)) => match check_host_id(query.host.trim()) {
-            Ok(()) => Redirect::to(&format!("{}/isolate", views::host_url(query.host.trim()))).into_response(),
-            Err(problem) => {
-                (StatusCode::BAD_REQUEST, views::message(Some((&viewer, Section::Fleet)), "Bad host id", &problem)).into_response()
-            }
-        },
-        Err(rejection) => bad_query(&viewer, Section::Fleet, &rejection),
-    }
+    let host = query_of(query, &viewer, Section::Fleet)?.host;
+    check_host_id(host.trim()).map_err(|problem| {
+        (StatusCode::BAD_REQUEST, views::message(Some((&viewer, Section::Fleet)), "Bad host id", &problem)).into_response()
+    })?;
+    Ok(Redirect::to(&format!("{}/isolate", views::host_url(host.trim()))).into_response())
 }
 
-async fn isolate_page(State(console): State<Console>, headers: HeaderMap, Path(host): Path<String>) -> Response {
-    let session = match console.allowed(&headers, Role::Responder, Section::Fleet) {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
+async fn isolate_page(State(console): State<Console>, headers: HeaderMap, Path(host): Path<String>) -> Answer {
+    let session = console.allowed(&headers, Role::Responder, Section::Fleet)?;
     let viewer = console.viewer(&session);
-    let (record, _) = match host_and_trail(&console, &viewer, &host) {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+    let (record, _) = host_and_trail(&console, &viewer, &host)?;
     let policy = console.api.store.policy();
     let profile = policy.profile_in_force(&record.operator_tags);
-    views::isolate_form(&viewer, &host, &IsolateForm::prefilled(profile.profile), &Problems::new(), profile).into_response()
+    Ok(views::isolate_form(&viewer, &host, &IsolateForm::prefilled(profile.profile), &Problems::new(), profile).into_response())
 }
 
 /// The isolate form, posted: checked (with the host's profile), then shown for confirmation,
@@ -426,49 +407,36 @@ async fn isolate(
     headers: HeaderMap,
     Path(host): Path<String>,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Response {
-    let (session, fields) = match console.checked_form(&headers, Role::Responder, Section::Fleet, form) {
-        Ok(checked) => checked,
-        Err(response) => return response,
-    };
+) -> Answer {
+    let (session, fields) = console.checked_form(&headers, Role::Responder, Section::Fleet, form)?;
     let viewer = console.viewer(&session);
-    let (record, _) = match host_and_trail(&console, &viewer, &host) {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+    let (record, _) = host_and_trail(&console, &viewer, &host)?;
     let policy = console.api.store.policy();
     let profile = policy.profile_in_force(&record.operator_tags);
     let form = IsolateForm::read(&fields);
-    let refuse = |problems: &Problems| -> Response {
-        (StatusCode::BAD_REQUEST, views::isolate_form(&viewer, &host, &form, problems, profile)).into_response()
+    let refuse = |status: StatusCode, problems: &Problems| -> Response {
+        (status, views::isolate_form(&viewer, &host, &form, problems, profile)).into_response()
     };
-    let mut isolation = match form.check() {
-        Ok(isolation) => isolation,
-        Err(problems) => return refuse(&problems),
-    };
+    let mut isolation = form.check().map_err(|problems| refuse(StatusCode::BAD_REQUEST, &problems))?;
     let mut plan = isolation.plan.clone();
     if isolation.profile_duration {
         plan.duration_seconds = Some(profile.profile.automatic_duration_seconds);
     }
     let found = profile.problems_with(&plan);
     if !found.is_empty() {
-        return refuse(&problems_of(&NotDone::Invalid(found)));
+        return Err(refuse(StatusCode::BAD_REQUEST, &problems_of(&NotDone::Invalid(found))));
     }
     if fields.get("confirm") != "yes" {
-        return views::isolate_confirm(&viewer, &host, &form, &plan, profile).into_response();
+        return Ok(views::isolate_confirm(&viewer, &host, &form, &plan, profile).into_response());
     }
     // What was confirmed, durations included, is what is asked.
     isolation.plan.duration_seconds = plan.duration_seconds;
     isolation.profile_duration = false;
     let reason = form.reason.trim().to_owned();
-    match change_host(&console.api, caller(&session, peer), host.clone(), Operation::Isolate { isolation, reason }).await {
-        Ok(_) => Redirect::to(&views::host_url(&host)).into_response(),
-        Err(not_done @ NotDone::Invalid(_)) => {
-            (not_done.status(), views::isolate_form(&viewer, &host, &form, &problems_of(&not_done), profile)).into_response()
-        }
-        Err(not_done) => (not_done.status(), views::isolate_form(&viewer, &host, &form, &problems_of(&not_done), profile))
-            .into_response(),
-    }
+    change_host(&console.api, caller(&session, peer), host.clone(), Operation::Isolate { isolation, reason })
+        .await
+        .map_err(|not_done| refuse(not_done.status(), &problems_of(&not_done)))?;
+    Ok(Redirect::to(&views::host_url(&host)).into_response())
 }
 
 /// Release, extend, approve, deny (cancel a pending request) and tags, from the host page (and
@@ -479,11 +447,8 @@ async fn host_action(
     headers: HeaderMap,
     Path((host, action)): Path<(String, String)>,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Response {
-    let (session, fields) = match console.checked_form(&headers, Role::Responder, Section::Fleet, form) {
-        Ok(checked) => checked,
-        Err(response) => return response,
-    };
+) -> Answer {
+    let (session, fields) = console.checked_form(&headers, Role::Responder, Section::Fleet, form)?;
     let viewer = console.viewer(&session);
     let operation = match action.as_str() {
         "release" => forms::reason(&fields).map(|reason| Operation::Release { reason }),
@@ -493,70 +458,52 @@ async fn host_action(
         "tags" => forms::tags(&fields).map(|(add, remove)| Operation::Tags { add, remove }),
         _ => {
             let text = format!("There is no action {action:?} on a host.");
-            return (StatusCode::NOT_FOUND, views::message(Some((&viewer, Section::Fleet)), "No such action", &text)).into_response();
+            return Err((StatusCode::NOT_FOUND, views::message(Some((&viewer, Section::Fleet)), "No such action", &text)).into_response());
         }
     };
     let outcome = match operation {
-        Ok(operation) => match change_host(&console.api, caller(&session, peer), host.clone(), operation).await {
-            Ok(_) => Ok(()),
-            Err(not_done) => Err((not_done.status(), problems_of(&not_done))),
-        },
+        Ok(operation) => change_host(&console.api, caller(&session, peer), host.clone(), operation)
+            .await
+            .map(|_| ())
+            .map_err(|not_done| (not_done.status(), problems_of(&not_done))),
         Err(problems) => Err((StatusCode::BAD_REQUEST, problems)),
     };
-    let from_approvals = fields.get("from") == "approvals";
-    match outcome {
-        Ok(()) if from_approvals => Redirect::to("/console/approvals").into_response(),
-        Ok(()) => Redirect::to(&views::host_url(&host)).into_response(),
-        Err((status, problems)) => match host_and_trail(&console, &viewer, &host) {
-            Ok((record, audit)) => {
-                let failed = views::Failed { action: &action, fields: &fields, problems: &problems };
-                (status, views::host(&viewer, &record, &audit, now_ms(), Some(&failed))).into_response()
-            }
-            Err(response) => response,
-        },
+    if let Err((status, problems)) = outcome {
+        let (record, audit) = host_and_trail(&console, &viewer, &host)?;
+        let failed = views::Failed { action: &action, fields: &fields, problems: &problems };
+        return Err((status, views::host(&viewer, &record, &audit, now_ms(), Some(&failed))).into_response());
     }
+    let back = if fields.get("from") == "approvals" { "/console/approvals".to_owned() } else { views::host_url(&host) };
+    Ok(Redirect::to(&back).into_response())
 }
 
 // -------------------------------------------------------------------------------------------
 // Approvals and bulk
 
-async fn approvals(State(console): State<Console>, headers: HeaderMap) -> Response {
-    let session = match console.signed_in(&headers) {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
-    let viewer = console.viewer(&session);
-    match console.hosts(&viewer, Section::Approvals) {
-        Ok(all) => {
-            let mut pending: Vec<&HostRecord> = all.iter().filter(|record| record.pending.is_some()).collect();
-            pending.sort_by_key(|record| record.pending.as_ref().map(|p| p.requested_at_ms));
-            views::approvals(&viewer, &pending, None).into_response()
-        }
-        Err(response) => response,
-    }
+async fn approvals(State(console): State<Console>, signed: Signed) -> Answer {
+    let store = &console.api.store;
+    let waiting = store.with_fleet(|fleet| {
+        fleet.values().filter(|summary| summary.pending).map(|summary| summary.host.clone()).collect::<Vec<_>>()
+    });
+    let records: anyhow::Result<Vec<HostRecord>> =
+        waiting.and_then(|hosts| hosts.iter().filter_map(|host| store.host(host).transpose()).collect());
+    let records = records.map_err(|error| store_failed(&signed.viewer, Section::Approvals, &error))?;
+    let mut pending: Vec<&HostRecord> = records.iter().filter(|record| record.pending.is_some()).collect();
+    pending.sort_by_key(|record| record.pending.as_ref().map(|p| p.requested_at_ms));
+    Ok(views::approvals(&signed.viewer, &pending, None).into_response())
 }
 
-async fn bulk_page(
-    State(console): State<Console>,
-    headers: HeaderMap,
-    query: Result<Query<HostFilter>, QueryRejection>,
-) -> Response {
-    let session = match console.signed_in(&headers) {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
-    let viewer = console.viewer(&session);
-    let Query(filter) = match query {
-        Ok(query) => query,
-        Err(rejection) => return bad_query(&viewer, Section::Bulk, &rejection),
-    };
-    let all = match console.hosts(&viewer, Section::Bulk) {
-        Ok(all) => all,
-        Err(response) => return response,
-    };
-    let matched: Vec<&HostRecord> = all.iter().filter(|record| filter.matches(record)).collect();
+/// The hosts `filter` selects, or the page that says the store cannot be read.
+fn matching(console: &Console, viewer: &Viewer, filter: &HostFilter) -> Result<Vec<HostRecord>, Response> {
+    let all = console.api.store.hosts().map_err(|error| store_failed(viewer, Section::Bulk, &error))?;
+    Ok(all.into_iter().filter(|record| filter.matches(record)).collect())
+}
+
+async fn bulk_page(State(console): State<Console>, signed: Signed, query: Result<Query<HostFilter>, QueryRejection>) -> Answer {
+    let filter = query_of(query, &signed.viewer, Section::Bulk)?;
+    let matched = matching(&console, &signed.viewer, &filter)?;
     let form = BulkForm { filter, ..BulkForm::default() };
-    views::bulk(&viewer, &form, &matched, &Problems::new(), None).into_response()
+    Ok(views::bulk(&signed.viewer, &form, &matched.iter().collect::<Vec<_>>(), &Problems::new(), None).into_response())
 }
 
 async fn bulk(
@@ -564,11 +511,8 @@ async fn bulk(
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Response {
-    let (session, fields) = match console.checked_form(&headers, Role::Responder, Section::Bulk, form) {
-        Ok(checked) => checked,
-        Err(response) => return response,
-    };
+) -> Answer {
+    let (session, fields) = console.checked_form(&headers, Role::Responder, Section::Bulk, form)?;
     let viewer = console.viewer(&session);
     let form = BulkForm::read(&fields);
     let outcome = match form.check() {
@@ -579,14 +523,11 @@ async fn bulk(
         }
         Err(problems) => Err((StatusCode::BAD_REQUEST, problems)),
     };
-    let all = match console.hosts(&viewer, Section::Bulk) {
-        Ok(all) => all,
-        Err(response) => return response,
-    };
-    let matched: Vec<&HostRecord> = all.iter().filter(|record| form.filter.matches(record)).collect();
+    let matched = matching(&console, &viewer, &form.filter)?;
+    let matched: Vec<&HostRecord> = matched.iter().collect();
     match outcome {
-        Ok(outcomes) => views::bulk(&viewer, &form, &matched, &Problems::new(), Some(&outcomes)).into_response(),
-        Err((status, problems)) => (status, views::bulk(&viewer, &form, &matched, &problems, None)).into_response(),
+        Ok(outcomes) => Ok(views::bulk(&viewer, &form, &matched, &Problems::new(), Some(&outcomes)).into_response()),
+        Err((status, problems)) => Err((status, views::bulk(&viewer, &form, &matched, &problems, None)).into_response()),
     }
 }
 
@@ -605,13 +546,25 @@ fn policy_view(console: &Console, viewer: &Viewer, edit: Option<&views::PolicyEd
     Ok(views::policy(viewer, &console.api.store.policy(), &history, edit))
 }
 
-async fn policy_page(State(console): State<Console>, headers: HeaderMap) -> Response {
-    let session = match console.signed_in(&headers) {
-        Ok(session) => session,
-        Err(response) => return response,
+async fn policy_page(State(console): State<Console>, signed: Signed) -> Answer {
+    Ok(policy_view(&console, &signed.viewer, None)?.into_response())
+}
+
+/// The policy page again, with what the operator posted and why it was not done.
+fn policy_refused(console: &Console, viewer: &Viewer, status: StatusCode, edit: &views::PolicyEdit<'_>) -> Response {
+    match policy_view(console, viewer, Some(edit)) {
+        Ok(page) => (status, page).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// Every problem of a policy change the service refused, for the box above the form.
+fn policy_problems(not_done: &NotDone) -> Problems {
+    let found = match not_done {
+        NotDone::Invalid(found) => found.clone(),
+        other => vec![other.to_string()],
     };
-    let viewer = console.viewer(&session);
-    policy_view(&console, &viewer, None).map_or_else(|response| response, IntoResponse::into_response)
+    Problems::from([("", found)])
 }
 
 /// One profile saved, added or deleted: the whole policy as a new version, validated by the
@@ -621,49 +574,23 @@ async fn edit_policy(
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Response {
-    let (session, fields) = match console.checked_form(&headers, Role::Admin, Section::Policy, form) {
-        Ok(checked) => checked,
-        Err(response) => return response,
-    };
+) -> Answer {
+    let (session, fields) = console.checked_form(&headers, Role::Admin, Section::Policy, form)?;
     let viewer = console.viewer(&session);
     let replacing = Some(fields.get("profile")).filter(|name| !name.is_empty());
     let form = ProfileForm::read(&fields);
-    let current = console.api.store.policy();
+    let refuse = |status: StatusCode, problems: &Problems| {
+        let edit = views::PolicyEdit { profile: replacing.unwrap_or(""), form: &form, problems };
+        policy_refused(&console, &viewer, status, &edit)
+    };
+    let edited = if fields.get("action") == "delete" { None } else { Some(form.profile().map_err(|problems| refuse(StatusCode::BAD_REQUEST, &problems))?) };
+    let policy = forms::policy_with(&console.api.store.policy().policy, replacing, edited);
     let expected = fields.get("expected_version").parse::<u64>().ok();
-    let edited = if fields.get("action") == "delete" {
-        Ok(None)
-    } else {
-        form.profile().map(Some)
-    };
-    let outcome = match edited {
-        Ok(edited) => {
-            let policy = forms::policy_with(&current.policy, replacing, edited);
-            let reason = fields.get("reason").trim().to_owned();
-            change_policy_version(&console.api, caller(&session, peer), PolicyChange::Set(policy), reason, expected)
-                .await
-                .map_err(|not_done| {
-                    let mut problems = Problems::new();
-                    let found = match &not_done {
-                        NotDone::Invalid(found) => found.clone(),
-                        other => vec![other.to_string()],
-                    };
-                    problems.insert("", found);
-                    (not_done.status(), problems)
-                })
-        }
-        Err(problems) => Err((StatusCode::BAD_REQUEST, problems)),
-    };
-    match outcome {
-        Ok(_) => Redirect::to("/console/policy").into_response(),
-        Err((status, problems)) => {
-            let edit = views::PolicyEdit { profile: replacing.unwrap_or(""), form: &form, problems: &problems };
-            match policy_view(&console, &viewer, Some(&edit)) {
-                Ok(page) => (status, page).into_response(),
-                Err(response) => response,
-            }
-        }
-    }
+    let reason = fields.get("reason").trim().to_owned();
+    change_policy_version(&console.api, caller(&session, peer), PolicyChange::Set(policy), reason, expected)
+        .await
+        .map_err(|not_done| refuse(not_done.status(), &policy_problems(&not_done)))?;
+    Ok(Redirect::to("/console/policy").into_response())
 }
 
 async fn revert_policy(
@@ -671,34 +598,23 @@ async fn revert_policy(
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Response {
-    let (session, fields) = match console.checked_form(&headers, Role::Admin, Section::Policy, form) {
-        Ok(checked) => checked,
-        Err(response) => return response,
-    };
+) -> Answer {
+    let (session, fields) = console.checked_form(&headers, Role::Admin, Section::Policy, form)?;
     let viewer = console.viewer(&session);
-    let expected = fields.get("expected_version").parse::<u64>().ok();
-    let outcome = match fields.get("version").parse::<u64>() {
-        Ok(version) => {
-            let reason = fields.get("reason").trim().to_owned();
-            change_policy_version(&console.api, caller(&session, peer), PolicyChange::Revert(version), reason, expected)
-                .await
-                .map_err(|not_done| (not_done.status(), problems_of(&not_done)))
-        }
-        Err(_) => Err((StatusCode::BAD_REQUEST, problems_of(&NotDone::Invalid(vec!["no version to restore".into()])))),
+    let refuse = |not_done: &NotDone| {
+        let edit = views::PolicyEdit { profile: "*", form: &ProfileForm::default(), problems: &policy_problems(not_done) };
+        policy_refused(&console, &viewer, not_done.status(), &edit)
     };
-    match outcome {
-        Ok(_) => Redirect::to("/console/policy").into_response(),
-        Err((status, mut problems)) => {
-            let found = problems.values_mut().flat_map(std::mem::take).collect();
-            let problems = Problems::from([("", found)]);
-            let edit = views::PolicyEdit { profile: "*", form: &ProfileForm::default(), problems: &problems };
-            match policy_view(&console, &viewer, Some(&edit)) {
-                Ok(page) => (status, page).into_response(),
-                Err(response) => response,
-            }
-        }
-    }
+    let version = fields
+        .get("version")
+        .parse::<u64>()
+        .map_err(|_| refuse(&NotDone::Invalid(vec!["no version to restore".into()])))?;
+    let expected = fields.get("expected_version").parse::<u64>().ok();
+    let reason = fields.get("reason").trim().to_owned();
+    change_policy_version(&console.api, caller(&session, peer), PolicyChange::Revert(version), reason, expected)
+        .await
+        .map_err(|not_done| refuse(&not_done))?;
+    Ok(Redirect::to("/console/policy").into_response())
 }
 
 #[derive(serde::Deserialize)]
@@ -708,44 +624,29 @@ struct DiffQuery {
     to: Option<u64>,
 }
 
-async fn policy_diff(
-    State(console): State<Console>,
-    headers: HeaderMap,
-    query: Result<Query<DiffQuery>, QueryRejection>,
-) -> Response {
-    let session = match console.signed_in(&headers) {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
-    let viewer = console.viewer(&session);
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(rejection) => return bad_query(&viewer, Section::Policy, &rejection),
-    };
+async fn policy_diff(State(console): State<Console>, signed: Signed, query: Result<Query<DiffQuery>, QueryRejection>) -> Answer {
+    let viewer = &signed.viewer;
+    let query = query_of(query, viewer, Section::Policy)?;
     let store = &console.api.store;
     let to = query.to.unwrap_or_else(|| store.policy().version);
-    match (store.policy_version(query.from), store.policy_version(to)) {
-        (Ok(Some(from)), Ok(Some(to))) => {
-            views::policy_diff(&viewer, from.version, to.version, &from.policy.diff(&to.policy)).into_response()
-        }
-        (Err(error), _) | (_, Err(error)) => store_failed(&viewer, Section::Policy, &error),
-        _ => {
-            let text = format!("There is no such version; the one in force is {}.", store.policy().version);
-            (StatusCode::NOT_FOUND, views::message(Some((&viewer, Section::Policy)), "No such version", &text)).into_response()
-        }
-    }
+    let read = |number: u64| store.policy_version(number).map_err(|error| store_failed(viewer, Section::Policy, &error));
+    let (Some(from), Some(to)) = (read(query.from)?, read(to)?) else {
+        let text = format!("There is no such version; the one in force is {}.", store.policy().version);
+        return Err((StatusCode::NOT_FOUND, views::message(Some((viewer, Section::Policy)), "No such version", &text)).into_response());
+    };
+    Ok(views::policy_diff(viewer, from.version, to.version, &from.policy.diff(&to.policy)).into_response())
 }
 
 // -------------------------------------------------------------------------------------------
 // History
 
-/// The audit entries the filter selects, newest last; or the page that says why not.
+/// The audit entries the filter selects, oldest first; or the page that says why not.
 fn history_entries(
     console: &Console,
     viewer: &Viewer,
     query: Result<Query<HistoryFilter>, QueryRejection>,
 ) -> Result<(HistoryFilter, Vec<AuditEntry>), Response> {
-    let Query(filter) = query.map_err(|rejection| bad_query(viewer, Section::History, &rejection))?;
+    let filter = query_of(query, viewer, Section::History)?;
     let bounds = filter.bounds().map_err(|problems| {
         (StatusCode::BAD_REQUEST, views::history(viewer, &filter, &[], 0, &problems)).into_response()
     })?;
@@ -755,23 +656,10 @@ fn history_entries(
     Ok((filter, entries))
 }
 
-async fn history(
-    State(console): State<Console>,
-    headers: HeaderMap,
-    query: Result<Query<HistoryFilter>, QueryRejection>,
-) -> Response {
-    let session = match console.signed_in(&headers) {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
-    let viewer = console.viewer(&session);
-    match history_entries(&console, &viewer, query) {
-        Ok((filter, entries)) => {
-            let newest = &entries[entries.len().saturating_sub(HISTORY_SHOWN)..];
-            views::history(&viewer, &filter, newest, entries.len(), &Problems::new()).into_response()
-        }
-        Err(response) => response,
-    }
+async fn history(State(console): State<Console>, signed: Signed, query: Result<Query<HistoryFilter>, QueryRejection>) -> Answer {
+    let (filter, entries) = history_entries(&console, &signed.viewer, query)?;
+    let newest = &entries[entries.len().saturating_sub(HISTORY_SHOWN)..];
+    Ok(views::history(&signed.viewer, &filter, newest, entries.len(), &Problems::new()).into_response())
 }
 
 /// The history as a download: `cordon-history.EXT`, never cached.
@@ -782,61 +670,43 @@ fn download(content_type: &'static str, extension: &str, body: String) -> Respon
 
 async fn history_csv(
     State(console): State<Console>,
-    headers: HeaderMap,
+    signed: Signed,
     query: Result<Query<HistoryFilter>, QueryRejection>,
-) -> Response {
-    let session = match console.signed_in(&headers) {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
-    let viewer = console.viewer(&session);
-    match history_entries(&console, &viewer, query) {
-        Ok((_, entries)) => {
-            let mut csv = String::from("at,host,from,to,by,event_id,generation,why\n");
-            for entry in &entries {
-                let row = [
-                    crate::api::rfc3339(entry.at_ms),
-                    entry.host.clone(),
-                    entry.from.name().to_owned(),
-                    entry.to.name().to_owned(),
-                    entry.by.clone(),
-                    entry.event_id.clone().unwrap_or_default(),
-                    entry.generation.to_string(),
-                    entry.why.clone(),
-                ];
-                let fields: Vec<String> = row.iter().map(|field| forms::csv_field(field)).collect();
-                csv.push_str(&fields.join(","));
-                csv.push('\n');
-            }
-            download("text/csv; charset=utf-8", "csv", csv)
-        }
-        Err(response) => response,
+) -> Answer {
+    let (_, entries) = history_entries(&console, &signed.viewer, query)?;
+    let mut csv = String::from("at,host,from,to,by,event_id,generation,why\n");
+    for entry in &entries {
+        let row = [
+            crate::api::rfc3339(entry.at_ms),
+            entry.host.clone(),
+            entry.from.name().to_owned(),
+            entry.to.name().to_owned(),
+            entry.by.clone(),
+            entry.event_id.clone().unwrap_or_default(),
+            entry.generation.to_string(),
+            entry.why.clone(),
+        ];
+        let fields: Vec<String> = row.iter().map(|field| forms::csv_field(field)).collect();
+        csv.push_str(&fields.join(","));
+        csv.push('\n');
     }
+    Ok(download("text/csv; charset=utf-8", "csv", csv))
 }
 
 async fn history_ndjson(
     State(console): State<Console>,
-    headers: HeaderMap,
+    signed: Signed,
     query: Result<Query<HistoryFilter>, QueryRejection>,
-) -> Response {
-    let session = match console.signed_in(&headers) {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
-    let viewer = console.viewer(&session);
-    match history_entries(&console, &viewer, query) {
-        Ok((_, entries)) => {
-            let mut lines = String::new();
-            for entry in &entries {
-                let mut view = serde_json::to_value(crate::api::AuditView::new(entry)).unwrap_or_default();
-                view["host"] = entry.host.clone().into();
-                lines.push_str(&view.to_string());
-                lines.push('\n');
-            }
-            download("application/x-ndjson", "ndjson", lines)
-        }
-        Err(response) => response,
+) -> Answer {
+    let (_, entries) = history_entries(&console, &signed.viewer, query)?;
+    let mut lines = String::new();
+    for entry in &entries {
+        let mut view = serde_json::to_value(crate::api::AuditView::new(entry)).unwrap_or_default();
+        view["host"] = entry.host.clone().into();
+        lines.push_str(&view.to_string());
+        lines.push('\n');
     }
+    Ok(download("application/x-ndjson", "ndjson", lines))
 }
 
 // -------------------------------------------------------------------------------------------

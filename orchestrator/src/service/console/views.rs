@@ -10,7 +10,7 @@ use crate::api::{rfc3339, HostFilter};
 use crate::client::encode;
 use crate::service::access::Role;
 use crate::service::api::BulkOutcome;
-use crate::service::lifecycle::{AuditEntry, HostRecord, HostState, IsolationPlan, ISOLATED_TAG};
+use crate::service::lifecycle::{AuditEntry, HostRecord, HostState, HostSummary, IsolationPlan, ISOLATED_TAG};
 use crate::service::profiles::{format_seconds, Change, PolicyVersion, ProfileInForce};
 
 /// The htmx file the pages load (vendored, pinned: `orchestrator/assets/README.md`).
@@ -231,34 +231,116 @@ pub fn message(viewer: Option<(&Viewer, Section)>, title: &str, text: &str) -> M
 // ---------------------------------------------------------------------------------------------
 // Fleet
 
-/// The fleet page: every host the filter selects, with state, mode, time left, tags and agent
+/// How many hosts one page of the fleet list shows.
+pub const PAGE_SIZE: usize = 250;
+
+/// One page of the fleet list: the hosts the filter selects, [`PAGE_SIZE`] at a time, and what
+/// the whole fleet holds.
+#[derive(Clone, Debug)]
+pub struct FleetPage {
+    pub filter: HostFilter,
+    /// From 0.
+    pub page: usize,
+    pub rows: Vec<HostSummary>,
+    /// How many hosts the filter selects.
+    pub matched: usize,
+    pub total: usize,
+    pub by_state: Vec<(HostState, usize)>,
+    /// Every tag some host carries (for the tag filter's suggestions).
+    pub tags: Vec<String>,
+}
+
+impl FleetPage {
+    pub fn of(fleet: &std::collections::BTreeMap<String, HostSummary>, filter: HostFilter, page: usize) -> FleetPage {
+        let mut by_state = [0_usize; HostState::ALL.len()];
+        let mut tags = std::collections::BTreeSet::new();
+        let mut matched = 0;
+        let mut rows = Vec::with_capacity(PAGE_SIZE);
+        let first = page.saturating_mul(PAGE_SIZE);
+        for summary in fleet.values() {
+            if let Some(slot) = HostState::ALL.iter().position(|state| *state == summary.state) {
+                by_state[slot] += 1;
+            }
+            for tag in &summary.tags {
+                if !tags.contains(tag.as_str()) {
+                    tags.insert(tag.clone());
+                }
+            }
+            if filter.selects(summary.state, &summary.tags) {
+                if matched >= first && rows.len() < PAGE_SIZE {
+                    rows.push(summary.clone());
+                }
+                matched += 1;
+            }
+        }
+        FleetPage {
+            filter,
+            page,
+            rows,
+            matched,
+            total: fleet.len(),
+            by_state: HostState::ALL.into_iter().zip(by_state).collect(),
+            tags: tags.into_iter().collect(),
+        }
+    }
+
+    /// The filter (and page) as a query string.
+    fn query(&self, page: usize) -> String {
+        let mut query = Vec::new();
+        if let Some(state) = self.filter.state.as_deref().filter(|s| !s.is_empty()) {
+            query.push(format!("state={}", encode(state)));
+        }
+        if let Some(tag) = self.filter.tag.as_deref().filter(|t| !t.is_empty()) {
+            query.push(format!("tag={}", encode(tag)));
+        }
+        if page > 0 {
+            query.push(format!("page={page}"));
+        }
+        query.join("&")
+    }
+}
+
+/// How the host's agent is: tampered, stale, never heard from, or its last report's age.
+fn summary_health(summary: &HostSummary, now_ms: i64) -> Markup {
+    html! {
+        @if summary.tampered {
+            span.bad { "TAMPERED" }
+        } @else if summary.agent_stale {
+            span.warn { "stale" }
+        } @else {
+            @match summary.last_seen_ms {
+                None => span.muted { "never heard from" },
+                Some(seen) => span.good { "ok, " (time_left(now_ms - seen + 1)) " ago" },
+            }
+        }
+    }
+}
+
+/// The fleet page: the hosts the filter selects, with state, mode, time left, tags and agent
 /// health, kept up to date while open.
-pub fn fleet(viewer: &Viewer, filter: &HostFilter, hosts: &[&HostRecord], all: &[HostRecord], now_ms: i64) -> Markup {
-    let mut tags: Vec<&str> = all.iter().flat_map(|r| r.tags.iter().map(String::as_str)).collect();
-    tags.sort_unstable();
-    tags.dedup();
-    let count = |state: HostState| all.iter().filter(|r| r.state == state).count();
+pub fn fleet(viewer: &Viewer, fleet: &FleetPage, now_ms: i64) -> Markup {
     let isolated_link = format!("/console?tag={}", encode(ISOLATED_TAG));
+    let pages = fleet.matched.div_ceil(PAGE_SIZE).max(1);
     let body = html! {
         h1 { "Fleet" }
         p.summary {
-            (all.len()) " hosts: "
-            @for state in HostState::ALL {
-                a href={"/console?state=" (state.name())} { (count(state)) " " (state.name().replace('_', " ")) } " · "
+            (fleet.total) " hosts: "
+            @for (state, count) in &fleet.by_state {
+                a href={"/console?state=" (state.name())} { (count) " " (state.name().replace('_', " ")) } " · "
             }
             a.isolated href=(isolated_link) { (ISOLATED_TAG) }
         }
         form.filters method="get" action="/console" {
             label for="state" { "State" }
             select #state name="state" {
-                option value="" selected[filter.state.as_deref().unwrap_or("").is_empty()] { "any" }
+                option value="" selected[fleet.filter.state.as_deref().unwrap_or("").is_empty()] { "any" }
                 @for state in HostState::ALL {
-                    option value=(state.name()) selected[filter.state.as_deref() == Some(state.name())] { (state.name().replace('_', " ")) }
+                    option value=(state.name()) selected[fleet.filter.state.as_deref() == Some(state.name())] { (state.name().replace('_', " ")) }
                 }
             }
             label for="tag" { "Tag" }
-            input #tag type="text" name="tag" list="known-tags" value=(filter.tag.as_deref().unwrap_or(""));
-            datalist #known-tags { @for tag in &tags { option value=(tag) {} } }
+            input #tag type="text" name="tag" list="known-tags" value=(fleet.filter.tag.as_deref().unwrap_or(""));
+            datalist #known-tags { @for tag in &fleet.tags { option value=(tag) {} } }
             button type="submit" { "Filter" }
             a href="/console" { "Clear" }
         }
@@ -271,9 +353,18 @@ pub fn fleet(viewer: &Viewer, filter: &HostFilter, hosts: &[&HostRecord], all: &
         }
         div.table-wrap {
             table.fleet {
-                caption { (hosts.len()) " host(s) shown" }
+                caption {
+                    (fleet.matched) " host(s) match"
+                    @if pages > 1 { "; page " (fleet.page + 1) " of " (pages) }
+                }
                 thead { tr { th scope="col" { "Host" } th scope="col" { "State" } th scope="col" { "Mode" } th scope="col" { "Time left" } th scope="col" { "Tags" } th scope="col" { "Agent" } th scope="col" { "Profile" } } }
-                (fleet_rows(filter, hosts, now_ms))
+                (fleet_rows(fleet, now_ms))
+            }
+        }
+        @if pages > 1 {
+            nav.pages aria-label="Pages" {
+                @if fleet.page > 0 { a href={"/console?" (fleet.query(fleet.page - 1))} { "← Previous" } " " }
+                @if fleet.page + 1 < pages { a href={"/console?" (fleet.query(fleet.page + 1))} { "Next →" } }
             }
         }
     };
@@ -281,29 +372,22 @@ pub fn fleet(viewer: &Viewer, filter: &HostFilter, hosts: &[&HostRecord], all: &
 }
 
 /// The fleet table's rows, the part that refreshes itself every 2 s.
-pub fn fleet_rows(filter: &HostFilter, hosts: &[&HostRecord], now_ms: i64) -> Markup {
-    let mut query = Vec::new();
-    if let Some(state) = filter.state.as_deref().filter(|s| !s.is_empty()) {
-        query.push(format!("state={}", encode(state)));
-    }
-    if let Some(tag) = filter.tag.as_deref().filter(|t| !t.is_empty()) {
-        query.push(format!("tag={}", encode(tag)));
-    }
-    let source = format!("/console/fleet/rows?{}", query.join("&"));
+pub fn fleet_rows(fleet: &FleetPage, now_ms: i64) -> Markup {
+    let source = format!("/console/fleet/rows?{}", fleet.query(fleet.page));
     html! {
         tbody #fleet-rows hx-get=(source) hx-trigger="every 2s" hx-swap="outerHTML" {
-            @if hosts.is_empty() {
+            @if fleet.rows.is_empty() {
                 tr { td colspan="7" { "No host matches." } }
             }
-            @for record in hosts {
+            @for summary in &fleet.rows {
                 tr {
-                    th scope="row" { a href=(host_url(&record.host)) { (record.host) } }
-                    td { (state_badge(record.state)) }
-                    td { (record.mode.as_deref().unwrap_or("—")) }
-                    td { (countdown(record.expires_at_ms, now_ms)) }
-                    td.tags { @for tag in &record.tags { span class=@if tag == ISOLATED_TAG { "tag tag-isolated" } @else { "tag" } { (tag) } " " } }
-                    td { (agent_health(record, now_ms)) }
-                    td { @if let Some(profile) = &record.profile { (profile.name) } @else { span.muted { "—" } } }
+                    th scope="row" { a href=(host_url(&summary.host)) { (summary.host) } }
+                    td { (state_badge(summary.state)) }
+                    td { (summary.mode.as_deref().unwrap_or("—")) }
+                    td { (countdown(summary.expires_at_ms, now_ms)) }
+                    td.tags { @for tag in &summary.tags { span class=@if tag == ISOLATED_TAG { "tag tag-isolated" } @else { "tag" } { (tag) } " " } }
+                    td { (summary_health(summary, now_ms)) }
+                    td { @if let Some(profile) = &summary.profile { (profile) } @else { span.muted { "—" } } }
                 }
             }
         }
@@ -984,11 +1068,32 @@ mod tests {
     }
 
     #[test]
+    fn the_fleet_is_shown_a_page_at_a_time_with_counts_of_all() {
+        let all: std::collections::BTreeMap<String, HostSummary> = (0..600)
+            .map(|n| {
+                let mut record = HostRecord::new(&format!("h-{n:03}"), 0);
+                if n % 2 == 0 {
+                    record.state = HostState::Isolated;
+                    record.tags = vec![ISOLATED_TAG.into()];
+                }
+                (record.host.clone(), record.summary())
+            })
+            .collect();
+        let isolated = HostFilter { tag: Some(ISOLATED_TAG.into()), state: None };
+        let second = FleetPage::of(&all, isolated, 1);
+        assert_eq!((second.total, second.matched, second.rows.len()), (600, 300, 50));
+        assert_eq!(second.rows[0].host, "h-500", "the 251st isolated host, in host order");
+        assert_eq!(second.by_state.iter().find(|(s, _)| *s == HostState::Isolated).map(|(_, n)| *n), Some(300));
+        assert_eq!(second.query(2), "tag=ISOLATED%20FROM%20NETWORK&page=2");
+    }
+
+    #[test]
     fn what_comes_from_outside_is_escaped() {
         let viewer = Viewer { operator: "<b>eve</b>".into(), role: Role::Viewer, csrf: "c".into(), pending: 0 };
         let mut record = HostRecord::new("<script>alert(1)</script>", 0);
         record.tags = vec!["\"><img src=x onerror=alert(1)>".into()];
-        let html = fleet(&viewer, &HostFilter::default(), &[&record], std::slice::from_ref(&record), 0).into_string();
+        let all = std::collections::BTreeMap::from([(record.host.clone(), record.summary())]);
+        let html = fleet(&viewer, &FleetPage::of(&all, HostFilter::default(), 0), 0).into_string();
         assert!(!html.contains("<script>alert") && !html.contains("<img src=x") && !html.contains("<b>eve"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("/console/hosts/%3Cscript%3Ealert%281%29%3C%2Fscript%3E"), "host ids are encoded in links");
