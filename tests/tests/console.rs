@@ -168,7 +168,7 @@ fn console() -> Result<(), Failed> {
         world.wait_for_state("pending_approval", Duration::from_secs(10));
         page.open(&format!("{CONSOLE}/approvals")).await;
         page_is_sound(&page, "approvals").await?;
-        assert!(page.body().await.contains("Rules suspicious ask for a automatic isolation of 1h"));
+        assert!(page.body().await.contains("Rules suspicious ask for an automatic isolation of 1h"));
         page.screenshot("approvals").await;
         page.fill(&format!("#approve-{HOST}"), "confirmed by the SOC").await;
         page.click("form[action$='/approve'] button").await;

@@ -374,11 +374,13 @@ mod tests {
         assert_eq!(config.api.tokens_file, Some(PathBuf::from("/etc/cordon/api-tokens.toml")));
         assert_eq!(config.agents.resend_after_seconds, default_resend_after());
         assert_eq!(config.agents.on_tamper, super::super::lifecycle::OnTamper::ReisolateManual);
+        assert!(config.console.enabled);
+        assert_eq!(config.console.session_minutes, default_session_minutes());
         // Every key of every section is in the example (a new key must be documented there).
         let text = std::fs::read_to_string(&path).unwrap();
         let table: toml::Table = toml::from_str(&text).unwrap();
         let keys: usize = table.values().map(|section| section.as_table().map_or(1, toml::Table::len)).sum();
-        assert_eq!(keys, 24, "keys in ops/config/cordon.toml (a key added to the config goes there too)");
+        assert_eq!(keys, 27, "keys in ops/config/cordon.toml (a key added to the config goes there too)");
     }
 
     #[test]

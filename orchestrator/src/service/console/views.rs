@@ -537,9 +537,9 @@ fn why(record: &HostRecord) -> Markup {
 
 fn pending_text(pending: &crate::service::lifecycle::Proposal) -> String {
     format!(
-        "Rules {} ask for a {} isolation{} (finding {}, {} request(s), since {}).",
+        "Rules {} ask for {} isolation{} (finding {}, {} request(s), since {}).",
         pending.rules.join(", "),
-        pending.plan.mode(),
+        if pending.plan.duration_seconds.is_some() { "an automatic" } else { "a manual" },
         pending.plan.duration_seconds.map(|s| format!(" of {}", format_seconds(s))).unwrap_or_default(),
         pending.event_id,
         pending.requests,
@@ -803,14 +803,14 @@ pub fn approvals(viewer: &Viewer, pending: &[&HostRecord], problems: Option<(&st
                             form.action method="post" action={(host_url(&record.host)) "/approve"} {
                                 (csrf_field(viewer))
                                 input type="hidden" name="from" value="approvals";
-                                label for={"approve-" (record.host)} { "Reason" }
+                                label for={"approve-" (record.host)} { "Reason to approve" }
                                 input id={"approve-" (record.host)} type="text" name="reason" required maxlength="1024";
                                 button type="submit" { "Approve " (record.host) }
                             }
                             form.action method="post" action={(host_url(&record.host)) "/deny"} {
                                 (csrf_field(viewer))
                                 input type="hidden" name="from" value="approvals";
-                                label for={"deny-" (record.host)} { "Reason" }
+                                label for={"deny-" (record.host)} { "Reason to deny" }
                                 input id={"deny-" (record.host)} type="text" name="reason" required maxlength="1024";
                                 button type="submit" { "Deny " (record.host) }
                             }
