@@ -2554,3 +2554,19 @@ fn the_console_refuses_forged_stale_oversized_and_unauthorised_requests() {
     assert_eq!(status, 429, "{page}");
     assert!(page.contains("Too many failed sign-ins"), "{page}");
 }
+
+/// `[console] listen`: the console on an address of its own, the API without it.
+#[test]
+fn the_console_can_have_a_listener_of_its_own() {
+    let mut harness = Harness::start("console-listener");
+    harness.api_config = "[console]\nlisten = \"127.0.0.1:0\"\n".to_owned();
+    let lines = harness.serve_with("");
+    let said = wait_for_line(&lines, "console on ");
+    let console = said.split("console on ").nth(1).expect("an address").split("/console").next().unwrap().to_owned();
+    let line = wait_for_line(&lines, "; API on ");
+    let api = line.split("API on ").nth(1).expect("address").trim_end_matches('.').to_owned();
+    assert_ne!(console, api, "{said}");
+    assert_eq!(console_call(&console, "GET", "/console/sign-in", None, &[]).0, 200);
+    assert_eq!(console_call(&console, "GET", "/v1/hosts", None, &[]).0, 404, "the API is not on the console's address");
+    assert_eq!(console_call(&api, "GET", "/console/sign-in", None, &[]).0, 404, "nor the console on the API's");
+}
