@@ -169,12 +169,37 @@ impl HostFilter {
         self.selects(record.state, &record.tags)
     }
 
+    /// Whether `record` is selected for an action on many hosts at once (bulk): by the tags
+    /// operators set and cordon's own `ISOLATED FROM NETWORK`, never by a tag its agent reports
+    /// (whoever holds a host could report its way into, or out of, an operator's selection).
+    pub fn selects_for_action(&self, record: &HostRecord) -> bool {
+        let mut trusted = record.operator_tags.clone();
+        if record.state.may_be_isolated() {
+            trusted.push(crate::service::lifecycle::ISOLATED_TAG.to_owned());
+        }
+        self.selects(record.state, &trusted)
+    }
+
     /// Whether a host in `state` with `tags` is selected.
     pub fn selects(&self, state: crate::service::lifecycle::HostState, tags: &[String]) -> bool {
         let tag = self.tag.as_deref().filter(|t| !t.is_empty());
         let wanted_state = self.state.as_deref().filter(|s| !s.is_empty());
         tag.is_none_or(|tag| tags.iter().any(|t| t == tag)) && wanted_state.is_none_or(|s| state.name() == s)
     }
+}
+
+/// What pins a selection of hosts an operator saw (bulk): the SHA-256 of their ids, sorted, one
+/// per line; another set of hosts of the same size has another digest.
+pub fn selection_digest<'a>(hosts: impl IntoIterator<Item = &'a str>) -> String {
+    use sha2::Digest as _;
+    let mut hosts: Vec<&str> = hosts.into_iter().collect();
+    hosts.sort_unstable();
+    let mut digest = sha2::Sha256::new();
+    for host in hosts {
+        digest.update(host.as_bytes());
+        digest.update(b"\n");
+    }
+    crate::service::outbox::hex(&digest.finalize())
 }
 
 /// `POST /v1/hosts/{host}/release` and `/deny`.

@@ -2570,3 +2570,139 @@ fn the_console_can_have_a_listener_of_its_own() {
     assert_eq!(console_call(&console, "GET", "/v1/hosts", None, &[]).0, 404, "the API is not on the console's address");
     assert_eq!(console_call(&api, "GET", "/console/sign-in", None, &[]).0, 404, "nor the console on the API's");
 }
+
+/// A console session of the shared token's admin: its cookie and CSRF token.
+fn console_admin(harness: &Harness) -> (String, String) {
+    let token = std::fs::read_to_string(harness.dir.join("state/api-token")).expect("the API token");
+    let (status, headers, body) =
+        console_call(&harness.api, "POST", "/console/sign-in", None, &[("token", token.trim()), ("name", "alice")]);
+    assert_eq!(status, 303, "{body}");
+    let cookie = headers["set-cookie"].trim_start_matches("cordon_session=").split(';').next().unwrap().to_owned();
+    let (_, _, page) = console_call(&harness.api, "GET", "/console", Some(&cookie), &[]);
+    (cookie.clone(), hidden_value(&page, "csrf"))
+}
+
+/// A bulk isolation from the console selects by operators' tags only, leaves every isolation in
+/// force as it is (a manual one stays manual), and acts only on the very hosts the operator saw.
+#[test]
+fn a_bulk_isolation_leaves_isolations_in_force_and_acts_only_on_the_hosts_seen() {
+    let mut harness = Harness::start("bulk");
+    let _lines = harness.serve();
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+    harness.cordon_ok(&["isolate", "web-01", "--manual", "--reason", "IR-1"]);
+    let first = next_command(&commands, &key, Duration::from_secs(10));
+    assert_eq!(first.host_id, "web-01");
+    harness.report(&first, true);
+    for host in ["web-01", "web-02", "web-03"] {
+        harness.cordon_ok(&["tag", host, "--add", "lab"]);
+    }
+    // web-04's agent reports the tag itself: that selects nothing.
+    harness.cordon_ok(&["tag", "web-04", "--add", "office"]);
+    let mut claim = heartbeat("web-04", 0, false);
+    claim["tags"] = serde_json::json!(["lab"]);
+    harness.publish_status(claim);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !harness.host_json("web-04")["tags"].as_array().unwrap().iter().any(|t| t == "lab") {
+        assert!(Instant::now() < deadline, "the agent's report never arrived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let (cookie, csrf) = console_admin(&harness);
+    let (status, _, preview) = console_call(&harness.api, "GET", "/console/bulk?tag=lab", Some(&cookie), &[]);
+    assert_eq!(status, 200);
+    assert!(preview.contains("<strong>3</strong> host(s) match"), "{preview}");
+    assert!(!preview.contains("web-04"), "an agent's own tag selected its host");
+    let selection = hidden_value(&preview, "selection");
+    let bulk = |typed: &str, expected: &str, selection: &str| {
+        let form = [
+            ("csrf", csrf.as_str()),
+            ("tag", "lab"),
+            ("action", "isolate"),
+            ("reason", "worm on the lab"),
+            ("typed", typed),
+            ("expected", expected),
+            ("selection", selection),
+        ];
+        console_call(&harness.api, "POST", "/console/bulk", Some(&cookie), &form)
+    };
+    let (status, _, done) = bulk("isolate 3 hosts", "3", &selection);
+    assert_eq!(status, 200, "{done}");
+    assert!(done.contains("Done: 2 of 3 host(s)") && done.contains("already isolated: left as it is"), "{done}");
+    let mut isolated: Vec<String> = (0..2)
+        .map(|_| {
+            let command = next_command(&commands, &key, Duration::from_secs(10));
+            harness.report(&command, true);
+            command.host_id
+        })
+        .collect();
+    isolated.sort();
+    assert_eq!(isolated, ["web-02", "web-03"]);
+    let web01 = harness.host_json("web-01");
+    // Its manual isolation stands: no new command, none with a duration.
+    assert_eq!(web01["generation"].as_u64(), Some(1), "{web01}");
+    assert_eq!(web01["command"]["duration_seconds"], serde_json::Value::Null, "{web01}");
+
+    // The same count of other hosts, or another count: refused, nothing sent.
+    harness.cordon_ok(&["tag", "web-03", "--remove", "lab"]);
+    harness.cordon_ok(&["tag", "web-05", "--add", "lab"]);
+    let (status, _, page) = bulk("isolate 3 hosts", "3", &selection);
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("the filter now selects other hosts (3) than the 3 you saw"), "{page}");
+    harness.cordon_ok(&["tag", "web-06", "--add", "lab"]);
+    assert_eq!(bulk("isolate 3 hosts", "3", &selection).0, 409);
+    no_message(&commands, Duration::from_secs(1));
+}
+
+/// An isolation in force and its new profile must still fit an agent's kernel tables: a policy
+/// change that would not is refused, naming the host; and so is a rules reload whose `allow:`
+/// would not fit with a profile (the running rules stay).
+#[test]
+fn a_policy_or_rules_that_would_not_fit_an_isolation_in_force_are_refused() {
+    let mut harness = Harness::start("fit");
+    let lines = harness.serve();
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+    let mut isolate = vec!["isolate", "db-01", "--manual", "--reason", "IR-2"];
+    let specs: Vec<String> = (1..=12).map(|port| format!("out,tcp,10.0.0.0/8,{port}")).collect();
+    for spec in &specs {
+        isolate.extend(["--allow", spec.as_str()]);
+    }
+    harness.cordon_ok(&isolate);
+    next_command(&commands, &key, Duration::from_secs(10));
+    let wider = harness.dir.join("wider.toml");
+    std::fs::write(&wider, "[[profiles]]\nname = \"default\"\nautomatic_duration_seconds = 600\nexclusions = [\"out,udp,10.0.0.0/8,53\"]\n")
+        .unwrap();
+    let output = harness.cordon(&["policy", "set", &wider.to_string_lossy(), "--reason", "DNS"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("host db-01's isolation with profile default (policy version 2): 13 different exclusions apply to 10.0.0.0/8"), "{stderr}");
+    assert!(harness.cordon_ok(&["policy", "show"]).contains("version 1,"), "nothing changed");
+    no_message(&commands, Duration::from_millis(500));
+
+    // Rules: the policy in force leaves 8 rules on 10.1.0.0/16; a rule with 6 more is refused.
+    harness.cordon_ok(&["release", "db-01"]);
+    next_command(&commands, &key, Duration::from_secs(10));
+    let narrow = harness.dir.join("narrow.toml");
+    let specs: Vec<String> = (1..=8).map(|port| format!("\"out,tcp,10.1.0.0/16,{port}\"")).collect();
+    std::fs::write(
+        &narrow,
+        format!("[[profiles]]\nname = \"default\"\nautomatic_duration_seconds = 600\nexclusions = [{}]\n", specs.join(", ")),
+    )
+    .unwrap();
+    harness.cordon_ok(&["policy", "set", &narrow.to_string_lossy(), "--reason", "eight"]);
+    let allow: Vec<String> = (20..=25).map(|port| format!("\"out,tcp,10.1.0.0/16,{port}\"")).collect();
+    std::fs::write(
+        harness.dir.join("rules/wide.yaml"),
+        format!(
+            "id: wide\ntitle: Wide\ndetection:\n  selection:\n    severity_id: 9\n  condition: selection\n\
+             response:\n  isolate:\n    mode: automatic\n    duration: 1h\n    allow: [{}]\n",
+            allow.join(", ")
+        ),
+    )
+    .unwrap();
+    let refused = wait_for_line(&lines, "rules NOT reloaded");
+    assert!(refused.contains("would not fit an agent's kernel tables"), "{refused}");
+    let detail = wait_for_line(&lines, "profile default with rule wide");
+    assert!(detail.contains("14 different exclusions apply to 10.1.0.0/16"), "{detail}");
+}

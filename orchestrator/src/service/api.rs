@@ -46,8 +46,10 @@ pub struct BulkRequest {
     pub filter: crate::api::HostFilter,
     pub action: BulkAction,
     pub reason: String,
-    /// How many hosts the operator saw the filter select: refused if it selects another number.
+    /// How many hosts the operator saw the filter select, and which (`api::selection_digest`):
+    /// refused if it selects other hosts by then.
     pub expected_hosts: usize,
+    pub expected_digest: String,
     /// `operator NAME (ADDRESS)`.
     pub operator: String,
     pub reply: oneshot::Sender<Result<Vec<BulkOutcome>, NotDone>>,
@@ -456,10 +458,10 @@ pub(crate) async fn change_hosts(
     filter: crate::api::HostFilter,
     action: BulkAction,
     reason: String,
-    expected_hosts: usize,
+    (expected_hosts, expected_digest): (usize, String),
 ) -> Result<Vec<BulkOutcome>, NotDone> {
     let (reply, answer) = oneshot::channel();
-    let request = BulkRequest { filter, action, reason, expected_hosts, operator, reply };
+    let request = BulkRequest { filter, action, reason, expected_hosts, expected_digest, operator, reply };
     submit(state, ApiRequest::Bulk(request), answer).await
 }
 
@@ -770,20 +772,19 @@ fn stored_version(state: &ApiState, number: u64) -> Result<PolicyVersion, ApiErr
 
 async fn policy_history(State(state): State<ApiState>) -> Result<Json<Vec<PolicyHistoryEntry>>, ApiError> {
     let versions = state.store.policy_versions()?;
-    let empty = IsolationPolicy { profiles: Vec::new() };
-    let mut before = &empty;
-    let mut history = Vec::with_capacity(versions.len());
-    for version in &versions {
-        history.push(PolicyHistoryEntry {
+    let changes = super::profiles::changes_by_version(&versions);
+    let history = versions
+        .iter()
+        .zip(changes)
+        .map(|(version, changes)| PolicyHistoryEntry {
             version: version.version,
             at: crate::api::rfc3339(version.at_ms),
             author: version.author.clone(),
             reason: version.reason.clone(),
             reverted_from: version.reverted_from,
-            changes: before.diff(&version.policy),
-        });
-        before = &version.policy;
-    }
+            changes,
+        })
+        .collect();
     Ok(Json(history))
 }
 

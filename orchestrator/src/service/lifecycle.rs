@@ -314,7 +314,9 @@ pub enum Refused {
     PolicyChanged { expected: u64, current: u64 },
     #[error("host {0} has no timed isolation in force to extend (isolate it again instead)")]
     NothingToExtend(String),
-    #[error("the filter now selects {now} host(s), not the {expected} you saw: look again before acting on them all")]
+    #[error(
+        "the filter now selects other hosts ({now}) than the {expected} you saw: look again before acting on them all"
+    )]
     BulkChanged { expected: usize, now: usize },
     #[error(
         "isolating {hosts} hosts at once is more than the fleet ceiling allows (policy.yaml max_automatic: {count} \
@@ -614,6 +616,18 @@ pub fn deny(record: &mut HostRecord, reason: &str, operator: &str, now: i64) -> 
     Ok(record.step(to, None, operator, Some(&proposal.event_id), why, now))
 }
 
+/// A tag as operators set it: 1 to 128 printable characters, not cordon's own.
+pub fn check_tag(tag: &str) -> Result<(), Refused> {
+    if tag == ISOLATED_TAG {
+        return Err(Refused::ReservedTag(tag.to_owned()));
+    }
+    if tag.is_empty() || tag.chars().count() > 128 || tag.chars().any(char::is_control) {
+        // A hostile tag may be long: the message quotes its start.
+        return Err(Refused::BadTag(tag.chars().take(64).collect()));
+    }
+    Ok(())
+}
+
 /// An operator adds and removes tags.
 pub fn set_tags(
     record: &mut HostRecord,
@@ -623,12 +637,7 @@ pub fn set_tags(
     now: i64,
 ) -> Result<Effects, Refused> {
     for tag in add.iter().chain(remove) {
-        if tag == ISOLATED_TAG {
-            return Err(Refused::ReservedTag(tag.clone()));
-        }
-        if tag.is_empty() || tag.chars().count() > 128 || tag.chars().any(char::is_control) {
-            return Err(Refused::BadTag(tag.clone()));
-        }
+        check_tag(tag)?;
     }
     record.operator_tags.retain(|tag| !remove.contains(tag));
     for tag in add {
@@ -653,23 +662,15 @@ pub fn note(record: &mut HostRecord, by: &str, why: String, now: i64) -> Effects
 /// it).
 pub fn apply_profile(record: &mut HostRecord, profile: ProfileInForce<'_>, by: &str, now: i64) -> Effects {
     let reference = profile.reference();
-    if !matches!(record.state, HostState::Isolating | HostState::Isolated) || record.profile.as_ref() == Some(&reference)
-    {
+    if record.profile.as_ref() == Some(&reference) {
         return Effects::default();
     }
-    let Some(cordon_wire::Action::Isolate { duration_seconds, exclusions, allowed_processes, allow_dns, allow_dhcp, .. }) =
+    let Some(requested) = isolation_asked(record) else { return Effects::default() };
+    let Some(cordon_wire::Action::Isolate { exclusions, allowed_processes, allow_dns, allow_dhcp, .. }) =
         record.last_command.clone()
     else {
         return Effects::default();
     };
-    // An isolation from before profiles: all of it was asked for.
-    let requested = record.requested.clone().unwrap_or(IsolationPlan {
-        duration_seconds,
-        exclusions: exclusions.clone(),
-        allowed_processes: allowed_processes.clone(),
-        allow_dns,
-        allow_dhcp,
-    });
     let plan = profile.profile.under(&requested);
     let unchanged = plan.exclusions == exclusions
         && plan.allowed_processes == allowed_processes
@@ -703,6 +704,27 @@ pub fn apply_profile(record: &mut HostRecord, profile: ProfileInForce<'_>, by: &
     );
     let command = IsolationPlan { duration_seconds, ..plan }.command(format!("{by}: {why}"));
     record.step(HostState::Isolating, Some(command), by, None, why, now)
+}
+
+/// What the rule or operator behind the isolation in force asked for (before its profile), when
+/// one is in force (isolating or isolated): what a new profile goes under.
+pub fn isolation_asked(record: &HostRecord) -> Option<IsolationPlan> {
+    if !matches!(record.state, HostState::Isolating | HostState::Isolated) {
+        return None;
+    }
+    match &record.last_command {
+        Some(cordon_wire::Action::Isolate { duration_seconds, exclusions, allowed_processes, allow_dns, allow_dhcp, .. }) => {
+            // An isolation from before profiles: all of it was asked for.
+            Some(record.requested.clone().unwrap_or_else(|| IsolationPlan {
+                duration_seconds: *duration_seconds,
+                exclusions: exclusions.clone(),
+                allowed_processes: allowed_processes.clone(),
+                allow_dns: *allow_dns,
+                allow_dhcp: *allow_dhcp,
+            }))
+        }
+        _ => None,
+    }
 }
 
 /// The host's automatic isolation reached its deadline.

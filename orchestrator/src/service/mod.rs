@@ -498,6 +498,30 @@ async fn open_store_when_there_is_room(
     }
 }
 
+/// The command-signing key, from a file readable by its owner only.
+fn read_signing_key(path: &std::path::Path) -> Result<cordon_wire::SigningKey> {
+    access::check_private(path, "the signing key")?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the signing key {}", path.display()))?;
+    cordon_wire::signing_key_from_base64(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Says, at start, when a rule's `allow:` and a profile of the policy in force would not fit an
+/// agent's kernel tables together. The service starts anyway (containment that works beats
+/// none): those rules' isolations would be refused by the agents, each showing why on its host.
+/// A reload with such rules is refused instead.
+fn say_if_rules_do_not_fit(store: &Store, ruleset: &rules::Ruleset) {
+    let policy = store.policy();
+    let misfits = policy.policy.problems(ruleset.exclusions_by_rule());
+    if !misfits.is_empty() {
+        tracing::error!(
+            "with the isolation policy in force (version {}), rules would not fit an agent's kernel tables: {}. Fix \
+             the rules or the policy.",
+            policy.version,
+            misfits.join("; ")
+        );
+    }
+}
+
 /// Runs the service until `shutdown` completes. `brokers` is the resolved bootstrap list.
 pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<Output = ()>) -> Result<()> {
     let ruleset = load_rules(&config.rules.dir)?;
@@ -507,11 +531,8 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         return Ok(());
     };
     let engine = store.engine_state()?;
-    access::check_private(&config.signing.key_file, "the signing key")?;
-    let key_text = std::fs::read_to_string(&config.signing.key_file)
-        .with_context(|| format!("cannot read the signing key {}", config.signing.key_file.display()))?;
-    let signing_key = cordon_wire::signing_key_from_base64(&key_text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", config.signing.key_file.display()))?;
+    say_if_rules_do_not_fit(&store, &ruleset);
+    let signing_key = read_signing_key(&config.signing.key_file)?;
     let tokens = api_tokens(&config)?;
     let fence = lease::Fence::default();
     let lease = lease::start(&config.kafka, brokers, &signing_key, fence.clone())?;
@@ -1451,10 +1472,7 @@ impl Service {
         let mut retagged = false;
         let outcome = match operation {
             Operation::Isolate { isolation, reason } => {
-                let mut plan = isolation.plan;
-                if isolation.profile_duration {
-                    plan.duration_seconds = Some(profile.profile.automatic_duration_seconds);
-                }
+                let plan = profile.plan_of(&isolation);
                 let problems = profile.problems_with(&plan);
                 if problems.is_empty() {
                     let effects = lifecycle::operator_isolate(&mut record, &plan, profile, &reason, operator, now);
@@ -1490,7 +1508,13 @@ impl Service {
             Operation::Deny { reason } => lifecycle::deny(&mut record, &reason, operator, now).map_err(NotDone::from),
             Operation::Tags { add, remove } => {
                 retagged = true;
-                lifecycle::set_tags(&mut record, &add, &remove, operator, now).map_err(NotDone::from)
+                lifecycle::set_tags(&mut record, &add, &remove, operator, now).map_err(NotDone::from).and_then(|effects| {
+                    // The new tags may choose another profile for the isolation in force: it must fit.
+                    let problems = lifecycle::isolation_asked(&record)
+                        .map(|asked| policy.profile_in_force(&record.operator_tags).problems_with(&asked))
+                        .unwrap_or_default();
+                    if problems.is_empty() { Ok(effects) } else { Err(NotDone::Invalid(problems)) }
+                })
             }
         };
         let outcome = match outcome {
@@ -1536,24 +1560,34 @@ impl Service {
     }
 
     fn carry_out_bulk(&mut self, request: &BulkRequest) -> Result<Result<Vec<BulkOutcome>, NotDone>> {
-        let hosts: Vec<String> =
-            self.store.hosts()?.into_iter().filter(|r| request.filter.matches(r)).map(|r| r.host).collect();
-        if hosts.len() != request.expected_hosts {
-            let refused = lifecycle::Refused::BulkChanged { expected: request.expected_hosts, now: hosts.len() };
+        let records: Vec<HostRecord> =
+            self.store.hosts()?.into_iter().filter(|r| request.filter.selects_for_action(r)).collect();
+        let digest = crate::api::selection_digest(records.iter().map(|r| r.host.as_str()));
+        if records.len() != request.expected_hosts || digest != request.expected_digest {
+            let refused = lifecycle::Refused::BulkChanged { expected: request.expected_hosts, now: records.len() };
             return Ok(Err(refused.into()));
         }
         let isolating = matches!(request.action, BulkAction::Isolate { .. });
-        if let Some(ceiling) = self.ruleset.policy().max_automatic.filter(|c| isolating && hosts.len() > c.count as usize) {
+        let to_cut_off = records.iter().filter(|r| !r.state.may_be_isolated()).count();
+        if let Some(ceiling) = self.ruleset.policy().max_automatic.filter(|c| isolating && to_cut_off > c.count as usize) {
             let refused = lifecycle::Refused::OverCeiling {
-                hosts: hosts.len(),
+                hosts: to_cut_off,
                 count: ceiling.count,
                 within: rules::format_duration(ceiling.within),
             };
             return Ok(Err(refused.into()));
         }
         let now = now_ms();
-        let mut outcomes = Vec::with_capacity(hosts.len());
-        for host in hosts {
+        let mut outcomes = Vec::with_capacity(records.len());
+        for record in records {
+            let host = record.host;
+            if isolating && record.state.may_be_isolated() {
+                // A bulk isolation never replaces one in force: it could end a manual one, or
+                // shorten a longer one. Each is changed on its own host's page.
+                let why = format!("already {}: left as it is", record.state.name().replace('_', " "));
+                outcomes.push(BulkOutcome { host, result: Err(why) });
+                continue;
+            }
             let operation = match request.action {
                 BulkAction::Isolate { manual } => Operation::Isolate {
                     isolation: crate::api::CheckedIsolation { plan: IsolationPlan::default(), profile_duration: !manual },
@@ -1595,10 +1629,30 @@ impl Service {
             policy,
         };
         let changes = current.policy.diff(&version.policy);
+        let hosts = match self.store.hosts() {
+            Ok(hosts) => hosts,
+            Err(error) => {
+                let _ = request.reply.send(Err(NotDone::StoreFault(format!("{error:#}"))));
+                return Err(error);
+            }
+        };
+        // Each isolation in force takes its new profile: every one must still fit the kernel.
+        let problems: Vec<String> = hosts
+            .iter()
+            .filter_map(|record| Some((record, lifecycle::isolation_asked(record)?)))
+            .flat_map(|(record, asked)| {
+                let profile = version.profile_in_force(&record.operator_tags);
+                profile.problems_with(&asked).into_iter().map(|problem| format!("host {}'s isolation {problem}", record.host))
+            })
+            .collect();
+        if !problems.is_empty() {
+            let _ = request.reply.send(Err(NotDone::Invalid(problems)));
+            return Ok(());
+        }
         let result = self.store.put_policy(version.clone()).and_then(|()| {
             let by = format!("policy version {} by {}", version.version, request.author);
             let mut updated = 0;
-            for previous in self.store.hosts()? {
+            for previous in hosts {
                 let mut record = previous.clone();
                 let profile = version.profile_in_force(&record.operator_tags);
                 let effects = lifecycle::apply_profile(&mut record, profile, &by, now);
@@ -1772,9 +1826,24 @@ impl Service {
             .map_or(0, |ceiling| i64::try_from(ceiling.within.as_millis()).unwrap_or(i64::MAX))
     }
 
-    /// Loads the rules again; a set that does not validate is refused and the running one stays.
+    /// Loads the rules again; a set that does not validate, or whose `allow:` would not fit an
+    /// agent's kernel tables with a profile of the policy in force, is refused and the running
+    /// one stays.
     fn reload_rules(&mut self, why: &str) {
-        match load_rules(&self.config.rules.dir) {
+        let loaded = load_rules(&self.config.rules.dir).and_then(|ruleset| {
+            let problems = self.store.policy().policy.problems(ruleset.exclusions_by_rule());
+            if problems.is_empty() {
+                Ok(ruleset)
+            } else {
+                bail!(
+                    "with the isolation policy in force (version {}), these rules would not fit an agent's kernel \
+                     tables:\n{}",
+                    self.store.policy().version,
+                    problems.join("\n")
+                )
+            }
+        });
+        match loaded {
             Ok(ruleset) => {
                 tracing::info!(
                     "rules reloaded after {why}: {} rule(s) from {}.",

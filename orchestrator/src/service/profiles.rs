@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::lifecycle::{IsolationPlan, ISOLATED_TAG};
+use super::lifecycle::IsolationPlan;
 
 /// The profile of every host no other profile selects.
 pub const DEFAULT_PROFILE: &str = "default";
@@ -93,6 +93,16 @@ pub struct ProfileRef {
 impl ProfileInForce<'_> {
     pub fn reference(&self) -> ProfileRef {
         ProfileRef { name: self.profile.name.clone(), version: self.version }
+    }
+
+    /// The plan an operator's isolation asks for: its own, lasting this profile's automatic
+    /// duration when it gives none.
+    pub fn plan_of(&self, isolation: &crate::api::CheckedIsolation) -> IsolationPlan {
+        let mut plan = isolation.plan.clone();
+        if isolation.profile_duration {
+            plan.duration_seconds = Some(self.profile.automatic_duration_seconds);
+        }
+        plan
     }
 
     /// What keeps `requested` with this profile under it from any agent's kernel tables.
@@ -206,8 +216,8 @@ impl IsolationPolicy {
                 in_profile(format!("{} tags; the limit is {MAX_PROFILE_TAGS}", profile.tags.len()));
             }
             for tag in profile.tags.iter().take(MAX_PROFILE_TAGS) {
-                if let Err(problem) = check_tag(tag) {
-                    in_profile(problem);
+                if let Err(refused) = super::lifecycle::check_tag(tag) {
+                    in_profile(refused.to_string());
                 }
             }
             match profile.automatic_duration_seconds {
@@ -289,22 +299,24 @@ impl IsolationPolicy {
     }
 }
 
+/// What each version changed from the one before it (everything, for the first).
+pub fn changes_by_version(versions: &[PolicyVersion]) -> Vec<Vec<Change>> {
+    let empty = IsolationPolicy { profiles: Vec::new() };
+    let mut before = &empty;
+    versions
+        .iter()
+        .map(|version| {
+            let changes = before.diff(&version.policy);
+            before = &version.policy;
+            changes
+        })
+        .collect()
+}
+
 /// The default profile when a policy has none (a policy that validated always has one).
 static SEEDED_DEFAULT: std::sync::LazyLock<Profile> = std::sync::LazyLock::new(|| {
     IsolationPolicy::seed().profiles.pop().expect("the seed has its default profile")
 });
-
-/// A tag as operators set it: 1 to 128 printable characters, not cordon's own.
-pub fn check_tag(tag: &str) -> Result<(), String> {
-    if tag == ISOLATED_TAG {
-        return Err(format!("the tag {tag:?} is managed by cordon and selects nothing"));
-    }
-    if tag.is_empty() || tag.chars().count() > 128 || tag.chars().any(char::is_control) {
-        let shown: String = tag.chars().take(64).collect();
-        return Err(format!("a tag must be 1 to 128 printable characters, got {shown:?}"));
-    }
-    Ok(())
-}
 
 /// `5h`, `90m`, `45s`, `2d`: the largest unit that divides the duration.
 pub fn format_seconds(seconds: u64) -> String {
@@ -438,7 +450,7 @@ mod tests {
         bad.automatic_duration_seconds = 0;
         bad.exclusions = vec!["out,tcp,10.0.0.0/33,443".into(), "sideways,tcp,10.0.0.1/32".into()];
         bad.allowed_processes = vec!["a/b".into()];
-        let mut twin = profile("ics", &["ics", ISOLATED_TAG], 3);
+        let mut twin = profile("ics", &["ics", crate::service::lifecycle::ISOLATED_TAG], 3);
         twin.exclusions = (1..=13).map(|port| format!("out,tcp,10.0.0.0/8,{port}")).collect();
         let policy = IsolationPolicy { profiles: vec![bad, twin, profile("no good", &["x"], 4)] };
         let problems = policy.problems([]);

@@ -439,6 +439,9 @@ impl Store {
     /// what it holds.
     pub fn commit(&self) -> Result<()> {
         let trees = self.trees()?;
+        // The fleet's summaries are first read from the trees plus what is staged: no first look
+        // may fall between taking the staged writes and their landing in the trees.
+        let fleet = self.fleet.lock().unwrap_or_else(PoisonError::into_inner);
         let staged = std::mem::take(&mut *self.staged.lock().unwrap_or_else(PoisonError::into_inner));
         if !staged.is_empty() {
             let all: Vec<&sled::Tree> = SLOTS.iter().map(|slot| trees.slot(*slot)).collect();
@@ -459,6 +462,7 @@ impl Store {
                 })
                 .context("cannot write the state store")?;
         }
+        drop(fleet);
         trees.db.flush().context("cannot flush the state store")?;
         Ok(())
     }
@@ -1079,6 +1083,24 @@ mod tests {
         let versions: Vec<u64> = store.policy_versions().unwrap().iter().map(|v| v.version).collect();
         assert_eq!(versions, vec![1, 2], "the seed is written once, not at every open");
         assert_eq!(store.policy_version(1).unwrap().map(|v| v.policy), Some(seed.policy.clone()));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_fleet_shows_what_is_staged_and_keeps_in_step_after_the_first_look() {
+        let (dir, store) = scratch("fleet");
+        let record = HostRecord::new("web-01", 0);
+        store.put_host(None, &record).unwrap();
+        let state = |store: &Store| store.with_fleet(|fleet| fleet.get("web-01").map(|s| s.state)).unwrap();
+        assert_eq!(state(&store), Some(super::HostState::NotIsolated), "the first look sees what is staged");
+        store.commit().unwrap();
+        let mut isolating = record.clone();
+        isolating.state = super::HostState::Isolating;
+        store.put_host(Some(&record), &isolating).unwrap();
+        assert_eq!(state(&store), Some(super::HostState::Isolating), "kept in step by put_host");
+        store.reopen().unwrap_or_else(|_| panic!("reopen"));
+        assert_eq!(state(&store), Some(super::HostState::NotIsolated), "after a failed write: what is durable");
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use crate::api::{check_reason, CheckedIsolation, HostFilter, IsolateRequest, MAX_DURATION_SECONDS};
 use crate::service::lifecycle::{AuditEntry, HostState};
-use crate::service::profiles::{check_tag, format_seconds, IsolationPolicy, Profile};
+use crate::service::lifecycle::check_tag;
+use crate::service::profiles::{format_seconds, IsolationPolicy, Profile};
 
 /// The fields of a posted form, in order.
 #[derive(Clone, Debug, Default)]
@@ -41,10 +42,10 @@ pub fn tag_list(text: &str) -> Vec<String> {
     text.split([',', '\n']).map(str::trim).filter(|tag| !tag.is_empty()).map(str::to_owned).collect()
 }
 
-/// A duration as operators type it (`90s`, `15m`, `4h`, `7d`), 1 s to a year, in seconds.
+/// A duration as operators type it (`90s`, `15m`, `4h`, `7d`, as `--for` takes it), 1 s to a
+/// year, in seconds.
 fn seconds(text: &str) -> Result<u64, String> {
-    let duration = rules::parse_duration(text.trim()).map_err(|error| format!("{error} ({})", error.hint()))?;
-    let seconds = duration.as_secs();
+    let seconds = crate::client::parse_for(text.trim())?;
     if (1..=MAX_DURATION_SECONDS).contains(&seconds) {
         Ok(seconds)
     } else {
@@ -181,8 +182,8 @@ pub fn tags(fields: &Fields) -> Result<(Vec<String>, Vec<String>), Problems> {
     let mut problems = Problems::new();
     let (add_tags, remove_tags) = (tag_list(fields.get("add")), tag_list(fields.get("remove")));
     for tag in add_tags.iter().chain(&remove_tags) {
-        if let Err(problem) = check_tag(tag) {
-            add(&mut problems, "tags", problem);
+        if let Err(refused) = check_tag(tag) {
+            add(&mut problems, "tags", refused.to_string());
         }
     }
     if add_tags.is_empty() && remove_tags.is_empty() {
@@ -288,8 +289,9 @@ pub struct BulkForm {
     pub reason: String,
     /// What the operator typed; must be [`BulkForm::confirmation`].
     pub typed: String,
-    /// How many hosts the preview showed.
+    /// How many hosts the preview showed, and which (`api::selection_digest`).
     pub expected: String,
+    pub selection: String,
 }
 
 impl BulkForm {
@@ -303,6 +305,7 @@ impl BulkForm {
             reason: fields.get("reason").to_owned(),
             typed: fields.get("typed").to_owned(),
             expected: fields.get("expected").to_owned(),
+            selection: fields.get("selection").to_owned(),
         }
     }
 
@@ -312,7 +315,7 @@ impl BulkForm {
         format!("{verb} {count} hosts")
     }
 
-    /// The action and the host count, or every problem.
+    /// The action, the reason and the host count, or every problem.
     pub fn check(&self) -> Result<(crate::service::api::BulkAction, String, usize), Problems> {
         use crate::service::api::BulkAction;
         let mut problems = Problems::new();
@@ -418,7 +421,8 @@ impl HistoryFilter {
     }
 }
 
-/// `YYYY-MM-DD` (its start, or its end with `end`), `YYYY-MM-DDTHH:MM[:SS]` (UTC), or RFC 3339.
+/// `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM[:SS]` (UTC), or RFC 3339: its start, or with `end` its last
+/// millisecond (the whole day, minute or second it names).
 fn parse_time(text: &str, end: bool) -> Option<i64> {
     use time::format_description::well_known::Rfc3339;
     use time::macros::format_description;
@@ -426,12 +430,12 @@ fn parse_time(text: &str, end: bool) -> Option<i64> {
     if let Ok(t) = time::OffsetDateTime::parse(text, &Rfc3339) {
         return ms(t);
     }
-    for format in [
-        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]"),
-        format_description!("[year]-[month]-[day]T[hour]:[minute]"),
+    for (format, span_ms) in [
+        (format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]"), 1_000),
+        (format_description!("[year]-[month]-[day]T[hour]:[minute]"), 60_000),
     ] {
         if let Ok(t) = time::PrimitiveDateTime::parse(text, format) {
-            return ms(t.assume_utc());
+            return ms(t.assume_utc()).map(|start| if end { start + span_ms - 1 } else { start });
         }
     }
     let day = time::Date::parse(text, format_description!("[year]-[month]-[day]")).ok()?;
@@ -521,6 +525,9 @@ mod tests {
         assert_eq!(filter(HistoryFilter { host: "plc-0".into(), ..Default::default() }), 0);
         assert_eq!(filter(HistoryFilter { from: "2025-12-07".into(), ..Default::default() }), 1);
         assert_eq!(filter(HistoryFilter { to: "2025-12-06T06:00".into(), ..Default::default() }), 1);
+        // "To" a minute is to its end: an entry at 05:46:40 is in "to 05:46".
+        assert_eq!(filter(HistoryFilter { to: "2025-12-06T05:46".into(), ..Default::default() }), 1);
+        assert_eq!(filter(HistoryFilter { to: "2025-12-06T05:45".into(), ..Default::default() }), 0);
         let bad = HistoryFilter { from: "yesterday".into(), state: "gone".into(), ..Default::default() };
         assert_eq!(bad.bounds().unwrap_err().keys().copied().collect::<Vec<_>>(), vec!["from", "state"]);
     }

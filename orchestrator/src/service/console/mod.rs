@@ -418,10 +418,7 @@ async fn isolate(
         (status, views::isolate_form(&viewer, &host, &form, problems, profile)).into_response()
     };
     let mut isolation = form.check().map_err(|problems| refuse(StatusCode::BAD_REQUEST, &problems))?;
-    let mut plan = isolation.plan.clone();
-    if isolation.profile_duration {
-        plan.duration_seconds = Some(profile.profile.automatic_duration_seconds);
-    }
+    let plan = profile.plan_of(&isolation);
     let found = profile.problems_with(&plan);
     if !found.is_empty() {
         return Err(refuse(StatusCode::BAD_REQUEST, &problems_of(&NotDone::Invalid(found))));
@@ -450,6 +447,9 @@ async fn host_action(
 ) -> Answer {
     let (session, fields) = console.checked_form(&headers, Role::Responder, Section::Fleet, form)?;
     let viewer = console.viewer(&session);
+    if let Err(problem) = check_host_id(&host) {
+        return Err((StatusCode::BAD_REQUEST, views::message(Some((&viewer, Section::Fleet)), "Bad host id", &problem)).into_response());
+    }
     let operation = match action.as_str() {
         "release" => forms::reason(&fields).map(|reason| Operation::Release { reason }),
         "extend" => forms::extension(&fields).map(|(seconds, reason)| Operation::Extend { seconds, reason }),
@@ -493,10 +493,10 @@ async fn approvals(State(console): State<Console>, signed: Signed) -> Answer {
     Ok(views::approvals(&signed.viewer, &pending, None).into_response())
 }
 
-/// The hosts `filter` selects, or the page that says the store cannot be read.
+/// The hosts `filter` selects for an action, or the page that says the store cannot be read.
 fn matching(console: &Console, viewer: &Viewer, filter: &HostFilter) -> Result<Vec<HostRecord>, Response> {
     let all = console.api.store.hosts().map_err(|error| store_failed(viewer, Section::Bulk, &error))?;
-    Ok(all.into_iter().filter(|record| filter.matches(record)).collect())
+    Ok(all.into_iter().filter(|record| filter.selects_for_action(record)).collect())
 }
 
 async fn bulk_page(State(console): State<Console>, signed: Signed, query: Result<Query<HostFilter>, QueryRejection>) -> Answer {
@@ -517,7 +517,8 @@ async fn bulk(
     let form = BulkForm::read(&fields);
     let outcome = match form.check() {
         Ok((action, reason, expected)) => {
-            change_hosts(&console.api, caller(&session, peer), form.filter.clone(), action, reason, expected)
+            let selection = (expected, form.selection.clone());
+            change_hosts(&console.api, caller(&session, peer), form.filter.clone(), action, reason, selection)
                 .await
                 .map_err(|not_done| (not_done.status(), problems_of(&not_done)))
         }
@@ -536,13 +537,8 @@ async fn bulk(
 
 fn policy_view(console: &Console, viewer: &Viewer, edit: Option<&views::PolicyEdit<'_>>) -> Result<Markup, Response> {
     let versions = console.api.store.policy_versions().map_err(|error| store_failed(viewer, Section::Policy, &error))?;
-    let empty = super::profiles::IsolationPolicy { profiles: Vec::new() };
-    let mut before = &empty;
-    let mut history = Vec::with_capacity(versions.len());
-    for version in &versions {
-        history.push((version.clone(), before.diff(&version.policy)));
-        before = &version.policy;
-    }
+    let changes = super::profiles::changes_by_version(&versions);
+    let history: Vec<_> = versions.into_iter().zip(changes).collect();
     Ok(views::policy(viewer, &console.api.store.policy(), &history, edit))
 }
 

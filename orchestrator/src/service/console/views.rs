@@ -863,6 +863,7 @@ pub fn bulk(viewer: &Viewer, form: &BulkForm, matched: &[&HostRecord], problems:
                 input type="hidden" name="state" value=(state);
                 input type="hidden" name="tag" value=(tag);
                 input type="hidden" name="expected" value=(matched.len());
+                input type="hidden" name="selection" value=(crate::api::selection_digest(matched.iter().map(|r| r.host.as_str())));
                 fieldset {
                     legend { "Action" }
                     label.choice { input type="radio" name="action" value="isolate" checked[form.action == "isolate" || form.action.is_empty()]; " Isolate, automatic (each host's profile's duration)" }
@@ -876,7 +877,7 @@ pub fn bulk(viewer: &Viewer, form: &BulkForm, matched: &[&HostRecord], problems:
                 label for="bulk-typed" { "To confirm, type " code { (BulkForm::confirmation("isolate", matched.len())) } " or " code { (BulkForm::confirmation("release", matched.len())) } }
                 input #bulk-typed type="text" name="typed" required autocomplete="off" aria-invalid=[invalid(problems, "typed")] aria-describedby="typed-problems";
                 (field_problems(problems, "typed", "typed-problems"))
-                p.hint { "policy.yaml's fleet ceiling (max_automatic) caps how many hosts one bulk isolation may cut off." }
+                p.hint { "Hosts are selected by operators' tags and cordon's own ISOLATED FROM NETWORK, never by a tag an agent reports. An isolation never replaces one in force (those hosts are left as they are), and policy.yaml's fleet ceiling (max_automatic) caps how many hosts one bulk isolation may cut off." }
                 button.danger type="submit" { "Act on " (matched.len()) " host(s)" }
             }
         }
