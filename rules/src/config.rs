@@ -116,6 +116,8 @@ pub struct TestCase {
     pub(crate) position: Position,
     pub(crate) name: String,
     pub(crate) host_tags: HashMap<String, Vec<String>>,
+    /// The alert format of `events` (default OCSF).
+    pub(crate) format: crate::Format,
     pub(crate) events: Vec<Event>,
     pub(crate) expect: Vec<ExpectedDecision>,
 }
@@ -195,7 +197,7 @@ const ISOLATE_FIELDS: &[&str] = &[
     "allow_dns",
     "allow_dhcp",
 ];
-const TEST_FIELDS: &[&str] = &["name", "host_tags", "events", "expect"];
+const TEST_FIELDS: &[&str] = &["name", "format", "host_tags", "events", "expect"];
 const EXPECT_FIELDS: &[&str] =
     &["event", "host", "action", "mode", "duration", "deadline_ms", "rules", "why"];
 const POLICY_FIELDS: &[&str] = &["protect", "max_automatic"];
@@ -791,10 +793,25 @@ fn read_test(node: &Node, report: &mut Report<'_>) -> Option<TestCase> {
             }
         }
     }
+    let format = match fields.get("format") {
+        None => Some(crate::Format::Ocsf),
+        Some(format_node) => read_text(format_node, "the test's `format`", report).and_then(|name| {
+            let format = crate::Format::from_name(&name);
+            if format.is_none() {
+                report.error_with_hint(
+                    format_node.position,
+                    format!("unknown alert format {name:?}"),
+                    "one of ocsf (the default), ecs, falco, wazuh",
+                );
+            }
+            format
+        }),
+    };
     let mut events = Vec::new();
-    if let Some(list) =
-        fields.require("events", "the test", node, report).and_then(|n| read_list(n, "`events`", report))
-    {
+    if let (Some(list), Some(format)) = (
+        fields.require("events", "the test", node, report).and_then(|n| read_list(n, "`events`", report)),
+        format,
+    ) {
         for item in list {
             if !matches!(item.kind, NodeKind::Mapping(_)) {
                 report.error(
@@ -803,12 +820,21 @@ fn read_test(node: &Node, report: &mut Report<'_>) -> Option<TestCase> {
                 );
                 continue;
             }
-            match Event::from_json(item.to_json()) {
+            match Event::from_json_as(item.to_json(), format) {
                 Ok(event) => events.push(event),
                 Err(error) => report.error_with_hint(
                     item.position,
-                    format!("invalid test event: {error}"),
-                    "test events need device.uid, finding_info.uid, time and severity_id",
+                    if format == crate::Format::Ocsf {
+                        format!("invalid test event: {error}")
+                    } else {
+                        format!("invalid test event ({format}): {error}")
+                    },
+                    match format {
+                        crate::Format::Ocsf => "test events need device.uid, finding_info.uid, time and severity_id",
+                        crate::Format::Ecs => "ECS alerts need host.id or host.name, kibana.alert.uuid, kibana.alert.original_time or @timestamp, kibana.alert.severity",
+                        crate::Format::Falco => "Falco alerts need hostname, time, priority, and uuid or rule",
+                        crate::Format::Wazuh => "Wazuh alerts need agent.name or agent.id, id, timestamp and rule.level",
+                    },
                 ),
             }
         }
@@ -826,6 +852,7 @@ fn read_test(node: &Node, report: &mut Report<'_>) -> Option<TestCase> {
         file: report.file.to_owned(),
         position: node.position,
         name: name?,
+        format: format?,
         host_tags,
         events,
         expect,

@@ -14,6 +14,8 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::format::Format;
+
 /// A validated event: its JSON and the four fields every decision needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -50,92 +52,55 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
-fn describe(value: &Value) -> String {
-    match value {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => format!("the string {s:?}"),
-        other => json_kind(other).to_owned(),
-    }
-}
-
-fn nonempty_string(
-    fields: &Value,
-    path: [&str; 2],
-    name: &'static str,
-) -> Result<Option<String>, EventError> {
-    match fields.get(path[0]).and_then(|parent| parent.get(path[1])) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) if !text.is_empty() => Ok(Some(text.clone())),
-        Some(Value::String(_)) => Err(EventError::WrongType {
-            field: name,
-            expected: "a non-empty string",
-            found: "an empty string".to_owned(),
-        }),
-        Some(other) => {
-            Err(EventError::WrongType { field: name, expected: "a string", found: describe(other) })
-        }
-    }
-}
-
 impl Event {
-    /// Parses one JSON text into an event.
+    /// Parses one JSON text into an event (OCSF).
     pub fn parse(text: &str) -> Result<Self, EventError> {
+        Self::parse_as(text, Format::Ocsf)
+    }
+
+    /// Parses one JSON text of `format` into an event.
+    pub fn parse_as(text: &str, format: Format) -> Result<Self, EventError> {
         let fields: Value =
             serde_json::from_str(text).map_err(|error| EventError::NotJson(error.to_string()))?;
-        Self::from_json(fields)
+        Self::from_json_as(fields, format)
     }
 
     /// Parses one JSON text into an event that keeps only the fields of `projection` (and the
     /// required ones); the whole text must still be valid JSON. Evaluates like [`Event::parse`]
     /// with the rule set the projection was taken from.
     pub fn parse_projected(text: &str, projection: &Projection) -> Result<Self, EventError> {
+        Self::parse_projected_as(text, projection, Format::Ocsf)
+    }
+
+    /// [`Event::parse_projected`] for alerts of `format`; a format whose alerts may spell nested
+    /// fields as dotted keys is parsed whole (a projection would drop those keys).
+    pub fn parse_projected_as(text: &str, projection: &Projection, format: Format) -> Result<Self, EventError> {
+        if format.has_dotted_keys() {
+            return Self::parse_as(text, format);
+        }
         let mut deserializer = serde_json::Deserializer::from_str(text);
         let fields = NodeSeed(&projection.root)
             .deserialize(&mut deserializer)
             .and_then(|fields| deserializer.end().map(|()| fields))
             .map_err(|error| EventError::NotJson(error.to_string()))?;
-        Self::from_json(fields)
+        Self::from_json_as(fields, format)
     }
 
-    /// Validates the required fields: `device.uid` (or `device.hostname`), `finding_info.uid`,
-    /// `time` (epoch milliseconds, an integer) and `severity_id` (an integer 0-6).
+    /// Validates the required fields of an OCSF event: `device.uid` (or `device.hostname`),
+    /// `finding_info.uid`, `time` (epoch milliseconds, an integer) and `severity_id` (an integer
+    /// 0-6).
     pub fn from_json(fields: Value) -> Result<Self, EventError> {
+        Self::from_json_as(fields, Format::Ocsf)
+    }
+
+    /// Finds the facts every decision needs where `format` keeps them (see [`Format`]).
+    pub fn from_json_as(fields: Value, format: Format) -> Result<Self, EventError> {
         if !fields.is_object() {
             return Err(EventError::NotAnObject(json_kind(&fields)));
         }
-        let host = match nonempty_string(&fields, ["device", "uid"], "device.uid")? {
-            Some(uid) => uid,
-            None => nonempty_string(&fields, ["device", "hostname"], "device.hostname")?
-                .ok_or(EventError::Missing("device.uid"))?,
-        };
-        let id = nonempty_string(&fields, ["finding_info", "uid"], "finding_info.uid")?
-            .ok_or(EventError::Missing("finding_info.uid"))?;
-        let time_ms = match fields.get("time") {
-            None | Some(Value::Null) => return Err(EventError::Missing("time")),
-            Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64().unwrap_or_default(),
-            Some(other) => {
-                return Err(EventError::WrongType {
-                    field: "time",
-                    expected: "an integer (epoch milliseconds)",
-                    found: describe(other),
-                })
-            }
-        };
-        let severity_id = match fields.get("severity_id") {
-            None | Some(Value::Null) => return Err(EventError::Missing("severity_id")),
-            Some(Value::Number(n)) => match n.as_i64() {
-                Some(value @ 0..=6) => u8::try_from(value).unwrap_or_default(),
-                _ => return Err(EventError::SeverityOutOfRange(n.to_string())),
-            },
-            Some(other) => {
-                return Err(EventError::WrongType {
-                    field: "severity_id",
-                    expected: "an integer 0-6",
-                    found: describe(other),
-                })
-            }
-        };
-        Ok(Self { fields, host, id, time_ms, severity_id })
+        let fields = if format.has_dotted_keys() { crate::format::expand_dotted_keys(fields) } else { fields };
+        let facts = format.facts(&fields)?;
+        Ok(Self { fields, host: facts.host, id: facts.id, time_ms: facts.time_ms, severity_id: facts.severity_id })
     }
 
     /// The host: `device.uid`, or `device.hostname` when the event has no uid.
@@ -196,15 +161,14 @@ struct Node {
     children: BTreeMap<Box<str>, Node>,
 }
 
-/// The fields every event needs (see [`Event::from_json`]) and `cordon rules test`'s host tags.
-const REQUIRED_PATHS: [&str; 6] =
-    ["device.uid", "device.hostname", "finding_info.uid", "time", "severity_id", "device.groups.name"];
+/// `cordon rules test`'s host tags: kept beside every format's facts.
+const HOST_GROUPS_PATH: &str = "device.groups.name";
 
 impl Projection {
-    /// The required fields and `paths`.
+    /// Every format's facts (see [`Format`]), the host groups and `paths`.
     pub(crate) fn of<'a>(paths: impl IntoIterator<Item = &'a FieldPath>) -> Projection {
         let mut projection = Projection { root: Node::default() };
-        for path in REQUIRED_PATHS {
+        for path in Format::ALL.iter().flat_map(|format| format.fact_paths()).chain([&HOST_GROUPS_PATH]) {
             projection.add(&FieldPath::new(path));
         }
         for path in paths {

@@ -168,7 +168,7 @@ pub fn run_test(ruleset: &Ruleset, test: &TestCase) -> TestResult {
     let mut mismatches = Vec::new();
     // `cordon serve` parses events through the rule set's projection: it must decide the same.
     let projected = replay(ruleset, test, |event| {
-        Event::parse_projected(&event.fields().to_string(), ruleset.projection())
+        Event::parse_projected_as(&event.fields().to_string(), ruleset.projection(), test.format)
             .expect("an event that parsed whole parses projected")
     });
     if projected != decisions {
