@@ -303,6 +303,10 @@ pub enum RulesCommand {
         /// NDJSON events to replay in file order, each at its own `time` (`-` reads standard input).
         #[arg(long, value_name = "FILE")]
         events: Option<PathBuf>,
+        /// The events' alert format: ocsf (OCSF Detection Findings), ecs (Elastic Security
+        /// alerts), falco or wazuh (alerts.json lines).
+        #[arg(long, value_name = "FORMAT", default_value = "ocsf", value_parser = ["ocsf", "ecs", "falco", "wazuh"], requires = "events")]
+        format: String,
         /// Print one JSON object per line (a decision with --events, a test result without).
         #[arg(long)]
         json: bool,
@@ -352,10 +356,11 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
     let mut err = stderr.lock();
     let ok = match cli.command {
         Command::Rules(RulesCommand::Check { dir }) => rules_cli::check(&dir, &mut out, &mut err)?,
-        Command::Rules(RulesCommand::Test { dir, events: Some(events), json }) => {
-            rules_cli::replay(&dir, &events, json, &mut out, &mut err)?
+        Command::Rules(RulesCommand::Test { dir, events: Some(events), format, json }) => {
+            let format = rules::Format::from_name(&format).expect("clap allows only the formats' names");
+            rules_cli::replay(&dir, &events, format, json, &mut out, &mut err)?
         }
-        Command::Rules(RulesCommand::Test { dir, events: None, json }) => {
+        Command::Rules(RulesCommand::Test { dir, events: None, json, .. }) => {
             rules_cli::run_tests(&dir, json, &mut out, &mut err)?
         }
         Command::Serve { config } => {

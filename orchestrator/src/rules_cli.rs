@@ -167,11 +167,13 @@ pub fn decision_json(decision: &Decision) -> serde_json::Value {
     })
 }
 
-/// `cordon rules test DIR --events FILE`: replays NDJSON events in file order, each at its own
-/// `time`, with the host tags taken from `device.groups[].name`. Ok(false) if any line was not a valid event.
+/// `cordon rules test DIR --events FILE [--format F]`: replays NDJSON events of format `format`
+/// in file order, each at its own time, with the host tags taken from `device.groups[].name`.
+/// Ok(false) if any line was not a valid event.
 pub fn replay(
     dir: &Path,
     events: &Path,
+    format: rules::Format,
     json: bool,
     out: &mut impl Write,
     err: &mut impl Write,
@@ -191,10 +193,11 @@ pub fn replay(
         if line.trim().is_empty() {
             continue;
         }
-        let event = match Event::parse(&line) {
+        let event = match Event::parse_as(&line, format) {
             Ok(event) => event,
             Err(error) => {
-                writeln!(err, "{name}:{}: invalid event: {error}", number + 1)?;
+                let kind = if format == rules::Format::Ocsf { "event".to_owned() } else { format!("{format} alert") };
+                writeln!(err, "{name}:{}: invalid {kind}: {error}", number + 1)?;
                 invalid += 1;
                 continue;
             }

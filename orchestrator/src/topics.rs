@@ -32,9 +32,15 @@ struct Plan<'a> {
 const WEEK_MS: &str = "604800000";
 const MONTH_MS: &str = "2592000000";
 
-fn plans(config: &ServiceConfig, layout: Layout) -> [Plan<'_>; 5] {
+fn plans(config: &ServiceConfig, layout: Layout) -> Vec<Plan<'_>> {
     let kafka = &config.kafka;
-    [
+    let inputs = config.inputs.iter().filter(|input| input.topic != kafka.detections_topic).map(|input| Plan {
+        name: &input.topic,
+        partitions: layout.partitions,
+        settings: &[("cleanup.policy", "delete"), ("retention.ms", WEEK_MS)],
+        why: "alerts of an [[inputs]] format, kept a week",
+    });
+    let own = [
         Plan {
             name: &kafka.detections_topic,
             partitions: layout.partitions,
@@ -67,7 +73,8 @@ fn plans(config: &ServiceConfig, layout: Layout) -> [Plan<'_>; 5] {
             settings: &[("cleanup.policy", "compact")],
             why: "each service's signed claim to be the active one for its instance_id",
         },
-    ]
+    ];
+    own.into_iter().chain(inputs).collect()
 }
 
 /// Creates the topics; returns one line per topic saying what was done.

@@ -136,3 +136,44 @@ fn replay_without_json_prints_one_line_per_decision() {
          r-4 on plc-9: request_approval automatic for 4h by [ransomware-encryption] (matched, protected)\n"
     );
 }
+
+/// Alerts of other tools replayed with `--format`: each tool's sample decides by its own fields,
+/// and a broken alert is named with its format and line.
+#[test]
+fn replay_reads_ecs_falco_and_wazuh_alerts_with_their_format() {
+    let replay = |format: &str| {
+        let file = format!("orchestrator/tests/fixtures/alerts/{format}.ndjson");
+        let output = cordon(
+            &["rules", "test", "rules/tests/cases/formats", "--events", &file, "--format", format, "--json"],
+            &repo(),
+        );
+        let decisions: Vec<serde_json::Value> =
+            text(&output.stdout).lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+        (output.status.code(), decisions, text(&output.stderr))
+    };
+    let (code, decisions, stderr) = replay("ecs");
+    assert_eq!(code, Some(1), "one alert of the sample is broken");
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!((decisions[0]["host"].as_str(), decisions[0]["action"].as_str()), (Some("8a4f1c2e0b7d4e6f"), Some("isolate")));
+    assert!(
+        stderr.starts_with(
+            "orchestrator/tests/fixtures/alerts/ecs.ndjson:3: invalid ecs alert: field `kibana.alert.severity` must be low, \
+             medium, high or critical, found \"urgent\""
+        ),
+        "{stderr}"
+    );
+    let (code, decisions, _) = replay("falco");
+    assert_eq!(code, Some(0));
+    assert_eq!(decisions.len(), 1, "the payments shell, not the API contact: {decisions:?}");
+    assert_eq!(decisions[0]["host"], "k8s-node-3");
+    let (_, decisions, stderr) = replay("wazuh");
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!((decisions[0]["host"].as_str(), decisions[0]["action"].as_str()), (Some("plc-gw-07"), Some("request_approval")));
+    assert!(stderr.contains(":3: invalid wazuh alert: field `rule.level` must be an integer 0-15, found 99"), "{stderr}");
+    // The same alerts read as OCSF are not events.
+    let output = cordon(
+        &["rules", "test", "rules/tests/cases/formats", "--events", "orchestrator/tests/fixtures/alerts/falco.ndjson"],
+        &repo(),
+    );
+    assert!(text(&output.stderr).contains("invalid event: missing required field `device.uid`"), "{output:?}");
+}

@@ -2706,3 +2706,78 @@ fn a_policy_or_rules_that_would_not_fit_an_isolation_in_force_are_refused() {
     let detail = wait_for_line(&lines, "profile default with rule wide");
     assert!(detail.contains("14 different exclusions apply to 10.1.0.0/16"), "{detail}");
 }
+
+/// `[[inputs]]`: Elastic Security, Falco and Wazuh alerts on topics of their own, as those tools
+/// write them, decide by their tools' own fields; a broken alert is dead-lettered with its
+/// format named, and the others go on.
+#[test]
+fn alerts_of_other_tools_on_their_own_topics_decide_and_broken_ones_are_dead_lettered() {
+    let mut harness = Harness::start("inputs");
+    let url = format!("tcp://{}", harness.brokers);
+    for topic in ["elastic.alerts", "falco.alerts", "wazuh.alerts"] {
+        let status = Command::new(tansu())
+            .args(["topic", "create", topic, "--partitions", "1", "--broker", &url])
+            .stdout(Stdio::null())
+            .status()
+            .expect("tansu topic create");
+        assert!(status.success(), "cannot create topic {topic}");
+    }
+    std::fs::copy(crate_dir().join("../rules/tests/cases/formats/formats.yaml"), harness.dir.join("rules/formats.yaml"))
+        .expect("copy the format rules");
+    harness.api_config = "[[inputs]]\ntopic = \"elastic.alerts\"\nformat = \"ecs\"\n[[inputs]]\ntopic = \"falco.alerts\"\n\
+                          format = \"falco\"\n[[inputs]]\ntopic = \"wazuh.alerts\"\nformat = \"wazuh\"\n"
+        .to_owned();
+    let lines = harness.serve_started();
+    let consuming = wait_for_line(&lines, "consuming ");
+    for partition in ["elastic.alerts/0", "falco.alerts/0", "wazuh.alerts/0", "edr.detections/0"] {
+        assert!(consuming.contains(partition), "{consuming}");
+    }
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+    let dead_letters = harness.consumer("cordon.dead-letter");
+
+    // The fixtures' alerts, happening now.
+    let now = time::OffsetDateTime::now_utc();
+    let rfc3339 = now.format(&time::format_description::well_known::Rfc3339).unwrap();
+    let wazuh_time = now.format(time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]+0000")).unwrap();
+    let sample = |format: &str, line: usize| -> String {
+        let text = std::fs::read_to_string(crate_dir().join(format!("tests/fixtures/alerts/{format}.ndjson"))).unwrap();
+        text.lines().nth(line).unwrap().to_owned()
+    };
+    let elastic = sample("ecs", 0).replace("2026-12-07T08:00:00.000Z", &rfc3339);
+    let falco = sample("falco", 0).replace("2026-12-07T08:00:00.123456789Z", &rfc3339);
+    let wazuh = sample("wazuh", 0).replace("2026-12-07T08:00:00.000+0000", &wazuh_time);
+    let broken = sample("wazuh", 2);
+    harness.produce("wazuh.alerts", "hmi-04", broken.as_bytes());
+    harness.produce("elastic.alerts", "web-01", elastic.as_bytes());
+    harness.produce("falco.alerts", "k8s-node-3", falco.as_bytes());
+    harness.produce("wazuh.alerts", "plc-gw-07", wazuh.as_bytes());
+
+    let mut isolated: Vec<(String, Option<u64>)> = (0..2)
+        .map(|_| {
+            let command = next_command(&commands, &key, Duration::from_secs(15));
+            let duration = match command.action {
+                cordon_wire::Action::Isolate { duration_seconds, .. } => duration_seconds,
+                cordon_wire::Action::Release { .. } => panic!("expected an isolation"),
+            };
+            (command.host_id, duration)
+        })
+        .collect();
+    isolated.sort();
+    let hours = |seconds: Option<u64>| seconds.map(|s| s.div_ceil(3_600));
+    assert_eq!(
+        isolated.iter().map(|(host, duration)| (host.as_str(), hours(*duration))).collect::<Vec<_>>(),
+        [("8a4f1c2e0b7d4e6f", Some(4)), ("k8s-node-3", Some(1))],
+        "Elastic's host by host.id for 4 h, Falco's node for 1 h"
+    );
+    let (_, record) = next_message(&dead_letters, Duration::from_secs(15));
+    check_dead_letter(&record, broken.as_bytes(), "invalid", "wazuh alert: field `rule.level` must be an integer 0-15, found 99");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while harness.cordon(&["host", "plc-gw-07"]).status.code() != Some(0) {
+        assert!(Instant::now() < deadline, "the Wazuh alert never reached plc-gw-07");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let plc = harness.host_json("plc-gw-07");
+    assert_eq!(plc["state"], "pending_approval", "{plc}");
+    assert_eq!(plc["pending"]["event_id"], "1796630400.1234567");
+}

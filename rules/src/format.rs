@@ -212,13 +212,12 @@ fn ecs(fields: &Value) -> Result<Facts, EventError> {
 fn falco(fields: &Value) -> Result<Facts, EventError> {
     let host = first_text(fields, &["hostname"])?;
     let time_ms = time_text(fields, &["time"])?;
-    let id = match text(fields, "uuid")? {
-        Some(uuid) => uuid,
-        None => {
-            let rule = first_text(fields, &["rule"])?;
-            let time = first_text(fields, &["time"])?;
-            format!("falco-{:016x}", fnv1a([time.as_str(), rule.as_str(), host.as_str()]))
-        }
+    let id = if let Some(uuid) = text(fields, "uuid")? {
+        uuid
+    } else {
+        let rule = first_text(fields, &["rule"])?;
+        let time = first_text(fields, &["time"])?;
+        format!("falco-{:016x}", fnv1a([time.as_str(), rule.as_str(), host.as_str()]))
     };
     let priority = first_text(fields, &["priority"])?;
     let severity_id = match priority.to_ascii_lowercase().as_str() {

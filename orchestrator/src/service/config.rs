@@ -23,6 +23,10 @@ pub struct ServiceConfig {
     pub agents: AgentsSection,
     #[serde(default)]
     pub console: ConsoleSection,
+    /// `[[inputs]]`: topics of alerts in other formats than OCSF, read beside
+    /// `[kafka] detections_topic` (which holds OCSF unless an input names it).
+    #[serde(default)]
+    pub inputs: Vec<InputSection>,
     #[serde(default)]
     pub telemetry: cordon_telemetry::TelemetrySection,
 }
@@ -154,6 +158,51 @@ pub struct ApiSection {
 impl Default for ApiSection {
     fn default() -> Self {
         ApiSection { listen: default_api_listen(), token_file: None, tokens_file: None, tls_cert_file: None, tls_key_file: None }
+    }
+}
+
+/// One `[[inputs]]`: a topic and the format of its alerts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSection {
+    pub topic: String,
+    /// `ocsf`, `ecs` (Elastic Security alerts), `falco` or `wazuh`.
+    pub format: rules::Format,
+}
+
+impl ServiceConfig {
+    /// Every topic of alerts and its format: `[kafka] detections_topic` (OCSF, unless an input
+    /// names it) and each `[[inputs]]`, in order.
+    pub fn alert_topics(&self) -> Vec<(String, rules::Format)> {
+        let mut topics = Vec::new();
+        if !self.inputs.iter().any(|input| input.topic == self.kafka.detections_topic) {
+            topics.push((self.kafka.detections_topic.clone(), rules::Format::Ocsf));
+        }
+        topics.extend(self.inputs.iter().map(|input| (input.topic.clone(), input.format)));
+        topics
+    }
+
+    /// The inputs must name topics of their own; every problem at once.
+    fn check_inputs(&self) -> Result<()> {
+        let kafka = &self.kafka;
+        let mut problems = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for input in &self.inputs {
+            if input.topic.trim().is_empty() {
+                problems.push("an [[inputs]] entry has an empty topic".to_owned());
+            } else if !seen.insert(input.topic.as_str()) {
+                problems.push(format!("[[inputs]] names the topic {:?} twice", input.topic));
+            }
+            let own = [&kafka.status_topic, &kafka.commands_topic, &kafka.dead_letter_topic, &kafka.lease_topic];
+            if own.contains(&&input.topic) {
+                problems.push(format!("[[inputs]] topic {:?} is one cordon itself writes", input.topic));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("{}", problems.join("; "))
+        }
     }
 }
 
@@ -336,6 +385,7 @@ impl ServiceConfig {
         let config: ServiceConfig = toml::from_str(&text)
             .map_err(|error| anyhow::anyhow!("{}: {}", path.display(), error.to_string().trim_end()))?;
         config.kafka.check_limits().map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+        config.check_inputs().map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
         Ok(config)
     }
 }
@@ -381,6 +431,30 @@ mod tests {
         let table: toml::Table = toml::from_str(&text).unwrap();
         let keys: usize = table.values().map(|section| section.as_table().map_or(1, toml::Table::len)).sum();
         assert_eq!(keys, 27, "keys in ops/config/cordon.toml (a key added to the config goes there too)");
+    }
+
+    #[test]
+    fn inputs_add_topics_of_other_formats_and_must_be_their_own() {
+        let config: ServiceConfig = toml::from_str(
+            "[rules]\ndir = \"/r\"\n[signing]\nkey_file = \"/k\"\n[[inputs]]\ntopic = \"falco\"\nformat = \"falco\"\n\
+             [[inputs]]\ntopic = \"edr.detections\"\nformat = \"ecs\"\n",
+        )
+        .unwrap();
+        let topics = config.alert_topics();
+        assert_eq!(topics, vec![("falco".into(), rules::Format::Falco), ("edr.detections".into(), rules::Format::Ecs)]);
+        let bad: ServiceConfig = toml::from_str(
+            "[rules]\ndir = \"/r\"\n[signing]\nkey_file = \"/k\"\n[[inputs]]\ntopic = \"x\"\nformat = \"wazuh\"\n\
+             [[inputs]]\ntopic = \"x\"\nformat = \"ecs\"\n[[inputs]]\ntopic = \"cordon.status\"\nformat = \"ocsf\"\n",
+        )
+        .unwrap();
+        let error = bad.check_inputs().unwrap_err().to_string();
+        assert!(error.contains("names the topic \"x\" twice") && error.contains("\"cordon.status\" is one cordon itself writes"), "{error}");
+        let unknown = toml::from_str::<ServiceConfig>(
+            "[rules]\ndir = \"/r\"\n[signing]\nkey_file = \"/k\"\n[[inputs]]\ntopic = \"x\"\nformat = \"cef\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(unknown.contains("unknown variant `cef`, expected one of `ocsf`, `ecs`, `falco`, `wazuh`"), "{unknown}");
     }
 
     #[test]

@@ -195,12 +195,12 @@ pub fn run_from_config(path: &std::path::Path) -> Result<()> {
                     bail!("the embedded broker speaks plaintext only: [kafka.tls] and [kafka.sasl] need [kafka] brokers");
                 }
                 embedded = rdkafka::mocking::MockCluster::new(1).context("cannot start the embedded broker")?;
-                for topic in [
-                    &config.kafka.detections_topic,
+                let alert_topics: Vec<String> = config.alert_topics().into_iter().map(|(topic, _)| topic).collect();
+                for topic in alert_topics.iter().chain([
                     &config.kafka.dead_letter_topic,
                     &config.kafka.commands_topic,
                     &config.kafka.status_topic,
-                ] {
+                ]) {
                     embedded.create_topic(topic, 3, 1).with_context(|| format!("cannot create topic {topic}"))?;
                 }
                 let lease = &config.kafka.lease_topic;
@@ -421,19 +421,23 @@ fn start_reader(
         .context("cannot start the Kafka reader thread")
 }
 
-/// What the reader needs to tell detections from reports and refuse what is too large.
+/// What the reader needs to tell detections from reports, read each topic's alert format and
+/// refuse what is too large.
 #[derive(Clone)]
 struct InputRules {
     status_topic: String,
+    /// The alert format of each alert topic (`[kafka] detections_topic` and `[[inputs]]`).
+    formats: HashMap<String, rules::Format>,
     /// A detection larger than this is not parsed.
     max_detection_bytes: usize,
 }
 
 impl InputRules {
-    fn of(kafka: &config::KafkaSection) -> InputRules {
+    fn of(config: &ServiceConfig) -> InputRules {
         InputRules {
-            status_topic: kafka.status_topic.clone(),
-            max_detection_bytes: kafka.max_detection_bytes,
+            status_topic: config.kafka.status_topic.clone(),
+            formats: config.alert_topics().into_iter().collect(),
+            max_detection_bytes: config.kafka.max_detection_bytes,
         }
     }
 }
@@ -541,8 +545,10 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let (batches_tx, mut batches) = mpsc::channel::<ConsumedBatch>(1);
     let projection = Arc::new(ruleset.projection().clone());
     let shared_projection: SharedProjection = Arc::new(std::sync::Mutex::new(Arc::clone(&projection)));
-    let assignment = Assignment::new(&[&config.kafka.detections_topic, &config.kafka.status_topic], fence.clone());
-    let input = InputRules::of(&config.kafka);
+    let mut topics: Vec<String> = config.alert_topics().into_iter().map(|(topic, _)| topic).collect();
+    topics.push(config.kafka.status_topic.clone());
+    let assignment = Assignment::new(&topics.iter().map(String::as_str).collect::<Vec<_>>(), fence.clone());
+    let input = InputRules::of(&config);
     let reader = start_reader(&consumer, assignment, input, brokers, batches_tx, &shared_projection)?;
     let failpoint = std::env::var("CORDON_FAILPOINT").ok().filter(|name| !name.is_empty());
     let (outbox, sender, mut parked) =
@@ -888,10 +894,15 @@ fn parse_detection(message: &OwnedMessage, input: &InputRules, projection: &rule
     }
     let text = std::str::from_utf8(payload)
         .map_err(|e| (DeadLetterKind::Invalid, format!("not UTF-8 text: {e}")))?;
-    let event = rules::Event::parse_projected(text, projection)
-        .map_err(|e| (DeadLetterKind::Invalid, e.to_string()))?;
-    crate::api::check_host_id(event.host())
-        .map_err(|problem| (DeadLetterKind::BadHostId, format!("device.uid: {problem}")))?;
+    let format = input.formats.get(message.topic()).copied().unwrap_or_default();
+    // OCSF's reasons are said as they always were; another format's say which format it is.
+    let said = |what: String| if format == rules::Format::Ocsf { what } else { format!("{format} alert: {what}") };
+    let event = rules::Event::parse_projected_as(text, projection, format)
+        .map_err(|e| (DeadLetterKind::Invalid, said(e.to_string())))?;
+    crate::api::check_host_id(event.host()).map_err(|problem| {
+        let field = if format == rules::Format::Ocsf { "device.uid" } else { "host" };
+        (DeadLetterKind::BadHostId, said(format!("{field}: {problem}")))
+    })?;
     Ok(event)
 }
 
@@ -1084,8 +1095,7 @@ impl Service {
     fn handle_batch(&mut self, consumer: &DetectionConsumer, batch: &mut ConsumedBatch) -> Result<()> {
         if !Arc::ptr_eq(&batch.projection, &self.projection) {
             // Read before the rules changed: the new rules may look at fields it left out.
-            batch.events =
-                parse_batch(&batch.messages, &InputRules::of(&self.config.kafka), &self.projection);
+            batch.events = parse_batch(&batch.messages, &InputRules::of(&self.config), &self.projection);
         }
         let now = now_ms();
         let (mut detections, mut invalid, mut reports) = (0, 0, 0);
