@@ -1,5 +1,6 @@
-//! Fuzzes detection parsing, whole and through a rule set's projection, and evaluation: no input
-//! panics, both parses agree on validity, and both decide the same.
+//! Fuzzes detection parsing in every alert format (OCSF, ECS, Falco, Wazuh), whole and through a
+//! rule set's projection, and evaluation: no input panics, both parses agree on validity, and
+//! both decide the same.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -19,15 +20,18 @@ fn ruleset() -> &'static rules::Ruleset {
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let whole = rules::Event::parse(text);
-    let projected = rules::Event::parse_projected(text, ruleset().projection());
-    assert_eq!(whole.is_ok(), projected.is_ok(), "whole: {whole:?}, projected: {projected:?}");
-    if let (Ok(whole), Ok(projected)) = (whole, projected) {
-        let none: [&str; 0] = [];
-        let mut state = rules::EngineState::default();
-        let decided = rules::evaluate(ruleset(), &mut state, &whole, 1_700_000_000_000, &none);
-        let mut state = rules::EngineState::default();
-        let decided_projected = rules::evaluate(ruleset(), &mut state, &projected, 1_700_000_000_000, &none);
-        assert_eq!(decided, decided_projected);
+    for format in rules::Format::ALL {
+        let whole = rules::Event::parse_as(text, format);
+        let projected = rules::Event::parse_projected_as(text, ruleset().projection(), format);
+        assert_eq!(whole.is_ok(), projected.is_ok(), "{format}: whole: {whole:?}, projected: {projected:?}");
+        if let (Ok(whole), Ok(projected)) = (whole, projected) {
+            assert!(!whole.host().is_empty() && !whole.id().is_empty() && whole.severity_id() <= 6, "{format}: {whole:?}");
+            let none: [&str; 0] = [];
+            let mut state = rules::EngineState::default();
+            let decided = rules::evaluate(ruleset(), &mut state, &whole, 1_700_000_000_000, &none);
+            let mut state = rules::EngineState::default();
+            let decided_projected = rules::evaluate(ruleset(), &mut state, &projected, 1_700_000_000_000, &none);
+            assert_eq!(decided, decided_projected, "{format}");
+        }
     }
 });
