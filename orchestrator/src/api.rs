@@ -286,6 +286,9 @@ pub struct AuditView {
     pub event_id: Option<String>,
     pub generation: u64,
     pub why: String,
+    /// What a shadow rule would have done: recorded, nothing done.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
 }
 
 /// A host, as `GET /v1/hosts` lists it and `GET /v1/hosts/{host}` shows it (with `audit`).
@@ -441,6 +444,7 @@ impl AuditView {
             event_id: entry.event_id.clone(),
             generation: entry.generation,
             why: entry.why.clone(),
+            shadow: entry.shadow,
         }
     }
 }
@@ -506,6 +510,85 @@ impl AgentKeyView {
                 refusal: c.refusal.name().to_owned(),
             }),
         })
+    }
+}
+
+/// `GET /v1/shadow?since=24h`: what the shadow rules would have done.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowReport {
+    pub since: String,
+    pub decisions: usize,
+    pub hosts: Vec<ShadowHost>,
+    pub rules: Vec<ShadowRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowHost {
+    pub host: String,
+    pub decisions: usize,
+    pub rules: Vec<String>,
+    /// What it would have done: `isolate automatic 4h`, `request_approval manual`, ...
+    pub would: Vec<String>,
+    pub first: String,
+    pub last: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowRule {
+    pub rule: String,
+    pub decisions: usize,
+    pub hosts: usize,
+}
+
+impl ShadowReport {
+    /// The report of the shadow entries among `entries` at or after `since_ms`.
+    pub fn of(entries: &[AuditEntry], since_ms: i64) -> ShadowReport {
+        use std::collections::{BTreeMap, BTreeSet};
+        // Per host: its view, and its first and last decision (epoch ms).
+        let mut hosts: BTreeMap<&str, (ShadowHost, i64, i64)> = BTreeMap::new();
+        let mut rules: BTreeMap<&str, (usize, BTreeSet<&str>)> = BTreeMap::new();
+        let mut decisions = 0;
+        for entry in entries.iter().filter(|e| e.shadow && e.at_ms >= since_ms) {
+            decisions += 1;
+            // `rules A,B (shadow)`, and `SHADOW ACTION MODE [DURATION]: reasons`.
+            let ids = entry.by.strip_prefix("rules ").and_then(|rest| rest.strip_suffix(" (shadow)")).unwrap_or("");
+            let would = entry.why.strip_prefix("SHADOW ").and_then(|rest| rest.split(':').next()).unwrap_or("");
+            let (host, first, last) = hosts.entry(&entry.host).or_insert_with(|| {
+                let view = ShadowHost {
+                    host: entry.host.clone(),
+                    decisions: 0,
+                    rules: Vec::new(),
+                    would: Vec::new(),
+                    first: String::new(),
+                    last: String::new(),
+                };
+                (view, entry.at_ms, entry.at_ms)
+            });
+            host.decisions += 1;
+            (*first, *last) = ((*first).min(entry.at_ms), (*last).max(entry.at_ms));
+            for id in ids.split(',').filter(|id| !id.is_empty()) {
+                if !host.rules.iter().any(|known| known == id) {
+                    host.rules.push(id.to_owned());
+                }
+                let rule = rules.entry(id).or_default();
+                rule.0 += 1;
+                rule.1.insert(&entry.host);
+            }
+            if !would.is_empty() && !host.would.iter().any(|known| known == would) {
+                host.would.push(would.to_owned());
+            }
+        }
+        let mut hosts: Vec<ShadowHost> = hosts
+            .into_values()
+            .map(|(host, first, last)| ShadowHost { first: rfc3339(first), last: rfc3339(last), ..host })
+            .collect();
+        hosts.sort_by(|a, b| b.decisions.cmp(&a.decisions).then_with(|| a.host.cmp(&b.host)));
+        let mut rules: Vec<ShadowRule> = rules
+            .into_iter()
+            .map(|(rule, (decisions, hosts))| ShadowRule { rule: rule.to_owned(), decisions, hosts: hosts.len() })
+            .collect();
+        rules.sort_by(|a, b| b.decisions.cmp(&a.decisions).then_with(|| a.rule.cmp(&b.rule)));
+        ShadowReport { since: rfc3339(since_ms), decisions, hosts, rules }
     }
 }
 

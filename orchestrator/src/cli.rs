@@ -159,6 +159,9 @@ pub enum Command {
     /// processes, DNS and DHCP) chosen by host tag; every change is a version.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// What the shadow rules (`shadow: true`, or `[rules] mode = "shadow"`) would have done.
+    #[command(subcommand)]
+    Shadow(ShadowCommand),
     /// Add or remove a host's operator tags (tags feed the rules' protected assets).
     Tag {
         host: String,
@@ -282,6 +285,21 @@ pub enum PolicyCommand {
         reason: String,
         #[arg(long, value_name = "N")]
         expected_version: Option<u64>,
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShadowCommand {
+    /// Which hosts the shadow rules would have isolated (or asked approval for), by which
+    /// rules, how often.
+    Report {
+        /// How far back, e.g. 90m, 24h, 7d.
+        #[arg(long, value_name = "DUR", default_value = "24h")]
+        since: String,
         #[command(flatten)]
         connection: Connection,
         #[arg(long)]
@@ -429,6 +447,10 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Policy(command) => {
             policy(command, &mut out)?;
+            true
+        }
+        Command::Shadow(ShadowCommand::Report { since, connection, json }) => {
+            client::shadow_report(&connection, &since, json, &mut out)?;
             true
         }
         Command::Topics { config, partitions, replication } => {

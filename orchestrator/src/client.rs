@@ -322,8 +322,9 @@ fn print_host(host: &HostView, out: &mut impl Write) -> Result<()> {
         for entry in audit {
             writeln!(
                 out,
-                "  {}  {} -> {}  by {} (generation {}){}: {}",
+                "  {}  {}{} -> {}  by {} (generation {}){}: {}",
                 entry.at,
+                if entry.shadow { "[SHADOW] " } else { "" },
                 entry.from,
                 entry.to,
                 entry.by,
@@ -477,6 +478,49 @@ fn print_policy(view: &PolicyView, out: &mut impl Write) -> Result<()> {
     writeln!(out)?;
     let policy = IsolationPolicy { profiles: view.profiles.clone() };
     write!(out, "{}", toml::to_string(&policy).context("cannot write the policy as TOML")?)?;
+    Ok(())
+}
+
+/// `cordon shadow report`: what the shadow rules would have done since `since`.
+pub fn shadow_report(connection: &Connection, since: &str, json: bool, out: &mut impl Write) -> Result<()> {
+    parse_for(since).map_err(|problem| ApiRefusal {
+        status: 400,
+        body: ErrorBody { error: format!("--since {since:?}: {problem}"), problems: Vec::new() },
+    })?;
+    let client = Client::new(connection)?;
+    let report: crate::api::ShadowReport = client.get(&format!("/shadow?since={}", encode(since)))?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "Shadow decisions since {}: {} ({} host(s), {} rule(s)). Nothing of it was done.",
+        report.since,
+        report.decisions,
+        report.hosts.len(),
+        report.rules.len()
+    )?;
+    if report.hosts.is_empty() {
+        return Ok(());
+    }
+    let width = report.hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(4);
+    writeln!(out, "\n{:width$}  {:>9}  {:30}  {:24}  RULES", "HOST", "DECISIONS", "WOULD", "LAST")?;
+    for host in &report.hosts {
+        writeln!(
+            out,
+            "{:width$}  {:>9}  {:30}  {:24}  {}",
+            host.host,
+            host.decisions,
+            host.would.join(", "),
+            host.last,
+            host.rules.join(", ")
+        )?;
+    }
+    writeln!(out, "\n{:30}  {:>9}  HOSTS", "RULE", "DECISIONS")?;
+    for rule in &report.rules {
+        writeln!(out, "{:30}  {:>9}  {}", rule.rule, rule.decisions, rule.hosts)?;
+    }
     Ok(())
 }
 

@@ -186,7 +186,9 @@ pub fn replay(
             .with_context(|| format!("cannot open the events file {}", events.display()))?;
         (Box::new(BufReader::new(file)), events.display().to_string())
     };
-    let mut state = EngineState::new();
+    // As `cordon serve` does: the shadow rules with a state of their own, their decisions marked.
+    let (acting_rules, shadow_rules) = directory.ruleset().split_shadow(false);
+    let (mut live_state, mut shadow_state) = (EngineState::new(), EngineState::new());
     let (mut replayed, mut decided, mut invalid) = (0_usize, 0_usize, 0_usize);
     for (number, line) in reader.lines().enumerate() {
         let line = line.with_context(|| format!("cannot read {name} line {}", number + 1))?;
@@ -204,12 +206,22 @@ pub fn replay(
         };
         replayed += 1;
         let tags = event.device_group_names();
-        for decision in evaluate(directory.ruleset(), &mut state, &event, event.time_ms(), &tags) {
+        let acting = evaluate(&acting_rules, &mut live_state, &event, event.time_ms(), &tags);
+        let watched = if shadow_rules.is_empty() {
+            Vec::new()
+        } else {
+            evaluate(&shadow_rules, &mut shadow_state, &event, event.time_ms(), &tags)
+        };
+        for (decision, is_shadow) in acting.iter().map(|d| (d, false)).chain(watched.iter().map(|d| (d, true))) {
             decided += 1;
             if json {
-                writeln!(out, "{}", decision_json(&decision))?;
+                let mut object = decision_json(decision);
+                if is_shadow {
+                    object["shadow"] = true.into();
+                }
+                writeln!(out, "{object}")?;
             } else {
-                writeln!(out, "{}", describe_decision(&decision))?;
+                writeln!(out, "{}{}", if is_shadow { "[shadow] " } else { "" }, describe_decision(decision))?;
             }
         }
     }

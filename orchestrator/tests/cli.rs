@@ -177,3 +177,29 @@ fn replay_reads_ecs_falco_and_wazuh_alerts_with_their_format() {
     );
     assert!(text(&output.stderr).contains("invalid event: missing required field `device.uid`"), "{output:?}");
 }
+
+/// A replay decides as `cordon serve` does: shadow rules apart, with a state of their own, their
+/// decisions marked.
+#[test]
+fn replay_marks_what_shadow_rules_would_do() {
+    let output = cordon(
+        &["rules", "test", "orchestrator/tests/fixtures/shadow", "--events", "orchestrator/tests/fixtures/shadow/events.ndjson"],
+        &repo(),
+    );
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(
+        text(&output.stdout),
+        "[shadow] s-1 on ws-1: isolate automatic for 1h until 1700003600000 by [watch-high] (matched)\n\
+         s-2 on ws-2: isolate manual by [critical] (matched)\n\
+         [shadow] s-2 on ws-2: isolate automatic for 1h until 1700003601000 by [watch-high] (matched)\n"
+    );
+    let output = cordon(
+        &["rules", "test", "orchestrator/tests/fixtures/shadow", "--events", "orchestrator/tests/fixtures/shadow/events.ndjson", "--json"],
+        &repo(),
+    );
+    let shadow: Vec<bool> = text(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["shadow"] == true)
+        .collect();
+    assert_eq!(shadow, [true, false, true]);
+}

@@ -38,6 +38,8 @@ struct Harness {
     kafka_config: String,
     /// Extra lines of the `[api]` section.
     api_config: String,
+    /// Extra lines of the `[rules]` section.
+    rules_config: String,
     /// The key the test's agents sign their reports with, and the hosts it is enrolled for.
     agent_key: cordon_wire::SigningKey,
     enrolled: std::cell::RefCell<std::collections::HashSet<String>>,
@@ -113,6 +115,7 @@ impl Harness {
             env: Vec::new(),
             kafka_config: String::new(),
             api_config: String::new(),
+            rules_config: String::new(),
             agent_key: cordon_wire::generate_signing_key(),
             enrolled: std::cell::RefCell::default(),
             last_sent_at_ms: std::cell::Cell::new(0),
@@ -166,11 +169,12 @@ impl Harness {
         std::fs::write(
             &config,
             format!(
-                "[kafka]\nbrokers = \"{}\"\n{}[rules]\ndir = \"{}\"\npoll_seconds = 1\n[state]\ndir = \"{}\"\n\
+                "[kafka]\nbrokers = \"{}\"\n{}[rules]\ndir = \"{}\"\npoll_seconds = 1\n{}[state]\ndir = \"{}\"\n\
                  [signing]\nkey_file = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n{}[agents]\nresend_after_seconds = 2\n",
                 self.brokers,
                 self.kafka_config,
                 self.dir.join("rules").display(),
+                self.rules_config,
                 self.dir.join(self.state).display(),
                 keys.join("signing.key").display(),
                 self.api_config
@@ -2780,4 +2784,74 @@ fn alerts_of_other_tools_on_their_own_topics_decide_and_broken_ones_are_dead_let
     let plc = harness.host_json("plc-gw-07");
     assert_eq!(plc["state"], "pending_approval", "{plc}");
     assert_eq!(plc["pending"]["event_id"], "1796630400.1234567");
+}
+
+/// A shadow rule decides through the whole pipeline, sends nothing and changes no host, and what
+/// it would have done is in the host's trail, the metrics and the report; the rules that act go
+/// on acting beside it; `[rules] mode = "shadow"` makes every rule a shadow.
+#[test]
+fn shadow_rules_record_what_they_would_do_and_send_nothing() {
+    let mut harness = Harness::start("shadow");
+    std::fs::write(
+        harness.dir.join("rules/watched.yaml"),
+        "id: watched\ntitle: Watched\nshadow: true\ndetection:\n  selection:\n    severity_id: 6\n  condition: selection\n\
+         response:\n  isolate:\n    mode: automatic\n    duration: 2h\n",
+    )
+    .unwrap();
+    let lines = harness.serve();
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+
+    // Severity 6: the live ransomware rule (4 and up) isolates, the shadow rule only records.
+    harness.produce("edr.detections", "web-09", &detection("web-09", "sh-1", 6));
+    let command = next_command(&commands, &key, Duration::from_secs(10));
+    assert_eq!(command.host_id, "web-09");
+    assert!(matches!(command.action, cordon_wire::Action::Isolate { duration_seconds: Some(2 | 3), .. }), "the live rule's 3 s");
+    harness.report(&command, true);
+    wait_for_line(&lines, "rules watched (shadow)");
+    // Its 3 s end; nothing else is sent for web-09.
+    let release = next_command(&commands, &key, Duration::from_secs(10));
+    assert!(matches!(release.action, cordon_wire::Action::Release { .. }), "{release:?}");
+    harness.report(&release, false);
+    no_message(&commands, Duration::from_secs(1));
+    let host = harness.host_json("web-09");
+    let shadow: Vec<&serde_json::Value> =
+        host["audit"].as_array().unwrap().iter().filter(|entry| entry["shadow"] == true).collect();
+    assert_eq!(shadow.len(), 1, "{host}");
+    assert_eq!(shadow[0]["by"], "rules watched (shadow)");
+    assert!(shadow[0]["why"].as_str().unwrap().starts_with("SHADOW isolate automatic 2h: "), "{}", shadow[0]);
+    assert_eq!(shadow[0]["event_id"], "sh-1");
+    assert!(harness.cordon_ok(&["host", "web-09"]).contains("[SHADOW] "), "the CLI marks it");
+
+    let report: serde_json::Value =
+        serde_json::from_str(&harness.cordon_ok(&["shadow", "report", "--since", "1h", "--json"])).unwrap();
+    assert_eq!(report["decisions"], 1, "{report}");
+    assert_eq!(report["hosts"][0]["host"], "web-09");
+    assert_eq!(report["hosts"][0]["would"], serde_json::json!(["isolate automatic 2h"]));
+    assert_eq!(report["rules"], serde_json::json!([{"rule": "watched", "decisions": 1, "hosts": 1}]));
+    let (_, metrics) = get(&harness.api, "/metrics");
+    assert!((sample(&metrics, "cordon_shadow_decisions_total{rule=\"watched\"}") - 1.0).abs() < 1e-9, "{metrics}");
+    let output = harness.cordon(&["shadow", "report", "--since", "soon"]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+
+    // Every rule a shadow: a detection of a host cordon does not know sends nothing, creates no
+    // record, and its trail says what would have been done.
+    harness.kill_service();
+    harness.rules_config = "mode = \"shadow\"\n".to_owned();
+    let _lines = harness.serve();
+    harness.produce("edr.detections", "web-10", &detection("web-10", "sh-2", 5));
+    no_message(&commands, Duration::from_secs(3));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let host = loop {
+        let output = harness.cordon(&["host", "web-10", "--json"]);
+        if output.status.success() {
+            break serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no trail for web-10");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(host["state"], "not_isolated", "{host}");
+    assert_eq!(host["audit"][0]["by"], "rules ransomware (shadow)", "{host}");
+    let hosts: serde_json::Value = serde_json::from_str(&harness.cordon_ok(&["hosts", "--json"])).unwrap();
+    assert!(!hosts.as_array().unwrap().iter().any(|h| h["host"] == "web-10"), "no record for a shadow decision");
 }

@@ -75,6 +75,9 @@ pub struct RuleConfig {
     pub(crate) id: String,
     pub(crate) title: String,
     pub(crate) enabled: bool,
+    /// Decides, but only to be watched: `cordon serve` records what it would have done and
+    /// sends nothing (`shadow: true`).
+    pub(crate) shadow: bool,
     pub(crate) selections: Vec<Selection>,
     pub(crate) condition: Condition,
     pub(crate) threshold: Option<Threshold>,
@@ -96,6 +99,11 @@ impl RuleConfig {
     #[must_use]
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    #[must_use]
+    pub fn shadow(&self) -> bool {
+        self.shadow
     }
 
     #[must_use]
@@ -184,7 +192,7 @@ pub struct RuleFile {
 }
 
 const RULE_FIELDS: &[&str] =
-    &["id", "title", "description", "enabled", "detection", "threshold", "response", "tests"];
+    &["id", "title", "description", "enabled", "shadow", "detection", "threshold", "response", "tests"];
 const THRESHOLD_FIELDS: &[&str] = &["count", "within", "group_by"];
 const RESPONSE_FIELDS: &[&str] = &["isolate", "on_retrigger"];
 const ISOLATE_FIELDS: &[&str] = &[
@@ -440,6 +448,7 @@ fn read_rule(document: &Node, report: &mut Report<'_>) -> Option<RuleConfig> {
         read_text(node, "`description`", report);
     }
     let enabled = fields.get("enabled").map_or(Some(true), |node| read_bool(node, "`enabled`", report));
+    let shadow = fields.get("shadow").map_or(Some(false), |node| read_bool(node, "`shadow`", report));
     let detection = fields
         .require("detection", "the rule", document, report)
         .and_then(|node| read_detection(node, report));
@@ -460,6 +469,7 @@ fn read_rule(document: &Node, report: &mut Report<'_>) -> Option<RuleConfig> {
         id: id?,
         title: title?,
         enabled: enabled?,
+        shadow: shadow?,
         selections,
         condition,
         threshold: threshold?,

@@ -106,6 +106,18 @@ impl Ruleset {
         self.rules.iter().map(|rule| rule.id.as_str())
     }
 
+    /// The rule set split in two: the rules that act, and the shadow rules (`shadow: true`, or
+    /// every rule with `all_shadow`), each with the policy, to be evaluated with engine states
+    /// of their own (a shadow decision must not count toward a live threshold or the ceiling).
+    #[must_use]
+    pub fn split_shadow(&self, all_shadow: bool) -> (Ruleset, Ruleset) {
+        let compile = |shadow: bool| {
+            let rules = self.rules.iter().filter(|rule| (rule.shadow || all_shadow) == shadow).cloned().collect();
+            Ruleset::compile(rules, self.policy.clone()).expect("a subset of a compiled rule set compiles")
+        };
+        (compile(false), compile(true))
+    }
+
     /// Each enabled rule's id and what its isolation leaves open (central exclusions are checked
     /// against them: a host's profile and a rule's `allow:` are enforced together).
     pub fn exclusions_by_rule(&self) -> impl Iterator<Item = (&str, &crate::Exclusions)> {

@@ -187,3 +187,21 @@ fn the_state_persisted_by_changes_reads_back_as_it_is_after_every_step() {
     assert_eq!(EngineState::from_entries(fresh.iter()).unwrap(), state);
     assert!(EngineState::from_entries([(b"x".to_vec(), b"1".to_vec())]).unwrap_err().contains("unknown kind"));
 }
+
+#[test]
+fn shadow_rules_are_split_from_the_rules_that_act() {
+    let text = "id: live\ntitle: L\ndetection: {sel: {severity_id: 5}, condition: sel}\nresponse: {isolate: {mode: manual}}\n\
+                ---\nid: watched\ntitle: W\nshadow: true\ndetection: {sel: {severity_id: 5}, condition: sel}\n\
+                response: {isolate: {mode: automatic, duration: 1h}}\n";
+    let files = [rules::SourceFile { name: "r.yaml".into(), text: text.into() }];
+    let directory = rules::RuleDirectory::load(&files, None).expect("valid");
+    let (live, shadow) = directory.ruleset().split_shadow(false);
+    assert_eq!(live.rule_ids().collect::<Vec<_>>(), ["live"]);
+    assert_eq!(shadow.rule_ids().collect::<Vec<_>>(), ["watched"]);
+    let (live, shadow) = directory.ruleset().split_shadow(true);
+    assert!(live.is_empty(), "[rules] mode = \"shadow\": nothing acts");
+    assert_eq!(shadow.len(), 2);
+    let bad = [rules::SourceFile { name: "b.yaml".into(), text: text.replace("shadow: true", "shadow: maybe") }];
+    let problems = rules::RuleDirectory::load(&bad, None).unwrap_err();
+    assert!(problems.iter().any(|d| d.to_string().contains("`shadow`")), "{problems:?}");
+}

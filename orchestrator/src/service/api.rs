@@ -182,6 +182,7 @@ pub(crate) fn routes(state: ApiState) -> Router {
         .route("/hosts", get(list_hosts))
         .route("/hosts/{host}", get(show_host))
         .route("/agents", get(list_agents))
+        .route("/shadow", get(shadow_report))
         .route("/policy", get(show_policy))
         .route("/policy/history", get(policy_history))
         .route("/policy/versions/{version}", get(show_policy_version))
@@ -420,10 +421,14 @@ async fn show_host(
     State(state): State<ApiState>,
     Path(host): Path<String>,
 ) -> Result<Json<HostView>, ApiError> {
-    let Some(record) = state.store.host(&host)? else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("cordon knows no host {host:?}")));
-    };
+    let record = state.store.host(&host)?;
     let audit = state.store.audit_of(&host)?;
+    // A host only shadow rules decided on has no record, only its trail.
+    let record = match record {
+        Some(record) => record,
+        None if !audit.is_empty() => HostRecord::new(&host, audit[0].at_ms),
+        None => return Err(ApiError::new(StatusCode::NOT_FOUND, format!("cordon knows no host {host:?}"))),
+    };
     Ok(Json(HostView::new(&record, Some(&audit))))
 }
 
@@ -651,6 +656,7 @@ fn decide_agent(
         event_id: None,
         generation: host.as_ref().map_or(0, |h| h.generation),
         why: format!("agent key {what}: {} ({})", record.key, record.reason),
+        shadow: false,
     })?;
     state.store.flush()?;
     let claim = state.store.claim(&record.host)?;
@@ -740,6 +746,26 @@ async fn revoke_agent(
 }
 
 
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShadowQuery {
+    since: Option<String>,
+}
+
+/// What the shadow rules would have done since `since` (default 24h).
+async fn shadow_report(
+    State(state): State<ApiState>,
+    query: Result<Query<ShadowQuery>, QueryRejection>,
+) -> Result<Json<crate::api::ShadowReport>, ApiError> {
+    let Query(query) = query?;
+    let text = query.since.as_deref().unwrap_or("24h");
+    let since = crate::client::parse_for(text)
+        .map_err(|problem| ApiError::new(StatusCode::BAD_REQUEST, format!("since {text:?}: {problem}")))?;
+    let since_ms = now_ms().saturating_sub(i64::try_from(since).unwrap_or(i64::MAX).saturating_mul(1_000));
+    let entries = state.store.audit_entries()?;
+    Ok(Json(crate::api::ShadowReport::of(&entries, since_ms)))
+}
 
 async fn show_policy(State(state): State<ApiState>) -> Json<PolicyView> {
     Json(PolicyView::new(&state.store.policy()))

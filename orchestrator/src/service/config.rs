@@ -134,6 +134,18 @@ pub struct RulesSection {
     /// How often the directory is checked for changes (SIGHUP reloads at once).
     #[serde(default = "default_rules_poll")]
     pub poll_seconds: u64,
+    /// `live` (rules act; those with `shadow: true` only record what they would do) or
+    /// `shadow` (every rule only records: nothing is sent on a detection).
+    #[serde(default)]
+    pub mode: RulesMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RulesMode {
+    #[default]
+    Live,
+    Shadow,
 }
 
 #[derive(Debug, Deserialize)]
@@ -431,7 +443,8 @@ mod tests {
         let table: toml::Table = toml::from_str(&text).unwrap();
         let keys: usize = table.values().map(|section| section.as_table().map_or(1, toml::Table::len)).sum();
         assert_eq!(config.inputs.len(), 1);
-        assert_eq!(keys, 28, "keys in ops/config/cordon.toml (a key added to the config goes there too)");
+        assert_eq!(config.rules.mode, RulesMode::Live);
+        assert_eq!(keys, 29, "keys in ops/config/cordon.toml (a key added to the config goes there too)");
     }
 
     #[test]

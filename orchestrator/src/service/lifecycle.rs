@@ -286,6 +286,9 @@ pub struct AuditEntry {
     pub event_id: Option<String>,
     pub generation: u64,
     pub why: String,
+    /// What a shadow rule would have done: recorded, nothing done.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
 }
 
 /// What the service must do after a step: send a command (with the record's new generation)
@@ -418,6 +421,7 @@ impl HostRecord {
             event_id: event_id.map(str::to_owned),
             generation: self.generation,
             why,
+            shadow: false,
         };
         Effects { command, audit: Some(audit) }
     }
@@ -724,6 +728,34 @@ pub fn isolation_asked(record: &HostRecord) -> Option<IsolationPlan> {
             }))
         }
         _ => None,
+    }
+}
+
+/// What a shadow rule's decision would have done to the host, as a line of its trail: recorded,
+/// nothing changed (`record`: the host as cordon knows it, if it does). `fits`: what keeps the
+/// isolation from an agent's kernel tables, with the host's profile.
+pub fn shadow_note(record: Option<&HostRecord>, decision: &rules::Decision, fits: &[String], now: i64) -> AuditEntry {
+    let state = record.map_or(HostState::NotIsolated, |r| r.state);
+    let isolation = decision.action.isolation();
+    let length = match isolation.duration {
+        Some(duration) => format!("automatic {}", rules::format_duration(duration)),
+        None => "manual".to_owned(),
+    };
+    let reasons: Vec<String> = decision.why.iter().map(|reason| format!("{reason:?}")).collect();
+    let mut why = format!("SHADOW {} {length}: {}", decision.action.name(), reasons.join("; "));
+    if !fits.is_empty() {
+        why = format!("{why}; it would NOT fit the agent's kernel tables: {}", fits.join("; "));
+    }
+    AuditEntry {
+        at_ms: now,
+        host: decision.host.clone(),
+        from: state,
+        to: state,
+        by: format!("rules {} (shadow)", decision.rules.join(",")),
+        event_id: Some(decision.event_id.clone()),
+        generation: record.map_or(0, |r| r.generation),
+        why,
+        shadow: true,
     }
 }
 

@@ -90,7 +90,12 @@ const MAX_BATCH: usize = 5_000;
 /// Everything the loop works with.
 struct Service {
     config: ServiceConfig,
+    /// Every rule in force (its projection parses the detections; its `allow:`s are checked
+    /// against the policy).
     ruleset: rules::Ruleset,
+    /// `ruleset` split: the rules that act, and the shadow rules with an engine state of their
+    /// own (kept in memory: after a restart their thresholds and ceiling start afresh).
+    acting: Acting,
     rules_fingerprint: jobs::Fingerprint,
     engine: rules::EngineState,
     store: Store,
@@ -119,6 +124,29 @@ struct Service {
     fence: lease::Fence,
     /// Whether the fence was seen (and acted on) by the loop.
     fenced: bool,
+}
+
+/// The rules that act and the shadow rules (`shadow: true`, or all with `[rules] mode =
+/// "shadow"`), each evaluated with an engine state of its own: a shadow decision never counts
+/// toward a threshold or the ceiling of the rules that act.
+struct Acting {
+    live: rules::Ruleset,
+    shadow: rules::Ruleset,
+    shadow_engine: rules::EngineState,
+}
+
+impl Acting {
+    fn of(ruleset: &rules::Ruleset, mode: config::RulesMode) -> Acting {
+        let (live, shadow) = ruleset.split_shadow(mode == config::RulesMode::Shadow);
+        if !shadow.is_empty() {
+            tracing::info!(
+                "{} shadow rule(s) ({}): what they decide is recorded, never done.",
+                shadow.len(),
+                shadow.rule_ids().collect::<Vec<_>>().join(", ")
+            );
+        }
+        Acting { live, shadow, shadow_engine: rules::EngineState::default() }
+    }
 }
 
 /// The state store refused a write: what the loop holds until it can write again.
@@ -563,6 +591,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
 
     let topics = SpanTopics::of(&config.kafka);
     let mut service = Service {
+        acting: Acting::of(&ruleset, config.rules.mode),
         config,
         ruleset,
         rules_fingerprint,
@@ -1182,7 +1211,8 @@ impl Service {
     ) -> Result<()> {
         let tags = self.store.tags_of(event.host())?;
         let evaluating_since = self.spans.enabled().then(SystemTime::now);
-        let decisions = rules::evaluate(&self.ruleset, &mut self.engine, event, now, &tags);
+        let decisions = rules::evaluate(&self.acting.live, &mut self.engine, event, now, &tags);
+        self.on_shadow_decisions(event, now, &tags)?;
         if let Some(failing) = self.failpoint.as_deref().and_then(|name| name.strip_prefix("fail-event:")) {
             // CORDON_FAILPOINT=fail-event:ID: handling event ID fails after its evaluation, as
             // an unexpected error there would (the tests of the per-event failure path).
@@ -1280,6 +1310,31 @@ impl Service {
         }
         if let Some(consume) = consume {
             consume.span().end();
+        }
+        Ok(())
+    }
+
+    /// Evaluates `event` with the shadow rules: what each would have decided goes into the
+    /// host's audit trail, the metrics and the log (through the pipeline's every step: dedup,
+    /// thresholds, escalation, protection, the ceiling, and the kernel fit with the host's
+    /// profile); no command, no change of the host.
+    fn on_shadow_decisions(&mut self, event: &rules::Event, now: i64, tags: &[String]) -> Result<()> {
+        if self.acting.shadow.is_empty() {
+            return Ok(());
+        }
+        let decisions = rules::evaluate(&self.acting.shadow, &mut self.acting.shadow_engine, event, now, tags);
+        for decision in &decisions {
+            let record = self.store.host(&decision.host)?;
+            let policy = self.store.policy();
+            let profile = policy.profile_in_force(record.as_ref().map_or(&[][..], |r| &r.operator_tags));
+            let fits = profile.problems_with(&IsolationPlan::from_rules(decision.action.isolation()));
+            let audit = lifecycle::shadow_note(record.as_ref(), decision, &fits, now);
+            for rule in &decision.rules {
+                self.metrics.shadow_decisions.add(rule, 1);
+            }
+            self.store.audit(&audit)?;
+            let event_id = audit.event_id.clone();
+            self.transitions.push(Transition { audit, event_id, command_id: None, trace_id: String::new() });
         }
         Ok(())
     }
@@ -1805,6 +1860,7 @@ impl Service {
             Job::Prune => {
                 let window_ms = self.ruleset_ceiling_window_ms();
                 self.engine.prune(now, window_ms);
+                self.acting.shadow_engine.prune(now, window_ms);
                 self.store.put_engine_changes(&mut self.engine);
             }
             Job::Retention => {
@@ -1864,6 +1920,7 @@ impl Service {
                 self.projection = Arc::new(ruleset.projection().clone());
                 *self.shared_projection.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
                     Arc::clone(&self.projection);
+                self.acting = Acting::of(&ruleset, self.config.rules.mode);
                 self.ruleset = ruleset;
                 self.say_if_no_rules();
             }

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub status_reports: Arc<Counter>,
     pub rule_matches: Arc<Family>,
     pub decisions: Arc<Family>,
+    pub shadow_decisions: Arc<Family>,
     pub hosts_isolated: Arc<Gauge>,
     pub pending_approvals: Arc<Gauge>,
     pub hosts_by_state: Arc<Family>,
@@ -70,6 +71,11 @@ impl Metrics {
                 "cordon_decisions_total",
                 "Decisions of the rules by mode: automatic, manual, or approve (asked an operator).",
                 "mode",
+            ),
+            shadow_decisions: r.counter_family(
+                "cordon_shadow_decisions_total",
+                "What shadow rules would have decided (recorded, never done), by rule.",
+                "rule",
             ),
             hosts_isolated: r.gauge(
                 "cordon_hosts_isolated",

@@ -151,6 +151,7 @@ impl Service {
                     refused.refusal.name(),
                     refused.refusal
                 ),
+                shadow: false,
             })?;
         }
         Ok(())

@@ -1142,6 +1142,7 @@ mod tests {
             event_id: None,
             generation: 1,
             why: format!("at {at_ms}"),
+            shadow: false,
         };
         // web-01: 5 old entries and 20 recent ones; web-02 (a prefix of no other): 3 recent.
         for at in (0..5).chain(1_000..1_020) {

@@ -510,6 +510,7 @@ mod tests {
             event_id: None,
             generation: 1,
             why: "x".into(),
+            shadow: false,
         };
         let by_rule = entry("rules ransomware,worm", HostState::Isolating, 1_765_000_000_000);
         let by_alice = entry("operator alice (127.0.0.1:5)", HostState::Releasing, 1_765_100_000_000);

@@ -654,7 +654,10 @@ fn audit_table(entries: &[AuditEntry], with_host: bool) -> Markup {
                         tr {
                             td.nowrap { (rfc3339(entry.at_ms)) }
                             @if with_host { td { a href=(host_url(&entry.host)) { (entry.host) } } }
-                            td.nowrap { (entry.from.name()) " → " (entry.to.name()) }
+                            td.nowrap {
+                                @if entry.shadow { span.badge-shadow title="What a shadow rule would have done: nothing was done" { "SHADOW" } " " }
+                                (entry.from.name()) " → " (entry.to.name())
+                            }
                             td { (entry.by) }
                             td { (entry.generation) }
                             td { (entry.why) @if let Some(event) = &entry.event_id { " (finding " code { (event) } ")" } }
