@@ -325,6 +325,17 @@ pub enum RulesCommand {
         /// alerts), falco or wazuh (alerts.json lines).
         #[arg(long, value_name = "FORMAT", default_value = "ocsf", value_parser = ["ocsf", "ecs", "falco", "wazuh"], requires = "events")]
         format: String,
+        /// Decide as the service with this cordon.toml does: its `[rules]` inventory,
+        /// `tags_from_events` and mode (shadow). Host tags otherwise come from --inventory and
+        /// --tags-from-events only (operators' tags live in the service).
+        #[arg(long, value_name = "FILE", requires = "events", conflicts_with_all = ["inventory", "tags_from_events"])]
+        config: Option<PathBuf>,
+        /// A file of host tags, as `[rules] inventory` takes it.
+        #[arg(long, value_name = "FILE", requires = "events")]
+        inventory: Option<PathBuf>,
+        /// Also take each event's device.groups[].name as its host's tags.
+        #[arg(long, requires = "events")]
+        tags_from_events: bool,
         /// Print one JSON object per line (a decision with --events, a test result without).
         #[arg(long)]
         json: bool,
@@ -374,9 +385,18 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
     let mut err = stderr.lock();
     let ok = match cli.command {
         Command::Rules(RulesCommand::Check { dir }) => rules_cli::check(&dir, &mut out, &mut err)?,
-        Command::Rules(RulesCommand::Test { dir, events: Some(events), format, json }) => {
+        Command::Rules(RulesCommand::Test { dir, events: Some(events), format, config, inventory, tags_from_events, json }) => {
             let format = rules::Format::from_name(&format).expect("clap allows only the formats' names");
-            rules_cli::replay(&dir, &events, format, json, &mut out, &mut err)?
+            let section = match config {
+                Some(config) => crate::service::config::ServiceConfig::load(&config)?.rules,
+                None => crate::service::config::RulesSection::for_replay(inventory, tags_from_events),
+            };
+            let settings = rules_cli::ReplaySettings {
+                format,
+                tags: section.tag_sources()?,
+                all_shadow: section.mode == crate::service::config::RulesMode::Shadow,
+            };
+            rules_cli::replay(&dir, &events, &settings, json, &mut out, &mut err)?
         }
         Command::Rules(RulesCommand::Test { dir, events: None, json, .. }) => {
             rules_cli::run_tests(&dir, json, &mut out, &mut err)?

@@ -167,13 +167,21 @@ pub fn decision_json(decision: &Decision) -> serde_json::Value {
     })
 }
 
-/// `cordon rules test DIR --events FILE [--format F]`: replays NDJSON events of format `format`
-/// in file order, each at its own time, with the host tags taken from `device.groups[].name`.
-/// Ok(false) if any line was not a valid event.
+/// How a replay decides: the events' format, where host tags come from, and whether every rule is
+/// a shadow (as `[rules] mode = "shadow"`).
+pub struct ReplaySettings {
+    pub format: rules::Format,
+    pub tags: rules::TagSources,
+    pub all_shadow: bool,
+}
+
+/// `cordon rules test DIR --events FILE`: replays NDJSON events in file order, each at its own
+/// time, deciding as `cordon serve` does with the same settings (host tags from the same
+/// sources, shadow rules apart). Ok(false) if any line was not a valid event.
 pub fn replay(
     dir: &Path,
     events: &Path,
-    format: rules::Format,
+    settings: &ReplaySettings,
     json: bool,
     out: &mut impl Write,
     err: &mut impl Write,
@@ -187,7 +195,8 @@ pub fn replay(
         (Box::new(BufReader::new(file)), events.display().to_string())
     };
     // As `cordon serve` does: the shadow rules with a state of their own, their decisions marked.
-    let (acting_rules, shadow_rules) = directory.ruleset().split_shadow(false);
+    let (acting_rules, shadow_rules) = directory.ruleset().split_shadow(settings.all_shadow);
+    let format = settings.format;
     let (mut live_state, mut shadow_state) = (EngineState::new(), EngineState::new());
     let (mut replayed, mut decided, mut invalid) = (0_usize, 0_usize, 0_usize);
     for (number, line) in reader.lines().enumerate() {
@@ -205,7 +214,7 @@ pub fn replay(
             }
         };
         replayed += 1;
-        let tags = event.device_group_names();
+        let tags = settings.tags.tags_for(&event, &[]);
         let acting = evaluate(&acting_rules, &mut live_state, &event, event.time_ms(), &tags);
         let watched = if shadow_rules.is_empty() {
             Vec::new()

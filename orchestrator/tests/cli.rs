@@ -91,6 +91,7 @@ fn replay_prints_one_json_decision_per_line_and_flags_invalid_events() {
             "rules/examples",
             "--events",
             "orchestrator/tests/fixtures/replay.ndjson",
+            "--tags-from-events",
             "--json",
         ],
         &repo(),
@@ -126,7 +127,7 @@ fn replay_prints_one_json_decision_per_line_and_flags_invalid_events() {
 #[test]
 fn replay_without_json_prints_one_line_per_decision() {
     let output = cordon(
-        &["rules", "test", "rules/examples", "--events", "orchestrator/tests/fixtures/replay.ndjson"],
+        &["rules", "test", "rules/examples", "--events", "orchestrator/tests/fixtures/replay.ndjson", "--tags-from-events"],
         &repo(),
     );
     assert_eq!(

@@ -2855,3 +2855,65 @@ fn shadow_rules_record_what_they_would_do_and_send_nothing() {
     let hosts: serde_json::Value = serde_json::from_str(&harness.cordon_ok(&["hosts", "--json"])).unwrap();
     assert!(!hosts.as_array().unwrap().iter().any(|h| h["host"] == "web-10"), "no record for a shadow decision");
 }
+
+/// A replay with the service's own cordon.toml decides what the service decides: host tags from
+/// the same sources (the inventory; a detection's device.groups only where configured), so a host
+/// the inventory protects is proposed in both, and one whose detection claims a protected group
+/// is isolated in both.
+#[test]
+fn a_replay_with_the_services_config_decides_what_the_service_decides() {
+    let mut harness = Harness::start("same-tags");
+    std::fs::write(harness.dir.join("rules/policy.yaml"), "protect: [plc]\n").unwrap();
+    let inventory = harness.dir.join("inventory.toml");
+    std::fs::write(&inventory, "\"plc-9\" = [\"plc\", \"line-3\"]\n").unwrap();
+    harness.rules_config = format!("inventory = \"{}\"\n", inventory.display());
+    let _lines = harness.serve();
+    let key = harness.public_key();
+    let commands = harness.consumer("cordon.commands");
+    let claims_plc = |host: &str, id: &str| -> Vec<u8> {
+        let mut event: serde_json::Value = serde_json::from_slice(&detection(host, id, 5)).unwrap();
+        event["device"]["groups"] = serde_json::json!([{"name": "plc"}]);
+        event.to_string().into_bytes()
+    };
+    let events = [detection("ws-1", "t-1", 5), detection("plc-9", "t-2", 5), claims_plc("ews-2", "t-3")];
+    let file = harness.dir.join("events.ndjson");
+    std::fs::write(&file, events.iter().map(|e| String::from_utf8_lossy(e) + "\n").collect::<String>()).unwrap();
+
+    let replayed = Command::new(CORDON)
+        .args(["rules", "test"])
+        .arg(harness.dir.join("rules"))
+        .arg("--events")
+        .arg(&file)
+        .arg("--config")
+        .arg(harness.dir.join("cordon.toml"))
+        .arg("--json")
+        .output()
+        .expect("cordon rules test");
+    assert!(replayed.status.success(), "{replayed:?}");
+    let mut replay: Vec<(String, String)> = String::from_utf8_lossy(&replayed.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .map(|d| (d["host"].as_str().unwrap().to_owned(), d["action"].as_str().unwrap().to_owned()))
+        .collect();
+    replay.sort();
+
+    for (event, host) in events.iter().zip(["ws-1", "plc-9", "ews-2"]) {
+        harness.produce("edr.detections", host, event);
+    }
+    let mut served: Vec<(String, String)> = (0..2)
+        .map(|_| (next_command(&commands, &key, Duration::from_secs(10)).host_id, "isolate".to_owned()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while harness.cordon(&["host", "plc-9"]).status.code() != Some(0) {
+        assert!(Instant::now() < deadline, "plc-9 never decided");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(harness.host_json("plc-9")["state"], "pending_approval");
+    served.push(("plc-9".to_owned(), "request_approval".to_owned()));
+    served.sort();
+    assert_eq!(
+        replay,
+        [("ews-2".to_owned(), "isolate".to_owned()), ("plc-9".to_owned(), "request_approval".to_owned()), ("ws-1".to_owned(), "isolate".to_owned())]
+    );
+    assert_eq!(served, replay, "the replay decided what the service decided");
+}

@@ -16,6 +16,7 @@ mod format;
 mod matcher;
 mod ruleset;
 mod state;
+mod tags;
 mod testing;
 mod yaml;
 
@@ -30,6 +31,7 @@ pub use engine::{dry_run, dry_run_rule, evaluate, DryRun, RuleVerdict};
 pub use event::{Event, EventError, Projection};
 pub use format::{expand_dotted_keys, Format};
 pub use ruleset::Ruleset;
+pub use tags::TagSources;
 pub use state::{EngineState, HostIsolationMemory, DEDUP_CAPACITY, MAX_THRESHOLD_GROUPS};
 pub use testing::{describe_decision, run_test, RuleDirectory, SourceFile, TestOutcome, TestResult};
 

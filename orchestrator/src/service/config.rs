@@ -138,6 +138,61 @@ pub struct RulesSection {
     /// `shadow` (every rule only records: nothing is sent on a detection).
     #[serde(default)]
     pub mode: RulesMode,
+    /// A TOML file of host tags (`"HOST" = ["tag", ...]`), added to the operators' tags when a
+    /// detection is decided (protection, profiles); read with the rules (start, reload).
+    pub inventory: Option<PathBuf>,
+    /// Also take a detection's own `device.groups[].name` as its host's tags. Off by default:
+    /// whoever writes detections would then decide protection.
+    #[serde(default)]
+    pub tags_from_events: bool,
+}
+
+impl RulesSection {
+    /// The settings a replay takes without a `cordon.toml`.
+    pub fn for_replay(inventory: Option<PathBuf>, tags_from_events: bool) -> RulesSection {
+        RulesSection {
+            dir: PathBuf::new(),
+            poll_seconds: default_rules_poll(),
+            mode: RulesMode::Live,
+            inventory,
+            tags_from_events,
+        }
+    }
+
+    /// Where host tags come from besides operators' (the inventory read now), as the service and
+    /// `cordon rules test --config` take them.
+    pub fn tag_sources(&self) -> Result<rules::TagSources> {
+        let inventory = match &self.inventory {
+            Some(path) => read_inventory(path)?,
+            None => std::collections::HashMap::new(),
+        };
+        Ok(rules::TagSources::new(inventory, self.tags_from_events))
+    }
+}
+
+/// `[rules] inventory`: `"HOST" = ["tag", ...]` lines; every problem at once.
+fn read_inventory(path: &Path) -> Result<std::collections::HashMap<String, Vec<String>>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the inventory {}", path.display()))?;
+    let inventory: std::collections::HashMap<String, Vec<String>> = toml::from_str(&text).map_err(|error| {
+        anyhow::anyhow!("{}: {} (expected lines of \"HOST\" = [\"tag\", ...])", path.display(), error.to_string().trim_end())
+    })?;
+    let mut problems = Vec::new();
+    for (host, tags) in &inventory {
+        if let Err(problem) = crate::api::check_host_id(host) {
+            problems.push(problem);
+        }
+        for tag in tags {
+            if let Err(refused) = super::lifecycle::check_tag(tag) {
+                problems.push(format!("host {host}: {refused}"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(inventory)
+    } else {
+        problems.sort();
+        anyhow::bail!("the inventory {} has {} problem(s): {}", path.display(), problems.len(), problems.join("; "))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -191,6 +246,13 @@ impl ServiceConfig {
             topics.push((self.kafka.detections_topic.clone(), rules::Format::Ocsf));
         }
         topics.extend(self.inputs.iter().map(|input| (input.topic.clone(), input.format)));
+        topics
+    }
+
+    /// Every topic the service reads: the alert topics, then the status topic.
+    pub fn consumed_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.alert_topics().into_iter().map(|(topic, _)| topic).collect();
+        topics.push(self.kafka.status_topic.clone());
         topics
     }
 
@@ -444,7 +506,8 @@ mod tests {
         let keys: usize = table.values().map(|section| section.as_table().map_or(1, toml::Table::len)).sum();
         assert_eq!(config.inputs.len(), 1);
         assert_eq!(config.rules.mode, RulesMode::Live);
-        assert_eq!(keys, 29, "keys in ops/config/cordon.toml (a key added to the config goes there too)");
+        assert!(!config.rules.tags_from_events);
+        assert_eq!(keys, 31, "keys in ops/config/cordon.toml (a key added to the config goes there too)");
     }
 
     #[test]
@@ -469,6 +532,22 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(unknown.contains("unknown variant `cef`, expected one of `ocsf`, `ecs`, `falco`, `wazuh`"), "{unknown}");
+    }
+
+    #[test]
+    fn an_inventory_is_checked_with_every_problem_at_once() {
+        let dir = std::env::temp_dir().join(format!("cordon-inventory-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("inventory.toml");
+        std::fs::write(&path, "\"plc-9\" = [\"plc\", \"ISOLATED FROM NETWORK\"]\n\"a/b\" = [\"x\"]\n").unwrap();
+        let error = read_inventory(&path).unwrap_err().to_string();
+        assert!(error.contains("2 problem(s)") && error.contains("managed by cordon") && error.contains("\"a/b\""), "{error}");
+        std::fs::write(&path, "plc-9 = \"plc\"\n").unwrap();
+        let error = read_inventory(&path).unwrap_err().to_string();
+        assert!(error.contains("expected lines of \"HOST\" = [\"tag\", ...]"), "{error}");
+        std::fs::write(&path, "\"plc-9\" = [\"plc\"]\n").unwrap();
+        assert_eq!(read_inventory(&path).unwrap()["plc-9"], ["plc"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

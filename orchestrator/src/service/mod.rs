@@ -96,6 +96,9 @@ struct Service {
     /// `ruleset` split: the rules that act, and the shadow rules with an engine state of their
     /// own (kept in memory: after a restart their thresholds and ceiling start afresh).
     acting: Acting,
+    /// Where host tags come from besides operators' (`[rules] inventory`, `tags_from_events`),
+    /// read with the rules.
+    tag_sources: rules::TagSources,
     rules_fingerprint: jobs::Fingerprint,
     engine: rules::EngineState,
     store: Store,
@@ -573,9 +576,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let (batches_tx, mut batches) = mpsc::channel::<ConsumedBatch>(1);
     let projection = Arc::new(ruleset.projection().clone());
     let shared_projection: SharedProjection = Arc::new(std::sync::Mutex::new(Arc::clone(&projection)));
-    let mut topics: Vec<String> = config.alert_topics().into_iter().map(|(topic, _)| topic).collect();
-    topics.push(config.kafka.status_topic.clone());
-    let assignment = Assignment::new(&topics.iter().map(String::as_str).collect::<Vec<_>>(), fence.clone());
+    let assignment = Assignment::new(&config.consumed_topics(), fence.clone());
     let input = InputRules::of(&config);
     let reader = start_reader(&consumer, assignment, input, brokers, batches_tx, &shared_projection)?;
     let failpoint = std::env::var("CORDON_FAILPOINT").ok().filter(|name| !name.is_empty());
@@ -592,6 +593,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let topics = SpanTopics::of(&config.kafka);
     let mut service = Service {
         acting: Acting::of(&ruleset, config.rules.mode),
+        tag_sources: config.rules.tag_sources()?,
         config,
         ruleset,
         rules_fingerprint,
@@ -698,9 +700,9 @@ struct Assignment {
 }
 
 impl Assignment {
-    fn new(topics: &[&str], fence: lease::Fence) -> Assignment {
+    fn new(topics: &[String], fence: lease::Fence) -> Assignment {
         Assignment {
-            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            topics: topics.to_vec(),
             assigned: std::collections::BTreeSet::new(),
             next_check: std::time::Instant::now(),
             missing_topic: cordon_telemetry::logs::Throttled::new(Duration::from_mins(1)),
@@ -1209,7 +1211,7 @@ impl Service {
         now: i64,
         received_at: SystemTime,
     ) -> Result<()> {
-        let tags = self.store.tags_of(event.host())?;
+        let tags = self.tag_sources.tags_for(event, &self.store.tags_of(event.host())?);
         let evaluating_since = self.spans.enabled().then(SystemTime::now);
         let decisions = rules::evaluate(&self.acting.live, &mut self.engine, event, now, &tags);
         self.on_shadow_decisions(event, now, &tags)?;
@@ -1897,9 +1899,10 @@ impl Service {
     /// one stays.
     fn reload_rules(&mut self, why: &str) {
         let loaded = load_rules(&self.config.rules.dir).and_then(|ruleset| {
+            let tag_sources = self.config.rules.tag_sources()?;
             let problems = self.store.policy().policy.problems(ruleset.exclusions_by_rule());
             if problems.is_empty() {
-                Ok(ruleset)
+                Ok((ruleset, tag_sources))
             } else {
                 bail!(
                     "with the isolation policy in force (version {}), these rules would not fit an agent's kernel \
@@ -1910,7 +1913,7 @@ impl Service {
             }
         });
         match loaded {
-            Ok(ruleset) => {
+            Ok((ruleset, tag_sources)) => {
                 tracing::info!(
                     "rules reloaded after {why}: {} rule(s) from {}.",
                     ruleset.len(),
@@ -1921,6 +1924,7 @@ impl Service {
                 *self.shared_projection.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
                     Arc::clone(&self.projection);
                 self.acting = Acting::of(&ruleset, self.config.rules.mode);
+                self.tag_sources = tag_sources;
                 self.ruleset = ruleset;
                 self.say_if_no_rules();
             }
