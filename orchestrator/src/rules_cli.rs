@@ -149,22 +149,40 @@ pub fn run_tests(dir: &Path, json: bool, out: &mut impl Write, err: &mut impl Wr
     Ok(failed == 0)
 }
 
-/// One decision as a JSON object: `host`, `action`, `mode`, `duration_seconds` (or null), `rules`,
-/// `event_id`, `deadline_ms` (or null), `exclusions` and `why`.
-#[must_use]
-pub fn decision_json(decision: &Decision) -> serde_json::Value {
-    let isolation = decision.action.isolation();
-    json!({
-        "event_id": decision.event_id,
-        "host": decision.host,
-        "action": decision.action.name(),
-        "mode": isolation.mode,
-        "duration_seconds": isolation.duration.map(|d| d.as_secs()),
-        "deadline_ms": isolation.deadline_ms,
-        "rules": decision.rules,
-        "exclusions": isolation.exclusions,
-        "why": decision.why,
-    })
+/// One decision as a line of `--json`: `action`, `deadline_ms` (or null), `duration_seconds` (or
+/// null), `event_id`, `exclusions`, `host`, `mode`, `rules`, `shadow` (only when true) and `why`,
+/// in that order. Written straight to the output, no `Value` built.
+#[derive(serde::Serialize)]
+struct DecisionLine<'a> {
+    action: &'static str,
+    deadline_ms: Option<i64>,
+    duration_seconds: Option<u64>,
+    event_id: &'a str,
+    exclusions: &'a rules::Exclusions,
+    host: &'a str,
+    mode: rules::IsolationMode,
+    rules: &'a [String],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    shadow: bool,
+    why: &'a [rules::Reason],
+}
+
+impl<'a> DecisionLine<'a> {
+    fn of(decision: &'a Decision, shadow: bool) -> DecisionLine<'a> {
+        let isolation = decision.action.isolation();
+        DecisionLine {
+            action: decision.action.name(),
+            deadline_ms: isolation.deadline_ms,
+            duration_seconds: isolation.duration.map(|d| d.as_secs()),
+            event_id: &decision.event_id,
+            exclusions: &isolation.exclusions,
+            host: &decision.host,
+            mode: isolation.mode,
+            rules: &decision.rules,
+            shadow,
+            why: &decision.why,
+        }
+    }
 }
 
 /// How a replay decides: the events' format, where host tags come from, and whether every rule is
@@ -199,12 +217,22 @@ pub fn replay(
     let format = settings.format;
     let (mut live_state, mut shadow_state) = (EngineState::new(), EngineState::new());
     let (mut replayed, mut decided, mut invalid) = (0_usize, 0_usize, 0_usize);
-    for (number, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read {name} line {}", number + 1))?;
+    // Block-buffered (standard output is line-buffered: a write a decision), one line buffer for
+    // every line, and events parsed through the rule set's projection, as the service parses
+    // them (they decide exactly as parsed whole: the rules' tests hold that).
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
+    let mut reader = reader;
+    let mut line = String::new();
+    let projection = directory.ruleset().projection();
+    for number in 0_usize.. {
+        line.clear();
+        if reader.read_line(&mut line).with_context(|| format!("cannot read {name} line {}", number + 1))? == 0 {
+            break;
+        }
         if line.trim().is_empty() {
             continue;
         }
-        let event = match Event::parse_as(&line, format) {
+        let event = match Event::parse_projected_as(&line, projection, format) {
             Ok(event) => event,
             Err(error) => {
                 let kind = if format == rules::Format::Ocsf { "event".to_owned() } else { format!("{format} alert") };
@@ -224,16 +252,14 @@ pub fn replay(
         for (decision, is_shadow) in acting.iter().map(|d| (d, false)).chain(watched.iter().map(|d| (d, true))) {
             decided += 1;
             if json {
-                let mut object = decision_json(decision);
-                if is_shadow {
-                    object["shadow"] = true.into();
-                }
-                writeln!(out, "{object}")?;
+                serde_json::to_writer(&mut out, &DecisionLine::of(decision, is_shadow))?;
+                out.write_all(b"\n")?;
             } else {
                 writeln!(out, "{}{}", if is_shadow { "[shadow] " } else { "" }, describe_decision(decision))?;
             }
         }
     }
+    out.flush()?;
     writeln!(
         err,
         "replayed {}: {}, {}",
