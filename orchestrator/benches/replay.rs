@@ -80,7 +80,7 @@ fn main() {
         .arg("--json")
         .output()
         .expect("replay");
-    let decisions = decided.stdout.iter().filter(|b| **b == b'\n').count();
+    let decisions = decided.stdout.split(|b| *b == b'\n').filter(|line| !line.is_empty()).count();
     let me = std::env::current_exe().expect("this benchmark");
     let floor_time = median_of_three(|| {
         let mut command = Command::new(&me);
