@@ -12,7 +12,7 @@ use rules::{evaluate, EngineState, Event, RuleDirectory, Ruleset, SourceFile};
 
 mod workload;
 
-use workload::{event_from, rules_text, Random, TECHNIQUES};
+use workload::{event_from, rules_text, sigma_rules_text, Random, SIGMA_POLICY, TECHNIQUES};
 
 const EVENTS: usize = 2_000;
 const NO_TAGS: &[&str] = &[];
@@ -107,6 +107,35 @@ fn benchmarks(c: &mut Criterion) {
         });
         group.finish();
     }
+
+    // The service's path (projected parse, then evaluation) with Sigma's costliest features:
+    // the plain 100 rules, the Sigma-style 100 (keywords in every text: the whole event is
+    // parsed), and the same with `keyword_fields` (the projection stays).
+    let sigma = |policy: Option<&str>| {
+        let files = [SourceFile { name: "sigma-100.yaml".into(), text: sigma_rules_text(100) }];
+        let policy = policy.map(|text| SourceFile { name: "policy.yaml".into(), text: text.into() });
+        RuleDirectory::load(&files, policy.as_ref()).unwrap_or_else(|d| panic!("{}", d[0])).ruleset().clone()
+    };
+    let mut group = c.benchmark_group("service_path_100_rules");
+    group.throughput(elements);
+    for (name, ruleset) in
+        [("plain", ruleset(100)), ("sigma", sigma(None)), ("sigma_keyword_fields", sigma(Some(SIGMA_POLICY)))]
+    {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                EngineState::new,
+                |mut state| {
+                    for text in &texts {
+                        let event = Event::parse_projected(text, ruleset.projection()).unwrap();
+                        black_box(evaluate(&ruleset, &mut state, &event, event.time_ms(), NO_TAGS));
+                    }
+                    state
+                },
+                BatchSize::LargeInput,
+            );
+        });
+    }
+    group.finish();
 }
 
 criterion_group! {

@@ -30,11 +30,14 @@ enum Token<'a> {
 
 const KEYWORDS: &[&str] = &["and", "or", "not", "of", "them", "all", "1"];
 
-/// Whether `name` may name a selection: letters, digits, `_` and `-`, and not a keyword.
+/// Whether `name` may name a selection: letters, digits, `_`, `-` and `.` (as Sigma allows), and
+/// not a keyword.
 pub(crate) fn is_valid_selection_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-')
-        && !KEYWORDS.contains(&name)
+    !name.is_empty() && name.chars().all(is_name_char) && !KEYWORDS.contains(&name)
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '-' | '.')
 }
 
 fn tokenize(text: &str) -> Result<Vec<(usize, Token<'_>)>, ConditionError> {
@@ -50,10 +53,10 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Token<'_>)>, ConditionError> {
                 chars.next();
                 tokens.push((column(start), if c == '(' { Token::Open } else { Token::Close }));
             }
-            c if c.is_alphanumeric() || matches!(c, '_' | '-' | '*') => {
+            c if is_name_char(c) || c == '*' => {
                 let mut end = start;
                 while let Some(&(at, c)) = chars.peek() {
-                    if c.is_alphanumeric() || matches!(c, '_' | '-' | '*') {
+                    if is_name_char(c) || c == '*' {
                         end = at + c.len_utf8();
                         chars.next();
                     } else {
@@ -61,6 +64,13 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Token<'_>)>, ConditionError> {
                     }
                 }
                 tokens.push((column(start), Token::Word(&text[start..end])));
+            }
+            '|' => {
+                return Err(ConditionError {
+                    offset: column(start),
+                    message: "aggregations (`| count() ...`) are not supported in a condition".to_owned(),
+                    hint: Some("count matches with the rule's `threshold:` (count, within, group_by)".to_owned()),
+                })
             }
             other => {
                 return Err(ConditionError {
@@ -317,7 +327,7 @@ impl Condition {
 mod tests {
     use super::*;
 
-    const NAMES: &[&str] = &["selection", "filter_a", "filter_b", "_helper"];
+    const NAMES: &[&str] = &["selection", "filter_a", "filter_b", "_helper", "filter.main"];
 
     fn parse(text: &str) -> Result<Condition, ConditionError> {
         parse_condition(text, NAMES)
@@ -346,9 +356,17 @@ mod tests {
         use Condition::{And, Or, Selection};
         assert_eq!(parse("1 of filter_*").unwrap(), Or(vec![Selection(1), Selection(2)]));
         assert_eq!(parse("all of filter_*").unwrap(), And(vec![Selection(1), Selection(2)]));
-        assert_eq!(parse("all of them").unwrap(), And(vec![Selection(0), Selection(1), Selection(2)]));
+        assert_eq!(
+            parse("all of them").unwrap(),
+            And(vec![Selection(0), Selection(1), Selection(2), Selection(4)])
+        );
         assert_eq!(parse("1 of sel*").unwrap(), Selection(0));
         assert_eq!(parse("1 of *_b").unwrap(), Selection(2));
+        // Sigma's selection names may have dots; `them` leaves out names starting with `_`.
+        assert_eq!(parse("selection and not filter.main").unwrap(), And(vec![Selection(0), Condition::Not(Box::new(Selection(4)))]));
+        assert_eq!(parse("1 of filter.*").unwrap(), Selection(4));
+        assert_eq!(parse("1 of them").unwrap(), Or(vec![Selection(0), Selection(1), Selection(2), Selection(4)]));
+        assert_eq!(parse("1 of _*").unwrap(), Selection(3));
     }
 
     #[test]
@@ -370,8 +388,9 @@ mod tests {
         assert_eq!(error("2 of them"), (0, "`2 of` is not supported".to_owned()));
         assert_eq!(
             error("selection | count() > 5"),
-            (10, "unexpected character `|` in condition".to_owned())
+            (10, "aggregations (`| count() ...`) are not supported in a condition".to_owned())
         );
+        assert_eq!(error("selection & filter_a"), (10, "unexpected character `&` in condition".to_owned()));
         assert_eq!(error("filter_*"), (0, "wildcard `filter_*` needs a quantifier".to_owned()));
         assert_eq!(error("selection)"), (9, "unmatched `)`".to_owned()));
         assert_eq!(error("  "), (0, "empty condition".to_owned()));
@@ -391,7 +410,7 @@ mod tests {
     fn typos_get_a_suggestion() {
         assert_eq!(
             parse("selecton").unwrap_err().hint.unwrap(),
-            "did you mean `selection`? defined: selection, filter_a, filter_b, _helper"
+            "did you mean `selection`? defined: selection, filter_a, filter_b, _helper, filter.main"
         );
     }
 }

@@ -1,7 +1,7 @@
 //! Rule files and `policy.yaml`: validates the YAML tree against the rule language and turns it
 //! into typed, compiled rules, reporting every problem with its line and column in one pass.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use cordon_wire::spec::SPEC_SYNTAX;
@@ -11,7 +11,8 @@ use crate::decision::{Exclusions, IsolationMode, ReasonKind};
 use crate::diagnostic::{choices_hint, Diagnostic, Position, Report};
 use crate::duration::{format_duration, parse_duration};
 use crate::event::{Event, FieldPath};
-use crate::matcher::{compile_field, FieldMatcher};
+use crate::matcher::{compile_field, compile_keywords, FieldMatcher, MatchContext};
+use crate::sigma_string::SigmaString;
 use crate::yaml::{parse_documents, Node, NodeKind, ScalarValue};
 use crate::{parse_allow_spec, AllowSpec};
 
@@ -175,6 +176,17 @@ pub struct Policy {
     pub protect: Vec<String>,
     /// At most this many new engine-initiated isolations in a sliding window; more become approvals.
     pub max_automatic: Option<Ceiling>,
+    /// The values of each `%placeholder%` (Sigma's `expand` modifier).
+    pub(crate) placeholders: BTreeMap<String, Vec<SigmaString>>,
+    /// The fields keyword selections search; empty: every text of the event.
+    pub(crate) keyword_fields: Vec<FieldPath>,
+}
+
+impl Policy {
+    /// What rules are compiled against.
+    pub(crate) fn match_context(&self) -> MatchContext<'_> {
+        MatchContext { placeholders: Some(&self.placeholders), keyword_fields: &self.keyword_fields }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,7 +220,7 @@ const ISOLATE_FIELDS: &[&str] = &[
 const TEST_FIELDS: &[&str] = &["name", "format", "host_tags", "events", "expect"];
 const EXPECT_FIELDS: &[&str] =
     &["event", "host", "action", "mode", "duration", "deadline_ms", "rules", "why"];
-const POLICY_FIELDS: &[&str] = &["protect", "max_automatic"];
+const POLICY_FIELDS: &[&str] = &["protect", "max_automatic", "placeholders", "keyword_fields"];
 const CEILING_FIELDS: &[&str] = &["count", "within"];
 
 /// The entries of a mapping, looked up by key; unknown and duplicate keys are reported on creation.
@@ -376,8 +388,16 @@ fn read_keyword<T: Copy>(
     None
 }
 
-/// Parses one rule file: one or more `---` separated documents, each a rule or a directory test suite.
+/// Parses one rule file: one or more `---` separated documents, each a rule or a directory test
+/// suite, for a directory without a policy.
 pub fn parse_rule_file(name: &str, text: &str) -> Result<RuleFile, Vec<Diagnostic>> {
+    parse_rule_file_with(name, text, Some(&Policy::default()))
+}
+
+/// Parses one rule file of a directory with this policy (its placeholders and keyword fields);
+/// None: the policy has errors of its own, and placeholders are not checked.
+pub fn parse_rule_file_with(name: &str, text: &str, policy: Option<&Policy>) -> Result<RuleFile, Vec<Diagnostic>> {
+    let context = policy.map_or(MatchContext::NONE, Policy::match_context);
     let mut report = Report::new(name);
     let documents = match parse_documents(text) {
         Ok(documents) => documents,
@@ -402,7 +422,7 @@ pub fn parse_rule_file(name: &str, text: &str) -> Result<RuleFile, Vec<Diagnosti
             if let Some(tests) = fields.get("tests") {
                 file.directory_tests.extend(read_tests(tests, &mut report));
             }
-        } else if let Some(rule) = read_rule(document, &mut report) {
+        } else if let Some(rule) = read_rule(document, context, &mut report) {
             file.rules.push(rule);
         }
     }
@@ -427,7 +447,7 @@ pub(crate) fn rule_ids(text: &str) -> Vec<(String, Position)> {
         .collect()
 }
 
-fn read_rule(document: &Node, report: &mut Report<'_>) -> Option<RuleConfig> {
+fn read_rule(document: &Node, context: MatchContext<'_>, report: &mut Report<'_>) -> Option<RuleConfig> {
     let fields = Fields::read(document, "a rule", RULE_FIELDS, report)?;
     let before = report.diagnostics.len();
     let id_node = fields.require("id", "the rule", document, report);
@@ -451,7 +471,7 @@ fn read_rule(document: &Node, report: &mut Report<'_>) -> Option<RuleConfig> {
     let shadow = fields.get("shadow").map_or(Some(false), |node| read_bool(node, "`shadow`", report));
     let detection = fields
         .require("detection", "the rule", document, report)
-        .and_then(|node| read_detection(node, report));
+        .and_then(|node| read_detection(node, context, report));
     let threshold = match fields.get("threshold") {
         Some(node) => read_threshold(node, report).map(Some),
         None => Some(None),
@@ -478,7 +498,11 @@ fn read_rule(document: &Node, report: &mut Report<'_>) -> Option<RuleConfig> {
     })
 }
 
-fn read_detection(node: &Node, report: &mut Report<'_>) -> Option<(Vec<Selection>, Condition)> {
+fn read_detection(
+    node: &Node,
+    context: MatchContext<'_>,
+    report: &mut Report<'_>,
+) -> Option<(Vec<Selection>, Condition)> {
     let fields = Fields::read(node, "`detection`", &[], report)?;
     let mut names = Vec::new();
     let mut selections = Vec::new();
@@ -487,17 +511,26 @@ fn read_detection(node: &Node, report: &mut Report<'_>) -> Option<(Vec<Selection
         if *name == "condition" {
             continue;
         }
+        if *name == "timeframe" {
+            report.error_with_hint(
+                key.position,
+                "`timeframe` (Sigma's old aggregation window) is not supported",
+                "count matches over time with the rule's `threshold:` (count, within, group_by)",
+            );
+            ok = false;
+            continue;
+        }
         if !is_valid_selection_name(name) {
             report.error_with_hint(
                 key.position,
                 format!("`{name}` is not a valid selection name"),
-                "use letters, digits, `_` and `-`, and not and/or/not/of/them/all/1",
+                "use letters, digits, `_`, `-` and `.`, and not and/or/not/of/them/all/1",
             );
             ok = false;
             continue;
         }
         names.push(*name);
-        match read_selection(name, value, report) {
+        match read_selection(name, value, context, report) {
             Some(selection) => selections.push(selection),
             None => ok = false,
         }
@@ -518,33 +551,45 @@ fn read_detection(node: &Node, report: &mut Report<'_>) -> Option<(Vec<Selection
         );
         return None;
     }
-    let Some(condition_text) =
-        condition_node.as_scalar().filter(|_| !condition_node.is_null()).map(|s| s.text.as_str())
-    else {
-        report.error_with_hint(
-            condition_node.position,
-            format!("`condition` must be a string, found {}", condition_node.describe()),
-            "write one condition expression, e.g. `selection and not filter`",
-        );
-        return None;
+    // Sigma allows a list of conditions, any of which matches.
+    let condition_nodes: Vec<&Node> = match &condition_node.kind {
+        NodeKind::Sequence(items) if !items.is_empty() => items.iter().collect(),
+        _ => vec![condition_node],
     };
-    // The condition is checked against every well-named selection, even those with errors of
-    // their own, so that its problems are reported in the same run.
-    match parse_condition(condition_text, &names) {
-        Ok(condition) if ok => Some((selections, condition)),
-        Ok(_) => None,
-        Err(error) => {
-            let position = condition_node.position_in_text(error.offset);
-            match error.hint {
-                Some(hint) => report.error_with_hint(position, error.message, hint),
-                None => report.error(position, error.message),
+    let mut conditions = Vec::with_capacity(condition_nodes.len());
+    for condition_node in condition_nodes {
+        let Some(condition_text) =
+            condition_node.as_scalar().filter(|_| !condition_node.is_null()).map(|s| s.text.as_str())
+        else {
+            report.error_with_hint(
+                condition_node.position,
+                format!("`condition` must be a string, found {}", condition_node.describe()),
+                "write one condition expression, e.g. `selection and not filter`",
+            );
+            return None;
+        };
+        // The condition is checked against every well-named selection, even those with errors of
+        // their own, so that its problems are reported in the same run.
+        match parse_condition(condition_text, &names) {
+            Ok(condition) => conditions.push(condition),
+            Err(error) => {
+                let position = condition_node.position_in_text(error.offset);
+                match error.hint {
+                    Some(hint) => report.error_with_hint(position, error.message, hint),
+                    None => report.error(position, error.message),
+                }
+                ok = false;
             }
-            None
         }
     }
+    if !ok {
+        return None;
+    }
+    let condition = if conditions.len() == 1 { conditions.remove(0) } else { Condition::Or(conditions) };
+    Some((selections, condition))
 }
 
-fn read_selection(name: &str, node: &Node, report: &mut Report<'_>) -> Option<Selection> {
+fn read_selection(name: &str, node: &Node, context: MatchContext<'_>, report: &mut Report<'_>) -> Option<Selection> {
     let read_alternative = |map: &Node, report: &mut Report<'_>| -> Option<Vec<FieldMatcher>> {
         let fields = Fields::read(map, &format!("selection `{name}`"), &[], report)?;
         if fields.entries.is_empty() {
@@ -554,7 +599,7 @@ fn read_selection(name: &str, node: &Node, report: &mut Report<'_>) -> Option<Se
         let mut matchers = Vec::new();
         let mut ok = true;
         for (_, key, value) in &fields.entries {
-            match compile_field(key, value, report) {
+            match compile_field(key, value, context, report) {
                 Some(matcher) => matchers.push(matcher),
                 None => ok = false,
             }
@@ -564,32 +609,51 @@ fn read_selection(name: &str, node: &Node, report: &mut Report<'_>) -> Option<Se
     };
     let alternatives = match &node.kind {
         NodeKind::Mapping(_) => vec![read_alternative(node, report)?],
-        NodeKind::Sequence(items)
-            if !items.is_empty() && items.iter().all(|item| matches!(item.kind, NodeKind::Mapping(_))) =>
-        {
+        NodeKind::Sequence(items) if items.is_empty() => {
+            report.error_with_hint(
+                node.position,
+                format!("selection `{name}` is an empty list"),
+                "list keywords to search for, or mappings of fields (any of which matches)",
+            );
+            return None;
+        }
+        NodeKind::Sequence(items) => {
+            // A list: mappings of fields and keywords (scalars), any of which matches.
             let mut alternatives = Vec::new();
             let mut ok = true;
             for item in items {
-                match read_alternative(item, report) {
-                    Some(alternative) => alternatives.push(alternative),
+                match &item.kind {
+                    NodeKind::Mapping(_) => match read_alternative(item, report) {
+                        Some(alternative) => alternatives.push(alternative),
+                        None => ok = false,
+                    },
+                    NodeKind::Scalar(_) => {}
+                    NodeKind::Sequence(_) => {
+                        report.error_with_hint(
+                            item.position,
+                            format!("selection `{name}` has a list inside its list"),
+                            "a selection lists keywords or mappings of fields",
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            let keywords: Vec<Node> =
+                items.iter().filter(|item| matches!(item.kind, NodeKind::Scalar(_))).cloned().collect();
+            if !keywords.is_empty() {
+                let list = Node { position: keywords[0].position, kind: NodeKind::Sequence(keywords) };
+                match compile_keywords(&list, context, report) {
+                    Some(matcher) => alternatives.push(vec![matcher]),
                     None => ok = false,
                 }
             }
             ok.then_some(alternatives)?
         }
-        NodeKind::Sequence(_) => {
-            report.error_with_hint(
-                node.position,
-                format!("selection `{name}` is a list of keywords"),
-                "keyword searches are not supported; name the field, e.g. `process.cmd_line|contains: [...]`",
-            );
-            return None;
-        }
         NodeKind::Scalar(_) => {
             report.error_with_hint(
                 node.position,
-                format!("selection `{name}` must be a mapping of fields, found {}", node.describe()),
-                "e.g. `selection: {severity_id|gte: 4}`",
+                format!("selection `{name}` must be a mapping of fields or a list, found {}", node.describe()),
+                "e.g. `selection: {severity_id|gte: 4}`, or a list of keywords `keywords: [mimikatz]`",
             );
             return None;
         }
@@ -951,6 +1015,12 @@ pub fn parse_policy(name: &str, text: &str) -> Result<Policy, Vec<Diagnostic>> {
                 if let Some(node) = fields.get("max_automatic") {
                     policy.max_automatic = read_ceiling(node, &mut report);
                 }
+                if let Some(node) = fields.get("placeholders") {
+                    policy.placeholders = read_placeholders(node, &mut report);
+                }
+                if let Some(node) = fields.get("keyword_fields") {
+                    policy.keyword_fields = read_keyword_fields(node, &mut report);
+                }
             }
         }
         [_, second, ..] => report.error(second.position, "the policy must be a single YAML document"),
@@ -960,6 +1030,82 @@ pub fn parse_policy(name: &str, text: &str) -> Result<Policy, Vec<Diagnostic>> {
     } else {
         Err(report.diagnostics)
     }
+}
+
+/// `placeholders:`: each name with its values (Sigma strings: wildcards allowed), for `expand`.
+fn read_placeholders(node: &Node, report: &mut Report<'_>) -> BTreeMap<String, Vec<SigmaString>> {
+    let mut placeholders = BTreeMap::new();
+    let NodeKind::Mapping(pairs) = &node.kind else {
+        report.error_with_hint(
+            node.position,
+            format!("`placeholders` must be a mapping, found {}", node.describe()),
+            "e.g. `placeholders: {Administrators: [root, admin], Servers: [srv-*]}`",
+        );
+        return placeholders;
+    };
+    for (key, value) in pairs {
+        let Some(name) = key.as_text().filter(|name| !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '_')) else {
+            report.error_with_hint(
+                key.position,
+                "a placeholder name is letters, digits and `_`",
+                "rules write it between percent signs: `field|expand: '%Servers%'`",
+            );
+            continue;
+        };
+        let values = match &value.kind {
+            NodeKind::Sequence(items) => items.iter().collect(),
+            NodeKind::Scalar(_) => vec![value],
+            NodeKind::Mapping(_) => Vec::new(),
+        };
+        let texts: Vec<&str> = values.iter().filter_map(|item| item.as_text()).collect();
+        if values.is_empty() && matches!(value.kind, NodeKind::Sequence(_)) {
+            report.error_with_hint(
+                value.position,
+                format!("placeholder `{name}` has no values"),
+                "a rule expanding it would match nothing; list at least one value",
+            );
+            continue;
+        }
+        if values.is_empty() || texts.len() != values.len() {
+            report.error_with_hint(
+                value.position,
+                format!("placeholder `{name}` must be a list of strings"),
+                "e.g. `Servers: [srv-*, db01]`; values may have wildcards",
+            );
+            continue;
+        }
+        if placeholders.contains_key(name) {
+            report.error(key.position, format!("placeholder `{name}` is defined twice"));
+            continue;
+        }
+        placeholders.insert(name.to_owned(), texts.iter().map(|text| SigmaString::parse(text, false)).collect());
+    }
+    placeholders
+}
+
+/// `keyword_fields:`: the fields keyword selections search instead of every text of the event.
+fn read_keyword_fields(node: &Node, report: &mut Report<'_>) -> Vec<FieldPath> {
+    let Some(paths) = read_text_list(node, "`keyword_fields`", report) else { return Vec::new() };
+    if paths.is_empty() {
+        report.error_with_hint(
+            node.position,
+            "`keyword_fields` is empty",
+            "leave it out to search every text of the event, or list field paths",
+        );
+    }
+    let mut fields = Vec::new();
+    for path in paths {
+        if path.split('.').any(str::is_empty) || path.chars().any(char::is_whitespace) {
+            report.error_with_hint(
+                node.position,
+                format!("`{path}` is not a valid dotted path"),
+                "write dotted paths like process.cmd_line",
+            );
+        } else {
+            fields.push(FieldPath::new(&path));
+        }
+    }
+    fields
 }
 
 fn read_ceiling(node: &Node, report: &mut Report<'_>) -> Option<Ceiling> {

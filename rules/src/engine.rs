@@ -11,6 +11,7 @@ use crate::config::{ResponseMode, Retrigger, RuleConfig, Threshold};
 use crate::decision::{Action, Decision, Isolation, IsolationMode, Reason};
 use crate::duration::millis;
 use crate::event::Event;
+use crate::matcher::Subject;
 use crate::ruleset::Ruleset;
 use crate::state::{
     event_key, ActiveIsolation, EngineState, EscalationCount, ThresholdWindow, MAX_THRESHOLD_GROUPS,
@@ -49,11 +50,12 @@ pub fn evaluate<T: AsRef<str>>(
     if !state.remember_event(event_key(event.host(), event.id())) {
         return Vec::new();
     }
-    let candidates = ruleset.candidates(event);
+    let subject = Subject::new(event.fields());
+    let candidates = ruleset.candidates(&subject);
     if candidates.is_empty() {
         return Vec::new();
     }
-    let plan = plan(ruleset, state, event, now_ms, host_tags, &candidates);
+    let plan = plan(ruleset, state, event, &subject, now_ms, host_tags, &candidates);
     for change in plan.changes {
         apply(state, change);
     }
@@ -72,7 +74,8 @@ pub fn dry_run<T: AsRef<str>>(
     if duplicate {
         return DryRun { duplicate, decisions: Vec::new(), verdicts: Vec::new() };
     }
-    let plan = plan(ruleset, state, event, now_ms, host_tags, &ruleset.candidates(event));
+    let subject = Subject::new(event.fields());
+    let plan = plan(ruleset, state, event, &subject, now_ms, host_tags, &ruleset.candidates(&subject));
     DryRun { duplicate, decisions: plan.decisions, verdicts: plan.verdicts }
 }
 
@@ -88,7 +91,7 @@ pub fn dry_run_rule<T: AsRef<str>>(
 ) -> Option<DryRun> {
     let index = u32::try_from(ruleset.rule_index(rule_id)?).ok()?;
     let duplicate = state.seen.contains(event_key(event.host(), event.id()));
-    let plan = plan(ruleset, state, event, now_ms, host_tags, &[index]);
+    let plan = plan(ruleset, state, event, &Subject::new(event.fields()), now_ms, host_tags, &[index]);
     Some(DryRun { duplicate, decisions: plan.decisions, verdicts: plan.verdicts })
 }
 
@@ -126,6 +129,7 @@ fn plan<T: AsRef<str>>(
     ruleset: &Ruleset,
     state: &EngineState,
     event: &Event,
+    subject: &Subject<'_>,
     now_ms: i64,
     host_tags: &[T],
     candidates: &[u32],
@@ -136,10 +140,10 @@ fn plan<T: AsRef<str>>(
     let mut fired = Vec::new();
     for &index in candidates {
         let rule = &ruleset.rules[index as usize];
-        if !rule.matches(event.fields()) {
+        if !rule.matches(subject) {
             continue;
         }
-        let selections = rule.matching_selections(event.fields());
+        let selections = rule.matching_selections(subject);
         let mut reasons = vec![Reason::Matched { rule: rule.id.clone(), selections: selections.clone() }];
         let mut verdict = RuleVerdict { rule: rule.id.clone(), selections, threshold: None, fired: true };
         if let Some(threshold) = &rule.threshold {

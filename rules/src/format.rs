@@ -144,14 +144,18 @@ fn time_text(fields: &Value, paths: &[&'static str]) -> Result<i64, EventError> 
 }
 
 fn parse_time(text: &str) -> Option<i64> {
+    i64::try_from(parse_date_time(text)?.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// An RFC 3339 time with its offset as written (also Wazuh's `+0000` without a colon).
+pub(crate) fn parse_date_time(text: &str) -> Option<time::OffsetDateTime> {
     use time::format_description::well_known::Rfc3339;
-    let parsed = time::OffsetDateTime::parse(text, &Rfc3339).ok().or_else(|| {
+    time::OffsetDateTime::parse(text, &Rfc3339).ok().or_else(|| {
         // Wazuh writes `2024-01-31T12:00:00.123+0000`: an offset without its colon.
-        let (head, offset) = text.split_at(text.len().checked_sub(5)?);
+        let (head, offset) = text.split_at_checked(text.len().checked_sub(5)?)?;
         let colon = offset.starts_with(['+', '-']).then(|| format!("{head}{}:{}", &offset[..3], &offset[3..]))?;
         time::OffsetDateTime::parse(&colon, &Rfc3339).ok()
-    })?;
-    i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).ok()
+    })
 }
 
 fn ocsf(fields: &Value) -> Result<Facts, EventError> {
@@ -364,6 +368,11 @@ mod tests {
         let level = json!({"agent": {"name": "a"}, "id": "1", "timestamp": "2026-12-07T08:00:00.000+0000", "rule": {"level": 16}});
         assert_eq!(Format::Wazuh.facts(&level).unwrap_err().to_string(), "field `rule.level` must be an integer 0-15, found 16");
         assert_eq!(Format::Wazuh.facts(&json!({})).unwrap_err(), EventError::Missing("agent.name"));
+        // A hostile time whose last five bytes split a character: refused, not a panic.
+        for time in ["2026-12-07T08:00:00.000+00\u{e9}", "\u{1F600}\u{1F600}", "\u{e9}\u{e9}\u{e9}"] {
+            let hostile = json!({"agent": {"name": "a"}, "id": "1", "timestamp": time, "rule": {"level": 3}});
+            assert!(Format::Wazuh.facts(&hostile).unwrap_err().to_string().contains("RFC 3339"), "{time}");
+        }
     }
 
     #[test]

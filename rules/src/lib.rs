@@ -15,13 +15,14 @@ mod event;
 mod format;
 mod matcher;
 mod ruleset;
+mod sigma_string;
 mod state;
 mod tags;
 mod testing;
 mod yaml;
 
 pub use config::{
-    parse_policy, parse_rule_file, Ceiling, Policy, ResponseMode, Retrigger, RuleConfig, RuleFile, TestCase,
+    parse_policy, parse_rule_file, parse_rule_file_with, Ceiling, Policy, ResponseMode, Retrigger, RuleConfig, RuleFile, TestCase,
     DEFAULT_ESCALATION_WINDOW,
 };
 pub use decision::{Action, Decision, Exclusions, Isolation, IsolationMode, Reason, ReasonKind};

@@ -14,8 +14,10 @@ use serde_json::Value;
 use crate::condition::Condition;
 use crate::config::{Policy, RuleConfig, Selection};
 use crate::diagnostic::{Diagnostic, Position};
-use crate::event::{Event, FieldPath, Projection};
-use crate::matcher::{with_folded, FieldMatcher, Substrings};
+use crate::event::Projection;
+use aho_corasick::AhoCorasick;
+
+use crate::matcher::{folded_automaton, with_folded, FieldMatcher, Subject, Substrings, Target};
 
 /// The rules to evaluate and the policy that overrides them. Build it once, share it read-only.
 #[derive(Debug, Clone)]
@@ -34,14 +36,16 @@ pub struct Ruleset {
 /// Rules filed under texts a field must contain: one automaton finds all of them in one pass.
 #[derive(Debug, Clone)]
 struct SubstringDispatch {
-    path: FieldPath,
+    path: Target,
     needles: Substrings,
+    /// For keywords in every text: the same needles, searched in the joined lowercased texts.
+    joined: Option<AhoCorasick>,
     rules_by_needle: Vec<Vec<u32>>,
 }
 
 #[derive(Debug, Clone)]
 struct Dispatch {
-    path: FieldPath,
+    path: Target,
     rules_by_value: FxHashMap<Box<str>, Vec<u32>>,
 }
 
@@ -70,12 +74,15 @@ impl Ruleset {
         let rules: Vec<RuleConfig> = rules.into_iter().filter(|rule| rule.enabled).collect();
         let (dispatch, substring_dispatch, unindexed) = index_rules(&rules);
         let protected_tags = policy.protect.iter().map(|tag| tag.to_lowercase()).collect();
-        let projection = Projection::of(rules.iter().flat_map(|rule| {
-            let matchers =
-                rule.selections.iter().flat_map(|s| s.alternatives.iter().flatten()).map(FieldMatcher::path);
-            let grouped = rule.threshold.iter().flat_map(|t| t.group_by.iter().flatten());
-            matchers.chain(grouped)
-        }));
+        let matchers = || rules.iter().flat_map(|rule| rule.selections.iter().flat_map(|s| s.alternatives.iter().flatten()));
+        // A keyword search of every text needs the whole event.
+        let projection = if matchers().any(|matcher| matcher.paths().is_none()) {
+            Projection::everything()
+        } else {
+            let read = matchers().flat_map(|matcher| matcher.paths().unwrap_or_default());
+            let grouped = rules.iter().flat_map(|rule| rule.threshold.iter().flat_map(|t| t.group_by.iter().flatten()));
+            Projection::of(read.chain(grouped))
+        };
         Ok(Self { rules, policy, protected_tags, dispatch, substring_dispatch, unindexed, projection })
     }
 
@@ -135,10 +142,10 @@ impl Ruleset {
     }
 
     /// The rules that may match `event`, in rule order, without repeats.
-    pub(crate) fn candidates(&self, event: &Event) -> Vec<u32> {
+    pub(crate) fn candidates(&self, subject: &Subject<'_>) -> Vec<u32> {
         let mut candidates = self.unindexed.clone();
         for dispatch in &self.dispatch {
-            dispatch.path.any_value(event.fields(), &mut |value| {
+            dispatch.path.any_value(subject.fields(), &mut |value| {
                 let text = match value {
                     Value::String(text) => text.as_str(),
                     Value::Bool(true) => "true",
@@ -154,7 +161,14 @@ impl Ruleset {
             });
         }
         for dispatch in &self.substring_dispatch {
-            dispatch.path.any_value(event.fields(), &mut |value| {
+            if let Some(joined) = &dispatch.joined {
+                // Keywords in every text: one search of the joined, lowercased texts.
+                for found in joined.find_overlapping_iter(subject.folded_texts()) {
+                    candidates.extend_from_slice(&dispatch.rules_by_needle[found.pattern().as_usize()]);
+                }
+                continue;
+            }
+            dispatch.path.any_value(subject.fields(), &mut |value| {
                 let text = match value {
                     Value::String(text) => std::borrow::Cow::Borrowed(text.as_str()),
                     Value::Number(number) => std::borrow::Cow::Owned(number.to_string()),
@@ -176,7 +190,7 @@ impl Ruleset {
 }
 
 /// Texts a field must contain, each with the rules that require it.
-type NeedlesByField = Vec<(FieldPath, Vec<(Box<str>, u32)>)>;
+type NeedlesByField = Vec<(Target, Vec<(Box<str>, u32)>)>;
 
 /// Files each rule under its guard: equality guards in hash maps, substring guards in one
 /// automaton per field; rules without a guard are checked on every event.
@@ -220,7 +234,8 @@ fn index_rules(rules: &[RuleConfig]) -> (Vec<Dispatch>, Vec<SubstringDispatch>, 
             rules_by_needle[position].push(*rule);
         }
         if let Some(automaton) = Substrings::anywhere(&needles) {
-            substring_dispatch.push(SubstringDispatch { path, needles: automaton, rules_by_needle });
+            let joined = if path.is_every_text() { folded_automaton(needles.iter().copied()) } else { None };
+            substring_dispatch.push(SubstringDispatch { path, needles: automaton, joined, rules_by_needle });
         } else {
             unindexed.extend(entries.iter().map(|(_, rule)| *rule));
         }
@@ -246,32 +261,32 @@ pub(crate) fn duplicate_id(
 
 impl RuleConfig {
     /// Whether the rule's condition holds for the event.
-    pub(crate) fn matches(&self, fields: &Value) -> bool {
-        self.condition.evaluate(&mut |index| selection_matches(&self.selections[index], fields))
+    pub(crate) fn matches(&self, subject: &Subject<'_>) -> bool {
+        self.condition.evaluate(&mut |index| selection_matches(&self.selections[index], subject))
     }
 
     /// The names of the selections named in the condition that match the event.
-    pub(crate) fn matching_selections(&self, fields: &Value) -> Vec<String> {
+    pub(crate) fn matching_selections(&self, subject: &Subject<'_>) -> Vec<String> {
         let mut named = Vec::new();
         self.condition.selections(&mut named);
         named
             .into_iter()
-            .filter(|&index| selection_matches(&self.selections[index], fields))
+            .filter(|&index| selection_matches(&self.selections[index], subject))
             .map(|index| self.selections[index].name.clone())
             .collect()
     }
 }
 
-fn selection_matches(selection: &Selection, fields: &Value) -> bool {
-    selection.alternatives.iter().any(|matchers| matchers.iter().all(|matcher| matcher.matches(fields)))
+fn selection_matches(selection: &Selection, subject: &Subject<'_>) -> bool {
+    selection.alternatives.iter().any(|matchers| matchers.iter().all(|matcher| matcher.matches(subject)))
 }
 
 /// Something the event must carry for a condition to hold: a field equal to one of some
 /// literals, or a field containing one of some texts. All texts are lowercased.
 #[derive(Debug, Clone)]
 enum Guard {
-    Equals(FieldPath, FxHashSet<Box<str>>),
-    Contains(FieldPath, FxHashSet<Box<str>>),
+    Equals(Target, FxHashSet<Box<str>>),
+    Contains(Target, FxHashSet<Box<str>>),
 }
 
 impl Guard {
@@ -325,10 +340,10 @@ fn matcher_guards(matchers: &[FieldMatcher]) -> Vec<Guard> {
         .iter()
         .filter_map(|matcher| {
             if let Some(literals) = matcher.required_literals() {
-                return Some(Guard::Equals(matcher.path().clone(), literals.clone()));
+                return Some(Guard::Equals(matcher.target().clone(), literals.clone()));
             }
             let needles = matcher.required_substrings()?;
-            Some(Guard::Contains(matcher.path().clone(), needles.into_iter().map(Into::into).collect()))
+            Some(Guard::Contains(matcher.target().clone(), needles.into_iter().map(Into::into).collect()))
         })
         .collect();
     guards.sort_by_key(Guard::rank);

@@ -54,8 +54,17 @@ impl RuleDirectory {
         let mut diagnostics = Vec::new();
         let mut rules = Vec::new();
         let mut directory_tests = Vec::new();
+        // The policy first: rules are compiled with its placeholders and keyword fields.
+        let policy = match policy.map(|file| crate::config::parse_policy(&file.name, &file.text)) {
+            None => Some(Policy::default()),
+            Some(Ok(policy)) => Some(policy),
+            Some(Err(problems)) => {
+                diagnostics.extend(problems);
+                None
+            }
+        };
         for file in rule_files {
-            match crate::config::parse_rule_file(&file.name, &file.text) {
+            match crate::config::parse_rule_file_with(&file.name, &file.text, policy.as_ref()) {
                 Ok(parsed) => {
                     rules.extend(parsed.rules);
                     directory_tests.extend(parsed.directory_tests);
@@ -63,14 +72,7 @@ impl RuleDirectory {
                 Err(problems) => diagnostics.extend(problems),
             }
         }
-        let policy = match policy.map(|file| crate::config::parse_policy(&file.name, &file.text)) {
-            None => Policy::default(),
-            Some(Ok(policy)) => policy,
-            Some(Err(problems)) => {
-                diagnostics.extend(problems);
-                Policy::default()
-            }
-        };
+        let policy = policy.unwrap_or_default();
         if !diagnostics.is_empty() {
             diagnostics.extend(duplicate_ids(rule_files));
             Diagnostic::sort(&mut diagnostics);

@@ -30,23 +30,56 @@ pub fn technique(n: u32) -> String {
 /// `count` rules of the kinds a SOC writes: most keyed on ATT&CK techniques with a process and a
 /// lab filter, one in ten with a threshold, one in twenty with no technique (checked on every event).
 pub fn rules_text(count: u32) -> String {
+    generated_rules(count, plain_detection)
+}
+
+/// `rules_text(count)` with one rule in ten rewritten to use the Sigma features that cost the
+/// most: keyword selections searched in every text of the event (one in twenty), `windash`,
+/// `wide|base64offset`, `re|i`, `fieldref`, `cased|neq`. With `keyword_fields`, a policy.yaml
+/// restricting keywords to the command line and the title (see [`SIGMA_POLICY`]).
+pub fn sigma_rules_text(count: u32) -> String {
+    generated_rules(count, |i| {
+        let (a, b) = (technique(i * 2 % TECHNIQUES), technique((i * 2 + 1) % TECHNIQUES));
+        match i % 20 {
+            1 => format!(
+                "  keywords:\n    - 'mimikatz{i}'\n    - 'sekurlsa::logonpasswords{i}'\n    - 'ws-00{i:02}.corp'\n  condition: keywords"
+            ),
+            5 | 15 => format!(
+                "  selection:\n    finding_info.attacks.technique.uid: [{a}, {b}]\n  encoded:\n    \
+                 process.cmd_line|windash|contains: [' -enc ', ' -encodedcommand ']\n  \
+                 payload:\n    process.cmd_line|wide|base64offset|contains: ['IEX', 'Invoke-Expression']\n  \
+                 condition: selection and encoded and payload"
+            ),
+            7 | 17 => format!(
+                "  selection:\n    finding_info.attacks.technique.uid: [{a}, {b}]\n    \
+                 process.name|re|i: '^power(shell|sh)\\.exe$'\n    actor.user.name|fieldref: process.user.name\n    \
+                 process.name|cased|neq: cmd.exe\n  condition: selection"
+            ),
+            11 => format!("  keywords:\n    '|all': ['-WindowStyle Hidden', 'hidden{i}']\n  condition: keywords"),
+            _ => plain_detection(i),
+        }
+    })
+}
+
+/// The `detection:` block of the `i`th plain rule.
+fn plain_detection(i: u32) -> String {
+    let (a, b) = (technique(i * 2 % TECHNIQUES), technique((i * 2 + 1) % TECHNIQUES));
+    if i % 20 == 19 {
+        format!("  selection:\n    severity_id|gte: 5\n    process.cmd_line|contains|all: [-enc, hidden{i}]\n  condition: selection")
+    } else {
+        format!(
+            "  selection:\n    finding_info.attacks.technique.uid: [{a}, {b}]\n    severity_id|gte: 3\n  \
+             tool:\n    process.name|endswith: [.exe, .dll, .ps1]\n  lab:\n    device.groups.name|contains: lab\n  \
+             condition: selection and tool and not lab"
+        )
+    }
+}
+
+/// `count` rules with the detections `detection` writes, one in ten with a threshold.
+fn generated_rules(count: u32, detection: impl Fn(u32) -> String) -> String {
     let mut text = String::new();
     for i in 0..count {
-        let (a, b) = (technique(i * 2 % TECHNIQUES), technique((i * 2 + 1) % TECHNIQUES));
-        let _ = writeln!(text, "---\nid: rule-{i}\ntitle: generated rule {i}\ndetection:");
-        if i % 20 == 19 {
-            let _ = writeln!(
-                text,
-                "  selection:\n    severity_id|gte: 5\n    process.cmd_line|contains|all: [-enc, hidden{i}]\n  condition: selection"
-            );
-        } else {
-            let _ = writeln!(
-                text,
-                "  selection:\n    finding_info.attacks.technique.uid: [{a}, {b}]\n    severity_id|gte: 3\n  \
-                 tool:\n    process.name|endswith: [.exe, .dll, .ps1]\n  lab:\n    device.groups.name|contains: lab\n  \
-                 condition: selection and tool and not lab"
-            );
-        }
+        let _ = writeln!(text, "---\nid: rule-{i}\ntitle: generated rule {i}\ndetection:\n{}", detection(i));
         if i % 10 == 3 {
             let _ = writeln!(text, "threshold: {{count: 3, within: 10m}}");
         }
@@ -54,6 +87,9 @@ pub fn rules_text(count: u32) -> String {
     }
     text
 }
+
+/// The policy.yaml that keeps [`sigma_rules_text`]'s keyword searches to two fields.
+pub const SIGMA_POLICY: &str = "keyword_fields: [process.cmd_line, finding_info.title]\n";
 
 /// The `i`th event of a run: an OCSF Detection Finding with two ATT&CK techniques drawn from
 /// `techniques` ids (the rules name the first 200: more ids, fewer detections a rule matches),
