@@ -15,7 +15,9 @@
 //! Run: `cargo bench -p orchestrator --bench service` (needs tansu: `ops/install-toolchain.sh`).
 //! `CORDON_BENCH_EVENTS` sets the number of events of part 1 (default 200,000);
 //! `CORDON_BENCH_TECHNIQUES` how many ATT&CK techniques the events draw from (default 3,000: one
-//! detection in ten leads to a command; 30,000: about one in a hundred). A filter word
+//! detection in ten leads to a command; 30,000: about one in a hundred); `CORDON_BENCH_RULES=sigma`
+//! uses the Sigma-style rules (keyword searches of every text, windash, base64offset, fieldref…),
+//! `sigma-keyword-fields` the same with keywords kept to two fields. A filter word
 //! (`throughput`, `lift`, `restart`, `overhead`) runs one part. The numbers go into BENCHMARKS.md.
 
 #![allow(
@@ -426,7 +428,19 @@ fn throughput_and_memory(bench: &Bench) {
         read as f64 / floor.as_secs_f64()
     );
 
-    let service = bench.serve("throughput", &workload::rules_text(100));
+    let rules = std::env::var("CORDON_BENCH_RULES").unwrap_or_default();
+    let rules_text = match rules.as_str() {
+        "" | "plain" => workload::rules_text(100),
+        "sigma" | "sigma-keyword-fields" => workload::sigma_rules_text(100),
+        other => panic!("CORDON_BENCH_RULES is plain, sigma or sigma-keyword-fields, not {other}"),
+    };
+    if rules == "sigma-keyword-fields" {
+        let dir = bench.dir.join("throughput/rules");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("policy.yaml"), workload::SIGMA_POLICY).unwrap();
+    }
+    println!("throughput: rules {}", if rules.is_empty() { "plain" } else { &rules });
+    let service = bench.serve("throughput", &rules_text);
     let serving = Instant::now();
     let samples = wait_committed(
         bench,

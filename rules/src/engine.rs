@@ -50,7 +50,7 @@ pub fn evaluate<T: AsRef<str>>(
     if !state.remember_event(event_key(event.host(), event.id())) {
         return Vec::new();
     }
-    let subject = Subject::new(event.fields());
+    let subject = Subject::new(event);
     let candidates = ruleset.candidates(&subject);
     if candidates.is_empty() {
         return Vec::new();
@@ -74,7 +74,7 @@ pub fn dry_run<T: AsRef<str>>(
     if duplicate {
         return DryRun { duplicate, decisions: Vec::new(), verdicts: Vec::new() };
     }
-    let subject = Subject::new(event.fields());
+    let subject = Subject::new(event);
     let plan = plan(ruleset, state, event, &subject, now_ms, host_tags, &ruleset.candidates(&subject));
     DryRun { duplicate, decisions: plan.decisions, verdicts: plan.verdicts }
 }
@@ -91,7 +91,7 @@ pub fn dry_run_rule<T: AsRef<str>>(
 ) -> Option<DryRun> {
     let index = u32::try_from(ruleset.rule_index(rule_id)?).ok()?;
     let duplicate = state.seen.contains(event_key(event.host(), event.id()));
-    let plan = plan(ruleset, state, event, &Subject::new(event.fields()), now_ms, host_tags, &[index]);
+    let plan = plan(ruleset, state, event, &Subject::new(event), now_ms, host_tags, &[index]);
     Some(DryRun { duplicate, decisions: plan.decisions, verdicts: plan.verdicts })
 }
 

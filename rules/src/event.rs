@@ -24,6 +24,9 @@ pub struct Event {
     id: String,
     time_ms: i64,
     severity_id: u8,
+    /// Every string of the event, lowercased, each followed by a NUL, when the projection it was
+    /// parsed through asked for them (keyword searches of every text), captured in the same pass.
+    folded_texts: Option<Box<str>>,
 }
 
 /// Why an event cannot be evaluated. The orchestrator dead-letters such events.
@@ -79,11 +82,14 @@ impl Event {
             return Self::parse_as(text, format);
         }
         let mut deserializer = serde_json::Deserializer::from_str(text);
-        let fields = NodeSeed(&projection.root)
+        let mut texts = projection.keep_texts.then(|| String::with_capacity(text.len() / 2));
+        let fields = NodeSeed(&projection.root, texts.as_mut())
             .deserialize(&mut deserializer)
             .and_then(|fields| deserializer.end().map(|()| fields))
             .map_err(|error| EventError::NotJson(error.to_string()))?;
-        Self::from_json_as(fields, format)
+        let mut event = Self::from_json_as(fields, format)?;
+        event.folded_texts = texts.map(String::into_boxed_str);
+        Ok(event)
     }
 
     /// Validates the required fields of an OCSF event: `device.uid` (or `device.hostname`),
@@ -100,7 +106,14 @@ impl Event {
         }
         let fields = if format.has_dotted_keys() { crate::format::expand_dotted_keys(fields) } else { fields };
         let facts = format.facts(&fields)?;
-        Ok(Self { fields, host: facts.host, id: facts.id, time_ms: facts.time_ms, severity_id: facts.severity_id })
+        Ok(Self {
+            fields,
+            host: facts.host,
+            id: facts.id,
+            time_ms: facts.time_ms,
+            severity_id: facts.severity_id,
+            folded_texts: None,
+        })
     }
 
     /// The host: `device.uid`, or `device.hostname` when the event has no uid.
@@ -131,6 +144,11 @@ impl Event {
         &self.fields
     }
 
+    /// Every string of the event, lowercased and NUL-separated, if the parse captured them.
+    pub(crate) fn folded_texts(&self) -> Option<&str> {
+        self.folded_texts.as_deref()
+    }
+
     /// The names of the device's groups (`device.groups[].name`): the host tags `cordon rules test`
     /// uses when no inventory is at hand.
     #[must_use]
@@ -153,6 +171,9 @@ impl Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Projection {
     root: Node,
+    /// Capture every string of the event (lowercased) while parsing, for keyword searches of
+    /// every text, without keeping the fields that hold them.
+    keep_texts: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -167,7 +188,7 @@ const HOST_GROUPS_PATH: &str = "device.groups.name";
 impl Projection {
     /// Every format's facts (see [`Format`]), the host groups and `paths`.
     pub(crate) fn of<'a>(paths: impl IntoIterator<Item = &'a FieldPath>) -> Projection {
-        let mut projection = Projection { root: Node::default() };
+        let mut projection = Projection { root: Node::default(), keep_texts: false };
         for path in Format::ALL.iter().flat_map(|format| format.fact_paths()).chain([&HOST_GROUPS_PATH]) {
             projection.add(&FieldPath::new(path));
         }
@@ -180,7 +201,13 @@ impl Projection {
     /// Everything: parsing through it keeps the whole event.
     #[must_use]
     pub fn everything() -> Projection {
-        Projection { root: Node { whole: true, children: BTreeMap::new() } }
+        Projection { root: Node { whole: true, children: BTreeMap::new() }, keep_texts: false }
+    }
+
+    /// The same projection, also capturing every string of the event.
+    pub(crate) fn with_texts(mut self) -> Projection {
+        self.keep_texts = true;
+        self
     }
 
     fn add(&mut self, path: &FieldPath) {
@@ -197,15 +224,36 @@ impl Projection {
 /// a number out of range (`1E400`) anywhere in the event makes both fail alike.
 struct Skipped;
 
-impl<'de> serde::Deserialize<'de> for Skipped {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Skipped, D::Error> {
-        deserializer.deserialize_any(SkippedVisitor)
+/// Reads and drops a value, capturing its strings (lowercased) into `.0` when asked.
+struct SkippedSeed<'t>(Option<&'t mut String>);
+
+impl<'de> DeserializeSeed<'de> for SkippedSeed<'_> {
+    type Value = Skipped;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Skipped, D::Error> {
+        deserializer.deserialize_any(self)
     }
 }
 
-struct SkippedVisitor;
+/// Appends `text`, lowercased, and a NUL to the captured texts.
+fn capture(texts: Option<&mut String>, text: &str) {
+    if let Some(texts) = texts {
+        crate::matcher::with_folded(text, |folded| texts.push_str(folded));
+        texts.push('\0');
+    }
+}
 
-impl<'de> Visitor<'de> for SkippedVisitor {
+/// Captures every string of a value kept whole.
+fn capture_all(texts: &mut String, value: &Value) {
+    match value {
+        Value::String(text) => capture(Some(texts), text),
+        Value::Array(items) => items.iter().for_each(|item| capture_all(texts, item)),
+        Value::Object(map) => map.values().for_each(|item| capture_all(texts, item)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+impl<'de> Visitor<'de> for SkippedSeed<'_> {
     type Value = Skipped;
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -228,7 +276,8 @@ impl<'de> Visitor<'de> for SkippedVisitor {
         Ok(Skipped)
     }
 
-    fn visit_str<E>(self, _: &str) -> Result<Skipped, E> {
+    fn visit_str<E>(self, text: &str) -> Result<Skipped, E> {
+        capture(self.0, text);
         Ok(Skipped)
     }
 
@@ -236,58 +285,64 @@ impl<'de> Visitor<'de> for SkippedVisitor {
         Ok(Skipped)
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skipped, A::Error> {
-        while map.next_entry::<IgnoredAny, Skipped>()?.is_some() {}
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Skipped, A::Error> {
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value_seed(SkippedSeed(self.0.as_deref_mut()))?;
+        }
         Ok(Skipped)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skipped, A::Error> {
-        while seq.next_element::<Skipped>()?.is_some() {}
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Skipped, A::Error> {
+        while seq.next_element_seed(SkippedSeed(self.0.as_deref_mut()))?.is_some() {}
         Ok(Skipped)
     }
 }
 
-/// Deserializes a value as `.0` keeps it.
-struct NodeSeed<'n>(&'n Node);
+/// Deserializes a value as `.0` keeps it, capturing its strings into `.1` when asked.
+struct NodeSeed<'n, 't>(&'n Node, Option<&'t mut String>);
 
-impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
+impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_> {
     type Value = Value;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
         if self.0.whole {
-            serde::Deserialize::deserialize(deserializer)
+            let value: Value = serde::Deserialize::deserialize(deserializer)?;
+            if let Some(texts) = self.1 {
+                capture_all(texts, &value);
+            }
+            Ok(value)
         } else {
             deserializer.deserialize_any(self)
         }
     }
 }
 
-impl<'de> Visitor<'de> for NodeSeed<'_> {
+impl<'de> Visitor<'de> for NodeSeed<'_, '_> {
     type Value = Value;
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str("any valid JSON value")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Value, A::Error> {
         let mut kept = serde_json::Map::new();
         while let Some(key) = map.next_key_seed(KeySeed)? {
             match self.0.children.get(key.as_ref()) {
                 Some(child) => {
-                    let value = map.next_value_seed(NodeSeed(child))?;
+                    let value = map.next_value_seed(NodeSeed(child, self.1.as_deref_mut()))?;
                     kept.insert(key.into_owned(), value);
                 }
                 None => {
-                    map.next_value::<Skipped>()?;
+                    map.next_value_seed(SkippedSeed(self.1.as_deref_mut()))?;
                 }
             }
         }
         Ok(Value::Object(kept))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(NodeSeed(self.0))? {
+        while let Some(item) = seq.next_element_seed(NodeSeed(self.0, self.1.as_deref_mut()))? {
             items.push(item);
         }
         Ok(Value::Array(items))
@@ -308,9 +363,11 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
         Ok(serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number))
     }
     fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        capture(self.1, value);
         Ok(Value::String(value.to_owned()))
     }
     fn visit_string<E>(self, value: String) -> Result<Value, E> {
+        capture(self.1, &value);
         Ok(Value::String(value))
     }
     fn visit_unit<E>(self) -> Result<Value, E> {

@@ -262,14 +262,21 @@ impl Target {
 /// The event being matched, with what its matchers share computed once, when first needed.
 pub(crate) struct Subject<'e> {
     fields: &'e Value,
-    /// Every string of the event, lowercased, each followed by a NUL: keyword searches of the
-    /// whole event look here once instead of in each string.
+    /// Every string of the event, lowercased, each followed by a NUL, as the projected parse
+    /// captured them.
+    captured: Option<&'e str>,
+    /// The same, built from the fields when the parse did not capture them.
     folded_texts: OnceCell<String>,
 }
 
 impl<'e> Subject<'e> {
-    pub fn new(fields: &'e Value) -> Self {
-        Self { fields, folded_texts: OnceCell::new() }
+    pub fn new(event: &'e crate::event::Event) -> Self {
+        Self { fields: event.fields(), captured: event.folded_texts(), folded_texts: OnceCell::new() }
+    }
+
+    #[cfg(test)]
+    pub fn of_fields(fields: &'e Value) -> Self {
+        Self { fields, captured: None, folded_texts: OnceCell::new() }
     }
 
     pub fn fields(&self) -> &'e Value {
@@ -279,8 +286,19 @@ impl<'e> Subject<'e> {
     /// Every string of the event, lowercased, joined by NULs. A needle without a NUL is found
     /// here exactly when some string contains it.
     pub fn folded_texts(&self) -> &str {
+        if let Some(captured) = self.captured {
+            return captured;
+        }
         self.folded_texts.get_or_init(|| {
-            let mut joined = String::new();
+            // One allocation of the right size (lowercasing keeps the length of ASCII text).
+            let mut length = 0;
+            any_text(self.fields, &mut |value| {
+                if let Value::String(text) = value {
+                    length += text.len() + 1;
+                }
+                false
+            });
+            let mut joined = String::with_capacity(length);
             any_text(self.fields, &mut |value| {
                 if let Value::String(text) = value {
                     with_folded(text, |folded| joined.push_str(folded));
@@ -294,13 +312,19 @@ impl<'e> Subject<'e> {
 }
 
 /// An exact automaton for lowercased needles, to search [`Subject::folded_texts`] (faster than a
-/// case-insensitive one on a haystack already lowercased). None if a needle is empty or has a NUL.
-pub(crate) fn folded_automaton<'n>(needles: impl IntoIterator<Item = &'n str>) -> Option<AhoCorasick> {
+/// case-insensitive one on a haystack already lowercased). `every_needle`: it reports every
+/// occurrence of every needle (overlapping search); otherwise it only answers whether one is
+/// there (and may use the fastest prefilters). None if a needle is empty or has a NUL.
+pub(crate) fn folded_automaton<'n>(
+    needles: impl IntoIterator<Item = &'n str>,
+    every_needle: bool,
+) -> Option<AhoCorasick> {
     let needles: Vec<&str> = needles.into_iter().collect();
     if needles.is_empty() || needles.iter().any(|needle| needle.is_empty() || needle.contains('\0')) {
         return None;
     }
-    AhoCorasickBuilder::new().match_kind(MatchKind::Standard).build(needles).ok()
+    let kind = if every_needle { MatchKind::Standard } else { MatchKind::LeftmostFirst };
+    AhoCorasickBuilder::new().match_kind(kind).build(needles).ok()
 }
 
 /// Every string in `value`, at any depth.
@@ -357,7 +381,7 @@ impl JoinedSearch {
             if substrings.kind != Kind::Contains || substrings.cased {
                 return None;
             }
-            folded_automaton(substrings.needles())
+            folded_automaton(substrings.needles(), false)
         };
         match test {
             Test::Any { fast: Some(AnyOf::Substrings(substrings)), .. } => automaton(substrings).map(Self::Any),
@@ -1388,7 +1412,7 @@ mod tests {
         for keyword in keywords {
             let matcher = matcher(keyword);
             for event in &events {
-                let subject = Subject::new(event);
+                let subject = Subject::of_fields(event);
                 assert_eq!(
                     matcher.matches(&subject),
                     matcher.test_holds(event) != matcher.negated,

@@ -75,13 +75,14 @@ impl Ruleset {
         let (dispatch, substring_dispatch, unindexed) = index_rules(&rules);
         let protected_tags = policy.protect.iter().map(|tag| tag.to_lowercase()).collect();
         let matchers = || rules.iter().flat_map(|rule| rule.selections.iter().flat_map(|s| s.alternatives.iter().flatten()));
-        // A keyword search of every text needs the whole event.
-        let projection = if matchers().any(|matcher| matcher.paths().is_none()) {
-            Projection::everything()
+        let read = matchers().flat_map(|matcher| matcher.paths().unwrap_or_default());
+        let grouped = rules.iter().flat_map(|rule| rule.threshold.iter().flat_map(|t| t.group_by.iter().flatten()));
+        let projection = Projection::of(read.chain(grouped));
+        // A keyword search of every text reads every string: the parse captures them.
+        let projection = if matchers().any(|matcher| matcher.target().is_every_text()) {
+            projection.with_texts()
         } else {
-            let read = matchers().flat_map(|matcher| matcher.paths().unwrap_or_default());
-            let grouped = rules.iter().flat_map(|rule| rule.threshold.iter().flat_map(|t| t.group_by.iter().flatten()));
-            Projection::of(read.chain(grouped))
+            projection
         };
         Ok(Self { rules, policy, protected_tags, dispatch, substring_dispatch, unindexed, projection })
     }
@@ -234,7 +235,7 @@ fn index_rules(rules: &[RuleConfig]) -> (Vec<Dispatch>, Vec<SubstringDispatch>, 
             rules_by_needle[position].push(*rule);
         }
         if let Some(automaton) = Substrings::anywhere(&needles) {
-            let joined = if path.is_every_text() { folded_automaton(needles.iter().copied()) } else { None };
+            let joined = if path.is_every_text() { folded_automaton(needles.iter().copied(), true) } else { None };
             substring_dispatch.push(SubstringDispatch { path, needles: automaton, joined, rules_by_needle });
         } else {
             unindexed.extend(entries.iter().map(|(_, rule)| *rule));

@@ -2,6 +2,8 @@
 //! (`orchestrator/benches/service.rs` includes this file): SOC-like rules and ~1.4 KB OCSF
 //! Detection Findings, deterministic so that runs are comparable.
 
+#![allow(dead_code, reason = "each benchmark and test that includes the workload uses part of it")]
+
 use std::fmt::Write as _;
 
 /// How many ATT&CK technique ids the generator draws from.
