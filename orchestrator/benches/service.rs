@@ -437,6 +437,7 @@ fn throughput_and_memory(bench: &Bench) {
     if rules == "sigma-keyword-fields" {
         let dir = bench.dir.join("throughput/rules");
         std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("rules.yaml"), &rules_text).unwrap();
         std::fs::write(dir.join("policy.yaml"), workload::SIGMA_POLICY).unwrap();
     }
     println!("throughput: rules {}", if rules.is_empty() { "plain" } else { &rules });

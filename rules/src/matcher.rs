@@ -530,6 +530,9 @@ impl FieldMatcher {
 
 /// `fieldref`: whether `text` equals, contains, starts or ends with `reference`.
 fn compare_texts(text: &str, reference: &str, kind: Kind, cased: bool) -> bool {
+    if kind == Kind::Equals && !cased && text.is_ascii() && reference.is_ascii() {
+        return text.eq_ignore_ascii_case(reference);
+    }
     let (text, reference): (Cow<'_, str>, Cow<'_, str>) = if cased {
         (Cow::Borrowed(text), Cow::Borrowed(reference))
     } else {

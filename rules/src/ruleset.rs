@@ -38,8 +38,9 @@ pub struct Ruleset {
 struct SubstringDispatch {
     path: Target,
     needles: Substrings,
-    /// For keywords in every text: the same needles, searched in the joined lowercased texts.
-    joined: Option<AhoCorasick>,
+    /// For keywords in every text: the same needles, searched in the joined lowercased texts:
+    /// whether any is there (fast, and usually not), then every occurrence.
+    joined: Option<(AhoCorasick, AhoCorasick)>,
     rules_by_needle: Vec<Vec<u32>>,
 }
 
@@ -162,9 +163,13 @@ impl Ruleset {
             });
         }
         for dispatch in &self.substring_dispatch {
-            if let Some(joined) = &dispatch.joined {
+            if let Some((any, every)) = &dispatch.joined {
                 // Keywords in every text: one search of the joined, lowercased texts.
-                for found in joined.find_overlapping_iter(subject.folded_texts()) {
+                let texts = subject.folded_texts();
+                if !any.is_match(texts) {
+                    continue;
+                }
+                for found in every.find_overlapping_iter(texts) {
                     candidates.extend_from_slice(&dispatch.rules_by_needle[found.pattern().as_usize()]);
                 }
                 continue;
@@ -235,7 +240,11 @@ fn index_rules(rules: &[RuleConfig]) -> (Vec<Dispatch>, Vec<SubstringDispatch>, 
             rules_by_needle[position].push(*rule);
         }
         if let Some(automaton) = Substrings::anywhere(&needles) {
-            let joined = if path.is_every_text() { folded_automaton(needles.iter().copied(), true) } else { None };
+            let joined = if path.is_every_text() {
+                folded_automaton(needles.iter().copied(), false).zip(folded_automaton(needles.iter().copied(), true))
+            } else {
+                None
+            };
             substring_dispatch.push(SubstringDispatch { path, needles: automaton, joined, rules_by_needle });
         } else {
             unindexed.extend(entries.iter().map(|(_, rule)| *rule));
