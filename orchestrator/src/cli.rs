@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::client::{self, Connection};
 use crate::rules_cli;
+use crate::sigma_cli;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -340,6 +341,28 @@ pub enum RulesCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Convert Sigma rules into cordon rules: field names mapped through a pipeline, the level
+    /// deciding the response, shadow rules unless --live. Lists every rule it cannot convert with
+    /// the reason (exit 1 when there is one). Overwrites only files it wrote itself.
+    ImportSigma {
+        /// Sigma rule files, or directories searched for *.yml/*.yaml.
+        #[arg(required = true, value_name = "FILE|DIR")]
+        paths: Vec<PathBuf>,
+        /// A pipeline that ships with cordon (ocsf-linux) or a pipeline file.
+        #[arg(long, value_name = "NAME|FILE")]
+        pipeline: String,
+        /// The rules directory to write into (created if missing); its policy.yaml, if any, is
+        /// the policy the converted rules are checked against.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The response for a level, LEVEL=automatic:DUR|manual|approval|skip (repeatable).
+        /// Default: critical=automatic:4h, high=approval, the lower levels skip.
+        #[arg(long = "level", value_name = "LEVEL=RESPONSE", value_parser = sigma_cli::parse_level_response)]
+        levels: Vec<(rules::Level, rules::LevelResponse)>,
+        /// Write rules that act at once instead of shadow rules.
+        #[arg(long)]
+        live: bool,
+    },
 }
 
 /// `cordon agents ...`.
@@ -400,6 +423,10 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Rules(RulesCommand::Test { dir, events: None, json, .. }) => {
             rules_cli::run_tests(&dir, json, &mut out, &mut err)?
+        }
+        Command::Rules(RulesCommand::ImportSigma { paths, pipeline, out: dir, levels, live }) => {
+            let request = sigma_cli::ImportRequest { paths, pipeline, out: dir, levels, live };
+            sigma_cli::import(&request, &mut out)?
         }
         Command::Serve { config } => {
             drop((out, err));

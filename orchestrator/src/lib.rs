@@ -6,4 +6,5 @@ pub mod cli;
 pub mod client;
 pub mod rules_cli;
 pub mod service;
+pub mod sigma_cli;
 pub mod topics;

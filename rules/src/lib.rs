@@ -15,6 +15,7 @@ mod event;
 mod format;
 mod matcher;
 mod ruleset;
+mod sigma_import;
 mod sigma_string;
 mod state;
 mod tags;
@@ -32,6 +33,10 @@ pub use engine::{dry_run, dry_run_rule, evaluate, DryRun, RuleVerdict};
 pub use event::{Event, EventError, Projection};
 pub use format::{expand_dotted_keys, Format};
 pub use ruleset::Ruleset;
+pub use sigma_import::{
+    builtin_pipeline, builtin_pipeline_names, import_rule, parse_pipeline, ImportOptions, Imported, Level, LevelResponse, NotImported,
+    Logsource, Pipeline, IMPORTED_HEADER,
+};
 pub use tags::TagSources;
 pub use state::{EngineState, HostIsolationMemory, DEDUP_CAPACITY, MAX_THRESHOLD_GROUPS};
 pub use testing::{describe_decision, run_test, RuleDirectory, SourceFile, TestOutcome, TestResult};
