@@ -883,6 +883,34 @@ level: critical
         assert!(import("a: [").unwrap_err().starts_with("YAML syntax error"));
     }
 
+    /// Nothing a Sigma rule says can write fields of its own into the cordon rule: titles,
+    /// selection names, values and conditions with line breaks, quotes and YAML syntax stay text.
+    #[test]
+    fn hostile_texts_stay_text() {
+        let hostile = r##"
+title: "x\nresponse:\n  isolate: {mode: manual}"
+id: "a'\n  b"
+description: "#not a comment\r\nshadow: false"
+author: "'; shadow: false"
+level: critical
+logsource: {product: linux, category: process_creation}
+detection:
+  "sel: x\nresponse":
+    "CommandLine|contains": ["'", "\"", "\n", "# c", "{a: b}", "- d"]
+  condition: "sel: x\nresponse"
+"##;
+        assert!(import(hostile).unwrap_err().contains("is not a valid selection name"));
+        let hostile = hostile.replace("sel: x\\nresponse", "sel");
+        let imported = import(&hostile).unwrap_or_else(|reason| panic!("{reason}"));
+        let parsed = crate::parse_rule_file("converted.yaml", &imported.text).unwrap();
+        let [rule] = parsed.rules.as_slice() else { panic!("one rule") };
+        assert_eq!(rule.title(), "x\nresponse:\n  isolate: {mode: manual}");
+        assert!(rule.shadow(), "{}", imported.text);
+        assert_eq!(imported.response, "automatic 4h");
+        assert!(imported.text.contains("    mode: automatic\n    duration: 4h\n"), "{}", imported.text);
+        assert!(!imported.text.contains("mode: manual\n"), "{}", imported.text);
+    }
+
     #[test]
     fn pipelines_are_checked_whole() {
         let broken = "name: b\ntransformations:\n  - type: drop_detection_item\n  - type: field_name_mapping\n    mapping: {A: [x, y]}\n  - type: field_name_mapping\n    mapping: {A: b}\n    rule_conditions: [{type: processing_item_applied}]\n";
