@@ -238,7 +238,7 @@ impl<'de> DeserializeSeed<'de> for SkippedSeed<'_> {
 /// Appends `text`, lowercased, and a NUL to the captured texts.
 fn capture(texts: Option<&mut String>, text: &str) {
     if let Some(texts) = texts {
-        crate::matcher::with_folded(text, |folded| texts.push_str(folded));
+        crate::matcher::push_folded(texts, text);
         texts.push('\0');
     }
 }

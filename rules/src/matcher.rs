@@ -301,7 +301,7 @@ impl<'e> Subject<'e> {
             let mut joined = String::with_capacity(length);
             any_text(self.fields, &mut |value| {
                 if let Value::String(text) = value {
-                    with_folded(text, |folded| joined.push_str(folded));
+                    push_folded(&mut joined, text);
                     joined.push('\0');
                 }
                 false
@@ -585,6 +585,17 @@ fn time_part(value: &Value, part: TimePart) -> Option<f64> {
         TimePart::Month => i32::from(u8::from(date.month())),
         TimePart::Year => date.year(),
     }))
+}
+
+/// Appends `text` lowercased (as [`with_folded`] lowercases it) to `out`, lowercasing in place.
+pub(crate) fn push_folded(out: &mut String, text: &str) {
+    if text.is_ascii() {
+        let start = out.len();
+        out.push_str(text);
+        out[start..].make_ascii_lowercase();
+    } else {
+        out.push_str(&text.to_lowercase());
+    }
 }
 
 /// Calls `f` with `text` lowercased, without allocating for short ASCII texts.

@@ -38,9 +38,8 @@ pub struct Ruleset {
 struct SubstringDispatch {
     path: Target,
     needles: Substrings,
-    /// For keywords in every text: the same needles, searched in the joined lowercased texts:
-    /// whether any is there (fast, and usually not), then every occurrence.
-    joined: Option<(AhoCorasick, AhoCorasick)>,
+    /// For keywords in every text: the same needles, searched in the joined lowercased texts.
+    joined: Option<JoinedNeedles>,
     rules_by_needle: Vec<Vec<u32>>,
 }
 
@@ -163,15 +162,11 @@ impl Ruleset {
             });
         }
         for dispatch in &self.substring_dispatch {
-            if let Some((any, every)) = &dispatch.joined {
+            if let Some(joined) = &dispatch.joined {
                 // Keywords in every text: one search of the joined, lowercased texts.
-                let texts = subject.folded_texts();
-                if !any.is_match(texts) {
-                    continue;
-                }
-                for found in every.find_overlapping_iter(texts) {
-                    candidates.extend_from_slice(&dispatch.rules_by_needle[found.pattern().as_usize()]);
-                }
+                joined.for_each_found(subject.folded_texts(), &mut |needle| {
+                    candidates.extend_from_slice(&dispatch.rules_by_needle[needle]);
+                });
                 continue;
             }
             dispatch.path.any_value(subject.fields(), &mut |value| {
@@ -240,11 +235,7 @@ fn index_rules(rules: &[RuleConfig]) -> (Vec<Dispatch>, Vec<SubstringDispatch>, 
             rules_by_needle[position].push(*rule);
         }
         if let Some(automaton) = Substrings::anywhere(&needles) {
-            let joined = if path.is_every_text() {
-                folded_automaton(needles.iter().copied(), false).zip(folded_automaton(needles.iter().copied(), true))
-            } else {
-                None
-            };
+            let joined = if path.is_every_text() { JoinedNeedles::new(&needles) } else { None };
             substring_dispatch.push(SubstringDispatch { path, needles: automaton, joined, rules_by_needle });
         } else {
             unindexed.extend(entries.iter().map(|(_, rule)| *rule));
@@ -253,6 +244,57 @@ fn index_rules(rules: &[RuleConfig]) -> (Vec<Dispatch>, Vec<SubstringDispatch>, 
     unindexed.sort_unstable();
     unindexed.dedup();
     (dispatch, substring_dispatch, unindexed)
+}
+
+/// Needles searched in [`Subject::folded_texts`], reporting every needle that occurs.
+///
+/// An overlapping search would find them all, but it cannot use the packed (Teddy) prefilter, and
+/// the rare-byte one it falls back to stops at every `-`, `.` or digit of an event. So: a
+/// leftmost-first search (prefiltered), restarted one byte after each match's start. It visits
+/// every position where some needle starts (the leftmost match from `s` starts at the first such
+/// position at or after `s`); at a position it reports one needle, and any other needle starting
+/// there is a prefix of it or has it as a prefix, so those few are checked by comparison.
+#[derive(Debug, Clone)]
+struct JoinedNeedles {
+    leftmost: AhoCorasick,
+    needles: Vec<Box<str>>,
+    /// For each needle, the others that are its prefix or have it as a prefix.
+    prefix_related: Vec<Vec<usize>>,
+}
+
+impl JoinedNeedles {
+    fn new(needles: &[&str]) -> Option<Self> {
+        let leftmost = folded_automaton(needles.iter().copied(), false)?;
+        let prefix_related = needles
+            .iter()
+            .enumerate()
+            .map(|(index, needle)| {
+                (0..needles.len())
+                    .filter(|&other| {
+                        other != index && (needle.starts_with(needles[other]) || needles[other].starts_with(needle))
+                    })
+                    .collect()
+            })
+            .collect();
+        Some(Self { leftmost, needles: needles.iter().map(|needle| (*needle).into()).collect(), prefix_related })
+    }
+
+    fn for_each_found(&self, texts: &str, found: &mut impl FnMut(usize)) {
+        let mut start = 0;
+        while start < texts.len() {
+            let input = aho_corasick::Input::new(texts).span(start..texts.len());
+            let Some(matched) = self.leftmost.find(input) else { break };
+            let needle = matched.pattern().as_usize();
+            found(needle);
+            let rest = &texts.as_bytes()[matched.start()..];
+            for &other in &self.prefix_related[needle] {
+                if rest.starts_with(self.needles[other].as_bytes()) {
+                    found(other);
+                }
+            }
+            start = matched.start() + 1;
+        }
+    }
 }
 
 /// "duplicate rule id", reported where the id is repeated, with where it was first defined.
@@ -369,4 +411,35 @@ fn selection_guard(selection: &Selection) -> Option<Guard> {
             guards.iter().find_map(|other| union.clone().union(other.clone()))
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JoinedNeedles;
+
+    /// Every needle that occurs is reported, whatever its overlaps with others: checked against
+    /// a plain search of each needle, over every text of a small alphabet up to 7 letters.
+    #[test]
+    fn joined_needles_report_every_needle_that_occurs() {
+        let needles = ["ab", "abc", "b", "bc", "c", "ca", "aa", "aaa", "cab\0"];
+        let searchable: Vec<&str> = needles.iter().copied().filter(|needle| !needle.contains('\0')).collect();
+        assert!(JoinedNeedles::new(&needles).is_none(), "a needle with a NUL could match across texts");
+        let joined = JoinedNeedles::new(&searchable).unwrap();
+        let mut texts = vec![String::new()];
+        let mut frontier = vec![String::new()];
+        for _ in 0..7 {
+            frontier = frontier
+                .iter()
+                .flat_map(|text| ["a", "b", "c", "\0"].map(|letter| format!("{text}{letter}")))
+                .collect();
+            texts.extend(frontier.iter().cloned());
+        }
+        assert!(texts.len() > 20_000);
+        for text in &texts {
+            let mut found = vec![false; searchable.len()];
+            joined.for_each_found(text, &mut |needle| found[needle] = true);
+            let expected: Vec<bool> = searchable.iter().map(|needle| text.contains(needle)).collect();
+            assert_eq!(found, expected, "in {text:?}");
+        }
+    }
 }
