@@ -16,8 +16,7 @@ use cordon_wire::rule_table;
 use crate::sever::{self, SeverReport};
 use crate::store::{AuditEntry, IsolationRecord, Mode, Store};
 
-/// The tag an isolated host carries, exactly.
-pub const ISOLATED_TAG: &str = "ISOLATED FROM NETWORK";
+pub use cordon_wire::ISOLATED_TAG;
 
 /// Where an isolation applies and where its state lives.
 #[derive(Clone, Debug)]

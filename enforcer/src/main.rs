@@ -365,7 +365,7 @@ fn print_status(status: &isolation::Status) {
             Some(store::Mode::Automatic) => "automatic",
             _ => "manual",
         };
-        println!("ISOLATED FROM NETWORK ({mode})");
+        println!("{} ({mode})", isolation::ISOLATED_TAG);
         if let Some(expires) = &status.expires_at {
             println!("  lifted at:    {expires}");
         }

@@ -27,6 +27,11 @@ use serde::{Deserialize, Serialize};
 /// The message format version this crate speaks.
 pub const WIRE_VERSION: u32 = 1;
 
+/// The tag an isolated host carries, exactly: in the agent's status reports while it enforces, on
+/// cordon's host record while the host is isolated or being isolated (or released, until its
+/// agent confirms), in the operators' views and filters.
+pub const ISOLATED_TAG: &str = "ISOLATED FROM NETWORK";
+
 /// A signed command, as it is stored in the commands topic (keyed by host id).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

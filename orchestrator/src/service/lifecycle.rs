@@ -14,9 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::profiles::{ProfileInForce, ProfileRef};
 
-/// The tag a host carries while it is isolated or being isolated (or released, until its agent
-/// confirms).
-pub const ISOLATED_TAG: &str = "ISOLATED FROM NETWORK";
+pub use cordon_wire::ISOLATED_TAG;
 
 /// Where a host is in its isolation life cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
