@@ -394,15 +394,9 @@ impl Channel {
                 );
                 Some(self.snapshot(apply.target, StatusKind::Applied, command_id, None, None))
             }
-            Err((_, error)) => {
+            Err((refusal, error)) => {
                 tracing::error!(command_id = %command.command_id, "command {} failed: {error}", command.command_id);
-                Some(self.snapshot(
-                    apply.target,
-                    StatusKind::Refused,
-                    command_id,
-                    Some(Refusal::InvalidContent),
-                    Some(error),
-                ))
+                Some(self.snapshot(apply.target, StatusKind::Refused, command_id, Some(refusal), Some(error)))
             }
         }
     }
@@ -560,14 +554,14 @@ fn execute(command: &Command, apply: &Apply<'_>) -> Result<(), (Refusal, String)
                     };
                     isolation::isolate(apply.target, &request)
                         .map(|_| ())
-                        .map_err(|e| (Refusal::InvalidContent, format!("{e:#}")))
+                        .map_err(|e| (Refusal::Failed, format!("{e:#}")))
                 }
             }
         }
         Action::Release { .. } => {
             isolation::release(apply.target, &actor, "released", Some(command.generation))
                 .map(|_| ())
-                .map_err(|e| (Refusal::InvalidContent, format!("{e:#}")))
+                .map_err(|e| (Refusal::Failed, format!("{e:#}")))
         }
     }
 }

@@ -12,7 +12,9 @@ mod health;
 mod host;
 mod identity;
 mod isolation;
+mod output;
 mod sever;
+mod sock_diag;
 mod store;
 
 use std::path::PathBuf;
@@ -176,7 +178,7 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string(&status)?);
             } else {
-                print_status(&status);
+                output::print_status(&status);
             }
             Ok(())
         }
@@ -186,9 +188,7 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string(&trail)?);
             } else {
-                for entry in &trail {
-                    println!("{}  {:<9} {:<8} {}", isolation::format_time(entry.at_unix_ms), entry.event, entry.actor, entry.detail);
-                }
+                output::print_history(&trail);
             }
             Ok(())
         }
@@ -356,85 +356,6 @@ fn choose_interfaces(target: &Target, config: &EnforcerConfig, given: Vec<String
         host::non_loopback_interfaces()
     } else {
         Vec::new()
-    }
-}
-
-fn print_status(status: &isolation::Status) {
-    if status.isolated {
-        let mode = match status.mode {
-            Some(store::Mode::Automatic) => "automatic",
-            _ => "manual",
-        };
-        println!("{} ({mode})", isolation::ISOLATED_TAG);
-        if let Some(expires) = &status.expires_at {
-            println!("  lifted at:    {expires}");
-        }
-        if let Some(started) = &status.started_at {
-            println!("  since:        {started}");
-        }
-        if let Some(reason) = &status.reason {
-            println!("  reason:       {reason}");
-        }
-        let list = |items: &[String]| {
-            if items.is_empty() {
-                "none".to_owned()
-            } else {
-                items.join(", ")
-            }
-        };
-        println!("  exclusions:   {}", list(&status.exclusions));
-        println!("  management:   {}", list(&status.management));
-        println!("  processes:    {}", list(&status.allowed_processes));
-        println!("  dns / dhcp:   {} / {}", status.allow_dns, status.allow_dhcp);
-    } else if status.armed {
-        println!("Not isolated (armed: programs loaded, ready to isolate at once).");
-    } else {
-        println!("Not isolated.");
-    }
-    let c = &status.counters;
-    println!(
-        "  counters:     {} packets dropped, {} allowed, {} connects refused, {} raw sockets refused, {} echo requests dropped",
-        c.packets_dropped, c.packets_allowed, c.connects_refused, c.raw_sockets_refused, c.echo_requests_dropped
-    );
-    println!("  cgroup:       {}", status.cgroup.display());
-    for entry in &status.history {
-        let detail = if entry.detail.is_empty() { String::new() } else { format!(": {}", entry.detail) };
-        println!(
-            "  history:      {} {} by {}{detail}",
-            isolation::format_time(entry.at_unix_ms),
-            entry.event,
-            entry.actor
-        );
-    }
-    if let Some(attention) = &status.attention {
-        println!("  attention:    {attention}");
-    }
-    println!(
-        "  pins:         {}",
-        if status.pins_intact { "intact" } else { "MISSING (the isolation is not enforced)" }
-    );
-    if let Some(agent) = &status.agent {
-        let state = match (agent.running, agent.pid) {
-            (true, Some(pid)) => format!("running (pid {pid})"),
-            _ => "NOT running".to_owned(),
-        };
-        let kafka = match (&agent.brokers, agent.kafka_connected) {
-            (Some(brokers), true) => format!("connected to Kafka ({brokers})"),
-            (Some(brokers), false) => format!("NOT connected to Kafka ({brokers})"),
-            (None, _) => "no command channel".to_owned(),
-        };
-        println!("  agent:        {state}, {kafka}");
-        if let Some(last) = &agent.last_command {
-            println!(
-                "  last command: {} {} at {}",
-                last.command_id.as_deref().unwrap_or("(unreadable)"),
-                last.outcome,
-                isolation::format_time(last.at_ms)
-            );
-        }
-        for problem in &agent.problems {
-            println!("  problem:      {problem}");
-        }
     }
 }
 

@@ -518,7 +518,7 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
             true
         }
         Command::Keygen { out: dir } => {
-            crate::service::keygen(&dir)?;
+            crate::keygen::keygen(&dir)?;
             writeln!(out, "Wrote {0}/signing.key (keep it secret) and {0}/signing.pub.", dir.display())?;
             true
         }

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod keygen;
 pub mod rules_cli;
 pub mod service;
 pub mod sigma_cli;

@@ -70,7 +70,7 @@ pub(crate) struct Response {
 
 /// One validated rule, with its matchers compiled. Build a [`crate::Ruleset`] from these.
 #[derive(Debug, Clone)]
-pub struct RuleConfig {
+pub struct Rule {
     pub(crate) file: String,
     pub(crate) id_position: Position,
     pub(crate) id: String,
@@ -86,7 +86,7 @@ pub struct RuleConfig {
     pub(crate) tests: Vec<TestCase>,
 }
 
-impl RuleConfig {
+impl Rule {
     #[must_use]
     pub fn id(&self) -> &str {
         &self.id
@@ -198,7 +198,7 @@ pub struct Ceiling {
 /// The documents of one rule file: its rules, and test suites that run against the whole directory.
 #[derive(Debug, Clone, Default)]
 pub struct RuleFile {
-    pub rules: Vec<RuleConfig>,
+    pub rules: Vec<Rule>,
     /// Tests in a document of their own (`tests:` without `id:`), run against every rule of the directory.
     pub directory_tests: Vec<TestCase>,
 }
@@ -452,7 +452,7 @@ pub(crate) fn rule_ids(text: &str) -> Vec<(String, Position)> {
         .collect()
 }
 
-fn read_rule(document: &Node, context: MatchContext<'_>, report: &mut Report<'_>) -> Option<RuleConfig> {
+fn read_rule(document: &Node, context: MatchContext<'_>, report: &mut Report<'_>) -> Option<Rule> {
     let fields = Fields::read(document, "a rule", RULE_FIELDS, report)?;
     let before = report.diagnostics.len();
     let id_node = fields.require("id", "the rule", document, report);
@@ -491,7 +491,7 @@ fn read_rule(document: &Node, context: MatchContext<'_>, report: &mut Report<'_>
         return None;
     }
     let (selections, condition) = detection?;
-    Some(RuleConfig {
+    Some(Rule {
         file: report.file.to_owned(),
         id_position: id_node?.position,
         id: id?,

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
-use crate::config::{ResponseMode, Retrigger, RuleConfig, Threshold};
+use crate::config::{ResponseMode, Retrigger, Rule, Threshold};
 use crate::decision::{Action, Decision, Isolation, IsolationMode, Reason};
 use crate::duration::millis;
 use crate::event::Event;
@@ -120,7 +120,7 @@ enum Outcome {
 }
 
 struct Fired<'r> {
-    rule: &'r RuleConfig,
+    rule: &'r Rule,
     outcome: Outcome,
     reasons: Vec<Reason>,
 }
@@ -211,7 +211,7 @@ fn group_key(threshold: &Threshold, event: &Event) -> String {
 }
 
 fn rule_outcome(
-    rule: &RuleConfig,
+    rule: &Rule,
     state: &EngineState,
     active: Option<&ActiveIsolation>,
     host: &str,

@@ -23,7 +23,7 @@ mod testing;
 mod yaml;
 
 pub use config::{
-    parse_policy, parse_rule_file, parse_rule_file_with, Ceiling, Policy, ResponseMode, Retrigger, RuleConfig, RuleFile, TestCase,
+    parse_policy, parse_rule_file, parse_rule_file_with, Ceiling, Policy, ResponseMode, Retrigger, Rule, RuleFile, TestCase,
     DEFAULT_ESCALATION_WINDOW,
 };
 pub use decision::{Action, Decision, Exclusions, Isolation, IsolationMode, Reason, ReasonKind};

@@ -12,7 +12,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::Value;
 
 use crate::condition::Condition;
-use crate::config::{Policy, RuleConfig, Selection};
+use crate::config::{Policy, Rule, Selection};
 use crate::diagnostic::{Diagnostic, Position};
 use crate::event::Projection;
 use aho_corasick::AhoCorasick;
@@ -22,7 +22,7 @@ use crate::matcher::{folded_automaton, with_folded, FieldMatcher, Subject, Subst
 /// The rules to evaluate and the policy that overrides them. Build it once, share it read-only.
 #[derive(Debug, Clone)]
 pub struct Ruleset {
-    pub(crate) rules: Vec<RuleConfig>,
+    pub(crate) rules: Vec<Rule>,
     pub(crate) policy: Policy,
     /// The protected tags, lowercased.
     pub(crate) protected_tags: Vec<String>,
@@ -52,9 +52,9 @@ struct Dispatch {
 impl Ruleset {
     /// Builds the rule set from validated rules (disabled ones are left out) and the policy.
     /// Fails with every duplicate id, each reported where it is repeated.
-    pub fn compile(rules: Vec<RuleConfig>, policy: Policy) -> Result<Self, Vec<Diagnostic>> {
+    pub fn compile(rules: Vec<Rule>, policy: Policy) -> Result<Self, Vec<Diagnostic>> {
         let mut diagnostics = Vec::new();
-        let mut first_seen: HashMap<&str, &RuleConfig> = HashMap::new();
+        let mut first_seen: HashMap<&str, &Rule> = HashMap::new();
         for rule in &rules {
             if let Some(first) = first_seen.get(rule.id.as_str()) {
                 diagnostics.push(duplicate_id(
@@ -71,7 +71,7 @@ impl Ruleset {
         if !diagnostics.is_empty() {
             return Err(diagnostics);
         }
-        let rules: Vec<RuleConfig> = rules.into_iter().filter(|rule| rule.enabled).collect();
+        let rules: Vec<Rule> = rules.into_iter().filter(|rule| rule.enabled).collect();
         let (dispatch, substring_dispatch, unindexed) = index_rules(&rules);
         let protected_tags = policy.protect.iter().map(|tag| tag.to_lowercase()).collect();
         let matchers = || rules.iter().flat_map(|rule| rule.selections.iter().flat_map(|s| s.alternatives.iter().flatten()));
@@ -195,7 +195,7 @@ type NeedlesByField = Vec<(Target, Vec<(Box<str>, u32)>)>;
 
 /// Files each rule under its guard: equality guards in hash maps, substring guards in one
 /// automaton per field; rules without a guard are checked on every event.
-fn index_rules(rules: &[RuleConfig]) -> (Vec<Dispatch>, Vec<SubstringDispatch>, Vec<u32>) {
+fn index_rules(rules: &[Rule]) -> (Vec<Dispatch>, Vec<SubstringDispatch>, Vec<u32>) {
     let mut dispatch: Vec<Dispatch> = Vec::new();
     let mut by_substring: NeedlesByField = Vec::new();
     let mut unindexed = Vec::new();
@@ -311,7 +311,7 @@ pub(crate) fn duplicate_id(
     ))
 }
 
-impl RuleConfig {
+impl Rule {
     /// Whether the rule's condition holds for the event.
     pub(crate) fn matches(&self, subject: &Subject<'_>) -> bool {
         self.condition.evaluate(&mut |index| selection_matches(&self.selections[index], subject))

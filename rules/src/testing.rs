@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use crate::config::{ExpectedAction, ExpectedDecision, Policy, RuleConfig, TestCase};
+use crate::config::{ExpectedAction, ExpectedDecision, Policy, Rule, TestCase};
 use crate::decision::{Action, Decision, IsolationMode};
 use crate::diagnostic::{Diagnostic, Position};
 use crate::duration::format_duration;
@@ -23,7 +23,7 @@ pub struct SourceFile {
 /// A validated rules directory: every rule (enabled or not), the policy, the compiled rule set and the tests.
 #[derive(Debug, Clone)]
 pub struct RuleDirectory {
-    rules: Vec<RuleConfig>,
+    rules: Vec<Rule>,
     policy: Policy,
     ruleset: Ruleset,
     directory_tests: Vec<TestCase>,
@@ -95,7 +95,7 @@ impl RuleDirectory {
 
     /// Every rule, enabled or not, in file order.
     #[must_use]
-    pub fn rules(&self) -> &[RuleConfig] {
+    pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
 

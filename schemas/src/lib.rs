@@ -105,6 +105,10 @@ pub enum Refusal {
     UnsupportedVersion,
     #[error("the command is well-formed and authentic but its content is invalid")]
     InvalidContent,
+    /// Authentic and valid, but applying it failed on the host (the kernel refused a program
+    /// or a map, the agent's store could not be written): the host is as it was before.
+    #[error("the command is authentic and valid but applying it failed on the host")]
+    Failed,
 }
 
 impl Refusal {
@@ -119,6 +123,7 @@ impl Refusal {
             Refusal::StaleGeneration => "stale_generation",
             Refusal::UnsupportedVersion => "unsupported_version",
             Refusal::InvalidContent => "invalid_content",
+            Refusal::Failed => "failed",
         }
     }
 }

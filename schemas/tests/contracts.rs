@@ -137,7 +137,7 @@ fn the_schemas_refuse_what_the_types_refuse() {
 #[test]
 fn refusal_names_are_their_wire_names() {
     use cordon_wire::Refusal::{
-        BadSignature, Expired, InvalidContent, Malformed, StaleGeneration, Unsigned, UnsupportedVersion,
+        BadSignature, Expired, Failed, InvalidContent, Malformed, StaleGeneration, Unsigned, UnsupportedVersion,
         WrongHost,
     };
     for refusal in [
@@ -149,6 +149,7 @@ fn refusal_names_are_their_wire_names() {
         StaleGeneration,
         UnsupportedVersion,
         InvalidContent,
+        Failed,
     ] {
         assert_eq!(serde_json::to_value(refusal).unwrap(), serde_json::Value::from(refusal.name()));
     }

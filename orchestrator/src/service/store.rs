@@ -348,6 +348,24 @@ fn check_room_to_open(dir: &Path, path: &Path) -> Result<()> {
 impl Trees {
     /// Opens the store in `dir` (creating it) and checks that it is this directory's; refuses
     /// ([`NoRoomToOpen`]) when its disk has too little room for sled's recovery.
+    /// Opens the store again right after its last handle was dropped: sled's background
+    /// flusher lets go of the file lock a moment later (seen under load, where a reopen found
+    /// the lock still held), so a held lock is waited for, at most 2 s.
+    fn open_when_released(dir: &Path) -> Result<Trees> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match Trees::open(dir) {
+                Err(error)
+                    if format!("{error:#}").contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
     fn open(dir: &Path) -> Result<Trees> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create state directory {}", dir.display()))?;
@@ -484,7 +502,7 @@ impl Store {
         self.staged.lock().unwrap_or_else(PoisonError::into_inner).clear();
         let mut slot = self.trees.write().unwrap_or_else(PoisonError::into_inner);
         drop(slot.take());
-        *slot = Some(Arc::new(Trees::open(&self.dir)?));
+        *slot = Some(Arc::new(Trees::open_when_released(&self.dir)?));
         drop(slot);
         self.load_memory()
     }
@@ -1049,7 +1067,7 @@ mod tests {
         assert_eq!(store.host("web-01").unwrap().as_ref(), Some(&record), "the loop reads its own change");
         assert!(store.due(10_000).unwrap().is_empty(), "not in sled before the commit");
         // Dropped uncommitted (as after a failed write): the store holds none of it.
-        store.reopen().unwrap_or_else(|_| panic!("reopen"));
+        store.reopen().unwrap_or_else(|error| panic!("reopen: {error:#}"));
         assert_eq!(store.host("web-01").unwrap(), None);
         store.put_host(None, &record).unwrap();
         store.commit().unwrap();
@@ -1073,7 +1091,7 @@ mod tests {
         next.policy.profiles[0].automatic_duration_seconds = 600;
         store.put_policy(next.clone()).unwrap();
         assert_eq!(store.policy().version, 2, "the loop acts on what it staged");
-        store.reopen().unwrap_or_else(|_| panic!("reopen"));
+        store.reopen().unwrap_or_else(|error| panic!("reopen: {error:#}"));
         assert_eq!(store.policy().version, 1, "an uncommitted version is not in force after a failed write");
         store.put_policy(next.clone()).unwrap();
         store.commit().unwrap();
@@ -1099,7 +1117,7 @@ mod tests {
         isolating.state = super::HostState::Isolating;
         store.put_host(Some(&record), &isolating).unwrap();
         assert_eq!(state(&store), Some(super::HostState::Isolating), "kept in step by put_host");
-        store.reopen().unwrap_or_else(|_| panic!("reopen"));
+        store.reopen().unwrap_or_else(|error| panic!("reopen: {error:#}"));
         assert_eq!(state(&store), Some(super::HostState::NotIsolated), "after a failed write: what is durable");
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);

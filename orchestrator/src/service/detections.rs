@@ -1,0 +1,243 @@
+//! Handling a batch of Kafka messages: each detection evaluated and its decisions applied to the
+//! hosts' records, invalid ones dead-lettered with the reason, agents' reports verified
+//! ([`super::reports`]); everything durable in one commit, then the offsets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{bail, Result};
+use opentelemetry::trace::{SpanKind, TraceContextExt as _};
+use opentelemetry::{Context as TraceContext, KeyValue};
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::lifecycle::{self, HostRecord, HostState, IsolationPlan};
+use super::outbox::DeadLetterKind;
+use super::reader::{parse_batch, ConsumedBatch, DetectionConsumer, InputRules};
+use super::{is_store_fault, now_ms, Service, Transition};
+
+impl Service {
+    /// Handles a batch of messages, makes every change durable, then commits their offsets. One
+    /// message never stops the batch: an invalid or oversized one, or one whose handling fails,
+    /// is dead-lettered and the rest go on. Only a store that cannot be written fails the batch
+    /// (nothing of it is committed then).
+    pub(super) fn handle_batch(&mut self, consumer: &DetectionConsumer, batch: &mut ConsumedBatch) -> Result<()> {
+        if !Arc::ptr_eq(&batch.projection, &self.projection) {
+            // Read before the rules changed: the new rules may look at fields it left out.
+            batch.events = parse_batch(&batch.messages, &InputRules::of(&self.config), &self.projection);
+        }
+        let now = now_ms();
+        let (mut detections, mut invalid, mut reports) = (0, 0, 0);
+        for (message, event) in batch.messages.iter().zip(&batch.events) {
+            match event {
+                None => {
+                    reports += 1;
+                    self.on_status(message, now)?;
+                }
+                Some(Ok(event)) => {
+                    detections += 1;
+                    let memory = self.engine.isolation_memory(event.host());
+                    if let Err(error) = self.on_detection(message, event, now, batch.received_at) {
+                        if is_store_fault(&error) {
+                            return Err(error);
+                        }
+                        // The engine saw the event; the host's record did not change: forget
+                        // what the engine concluded about the host, or it would count as isolated.
+                        self.engine.restore_isolation_memory(event.host(), memory);
+                        self.metrics.events_failed.add(1);
+                        self.dead_letter(
+                            message,
+                            DeadLetterKind::Failed,
+                            &format!("cannot be handled: {error:#}"),
+                        )?;
+                    }
+                }
+                Some(Err((kind, reason))) => {
+                    invalid += 1;
+                    self.dead_letter(message, *kind, reason)?;
+                }
+            }
+        }
+        self.metrics.events_consumed.add(detections + invalid);
+        self.metrics.events_invalid.add(invalid);
+        self.metrics.status_reports.add(reports);
+        self.store.put_engine_changes(&mut self.engine);
+        self.failpoint("before-flush");
+        self.flush()?;
+        self.failpoint("after-flush");
+        let mut offsets: HashMap<(&str, i32), i64> = HashMap::new();
+        for message in &batch.messages {
+            let next = offsets.entry((message.topic(), message.partition())).or_insert(0);
+            *next = (*next).max(message.offset() + 1);
+        }
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), offset) in offsets {
+            list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        }
+        if let Err(error) = consumer.commit(&list, CommitMode::Async) {
+            // The changes are durable: the batch comes again after a restart,
+            // and its events are deduplicated then.
+            tracing::warn!("cannot commit the offsets of a handled batch ({error}); its messages may be read again.");
+        }
+        self.failpoint("after-commit");
+        Ok(())
+    }
+
+    /// Puts a dead letter for an event in the outbox (durable with the batch, sent after it):
+    /// the reason, its size and hash, and as much of its bytes as fits.
+    pub(super) fn dead_letter(&mut self, message: &OwnedMessage, kind: DeadLetterKind, reason: &str) -> Result<()> {
+        self.outbox.dead_letter(message, kind, reason)?;
+        let shown: String = reason.chars().take(512).collect();
+        tracing::warn!(
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            "dead-lettered an event at offset {} ({} bytes): {shown}",
+            message.offset(),
+            message.payload().map_or(0, <[u8]>::len)
+        );
+        Ok(())
+    }
+
+    /// Evaluates one valid event and applies its decisions (not yet durable). An event that
+    /// decides something gets a trace (continuing the producer's, if its message carries one):
+    /// consume -> evaluate -> decide -> produce command.
+    pub(super) fn on_detection(
+        &mut self,
+        message: &OwnedMessage,
+        event: &rules::Event,
+        now: i64,
+        received_at: SystemTime,
+    ) -> Result<()> {
+        let tags = self.tag_sources.tags_for(event, &self.store.tags_of(event.host())?);
+        let evaluating_since = self.spans.enabled().then(SystemTime::now);
+        let decisions = rules::evaluate(&self.acting.live, &mut self.engine, event, now, &tags);
+        self.on_shadow_decisions(event, now, &tags)?;
+        if let Some(failing) = self.failpoint.as_deref().and_then(|name| name.strip_prefix("fail-event:")) {
+            // CORDON_FAILPOINT=fail-event:ID: handling event ID fails after its evaluation, as
+            // an unexpected error there would (the tests of the per-event failure path).
+            if event.id() == failing {
+                bail!("failpoint fail-event: handling event {failing} fails after its evaluation");
+            }
+        }
+        let parent = if self.spans.enabled() {
+            cordon_telemetry::propagation::context_of_message(message)
+        } else {
+            None
+        };
+        if decisions.is_empty() && parent.is_none() {
+            return Ok(());
+        }
+        let consume = evaluating_since.and_then(|evaluating_since| {
+            let consume = self.spans.start(
+                "consume detection",
+                SpanKind::Consumer,
+                received_at,
+                parent.as_ref().unwrap_or(&TraceContext::new()),
+                vec![
+                    KeyValue::new("messaging.system", "kafka"),
+                    KeyValue::new("messaging.destination.name", self.topics.detections.clone()),
+                    KeyValue::new("messaging.kafka.partition", i64::from(message.partition())),
+                    KeyValue::new("messaging.kafka.offset", message.offset()),
+                    KeyValue::new("cordon.event_id", event.id().to_owned()),
+                    KeyValue::new("cordon.host_id", event.host().to_owned()),
+                ],
+            )?;
+            let rule_ids: Vec<opentelemetry::StringValue> =
+                decisions.iter().flat_map(|d| d.rules.iter().cloned().map(Into::into)).collect();
+            if let Some(evaluate) = self.spans.start(
+                "evaluate rules",
+                SpanKind::Internal,
+                evaluating_since,
+                &consume,
+                vec![
+                    KeyValue::new("cordon.rule_ids", opentelemetry::Value::Array(rule_ids.into())),
+                    KeyValue::new("cordon.decisions", i64::try_from(decisions.len()).unwrap_or(i64::MAX)),
+                ],
+            ) {
+                evaluate.span().end();
+            }
+            Some(consume)
+        });
+        for decision in &decisions {
+            let mode = match &decision.action {
+                rules::Action::RequestApproval(_) => "approve",
+                rules::Action::Isolate(isolation) => match isolation.mode {
+                    rules::IsolationMode::Automatic => "automatic",
+                    rules::IsolationMode::Manual => "manual",
+                },
+            };
+            self.metrics.decisions.add(mode, 1);
+            for rule in &decision.rules {
+                self.metrics.rule_matches.add(rule, 1);
+            }
+            let decide = consume.as_ref().and_then(|consume| {
+                self.spans.start(
+                    "decide",
+                    SpanKind::Internal,
+                    SystemTime::now(),
+                    consume,
+                    vec![
+                        KeyValue::new("cordon.host_id", decision.host.clone()),
+                        KeyValue::new("cordon.rule_ids", decision.rules.join(",")),
+                        KeyValue::new("cordon.decision", decision.action.name()),
+                        KeyValue::new("cordon.mode", mode),
+                    ],
+                )
+            });
+            let previous = self.store.host(&decision.host)?;
+            let mut record = previous.clone().unwrap_or_else(|| HostRecord::new(&decision.host, now));
+            let policy = self.store.policy();
+            let profile = policy.profile_in_force(&record.operator_tags);
+            let effects = lifecycle::on_decision(&mut record, decision, profile, now);
+            if record.state == HostState::Isolating
+                && previous.as_ref().is_none_or(|p| p.state != HostState::Isolating)
+            {
+                // On cordon's clock, like `now` (see clock.rs).
+                let waited = received_at.elapsed().unwrap_or_default().as_millis();
+                record.detected_at_ms = Some(now.saturating_sub(i64::try_from(waited).unwrap_or(0)));
+            }
+            self.apply(previous.as_ref(), &mut record, effects, now, decide.as_ref())?;
+            if let Some(decide) = decide {
+                let span = decide.span();
+                span.set_attribute(KeyValue::new("cordon.state", record.state.name()));
+                span.set_attribute(KeyValue::new(
+                    "cordon.generation",
+                    i64::try_from(record.generation).unwrap_or(i64::MAX),
+                ));
+                span.end();
+            }
+        }
+        if let Some(consume) = consume {
+            consume.span().end();
+        }
+        Ok(())
+    }
+
+    /// Evaluates `event` with the shadow rules: what each would have decided goes into the
+    /// host's audit trail, the metrics and the log (through the pipeline's every step: dedup,
+    /// thresholds, escalation, protection, the ceiling, and the kernel fit with the host's
+    /// profile); no command, no change of the host.
+    pub(super) fn on_shadow_decisions(&mut self, event: &rules::Event, now: i64, tags: &[String]) -> Result<()> {
+        if self.acting.shadow.is_empty() {
+            return Ok(());
+        }
+        let decisions = rules::evaluate(&self.acting.shadow, &mut self.acting.shadow_engine, event, now, tags);
+        for decision in &decisions {
+            let record = self.store.host(&decision.host)?;
+            let policy = self.store.policy();
+            let profile = policy.profile_in_force(record.as_ref().map_or(&[][..], |r| &r.operator_tags));
+            let fits = profile.problems_with(&IsolationPlan::from_rules(decision.action.isolation()));
+            let audit = lifecycle::shadow_note(record.as_ref(), decision, &fits, now);
+            for rule in &decision.rules {
+                self.metrics.shadow_decisions.add(rule, 1);
+            }
+            self.store.audit(&audit)?;
+            let event_id = audit.event_id.clone();
+            self.transitions.push(Transition { audit, event_id, command_id: None, trace_id: String::new() });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,409 @@
+//! The reader thread: consumes the detections and status topics (partitions assigned by the
+//! service itself), parses each batch's detections through the rule set's projection off the loop,
+//! and hands the batches to the loop in order; the loop alone commits offsets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use super::config::{self, ServiceConfig};
+use super::lease;
+use super::observe::Metrics;
+use super::outbox::DeadLetterKind;
+
+/// The consumer's context: reads librdkafka's statistics into the consumer-lag and brokers-up
+/// metrics, and says what the client logs.
+pub(super) struct GroupLog {
+    metrics: Arc<Metrics>,
+    detections_topic: String,
+    client_log: cordon_telemetry::logs::KafkaClientLog,
+}
+
+impl ClientContext for GroupLog {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.client_log.say(level as i32, facility, message);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let up = statistics.brokers.values().filter(|b| b.nodeid >= 0 && b.state == "UP").count();
+        self.metrics.kafka_brokers_up.set(i64::try_from(up).unwrap_or(i64::MAX));
+        if let Some(topic) = statistics.topics.get(&self.detections_topic) {
+            // -1: not known yet (no offset or no watermark for the partition).
+            let lag: i64 =
+                topic.partitions.values().filter(|p| p.partition >= 0).map(|p| p.consumer_lag.max(0)).sum();
+            self.metrics.consumer_lag.set(lag);
+        }
+    }
+}
+
+impl ConsumerContext for GroupLog {}
+
+pub(super) type DetectionConsumer = BaseConsumer<GroupLog>;
+
+/// At most this many Kafka messages are handled per durable write.
+pub(super) const MAX_BATCH: usize = 5_000;
+
+/// The projection the reader thread parses detections through; the loop replaces it when the
+/// rules change.
+pub(super) type SharedProjection = Arc<std::sync::Mutex<Arc<rules::Projection>>>;
+
+/// The consumer of detections and agents' reports. It joins no group: the reader assigns it
+/// every partition of both topics itself ([`Assignment`]), and commits offsets under the group
+/// id. One service per `instance_id` acts (the lease), so the group's balancing is not needed,
+/// and without it a restart reads at once: no rebalance, no wait for a crashed predecessor's
+/// session to expire, and none of the group protocol's faults (on tansu 0.6, static membership
+/// could lose the group for good after a crash loop, and dynamic membership gave a restart an
+/// empty assignment until its dead predecessor expired; both found by the chaos soak, shown by
+/// `a_service_killed_twenty_times_at_random_moments_takes_its_partitions_back`).
+pub(super) fn detection_consumer(
+    kafka: &config::KafkaSection,
+    brokers: &str,
+    metrics: Arc<Metrics>,
+) -> Result<DetectionConsumer> {
+    let mut client = ClientConfig::new();
+    for (key, value) in kafka.client_settings()? {
+        client.set(key, value);
+    }
+    let consumer: DetectionConsumer = client
+        .set("bootstrap.servers", brokers)
+        .set("group.id", &kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", kafka.fetch_wait_ms.to_string())
+        // Consumer lag and broker connections for the metrics and /readyz.
+        .set("statistics.interval.ms", "2000")
+        .create_with_context(GroupLog {
+            metrics,
+            detections_topic: kafka.detections_topic.clone(),
+            client_log: cordon_telemetry::logs::KafkaClientLog::default(),
+        })
+        .context("cannot create the Kafka consumer")?;
+    Ok(consumer)
+}
+
+/// Starts the reader thread (see [`read_batches`]).
+pub(super) fn start_reader(
+    consumer: &Arc<DetectionConsumer>,
+    assignment: Assignment,
+    input: InputRules,
+    brokers: &str,
+    batches: mpsc::Sender<ConsumedBatch>,
+    projection: &SharedProjection,
+) -> Result<std::thread::JoinHandle<()>> {
+    let (consumer, brokers, projection) = (Arc::clone(consumer), brokers.to_owned(), Arc::clone(projection));
+    std::thread::Builder::new()
+        .name("cordon-reader".into())
+        .spawn(move || read_batches(&consumer, assignment, &input, &brokers, &batches, &projection))
+        .context("cannot start the Kafka reader thread")
+}
+
+/// What the reader needs to tell detections from reports, read each topic's alert format and
+/// refuse what is too large.
+#[derive(Clone)]
+pub(super) struct InputRules {
+    status_topic: String,
+    /// The alert format of each alert topic (`[kafka] detections_topic` and `[[inputs]]`).
+    formats: HashMap<String, rules::Format>,
+    /// A detection larger than this is not parsed.
+    max_detection_bytes: usize,
+}
+
+impl InputRules {
+    pub(super) fn of(config: &ServiceConfig) -> InputRules {
+        InputRules {
+            status_topic: config.kafka.status_topic.clone(),
+            formats: config.alert_topics().into_iter().collect(),
+            max_detection_bytes: config.kafka.max_detection_bytes,
+        }
+    }
+}
+
+/// Stops the reader (within one poll once nobody takes its batches), then closes the consumer:
+/// it must not outlive the broker it reads (the embedded one goes when `serve` returns).
+pub(super) async fn stop_reading(
+    batches: mpsc::Receiver<ConsumedBatch>,
+    reader: std::thread::JoinHandle<()>,
+    consumer: Arc<DetectionConsumer>,
+) {
+    drop(batches);
+    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+    close_consumer(consumer);
+}
+
+/// The partitions the reader consumes: every partition of the detections and status topics,
+/// assigned by the service itself (see [`detection_consumer`]), from the offsets committed
+/// under the group id. Looked up at start (again every second until the broker answers) and
+/// every 30 s after, so partitions added to a topic are read without a restart.
+pub(super) struct Assignment {
+    topics: Vec<String>,
+    assigned: std::collections::BTreeSet<(String, i32)>,
+    next_check: std::time::Instant,
+    missing_topic: cordon_telemetry::logs::Throttled,
+    /// A fenced service takes no partition, not even one added later.
+    fence: lease::Fence,
+}
+
+impl Assignment {
+    pub(super) fn new(topics: &[String], fence: lease::Fence) -> Assignment {
+        Assignment {
+            topics: topics.to_vec(),
+            assigned: std::collections::BTreeSet::new(),
+            next_check: std::time::Instant::now(),
+            missing_topic: cordon_telemetry::logs::Throttled::new(Duration::from_mins(1)),
+            fence,
+        }
+    }
+
+    /// Assigns the partitions not assigned yet, when a check is due.
+    fn refresh(&mut self, consumer: &DetectionConsumer) {
+        if std::time::Instant::now() < self.next_check || self.fence.reason().is_some() {
+            return;
+        }
+        let settled = match self.new_partitions(consumer) {
+            Ok(new) if new.count() == 0 => true,
+            Ok(new) => match consumer.incremental_assign(&new) {
+                Ok(()) => {
+                    for element in new.elements() {
+                        self.assigned.insert((element.topic().to_owned(), element.partition()));
+                    }
+                    let count = i64::try_from(self.assigned.len()).unwrap_or(i64::MAX);
+                    consumer.context().metrics.consumer_partitions.set(count);
+                    let parts: Vec<String> = self.assigned.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+                    tracing::info!("consuming {}.", parts.join(", "));
+                    true
+                }
+                Err(error) => {
+                    tracing::error!("cannot assign the partitions {new:?} to the consumer: {error}; trying again in 1 s.");
+                    false
+                }
+            },
+            // An unreachable broker is said by the reader's poll; a missing topic here.
+            Err(error) if error.downcast_ref::<rdkafka::error::KafkaError>().is_some() => {
+                tracing::debug!("cannot read the partitions of {} yet: {error}", self.topics.join(" and "));
+                false
+            }
+            Err(error) => {
+                if let Some(repeats) = self.missing_topic.failure("attempts") {
+                    let what = if self.assigned.is_empty() {
+                        "nothing is consumed until it exists"
+                    } else {
+                        "still consuming what was assigned"
+                    };
+                    tracing::warn!("{error}: {what}{repeats}.");
+                }
+                false
+            }
+        };
+        self.next_check = std::time::Instant::now() + Duration::from_secs(if settled { 30 } else { 1 });
+    }
+
+    /// The partitions the broker lists for the topics that are not assigned yet, from their
+    /// committed offsets.
+    fn new_partitions(&self, consumer: &DetectionConsumer) -> Result<TopicPartitionList> {
+        let mut new = TopicPartitionList::new();
+        for topic in &self.topics {
+            // Short: the reader polls (and says why the broker does not answer) in between.
+            let metadata = consumer.fetch_metadata(Some(topic), Duration::from_millis(500))?;
+            let listed = metadata.topics().iter().find(|t| t.name() == topic);
+            let Some(listed) = listed.filter(|t| t.error().is_none() && !t.partitions().is_empty()) else {
+                bail!("the broker does not list the topic {topic} (create it with `cordon topics`)");
+            };
+            for partition in listed.partitions() {
+                if !self.assigned.contains(&(topic.clone(), partition.id())) {
+                    new.add_partition_offset(topic, partition.id(), rdkafka::Offset::Stored)?;
+                }
+            }
+        }
+        Ok(new)
+    }
+}
+
+/// Closes the consumer on a thread of its own and waits at most 5 s: librdkafka can hang in a
+/// close (librdkafka issue 4041; seen here when the service was stopped while it was joining a
+/// group), and a stop must not hang. Exiting without the close loses nothing: offsets are
+/// committed only after their state is durable.
+pub(super) fn close_consumer(consumer: Arc<DetectionConsumer>) {
+    let (closed, done) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("cordon-close".into()).spawn(move || {
+        drop(consumer);
+        let _ = closed.send(());
+    });
+    if spawned.is_ok() && done.recv_timeout(Duration::from_secs(5)).is_err() {
+        tracing::warn!(
+            "the Kafka consumer did not close within 5 s (a known librdkafka hang); stopping without it: nothing is \
+             lost."
+        );
+    }
+}
+
+/// A detection as the reader parsed it, or why it is not one.
+pub(super) type Parsed = Result<rules::Event, (DeadLetterKind, String)>;
+
+/// Messages consumed together, with their detections already parsed (`None` for agents'
+/// reports) by the reader thread, so that parsing overlaps the loop's work.
+pub(super) struct ConsumedBatch {
+    pub messages: Vec<OwnedMessage>,
+    pub events: Vec<Option<Parsed>>,
+    /// The projection the detections were parsed through (the rule set's when the batch was
+    /// read; the loop parses again if the rules changed since).
+    pub projection: Arc<rules::Projection>,
+    /// When the first message of the batch arrived: where a detection's trace starts.
+    pub received_at: SystemTime,
+}
+
+/// The reader thread: consumes batches of up to [`MAX_BATCH`] messages, parses their
+/// detections and hands them to the loop in order, until the loop goes away. Only the loop
+/// commits offsets, after the batch's changes are durable.
+fn read_batches(
+    consumer: &DetectionConsumer,
+    mut assignment: Assignment,
+    input: &InputRules,
+    brokers: &str,
+    batches: &mpsc::Sender<ConsumedBatch>,
+    projection: &SharedProjection,
+) {
+    let mut errors = ReadErrors::new(brokers);
+    while !batches.is_closed() {
+        assignment.refresh(consumer);
+        let mut messages = Vec::new();
+        match consumer.poll(Duration::from_millis(100)) {
+            None => continue,
+            Some(Err(error)) => {
+                errors.say(&error);
+                continue;
+            }
+            Some(Ok(message)) => messages.push(message.detach()),
+        }
+        let received_at = SystemTime::now();
+        errors.recovered();
+        while messages.len() < MAX_BATCH {
+            match consumer.poll(Duration::ZERO) {
+                Some(Ok(message)) => messages.push(message.detach()),
+                Some(Err(error)) => {
+                    errors.say(&error);
+                    break;
+                }
+                None => break,
+            }
+        }
+        let projection = Arc::clone(&projection.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let events = parse_batch(&messages, input, &projection);
+        if batches.blocking_send(ConsumedBatch { messages, events, projection, received_at }).is_err() {
+            return;
+        }
+    }
+}
+
+/// Kafka read errors, said once and then at most every 30 s (librdkafka reports an unreachable
+/// broker on every poll), with what they mean for the service and what to check.
+struct ReadErrors<'a> {
+    brokers: &'a str,
+    throttled: cordon_telemetry::logs::Throttled,
+}
+
+impl<'a> ReadErrors<'a> {
+    fn new(brokers: &'a str) -> ReadErrors<'a> {
+        ReadErrors { brokers, throttled: cordon_telemetry::logs::Throttled::new(Duration::from_secs(30)) }
+    }
+
+    fn say(&mut self, error: &rdkafka::error::KafkaError) {
+        let Some(repeats) = self.throttled.failure("errors") else { return };
+        let unreachable = matches!(
+            error.rdkafka_error_code(),
+            Some(
+                rdkafka::types::RDKafkaErrorCode::AllBrokersDown
+                    | rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
+            )
+        );
+        let tls = matches!(
+            error.rdkafka_error_code(),
+            Some(rdkafka::types::RDKafkaErrorCode::SSL | rdkafka::types::RDKafkaErrorCode::Authentication)
+        );
+        let hint = if unreachable {
+            format!(
+                "; cannot reach the Kafka brokers {} (check [kafka] brokers and that they listen). Retrying; \
+                 deadlines and the API go on, commands wait in the outbox",
+                self.brokers
+            )
+        } else if tls {
+            format!(
+                "; TLS or SASL with the Kafka brokers {} failed: check [kafka.tls] ca_file (the CA that issued the \
+                 brokers' certificates), cert_file and key_file (a client certificate the brokers accept) and \
+                 [kafka.sasl]. Retrying; deadlines and the API go on, commands wait in the outbox",
+                self.brokers
+            )
+        } else {
+            String::new()
+        };
+        tracing::error!("reading Kafka: {error}{hint}{repeats}.");
+    }
+
+    /// A message arrived: the next error is news again.
+    fn recovered(&mut self) {
+        if self.throttled.success() {
+            tracing::info!("reading Kafka again.");
+        }
+    }
+}
+
+/// One detection, checked as the API checks its input: its size first (before any parsing), then
+/// its text and fields, then its host id.
+fn parse_detection(message: &OwnedMessage, input: &InputRules, projection: &rules::Projection) -> Parsed {
+    let payload = message.payload().unwrap_or_default();
+    if payload.len() > input.max_detection_bytes {
+        return Err((
+            DeadLetterKind::Oversized,
+            format!(
+                "the detection is {} bytes, more than the {} allowed ([kafka] max_detection_bytes); not parsed",
+                payload.len(),
+                input.max_detection_bytes
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| (DeadLetterKind::Invalid, format!("not UTF-8 text: {e}")))?;
+    let format = input.formats.get(message.topic()).copied().unwrap_or_default();
+    // OCSF's reasons are said as they always were; another format's say which format it is.
+    let said = |what: String| if format == rules::Format::Ocsf { what } else { format!("{format} alert: {what}") };
+    let event = rules::Event::parse_projected_as(text, projection, format)
+        .map_err(|e| (DeadLetterKind::Invalid, said(e.to_string())))?;
+    crate::api::check_host_id(event.host()).map_err(|problem| {
+        let field = if format == rules::Format::Ocsf { "device.uid" } else { "host" };
+        (DeadLetterKind::BadHostId, said(format!("{field}: {problem}")))
+    })?;
+    Ok(event)
+}
+
+/// Parses the detections of a batch, on several cores when the batch is large; the results
+/// keep the batch's order, since evaluation must not reorder events.
+pub(super) fn parse_batch(
+    messages: &[OwnedMessage],
+    input: &InputRules,
+    projection: &rules::Projection,
+) -> Vec<Option<Parsed>> {
+    let parse = |message: &OwnedMessage| {
+        (message.topic() != input.status_topic).then(|| parse_detection(message, input, projection))
+    };
+    // One core goes to the loop.
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).saturating_sub(1);
+    if threads <= 1 || messages.len() < 256 {
+        return messages.iter().map(parse).collect();
+    }
+    let chunk = messages.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = messages
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(parse).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|part| part.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    })
+}
