@@ -142,18 +142,15 @@ impl Harness {
 
     /// Severity 4 and up isolates for 3 s; severity 3 asks an operator to approve an hour.
     fn write_rules(&mut self) {
-        std::fs::write(
-            self.dir.join("rules/ransomware.yaml"),
-            "id: ransomware\ntitle: Ransomware\ndetection:\n  selection:\n    severity_id|gte: 4\n  condition: selection\n\
-             response:\n  isolate:\n    mode: automatic\n    duration: 3s\n    allow: [\"out,tcp,198.51.100.7/32,443\"]\n",
-        )
-        .expect("write rule");
-        std::fs::write(
-            self.dir.join("rules/suspicious.yaml"),
-            "id: suspicious\ntitle: Suspicious\ndetection:\n  selection:\n    severity_id: 3\n  condition: selection\n\
-             response:\n  isolate:\n    mode: approval\n    duration: 1h\n",
-        )
-        .expect("write rule");
+        self.add_rule("ransomware.yaml");
+        self.add_rule("suspicious.yaml");
+    }
+
+    /// Puts a rule of `tests/fixtures/service-rules/` into the service's rules directory.
+    fn add_rule(&self, file: &str) {
+        let fixture = crate_dir().join("tests/fixtures/service-rules").join(file);
+        std::fs::copy(&fixture, self.dir.join("rules").join(file))
+            .unwrap_or_else(|error| panic!("copy {}: {error}", fixture.display()));
     }
 
     /// Starts `cordon serve` (with the failpoint `failpoint`, if any); returns the channel of its
@@ -715,12 +712,7 @@ fn rules_reload_on_change_and_sighup_and_a_broken_set_is_refused() {
     assert_eq!(next_command(&commands, &key, Duration::from_secs(10)).host_id, "h-1", "old rules still act");
 
     std::fs::remove_file(harness.dir.join("rules/broken.yaml")).unwrap();
-    std::fs::write(
-        harness.dir.join("rules/low.yaml"),
-        "id: low\ntitle: Low\ndetection:\n  selection:\n    process.name: evil.exe\n  condition: selection\n\
-         response:\n  isolate:\n    mode: manual\n",
-    )
-    .unwrap();
+    harness.add_rule("low.yaml");
     wait_for_line(&lines, "rules reloaded after a change in the rules directory: 3 rule(s)");
     // A field no rule looked at before the reload: events are parsed for the new rules.
     let with_process = String::from_utf8(detection("h-2", "r-2", 2)).unwrap().replacen(
@@ -2792,12 +2784,7 @@ fn alerts_of_other_tools_on_their_own_topics_decide_and_broken_ones_are_dead_let
 #[test]
 fn shadow_rules_record_what_they_would_do_and_send_nothing() {
     let mut harness = Harness::start("shadow");
-    std::fs::write(
-        harness.dir.join("rules/watched.yaml"),
-        "id: watched\ntitle: Watched\nshadow: true\ndetection:\n  selection:\n    severity_id: 6\n  condition: selection\n\
-         response:\n  isolate:\n    mode: automatic\n    duration: 2h\n",
-    )
-    .unwrap();
+    harness.add_rule("watched.yaml");
     let lines = harness.serve();
     let key = harness.public_key();
     let commands = harness.consumer("cordon.commands");

@@ -13,6 +13,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::events::DetectionFailed;
 use super::lifecycle::{self, HostRecord, HostState, IsolationPlan};
 use super::outbox::DeadLetterKind;
 use super::reader::{parse_batch, ConsumedBatch, DetectionConsumer, InputRules};
@@ -46,7 +47,8 @@ impl Service {
                         // The engine saw the event; the host's record did not change: forget
                         // what the engine concluded about the host, or it would count as isolated.
                         self.engine.restore_isolation_memory(event.host(), memory);
-                        self.metrics.events_failed.add(1);
+                        DetectionFailed { event_id: event.id(), host: event.host(), error: &error }
+                            .emit(&self.metrics);
                         self.dead_letter(
                             message,
                             DeadLetterKind::Failed,

@@ -20,6 +20,7 @@ pub mod clock;
 pub mod config;
 pub mod console;
 mod detections;
+mod events;
 pub mod jobs;
 pub mod lease;
 pub mod lifecycle;
@@ -120,6 +121,8 @@ struct Service {
     fence: lease::Fence,
     /// Whether the fence was seen (and acted on) by the loop.
     fenced: bool,
+    /// Handled batches, for the reader thread to free.
+    handled: reader::HandledBatches,
 }
 
 /// The rules that act and the shadow rules (`shadow: true`, or all with `[rules] mode =
@@ -207,7 +210,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let shared_projection: SharedProjection = Arc::new(std::sync::Mutex::new(Arc::clone(&projection)));
     let assignment = Assignment::new(&config.consumed_topics(), fence.clone());
     let input = InputRules::of(&config);
-    let reader = start_reader(&consumer, assignment, input, brokers, batches_tx, &shared_projection)?;
+    let (reader, handled) = start_reader(&consumer, assignment, input, brokers, batches_tx, &shared_projection)?;
     let failpoint = std::env::var("CORDON_FAILPOINT").ok().filter(|name| !name.is_empty());
     let (outbox, sender, mut parked) =
         start_outbox(&config, &store, signing_key, brokers, &metrics, failpoint.clone(), &fence)?;
@@ -242,6 +245,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
         store_fault: None,
         fence,
         fenced: false,
+        handled,
     };
     service.announce(&telemetry, api_address, console_address);
     // Whatever was decided before a restart and not sent yet goes out first; overdue
@@ -350,7 +354,11 @@ impl Service {
     fn handle(&mut self, input: Input, consumer: &DetectionConsumer) {
         let (result, held) = match input {
             Input::Batch(mut batch) => match self.handle_batch(consumer, &mut batch) {
-                Ok(()) => (Ok(()), None),
+                Ok(()) => {
+                    // Freed by the reader (or here, when the reader is gone and the send fails).
+                    let _ = self.handled.send(batch);
+                    (Ok(()), None)
+                }
                 Err(error) => (Err(error), Some(batch)),
             },
             Input::Request(request) => (self.on_request(request), None),
@@ -409,20 +417,17 @@ impl Service {
     fn store_failed(&mut self, error: &anyhow::Error, held: Option<ConsumedBatch>) {
         let why = format!("{error:#}");
         let now = std::time::Instant::now();
+        let refused = events::StoreRefusedWrite {
+            dir: &self.config.state.dir,
+            error: &why,
+            again: self.store_fault.is_some(),
+            retry_every: STORE_RETRY_EVERY,
+        };
+        refused.emit(&self.metrics);
         if let Some(fault) = &mut self.store_fault {
             fault.held = held.or(fault.held.take());
             fault.next_attempt = now + STORE_RETRY_EVERY;
-            tracing::error!("the state store refused a write again: {why}.");
         } else {
-            tracing::error!(
-                "the state store in {} cannot be written: {why}. Not ready: no detections or reports are taken \
-                 (nothing uncommitted is lost: it comes again), operators' changes are refused and no deadline is \
-                 lifted until it can; trying again every {} s (free space on its disk).",
-                self.config.state.dir.display(),
-                STORE_RETRY_EVERY.as_secs()
-            );
-            self.metrics.state_store_faults.add(1);
-            self.metrics.state_store_failing.set(1);
             self.store_fault = Some(StoreFault {
                 since: now,
                 next_attempt: now + STORE_RETRY_EVERY,
@@ -461,11 +466,7 @@ impl Service {
         self.engine = engine;
         self.transitions.clear();
         self.store.set_fault(None);
-        self.metrics.state_store_failing.set(0);
-        tracing::info!(
-            "the state store takes writes again (after {} s): taking input again.",
-            fault.since.elapsed().as_secs()
-        );
+        events::StoreWritable { after: fault.since.elapsed() }.emit(&self.metrics);
         if let Some(batch) = fault.held {
             self.handle(Input::Batch(batch), consumer);
         } else {

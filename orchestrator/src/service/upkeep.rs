@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use opentelemetry::trace::{SpanKind, TraceContextExt as _};
 use opentelemetry::{Context as TraceContext, KeyValue};
 
+use super::events::{RulesNotReloaded, RulesReloaded};
 use super::jobs::{self, Job};
 use super::outbox::Enqueued;
 use super::{lifecycle, load_rules, now_ms, observe, Acting, Service};
@@ -137,12 +138,7 @@ impl Service {
         });
         match loaded {
             Ok((ruleset, tag_sources)) => {
-                tracing::info!(
-                    "rules reloaded after {why}: {} rule(s) from {}.",
-                    ruleset.len(),
-                    self.config.rules.dir.display()
-                );
-                self.metrics.rules_loaded.set(i64::try_from(ruleset.len()).unwrap_or(i64::MAX));
+                RulesReloaded { why, rules: ruleset.len(), dir: &self.config.rules.dir }.emit(&self.metrics);
                 self.projection = Arc::new(ruleset.projection().clone());
                 *self.shared_projection.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
                     Arc::clone(&self.projection);
@@ -151,10 +147,7 @@ impl Service {
                 self.ruleset = ruleset;
                 self.say_if_no_rules();
             }
-            Err(error) => tracing::error!(
-                "rules NOT reloaded after {why}; the {} running rule(s) stay in force. {error:#}",
-                self.ruleset.len()
-            ),
+            Err(error) => RulesNotReloaded { why, running: self.ruleset.len(), error: &error }.emit(),
         }
     }
 }

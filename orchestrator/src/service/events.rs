@@ -1,0 +1,117 @@
+//! What the service logs and counts, one struct per happening: a handler says what happened
+//! (`StoreRefusedWrite { .. }.emit(&metrics)`) and the struct knows its log line, its fields and
+//! its counters, so handlers read as the domain and each log line is written once.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::observe::Metrics;
+
+/// The state store refused a write: the service stops taking input until it can write again.
+pub(super) struct StoreRefusedWrite<'a> {
+    pub dir: &'a Path,
+    pub error: &'a str,
+    /// Whether the store was already refusing writes (then only the new refusal is said).
+    pub again: bool,
+    pub retry_every: Duration,
+}
+
+impl StoreRefusedWrite<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        let error = self.error;
+        if self.again {
+            tracing::error!(error, "the state store refused a write again: {error}.");
+            return;
+        }
+        tracing::error!(
+            error,
+            dir = %self.dir.display(),
+            "the state store in {} cannot be written: {error}. Not ready: no detections or reports are taken \
+             (nothing uncommitted is lost: it comes again), operators' changes are refused and no deadline is \
+             lifted until it can; trying again every {} s (free space on its disk).",
+            self.dir.display(),
+            self.retry_every.as_secs()
+        );
+        metrics.state_store_faults.add(1);
+        metrics.state_store_failing.set(1);
+    }
+}
+
+/// The state store takes writes again after a fault.
+pub(super) struct StoreWritable {
+    pub after: Duration,
+}
+
+impl StoreWritable {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.state_store_failing.set(0);
+        tracing::info!(
+            after_seconds = self.after.as_secs(),
+            "the state store takes writes again (after {} s): taking input again.",
+            self.after.as_secs()
+        );
+    }
+}
+
+/// A valid detection whose handling failed after its evaluation: dead-lettered, the batch goes on.
+pub(super) struct DetectionFailed<'a> {
+    pub event_id: &'a str,
+    pub host: &'a str,
+    pub error: &'a anyhow::Error,
+}
+
+impl DetectionFailed<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        let error = self.error;
+        tracing::warn!(
+            event_id = self.event_id,
+            host_id = self.host,
+            error = %format!("{error:#}"),
+            "detection {} on {} could not be handled ({error:#}); dead-lettered, the batch goes on.",
+            self.event_id,
+            self.host
+        );
+        metrics.events_failed.add(1);
+    }
+}
+
+/// A new rule set is in force.
+pub(super) struct RulesReloaded<'a> {
+    pub why: &'a str,
+    pub rules: usize,
+    pub dir: &'a Path,
+}
+
+impl RulesReloaded<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        tracing::info!(
+            rules = self.rules,
+            why = self.why,
+            "rules reloaded after {}: {} rule(s) from {}.",
+            self.why,
+            self.rules,
+            self.dir.display()
+        );
+        metrics.rules_loaded.set(i64::try_from(self.rules).unwrap_or(i64::MAX));
+    }
+}
+
+/// The rules directory did not load (or would not fit the agents' tables): the running rules stay.
+pub(super) struct RulesNotReloaded<'a> {
+    pub why: &'a str,
+    pub running: usize,
+    pub error: &'a anyhow::Error,
+}
+
+impl RulesNotReloaded<'_> {
+    pub fn emit(&self) {
+        let error = self.error;
+        tracing::error!(
+            why = self.why,
+            error = %format!("{error:#}"),
+            "rules NOT reloaded after {}; the {} running rule(s) stay in force. {error:#}",
+            self.why,
+            self.running
+        );
+    }
+}
