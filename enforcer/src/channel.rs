@@ -108,6 +108,29 @@ pub struct Apply<'a> {
     pub interfaces: &'a [String],
 }
 
+/// What a status report answers: a command applied or refused (with why), or no command at all.
+pub enum Answer {
+    Applied { command_id: Option<String> },
+    Refused { command_id: Option<String>, refusal: Refusal, error: Option<String> },
+    /// The state changed without a command (deadline reached, local release, restore).
+    Changed,
+    Heartbeat,
+}
+
+impl Answer {
+    /// The report's kind, command id, refusal and error.
+    fn into_parts(self) -> (StatusKind, Option<String>, Option<Refusal>, Option<String>) {
+        match self {
+            Answer::Applied { command_id } => (StatusKind::Applied, command_id, None, None),
+            Answer::Refused { command_id, refusal, error } => {
+                (StatusKind::Refused, command_id, Some(refusal), error)
+            }
+            Answer::Changed => (StatusKind::Changed, None, None, None),
+            Answer::Heartbeat => (StatusKind::Heartbeat, None, None, None),
+        }
+    }
+}
+
 impl Channel {
     /// Connects, finds this host's partition and starts reading from the last committed offset
     /// (the beginning of the partition the first time: expired and stale commands are refused).
@@ -351,7 +374,8 @@ impl Channel {
                     refusal = refusal.name(),
                     "refused a command: {refusal}"
                 );
-                return Some(self.snapshot(apply.target, StatusKind::Refused, command_id, Some(refusal), None));
+                let answer = Answer::Refused { command_id, refusal, error: None };
+                return Some(self.snapshot(apply.target, answer));
             }
         };
         if let Some(trace) = trace {
@@ -392,11 +416,12 @@ impl Channel {
                     command.command_id,
                     command.generation
                 );
-                Some(self.snapshot(apply.target, StatusKind::Applied, command_id, None, None))
+                Some(self.snapshot(apply.target, Answer::Applied { command_id }))
             }
             Err((refusal, error)) => {
                 tracing::error!(command_id = %command.command_id, "command {} failed: {error}", command.command_id);
-                Some(self.snapshot(apply.target, StatusKind::Refused, command_id, Some(refusal), Some(error)))
+                let answer = Answer::Refused { command_id, refusal, error: Some(error) };
+                Some(self.snapshot(apply.target, answer))
             }
         }
     }
@@ -430,14 +455,8 @@ impl Channel {
     }
 
     /// The host's state as a status message.
-    pub fn snapshot(
-        &self,
-        target: &Target,
-        kind: StatusKind,
-        command_id: Option<String>,
-        refusal: Option<Refusal>,
-        error: Option<String>,
-    ) -> Status {
+    pub fn snapshot(&self, target: &Target, answer: Answer) -> Status {
+        let (kind, command_id, refusal, error) = answer.into_parts();
         let generation = Store::open(&target.state_dir).and_then(|s| s.last_generation()).unwrap_or(0);
         let sent_at_ms = isolation::now_unix_ms().max(self.last_sent_at_ms.get().saturating_add(1));
         self.last_sent_at_ms.set(sent_at_ms);

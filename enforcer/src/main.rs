@@ -453,13 +453,7 @@ fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
         note_health(target, channel.as_ref(), &mut health, &mut health_written, heartbeat_due);
         if let Some(channel) = &channel {
             if heartbeat_due {
-                channel.report(&channel.snapshot(
-                    target,
-                    cordon_wire::StatusKind::Heartbeat,
-                    None,
-                    None,
-                    None,
-                ));
+                channel.report(&channel.snapshot(target, channel::Answer::Heartbeat));
                 next_heartbeat = Instant::now() + heartbeat;
             }
             let apply = channel::Apply { target, management: &management, interfaces: &interfaces };
@@ -516,7 +510,7 @@ fn lift_if_due(target: &Target, channel: Option<&channel::Channel>) -> Duration 
         Ok(isolation::Deadline::Lifted) => {
             tracing::info!("deadline reached: isolation lifted.");
             if let Some(channel) = channel {
-                channel.report(&channel.snapshot(target, cordon_wire::StatusKind::Changed, None, None, None));
+                channel.report(&channel.snapshot(target, channel::Answer::Changed));
             }
             Duration::ZERO
         }
@@ -542,7 +536,7 @@ fn repair_detached_links(target: &Target, channel: Option<&channel::Channel>) {
             );
             tracing::error!("{what}");
             if let Some(channel) = channel {
-                let mut status = channel.snapshot(target, cordon_wire::StatusKind::Changed, None, None, None);
+                let mut status = channel.snapshot(target, channel::Answer::Changed);
                 status.tampering = Some(what);
                 channel.report(&status);
             }
