@@ -27,7 +27,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::exclusion::parse_exclusion;
 use crate::health::LastCommand;
 use crate::isolation::{self, IsolateRequest, Target};
-use crate::store::{Mode, Store};
+use crate::store::Store;
 
 /// Where the channel connects and who this host is.
 pub struct ChannelSettings {
@@ -481,10 +481,7 @@ impl Channel {
         match isolation::status(target) {
             Ok(local) => {
                 status.isolated = local.isolated;
-                status.mode = local.mode.map(|m| match m {
-                    Mode::Automatic => "automatic".to_owned(),
-                    Mode::Manual => "manual".to_owned(),
-                });
+                status.mode = local.mode;
                 status.expires_at_ms = local.expires_at_unix_ms;
                 status.exclusions = local.exclusions;
                 status.tags = local.tags.iter().map(|t| (*t).to_owned()).collect();

@@ -16,12 +16,8 @@ const LAST_GENERATION_KEY: &[u8] = b"last_generation";
 const RECORD_VERSION: u32 = 1;
 const AUDIT_TREE: &str = "audit";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Automatic,
-    Manual,
-}
+/// How the isolation ends (`cordon_wire`'s type: the record reads as it always did).
+pub use cordon_wire::IsolationMode as Mode;
 
 /// Everything needed to re-create an isolation from nothing (after a reboot).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

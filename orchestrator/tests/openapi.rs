@@ -225,7 +225,7 @@ fn answers_match_the_documented_schemas() {
         command_id: Some("plc-07-1".into()),
         generation: 1,
         isolated: true,
-        mode: Some("automatic".into()),
+        mode: Some(cordon_wire::IsolationMode::Automatic),
         expires_at_ms: Some(t0 + 3_600_005),
         exclusions: vec!["out,tcp,198.51.100.7/32,443".into()],
         tags: vec!["ISOLATED FROM NETWORK".into(), "plc".into()],

@@ -6,15 +6,8 @@ use std::time::Duration;
 use crate::config::Retrigger;
 use crate::AllowSpec;
 
-/// How an isolation ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IsolationMode {
-    /// At its deadline.
-    Automatic,
-    /// When an operator releases the host. Stronger than automatic.
-    Manual,
-}
+/// How an isolation ends (defined once, in `cordon_wire`, for the whole way to the kernel).
+pub use cordon_wire::IsolationMode;
 
 /// The traffic left open while a host is isolated.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

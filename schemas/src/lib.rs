@@ -27,6 +27,29 @@ use serde::{Deserialize, Serialize};
 /// The message format version this crate speaks.
 pub const WIRE_VERSION: u32 = 1;
 
+/// How an isolation ends: at its deadline, or when an operator releases the host. The one type
+/// for it from a rule's decision to the agent's record and its status reports (`automatic`,
+/// `manual` on the wire). Manual is the stronger: it orders after automatic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IsolationMode {
+    /// At its deadline.
+    Automatic,
+    /// When an operator releases the host.
+    Manual,
+}
+
+impl IsolationMode {
+    /// `automatic` or `manual`, as on the wire.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            IsolationMode::Automatic => "automatic",
+            IsolationMode::Manual => "manual",
+        }
+    }
+}
+
 /// The tag an isolated host carries, exactly: in the agent's status reports while it enforces, on
 /// cordon's host record while the host is isolated or being isolated (or released, until its
 /// agent confirms), in the operators' views and filters.
@@ -276,8 +299,8 @@ pub struct Status {
     /// The last generation applied.
     pub generation: u64,
     pub isolated: bool,
-    /// `automatic`, `manual` or absent.
-    pub mode: Option<String>,
+    /// Absent while not isolated.
+    pub mode: Option<IsolationMode>,
     pub expires_at_ms: Option<i64>,
     pub exclusions: Vec<String>,
     /// Contains `ISOLATED FROM NETWORK` exactly while isolated.

@@ -97,7 +97,7 @@ fn what_the_types_emit_validates() {
             command_id: isolated.then(|| "web-01-3".into()),
             generation: 3,
             isolated,
-            mode: isolated.then(|| "manual".into()),
+            mode: isolated.then_some(cordon_wire::IsolationMode::Manual),
             expires_at_ms: None,
             exclusions: vec![],
             tags: if isolated { vec!["ISOLATED FROM NETWORK".into()] } else { vec![] },

@@ -830,8 +830,8 @@ pub fn on_status(record: &mut HostRecord, status: &cordon_wire::Status, now: i64
         record.state
     };
     if to == HostState::Isolated && answers_last_command {
-        record.mode.clone_from(&status.mode);
-        if status.mode.as_deref() == Some("manual") {
+        record.mode = status.mode.map(|mode| mode.name().to_owned());
+        if status.mode == Some(cordon_wire::IsolationMode::Manual) {
             record.expires_at_ms = None;
         }
     }

@@ -508,7 +508,7 @@ pub fn host_live(record: &HostRecord, audit: &[AuditEntry], now_ms: i64) -> Mark
                     Some(status) => dl.facts {
                         dt { "Seen" } dd { (agent_health(record, now_ms)) " (" (rfc3339(record.last_seen_ms.unwrap_or(status.sent_at_ms))) ")" }
                         dt { "Report" } dd { (format!("{:?}", status.kind).to_lowercase()) ", generation " (status.generation) }
-                        dt { "Isolated" } dd { (if status.isolated { "yes" } else { "no" }) @if let Some(mode) = &status.mode { " (" (mode) ")" } }
+                        dt { "Isolated" } dd { (if status.isolated { "yes" } else { "no" }) @if let Some(mode) = status.mode { " (" (mode.name()) ")" } }
                         dt { "Packets" } dd { (status.packets_dropped) " dropped, " (status.packets_allowed) " allowed" }
                     },
                 }

@@ -14,7 +14,7 @@ fn status(host: &str, generation: u64, isolated: bool, kind: cordon_wire::Status
         command_id: Some(format!("{host}-{generation}")),
         generation,
         isolated,
-        mode: isolated.then(|| "automatic".into()),
+        mode: isolated.then_some(cordon_wire::IsolationMode::Automatic),
         expires_at_ms: None,
         exclusions: Vec::new(),
         tags: if isolated { vec![ISOLATED_TAG.into(), "plc".into()] } else { vec!["plc".into()] },
