@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use rules::{
     builtin_pipeline, builtin_pipeline_names, import_rule, parse_policy, parse_pipeline, parse_rule_file,
-    ImportOptions, Level, LevelResponse, NotImported, Pipeline, Policy, IMPORTED_HEADER,
+    ImportOptions, Level, LevelResponse, NotImported, Pipeline, Policy, SourceFile, IMPORTED_HEADER,
 };
 
 /// What `import-sigma` was asked to do.
@@ -46,8 +46,9 @@ pub fn import(request: &ImportRequest, out: &mut impl Write) -> anyhow::Result<b
     }
     fs::create_dir_all(&request.out)
         .with_context(|| format!("cannot create the rules directory {}", request.out.display()))?;
-    let policy = load_policy(&request.out)?;
-    let mut taken = existing_rule_ids(&request.out)?;
+    let (rule_files, policy_file) = crate::rules_cli::read_directory(&request.out)?;
+    let policy = read_policy(policy_file.as_ref())?;
+    let mut taken = existing_rule_ids(&rule_files);
     let mut options = ImportOptions { live: request.live, ..ImportOptions::default() };
     options.responses.extend(request.levels.iter().copied());
     options.command = command_line(request);
@@ -150,8 +151,7 @@ fn collect_sigma_files(path: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<
 
 /// The output directory's policy, which converted rules are checked against (placeholders,
 /// keyword fields, protection).
-fn load_policy(dir: &Path) -> anyhow::Result<Policy> {
-    let (_, policy) = crate::rules_cli::read_directory(dir)?;
+fn read_policy(policy: Option<&SourceFile>) -> anyhow::Result<Policy> {
     let Some(policy) = policy else { return Ok(Policy::default()) };
     parse_policy(&policy.name, &policy.text).map_err(|diagnostics| {
         let lines: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
@@ -160,8 +160,7 @@ fn load_policy(dir: &Path) -> anyhow::Result<Policy> {
 }
 
 /// The ids of the rules already in the directory, with their files.
-fn existing_rule_ids(dir: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
-    let (rule_files, _) = crate::rules_cli::read_directory(dir)?;
+fn existing_rule_ids(rule_files: &[SourceFile]) -> BTreeMap<String, PathBuf> {
     let mut ids = BTreeMap::new();
     for file in rule_files {
         if let Ok(parsed) = parse_rule_file(&file.name, &file.text) {
@@ -170,7 +169,7 @@ fn existing_rule_ids(dir: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
             }
         }
     }
-    Ok(ids)
+    ids
 }
 
 /// Why the import must not write `target`: it exists and the import did not write it.

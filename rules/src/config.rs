@@ -417,8 +417,7 @@ pub fn parse_rule_file_with(name: &str, text: &str, policy: Option<&Policy>) -> 
     };
     let mut file = RuleFile::default();
     for document in &documents {
-        let is_suite = matches!(&document.kind, NodeKind::Mapping(pairs)
-            if pairs.iter().any(|(k, _)| k.as_text() == Some("tests")) && !pairs.iter().any(|(k, _)| k.as_text() == Some("id")));
+        let is_suite = document.get("tests").is_some() && document.get("id").is_none();
         if is_suite {
             let Some(fields) = Fields::read(document, "a test suite document", &["tests"], &mut report)
             else {
@@ -1036,16 +1035,17 @@ fn read_expected(node: &Node, report: &mut Report<'_>) -> Option<ExpectedDecisio
     })
 }
 
+/// The YAML documents of a file, or its syntax error reported (then None).
+pub(crate) fn read_documents(text: &str, report: &mut Report<'_>) -> Option<Vec<Node>> {
+    parse_documents(text)
+        .map_err(|error| report.error(error.position, format!("YAML syntax error: {}", error.message)))
+        .ok()
+}
+
 /// Parses `policy.yaml`. An empty file is the empty policy.
 pub fn parse_policy(name: &str, text: &str) -> Result<Policy, Vec<Diagnostic>> {
     let mut report = Report::new(name);
-    let documents = match parse_documents(text) {
-        Ok(documents) => documents,
-        Err(error) => {
-            report.error(error.position, format!("YAML syntax error: {}", error.message));
-            return Err(report.diagnostics);
-        }
-    };
+    let Some(documents) = read_documents(text, &mut report) else { return Err(report.diagnostics) };
     let mut policy = Policy::default();
     match documents.as_slice() {
         [] => {}

@@ -311,20 +311,15 @@ impl<'e> Subject<'e> {
     }
 }
 
-/// An exact automaton for lowercased needles, to search [`Subject::folded_texts`] (faster than a
-/// case-insensitive one on a haystack already lowercased). `every_needle`: it reports every
-/// occurrence of every needle (overlapping search); otherwise it only answers whether one is
-/// there (and may use the fastest prefilters). None if a needle is empty or has a NUL.
-pub(crate) fn folded_automaton<'n>(
-    needles: impl IntoIterator<Item = &'n str>,
-    every_needle: bool,
-) -> Option<AhoCorasick> {
+/// An exact leftmost-first automaton for lowercased needles, to search [`Subject::folded_texts`]
+/// (faster than a case-insensitive one on a haystack already lowercased, and free to use the
+/// fastest prefilters). None if a needle is empty or has a NUL.
+pub(crate) fn folded_automaton<'n>(needles: impl IntoIterator<Item = &'n str>) -> Option<AhoCorasick> {
     let needles: Vec<&str> = needles.into_iter().collect();
     if needles.is_empty() || needles.iter().any(|needle| needle.is_empty() || needle.contains('\0')) {
         return None;
     }
-    let kind = if every_needle { MatchKind::Standard } else { MatchKind::LeftmostFirst };
-    AhoCorasickBuilder::new().match_kind(kind).build(needles).ok()
+    AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostFirst).build(needles).ok()
 }
 
 /// Every string in `value`, at any depth.
@@ -381,7 +376,7 @@ impl JoinedSearch {
             if substrings.kind != Kind::Contains || substrings.cased {
                 return None;
             }
-            folded_automaton(substrings.needles(), false)
+            folded_automaton(substrings.needles())
         };
         match test {
             Test::Any { fast: Some(AnyOf::Substrings(substrings)), .. } => automaton(substrings).map(Self::Any),

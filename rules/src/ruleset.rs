@@ -264,7 +264,7 @@ struct JoinedNeedles {
 
 impl JoinedNeedles {
     fn new(needles: &[&str]) -> Option<Self> {
-        let leftmost = folded_automaton(needles.iter().copied(), false)?;
+        let leftmost = folded_automaton(needles.iter().copied())?;
         let prefix_related = needles
             .iter()
             .enumerate()

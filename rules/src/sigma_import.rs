@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::time::Duration;
 
-use crate::config::{parse_rule_file_with, read_text, Fields, Policy};
+use crate::config::{parse_rule_file_with, read_documents, read_text, Fields, Policy};
 use crate::diagnostic::{choices_hint, Diagnostic, Position, Report};
 use crate::duration::format_duration;
 use crate::yaml::{parse_documents, Node, NodeKind, ScalarValue};
@@ -74,13 +74,7 @@ const CONDITION_FIELDS: &[&str] = &["type", "category", "product", "service"];
 /// Parses a pipeline file, reporting every problem in it at once.
 pub fn parse_pipeline(file: &str, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
     let mut report = Report::new(file);
-    let documents = match parse_documents(text) {
-        Ok(documents) => documents,
-        Err(error) => {
-            report.error(error.position, format!("YAML syntax error: {}", error.message));
-            return Err(report.diagnostics);
-        }
-    };
+    let Some(documents) = read_documents(text, &mut report) else { return Err(report.diagnostics) };
     let [document] = documents.as_slice() else {
         report.error(Position::default(), "a pipeline is one YAML document");
         return Err(report.diagnostics);
@@ -426,9 +420,6 @@ impl From<&str> for NotImported {
 /// The first line of every file the import writes: it overwrites only files that start with it.
 pub const IMPORTED_HEADER: &str = "# Imported from a Sigma rule by `cordon rules import-sigma`.";
 
-/// Keys of a Sigma rule; others (custom attributes) are allowed and ignored.
-const DETECTION_RULE_MARK: &str = "detection";
-
 /// Converts one Sigma rule file. `file` names it (its stem becomes the rule id); `policy` is the
 /// target directory's (the converted rule must load with it: placeholders, keyword fields).
 pub fn import_rule(
@@ -446,17 +437,18 @@ pub fn import_rule(
         [] => return Err("the file is empty".into()),
         _ => return Err("several YAML documents (a Sigma rule collection) are not supported; split them".into()),
     };
-    let NodeKind::Mapping(pairs) = &document.kind else {
+    if !matches!(document.kind, NodeKind::Mapping(_)) {
         return Err(format!("a Sigma rule is a mapping, found {}", document.describe()).into());
-    };
-    let get = |name: &str| pairs.iter().find(|(key, _)| key.as_text() == Some(name)).map(|(_, value)| value);
+    }
+    // Keys cordon does not use (custom attributes) are allowed, as Sigma allows them.
+    let get = |name: &str| document.get(name);
     if get("correlation").is_some() {
         return Err("a Sigma correlation rule: count matches with a cordon rule's `threshold:` instead".into());
     }
-    if get("filter").is_some() && get(DETECTION_RULE_MARK).is_none() {
+    if get("filter").is_some() && get("detection").is_none() {
         return Err("a Sigma filter (meta rule): write it as a `not` selection of the rules it filters".into());
     }
-    let text_of = |name: &str| get(name).and_then(|node| node.as_text()).map(str::to_owned);
+    let text_of = |name: &str| get(name).and_then(Node::as_text).map(str::to_owned);
     let title = text_of("title").ok_or("no `title`")?;
     let level_text = text_of("level").ok_or("no `level`: the level decides the response")?;
     let level = Level::from_name(&level_text)
@@ -466,7 +458,7 @@ pub fn import_rule(
         return Err(NotImported::Level(level));
     }
     let logsource = read_logsource(get("logsource").ok_or("no `logsource`")?)?;
-    let detection = get(DETECTION_RULE_MARK).ok_or("no `detection`")?;
+    let detection = get("detection").ok_or("no `detection`")?;
     let applicable: Vec<&Transformation> =
         pipeline.transformations.iter().filter(|transformation| transformation.applies_to(&logsource)).collect();
     if let Some(message) = applicable.iter().find_map(|t| match &t.action {
@@ -515,7 +507,7 @@ pub fn import_rule(
     if !options.live {
         let _ = writeln!(out, "shadow: true");
     }
-    write_sigma_origin(&mut out, pairs, level, &logsource);
+    write_sigma_origin(&mut out, document, level, &logsource);
     out.push_str(&detection_text);
     let _ = writeln!(out, "response:\n  isolate:");
     match response {
@@ -534,9 +526,9 @@ pub fn import_rule(
 }
 
 /// `sigma:`: the Sigma rule's identity, kept in the converted rule.
-fn write_sigma_origin(out: &mut String, pairs: &[(Node, Node)], level: Level, logsource: &Logsource) {
-    let get = |name: &str| pairs.iter().find(|(key, _)| key.as_text() == Some(name)).map(|(_, value)| value);
-    let text_of = |name: &str| get(name).and_then(|node| node.as_text()).map(str::to_owned);
+fn write_sigma_origin(out: &mut String, rule: &Node, level: Level, logsource: &Logsource) {
+    let get = |name: &str| rule.get(name);
+    let text_of = |name: &str| get(name).and_then(Node::as_text).map(str::to_owned);
     let _ = writeln!(out, "sigma:");
     if let Some(sigma_id) = text_of("id") {
         let _ = writeln!(out, "  id: {}", quote(&sigma_id));
@@ -581,12 +573,10 @@ fn rule_id(file: &str) -> String {
 }
 
 fn read_logsource(node: &Node) -> Result<Logsource, String> {
-    let NodeKind::Mapping(pairs) = &node.kind else {
+    if !matches!(node.kind, NodeKind::Mapping(_)) {
         return Err(format!("`logsource` is a mapping, found {}", node.describe()));
-    };
-    let get = |name: &str| {
-        pairs.iter().find(|(key, _)| key.as_text() == Some(name)).and_then(|(_, value)| value.as_text()).map(str::to_owned)
-    };
+    }
+    let get = |name: &str| node.get(name).and_then(Node::as_text).map(str::to_owned);
     Ok(Logsource { category: get("category"), product: get("product"), service: get("service") })
 }
 

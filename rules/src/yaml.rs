@@ -122,6 +122,14 @@ impl Node {
         }
     }
 
+    /// The value of `key` when this node is a mapping that has it.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        match &self.kind {
+            NodeKind::Mapping(pairs) => pairs.iter().find(|(k, _)| k.as_text() == Some(key)).map(|(_, value)| value),
+            _ => None,
+        }
+    }
+
     /// The scalar's text when this node is a string-like scalar (any scalar except null).
     pub fn as_text(&self) -> Option<&str> {
         match &self.kind {
