@@ -647,7 +647,7 @@ fn wait_for_status(
     }
 }
 
-#[expect(clippy::too_many_lines, reason = "one scenario told in order: setup, apply, six refusals, release")]
+#[expect(clippy::too_many_lines, reason = "one scenario told in order: setup, apply, eight refusals, release")]
 fn signed_commands_over_kafka() -> Result<(), Failed> {
     let tansu = which("tansu");
     let mut sandbox = Sandbox::new();
@@ -775,6 +775,22 @@ fn signed_commands_over_kafka() -> Result<(), Failed> {
     wait_for_status(&mut statuses, "refusal of the unsigned command", |s| s["refusal"] == "unsigned");
     send(b"\x00\xffnot json at all");
     wait_for_status(&mut statuses, "refusal of garbage", |s| s["refusal"] == "malformed");
+    // Authentic commands it cannot read (an exclusion that is no SPEC) or cannot apply (more
+    // rules on one network than the kernel's table holds): each refused as what it is.
+    let isolation_allowing = |exclusions: Vec<String>| cordon_wire::Action::Isolate {
+        duration_seconds: None,
+        exclusions,
+        allowed_processes: vec![],
+        allow_dns: false,
+        allow_dhcp: false,
+        reason: "test".into(),
+    };
+    let unreadable = isolation_allowing(vec!["out,tcp,999.1.2.3/32,443".into()]);
+    send(&cordon_wire::seal(&command("c-unreadable", "sandbox-host", 3, now + 60_000, unreadable), &key));
+    assert_eq!(refusal_for(&mut statuses, "c-unreadable"), "invalid_content");
+    let crowded = isolation_allowing((0..20).map(|i| format!("out,tcp,10.0.0.0/8,{}", 1000 + 2 * i)).collect());
+    send(&cordon_wire::seal(&command("c-crowded", "sandbox-host", 4, now + 60_000, crowded), &key));
+    assert_eq!(refusal_for(&mut statuses, "c-crowded"), "failed");
     check(
         "still isolated after every refusal",
         &on_host(&sandbox, &["connect", &peer, "8080"]),
