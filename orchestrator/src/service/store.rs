@@ -1105,6 +1105,31 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A reopen that finds the file lock still held (sled's flusher lets go a moment after the
+    /// last handle is dropped) waits for it, at most 2 s; a lock held longer is an error naming it.
+    #[test]
+    fn a_reopen_waits_for_the_file_lock_and_no_longer_than_2_s() {
+        let (dir, store) = scratch("lock");
+        drop(store);
+        let holder = super::Trees::open_when_released(&dir).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(holder);
+        });
+        let started = std::time::Instant::now();
+        let reopened = super::Trees::open_when_released(&dir);
+        release.join().unwrap();
+        assert!(reopened.is_ok(), "{:?}", reopened.err());
+        assert!(started.elapsed() >= std::time::Duration::from_millis(250), "it waited for the holder");
+        let holder = reopened.unwrap();
+        let started = std::time::Instant::now();
+        let error = format!("{:#}", super::Trees::open_when_released(&dir).err().expect("the lock is held"));
+        assert!(error.contains("could not acquire lock"), "{error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(4), "bounded");
+        drop(holder);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn the_fleet_shows_what_is_staged_and_keeps_in_step_after_the_first_look() {
         let (dir, store) = scratch("fleet");
