@@ -267,7 +267,7 @@ pub struct AgentView {
 /// A pending approval.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingView {
-    pub mode: String,
+    pub mode: cordon_wire::IsolationMode,
     pub duration_seconds: Option<u64>,
     pub exclusions: Vec<String>,
     pub rules: Vec<String>,
@@ -296,7 +296,7 @@ pub struct AuditView {
 pub struct HostView {
     pub host: String,
     pub state: String,
-    pub mode: Option<String>,
+    pub mode: Option<cordon_wire::IsolationMode>,
     /// RFC 3339, UTC; null unless automatic.
     pub expires_at: Option<String>,
     pub tags: Vec<String>,
@@ -362,7 +362,7 @@ impl HostView {
         HostView {
             host: record.host.clone(),
             state: record.state.name().to_owned(),
-            mode: record.mode.clone(),
+            mode: record.mode,
             expires_at: record.expires_at_ms.map(rfc3339),
             tags: record.tags.clone(),
             generation: record.generation,
@@ -423,7 +423,7 @@ impl CommandView {
 impl PendingView {
     fn new(proposal: &Proposal) -> PendingView {
         PendingView {
-            mode: proposal.plan.mode().to_owned(),
+            mode: proposal.plan.mode(),
             duration_seconds: proposal.plan.duration_seconds,
             exclusions: proposal.plan.exclusions.clone(),
             rules: proposal.rules.clone(),

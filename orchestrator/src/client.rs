@@ -248,7 +248,7 @@ fn print_hosts(hosts: &[HostView], out: &mut impl Write) -> Result<()> {
             "{:width$}  {:20}  {:9}  {:24}  {}",
             host.host,
             state,
-            host.mode.as_deref().unwrap_or("-"),
+            host.mode.map_or("-", cordon_wire::IsolationMode::name),
             host.expires_at.as_deref().unwrap_or("-"),
             host.tags.join(", ")
         )?;
@@ -259,7 +259,7 @@ fn print_hosts(hosts: &[HostView], out: &mut impl Write) -> Result<()> {
 fn print_host(host: &HostView, out: &mut impl Write) -> Result<()> {
     writeln!(out, "Host:        {}", host.host)?;
     writeln!(out, "State:       {} (generation {})", host.state, host.generation)?;
-    writeln!(out, "Mode:        {}", host.mode.as_deref().unwrap_or("-"))?;
+    writeln!(out, "Mode:        {}", host.mode.map_or("-", cordon_wire::IsolationMode::name))?;
     writeln!(out, "Expires at:  {}", host.expires_at.as_deref().unwrap_or("-"))?;
     writeln!(out, "Tags:        {}", if host.tags.is_empty() { "-".into() } else { host.tags.join(", ") })?;
     if !host.rules.is_empty() {
@@ -269,7 +269,7 @@ fn print_host(host: &HostView, out: &mut impl Write) -> Result<()> {
         writeln!(
             out,
             "Pending:     {} isolation{} requested by rules {} at {} ({} request(s)); `cordon approve {}` or `cordon deny {}`",
-            pending.mode,
+            pending.mode.name(),
             pending.duration_seconds.map(|s| format!(" for {s} s")).unwrap_or_default(),
             pending.rules.join(", "),
             pending.requested_at,

@@ -166,10 +166,7 @@ impl Service {
         for decision in &decisions {
             let mode = match &decision.action {
                 rules::Action::RequestApproval(_) => "approve",
-                rules::Action::Isolate(isolation) => match isolation.mode {
-                    rules::IsolationMode::Automatic => "automatic",
-                    rules::IsolationMode::Manual => "manual",
-                },
+                rules::Action::Isolate(isolation) => isolation.mode.name(),
             };
             self.metrics.decisions.add(mode, 1);
             for rule in &decision.rules {

@@ -94,11 +94,11 @@ impl IsolationPlan {
         }
     }
 
-    pub fn mode(&self) -> &'static str {
+    pub fn mode(&self) -> cordon_wire::IsolationMode {
         if self.duration_seconds.is_some() {
-            "automatic"
+            cordon_wire::IsolationMode::Automatic
         } else {
-            "manual"
+            cordon_wire::IsolationMode::Manual
         }
     }
 
@@ -142,8 +142,8 @@ pub struct HostRecord {
     pub state: HostState,
     /// The generation of the last command issued to this host.
     pub generation: u64,
-    /// `automatic` or `manual` while isolated.
-    pub mode: Option<String>,
+    /// While isolated.
+    pub mode: Option<cordon_wire::IsolationMode>,
     pub expires_at_ms: Option<i64>,
     /// The rules (or `operator NAME`) behind the current or last isolation.
     pub rules: Vec<String>,
@@ -202,7 +202,7 @@ pub struct HostRecord {
 pub struct HostSummary {
     pub host: String,
     pub state: HostState,
-    pub mode: Option<String>,
+    pub mode: Option<cordon_wire::IsolationMode>,
     pub expires_at_ms: Option<i64>,
     pub tags: Vec<String>,
     pub last_seen_ms: Option<i64>,
@@ -218,7 +218,7 @@ impl HostRecord {
         HostSummary {
             host: self.host.clone(),
             state: self.state,
-            mode: self.mode.clone(),
+            mode: self.mode,
             expires_at_ms: self.expires_at_ms,
             tags: self.tags.clone(),
             last_seen_ms: self.last_seen_ms,
@@ -437,7 +437,7 @@ impl HostRecord {
         let plan = profile.profile.under(requested);
         self.requested = Some(requested.clone());
         self.profile = Some(profile.reference());
-        self.mode = Some(plan.mode().to_owned());
+        self.mode = Some(plan.mode());
         self.expires_at_ms = plan.duration_seconds.map(|seconds| {
             now.saturating_add(i64::try_from(seconds).unwrap_or(i64::MAX).saturating_mul(1_000))
         });
@@ -830,7 +830,7 @@ pub fn on_status(record: &mut HostRecord, status: &cordon_wire::Status, now: i64
         record.state
     };
     if to == HostState::Isolated && answers_last_command {
-        record.mode = status.mode.map(|mode| mode.name().to_owned());
+        record.mode = status.mode;
         if status.mode == Some(cordon_wire::IsolationMode::Manual) {
             record.expires_at_ms = None;
         }

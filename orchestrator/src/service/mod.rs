@@ -598,14 +598,8 @@ impl Service {
 
     /// Tells the engine about an isolation it did not decide, so rules never weaken it.
     fn note_isolation(&mut self, record: &HostRecord, plan: &IsolationPlan, by: &str) {
-        let mode = if plan.duration_seconds.is_some() {
-            rules::IsolationMode::Automatic
-        } else {
-            rules::IsolationMode::Manual
-        };
-        self.engine.note_isolation(&record.host, mode, record.expires_at_ms, by);
+        self.engine.note_isolation(&record.host, plan.mode(), record.expires_at_ms, by);
     }
-
 }
 
 /// Whether `error` comes from the state store (disk full, I/O): the batch must not be committed

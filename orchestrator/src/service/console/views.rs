@@ -383,7 +383,7 @@ pub fn fleet_rows(fleet: &FleetPage, now_ms: i64) -> Markup {
                 tr {
                     th scope="row" { a href=(host_url(&summary.host)) { (summary.host) } }
                     td { (state_badge(summary.state)) }
-                    td { (summary.mode.as_deref().unwrap_or("—")) }
+                    td { (summary.mode.map_or("—", cordon_wire::IsolationMode::name)) }
                     td { (countdown(summary.expires_at_ms, now_ms)) }
                     td.tags { @for tag in &summary.tags { span class=@if tag == ISOLATED_TAG { "tag tag-isolated" } @else { "tag" } { (tag) } " " } }
                     td { (summary_health(summary, now_ms)) }
@@ -489,7 +489,7 @@ pub fn host_live(record: &HostRecord, audit: &[AuditEntry], now_ms: i64) -> Mark
                     }
                 }
                 dl.facts {
-                    dt { "Mode" } dd { (record.mode.as_deref().unwrap_or("—")) }
+                    dt { "Mode" } dd { (record.mode.map_or("—", cordon_wire::IsolationMode::name)) }
                     dt { "Time left" } dd { (countdown(record.expires_at_ms, now_ms)) @if let Some(at) = record.expires_at_ms { " (until " (rfc3339(at)) ")" } }
                     dt { "Why" } dd { (why(record)) }
                     dt { "Profile" } dd { @if let Some(p) = &record.profile { (p.name) " (policy version " (p.version) ")" } @else { "—" } }

@@ -70,7 +70,7 @@ fn operator_isolation_is_confirmed_then_lifted_at_its_deadline() {
     on_status(&mut host, &status("web-01", 2, false, cordon_wire::StatusKind::Applied), T0 + 60_050, OnTamper::AlertOnly);
     assert_eq!(host.state, HostState::Released);
     assert_eq!(host.tags, vec!["plc".to_owned()]);
-    assert_eq!((host.mode.as_deref(), host.expires_at_ms), (None, None));
+    assert_eq!((host.mode, host.expires_at_ms), (None, None));
 }
 
 #[test]
@@ -471,7 +471,7 @@ fn a_new_profile_leaves_released_pending_and_overdue_hosts_alone_and_keeps_manua
     operator_isolate(&mut manual, &IsolationPlan::default(), seed(), "x", "operator a", T0);
     let effects = apply_profile(&mut manual, v2.profile_in_force(&[]), "v2", T0 + 5);
     assert!(matches!(effects.command, Some(cordon_wire::Action::Isolate { duration_seconds: None, .. })));
-    assert_eq!(manual.mode.as_deref(), Some("manual"));
+    assert_eq!(manual.mode, Some(cordon_wire::IsolationMode::Manual));
 }
 
 #[test]
