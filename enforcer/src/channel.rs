@@ -439,7 +439,7 @@ impl Channel {
         }
         let last = match self.last_generation.get() {
             Some(last) => last,
-            None => match Store::open(&target.state_dir).and_then(|s| s.last_generation()) {
+            None => match Store::open(&target.state_dir).and_then(|s| s.last_command_generation()) {
                 Ok(last) => {
                     self.last_generation.set(Some(last));
                     last
@@ -454,10 +454,10 @@ impl Channel {
         Ok(command)
     }
 
-    /// The host's state as a status message.
+    /// The host's state as a status message: one read of the store (it is opened per use, since
+    /// the command line opens it too, and an open costs as much as attaching the programs).
     pub fn snapshot(&self, target: &Target, answer: Answer) -> Status {
         let (kind, command_id, refusal, error) = answer.into_parts();
-        let generation = Store::open(&target.state_dir).and_then(|s| s.last_generation()).unwrap_or(0);
         let sent_at_ms = isolation::now_unix_ms().max(self.last_sent_at_ms.get().saturating_add(1));
         self.last_sent_at_ms.set(sent_at_ms);
         let mut status = Status {
@@ -466,7 +466,7 @@ impl Channel {
             sent_at_ms,
             kind,
             command_id,
-            generation,
+            generation: 0,
             isolated: false,
             mode: None,
             expires_at_ms: None,
@@ -480,6 +480,7 @@ impl Channel {
         };
         match isolation::status(target) {
             Ok(local) => {
+                status.generation = local.last_command_generation;
                 status.isolated = local.isolated;
                 status.mode = local.mode;
                 status.expires_at_ms = local.expires_at_unix_ms;
@@ -489,6 +490,8 @@ impl Channel {
                 status.packets_allowed = local.counters.packets_allowed;
             }
             Err(e) => {
+                // What this agent last applied, if it knows (no other process applies commands).
+                status.generation = self.last_generation.get().unwrap_or(0);
                 let reading = format!("cannot read local status: {e:#}");
                 status.error =
                     Some(status.error.map_or(reading.clone(), |first| format!("{first}; {reading}")));

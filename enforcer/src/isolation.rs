@@ -465,6 +465,9 @@ pub struct Status {
     /// Programs attached but not isolating (see `arm`).
     pub armed: bool,
     pub generation: Option<u64>,
+    /// The generation of the last cordon command applied (0 when none was): what the agent's
+    /// reports carry, and what a replayed command must beat.
+    pub last_command_generation: u64,
     /// The last changes, oldest first (from the audit trail).
     pub history: Vec<AuditEntry>,
     /// Something is recorded or pinned that does not match what is enforced (e.g. the kernel
@@ -481,6 +484,7 @@ pub fn status(target: &Target) -> Result<Status> {
     let store = Store::open(&target.state_dir)?;
     let record = store.current()?;
     let history = store.recent_audit(5)?;
+    let last_command_generation = store.last_command_generation()?;
     drop(store);
     let now_coarse = now_coarse_ns();
     let enforcing = kernel.as_ref().is_some_and(|k| k.config.enforcing_at(now_coarse) && !k.links.is_empty());
@@ -527,6 +531,7 @@ pub fn status(target: &Target) -> Result<Status> {
         pinned_links: kernel.as_ref().map(|k| k.links.clone()).unwrap_or_default(),
         armed,
         generation: kernel.as_ref().map(|k| k.config.generation),
+        last_command_generation,
         history,
         attention,
         pins_intact,

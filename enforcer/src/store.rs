@@ -166,7 +166,7 @@ impl Store {
     }
 
     /// The generation of the last command applied (0 when none was).
-    pub fn last_generation(&self) -> Result<u64> {
+    pub fn last_command_generation(&self) -> Result<u64> {
         let bytes = self.db.get(LAST_GENERATION_KEY).context("cannot read the last generation")?;
         Ok(bytes.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok()).map_or(0, u64::from_be_bytes))
     }
@@ -232,10 +232,10 @@ mod tests {
             generation: 1,
         };
         store.set_current(&record, Some(5), None).unwrap();
-        assert_eq!((store.current().unwrap().is_some(), store.last_generation().unwrap()), (true, 5));
+        assert_eq!((store.current().unwrap().is_some(), store.last_command_generation().unwrap()), (true, 5));
         // From the command line: the record changes, the commands' generation does not.
         store.set_current(&record, None, None).unwrap();
-        assert_eq!(store.last_generation().unwrap(), 5);
+        assert_eq!(store.last_command_generation().unwrap(), 5);
         let released = AuditEntry {
             at_unix_ms: 2,
             event: "released".into(),
@@ -247,7 +247,7 @@ mod tests {
         store.clear_current(Some(6), Some(&released)).unwrap();
         drop(store);
         let store = Store::open(&dir).unwrap();
-        assert_eq!((store.current().unwrap().is_none(), store.last_generation().unwrap()), (true, 6));
+        assert_eq!((store.current().unwrap().is_none(), store.last_command_generation().unwrap()), (true, 6));
         let trail = store.audit_trail().unwrap();
         assert_eq!(trail.len(), 1, "the release is in the audit trail with its record: {trail:?}");
         assert_eq!((trail[0].event.as_str(), trail[0].command_generation), ("released", Some(6)));
