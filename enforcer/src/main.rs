@@ -3,6 +3,7 @@
 //! Exit codes: 0 done; 1 could not be done (the message says why); 2 bad command line or input
 //! (nothing was changed).
 
+mod agent;
 mod bpf;
 mod channel;
 mod endpoints;
@@ -19,15 +20,15 @@ mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use cordon_wire::spec::Exclusion;
 
 use crate::config::EnforcerConfig;
 use crate::exclusion::{parse_duration, parse_exclusion, validate_process_name};
-use crate::isolation::{IsolateRequest, Restored, Target};
+use crate::isolation::{IsolateRequest, Target};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -192,7 +193,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Run => agent(&target, &config),
+        Command::Run => agent::Agent::start(&target, &config)?.run(),
         Command::Keygen { rotate } => {
             let key = if rotate {
                 let key = identity::rotate(&target.state_dir)?;
@@ -306,9 +307,6 @@ fn isolate(target: &Target, config: &EnforcerConfig, args: IsolateArgs) -> Resul
     Ok(())
 }
 
-/// What stays reachable while isolated: the brokers (which must resolve: without them the host
-/// could not be released remotely) and the OTLP collectors (best effort: a collector that does
-/// not resolve is left out, with a warning, rather than stopping an isolation).
 /// The management channel: the brokers (as configured, and as the cluster advertised them), the
 /// OTLP collectors, and DNS to the host's resolvers, for the agent's sockets only. A name that
 /// does not resolve uses the addresses it had (kept in the state dir); one never seen resolved is
@@ -356,235 +354,5 @@ fn choose_interfaces(target: &Target, config: &EnforcerConfig, given: Vec<String
         host::non_loopback_interfaces()
     } else {
         Vec::new()
-    }
-}
-
-/// The agent's start: logs, restoring what is due (before anything else), telemetry.
-fn start_agent(target: &Target, config: &EnforcerConfig) -> Result<cordon_telemetry::Telemetry> {
-    require_root()?;
-    let log_format =
-        cordon_telemetry::logs::format_from_env(config.telemetry.log_format).map_err(UsageError)?;
-    cordon_telemetry::logs::init(log_format);
-    bpf::ensure_bpffs(target.pins.root())?;
-    let restored = isolation::restore(target).context("start-up restore failed")?;
-    let restored = match restored {
-        Restored::Nothing => "nothing to restore",
-        Restored::Adopted => "adopted the pinned isolation",
-        Restored::Reinstalled => "re-installed the recorded isolation (pins were gone)",
-        Restored::Expired => "lifted an isolation whose deadline passed while the agent was down",
-    };
-    // The agent's own log goes to standard output (the journal under systemd); warnings and
-    // errors to stderr.
-    let telemetry = cordon_telemetry::Telemetry::start("cordon-enforcer", &config.telemetry, false)?;
-    tracing::info!(
-        "agent started for cgroup {}: {restored}; telemetry: {}.",
-        target.cgroup.display(),
-        telemetry.description()
-    );
-    Ok(telemetry)
-}
-
-/// The agent: restore first, then keep the programs armed, lift every deadline on time.
-fn agent(target: &Target, config: &EnforcerConfig) -> Result<()> {
-    let telemetry = start_agent(target, config)?;
-    let arm = config.arm.unwrap_or(true);
-    let (mut management, problems) = management_channel(config, &target.state_dir);
-    for problem in &problems {
-        tracing::error!("{problem}: the channel to it stays closed while isolated");
-    }
-    // An isolation recorded with other addresses (brokers moved, renamed) gets these.
-    update_management(target, &management);
-    let interfaces = choose_interfaces(target, config, Vec::new());
-    // The whole host, no interfaces configured: every interface is guarded, also one that
-    // appears while the host is isolated.
-    let guards_every_interface =
-        config.interfaces.is_none() && host::cgroup2_root().is_ok_and(|root| root == target.cgroup);
-    let heartbeat = Duration::from_secs(config.heartbeat_seconds.unwrap_or(30).max(1));
-    let mut settings = config.channel_settings(&target.state_dir)?;
-    let mut channel: Option<channel::Channel> = None;
-    let mut next_connect = Instant::now();
-    let mut next_heartbeat = Instant::now();
-    let mut health = health::AgentHealth {
-        pid: std::process::id(),
-        started_at_ms: isolation::now_unix_ms(),
-        heartbeat_seconds: heartbeat.as_secs(),
-        brokers: config.kafka.as_ref().map(|k| k.brokers.clone()),
-        ..health::AgentHealth::default()
-    };
-    let mut health_written: Option<health::AgentHealth> = None;
-    loop {
-        if arm && !target.pins.loaded() {
-            match isolation::arm(target) {
-                Ok(true) => tracing::info!("armed: programs loaded, ready to isolate at once."),
-                Ok(false) => {}
-                Err(error) => tracing::error!("cannot arm: {error:#}"),
-            }
-        }
-        // Connect (and retry a failed start) without ever holding up enforcement.
-        if channel.is_none() && Instant::now() >= next_connect {
-            if let Some(pending) = settings.take() {
-                let brokers = pending.brokers.clone();
-                match channel::Channel::connect(
-                    pending,
-                    cordon_telemetry::Spans::new(telemetry.tracer().cloned()),
-                ) {
-                    Ok(connected) => {
-                        let partition = connected.partition().unwrap_or(-1);
-                        tracing::info!("command channel connected to {brokers} (partition {partition}).");
-                        learn_advertised_brokers(target, config, connected.advertised(), &mut management);
-                        channel = Some(connected);
-                    }
-                    Err(error) => {
-                        tracing::error!("command channel: {error:#}; retrying in 5 s");
-                        settings = config.channel_settings(&target.state_dir)?;
-                        next_connect = Instant::now() + Duration::from_secs(5);
-                    }
-                }
-            }
-        }
-        let wait = lift_if_due(target, channel.as_ref());
-        let heartbeat_due = Instant::now() >= next_heartbeat;
-        if heartbeat_due {
-            repair_detached_links(target, channel.as_ref());
-            if guards_every_interface {
-                guard_new_interfaces(target);
-            }
-        }
-        note_health(target, channel.as_ref(), &mut health, &mut health_written, heartbeat_due);
-        if let Some(channel) = &channel {
-            if heartbeat_due {
-                channel.report(&channel.snapshot(target, channel::Answer::Heartbeat));
-                next_heartbeat = Instant::now() + heartbeat;
-            }
-            let apply = channel::Apply { target, management: &management, interfaces: &interfaces };
-            match channel.poll(wait, &apply) {
-                // The command's spans go out now, not in a few seconds.
-                Ok(true) => telemetry.flush(),
-                Ok(false) => {}
-                Err(error) => tracing::error!("{error:#}"),
-            }
-        } else {
-            if heartbeat_due {
-                next_heartbeat = Instant::now() + heartbeat;
-            }
-            std::thread::sleep(wait);
-        }
-    }
-}
-
-/// Remembers the brokers the cluster advertises (librdkafka connects to them, not only to the
-/// bootstrap list) and opens the management channel to them, live if the host is isolated.
-fn learn_advertised_brokers(
-    target: &Target,
-    config: &EnforcerConfig,
-    advertised: &[String],
-    management: &mut Vec<Exclusion>,
-) {
-    let mut endpoints = endpoints::Endpoints::load(&target.state_dir);
-    let mut learned = false;
-    let new: Vec<&String> = advertised.iter().filter(|broker| !endpoints.knows(broker)).collect();
-    for broker in new {
-        match endpoints.find(broker) {
-            Ok(_) => learned = true,
-            Err(error) => tracing::warn!("advertised broker: {error:#}"),
-        }
-    }
-    if !learned {
-        return;
-    }
-    if let Err(error) = endpoints.save() {
-        tracing::warn!("cannot remember the advertised brokers' addresses: {error:#}");
-    }
-    let (now, _) = management_channel(config, &target.state_dir);
-    if now != *management {
-        tracing::info!("management channel: {} exclusion(s) with the brokers the cluster advertises.", now.len());
-        *management = now;
-        update_management(target, management);
-    }
-}
-
-/// Lifts the isolation at its deadline (and says so); returns how long the loop may wait.
-fn lift_if_due(target: &Target, channel: Option<&channel::Channel>) -> Duration {
-    match isolation::expire_if_due(target) {
-        Ok(isolation::Deadline::Pending(remaining)) => remaining.min(Duration::from_millis(500)),
-        Ok(isolation::Deadline::Lifted) => {
-            tracing::info!("deadline reached: isolation lifted.");
-            if let Some(channel) = channel {
-                channel.report(&channel.snapshot(target, channel::Answer::Changed));
-            }
-            Duration::ZERO
-        }
-        Ok(isolation::Deadline::None) => Duration::from_millis(500),
-        Err(error) => {
-            tracing::error!("checking the deadline failed: {error:#}");
-            Duration::from_secs(1)
-        }
-    }
-}
-
-/// Attaches again the links someone detached on the host, and says so loudly (log, audit trail,
-/// and a report to cordon that carries it as `tampering`).
-fn repair_detached_links(target: &Target, channel: Option<&channel::Channel>) {
-    if !target.pins.installed() {
-        return;
-    }
-    match isolation::repair_detached_links(target) {
-        Ok(repaired) if !repaired.is_empty() => {
-            let what = format!(
-                "TAMPERING: link(s) {} of the isolation were detached on the host, not by cordon; attached again",
-                repaired.join(", ")
-            );
-            tracing::error!("{what}");
-            if let Some(channel) = channel {
-                let mut status = channel.snapshot(target, channel::Answer::Changed);
-                status.tampering = Some(what);
-                channel.report(&status);
-            }
-        }
-        Ok(_) => {}
-        Err(error) => tracing::error!("cannot check or repair the isolation's links: {error:#}"),
-    }
-}
-
-/// Guards the interfaces that appeared while the host is isolated.
-fn guard_new_interfaces(target: &Target) {
-    if !target.pins.installed() {
-        return;
-    }
-    match isolation::guard_new_interfaces(target, &host::non_loopback_interfaces()) {
-        Ok(new) if !new.is_empty() => tracing::info!("ICMP echo guard attached to new interface(s) {}.", new.join(", ")),
-        Ok(_) => {}
-        Err(error) => tracing::error!("cannot guard a new interface: {error:#}"),
-    }
-}
-
-/// Brings the isolation in force, if any, to `management`, live.
-fn update_management(target: &Target, management: &[Exclusion]) {
-    match isolation::update_management(target, management) {
-        Ok(true) => tracing::info!("the isolation in force now keeps the management channel to {} endpoint(s).", management.len()),
-        Ok(false) => {}
-        Err(error) => tracing::error!("cannot update the management channel of the isolation in force: {error:#}"),
-    }
-}
-
-/// Writes the agent's health when it changed, and with every heartbeat.
-fn note_health(
-    target: &Target,
-    channel: Option<&channel::Channel>,
-    health: &mut health::AgentHealth,
-    written: &mut Option<health::AgentHealth>,
-    heartbeat_due: bool,
-) {
-    health.kafka_connected = channel.is_some_and(channel::Channel::connected);
-    health.last_command = channel.and_then(channel::Channel::last_command);
-    let changed = written.as_ref().is_none_or(|before| {
-        (before.kafka_connected, &before.last_command) != (health.kafka_connected, &health.last_command)
-    });
-    if heartbeat_due || changed {
-        health.updated_at_ms = isolation::now_unix_ms();
-        match health::write(&target.state_dir, health) {
-            Ok(()) => *written = Some(health.clone()),
-            Err(error) => tracing::error!("cannot write the agent's health file: {error}"),
-        }
     }
 }
