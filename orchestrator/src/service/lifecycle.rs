@@ -380,19 +380,11 @@ impl HostRecord {
     }
 
     /// Moves to `to`, issuing `command` (if any) as the next generation; returns the effects.
-    fn step(
-        &mut self,
-        to: HostState,
-        command: Option<cordon_wire::Action>,
-        by: &str,
-        event_id: Option<&str>,
-        why: String,
-        now: i64,
-    ) -> Effects {
+    fn step(&mut self, to: HostState, command: Option<cordon_wire::Action>, cause: Cause<'_>, now: i64) -> Effects {
         let from = self.state;
         self.state = to;
         let mut command = command;
-        let mut why = why;
+        let Cause { by, event_id, mut why } = cause;
         if let Some(issued) = &command {
             if let Some(next) = self.generation.checked_add(1) {
                 self.generation = next;
@@ -429,9 +421,7 @@ impl HostRecord {
         &mut self,
         requested: &IsolationPlan,
         profile: ProfileInForce<'_>,
-        by: &str,
-        event_id: Option<&str>,
-        why: String,
+        cause: Cause<'_>,
         now: i64,
     ) -> Effects {
         let plan = profile.profile.under(requested);
@@ -441,15 +431,29 @@ impl HostRecord {
         self.expires_at_ms = plan.duration_seconds.map(|seconds| {
             now.saturating_add(i64::try_from(seconds).unwrap_or(i64::MAX).saturating_mul(1_000))
         });
-        self.event_id = event_id.map(str::to_owned);
-        let command = plan.command(format!("{by}: {why}"));
-        self.step(HostState::Isolating, Some(command), by, event_id, why, now)
+        self.event_id = cause.event_id.map(str::to_owned);
+        let command = plan.command(format!("{}: {}", cause.by, cause.why));
+        self.step(HostState::Isolating, Some(command), cause, now)
     }
 
     fn release(&mut self, by: &str, why: String, now: i64) -> Effects {
         self.expires_at_ms = None;
         let command = cordon_wire::Action::Release { reason: format!("{by}: {why}") };
-        self.step(HostState::Releasing, Some(command), by, None, why, now)
+        self.step(HostState::Releasing, Some(command), Cause::new(by, why), now)
+    }
+}
+
+/// Who or what moves a host, for which detection, and why: what the move's audit line says.
+struct Cause<'a> {
+    by: &'a str,
+    event_id: Option<&'a str>,
+    why: String,
+}
+
+impl<'a> Cause<'a> {
+    /// A move no detection is behind.
+    fn new(by: &'a str, why: String) -> Cause<'a> {
+        Cause { by, event_id: None, why }
     }
 }
 
@@ -473,7 +477,8 @@ pub fn on_decision(
             record.rules.clone_from(&decision.rules);
             record.pending = None;
             let plan = IsolationPlan::from_rules(isolation);
-            let effects = record.isolate(&plan, profile, &by, Some(&decision.event_id), why, now);
+            let cause = Cause { by: &by, event_id: Some(&decision.event_id), why };
+            let effects = record.isolate(&plan, profile, cause, now);
             // The engine computed the deadline from the event; keep it exactly.
             if isolation.deadline_ms.is_some() {
                 record.expires_at_ms = isolation.deadline_ms;
@@ -506,7 +511,8 @@ pub fn on_decision(
             };
             record.pending = Some(proposal);
             let to = if record.state.may_be_isolated() { record.state } else { HostState::PendingApproval };
-            record.step(to, None, &by, Some(&decision.event_id), format!("approval requested: {why}"), now)
+            let why = format!("approval requested: {why}");
+            record.step(to, None, Cause { by: &by, event_id: Some(&decision.event_id), why }, now)
         }
     }
 }
@@ -524,7 +530,7 @@ pub fn operator_isolate(
     record.rules = vec![operator.to_owned()];
     // An operator acting on the host has seen it: the tampering alarm is answered.
     record.tampered = None;
-    record.isolate(plan, profile, operator, None, reason.to_owned(), now)
+    record.isolate(plan, profile, Cause::new(operator, reason.to_owned()), now)
 }
 
 /// An operator releases the host. A release is sent even when cordon believes the host is not
@@ -584,7 +590,7 @@ pub fn extend(
         }
         release @ cordon_wire::Action::Release { .. } => release,
     };
-    Ok(record.step(HostState::Isolating, Some(command), operator, None, why, now))
+    Ok(record.step(HostState::Isolating, Some(command), Cause::new(operator, why), now))
 }
 
 /// An operator approves the pending proposal: the isolation starts now (its clock too).
@@ -605,7 +611,7 @@ pub fn approve(
         proposal.event_id,
         proposal.requests
     );
-    Ok(record.isolate(&proposal.plan, profile, operator, Some(&proposal.event_id), why, now))
+    Ok(record.isolate(&proposal.plan, profile, Cause { by: operator, event_id: Some(&proposal.event_id), why }, now))
 }
 
 /// An operator denies the pending proposal: the host stays as it was.
@@ -615,7 +621,7 @@ pub fn deny(record: &mut HostRecord, reason: &str, operator: &str, now: i64) -> 
     };
     let to = if record.state == HostState::PendingApproval { HostState::NotIsolated } else { record.state };
     let why = format!("denied the isolation requested by rules {}: {reason}", proposal.rules.join(","));
-    Ok(record.step(to, None, operator, Some(&proposal.event_id), why, now))
+    Ok(record.step(to, None, Cause { by: operator, event_id: Some(&proposal.event_id), why }, now))
 }
 
 /// A tag as operators set it: 1 to 128 printable characters, not cordon's own.
@@ -648,12 +654,12 @@ pub fn set_tags(
         }
     }
     let why = format!("tags: added [{}], removed [{}]", add.join(", "), remove.join(", "));
-    Ok(record.step(record.state, None, operator, None, why, now))
+    Ok(record.step(record.state, None, Cause::new(operator, why), now))
 }
 
 /// Something happened to the host that changes no state but belongs in its trail.
 pub fn note(record: &mut HostRecord, by: &str, why: String, now: i64) -> Effects {
-    record.step(record.state, None, by, None, why, now)
+    record.step(record.state, None, Cause::new(by, why), now)
 }
 
 /// The host's profile changed (a new policy version, or the operators' tags chose another
@@ -705,7 +711,7 @@ pub fn apply_profile(record: &mut HostRecord, profile: ProfileInForce<'_>, by: &
         changes.join(", ")
     );
     let command = IsolationPlan { duration_seconds, ..plan }.command(format!("{by}: {why}"));
-    record.step(HostState::Isolating, Some(command), by, None, why, now)
+    record.step(HostState::Isolating, Some(command), Cause::new(by, why), now)
 }
 
 /// What the rule or operator behind the isolation in force asked for (before its profile), when
@@ -791,7 +797,7 @@ pub fn on_status(record: &mut HostRecord, status: &cordon_wire::Status, now: i64
             status.generation, record.generation
         );
         record.last_error = Some(failure.clone());
-        return record.step(record.state, None, "agent", None, failure, now);
+        return record.step(record.state, None, Cause::new("agent", failure), now);
     }
     let caught_up = ahead_by > 0;
     if caught_up {
@@ -855,12 +861,12 @@ pub fn on_status(record: &mut HostRecord, status: &cordon_wire::Status, now: i64
             (_, Some(id)) => format!("agent answered command {id} (isolated: {})", status.isolated),
             (_, None) => format!("agent report (isolated: {})", status.isolated),
         };
-        record.step(to, None, "agent", None, why, now)
+        record.step(to, None, Cause::new("agent", why), now)
     };
     if let Some(repaired) = repaired {
         match &mut effects.audit {
             Some(audit) => audit.why = format!("{}; {repaired}", audit.why),
-            None => effects = record.step(record.state, None, "agent", None, repaired, now),
+            None => effects = record.step(record.state, None, Cause::new("agent", repaired), now),
         }
     } else if effects.audit.is_none() && (was_stale || caught_up || failure.is_some()) {
         let why = if let Some(failure) = failure {
@@ -870,7 +876,7 @@ pub fn on_status(record: &mut HostRecord, status: &cordon_wire::Status, now: i64
         } else {
             "agent heard from again".to_owned()
         };
-        effects = record.step(record.state, None, "agent", None, why, now);
+        effects = record.step(record.state, None, Cause::new("agent", why), now);
     }
     effects
 }
@@ -916,11 +922,11 @@ fn tampered(record: &mut HostRecord, status: &cordon_wire::Status, on_tamper: On
     let why = format!("TAMPERED: {what}; {response} ([agents] on_tamper = {})", on_tamper.name());
     record.tampered = Some(Tampering { at_ms: now, generation: status.generation, what, response });
     if command.is_some() {
-        record.step(HostState::Isolating, command, "agent", None, why, now)
+        record.step(HostState::Isolating, command, Cause::new("agent", why), now)
     } else {
         record.expires_at_ms = None;
         record.mode = None;
-        record.step(HostState::Released, None, "agent", None, why, now)
+        record.step(HostState::Released, None, Cause::new("agent", why), now)
     }
 }
 
@@ -972,7 +978,7 @@ fn reissue_desired_state(record: &mut HostRecord, status: &cordon_wire::Status, 
         if desired_isolated { "isolation" } else { "release" },
         status.generation.saturating_add(1)
     );
-    Some(record.step(to, Some(command), "agent", None, why, now))
+    Some(record.step(to, Some(command), Cause::new("agent", why), now))
 }
 
 /// Marks the host's agent stale when it has been silent for longer than `stale_after_ms`.
@@ -983,7 +989,7 @@ pub fn check_stale(record: &mut HostRecord, stale_after_ms: i64, now: i64) -> Ef
     }
     record.agent_stale = true;
     let why = format!("agent silent for {} s", (now - last_seen) / 1_000);
-    record.step(record.state, None, "scheduler", None, why, now)
+    record.step(record.state, None, Cause::new("scheduler", why), now)
 }
 
 /// The unanswered command to send again, when the last one has waited longer than `after_ms`.
