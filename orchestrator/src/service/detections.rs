@@ -7,16 +7,15 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{bail, Result};
-use opentelemetry::trace::{SpanKind, TraceContextExt as _};
-use opentelemetry::{Context as TraceContext, KeyValue};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::events::DetectionFailed;
+use super::events::{DecisionMade, DetectionFailed};
 use super::lifecycle::{self, HostRecord, HostState, IsolationPlan};
 use super::outbox::DeadLetterKind;
 use super::reader::{parse_batch, ConsumedBatch, DetectionConsumer, InputRules};
+use super::trace::{Consumed, DecisionTrace, DetectionTrace};
 use super::{is_store_fault, now_ms, Service, Transition};
 
 impl Service {
@@ -132,60 +131,22 @@ impl Service {
         if decisions.is_empty() && parent.is_none() {
             return Ok(());
         }
-        let consume = evaluating_since.and_then(|evaluating_since| {
-            let consume = self.spans.start(
-                "consume detection",
-                SpanKind::Consumer,
+        let trace = evaluating_since.and_then(|evaluating_since| {
+            let consumed = Consumed {
+                topic: &self.topics.detections,
+                message,
+                event,
                 received_at,
-                parent.as_ref().unwrap_or(&TraceContext::new()),
-                vec![
-                    KeyValue::new("messaging.system", "kafka"),
-                    KeyValue::new("messaging.destination.name", self.topics.detections.clone()),
-                    KeyValue::new("messaging.kafka.partition", i64::from(message.partition())),
-                    KeyValue::new("messaging.kafka.offset", message.offset()),
-                    KeyValue::new("cordon.event_id", event.id().to_owned()),
-                    KeyValue::new("cordon.host_id", event.host().to_owned()),
-                ],
-            )?;
-            let rule_ids: Vec<opentelemetry::StringValue> =
-                decisions.iter().flat_map(|d| d.rules.iter().cloned().map(Into::into)).collect();
-            if let Some(evaluate) = self.spans.start(
-                "evaluate rules",
-                SpanKind::Internal,
                 evaluating_since,
-                &consume,
-                vec![
-                    KeyValue::new("cordon.rule_ids", opentelemetry::Value::Array(rule_ids.into())),
-                    KeyValue::new("cordon.decisions", i64::try_from(decisions.len()).unwrap_or(i64::MAX)),
-                ],
-            ) {
-                evaluate.span().end();
-            }
-            Some(consume)
+                decisions: &decisions,
+                parent: parent.as_ref(),
+            };
+            DetectionTrace::start(&self.spans, &consumed)
         });
         for decision in &decisions {
-            let mode = match &decision.action {
-                rules::Action::RequestApproval(_) => "approve",
-                rules::Action::Isolate(isolation) => isolation.mode.name(),
-            };
-            self.metrics.decisions.add(mode, 1);
-            for rule in &decision.rules {
-                self.metrics.rule_matches.add(rule, 1);
-            }
-            let decide = consume.as_ref().and_then(|consume| {
-                self.spans.start(
-                    "decide",
-                    SpanKind::Internal,
-                    SystemTime::now(),
-                    consume,
-                    vec![
-                        KeyValue::new("cordon.host_id", decision.host.clone()),
-                        KeyValue::new("cordon.rule_ids", decision.rules.join(",")),
-                        KeyValue::new("cordon.decision", decision.action.name()),
-                        KeyValue::new("cordon.mode", mode),
-                    ],
-                )
-            });
+            let made = DecisionMade::of(decision);
+            made.emit(&self.metrics);
+            let decide = trace.as_ref().and_then(|trace| trace.decide(&self.spans, decision, made.mode));
             let previous = self.store.host(&decision.host)?;
             let mut record = previous.clone().unwrap_or_else(|| HostRecord::new(&decision.host, now));
             let policy = self.store.policy();
@@ -198,19 +159,13 @@ impl Service {
                 let waited = received_at.elapsed().unwrap_or_default().as_millis();
                 record.detected_at_ms = Some(now.saturating_sub(i64::try_from(waited).unwrap_or(0)));
             }
-            self.apply(previous.as_ref(), &mut record, effects, now, decide.as_ref())?;
+            self.apply(previous.as_ref(), &mut record, effects, now, decide.as_ref().map(DecisionTrace::context))?;
             if let Some(decide) = decide {
-                let span = decide.span();
-                span.set_attribute(KeyValue::new("cordon.state", record.state.name()));
-                span.set_attribute(KeyValue::new(
-                    "cordon.generation",
-                    i64::try_from(record.generation).unwrap_or(i64::MAX),
-                ));
-                span.end();
+                decide.end(&record);
             }
         }
-        if let Some(consume) = consume {
-            consume.span().end();
+        if let Some(trace) = trace {
+            trace.end();
         }
         Ok(())
     }

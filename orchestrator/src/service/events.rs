@@ -7,6 +7,30 @@ use std::time::Duration;
 
 use super::observe::Metrics;
 
+/// The rules decided something about a host (counted by mode and by rule).
+pub(super) struct DecisionMade<'a> {
+    /// `automatic`, `manual` or `approve`.
+    pub mode: &'static str,
+    pub rules: &'a [String],
+}
+
+impl<'a> DecisionMade<'a> {
+    pub fn of(decision: &'a rules::Decision) -> DecisionMade<'a> {
+        let mode = match &decision.action {
+            rules::Action::RequestApproval(_) => "approve",
+            rules::Action::Isolate(isolation) => isolation.mode.name(),
+        };
+        DecisionMade { mode, rules: &decision.rules }
+    }
+
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.decisions.add(self.mode, 1);
+        for rule in self.rules {
+            metrics.rule_matches.add(rule, 1);
+        }
+    }
+}
+
 /// The state store refused a write: the service stops taking input until it can write again.
 pub(super) struct StoreRefusedWrite<'a> {
     pub dir: &'a Path,

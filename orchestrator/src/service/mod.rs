@@ -32,6 +32,7 @@ mod reports;
 mod requests;
 pub mod store;
 pub mod tls;
+mod trace;
 mod upkeep;
 
 use std::collections::HashMap;
