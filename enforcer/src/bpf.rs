@@ -261,7 +261,7 @@ pub fn install(
     cgroup: &Path,
     interfaces: &[String],
     enforcement: &Enforcement<'_>,
-    generation: u64,
+    change_seq: u64,
 ) -> Result<()> {
     let was_armed = pins.armed();
     if !was_armed && pins.root.exists() {
@@ -273,7 +273,7 @@ pub fn install(
             load(pins)?;
         }
         attach(pins, cgroup, interfaces)?;
-        LiveMaps::open(pins)?.apply(enforcement, generation)
+        LiveMaps::open(pins)?.apply(enforcement, change_seq)
     })();
     if result.is_err() {
         if let Err(cleanup) = roll_back(pins, was_armed) {
@@ -303,10 +303,11 @@ pub fn set_agent(pins: &Pins, agent_tgid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Writes the generation of the isolation in force into its config (shown by `status`).
-pub fn set_generation(pins: &Pins, generation: u64) -> Result<()> {
+/// Writes the change sequence number of the isolation in force into its config (shown by
+/// `status`).
+pub fn set_change_seq(pins: &Pins, change_seq: u64) -> Result<()> {
     let mut maps = LiveMaps::open(pins)?;
-    let config = Config { generation, ..maps.config()? };
+    let config = Config { change_seq, ..maps.config()? };
     maps.config.set(0, config, 0).context("cannot write the config map")?;
     Ok(())
 }
@@ -525,7 +526,7 @@ impl LiveMaps {
     /// Brings the maps to `enforcement`, then writes the config. New entries go in before stale
     /// ones come out, so while a change lands the host is never more open than the union of
     /// the old and new exclusions, and never cuts what both allow.
-    pub fn apply(&mut self, enforcement: &Enforcement<'_>, generation: u64) -> Result<()> {
+    pub fn apply(&mut self, enforcement: &Enforcement<'_>, change_seq: u64) -> Result<()> {
         sync_trie(&mut self.rules_v4, &enforcement.tables.v4)?;
         sync_trie(&mut self.rules_v6, &enforcement.tables.v6)?;
         sync_set(&mut self.exempt_comm, enforcement.exempt_names)
@@ -536,7 +537,7 @@ impl LiveMaps {
             active: u32::from(enforcement.active),
             agent_tgid: enforcement.agent_tgid,
             expires_at_coarse_ns: enforcement.expires_at_coarse_ns,
-            generation,
+            change_seq,
         };
         self.config.set(0, config, 0).context("cannot write the config map")?;
         Ok(())

@@ -187,7 +187,7 @@ pub fn isolate(target: &Target, request: &IsolateRequest) -> Result<IsolateOutco
     let _lock = lock_changes(target)?;
     // Opening the store (sled) takes as long as attaching the programs: the previous record is
     // read on another thread while the kernel starts enforcing, and the record completed after
-    // (its generation, which the kernel holds only to be shown, is written last).
+    // (its change sequence number, which the kernel holds only to be shown, is written last).
     std::thread::scope(|scope| {
         let reading = scope.spawn(|| -> Result<(Store, Option<IsolationRecord>)> {
             let store = Store::open(&target.state_dir)?;
@@ -210,7 +210,7 @@ pub fn isolate(target: &Target, request: &IsolateRequest) -> Result<IsolateOutco
             allow_dhcp: request.allow_dhcp,
             cgroup: target.cgroup.clone(),
             interfaces: request.interfaces.clone(),
-            generation: 0,
+            change_seq: 0,
         };
         let before = Before::read(&target.pins);
         let agent = request.agent_tgid.or_else(|| crate::health::running_agent(&target.state_dir));
@@ -226,7 +226,7 @@ pub fn isolate(target: &Target, request: &IsolateRequest) -> Result<IsolateOutco
                 );
             }
         };
-        record.generation = previous.as_ref().map_or(0, |p| p.generation) + 1;
+        record.change_seq = previous.as_ref().map_or(0, |p| p.change_seq) + 1;
         if let Some(previous) = previous.as_ref().filter(|_| before.installed) {
             record.started_at_unix_ms = previous.started_at_unix_ms;
         }
@@ -244,7 +244,7 @@ pub fn isolate(target: &Target, request: &IsolateRequest) -> Result<IsolateOutco
             command_generation: request.command_generation,
             expires_at_unix_ms: record.expires_at_unix_ms,
         };
-        let recorded = bpf::set_generation(&target.pins, record.generation)
+        let recorded = bpf::set_change_seq(&target.pins, record.change_seq)
             .and_then(|()| store.set_current(&record, request.command_generation, Some(&entry)));
         if let Err(error) = recorded {
             before.roll_back(&target.pins);
@@ -303,9 +303,9 @@ fn apply_record(
     }
     let updated_live = before.installed;
     if updated_live {
-        bpf::LiveMaps::open(&target.pins)?.apply(&enforcement, record.generation)?;
+        bpf::LiveMaps::open(&target.pins)?.apply(&enforcement, record.change_seq)?;
     } else {
-        bpf::install(&target.pins, &target.cgroup, &record.interfaces, &enforcement, record.generation)?;
+        bpf::install(&target.pins, &target.cgroup, &record.interfaces, &enforcement, record.change_seq)?;
     }
     // The agent's connections to its brokers are kept (marked above); another process's are cut.
     let severed = match sever::sever_connections(&target.cgroup, &exclusions.shared, &exclusions.management) {
@@ -464,7 +464,8 @@ pub struct Status {
     pub pinned_links: Vec<String>,
     /// Programs attached but not isolating (see `arm`).
     pub armed: bool,
-    pub generation: Option<u64>,
+    /// The change in force (the agent's own sequence number, as the kernel holds it).
+    pub change_seq: Option<u64>,
     /// The generation of the last cordon command applied (0 when none was): what the agent's
     /// reports carry, and what a replayed command must beat.
     pub last_command_generation: u64,
@@ -530,7 +531,7 @@ pub fn status(target: &Target) -> Result<Status> {
         pin_dir: target.pins.root().to_path_buf(),
         pinned_links: kernel.as_ref().map(|k| k.links.clone()).unwrap_or_default(),
         armed,
-        generation: kernel.as_ref().map(|k| k.config.generation),
+        change_seq: kernel.as_ref().map(|k| k.config.change_seq),
         last_command_generation,
         history,
         attention,

@@ -38,7 +38,10 @@ pub struct IsolationRecord {
     pub allow_dhcp: bool,
     pub cgroup: PathBuf,
     pub interfaces: Vec<String>,
-    pub generation: u64,
+    /// The agent's own change sequence number: 1 for the first isolation, bumped by every change
+    /// (the kernel holds it too, for `status`). Not cordon's command generation.
+    #[serde(alias = "generation")]
+    pub change_seq: u64,
 }
 
 impl IsolationRecord {
@@ -229,7 +232,7 @@ mod tests {
             allow_dhcp: false,
             cgroup: "/sys/fs/cgroup".into(),
             interfaces: Vec::new(),
-            generation: 1,
+            change_seq: 1,
         };
         store.set_current(&record, Some(5), None).unwrap();
         assert_eq!((store.current().unwrap().is_some(), store.last_command_generation().unwrap()), (true, 5));
@@ -253,5 +256,16 @@ mod tests {
         assert_eq!((trail[0].event.as_str(), trail[0].command_generation), ("released", Some(6)));
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_record_written_before_change_seq_was_named_so_reads_its_generation_as_change_seq() {
+        let written_before = r#"{"version":2,"mode":"automatic","started_at_unix_ms":1,"expires_at_unix_ms":9,
+            "reason":null,"exclusions":[],"management":[],"allowed_processes":[],"allow_dns":false,
+            "allow_dhcp":false,"cgroup":"/sys/fs/cgroup","interfaces":[],"generation":4}"#;
+        let record: IsolationRecord = serde_json::from_str(written_before).unwrap();
+        assert_eq!((record.change_seq, record.mode), (4, Mode::Automatic));
+        let written_now = serde_json::to_value(&record).unwrap();
+        assert_eq!((written_now["change_seq"].as_u64(), written_now.get("generation")), (Some(4), None));
     }
 }

@@ -321,7 +321,7 @@ fn survives_agent_kill() -> Result<(), Failed> {
     assert!(started.contains("adopted the pinned isolation"), "agent said: {started}");
     let after_restart = status(&sandbox);
     assert_eq!(after_restart["isolated"], true);
-    assert_eq!(after_restart["generation"], before["generation"], "a restart must not install a second copy");
+    assert_eq!(after_restart["change_seq"], before["change_seq"], "a restart must not install a second copy");
     assert_eq!(after_restart["pinned_links"], before["pinned_links"]);
     assert_eq!(after_restart["reason"], "kill test");
     check("new connection after restart", &on_host(&sandbox, &["connect", &peer, "8080"]), "error EPERM")
@@ -483,7 +483,7 @@ fn live_update() -> Result<(), Failed> {
         "broken ECONNABORTED",
     )?;
     check("port no longer excluded", &on_host(&sandbox, &["connect", &peer, "9000"]), "error EPERM")?;
-    assert_eq!(status(&sandbox)["generation"], 3);
+    assert_eq!(status(&sandbox)["change_seq"], 3);
     Ok(())
 }
 

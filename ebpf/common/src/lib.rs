@@ -98,8 +98,9 @@ pub struct Config {
     /// is dead. The coarse clock is what the kernel's tick keeps: reading it costs a few loads,
     /// where the precise clocks read the TSC (a quarter of the cost of an idle hook).
     pub expires_at_coarse_ns: u64,
-    /// Bumped by userspace on every change, so `status` can tell which change is in force.
-    pub generation: u64,
+    /// The agent's own change sequence number, bumped on every change to the isolation, so
+    /// `status` can tell which change is in force (not cordon's command generation).
+    pub change_seq: u64,
 }
 
 impl Config {
@@ -223,7 +224,7 @@ mod tests {
 
     #[test]
     fn deadline_zero_means_manual() {
-        let manual = Config { active: 1, agent_tgid: 0, expires_at_coarse_ns: 0, generation: 1 };
+        let manual = Config { active: 1, agent_tgid: 0, expires_at_coarse_ns: 0, change_seq: 1 };
         assert!(manual.enforcing_at(u64::MAX));
         let timed = Config { expires_at_coarse_ns: 100, ..manual };
         assert!(timed.enforcing_at(99));
