@@ -186,10 +186,28 @@ fn sign(payload: &str, key: &SigningKey) -> String {
 
 /// Serializes and signs `command` into envelope bytes.
 pub fn seal(command: &Command, key: &SigningKey) -> Vec<u8> {
-    let payload = serde_json::to_string(command).expect("a command always serializes");
+    seal_text(serde_json::to_string(command).expect("a command always serializes"), key)
+}
+
+/// Signs a command's JSON text (as [`seal`] serializes it) into envelope bytes: for a sender that
+/// keeps commands unsigned until they go out. Ed25519 signatures are deterministic: the same
+/// text and key make the same envelope, whenever it is sealed.
+pub fn seal_text(payload: String, key: &SigningKey) -> Vec<u8> {
     let signature = sign(&payload, key);
     serde_json::to_vec(&Envelope { payload, signature, signer: None }).expect("an envelope always serializes")
 }
+
+/// How many bytes [`seal_text`] makes of `payload`, with any key (a signature is always 64
+/// bytes, 88 characters of base64), without signing.
+#[must_use]
+pub fn sealed_len(payload: &str) -> usize {
+    let signature = "A".repeat(SIGNATURE_TEXT_LEN);
+    let envelope = Envelope { payload: payload.to_owned(), signature, signer: None };
+    serde_json::to_vec(&envelope).expect("an envelope always serializes").len()
+}
+
+/// The length of an Ed25519 signature in standard, padded base64.
+const SIGNATURE_TEXT_LEN: usize = 88;
 
 /// Serializes and signs an agent's `status` into envelope bytes that name the agent's key.
 pub fn seal_report(status: &Status, key: &SigningKey) -> Vec<u8> {
@@ -468,6 +486,16 @@ mod tests {
         let error = verifying_keys_from_text(&format!("{good}\nnot-a-key\n")).unwrap_err();
         assert!(error.starts_with("line 2: the public key is not base64"), "{error}");
         assert!(verifying_keys_from_text("# nothing\n\n").unwrap_err().contains("no public key"));
+    }
+
+    #[test]
+    fn the_sealed_length_is_known_without_signing_and_a_text_seals_as_its_command() {
+        let key = generate_signing_key();
+        let text = serde_json::to_string(&command()).unwrap();
+        assert_eq!(seal_text(text.clone(), &key), seal(&command(), &key), "deterministic, whenever sealed");
+        for text in [text, String::new(), "\"quoted\" \\ and \u{1}".to_owned(), "x".repeat(100_000)] {
+            assert_eq!(sealed_len(&text), seal_text(text.clone(), &key).len(), "{text:.40}");
+        }
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //!
 //! The loop appends to the outbox in the same flush as the change that causes an entry, and then
 //! publishes how far the outbox is durable; the sender sends only durable entries, oldest first
-//! (one host's commands in order), and removes what the broker acknowledged. Each fact has one
-//! owner: the loop appends, the sender removes. The loop never waits for the broker: while it is
-//! down, entries wait here and the API, deadlines and jobs go on. An entry the broker can never
+//! (one host's commands in order), and removes what the broker acknowledged. Commands are kept
+//! unsigned and signed by the sender as they go out (Ed25519 is deterministic: a command resent
+//! after a restart is the same envelope), so the loop never spends its time signing. Each fact
+//! has one owner: the loop appends, the sender removes. The loop never waits for the broker:
+//! while it is down, entries wait here and the API, deadlines and jobs go on. An entry the broker can never
 //! take (larger than the message limit, refused for good) is parked, told to the loop (which
 //! records the failure on the host) and never blocks the entries behind it.
 
@@ -27,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::lifecycle::HostRecord;
 use super::observe::Metrics;
-use super::store::{DeadLetterEntry, OutboxEntry, Store};
+use super::store::{DeadLetterEntry, OutboxEntry, Outgoing, Store};
 
 /// The longest a send waits for the broker's acknowledgement before it is tried again (the
 /// producer's `message.timeout.ms`).
@@ -88,11 +90,10 @@ pub enum Enqueued {
     TooLarge { command_id: String, reason: String },
 }
 
-/// The loop's side of the outbox: seals commands, puts them and dead letters in sled, and tells
+/// The loop's side of the outbox: puts commands (unsigned) and dead letters in sled, and tells
 /// the sender how far the outbox is durable.
 pub struct Outbox {
     store: Store,
-    signing_key: cordon_wire::SigningKey,
     ttl_ms: i64,
     max_message_bytes: usize,
     /// The key after the newest entry appended, and after the newest known to be durable: the
@@ -132,6 +133,7 @@ impl Outbox {
         let (spans, spans_rx) = mpsc::unbounded_channel();
         let sender = Sender {
             store: store.clone(),
+            signing_key,
             config: sender,
             watermark,
             spans: spans_rx,
@@ -143,7 +145,6 @@ impl Outbox {
         };
         let outbox = Outbox {
             store,
-            signing_key,
             ttl_ms: i64::try_from(ttl_seconds).unwrap_or(600).saturating_mul(1_000),
             max_message_bytes,
             appended: durable,
@@ -155,8 +156,8 @@ impl Outbox {
         Ok((outbox, sender))
     }
 
-    /// Seals the command that `record`'s last step issued and puts it in the outbox (not yet
-    /// durable). `produce`: the command's span, if traced; ended when the broker has it.
+    /// Puts the command that `record`'s last step issued in the outbox (not yet durable; the
+    /// sender signs it). `produce`: the command's span, if traced; ended when the broker has it.
     pub fn command(
         &mut self,
         record: &HostRecord,
@@ -173,10 +174,11 @@ impl Outbox {
             expires_at_ms: now.saturating_add(self.ttl_ms),
             action,
         };
-        let envelope = cordon_wire::seal(&command, &self.signing_key);
+        let text = serde_json::to_string(&command).context("cannot serialize a command")?;
+        let sealed_len = cordon_wire::sealed_len(&text);
         self.metrics.commands_issued.add(1);
         let limit = self.max_message_bytes.saturating_sub(FRAMING_BYTES);
-        if envelope.len() > limit {
+        if sealed_len > limit {
             self.metrics.commands_parked.add("too_large", 1);
             if let Some(produce) = produce {
                 produce.span().set_status(SpanStatus::error("too large to send"));
@@ -185,14 +187,13 @@ impl Outbox {
             return Ok(Enqueued::TooLarge {
                 command_id: command.command_id,
                 reason: format!(
-                    "the signed command is {} bytes, more than the {limit} a message may carry ([kafka] \
+                    "the signed command is {sealed_len} bytes, more than the {limit} a message may carry ([kafka] \
                      max_message_bytes {} less {FRAMING_BYTES} for framing); it was not sent",
-                    envelope.len(),
                     self.max_message_bytes
                 ),
             });
         }
-        let key = self.store.enqueue(&OutboxEntry { host: record.host.clone(), envelope })?;
+        let key = self.store.enqueue(&OutboxEntry { host: record.host.clone(), command: Outgoing::Unsigned(text) })?;
         self.appended = self.appended.max(key.saturating_add(1));
         if let Some(produce) = produce {
             // The sender is gone only when the service stops; the span then ends unsent.
@@ -239,6 +240,14 @@ impl Outbox {
             *watermark = durable.max(*watermark);
             newer
         });
+    }
+}
+
+/// A command's envelope as it goes on the wire: signed now, or as an earlier version sealed it.
+fn sealed<'a>(command: &'a Outgoing, key: &cordon_wire::SigningKey) -> std::borrow::Cow<'a, [u8]> {
+    match command {
+        Outgoing::Unsigned(text) => std::borrow::Cow::Owned(cordon_wire::seal_text(text.clone(), key)),
+        Outgoing::Sealed(envelope) => std::borrow::Cow::Borrowed(envelope),
     }
 }
 
@@ -305,6 +314,8 @@ fn permanent(error: &KafkaError) -> bool {
 /// The sender task: sends the durable outbox, off the loop.
 pub struct Sender {
     store: Store,
+    /// Commands are signed here, as they go out.
+    signing_key: cordon_wire::SigningKey,
     config: SenderConfig,
     watermark: watch::Receiver<u64>,
     spans: mpsc::UnboundedReceiver<(u64, TraceContext)>,
@@ -379,12 +390,14 @@ impl Sender {
         // that one host's commands reach its partition in order.
         let mut held: HashSet<&str> = HashSet::new();
         let mut deliveries = Vec::with_capacity(commands.len() + dead_letters.len());
-        for (key, entry) in &commands {
+        let envelopes: Vec<std::borrow::Cow<'_, [u8]>> =
+            commands.iter().map(|(_, entry)| sealed(&entry.command, &self.signing_key)).collect();
+        for ((key, entry), envelope) in commands.iter().zip(&envelopes) {
             if held.contains(entry.host.as_str()) {
                 continue;
             }
             let trace = self.in_flight.get(key);
-            let mut record = FutureRecord::to(&self.config.commands_topic).key(&entry.host).payload(&entry.envelope);
+            let mut record = FutureRecord::to(&self.config.commands_topic).key(&entry.host).payload(&**envelope);
             if let Some(trace) = trace {
                 record = record.headers(cordon_telemetry::propagation::kafka_headers(trace));
             }
@@ -480,13 +493,20 @@ impl Sender {
 
     /// Moves a command the broker will never take out of the outbox and tells the loop.
     async fn park_command(&mut self, key: u64, entry: &OutboxEntry, error: &KafkaError) {
-        let command = serde_json::from_slice::<cordon_wire::Envelope>(&entry.envelope)
-            .ok()
-            .and_then(|envelope| serde_json::from_str::<cordon_wire::Command>(&envelope.payload).ok());
+        let text = match &entry.command {
+            Outgoing::Unsigned(text) => Some(text.clone()),
+            Outgoing::Sealed(envelope) => {
+                serde_json::from_slice::<cordon_wire::Envelope>(envelope).ok().map(|envelope| envelope.payload)
+            }
+        };
+        let command = text.as_deref().and_then(|text| serde_json::from_str::<cordon_wire::Command>(text).ok());
+        let size = match &entry.command {
+            Outgoing::Unsigned(text) => cordon_wire::sealed_len(text),
+            Outgoing::Sealed(envelope) => envelope.len(),
+        };
         let reason = format!(
-            "the broker refuses the command for good ({error}; {} bytes, [kafka] max_message_bytes {}); it is \
+            "the broker refuses the command for good ({error}; {size} bytes, [kafka] max_message_bytes {}); it is \
              parked, not sent",
-            entry.envelope.len(),
             self.max_message_bytes
         );
         tracing::error!(host_id = %entry.host, "{}: {reason}", entry.host);
@@ -580,6 +600,29 @@ pub fn producer(brokers: &str, max_message_bytes: usize, security: &[(String, St
 mod tests {
     use super::*;
     use rdkafka::message::Timestamp;
+
+    #[test]
+    fn a_queued_command_goes_out_signed_and_one_sealed_by_an_earlier_version_as_it_was() {
+        let key = cordon_wire::generate_signing_key();
+        let command = cordon_wire::Command {
+            version: cordon_wire::WIRE_VERSION,
+            command_id: "web-01-3".into(),
+            host_id: "web-01".into(),
+            generation: 3,
+            issued_at_ms: 1,
+            expires_at_ms: 600_001,
+            action: cordon_wire::Action::Release { reason: "operator o: done".into() },
+        };
+        let unsigned = Outgoing::Unsigned(serde_json::to_string(&command).unwrap());
+        let envelope = sealed(&unsigned, &key);
+        assert_eq!(cordon_wire::open(&envelope, &key.verifying_key()), Ok(command.clone()));
+        let Outgoing::Unsigned(text) = &unsigned else { unreachable!() };
+        assert_eq!(envelope.len(), cordon_wire::sealed_len(text), "the size checked when it was queued");
+        // Sealed with the key of the time; sent as it is, whatever the key now.
+        let earlier = Outgoing::Sealed(cordon_wire::seal(&command, &cordon_wire::generate_signing_key()));
+        let Outgoing::Sealed(bytes) = &earlier else { unreachable!() };
+        assert_eq!(&*sealed(&earlier, &key), bytes.as_slice());
+    }
 
     fn message(payload: Vec<u8>) -> OwnedMessage {
         OwnedMessage::new(Some(payload), Some(b"k".to_vec()), "edr.detections".into(), Timestamp::NotAvailable, 2, 77, None)

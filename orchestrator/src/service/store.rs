@@ -21,22 +21,38 @@ pub use super::agents::{AgentRecord, Claim};
 pub use super::lifecycle::{AuditEntry, HostRecord, HostState, HostSummary};
 pub use super::profiles::{IsolationPolicy, PolicyVersion};
 
-/// A sealed command waiting to be sent, stored as the host's length (2 bytes, big-endian), the
-/// host, and the envelope's bytes as they go on the wire: nothing to encode or decode.
+/// A command waiting to be sent, stored as the host's length (2 bytes, big-endian), the host,
+/// and the command's bytes: nothing to encode or decode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxEntry {
     pub host: String,
-    /// Sealed command envelope.
-    pub envelope: Vec<u8>,
+    pub command: Outgoing,
 }
+
+/// A command as the outbox keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outgoing {
+    /// Its JSON text (`{"version":...`), signed by the sender as it goes out: signing is the
+    /// costliest part of a command, and the sender does it off the loop.
+    Unsigned(String),
+    /// Its sealed envelope (`{"payload":...`), as earlier versions kept it; sent as it is.
+    Sealed(Vec<u8>),
+}
+
+/// How a sealed envelope's bytes begin (serde writes `Envelope`'s fields in order).
+const SEALED_PREFIX: &[u8] = b"{\"payload\"";
 
 impl OutboxEntry {
     fn to_bytes(&self) -> Result<Vec<u8>> {
         let length = u16::try_from(self.host.len()).context("a host id longer than 65,535 bytes")?;
-        let mut bytes = Vec::with_capacity(2 + self.host.len() + self.envelope.len());
+        let command = match &self.command {
+            Outgoing::Unsigned(text) => text.as_bytes(),
+            Outgoing::Sealed(envelope) => envelope,
+        };
+        let mut bytes = Vec::with_capacity(2 + self.host.len() + command.len());
         bytes.extend_from_slice(&length.to_be_bytes());
         bytes.extend_from_slice(self.host.as_bytes());
-        bytes.extend_from_slice(&self.envelope);
+        bytes.extend_from_slice(command);
         Ok(bytes)
     }
 
@@ -44,10 +60,13 @@ impl OutboxEntry {
         let unreadable = || anyhow::anyhow!("an outbox entry is unreadable");
         let length = usize::from(u16::from_be_bytes(bytes.get(..2).ok_or_else(unreadable)?.try_into()?));
         let host = bytes.get(2..2 + length).ok_or_else(unreadable)?;
-        Ok(OutboxEntry {
-            host: String::from_utf8(host.to_vec()).map_err(|_| unreadable())?,
-            envelope: bytes[2 + length..].to_vec(),
-        })
+        let command = &bytes[2 + length..];
+        let command = if command.starts_with(SEALED_PREFIX) {
+            Outgoing::Sealed(command.to_vec())
+        } else {
+            Outgoing::Unsigned(String::from_utf8(command.to_vec()).map_err(|_| unreadable())?)
+        };
+        Ok(OutboxEntry { host: String::from_utf8(host.to_vec()).map_err(|_| unreadable())?, command })
     }
 }
 
@@ -1040,7 +1059,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::{DeadLetterEntry, HostRecord, OutboxEntry, Store};
+    use super::{DeadLetterEntry, HostRecord, OutboxEntry, Outgoing, Store};
 
     /// A new store in a scratch directory of its own (removed first), and the directory.
     fn scratch(name: &str) -> (std::path::PathBuf, Store) {
@@ -1272,11 +1291,14 @@ mod tests {
 
     #[test]
     fn outbox_entries_round_trip_and_refuse_truncation() {
-        let entry =
-            OutboxEntry { host: "web-01".into(), envelope: br#"{"payload":"{}","signature":"x"}"#.to_vec() };
-        let bytes = entry.to_bytes().unwrap();
-        assert_eq!(OutboxEntry::from_bytes(&bytes).unwrap(), entry);
-        assert!(OutboxEntry::from_bytes(&bytes[..5]).is_err());
+        let sealed = Outgoing::Sealed(br#"{"payload":"{}","signature":"x"}"#.to_vec());
+        let unsigned = Outgoing::Unsigned(r#"{"version":1,"command_id":"web-01-1"}"#.into());
+        for command in [sealed, unsigned] {
+            let entry = OutboxEntry { host: "web-01".into(), command };
+            let bytes = entry.to_bytes().unwrap();
+            assert_eq!(OutboxEntry::from_bytes(&bytes).unwrap(), entry);
+            assert!(OutboxEntry::from_bytes(&bytes[..5]).is_err());
+        }
         assert!(OutboxEntry::from_bytes(&[0]).is_err());
         let letter = DeadLetterEntry { key: vec![7; 70_000], record: b"{}".to_vec() };
         let bytes = letter.to_bytes().unwrap();
