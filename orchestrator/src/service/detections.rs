@@ -12,7 +12,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::events::{DecisionMade, DetectionFailed};
-use super::lifecycle::{self, HostRecord, HostState, IsolationPlan};
+use super::lifecycle::{self, HostRecord, IsolationPlan};
 use super::outbox::DeadLetterKind;
 use super::reader::{parse_batch, ConsumedBatch, DetectionConsumer, InputRules};
 use super::trace::{Consumed, DecisionTrace, DetectionTrace};
@@ -151,14 +151,10 @@ impl Service {
             let mut record = previous.clone().unwrap_or_else(|| HostRecord::new(&decision.host, now));
             let policy = self.store.policy();
             let profile = policy.profile_in_force(&record.operator_tags);
-            let effects = lifecycle::on_decision(&mut record, decision, profile, now);
-            if record.state == HostState::Isolating
-                && previous.as_ref().is_none_or(|p| p.state != HostState::Isolating)
-            {
-                // On cordon's clock, like `now` (see clock.rs).
-                let waited = received_at.elapsed().unwrap_or_default().as_millis();
-                record.detected_at_ms = Some(now.saturating_sub(i64::try_from(waited).unwrap_or(0)));
-            }
+            // On cordon's clock, like `now` (see clock.rs).
+            let waited = received_at.elapsed().unwrap_or_default().as_millis();
+            let consumed_at_ms = now.saturating_sub(i64::try_from(waited).unwrap_or(0));
+            let effects = lifecycle::on_decision(&mut record, decision, profile, consumed_at_ms, now);
             self.apply(previous.as_ref(), &mut record, effects, now, decide.as_ref().map(DecisionTrace::context))?;
             if let Some(decide) = decide {
                 decide.end(&record);

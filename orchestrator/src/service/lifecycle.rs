@@ -295,6 +295,9 @@ pub struct AuditEntry {
 pub struct Effects {
     pub command: Option<cordon_wire::Action>,
     pub audit: Option<AuditEntry>,
+    /// The command an agent's report answered, when the report moved the host (for the
+    /// transition's log line, which names the command behind it).
+    pub answered: Option<String>,
 }
 
 /// Why an operator's request cannot be carried out; the API answers with it.
@@ -413,7 +416,7 @@ impl HostRecord {
             why,
             shadow: false,
         };
-        Effects { command, audit: Some(audit) }
+        Effects { command, audit: Some(audit), answered: None }
     }
 
     /// Isolates the host as `requested` with `profile` under it.
@@ -432,6 +435,8 @@ impl HostRecord {
             now.saturating_add(i64::try_from(seconds).unwrap_or(i64::MAX).saturating_mul(1_000))
         });
         self.event_id = cause.event_id.map(str::to_owned);
+        // Set again by `on_decision`: no detection is behind an operator's isolation.
+        self.detected_at_ms = None;
         let command = plan.command(format!("{}: {}", cause.by, cause.why));
         self.step(HostState::Isolating, Some(command), cause, now)
     }
@@ -458,10 +463,14 @@ impl<'a> Cause<'a> {
 }
 
 /// A rules engine decision for this host.
+///
+/// `consumed_at_ms`: when cordon consumed the detection (cordon's clock), kept on a host it starts
+/// isolating for the detection-to-enforced latency.
 pub fn on_decision(
     record: &mut HostRecord,
     decision: &rules::Decision,
     profile: ProfileInForce<'_>,
+    consumed_at_ms: i64,
     now: i64,
 ) -> Effects {
     let by = format!("rules {}", decision.rules.join(","));
@@ -476,9 +485,13 @@ pub fn on_decision(
             }
             record.rules.clone_from(&decision.rules);
             record.pending = None;
+            // An isolation still under way keeps the detection that began it.
+            let detected_at_ms =
+                if record.state == HostState::Isolating { record.detected_at_ms } else { Some(consumed_at_ms) };
             let plan = IsolationPlan::from_rules(isolation);
             let cause = Cause { by: &by, event_id: Some(&decision.event_id), why };
             let effects = record.isolate(&plan, profile, cause, now);
+            record.detected_at_ms = detected_at_ms;
             // The engine computed the deadline from the event; keep it exactly.
             if isolation.deadline_ms.is_some() {
                 record.expires_at_ms = isolation.deadline_ms;
@@ -785,6 +798,15 @@ pub const MAX_GENERATION_LEAP: u64 = 1 << 32;
 /// A report that the host is not isolated at the generation of an isolation that no command has
 /// released, before its deadline, is tampering: see [`OnTamper`].
 pub fn on_status(record: &mut HostRecord, status: &cordon_wire::Status, now: i64, on_tamper: OnTamper) -> Effects {
+    let mut effects = status_effects(record, status, now, on_tamper);
+    if effects.audit.is_some() {
+        effects.answered.clone_from(&status.command_id);
+    }
+    effects
+}
+
+/// [`on_status`] but for the command it answered.
+fn status_effects(record: &mut HostRecord, status: &cordon_wire::Status, now: i64, on_tamper: OnTamper) -> Effects {
     let was_stale = record.agent_stale;
     record.last_seen_ms = Some(now);
     record.agent_stale = false;

@@ -528,7 +528,7 @@ impl Service {
                     command_id
                 }
             }),
-            None => None,
+            None => effects.answered,
         };
         if let Some(audit) = audit {
             self.store.audit(&audit)?;

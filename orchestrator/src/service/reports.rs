@@ -216,13 +216,7 @@ impl Service {
                 self.metrics.detection_to_enforced.observe((now - detected).max(0) as f64 / 1e3);
             }
         }
-        let said = self.transitions.len();
         self.apply(previous, &mut record, effects, now, consume.as_ref())?;
-        if let Some(this) = self.transitions.get_mut(said) {
-            if this.command_id.is_none() {
-                this.command_id.clone_from(&status.command_id);
-            }
-        }
         if let Some(consume) = consume {
             consume.span().set_attribute(KeyValue::new("cordon.state", record.state.name()));
             consume.span().end();

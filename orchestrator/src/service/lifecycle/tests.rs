@@ -100,10 +100,10 @@ fn approval_requests_merge_and_the_clock_starts_at_approval() {
         rules: vec![rule.into()],
         why: Vec::new(),
     };
-    let effects = on_decision(&mut host, &request("r1", 600, "e1"), seed(), T0);
+    let effects = on_decision(&mut host, &request("r1", 600, "e1"), seed(), T0, T0);
     assert!(effects.command.is_none(), "nothing is sent before approval");
     assert_eq!(host.state, HostState::PendingApproval);
-    on_decision(&mut host, &request("r2", 3_600, "e2"), seed(), T0 + 5);
+    on_decision(&mut host, &request("r2", 3_600, "e2"), seed(), T0 + 5, T0 + 5);
     let pending = host.pending.clone().unwrap();
     assert_eq!((pending.requests, pending.rules.clone()), (2, vec!["r1".to_owned(), "r2".to_owned()]));
     assert_eq!(pending.plan.duration_seconds, Some(3_600), "the stronger request wins");
@@ -159,9 +159,39 @@ fn a_redelivered_event_isolates_once() {
         rules: vec!["ransomware".into()],
         why: Vec::new(),
     };
-    assert!(on_decision(&mut host, &decision, seed(), T0).command.is_some());
-    assert_eq!(on_decision(&mut host, &decision, seed(), T0 + 10), Effects::default());
+    assert!(on_decision(&mut host, &decision, seed(), T0, T0).command.is_some());
+    assert_eq!(on_decision(&mut host, &decision, seed(), T0 + 10, T0 + 10), Effects::default());
     assert_eq!(host.generation, 1);
+}
+
+#[test]
+fn the_detection_behind_an_isolation_is_dated_and_an_operators_isolation_has_none() {
+    let mut host = HostRecord::new("web-01", T0);
+    let decision = |event: &str| rules::Decision {
+        host: "web-01".into(),
+        event_id: event.into(),
+        action: rules::Action::Isolate(rules::Isolation {
+            mode: rules::IsolationMode::Automatic,
+            duration: Some(std::time::Duration::from_mins(1)),
+            deadline_ms: None,
+            exclusions: rules::Exclusions::default(),
+        }),
+        rules: vec!["ransomware".into()],
+        why: Vec::new(),
+    };
+    on_decision(&mut host, &decision("e1"), seed(), T0 - 7, T0);
+    assert_eq!(host.detected_at_ms, Some(T0 - 7), "consumed, not decided");
+    on_decision(&mut host, &decision("e2"), seed(), T0 + 3, T0 + 5);
+    assert_eq!(host.detected_at_ms, Some(T0 - 7), "still isolating: the first detection began it");
+    // The agent answers: the transition names the command it answered.
+    let applied = status("web-01", 2, true, cordon_wire::StatusKind::Applied);
+    let effects = on_status(&mut host, &applied, T0 + 9, OnTamper::AlertOnly);
+    assert_eq!((host.state, effects.answered.as_deref()), (HostState::Isolated, Some("web-01-2")));
+    let heartbeat = status("web-01", 2, true, cordon_wire::StatusKind::Heartbeat);
+    let effects = on_status(&mut host, &heartbeat, T0 + 10, OnTamper::AlertOnly);
+    assert_eq!(effects, Effects::default(), "a report that moves nothing answers nothing");
+    operator_isolate(&mut host, &timed(600), seed(), "incident 9", "operator alice", T0 + 20);
+    assert_eq!(host.detected_at_ms, None, "no detection behind an operator's isolation");
 }
 
 #[test]
