@@ -302,6 +302,36 @@ impl Harness {
         serde_json::from_str(&self.cordon_ok(&["host", host, "--json"])).expect("host --json is JSON")
     }
 
+    /// Waits until the host's audit trail (through the API) shows it moved `from` -> `to` by one
+    /// whose name starts with `by` (`rules ransomware`, `agent`, `scheduler`; empty: anyone), at
+    /// `generation` if given; returns that line of the trail. Panics with the host after 20 s.
+    fn wait_for_move(
+        &self,
+        host: &str,
+        (from, to): (&str, &str),
+        by: &str,
+        generation: Option<u64>,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let output = self.cordon(&["host", host, "--json"]);
+            let view: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+            let moved = view["audit"].as_array().and_then(|trail| {
+                trail.iter().rev().find(|step| {
+                    step["from"] == from
+                        && step["to"] == to
+                        && step["by"].as_str().is_some_and(|who| who.starts_with(by))
+                        && generation.is_none_or(|generation| step["generation"] == generation)
+                })
+            });
+            if let Some(step) = moved {
+                return step.clone();
+            }
+            assert!(Instant::now() < deadline, "{host} never moved {from} -> {to} by '{by}': {view:#}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Publishes what an agent would after applying (or refusing) `command`.
     fn report(&self, command: &cordon_wire::Command, isolated: bool) {
         self.report_with(command, isolated, None, (0, 0));
@@ -502,7 +532,7 @@ fn detection(host: &str, id: &str, severity: u8) -> Vec<u8> {
 #[test]
 fn a_detection_isolates_its_host_until_the_deadline() {
     let mut harness = Harness::start("flow");
-    let lines = harness.serve();
+    let _lines = harness.serve();
     let key = harness.public_key();
     let commands = harness.consumer("cordon.commands");
 
@@ -519,7 +549,7 @@ fn a_detection_isolates_its_host_until_the_deadline() {
             panic!("expected an isolate command, got {:?}", command.action)
         }
     }
-    wait_for_line(&lines, "web-01: not_isolated -> isolating by rules ransomware (generation 1)");
+    harness.wait_for_move("web-01", ("not_isolated", "isolating"), "rules ransomware", Some(1));
 
     // Tagged from the moment the command is issued; listed by tag, as JSON.
     let listed: serde_json::Value =
@@ -534,7 +564,7 @@ fn a_detection_isolates_its_host_until_the_deadline() {
     assert_eq!(listed[0]["tags"], serde_json::json!(["ISOLATED FROM NETWORK"]));
 
     harness.report(&command, true);
-    wait_for_line(&lines, "web-01: isolating -> isolated by agent");
+    harness.wait_for_move("web-01", ("isolating", "isolated"), "agent", Some(1));
     let host = harness.host_json("web-01");
     assert_eq!(host["tags"], serde_json::json!(["ISOLATED FROM NETWORK", "linux"]), "agent tags are kept");
 
@@ -549,7 +579,7 @@ fn a_detection_isolates_its_host_until_the_deadline() {
     assert!(elapsed >= Duration::from_secs(2), "released early ({elapsed:?})");
     assert!(elapsed < Duration::from_secs(5), "released late ({elapsed:?})");
     harness.report(&release, false);
-    wait_for_line(&lines, "web-01: releasing -> released by agent");
+    harness.wait_for_move("web-01", ("releasing", "released"), "agent", Some(2));
     assert_eq!(harness.cordon_ok(&["hosts", "--tag", "ISOLATED FROM NETWORK"]).trim(), "No hosts.");
 
     let host = harness.host_json("web-01");
@@ -573,7 +603,7 @@ fn a_detection_isolates_its_host_until_the_deadline() {
 #[test]
 fn invalid_events_go_to_the_dead_letter_topic_with_reason_and_bytes() {
     let mut harness = Harness::start("dlq");
-    let lines = harness.serve();
+    let _lines = harness.serve();
     let dead_letters = harness.consumer("cordon.dead-letter");
     for (bad, reason) in [
         (b"{ not json".to_vec(), "JSON"),
@@ -590,13 +620,13 @@ fn invalid_events_go_to_the_dead_letter_topic_with_reason_and_bytes() {
     }
     // The consumer kept going: a valid event after the bad ones still becomes a decision.
     harness.produce("edr.detections", "web-02", &detection("web-02", "ev-2", 5));
-    wait_for_line(&lines, "web-02: not_isolated -> isolating");
+    harness.wait_for_move("web-02", ("not_isolated", "isolating"), "", None);
 }
 
 #[test]
 fn operators_isolate_and_release_through_the_cli() {
     let mut harness = Harness::start("operator");
-    let lines = harness.serve();
+    let _lines = harness.serve();
     let key = harness.public_key();
     let commands = harness.consumer("cordon.commands");
 
@@ -647,7 +677,7 @@ fn operators_isolate_and_release_through_the_cli() {
         other => panic!("expected a manual isolation, got {other:?}"),
     }
     harness.report(&command, true);
-    wait_for_line(&lines, "db-01: isolating -> isolated by agent");
+    harness.wait_for_move("db-01", ("isolating", "isolated"), "agent", None);
 
     harness.cordon_ok(&["release", "db-01", "--reason", "cleaned"]);
     let release = next_command(&commands, &key, Duration::from_secs(10));
@@ -743,7 +773,7 @@ fn unanswered_commands_are_resent_with_the_same_generation() {
     assert_eq!((again.generation, &again.command_id), (first.generation, &first.command_id));
     assert!(again.issued_at_ms > first.issued_at_ms, "a resend is signed anew with a fresh expiry");
     harness.report(&again, true);
-    wait_for_line(&lines, "r-01: isolating -> isolated by agent");
+    harness.wait_for_move("r-01", ("isolating", "isolated"), "agent", None);
     no_message(&commands, Duration::from_secs(5));
 }
 
@@ -935,7 +965,7 @@ fn topics_are_created_once_with_their_partitions() {
 #[test]
 fn the_producer_example_publishes_a_detection_that_isolates() {
     let mut harness = Harness::start("example");
-    let lines = harness.serve();
+    let _lines = harness.serve();
     let script = crate_dir().join("../ops/examples/produce-detection.py");
     let output = Command::new("python3")
         .arg(&script)
@@ -945,7 +975,7 @@ fn the_producer_example_publishes_a_detection_that_isolates() {
     let said = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{said}{}", String::from_utf8_lossy(&output.stderr));
     assert!(said.contains("for web-42 to edr.detections"), "{said}");
-    wait_for_line(&lines, "web-42: not_isolated -> isolating by rules ransomware");
+    harness.wait_for_move("web-42", ("not_isolated", "isolating"), "rules ransomware", None);
 }
 
 #[test]
@@ -1147,7 +1177,7 @@ fn check_dead_letter(record: &[u8], original: &[u8], kind: &str, reason: &str) {
 #[test]
 fn poison_messages_are_dead_lettered_and_the_next_detection_still_decides() {
     let mut harness = Harness::start("poison");
-    let lines = harness.serve();
+    let _lines = harness.serve();
     let dead_letters = harness.consumer("cordon.dead-letter");
     // ~760 KB that is not a detection: its base64 alone is over the broker's message limit.
     let mut invalid = br#"{"time":1,"severity_id":5,"finding_info":{"uid":"x"},"padding":""#.to_vec();
@@ -1173,7 +1203,7 @@ fn poison_messages_are_dead_lettered_and_the_next_detection_still_decides() {
     }
     // The service kept going: the next detection decides, and nothing of the poison does.
     harness.produce("edr.detections", "web-03", &detection("web-03", "ev-3", 5));
-    wait_for_line(&lines, "web-03: not_isolated -> isolating");
+    harness.wait_for_move("web-03", ("not_isolated", "isolating"), "", None);
     let hosts: serde_json::Value =
         serde_json::from_str(&harness.cordon_ok(&["hosts", "--json"])).expect("JSON");
     assert_eq!(hosts.as_array().map(Vec::len), Some(1), "only web-03 is known: {hosts}");
@@ -1187,9 +1217,9 @@ fn poison_messages_are_dead_lettered_and_the_next_detection_still_decides() {
     }
     // Committed: a restart does not meet the poison again.
     harness.kill_service();
-    let lines = harness.serve();
+    let _lines = harness.serve();
     harness.produce("edr.detections", "web-04", &detection("web-04", "ev-4", 5));
-    wait_for_line(&lines, "web-04: not_isolated -> isolating");
+    harness.wait_for_move("web-04", ("not_isolated", "isolating"), "", None);
     no_message(&dead_letters, Duration::from_secs(1));
 }
 
@@ -1300,7 +1330,7 @@ fn signal(pid: u32, name: &str) {
 #[test]
 fn while_the_broker_is_stopped_the_api_answers_deadlines_release_and_commands_go_out_after() {
     let mut harness = Harness::start("outage");
-    let lines = harness.serve();
+    let _lines = harness.serve();
     let key = harness.public_key();
     let commands = harness.consumer("cordon.commands");
     harness.cordon_ok(&["isolate", "warm-01", "--for", "1h"]);
@@ -1324,7 +1354,7 @@ fn while_the_broker_is_stopped_the_api_answers_deadlines_release_and_commands_go
         "API answers took up to {longest:?} while the broker was stopped"
     );
     // The deadline releases while the broker is still stopped: the release waits in the outbox.
-    wait_for_line(&lines, "out-01: isolating -> releasing by scheduler");
+    harness.wait_for_move("out-01", ("isolating", "releasing"), "scheduler", None);
     assert_eq!(harness.host_json("out-01")["state"], "releasing");
     drop(stopped);
 
@@ -1396,7 +1426,7 @@ fn a_wall_clock_step_neither_lifts_an_isolation_early_nor_holds_it_late() {
     harness.cordon_ok(&["isolate", "clk-01", "--for", "6s"]);
     let isolate = next_command(&commands, &key, Duration::from_secs(10));
     harness.report(&isolate, true);
-    wait_for_line(&lines, "clk-01: isolating -> isolated by agent");
+    harness.wait_for_move("clk-01", ("isolating", "isolated"), "agent", None);
     std::thread::sleep(Duration::from_secs(1).saturating_sub(started.elapsed()));
     std::fs::write(&offset, "3600000").expect("step the clock");
     wait_for_line(&lines, "the wall clock stepped: it is now +3600.0 s from cordon's clock");
@@ -1597,7 +1627,7 @@ fn a_flood_of_reports_for_invented_hosts_is_bounded() {
 #[test]
 fn forged_unsigned_wrong_key_and_replayed_reports_change_nothing() {
     let mut harness = Harness::start("trust");
-    let lines = harness.serve();
+    let _lines = harness.serve();
     let key = harness.public_key();
     let commands = harness.consumer("cordon.commands");
     // A genuine report from before the isolation, which a forger recorded.
@@ -1612,7 +1642,7 @@ fn forged_unsigned_wrong_key_and_replayed_reports_change_nothing() {
     harness.cordon_ok(&["isolate", "trust-01", "--manual", "--reason", "incident 9"]);
     let isolate = next_command(&commands, &key, Duration::from_secs(10));
     harness.report(&isolate, true);
-    wait_for_line(&lines, "trust-01: isolating -> isolated by agent");
+    harness.wait_for_move("trust-01", ("isolating", "isolated"), "agent", None);
     let before = harness.host_json("trust-01");
 
     // The forgeries all say "released", at the same generation and at one that would wrap.
@@ -1872,13 +1902,13 @@ fn a_detection_whose_handling_fails_is_dead_lettered_and_the_rest_go_on() {
     harness.produce("edr.detections", "web-06", &detection("web-06", "ev-6", 5));
     let (_, record) = next_message(&dead_letters, Duration::from_secs(15));
     check_dead_letter(&record, &failing, "failed", "fails after its evaluation");
-    wait_for_line(&lines, "web-06: not_isolated -> isolating");
+    harness.wait_for_move("web-06", ("not_isolated", "isolating"), "", None);
     assert!(!harness.cordon(&["host", "fail-01"]).status.success(), "the failed event changed its host");
     let (_, metrics) = get(&harness.api, "/metrics");
     assert!((sample(&metrics, "cordon_events_failed_total") - 1.0).abs() < 1e-9, "{metrics}");
     // Its next detection isolates it.
     harness.produce("edr.detections", "fail-01", &detection("fail-01", "ev-next", 5));
-    wait_for_line(&lines, "fail-01: not_isolated -> isolating");
+    harness.wait_for_move("fail-01", ("not_isolated", "isolating"), "", None);
     harness.kill_service();
     let _lines = harness.serve();
     no_message(&dead_letters, Duration::from_secs(2));
@@ -2011,11 +2041,11 @@ fn kafka_over_mutual_tls_works_and_a_wrong_ca_or_no_client_certificate_is_refuse
         ("ssl.key.location".into(), pki.join("client.key").display().to_string()),
     ];
     harness.kafka_config = tls_section("ca", Some("client"));
-    let lines = harness.serve();
+    let _lines = harness.serve();
     let key = harness.public_key();
     let commands = harness.consumer("cordon.commands");
     harness.produce("edr.detections", "tls-01", &detection("tls-01", "ev-tls", 5));
-    wait_for_line(&lines, "tls-01: not_isolated -> isolating");
+    harness.wait_for_move("tls-01", ("not_isolated", "isolating"), "", None);
     let command = next_command(&commands, &key, Duration::from_secs(15));
     assert_eq!(command.host_id, "tls-01");
     wait_until_ready(&harness.api);
@@ -2248,7 +2278,7 @@ fn isolation_of(command: &cordon_wire::Command) -> (Option<u64>, Vec<String>) {
 #[test]
 fn the_isolation_policy_is_versioned_checked_and_reaches_isolated_hosts_live() {
     let mut harness = Harness::start("policy");
-    let lines = harness.serve();
+    let _lines = harness.serve();
     let key = harness.public_key();
     let commands = harness.consumer("cordon.commands");
 
@@ -2259,7 +2289,7 @@ fn the_isolation_policy_is_versioned_checked_and_reaches_isolated_hosts_live() {
     let first = next_command(&commands, &key, Duration::from_secs(10));
     assert_eq!(isolation_of(&first), (Some(18_000), Vec::new()), "the seed's 5 h, nothing open");
     harness.report(&first, true);
-    wait_for_line(&lines, "web-01: isolating -> isolated by agent");
+    harness.wait_for_move("web-01", ("isolating", "isolated"), "agent", None);
     let deadline = harness.host_json("web-01")["expires_at"].clone();
 
     // Broken: every problem at once, exit 2, nothing changed, nothing sent.
