@@ -122,7 +122,7 @@ struct Service {
     fence: lease::Fence,
     /// Whether the fence was seen (and acted on) by the loop.
     fenced: bool,
-    /// Handled batches, for the reader thread to free.
+    /// Handled batches, for the parser thread that parsed each to free (through the reader).
     handled: reader::HandledBatches,
 }
 
@@ -211,7 +211,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
     let shared_projection: SharedProjection = Arc::new(std::sync::Mutex::new(Arc::clone(&projection)));
     let assignment = Assignment::new(&config.consumed_topics(), fence.clone());
     let input = InputRules::of(&config);
-    let (reader, handled) = start_reader(&consumer, assignment, input, brokers, batches_tx, &shared_projection)?;
+    let (reader, handled) = start_reader(&consumer, assignment, &input, brokers, batches_tx, &shared_projection)?;
     let failpoint = std::env::var("CORDON_FAILPOINT").ok().filter(|name| !name.is_empty());
     let (outbox, sender, mut parked) =
         start_outbox(&config, &store, signing_key, brokers, &metrics, failpoint.clone(), &fence)?;
@@ -356,7 +356,7 @@ impl Service {
         let (result, held) = match input {
             Input::Batch(mut batch) => match self.handle_batch(consumer, &mut batch) {
                 Ok(()) => {
-                    // Freed by the reader (or here, when the reader is gone and the send fails).
+                    // Freed by the parser that parsed it (or here, when the reader is gone).
                     let _ = self.handled.send(batch);
                     (Ok(()), None)
                 }

@@ -97,18 +97,19 @@ pub(super) type HandledBatches = std::sync::mpsc::Sender<ConsumedBatch>;
 pub(super) fn start_reader(
     consumer: &Arc<DetectionConsumer>,
     assignment: Assignment,
-    input: InputRules,
+    input: &InputRules,
     brokers: &str,
     batches: mpsc::Sender<ConsumedBatch>,
     projection: &SharedProjection,
 ) -> Result<(std::thread::JoinHandle<()>, HandledBatches)> {
     let (consumer, brokers, projection) = (Arc::clone(consumer), brokers.to_owned(), Arc::clone(projection));
     let (handled, handled_batches) = std::sync::mpsc::channel();
+    let parsers = Parsers::start(input).context("cannot start the parser threads")?;
     let reader = std::thread::Builder::new()
         .name("cordon-reader".into())
         .spawn(move || {
             let channels = Channels { batches, handled: handled_batches };
-            read_batches(&consumer, assignment, &input, &brokers, &channels, &projection);
+            read_batches(&consumer, assignment, parsers, &brokers, &channels, &projection);
         })
         .context("cannot start the Kafka reader thread")?;
     Ok((reader, handled))
@@ -285,16 +286,12 @@ pub(super) struct ConsumedBatch {
 fn read_batches(
     consumer: &DetectionConsumer,
     mut assignment: Assignment,
-    input: &InputRules,
+    mut parsers: Parsers,
     brokers: &str,
     channels: &Channels,
     projection: &SharedProjection,
 ) {
     let mut errors = ReadErrors::new(brokers);
-    let Ok(parsers) = Parsers::start(input) else {
-        tracing::error!("cannot start the parser threads; no detection is read.");
-        return;
-    };
     // Batches being parsed, oldest first: each goes to the loop once it and those before it are.
     let mut parsing: VecDeque<std::sync::mpsc::Receiver<ConsumedBatch>> = VecDeque::new();
     let pass_on = |parsed: std::sync::mpsc::Receiver<ConsumedBatch>| {
@@ -355,7 +352,8 @@ fn read_batches(
 /// capped the service at ~50,000 events/s with Sigma rules.
 struct Parsers {
     threads: Vec<std::sync::mpsc::Sender<ParserJob>>,
-    next: std::cell::Cell<usize>,
+    /// The parser whose turn is next.
+    next: usize,
 }
 
 enum ParserJob {
@@ -390,7 +388,7 @@ impl Parsers {
             })?;
             threads.push(jobs);
         }
-        Ok(Parsers { threads, next: std::cell::Cell::new(0) })
+        Ok(Parsers { threads, next: 0 })
     }
 
     fn count(&self) -> usize {
@@ -399,14 +397,14 @@ impl Parsers {
 
     /// Has the next parser in turn parse `messages`; the batch comes out of the receiver.
     fn parse(
-        &self,
+        &mut self,
         messages: Vec<OwnedMessage>,
         projection: Arc<rules::Projection>,
         received_at: SystemTime,
     ) -> std::sync::mpsc::Receiver<ConsumedBatch> {
         let (parsed, batch) = std::sync::mpsc::sync_channel(1);
-        let parser = self.next.get();
-        self.next.set((parser + 1) % self.threads.len());
+        let parser = self.next;
+        self.next = (parser + 1) % self.threads.len();
         let job = ParserJob::Parse { messages, projection, received_at, parsed };
         // A parser that stopped drops the job, and the receiver says so.
         let _ = self.threads[parser].send(job);
