@@ -12,6 +12,7 @@
 //! take (larger than the message limit, refused for good) is parked, told to the loop (which
 //! records the failure on the host) and never blocks the entries behind it.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -243,11 +244,31 @@ impl Outbox {
     }
 }
 
-/// A command's envelope as it goes on the wire: signed now, or as an earlier version sealed it.
-fn sealed<'a>(command: &'a Outgoing, key: &cordon_wire::SigningKey) -> std::borrow::Cow<'a, [u8]> {
-    match command {
-        Outgoing::Unsigned(text) => std::borrow::Cow::Owned(cordon_wire::seal_text(text.clone(), key)),
-        Outgoing::Sealed(envelope) => std::borrow::Cow::Borrowed(envelope),
+impl Outgoing {
+    /// The envelope as it goes on the wire: signed now, or as an earlier version sealed it.
+    fn sealed(&self, key: &cordon_wire::SigningKey) -> Cow<'_, [u8]> {
+        match self {
+            Outgoing::Unsigned(text) => Cow::Owned(cordon_wire::seal_text(text.clone(), key)),
+            Outgoing::Sealed(envelope) => Cow::Borrowed(envelope),
+        }
+    }
+
+    /// How many bytes go on the wire, without signing.
+    fn sealed_len(&self) -> usize {
+        match self {
+            Outgoing::Unsigned(text) => cordon_wire::sealed_len(text),
+            Outgoing::Sealed(envelope) => envelope.len(),
+        }
+    }
+
+    /// The command, read back (`None` if a sealed one does not parse).
+    fn command(&self) -> Option<cordon_wire::Command> {
+        match self {
+            Outgoing::Unsigned(text) => serde_json::from_str(text).ok(),
+            Outgoing::Sealed(envelope) => serde_json::from_slice::<cordon_wire::Envelope>(envelope)
+                .ok()
+                .and_then(|envelope| serde_json::from_str(&envelope.payload).ok()),
+        }
     }
 }
 
@@ -390,14 +411,14 @@ impl Sender {
         // that one host's commands reach its partition in order.
         let mut held: HashSet<&str> = HashSet::new();
         let mut deliveries = Vec::with_capacity(commands.len() + dead_letters.len());
-        let envelopes: Vec<std::borrow::Cow<'_, [u8]>> =
-            commands.iter().map(|(_, entry)| sealed(&entry.command, &self.signing_key)).collect();
-        for ((key, entry), envelope) in commands.iter().zip(&envelopes) {
+        for (key, entry) in &commands {
             if held.contains(entry.host.as_str()) {
                 continue;
             }
+            // Signed here, only when it goes (the producer copies it).
+            let envelope = entry.command.sealed(&self.signing_key);
             let trace = self.in_flight.get(key);
-            let mut record = FutureRecord::to(&self.config.commands_topic).key(&entry.host).payload(&**envelope);
+            let mut record = FutureRecord::to(&self.config.commands_topic).key(&entry.host).payload(&*envelope);
             if let Some(trace) = trace {
                 record = record.headers(cordon_telemetry::propagation::kafka_headers(trace));
             }
@@ -493,17 +514,8 @@ impl Sender {
 
     /// Moves a command the broker will never take out of the outbox and tells the loop.
     async fn park_command(&mut self, key: u64, entry: &OutboxEntry, error: &KafkaError) {
-        let text = match &entry.command {
-            Outgoing::Unsigned(text) => Some(text.clone()),
-            Outgoing::Sealed(envelope) => {
-                serde_json::from_slice::<cordon_wire::Envelope>(envelope).ok().map(|envelope| envelope.payload)
-            }
-        };
-        let command = text.as_deref().and_then(|text| serde_json::from_str::<cordon_wire::Command>(text).ok());
-        let size = match &entry.command {
-            Outgoing::Unsigned(text) => cordon_wire::sealed_len(text),
-            Outgoing::Sealed(envelope) => envelope.len(),
-        };
+        let command = entry.command.command();
+        let size = entry.command.sealed_len();
         let reason = format!(
             "the broker refuses the command for good ({error}; {size} bytes, [kafka] max_message_bytes {}); it is \
              parked, not sent",
@@ -614,14 +626,16 @@ mod tests {
             action: cordon_wire::Action::Release { reason: "operator o: done".into() },
         };
         let unsigned = Outgoing::Unsigned(serde_json::to_string(&command).unwrap());
-        let envelope = sealed(&unsigned, &key);
+        let envelope = unsigned.sealed(&key);
         assert_eq!(cordon_wire::open(&envelope, &key.verifying_key()), Ok(command.clone()));
         let Outgoing::Unsigned(text) = &unsigned else { unreachable!() };
         assert_eq!(envelope.len(), cordon_wire::sealed_len(text), "the size checked when it was queued");
+        assert_eq!((unsigned.sealed_len(), unsigned.command()), (envelope.len(), Some(command.clone())));
         // Sealed with the key of the time; sent as it is, whatever the key now.
         let earlier = Outgoing::Sealed(cordon_wire::seal(&command, &cordon_wire::generate_signing_key()));
         let Outgoing::Sealed(bytes) = &earlier else { unreachable!() };
-        assert_eq!(&*sealed(&earlier, &key), bytes.as_slice());
+        assert_eq!(&*earlier.sealed(&key), bytes.as_slice());
+        assert_eq!((earlier.sealed_len(), earlier.command()), (bytes.len(), Some(command)));
     }
 
     fn message(payload: Vec<u8>) -> OwnedMessage {
