@@ -28,9 +28,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(!whole.host().is_empty() && !whole.id().is_empty() && whole.severity_id() <= 6, "{format}: {whole:?}");
             let none: [&str; 0] = [];
             let mut state = rules::EngineState::default();
-            let decided = rules::evaluate(ruleset(), &mut state, &whole, 1_700_000_000_000, &none);
+            let decided = rules::evaluate(ruleset(), &mut state, &whole, None, 1_700_000_000_000, &none);
             let mut state = rules::EngineState::default();
-            let decided_projected = rules::evaluate(ruleset(), &mut state, &projected, 1_700_000_000_000, &none);
+            let decided_projected = rules::evaluate(ruleset(), &mut state, &projected, None, 1_700_000_000_000, &none);
             assert_eq!(decided, decided_projected, "{format}");
         }
     }

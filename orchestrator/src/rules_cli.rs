@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use rules::{
-    describe_decision, evaluate, Decision, Diagnostic, EngineState, Event, RuleDirectory, SourceFile,
+    describe_decision, Decision, Diagnostic, EngineState, Event, HostIsolations, RuleDirectory, SourceFile,
     TestResult,
 };
 use serde_json::json;
@@ -216,6 +216,8 @@ pub fn replay(
     let (acting_rules, shadow_rules) = directory.ruleset().split_shadow(settings.all_shadow);
     let format = settings.format;
     let (mut live_state, mut shadow_state) = (EngineState::new(), EngineState::new());
+    // No host records here: the hosts' isolations are what the decisions put in force.
+    let (mut live_hosts, mut shadow_hosts) = (HostIsolations::new(), HostIsolations::new());
     let (mut replayed, mut decided, mut invalid) = (0_usize, 0_usize, 0_usize);
     // Block-buffered (standard output is line-buffered: a write a decision), one line buffer for
     // every line, and events parsed through the rule set's projection, as the service parses
@@ -243,11 +245,11 @@ pub fn replay(
         };
         replayed += 1;
         let tags = settings.tags.tags_for(&event, &[]);
-        let acting = evaluate(&acting_rules, &mut live_state, &event, event.time_ms(), &tags);
+        let acting = live_hosts.evaluate(&acting_rules, &mut live_state, &event, event.time_ms(), &tags);
         let watched = if shadow_rules.is_empty() {
             Vec::new()
         } else {
-            evaluate(&shadow_rules, &mut shadow_state, &event, event.time_ms(), &tags)
+            shadow_hosts.evaluate(&shadow_rules, &mut shadow_state, &event, event.time_ms(), &tags)
         };
         for (decision, is_shadow) in acting.iter().map(|d| (d, false)).chain(watched.iter().map(|d| (d, true))) {
             decided += 1;

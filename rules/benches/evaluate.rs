@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use rules::{evaluate, EngineState, Event, RuleDirectory, Ruleset, SourceFile};
+use rules::{EngineState, Event, HostIsolations, RuleDirectory, Ruleset, SourceFile};
 
 mod workload;
 
@@ -85,9 +85,9 @@ fn benchmarks(c: &mut Criterion) {
     for count in [10, 100, 1000] {
         let ruleset = ruleset(count);
         let mut decisions = 0;
-        let mut state = EngineState::new();
+        let (mut state, mut isolations) = (EngineState::new(), HostIsolations::new());
         for event in &parsed {
-            decisions += evaluate(&ruleset, &mut state, event, event.time_ms(), NO_TAGS).len();
+            decisions += isolations.evaluate(&ruleset, &mut state, event, event.time_ms(), NO_TAGS).len();
         }
         eprintln!(
             "{count} rules ({} indexed): {decisions} decisions for {} events",
@@ -99,25 +99,25 @@ fn benchmarks(c: &mut Criterion) {
         group.throughput(elements.clone());
         group.bench_function("evaluate", |b| {
             b.iter_batched(
-                EngineState::new,
-                |mut state| {
+                || (EngineState::new(), HostIsolations::new()),
+                |(mut state, mut isolations)| {
                     for event in &parsed {
-                        black_box(evaluate(&ruleset, &mut state, event, event.time_ms(), NO_TAGS));
+                        black_box(isolations.evaluate(&ruleset, &mut state, event, event.time_ms(), NO_TAGS));
                     }
-                    state
+                    (state, isolations)
                 },
                 BatchSize::LargeInput,
             );
         });
         group.bench_function("parse_and_evaluate", |b| {
             b.iter_batched(
-                EngineState::new,
-                |mut state| {
+                || (EngineState::new(), HostIsolations::new()),
+                |(mut state, mut isolations)| {
                     for text in &texts {
                         let event = Event::parse(text).unwrap();
-                        black_box(evaluate(&ruleset, &mut state, &event, event.time_ms(), NO_TAGS));
+                        black_box(isolations.evaluate(&ruleset, &mut state, &event, event.time_ms(), NO_TAGS));
                     }
-                    state
+                    (state, isolations)
                 },
                 BatchSize::LargeInput,
             );
@@ -135,13 +135,13 @@ fn benchmarks(c: &mut Criterion) {
     {
         group.bench_function(name, |b| {
             b.iter_batched(
-                EngineState::new,
-                |mut state| {
+                || (EngineState::new(), HostIsolations::new()),
+                |(mut state, mut isolations)| {
                     for text in &texts {
                         let event = Event::parse_projected(text, ruleset.projection()).unwrap();
-                        black_box(evaluate(&ruleset, &mut state, &event, event.time_ms(), NO_TAGS));
+                        black_box(isolations.evaluate(&ruleset, &mut state, &event, event.time_ms(), NO_TAGS));
                     }
-                    state
+                    (state, isolations)
                 },
                 BatchSize::LargeInput,
             );

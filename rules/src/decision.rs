@@ -1,6 +1,7 @@
 //! What the engine decides for an event: isolate a host (how, for how long, with which holes) or
 //! ask an operator to approve an isolation, with the rules involved and a structured "why".
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::config::Retrigger;
@@ -151,6 +152,11 @@ pub struct Decision {
     /// Every rule that fired on the event, in rule order.
     pub rules: Vec<String>,
     pub why: Vec<Reason>,
+    /// For an isolation: who has put it in force, the rules that fired now and those behind the
+    /// isolation it continues, each with the duration (ms) it applied; what the host's owner
+    /// keeps and passes back to the next evaluation (see [`crate::HostIsolation`]).
+    #[serde(skip)]
+    pub isolated_by: BTreeMap<String, i64>,
 }
 
 mod seconds {

@@ -14,7 +14,7 @@ use crate::event::Event;
 use crate::matcher::Subject;
 use crate::ruleset::Ruleset;
 use crate::state::{
-    event_key, ActiveIsolation, EngineState, EscalationCount, ThresholdWindow, MAX_THRESHOLD_GROUPS,
+    event_key, EngineState, HostIsolation, EscalationCount, ThresholdWindow, MAX_THRESHOLD_GROUPS,
 };
 
 /// What `dry_run` found: the decisions `evaluate` would return, and each matching rule's verdict.
@@ -37,13 +37,16 @@ pub struct RuleVerdict {
     pub fired: bool,
 }
 
-/// Evaluates one event and updates `state`. `now_ms` is the current time (epoch ms); `host_tags`
-/// are the tags the orchestrator knows for the event's host (they decide protection).
+/// Evaluates one event and updates `state`. `isolation` is the isolation the event's host is
+/// under, as its owner keeps it (an isolating decision says what it puts in force:
+/// [`HostIsolation::decided`]); `now_ms` is the current time (epoch ms); `host_tags` are the tags
+/// the orchestrator knows for the event's host (they decide protection).
 /// A repeated (host, event id) returns no decision.
 pub fn evaluate<T: AsRef<str>>(
     ruleset: &Ruleset,
     state: &mut EngineState,
     event: &Event,
+    isolation: Option<&HostIsolation>,
     now_ms: i64,
     host_tags: &[T],
 ) -> Vec<Decision> {
@@ -55,7 +58,7 @@ pub fn evaluate<T: AsRef<str>>(
     if candidates.is_empty() {
         return Vec::new();
     }
-    let plan = plan(ruleset, state, event, &subject, now_ms, host_tags, &candidates);
+    let plan = plan(ruleset, state, event, isolation, &subject, now_ms, host_tags, &candidates);
     for change in plan.changes {
         apply(state, change);
     }
@@ -67,6 +70,7 @@ pub fn dry_run<T: AsRef<str>>(
     ruleset: &Ruleset,
     state: &EngineState,
     event: &Event,
+    isolation: Option<&HostIsolation>,
     now_ms: i64,
     host_tags: &[T],
 ) -> DryRun {
@@ -75,7 +79,8 @@ pub fn dry_run<T: AsRef<str>>(
         return DryRun { duplicate, decisions: Vec::new(), verdicts: Vec::new() };
     }
     let subject = Subject::new(event);
-    let plan = plan(ruleset, state, event, &subject, now_ms, host_tags, &ruleset.candidates(&subject));
+    let candidates = ruleset.candidates(&subject);
+    let plan = plan(ruleset, state, event, isolation, &subject, now_ms, host_tags, &candidates);
     DryRun { duplicate, decisions: plan.decisions, verdicts: plan.verdicts }
 }
 
@@ -86,12 +91,13 @@ pub fn dry_run_rule<T: AsRef<str>>(
     rule_id: &str,
     state: &EngineState,
     event: &Event,
+    isolation: Option<&HostIsolation>,
     now_ms: i64,
     host_tags: &[T],
 ) -> Option<DryRun> {
     let index = u32::try_from(ruleset.rule_index(rule_id)?).ok()?;
     let duplicate = state.seen.contains(event_key(event.host(), event.id()));
-    let plan = plan(ruleset, state, event, &Subject::new(event), now_ms, host_tags, &[index]);
+    let plan = plan(ruleset, state, event, isolation, &Subject::new(event), now_ms, host_tags, &[index]);
     Some(DryRun { duplicate, decisions: plan.decisions, verdicts: plan.verdicts })
 }
 
@@ -99,7 +105,6 @@ pub fn dry_run_rule<T: AsRef<str>>(
 enum Change {
     ThresholdHit { rule: String, group: String, at: i64, within_ms: i64, keep: usize },
     ThresholdFired { rule: String, group: String },
-    Isolated { host: String, isolation: ActiveIsolation },
     Escalation { rule: String, host: String, count: EscalationCount },
     NewIsolation { at: i64, keep: usize },
 }
@@ -125,10 +130,15 @@ struct Fired<'r> {
     reasons: Vec<Reason>,
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "evaluate's arguments, and the candidates; a struct of them would be read once"
+)]
 fn plan<T: AsRef<str>>(
     ruleset: &Ruleset,
     state: &EngineState,
     event: &Event,
+    isolation: Option<&HostIsolation>,
     subject: &Subject<'_>,
     now_ms: i64,
     host_tags: &[T],
@@ -136,7 +146,7 @@ fn plan<T: AsRef<str>>(
 ) -> Plan {
     let mut plan = Plan::default();
     let host = event.host();
-    let active = state.active.get(host).filter(|active| active.in_force(now_ms));
+    let active = isolation.filter(|isolation| isolation.in_force(now_ms));
     let mut fired = Vec::new();
     for &index in candidates {
         let rule = &ruleset.rules[index as usize];
@@ -213,14 +223,14 @@ fn group_key(threshold: &Threshold, event: &Event) -> String {
 fn rule_outcome(
     rule: &Rule,
     state: &EngineState,
-    active: Option<&ActiveIsolation>,
+    active: Option<&HostIsolation>,
     host: &str,
     now_ms: i64,
     reasons: &mut Vec<Reason>,
 ) -> Outcome {
     let response = &rule.response;
     let exclusions = response.exclusions.clone();
-    let isolated_by_rule = active.and_then(|active| active.rules.get(&rule.id)).copied();
+    let isolated_by_rule = active.and_then(|active| active.isolated_by.get(&rule.id)).copied();
     match response.mode {
         ResponseMode::Approval => {
             reasons.push(Reason::ApprovalRequired { rule: rule.id.clone() });
@@ -322,7 +332,7 @@ fn combine<T: AsRef<str>>(
     event: &Event,
     now_ms: i64,
     host_tags: &[T],
-    active: Option<&ActiveIsolation>,
+    active: Option<&HostIsolation>,
     fired: &[Fired<'_>],
     changes: &mut Vec<Change>,
 ) -> Option<Decision> {
@@ -357,6 +367,7 @@ fn combine<T: AsRef<str>>(
         action,
         rules: rules.clone(),
         why,
+        isolated_by: BTreeMap::new(),
     };
 
     let Some(strongest) = strongest_isolation else {
@@ -401,7 +412,7 @@ fn combine<T: AsRef<str>>(
         changes.push(Change::NewIsolation { at: now_ms, keep: ceiling.count as usize });
     }
     let mut isolated_by: BTreeMap<String, i64> =
-        active.map(|active| active.rules.clone()).unwrap_or_default();
+        active.map(|active| active.isolated_by.clone()).unwrap_or_default();
     for f in fired {
         if let Outcome::Isolate { own_duration_ms, escalation, .. } = &f.outcome {
             isolated_by.insert(f.rule.id.clone(), *own_duration_ms);
@@ -414,15 +425,7 @@ fn combine<T: AsRef<str>>(
             }
         }
     }
-    changes.push(Change::Isolated {
-        host: event.host().to_owned(),
-        isolation: ActiveIsolation {
-            mode: isolation.mode,
-            deadline_ms: isolation.deadline_ms,
-            rules: isolated_by,
-        },
-    });
-    Some(decision(Action::Isolate(isolation), why))
+    Some(Decision { isolated_by, ..decision(Action::Isolate(isolation), why) })
 }
 
 /// Makes room for one more threshold group of a rule that has [`MAX_THRESHOLD_GROUPS`]: drops
@@ -480,10 +483,6 @@ fn apply(state: &mut EngineState, change: Change) {
                     state.thresholds.remove(&rule);
                 }
             }
-        }
-        Change::Isolated { host, isolation } => {
-            state.touched.active.insert(host.clone());
-            state.active.insert(host, isolation);
         }
         Change::Escalation { rule, host, count } => {
             state.touched.escalations.insert((rule.clone(), host.clone()));

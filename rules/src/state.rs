@@ -1,6 +1,8 @@
 //! The engine's memory between events, a plain value the caller persists: recently seen event ids,
-//! threshold windows, escalation counters, the hosts the engine has isolated, and the recent
-//! automatic isolations counted by the ceiling. Rules are referred to by id, so state survives a reload.
+//! threshold windows, escalation counters and the recent automatic isolations counted by the
+//! ceiling. Rules are referred to by id, so state survives a reload. Whether a host is isolated is
+//! not the engine's to remember: the caller, who owns the host, passes it in ([`HostIsolation`]);
+//! [`HostIsolations`] keeps it where no one else does (rule tests, the command line).
 //!
 //! The caller persists it by changes: [`EngineState::take_changes`] gives the entries (key,
 //! value or removal) of a key-value store that changed since the last call, and
@@ -11,7 +13,10 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::decision::IsolationMode;
+use crate::decision::{Action, Decision, IsolationMode};
+use crate::engine::evaluate;
+use crate::event::Event;
+use crate::ruleset::Ruleset;
 
 /// How many (host, event id) pairs are remembered for deduplication. Older ones are forgotten
 /// first; each costs 16 bytes (a 64-bit hash in a queue and a set), about 1 MiB in all.
@@ -31,8 +36,10 @@ pub struct EngineState {
     pub(crate) thresholds: HashMap<String, HashMap<String, ThresholdWindow>>,
     /// rule id -> host -> isolations counted for escalation.
     pub(crate) escalations: HashMap<String, HashMap<String, EscalationCount>>,
-    /// host -> the isolation the engine decided and believes is in force.
-    pub(crate) active: HashMap<String, ActiveIsolation>,
+    /// Hosts' isolations as earlier versions kept them here, read from an old store and
+    /// handed once to the hosts' owner ([`EngineState::take_legacy_isolations`]); never written.
+    #[serde(default, rename = "active", skip_serializing)]
+    pub(crate) legacy_isolations: HashMap<String, HostIsolation>,
     /// Times of new engine-initiated isolations, for the `max_automatic` ceiling; newest last.
     pub(crate) recent_isolations: VecDeque<i64>,
 }
@@ -46,7 +53,8 @@ pub(crate) struct Touched {
     all: bool,
     pub(crate) thresholds: HashSet<(String, String)>,
     pub(crate) escalations: HashSet<(String, String)>,
-    pub(crate) active: HashSet<String>,
+    /// Entries of hosts' isolations written by earlier versions, to remove.
+    legacy_isolations: HashSet<String>,
     pub(crate) recent: bool,
     /// Chunks ([`SEEN_CHUNK`] sequence numbers each) of seen events where one was added or
     /// forgotten: a chunk is one entry, so a batch of thousands of events writes a few entries.
@@ -172,25 +180,87 @@ impl EscalationCount {
     }
 }
 
+/// The isolation in force on a host, as the host's owner keeps it: what the engine judges a rule
+/// matching again by (retrigger, escalation), what a weaker decision never overrides, and what
+/// the ceiling on new isolations does not count. The engine keeps no copy: the caller passes it
+/// to [`crate::evaluate`] and keeps what a decision returns ([`crate::Decision::isolated_by`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct ActiveIsolation {
+pub struct HostIsolation {
     pub mode: IsolationMode,
     pub deadline_ms: Option<i64>,
-    /// The rules that isolated the host, each with the duration (ms) it last applied; 0 for manual.
-    pub rules: BTreeMap<String, i64>,
+    /// Who put it in force (rule ids, or whoever else decided, e.g. `operator NAME`), each with
+    /// the duration (ms) it last applied; 0 when it applied none of its own.
+    #[serde(alias = "rules")]
+    pub isolated_by: BTreeMap<String, i64>,
 }
 
-impl ActiveIsolation {
+impl HostIsolation {
+    /// Whether it still holds at `now_ms`: manual, or its deadline is ahead.
+    #[must_use]
     pub fn in_force(&self, now_ms: i64) -> bool {
         self.mode == IsolationMode::Manual || self.deadline_ms.is_some_and(|deadline| deadline > now_ms)
     }
+
+    /// The isolation `decision` puts in force, if it isolates.
+    #[must_use]
+    pub fn decided(decision: &Decision) -> Option<HostIsolation> {
+        match &decision.action {
+            Action::Isolate(isolation) => Some(HostIsolation {
+                mode: isolation.mode,
+                deadline_ms: isolation.deadline_ms,
+                isolated_by: decision.isolated_by.clone(),
+            }),
+            Action::RequestApproval(_) => None,
+        }
+    }
 }
 
-/// What the engine remembers of one host's isolation, taken before an event is evaluated so it
-/// can be put back if handling that event fails afterwards (the host's record was not changed,
-/// so the engine must not believe it was).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostIsolationMemory(Option<ActiveIsolation>);
+/// Hosts' isolations where no one else keeps them (replaying a rule's tests, `cordon rules`,
+/// shadow rules, benchmarks): what the engine's decisions put in force, until they end.
+#[derive(Debug, Clone, Default)]
+pub struct HostIsolations(HashMap<String, HostIsolation>);
+
+impl HostIsolations {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The isolation in force on `host` at `now_ms`.
+    #[must_use]
+    pub fn in_force(&self, host: &str, now_ms: i64) -> Option<&HostIsolation> {
+        self.0.get(host).filter(|isolation| isolation.in_force(now_ms))
+    }
+
+    /// Evaluates `event` against the host's isolation in force, and keeps what the decisions put
+    /// in force (see [`crate::evaluate`]).
+    pub fn evaluate<T: AsRef<str>>(
+        &mut self,
+        ruleset: &Ruleset,
+        state: &mut EngineState,
+        event: &Event,
+        now_ms: i64,
+        host_tags: &[T],
+    ) -> Vec<Decision> {
+        let decisions = evaluate(ruleset, state, event, self.in_force(event.host(), now_ms), now_ms, host_tags);
+        for decision in &decisions {
+            if let Some(isolation) = HostIsolation::decided(decision) {
+                self.0.insert(decision.host.clone(), isolation);
+            }
+        }
+        decisions
+    }
+
+    /// Forgets `host`'s isolation (it was released).
+    pub fn release(&mut self, host: &str) {
+        self.0.remove(host);
+    }
+
+    /// Forgets the isolations that have ended by `now_ms`.
+    pub fn prune(&mut self, now_ms: i64) {
+        self.0.retain(|_, isolation| isolation.in_force(now_ms));
+    }
+}
 
 impl EngineState {
     #[must_use]
@@ -198,67 +268,20 @@ impl EngineState {
         Self::default()
     }
 
-    #[must_use]
-    pub fn isolation_memory(&self, host: &str) -> HostIsolationMemory {
-        HostIsolationMemory(self.active.get(host).cloned())
+    /// Hosts' isolations kept here by earlier versions (read from their store), for the
+    /// hosts' owner to adopt: given once, and their entries are removed by the next
+    /// [`EngineState::take_changes`].
+    pub fn take_legacy_isolations(&mut self) -> HashMap<String, HostIsolation> {
+        let legacy = std::mem::take(&mut self.legacy_isolations);
+        self.touched.legacy_isolations.extend(legacy.keys().cloned());
+        legacy
     }
 
-    /// Puts back what [`EngineState::isolation_memory`] took for `host`.
-    pub fn restore_isolation_memory(&mut self, host: &str, memory: HostIsolationMemory) {
-        self.touched.active.insert(host.to_owned());
-        match memory.0 {
-            Some(active) => {
-                self.active.insert(host.to_owned(), active);
-            }
-            None => {
-                self.active.remove(host);
-            }
-        }
-    }
-
-    /// Forgets the engine's isolation of `host`, e.g. after an operator released it; the next
-    /// match isolates it anew rather than as a retrigger.
-    pub fn release(&mut self, host: &str) {
-        if self.active.remove(host).is_some() {
-            self.touched.active.insert(host.to_owned());
-        }
-    }
-
-    /// Records an isolation decided outside the engine (an operator's, or an approved proposal),
-    /// so later matches on `host` are retriggers that never weaken it. `by` names who decided.
-    pub fn note_isolation(&mut self, host: &str, mode: IsolationMode, deadline_ms: Option<i64>, by: &str) {
-        let duration = match (mode, deadline_ms) {
-            (IsolationMode::Automatic, Some(_)) => 1,
-            _ => 0,
-        };
-        self.active.insert(
-            host.to_owned(),
-            ActiveIsolation { mode, deadline_ms, rules: BTreeMap::from([(by.to_owned(), duration)]) },
-        );
-        self.touched.active.insert(host.to_owned());
-    }
-
-    /// The isolation the engine believes is in force on `host` at `now_ms`: its mode and deadline.
-    #[must_use]
-    pub fn isolation_of(&self, host: &str, now_ms: i64) -> Option<(IsolationMode, Option<i64>)> {
-        self.active
-            .get(host)
-            .filter(|active| active.in_force(now_ms))
-            .map(|active| (active.mode, active.deadline_ms))
-    }
-
-    /// Drops everything that no longer affects a decision at `now_ms`: expired isolations, match
+    /// Drops everything that no longer affects a decision at `now_ms`: match
     /// times outside their threshold window, escalation counts past their window, ceiling entries
     /// older than `ceiling_window_ms`. Call it periodically to keep the state small.
     pub fn prune(&mut self, now_ms: i64, ceiling_window_ms: i64) {
         let touched = &mut self.touched;
-        self.active.retain(|host, active| {
-            let keep = active.in_force(now_ms);
-            if !keep {
-                touched.active.insert(host.clone());
-            }
-            keep
-        });
         for (rule, groups) in &mut self.thresholds {
             for (group, window) in groups.iter_mut() {
                 let oldest = now_ms.saturating_sub(window.within_ms);
@@ -308,10 +331,10 @@ impl EngineState {
     pub fn take_changes(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         let touched = std::mem::take(&mut self.touched);
         let mut changes = Vec::new();
+        for host in &touched.legacy_isolations {
+            changes.push((entry_key(LEGACY_ISOLATION, &[host]), None));
+        }
         if touched.all {
-            for (host, active) in &self.active {
-                changes.push((entry_key(ACTIVE, &[host]), Some(to_json(active))));
-            }
             for (rule, groups) in &self.thresholds {
                 for (group, window) in groups {
                     changes.push((entry_key(THRESHOLD, &[rule, group]), Some(to_json(window))));
@@ -330,10 +353,6 @@ impl EngineState {
                 }
             }
             return changes;
-        }
-        for host in &touched.active {
-            let value = self.active.get(host).map(to_json);
-            changes.push((entry_key(ACTIVE, &[host]), value));
         }
         for (rule, group) in &touched.thresholds {
             let value = self.thresholds.get(rule).and_then(|groups| groups.get(group)).map(to_json);
@@ -366,9 +385,9 @@ impl EngineState {
             let unreadable = |what: &str| format!("the engine state's entry {} is unreadable ({what})", String::from_utf8_lossy(key));
             let Some((&kind, rest)) = key.split_first() else { return Err(unreadable("empty key")) };
             match kind {
-                ACTIVE => {
+                LEGACY_ISOLATION => {
                     let host = String::from_utf8(rest.to_vec()).map_err(|_| unreadable("host"))?;
-                    state.active.insert(host, from_json(value).map_err(|e| unreadable(&e))?);
+                    state.legacy_isolations.insert(host, from_json(value).map_err(|e| unreadable(&e))?);
                 }
                 THRESHOLD | ESCALATION => {
                     let (first, second) = split_pair(rest).ok_or_else(|| unreadable("key"))?;
@@ -408,7 +427,8 @@ impl EngineState {
     }
 }
 
-const ACTIVE: u8 = b'a';
+/// Written by earlier versions (hosts' isolations); read once, then removed.
+const LEGACY_ISOLATION: u8 = b'a';
 const THRESHOLD: u8 = b't';
 const ESCALATION: u8 = b'e';
 const RECENT: u8 = b'r';
@@ -477,18 +497,27 @@ mod tests {
     }
 
     #[test]
-    fn a_hosts_isolation_memory_is_put_back_as_it_was() {
-        let mut state = EngineState::new();
-        let before = state.isolation_memory("ws-1");
-        state.note_isolation("ws-1", IsolationMode::Manual, None, "rules a");
-        assert!(state.isolation_of("ws-1", 0).is_some());
-        state.restore_isolation_memory("ws-1", before);
-        assert!(state.isolation_of("ws-1", 0).is_none(), "what was not there is gone again");
-        state.note_isolation("ws-2", IsolationMode::Automatic, Some(100), "rules a");
-        let kept = state.isolation_memory("ws-2");
-        state.release("ws-2");
-        state.restore_isolation_memory("ws-2", kept);
-        assert_eq!(state.isolation_of("ws-2", 0), Some((IsolationMode::Automatic, Some(100))));
+    fn isolations_kept_by_earlier_versions_are_handed_over_once_and_then_removed() {
+        let old = HostIsolation {
+            mode: IsolationMode::Automatic,
+            deadline_ms: Some(100),
+            isolated_by: BTreeMap::from([("r".to_owned(), 60_000)]),
+        };
+        let entries = [
+            (entry_key(LEGACY_ISOLATION, &["ws-1"]), br#"{"mode":"automatic","deadline_ms":100,"rules":{"r":60000}}"#.to_vec()),
+            (vec![RECENT], b"[5]".to_vec()),
+        ];
+        let mut state = EngineState::from_entries(entries).unwrap();
+        assert_eq!(state.take_legacy_isolations(), HashMap::from([("ws-1".to_owned(), old)]));
+        assert!(state.take_legacy_isolations().is_empty(), "given once");
+        assert_eq!(state.take_changes(), vec![(entry_key(LEGACY_ISOLATION, &["ws-1"]), None)]);
+        assert!(state.take_changes().is_empty());
+        // A state kept whole by an even older version.
+        let whole = r#"{"seen":[],"thresholds":{},"escalations":{},"recent_isolations":[],
+            "active":{"ws-2":{"mode":"manual","deadline_ms":null,"rules":{"operator o":0}}}}"#;
+        let mut state: EngineState = serde_json::from_str(whole).unwrap();
+        assert_eq!(state.take_legacy_isolations()["ws-2"].mode, IsolationMode::Manual);
+        assert!(!serde_json::to_string(&state).unwrap().contains("active"), "never written again");
     }
 
     #[test]

@@ -8,10 +8,9 @@ use crate::config::{ExpectedAction, ExpectedDecision, Policy, Rule, TestCase};
 use crate::decision::{Action, Decision, IsolationMode};
 use crate::diagnostic::{Diagnostic, Position};
 use crate::duration::format_duration;
-use crate::engine::evaluate;
 use crate::event::Event;
 use crate::ruleset::Ruleset;
-use crate::state::EngineState;
+use crate::state::{EngineState, HostIsolations};
 
 /// The source text of one file, named as it should appear in diagnostics.
 #[derive(Debug, Clone)]
@@ -201,12 +200,12 @@ pub fn run_test(ruleset: &Ruleset, test: &TestCase) -> TestResult {
 
 /// The decisions of the test's events, each as `prepare` makes it, against a fresh state.
 fn replay(ruleset: &Ruleset, test: &TestCase, prepare: impl Fn(&Event) -> Event) -> Vec<Decision> {
-    let mut state = EngineState::new();
+    let (mut state, mut isolations) = (EngineState::new(), HostIsolations::new());
     let mut decisions = Vec::new();
     for event in &test.events {
         let event = prepare(event);
         let tags = test.host_tags.get(event.host()).cloned().unwrap_or_else(|| event.device_group_names());
-        decisions.extend(evaluate(ruleset, &mut state, &event, event.time_ms(), &tags));
+        decisions.extend(isolations.evaluate(ruleset, &mut state, &event, event.time_ms(), &tags));
     }
     decisions
 }

@@ -1,10 +1,12 @@
 //! The engine's API as the orchestrator will use it: dry runs change nothing, state survives a
-//! JSON round trip, release and prune forget what they should.
+//! JSON round trip, prune forgets what it should, and a host's isolation is judged as its owner
+//! passes it in.
 
 use rules::{
-    dry_run, dry_run_rule, evaluate, Action, EngineState, Event, IsolationMode, Reason, RuleDirectory,
-    SourceFile,
+    dry_run, dry_run_rule, evaluate, Action, EngineState, Event, HostIsolation, HostIsolations, IsolationMode,
+    Reason, RuleDirectory, SourceFile,
 };
+use std::collections::BTreeMap;
 use serde_json::json;
 
 const RULES: &str = r"
@@ -35,9 +37,9 @@ fn a_dry_run_reports_threshold_progress_and_changes_nothing() {
     let directory = directory();
     let ruleset = directory.ruleset();
     let mut state = EngineState::new();
-    assert!(evaluate(ruleset, &mut state, &event("e1", 0, "strike"), 0, NO_TAGS).is_empty());
+    assert!(evaluate(ruleset, &mut state, &event("e1", 0, "strike"), None, 0, NO_TAGS).is_empty());
     let before = state.clone();
-    let dry = dry_run(ruleset, &state, &event("e2", 1000, "strike"), 1000, NO_TAGS);
+    let dry = dry_run(ruleset, &state, &event("e2", 1000, "strike"), None, 1000, NO_TAGS);
     assert_eq!(state, before);
     assert!(!dry.duplicate);
     assert!(dry.decisions.is_empty());
@@ -45,14 +47,14 @@ fn a_dry_run_reports_threshold_progress_and_changes_nothing() {
     assert_eq!(dry.verdicts[0].rule, "three-strikes");
     assert_eq!(dry.verdicts[0].threshold, Some((2, 3)));
     assert!(!dry.verdicts[0].fired);
-    assert!(dry_run(ruleset, &state, &event("e1", 0, "strike"), 0, NO_TAGS).duplicate);
+    assert!(dry_run(ruleset, &state, &event("e1", 0, "strike"), None, 0, NO_TAGS).duplicate);
 }
 
 #[test]
 fn a_single_rule_dry_run_answers_what_that_rule_would_do() {
     let directory = directory();
     let state = EngineState::new();
-    let dry = dry_run_rule(directory.ruleset(), "worm", &state, &event("e1", 0, "worm strike"), 0, NO_TAGS)
+    let dry = dry_run_rule(directory.ruleset(), "worm", &state, &event("e1", 0, "worm strike"), None, 0, NO_TAGS)
         .unwrap();
     assert_eq!(dry.decisions.len(), 1);
     assert_eq!(dry.decisions[0].rules, vec!["worm".to_owned()], "only the named rule is evaluated");
@@ -60,7 +62,7 @@ fn a_single_rule_dry_run_answers_what_that_rule_would_do() {
         matches!(&dry.decisions[0].action, Action::Isolate(isolation) if isolation.mode == IsolationMode::Manual)
     );
     assert!(
-        dry_run_rule(directory.ruleset(), "no-such-rule", &state, &event("e1", 0, "x"), 0, NO_TAGS).is_none()
+        dry_run_rule(directory.ruleset(), "no-such-rule", &state, &event("e1", 0, "x"), None, 0, NO_TAGS).is_none()
     );
 }
 
@@ -69,14 +71,14 @@ fn state_survives_a_json_round_trip_mid_threshold() {
     let directory = directory();
     let ruleset = directory.ruleset();
     let mut state = EngineState::new();
-    evaluate(ruleset, &mut state, &event("e1", 0, "strike"), 0, NO_TAGS);
-    evaluate(ruleset, &mut state, &event("e2", 1000, "strike"), 1000, NO_TAGS);
+    evaluate(ruleset, &mut state, &event("e1", 0, "strike"), None, 0, NO_TAGS);
+    evaluate(ruleset, &mut state, &event("e2", 1000, "strike"), None, 1000, NO_TAGS);
     let mut restored: EngineState = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
     assert!(
-        evaluate(ruleset, &mut restored, &event("e2", 1000, "strike"), 1000, NO_TAGS).is_empty(),
+        evaluate(ruleset, &mut restored, &event("e2", 1000, "strike"), None, 1000, NO_TAGS).is_empty(),
         "still a duplicate"
     );
-    let decisions = evaluate(ruleset, &mut restored, &event("e3", 2000, "strike"), 2000, NO_TAGS);
+    let decisions = evaluate(ruleset, &mut restored, &event("e3", 2000, "strike"), None, 2000, NO_TAGS);
     assert_eq!(decisions.len(), 1);
     assert!(decisions[0]
         .why
@@ -88,36 +90,76 @@ fn state_survives_a_json_round_trip_mid_threshold() {
 fn release_makes_the_next_match_a_new_isolation() {
     let directory = directory();
     let ruleset = directory.ruleset();
-    let mut state = EngineState::new();
-    assert_eq!(evaluate(ruleset, &mut state, &event("e1", 0, "worm"), 0, NO_TAGS).len(), 1);
-    assert_eq!(state.isolation_of("h1", 0), Some((IsolationMode::Manual, None)));
+    let (mut state, mut isolations) = (EngineState::new(), HostIsolations::new());
+    assert_eq!(isolations.evaluate(ruleset, &mut state, &event("e1", 0, "worm"), 0, NO_TAGS).len(), 1);
+    let kept = isolations.in_force("h1", 0).unwrap();
+    assert_eq!((kept.mode, kept.deadline_ms), (IsolationMode::Manual, None));
+    assert_eq!(kept.isolated_by, BTreeMap::from([("worm".to_owned(), 0)]));
     assert!(
-        evaluate(ruleset, &mut state, &event("e2", 1000, "worm"), 1000, NO_TAGS).is_empty(),
+        isolations.evaluate(ruleset, &mut state, &event("e2", 1000, "worm"), 1000, NO_TAGS).is_empty(),
         "already isolated manually"
     );
-    state.release("h1");
-    assert_eq!(state.isolation_of("h1", 2000), None);
-    assert_eq!(evaluate(ruleset, &mut state, &event("e3", 2000, "worm"), 2000, NO_TAGS).len(), 1);
+    isolations.release("h1");
+    assert_eq!(isolations.in_force("h1", 2000), None);
+    assert_eq!(isolations.evaluate(ruleset, &mut state, &event("e3", 2000, "worm"), 2000, NO_TAGS).len(), 1);
+}
+
+#[test]
+fn the_engine_judges_a_match_by_the_isolation_its_owner_passes_and_keeps_no_copy() {
+    let directory = directory();
+    let ruleset = directory.ruleset();
+    let mut state = EngineState::new();
+    // Isolated by the rule itself: a manual rule matching again changes nothing.
+    let by_worm = HostIsolation {
+        mode: IsolationMode::Manual,
+        deadline_ms: None,
+        isolated_by: BTreeMap::from([("worm".to_owned(), 0)]),
+    };
+    assert!(evaluate(ruleset, &mut state, &event("e1", 0, "worm"), Some(&by_worm), 0, NO_TAGS).is_empty());
+    // The same event id again, with no isolation passed: a duplicate, whatever the host's state.
+    assert!(evaluate(ruleset, &mut state, &event("e1", 0, "worm"), None, 0, NO_TAGS).is_empty());
+    // Isolated by an operator until 10 s: the rule isolates, and says who is behind it now.
+    let by_operator = HostIsolation {
+        mode: IsolationMode::Automatic,
+        deadline_ms: Some(10_000),
+        isolated_by: BTreeMap::from([("operator o".to_owned(), 0)]),
+    };
+    let decisions = evaluate(ruleset, &mut state, &event("e2", 1000, "worm"), Some(&by_operator), 1000, NO_TAGS);
+    assert!(matches!(&decisions[0].action, Action::Isolate(isolation) if isolation.mode == IsolationMode::Manual));
+    let after = HostIsolation::decided(&decisions[0]).unwrap();
+    assert_eq!(after.isolated_by, BTreeMap::from([("operator o".to_owned(), 0), ("worm".to_owned(), 0)]));
+    // A manual isolation by someone else is never weakened by a timed rule.
+    let manual = HostIsolation { mode: IsolationMode::Manual, ..by_operator.clone() };
+    for id in ["e3", "e4"] {
+        evaluate(ruleset, &mut state, &event(id, 2000, "strike"), Some(&manual), 2000, NO_TAGS);
+    }
+    let decisions = evaluate(ruleset, &mut state, &event("e5", 2000, "strike"), Some(&manual), 2000, NO_TAGS);
+    assert!(matches!(&decisions[0].action, Action::Isolate(isolation) if isolation.mode == IsolationMode::Manual));
+    assert!(decisions[0].why.iter().any(|reason| matches!(reason, Reason::CurrentIsolationKept { .. })));
+    // An isolation whose deadline has passed is not in force: the engine ignores it.
+    let ended = HostIsolation { isolated_by: BTreeMap::from([("worm".to_owned(), 0)]), ..by_operator };
+    assert_eq!(evaluate(ruleset, &mut state, &event("e6", 20_000, "worm"), Some(&ended), 20_000, NO_TAGS).len(), 1);
 }
 
 #[test]
 fn prune_forgets_what_no_longer_matters() {
     let directory = directory();
     let ruleset = directory.ruleset();
-    let mut state = EngineState::new();
+    let (mut state, mut isolations) = (EngineState::new(), HostIsolations::new());
     for (id, time) in [("e1", 0), ("e2", 1000), ("e3", 2000)] {
-        evaluate(ruleset, &mut state, &event(id, time, "strike"), time, NO_TAGS);
+        isolations.evaluate(ruleset, &mut state, &event(id, time, "strike"), time, NO_TAGS);
     }
-    assert_eq!(state.isolation_of("h1", 2000).map(|(mode, _)| mode), Some(IsolationMode::Automatic));
-    evaluate(ruleset, &mut state, &event("e4", 3000, "strike"), 3000, NO_TAGS);
+    assert_eq!(isolations.in_force("h1", 2000).map(|isolation| isolation.mode), Some(IsolationMode::Automatic));
+    isolations.evaluate(ruleset, &mut state, &event("e4", 3000, "strike"), 3000, NO_TAGS);
     let mut pruned = state.clone();
     pruned.prune(3000, 600_000);
     assert_eq!(pruned, state, "nothing has expired yet");
     pruned.prune(2000 + 3_600_000 + 60_001, 600_000);
-    assert_eq!(pruned.isolation_of("h1", 0), None, "the isolation has ended and is forgotten");
-    assert_ne!(pruned, state);
+    assert_ne!(pruned, state, "e4's threshold window has passed");
+    isolations.prune(2000 + 3_600_000 + 1);
+    assert_eq!(isolations.in_force("h1", 0), None, "the isolation has ended and is forgotten");
     assert!(
-        evaluate(ruleset, &mut pruned, &event("e1", 9_999_999, "strike"), 9_999_999, NO_TAGS).is_empty(),
+        evaluate(ruleset, &mut pruned, &event("e1", 9_999_999, "strike"), None, 9_999_999, NO_TAGS).is_empty(),
         "dedup is kept"
     );
 }
@@ -143,11 +185,11 @@ fn host_event(host: &str, id: &str, time: i64, title: &str) -> Event {
 fn the_state_persisted_by_changes_reads_back_as_it_is_after_every_step() {
     let directory = directory();
     let ruleset = directory.ruleset();
-    let mut state = EngineState::new();
+    let (mut state, mut isolations) = (EngineState::new(), HostIsolations::new());
     let mut store = std::collections::BTreeMap::new();
     let mut now = 0;
-    // Threshold windows filling and firing, manual isolations, duplicates, releases, operators'
-    // notes, a prune, and more events than the deduplication window holds.
+    // Threshold windows filling and firing, manual isolations, duplicates, releases, a prune,
+    // and more events than the deduplication window holds.
     for step in 0..(rules::DEDUP_CAPACITY + 500) {
         now += 7;
         let host = format!("h{}", step % 37);
@@ -156,15 +198,13 @@ fn the_state_persisted_by_changes_reads_back_as_it_is_after_every_step() {
             2 => "worm",
             _ => "nothing",
         };
-        evaluate(ruleset, &mut state, &host_event(&host, &format!("e{step}"), now, title), now, NO_TAGS);
+        let event = host_event(&host, &format!("e{step}"), now, title);
+        isolations.evaluate(ruleset, &mut state, &event, now, NO_TAGS);
         if step % 11 == 0 {
-            evaluate(ruleset, &mut state, &host_event(&host, &format!("e{step}"), now, title), now, NO_TAGS);
+            isolations.evaluate(ruleset, &mut state, &event, now, NO_TAGS);
         }
         if step % 13 == 0 {
-            state.release(&host);
-        }
-        if step % 17 == 0 {
-            state.note_isolation(&host, IsolationMode::Automatic, Some(now + 50), "operator o");
+            isolations.release(&host);
         }
         if step == 40_000 {
             state.prune(now, 60_000);

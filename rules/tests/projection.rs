@@ -5,7 +5,7 @@
 #[path = "../benches/workload/mod.rs"]
 mod workload;
 
-use rules::{evaluate, EngineState, Event, RuleDirectory, SourceFile};
+use rules::{EngineState, Event, HostIsolations, RuleDirectory, SourceFile};
 
 #[test]
 fn projected_events_decide_what_whole_events_decide() {
@@ -13,6 +13,7 @@ fn projected_events_decide_what_whole_events_decide() {
     let directory = RuleDirectory::load(&files, None).unwrap_or_else(|d| panic!("{}", d[0]));
     let ruleset = directory.ruleset();
     let (mut whole_state, mut projected_state) = (EngineState::new(), EngineState::new());
+    let (mut whole_hosts, mut projected_hosts) = (HostIsolations::new(), HostIsolations::new());
     let no_tags: &[String] = &[];
     let mut random = workload::Random(0x2545_f491_4f6c_dd1d);
     let mut decided = 0;
@@ -26,8 +27,8 @@ fn projected_events_decide_what_whole_events_decide() {
             "the projection keeps less than the event"
         );
         let now = whole.time_ms();
-        let expected = evaluate(ruleset, &mut whole_state, &whole, now, no_tags);
-        let got = evaluate(ruleset, &mut projected_state, &projected, now, no_tags);
+        let expected = whole_hosts.evaluate(ruleset, &mut whole_state, &whole, now, no_tags);
+        let got = projected_hosts.evaluate(ruleset, &mut projected_state, &projected, now, no_tags);
         assert_eq!(got, expected, "event {i}: {text}");
         decided += expected.len();
     }
@@ -45,6 +46,7 @@ fn sigma_rules_decide_the_same_projected_or_whole() {
         let directory = RuleDirectory::load(&files, policy.as_ref()).unwrap_or_else(|d| panic!("{}", d[0]));
         let ruleset = directory.ruleset();
         let (mut whole_state, mut projected_state) = (EngineState::new(), EngineState::new());
+        let (mut whole_hosts, mut projected_hosts) = (HostIsolations::new(), HostIsolations::new());
         let no_tags: &[String] = &[];
         let mut random = workload::Random(0x2545_f491_4f6c_dd1d);
         let (mut decided, mut smaller) = (0, 0);
@@ -54,8 +56,8 @@ fn sigma_rules_decide_the_same_projected_or_whole() {
             let projected = Event::parse_projected(&text, ruleset.projection()).expect("valid projected");
             smaller += usize::from(projected.fields() != whole.fields());
             let now = whole.time_ms();
-            let expected = evaluate(ruleset, &mut whole_state, &whole, now, no_tags);
-            let got = evaluate(ruleset, &mut projected_state, &projected, now, no_tags);
+            let expected = whole_hosts.evaluate(ruleset, &mut whole_state, &whole, now, no_tags);
+            let got = projected_hosts.evaluate(ruleset, &mut projected_state, &projected, now, no_tags);
             assert_eq!(got, expected, "event {i}: {text}");
             decided += expected.len();
         }

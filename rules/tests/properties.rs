@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use proptest::prelude::*;
 use rules::{
-    dry_run, dry_run_rule, evaluate, parse_policy, parse_rule_file, EngineState, Event, RuleDirectory,
+    dry_run, dry_run_rule, parse_policy, parse_rule_file, EngineState, Event, HostIsolations, RuleDirectory,
     SourceFile,
 };
 use serde_json::{json, Value};
@@ -217,17 +217,18 @@ proptest! {
         let files = [SourceFile { name: "generated.yaml".into(), text: rule }];
         let Ok(directory) = RuleDirectory::load(&files, None) else { return Ok(()) };
         let ruleset = directory.ruleset();
-        let mut state = EngineState::new();
+        let (mut state, mut isolations) = (EngineState::new(), HostIsolations::new());
         for fields in events {
             let Ok(event) = Event::from_json(fields) else { continue };
-            let indexed = dry_run(ruleset, &state, &event, event.time_ms(), &["lab"]);
+            let isolation = isolations.in_force(event.host(), event.time_ms());
+            let indexed = dry_run(ruleset, &state, &event, isolation, event.time_ms(), &["lab"]);
             for id in ruleset.rule_ids().filter(|_| !indexed.duplicate) {
-                let alone = dry_run_rule(ruleset, id, &state, &event, event.time_ms(), &["lab"]).unwrap();
+                let alone = dry_run_rule(ruleset, id, &state, &event, isolation, event.time_ms(), &["lab"]).unwrap();
                 let matched_alone = alone.verdicts.iter().any(|v| v.rule == id);
                 let matched_indexed = indexed.verdicts.iter().any(|v| v.rule == id);
                 prop_assert_eq!(matched_alone, matched_indexed, "rule {} on {}", id, event.fields());
             }
-            let decisions = evaluate(ruleset, &mut state, &event, event.time_ms(), &["lab"]);
+            let decisions = isolations.evaluate(ruleset, &mut state, &event, event.time_ms(), &["lab"]);
             prop_assert_eq!(decisions, indexed.decisions);
         }
     }

@@ -16,7 +16,7 @@ use super::lifecycle::{self, HostRecord, IsolationPlan};
 use super::outbox::DeadLetterKind;
 use super::reader::{parse_batch, ConsumedBatch, DetectionConsumer, InputRules};
 use super::trace::{Consumed, DecisionTrace, DetectionTrace};
-use super::{is_store_fault, now_ms, Service, Transition};
+use super::{is_store_fault, now_ms, Acting, Service, Transition};
 
 impl Service {
     /// Handles a batch of messages, makes every change durable, then commits their offsets. One
@@ -38,14 +38,11 @@ impl Service {
                 }
                 Some(Ok(event)) => {
                     detections += 1;
-                    let memory = self.engine.isolation_memory(event.host());
                     if let Err(error) = self.on_detection(message, event, now, batch.received_at) {
                         if is_store_fault(&error) {
                             return Err(error);
                         }
-                        // The engine saw the event; the host's record did not change: forget
-                        // what the engine concluded about the host, or it would count as isolated.
-                        self.engine.restore_isolation_memory(event.host(), memory);
+                        // The host's record did not change: it is not isolated for this event.
                         DetectionFailed { event_id: event.id(), host: event.host(), error: &error }
                             .emit(&self.metrics);
                         self.dead_letter(
@@ -112,9 +109,14 @@ impl Service {
         now: i64,
         received_at: SystemTime,
     ) -> Result<()> {
-        let tags = self.tag_sources.tags_for(event, &self.store.tags_of(event.host())?);
+        let known = self.store.for_rules(event.host())?;
+        let (trusted_tags, isolation) = match known.as_deref() {
+            Some(known) => (&known.operator_tags[..], known.isolation.as_ref()),
+            None => (&[][..], None),
+        };
+        let tags = self.tag_sources.tags_for(event, trusted_tags);
         let evaluating_since = self.spans.enabled().then(SystemTime::now);
-        let decisions = rules::evaluate(&self.acting.live, &mut self.engine, event, now, &tags);
+        let decisions = rules::evaluate(&self.acting.live, &mut self.engine, event, isolation, now, &tags);
         self.on_shadow_decisions(event, now, &tags)?;
         if let Some(failing) = self.failpoint.as_deref().and_then(|name| name.strip_prefix("fail-event:")) {
             // CORDON_FAILPOINT=fail-event:ID: handling event ID fails after its evaluation, as
@@ -174,7 +176,8 @@ impl Service {
         if self.acting.shadow.is_empty() {
             return Ok(());
         }
-        let decisions = rules::evaluate(&self.acting.shadow, &mut self.acting.shadow_engine, event, now, tags);
+        let Acting { shadow, shadow_engine, shadow_hosts, .. } = &mut self.acting;
+        let decisions = shadow_hosts.evaluate(shadow, shadow_engine, event, now, tags);
         for decision in &decisions {
             let record = self.store.host(&decision.host)?;
             let policy = self.store.policy();

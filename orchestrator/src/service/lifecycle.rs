@@ -10,6 +10,8 @@
 //! Every command raises the host's generation by one; an agent applies only commands newer than
 //! the last it applied, so a command delivered twice never applies twice.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::profiles::{ProfileInForce, ProfileRef};
@@ -147,6 +149,11 @@ pub struct HostRecord {
     pub expires_at_ms: Option<i64>,
     /// The rules (or `operator NAME`) behind the current or last isolation.
     pub rules: Vec<String>,
+    /// Who has put the current isolation in force (rules, or `operator NAME`), each with the
+    /// duration (ms) it last applied (0: none of its own): what a rule matching the host again
+    /// is judged by (see [`HostRecord::for_rules`]). Empty unless isolating or isolated.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub isolated_by: BTreeMap<String, i64>,
     pub event_id: Option<String>,
     /// What the host is tagged with: operators' and agent's tags, plus [`ISOLATED_TAG`] while
     /// it may be isolated. Sorted, no duplicates.
@@ -213,7 +220,29 @@ pub struct HostSummary {
     pub profile: Option<String>,
 }
 
+/// What the rules engine is told of a host: the tags that may protect it (the operators'; never
+/// its agent's) and the isolation in force. Kept in memory by the store for every known host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostForRules {
+    pub operator_tags: Vec<String>,
+    pub isolation: Option<rules::HostIsolation>,
+}
+
 impl HostRecord {
+    /// What the rules engine is told of this host. An isolation is in force while it is being
+    /// put in place or holds; one being lifted is not (the next match isolates anew).
+    pub fn for_rules(&self) -> HostForRules {
+        let isolation = match (self.state, self.mode) {
+            (HostState::Isolating | HostState::Isolated, Some(mode)) => Some(rules::HostIsolation {
+                mode,
+                deadline_ms: self.expires_at_ms,
+                isolated_by: self.isolated_by.clone(),
+            }),
+            _ => None,
+        };
+        HostForRules { operator_tags: self.operator_tags.clone(), isolation }
+    }
+
     pub fn summary(&self) -> HostSummary {
         HostSummary {
             host: self.host.clone(),
@@ -338,6 +367,7 @@ impl HostRecord {
             mode: None,
             expires_at_ms: None,
             rules: Vec::new(),
+            isolated_by: BTreeMap::new(),
             event_id: None,
             tags: Vec::new(),
             operator_tags: Vec::new(),
@@ -386,6 +416,9 @@ impl HostRecord {
     fn step(&mut self, to: HostState, command: Option<cordon_wire::Action>, cause: Cause<'_>, now: i64) -> Effects {
         let from = self.state;
         self.state = to;
+        if !matches!(to, HostState::Isolating | HostState::Isolated) {
+            self.isolated_by.clear();
+        }
         let mut command = command;
         let Cause { by, event_id, mut why } = cause;
         if let Some(issued) = &command {
@@ -435,8 +468,10 @@ impl HostRecord {
             now.saturating_add(i64::try_from(seconds).unwrap_or(i64::MAX).saturating_mul(1_000))
         });
         self.event_id = cause.event_id.map(str::to_owned);
-        // Set again by `on_decision`: no detection is behind an operator's isolation.
+        // Both set again by `on_decision`: no detection is behind an operator's isolation, and
+        // the operator alone is behind it.
         self.detected_at_ms = None;
+        self.isolated_by = BTreeMap::from([(cause.by.to_owned(), 0)]);
         let command = plan.command(format!("{}: {}", cause.by, cause.why));
         self.step(HostState::Isolating, Some(command), cause, now)
     }
@@ -492,6 +527,7 @@ pub fn on_decision(
             let cause = Cause { by: &by, event_id: Some(&decision.event_id), why };
             let effects = record.isolate(&plan, profile, cause, now);
             record.detected_at_ms = detected_at_ms;
+            record.isolated_by.clone_from(&decision.isolated_by);
             // The engine computed the deadline from the event; keep it exactly.
             if isolation.deadline_ms.is_some() {
                 record.expires_at_ms = isolation.deadline_ms;
@@ -603,6 +639,8 @@ pub fn extend(
         }
         release @ cordon_wire::Action::Release { .. } => release,
     };
+    // The rules behind the isolation still are; a rule matching again never shortens it.
+    record.isolated_by.insert(operator.to_owned(), 0);
     Ok(record.step(HostState::Isolating, Some(command), Cause::new(operator, why), now))
 }
 

@@ -50,7 +50,7 @@ use tokio::sync::mpsc;
 use self::api::ApiRequest;
 use self::config::ServiceConfig;
 use self::jobs::Job;
-use self::lifecycle::{Effects, HostRecord, IsolationPlan};
+use self::lifecycle::{Effects, HostRecord};
 use self::observe::Metrics;
 use self::outbox::{Enqueued, Outbox, Parked};
 use self::reader::{
@@ -128,11 +128,13 @@ struct Service {
 
 /// The rules that act and the shadow rules (`shadow: true`, or all with `[rules] mode =
 /// "shadow"`), each evaluated with an engine state of its own: a shadow decision never counts
-/// toward a threshold or the ceiling of the rules that act.
+/// toward a threshold or the ceiling of the rules that act. The hosts the shadow rules would
+/// have isolated are theirs too (what they decide next is judged by it), kept in memory only.
 struct Acting {
     live: rules::Ruleset,
     shadow: rules::Ruleset,
     shadow_engine: rules::EngineState,
+    shadow_hosts: rules::HostIsolations,
 }
 
 impl Acting {
@@ -145,7 +147,7 @@ impl Acting {
                 shadow.rule_ids().collect::<Vec<_>>().join(", ")
             );
         }
-        Acting { live, shadow, shadow_engine: rules::EngineState::default() }
+        Acting { live, shadow, shadow_engine: rules::EngineState::new(), shadow_hosts: rules::HostIsolations::new() }
     }
 }
 
@@ -595,11 +597,6 @@ impl Service {
         );
         self.apply(Some(&previous), &mut record, effects, now, None)?;
         self.flush()
-    }
-
-    /// Tells the engine about an isolation it did not decide, so rules never weaken it.
-    fn note_isolation(&mut self, record: &HostRecord, plan: &IsolationPlan, by: &str) {
-        self.engine.note_isolation(&record.host, plan.mode(), record.expires_at_ms, by);
     }
 }
 

@@ -207,9 +207,6 @@ impl Service {
                 );
             }
         }
-        if !record.state.may_be_isolated() && previous.is_some_and(|p| p.state.may_be_isolated()) {
-            self.engine.release(&record.host);
-        }
         if record.state == HostState::Isolated && previous.is_some_and(|p| p.state == HostState::Isolating) {
             if let Some(detected) = record.detected_at_ms {
                 #[allow(clippy::cast_precision_loss, reason = "milliseconds of latency")]

@@ -94,35 +94,19 @@ impl Service {
                 let plan = profile.plan_of(&isolation);
                 let problems = profile.problems_with(&plan);
                 if problems.is_empty() {
-                    let effects = lifecycle::operator_isolate(&mut record, &plan, profile, &reason, operator, now);
-                    self.note_isolation(&record, &plan, operator);
-                    Ok(effects)
+                    Ok(lifecycle::operator_isolate(&mut record, &plan, profile, &reason, operator, now))
                 } else {
                     Err(NotDone::Invalid(problems))
                 }
             }
             Operation::Release { reason } => {
-                let effects = lifecycle::operator_release(&mut record, &reason, operator, now);
-                if effects.is_ok() {
-                    self.engine.release(&record.host);
-                }
-                effects.map_err(NotDone::from)
+                lifecycle::operator_release(&mut record, &reason, operator, now).map_err(NotDone::from)
             }
             Operation::Extend { seconds, reason } => {
-                let effects = lifecycle::extend(&mut record, seconds, &reason, operator, now);
-                if effects.is_ok() {
-                    // The engine must never decide a shorter isolation than this one.
-                    self.engine.note_isolation(&record.host, rules::IsolationMode::Automatic, record.expires_at_ms, operator);
-                }
-                effects.map_err(NotDone::from)
+                lifecycle::extend(&mut record, seconds, &reason, operator, now).map_err(NotDone::from)
             }
             Operation::Approve { reason } => {
-                let plan = record.pending.as_ref().map(|p| p.plan.clone());
-                let effects = lifecycle::approve(&mut record, profile, &reason, operator, now);
-                if let (Ok(_), Some(plan)) = (&effects, plan) {
-                    self.note_isolation(&record, &plan, operator);
-                }
-                effects.map_err(NotDone::from)
+                lifecycle::approve(&mut record, profile, &reason, operator, now).map_err(NotDone::from)
             }
             Operation::Deny { reason } => lifecycle::deny(&mut record, &reason, operator, now).map_err(NotDone::from),
             Operation::Tags { add, remove } => {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional as _;
 
 pub use super::agents::{AgentRecord, Claim};
-pub use super::lifecycle::{AuditEntry, HostRecord, HostState, HostSummary};
+pub use super::lifecycle::{AuditEntry, HostForRules, HostRecord, HostState, HostSummary};
 pub use super::profiles::{IsolationPolicy, PolicyVersion};
 
 /// A command waiting to be sent, stored as the host's length (2 bytes, big-endian), the host,
@@ -283,10 +283,11 @@ pub struct Store {
     /// alone writes pages, not operations: a failed flush can keep a host's audit entry and
     /// lose its record, or its record and lose its deadline).
     staged: Arc<Mutex<Staged>>,
-    /// Every known host's trusted tags (the operators'; never the agent's), read once from its
-    /// record and kept in step by `put_host`: the rules engine needs them for every detection,
-    /// and decoding the record each time is most of the cost of a detection that decides nothing.
-    tags: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    /// What the rules engine is told of every known host (its trusted tags and the isolation in
+    /// force), read once from its record and kept in step by `put_host`: the engine needs it for
+    /// every detection, and decoding the record each time is most of the cost of a detection
+    /// that decides nothing.
+    for_rules: Arc<Mutex<HashMap<String, Arc<HostForRules>>>>,
     /// How many entries `claims` holds, counted once at open and kept by `put_claim` and
     /// `remove_claim` (sled counts a tree by reading all of it, which a flood of forged reports
     /// would make the loop do for each one).
@@ -425,7 +426,7 @@ impl Store {
             fault: Arc::default(),
             staged: Arc::default(),
             claims_len: Arc::default(),
-            tags: Arc::default(),
+            for_rules: Arc::default(),
             counts: Arc::default(),
             policy: Arc::new(RwLock::new(Arc::new(seed_policy()))),
             fleet: Arc::default(),
@@ -436,7 +437,7 @@ impl Store {
 
     /// Reads what the store keeps in memory from the trees.
     fn load_memory(&self) -> Result<()> {
-        self.tags.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.for_rules.lock().unwrap_or_else(PoisonError::into_inner).clear();
         self.fleet.lock().unwrap_or_else(PoisonError::into_inner).take();
         self.load_counts()?;
         self.claims_len.store(self.trees()?.claims.len(), Ordering::SeqCst);
@@ -641,32 +642,33 @@ impl Store {
             .collect()
     }
 
-    /// The tags the rules engine may act on for `host` (they decide protection): the operators'
-    /// only. Tags an agent reports never grant protection: whoever controls a host, or can write
-    /// to the status topic, could otherwise turn every automatic isolation of it into a request
-    /// for approval. None for a host cordon does not know; only known hosts are kept in memory
-    /// (detections name any host id they like, and a flood of made-up ones must not grow it).
-    pub fn tags_of(&self, host: &str) -> Result<Vec<String>> {
-        if let Some(tags) = self.tags.lock().unwrap_or_else(PoisonError::into_inner).get(host) {
-            return Ok(tags.clone());
+    /// What the rules engine is told of `host` (see [`HostRecord::for_rules`]): its isolation in
+    /// force, and the tags it may act on (they decide protection), the operators' only. Tags an
+    /// agent reports never grant protection: whoever controls a host, or can write to the status
+    /// topic, could otherwise turn every automatic isolation of it into a request for approval.
+    /// None for a host cordon does not know; only known hosts are kept in memory (detections
+    /// name any host id they like, and a flood of made-up ones must not grow it).
+    pub fn for_rules(&self, host: &str) -> Result<Option<Arc<HostForRules>>> {
+        if let Some(known) = self.for_rules.lock().unwrap_or_else(PoisonError::into_inner).get(host) {
+            return Ok(Some(Arc::clone(known)));
         }
-        let Some(record) = self.host(host)? else { return Ok(Vec::new()) };
-        let tags = record.operator_tags;
-        self.tags.lock().unwrap_or_else(PoisonError::into_inner).insert(host.to_owned(), tags.clone());
-        Ok(tags)
+        let Some(record) = self.host(host)? else { return Ok(None) };
+        let known = Arc::new(record.for_rules());
+        self.for_rules.lock().unwrap_or_else(PoisonError::into_inner).insert(host.to_owned(), Arc::clone(&known));
+        Ok(Some(known))
     }
 
-    /// How many hosts' tags are kept in memory.
-    pub fn cached_tags(&self) -> usize {
-        self.tags.lock().unwrap_or_else(PoisonError::into_inner).len()
+    /// How many hosts the rules' view is kept in memory for.
+    pub fn cached_for_rules(&self) -> usize {
+        self.for_rules.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
     /// Stores `record` and keeps the deadline index in step with it. Staged until `commit`.
     pub fn put_host(&self, previous: Option<&HostRecord>, record: &HostRecord) -> Result<()> {
-        self.tags
+        self.for_rules
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(record.host.clone(), record.operator_tags.clone());
+            .insert(record.host.clone(), Arc::new(record.for_rules()));
         if let Some(deadline) = previous.and_then(|p| p.expires_at_ms) {
             self.stage(Slot::Deadlines, &deadline_key(deadline, &record.host), None);
         }
@@ -896,22 +898,50 @@ impl Store {
 
     /// The rules engine's state as it was last committed. A store from before the state was
     /// kept by entries holds it whole: read that, and write it as entries at the next commit.
+    /// Hosts' isolations an earlier version kept in the engine's state move into the hosts'
+    /// records (see [`Store::adopt_legacy_isolations`]).
     pub fn engine_state(&self) -> Result<rules::EngineState> {
         let trees = self.trees()?;
-        if !trees.engine.is_empty() {
+        let mut state = if !trees.engine.is_empty() {
             let entries: Vec<(sled::IVec, sled::IVec)> = trees.engine.iter().collect::<Result<_, _>>()?;
-            return rules::EngineState::from_entries(entries).map_err(anyhow::Error::msg);
+            rules::EngineState::from_entries(entries).map_err(anyhow::Error::msg)?
+        } else if let Some(bytes) = trees.db.get(ENGINE_KEY)? {
+            let mut state: rules::EngineState =
+                serde_json::from_slice(&bytes).context("the stored rules engine state is unreadable")?;
+            state.touch_all();
+            self.stage(Slot::Default, ENGINE_KEY, None);
+            state
+        } else {
+            rules::EngineState::default()
+        };
+        self.adopt_legacy_isolations(&mut state)?;
+        Ok(state)
+    }
+
+    /// Earlier versions kept who isolated a host (for a rule's retrigger) in the engine's state
+    /// as well as the host's record; the record is its only owner now. Each host still isolating
+    /// or isolated gets it in its record (unless it has it already), and the old entries go, in
+    /// one commit.
+    fn adopt_legacy_isolations(&self, state: &mut rules::EngineState) -> Result<()> {
+        let legacy = state.take_legacy_isolations();
+        if legacy.is_empty() {
+            return Ok(());
         }
-        match trees.db.get(ENGINE_KEY)? {
-            Some(bytes) => {
-                let mut state: rules::EngineState =
-                    serde_json::from_slice(&bytes).context("the stored rules engine state is unreadable")?;
-                state.touch_all();
-                self.stage(Slot::Default, ENGINE_KEY, None);
-                Ok(state)
+        let mut adopted = 0;
+        for (host, isolation) in legacy {
+            let Some(previous) = self.host(&host)? else { continue };
+            if !matches!(previous.state, HostState::Isolating | HostState::Isolated) || !previous.isolated_by.is_empty() {
+                continue;
             }
-            None => Ok(rules::EngineState::default()),
+            let mut record = previous.clone();
+            record.isolated_by = isolation.isolated_by;
+            self.put_host(Some(&previous), &record)?;
+            adopted += 1;
         }
+        self.put_engine_changes(state);
+        self.commit().context("cannot move the hosts' isolations out of the rules engine's state")?;
+        tracing::info!("{adopted} host record(s) now keep who isolated them (the rules engine's state kept it before).");
+        Ok(())
     }
 
     /// The isolation policy in force (as the loop sees it: a version staged is in force).
@@ -1059,7 +1089,9 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::{DeadLetterEntry, HostRecord, OutboxEntry, Outgoing, Store};
+    use std::collections::BTreeMap;
+
+    use super::{DeadLetterEntry, HostRecord, HostState, OutboxEntry, Outgoing, Store};
 
     /// A new store in a scratch directory of its own (removed first), and the directory.
     fn scratch(name: &str) -> (std::path::PathBuf, Store) {
@@ -1170,23 +1202,47 @@ mod tests {
     #[test]
     fn an_engine_state_kept_whole_is_read_and_then_kept_by_entries() {
         let (dir, store) = scratch("engine");
-        let mut whole = rules::EngineState::new();
-        whole.note_isolation("web-01", rules::IsolationMode::Manual, None, "operator o");
-        store.trees().unwrap().db.insert(super::ENGINE_KEY, serde_json::to_vec(&whole).unwrap()).unwrap();
-        let mut state = store.engine_state().unwrap();
-        assert_eq!(state, whole);
-        store.put_engine_changes(&mut state);
+        // As a version that kept hosts' isolations in the engine's state wrote it: web-01 is
+        // isolated, web-02 was released since.
+        let whole = r#"{"seen":[7],"thresholds":{},"escalations":{},"recent_isolations":[5],"active":{
+            "web-01":{"mode":"manual","deadline_ms":null,"rules":{"worm":0}},
+            "web-02":{"mode":"manual","deadline_ms":null,"rules":{"worm":0}}}}"#;
+        let mut isolated = HostRecord::new("web-01", 0);
+        isolated.state = HostState::Isolated;
+        isolated.mode = Some(cordon_wire::IsolationMode::Manual);
+        let released = HostRecord { state: HostState::Released, ..HostRecord::new("web-02", 0) };
+        store.put_host(None, &isolated).unwrap();
+        store.put_host(None, &released).unwrap();
         store.commit().unwrap();
+        store.trees().unwrap().db.insert(super::ENGINE_KEY, whole.as_bytes()).unwrap();
+        let state = store.engine_state().unwrap();
+        let mut expected: rules::EngineState = serde_json::from_str(whole).unwrap();
+        expected.take_legacy_isolations();
+        assert_eq!(state, expected);
+        assert_eq!(store.host("web-01").unwrap().unwrap().isolated_by, BTreeMap::from([("worm".to_owned(), 0)]));
+        assert_eq!(store.host("web-02").unwrap().unwrap(), released, "not isolated: nothing to keep");
         drop(store);
         let store = reopen(&dir).unwrap();
         assert!(store.trees().unwrap().db.get(super::ENGINE_KEY).unwrap().is_none(), "the whole copy is gone");
+        assert!(store.trees().unwrap().engine.iter().keys().all(|key| key.unwrap()[0] != b'a'), "never written again");
         let mut state = store.engine_state().unwrap();
-        assert_eq!(state, whole);
+        assert_eq!(state, expected);
         // From now on only what changes is written.
-        state.release("web-01");
+        state.prune(1_000_000, 10);
         store.put_engine_changes(&mut state);
         store.commit().unwrap();
-        assert_eq!(store.engine_state().unwrap(), rules::EngineState::new());
+        let mut pruned: rules::EngineState = serde_json::from_str(r#"{"seen":[7],"thresholds":{},"escalations":{},"recent_isolations":[]}"#).unwrap();
+        pruned.take_legacy_isolations();
+        assert_eq!(store.engine_state().unwrap(), pruned);
+        // An old isolation kept by entries is adopted the same way.
+        let record = HostRecord { host: "web-03".into(), ..isolated.clone() };
+        store.put_host(None, &record).unwrap();
+        store.commit().unwrap();
+        let entry = br#"{"mode":"automatic","deadline_ms":9,"rules":{"strike":60000}}"#;
+        store.trees().unwrap().engine.insert(b"aweb-03", &entry[..]).unwrap();
+        store.engine_state().unwrap();
+        assert_eq!(store.host("web-03").unwrap().unwrap().isolated_by, BTreeMap::from([("strike".to_owned(), 60_000)]));
+        assert!(store.trees().unwrap().engine.get(b"aweb-03").unwrap().is_none());
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -1276,15 +1332,28 @@ mod tests {
     fn made_up_hosts_are_not_cached_and_known_ones_are() {
         let (dir, store) = scratch("tags");
         for i in 0..1_000 {
-            assert!(store.tags_of(&format!("made-up-{i}")).unwrap().is_empty());
+            assert!(store.for_rules(&format!("made-up-{i}")).unwrap().is_none());
         }
-        assert_eq!(store.cached_tags(), 0);
+        assert_eq!(store.cached_for_rules(), 0);
         let mut record = HostRecord::new("web-01", 0);
         record.operator_tags = vec!["plc".into()];
         record.agent_tags = vec!["safety-critical".into()];
         store.put_host(None, &record).unwrap();
-        assert_eq!(store.tags_of("web-01").unwrap(), vec!["plc".to_owned()], "never the agent's tags");
-        assert_eq!(store.cached_tags(), 1);
+        let known = store.for_rules("web-01").unwrap().unwrap();
+        assert_eq!(known.operator_tags, vec!["plc".to_owned()], "never the agent's tags");
+        assert_eq!(known.isolation, None);
+        assert_eq!(store.cached_for_rules(), 1);
+        // Read from the record once the memory is gone (a store opened again).
+        let mut isolated = record.clone();
+        isolated.state = HostState::Isolated;
+        isolated.mode = Some(cordon_wire::IsolationMode::Manual);
+        isolated.isolated_by = BTreeMap::from([("rules r".to_owned(), 0)]);
+        store.put_host(Some(&record), &isolated).unwrap();
+        store.commit().unwrap();
+        store.load_memory().unwrap();
+        assert_eq!(store.cached_for_rules(), 0);
+        let known = store.for_rules("web-01").unwrap().unwrap();
+        assert_eq!(known.isolation.as_ref().map(|isolation| &isolation.isolated_by), Some(&isolated.isolated_by));
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -41,7 +41,6 @@ impl Service {
             );
             let mut record = previous.clone();
             let effects = lifecycle::deadline_reached(&mut record, now);
-            self.engine.release(&host);
             self.apply(Some(&previous), &mut record, effects, now, trace.as_ref())?;
             if let Some(trace) = trace {
                 trace.span().end();
@@ -87,6 +86,7 @@ impl Service {
                 let window_ms = self.ruleset_ceiling_window_ms();
                 self.engine.prune(now, window_ms);
                 self.acting.shadow_engine.prune(now, window_ms);
+                self.acting.shadow_hosts.prune(now);
                 self.store.put_engine_changes(&mut self.engine);
             }
             Job::Retention => {

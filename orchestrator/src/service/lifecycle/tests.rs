@@ -99,6 +99,7 @@ fn approval_requests_merge_and_the_clock_starts_at_approval() {
         }),
         rules: vec![rule.into()],
         why: Vec::new(),
+        isolated_by: BTreeMap::new(),
     };
     let effects = on_decision(&mut host, &request("r1", 600, "e1"), seed(), T0, T0);
     assert!(effects.command.is_none(), "nothing is sent before approval");
@@ -144,21 +145,28 @@ fn denial_returns_the_host_to_where_it_was() {
     assert!(deny(&mut host, "again", "operator carol", T0 + 2).is_err());
 }
 
-#[test]
-fn a_redelivered_event_isolates_once() {
-    let mut host = HostRecord::new("web-01", T0);
-    let decision = rules::Decision {
+/// The engine's decision to isolate web-01 for a minute from T0 for `event`: `rule` fired, and
+/// `isolated_by` are behind the isolation.
+fn isolate_for_a_minute(event: &str, rule: &str, isolated_by: &[(&str, i64)]) -> rules::Decision {
+    rules::Decision {
         host: "web-01".into(),
-        event_id: "e1".into(),
+        event_id: event.into(),
         action: rules::Action::Isolate(rules::Isolation {
             mode: rules::IsolationMode::Automatic,
             duration: Some(std::time::Duration::from_mins(1)),
             deadline_ms: Some(T0 + 60_000),
             exclusions: rules::Exclusions::default(),
         }),
-        rules: vec!["ransomware".into()],
+        rules: vec![rule.into()],
         why: Vec::new(),
-    };
+        isolated_by: isolated_by.iter().map(|(by, ms)| ((*by).to_owned(), *ms)).collect(),
+    }
+}
+
+#[test]
+fn a_redelivered_event_isolates_once() {
+    let mut host = HostRecord::new("web-01", T0);
+    let decision = isolate_for_a_minute("e1", "ransomware", &[("ransomware", 60_000)]);
     assert!(on_decision(&mut host, &decision, seed(), T0, T0).command.is_some());
     assert_eq!(on_decision(&mut host, &decision, seed(), T0 + 10, T0 + 10), Effects::default());
     assert_eq!(host.generation, 1);
@@ -178,6 +186,7 @@ fn the_detection_behind_an_isolation_is_dated_and_an_operators_isolation_has_non
         }),
         rules: vec!["ransomware".into()],
         why: Vec::new(),
+        isolated_by: BTreeMap::from([("ransomware".to_owned(), 60_000)]),
     };
     on_decision(&mut host, &decision("e1"), seed(), T0 - 7, T0);
     assert_eq!(host.detected_at_ms, Some(T0 - 7), "consumed, not decided");
@@ -192,6 +201,35 @@ fn the_detection_behind_an_isolation_is_dated_and_an_operators_isolation_has_non
     assert_eq!(effects, Effects::default(), "a report that moves nothing answers nothing");
     operator_isolate(&mut host, &timed(600), seed(), "incident 9", "operator alice", T0 + 20);
     assert_eq!(host.detected_at_ms, None, "no detection behind an operator's isolation");
+}
+
+#[test]
+fn the_record_alone_says_who_isolated_the_host_and_the_rules_see_it_while_in_force() {
+    let mut host = HostRecord::new("web-01", T0);
+    assert_eq!(host.for_rules().isolation, None);
+    let decision = isolate_for_a_minute("e1", "strike", &[("ransomware", 0), ("strike", 60_000)]);
+    on_decision(&mut host, &decision, seed(), T0, T0);
+    let seen = host.for_rules().isolation.unwrap();
+    assert_eq!((seen.mode, seen.deadline_ms), (rules::IsolationMode::Automatic, Some(T0 + 60_000)));
+    assert_eq!(seen.isolated_by, decision.isolated_by, "the rules before, and the one now");
+    on_status(&mut host, &status("web-01", 1, true, cordon_wire::StatusKind::Applied), T0 + 1, OnTamper::AlertOnly);
+    assert_eq!(host.state, HostState::Isolated);
+    extend(&mut host, 600, "more time", "operator bob", T0 + 2).unwrap();
+    let seen = host.for_rules().isolation.unwrap();
+    assert_eq!(seen.deadline_ms, Some(T0 + 660_000));
+    assert_eq!(seen.isolated_by.keys().collect::<Vec<_>>(), ["operator bob", "ransomware", "strike"]);
+    operator_release(&mut host, "cleaned", "operator bob", T0 + 3).unwrap();
+    assert_eq!(host.state, HostState::Releasing);
+    assert_eq!(host.for_rules().isolation, None, "being lifted: the next match isolates anew");
+    assert!(host.isolated_by.is_empty());
+    operator_isolate(&mut host, &timed(600), seed(), "incident 9", "operator alice", T0 + 4);
+    let seen = host.for_rules().isolation.unwrap();
+    assert_eq!(seen.isolated_by, BTreeMap::from([("operator alice".to_owned(), 0)]), "the operator alone");
+    // The record keeps it (an old record without it reads as no one).
+    let json = serde_json::to_string(&host).unwrap();
+    assert_eq!(serde_json::from_str::<HostRecord>(&json).unwrap().isolated_by, host.isolated_by);
+    let without = json.replace(r#""isolated_by":{"operator alice":0},"#, "");
+    assert!(serde_json::from_str::<HostRecord>(&without).unwrap().isolated_by.is_empty());
 }
 
 #[test]
