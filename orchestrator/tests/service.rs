@@ -840,14 +840,15 @@ fn crash_before_the_command_is_sent_loses_no_command() {
 #[test]
 fn isolations_due_during_downtime_are_lifted_at_restart() {
     let mut harness = Harness::start("downtime");
-    let lines = harness.serve();
+    // Kept alive: the service's output is read as long as the receiver is.
+    let _lines = harness.serve();
     let key = harness.public_key();
     let commands = harness.consumer("cordon.commands");
     for (host, duration) in [("d-02", "1h"), ("d-01", "3s")] {
         harness.cordon_ok(&["isolate", host, "--for", duration]);
         let command = next_command(&commands, &key, Duration::from_secs(10));
         harness.report(&command, true);
-        wait_for_line(&lines, &format!("{host}: isolating -> isolated"));
+        harness.wait_for_move(host, ("isolating", "isolated"), "agent", Some(command.generation));
     }
     harness.kill_service();
     std::thread::sleep(Duration::from_secs(4));
@@ -869,7 +870,7 @@ fn isolations_due_during_downtime_are_lifted_at_restart() {
     // The report is read once the consumer has joined its group; until then the release may
     // be resent (same generation: the agent applies it once).
     harness.report(&release, false);
-    wait_for_line(&lines, "d-01: releasing -> released by agent");
+    harness.wait_for_move("d-01", ("releasing", "released"), "agent", Some(2));
     let quiet_until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < quiet_until {
         if let Some(Ok(message)) = commands.poll(Duration::from_millis(100)) {
@@ -1082,7 +1083,8 @@ fn metrics_count_what_happened_and_logs_are_json_without_secrets() {
     let release = next_command(&commands, &key, Duration::from_secs(10));
     assert!(matches!(release.action, cordon_wire::Action::Release { .. }), "{release:?}");
     harness.report_with(&release, false, None, (0, 0));
-    wait_for_lines(&lines, &["web-01: releasing -> released by agent", "not JSON", "missing required field"]);
+    harness.wait_for_move("web-01", ("releasing", "released"), "agent", Some(release.generation));
+    wait_for_lines(&lines, &["not JSON", "missing required field"]);
 
     // One JSON line per transition, with the ids the spans carry.
     let enforced: serde_json::Value = serde_json::from_str(&enforced).expect("a JSON line");
@@ -1375,7 +1377,7 @@ fn while_the_broker_is_stopped_the_api_answers_deadlines_release_and_commands_go
 #[test]
 fn an_agent_ahead_of_cordon_gets_the_isolation_again_at_its_generation_plus_one() {
     let mut harness = Harness::start("ahead");
-    let lines = harness.serve();
+    let _lines = harness.serve();
     let key = harness.public_key();
     let commands = harness.consumer("cordon.commands");
     harness.cordon_ok(&["isolate", "ahead-01", "--manual", "--reason", "incident 5"]);
@@ -1407,7 +1409,7 @@ fn an_agent_ahead_of_cordon_gets_the_isolation_again_at_its_generation_plus_one(
     let host = harness.host_json("ahead-01");
     assert_eq!(host["state"], "isolating", "never marked released by the refusal: {host}");
     harness.report(&again, true);
-    wait_for_line(&lines, "ahead-01: isolating -> isolated by agent");
+    harness.wait_for_move("ahead-01", ("isolating", "isolated"), "agent", Some(8));
 }
 
 #[test]
