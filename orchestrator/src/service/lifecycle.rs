@@ -230,16 +230,18 @@ pub struct HostForRules {
 
 impl HostRecord {
     /// What the rules engine is told of this host. An isolation is in force while it is being
-    /// put in place or holds; one being lifted is not (the next match isolates anew).
+    /// put in place or holds; one being lifted is not (the next match isolates anew). Its mode
+    /// is what cordon's own deadline makes it, never what an agent reports (`mode` shows the
+    /// agent's word, and a forged report must not make a manual isolation look timed or over):
+    /// timed until `expires_at_ms`, or else held until someone releases it.
     pub fn for_rules(&self) -> HostForRules {
-        let isolation = match (self.state, self.mode) {
-            (HostState::Isolating | HostState::Isolated, Some(mode)) => Some(rules::HostIsolation {
-                mode,
-                deadline_ms: self.expires_at_ms,
-                isolated_by: self.isolated_by.clone(),
-            }),
-            _ => None,
-        };
+        let isolation = matches!(self.state, HostState::Isolating | HostState::Isolated).then(|| {
+            let mode = match self.expires_at_ms {
+                Some(_) => cordon_wire::IsolationMode::Automatic,
+                None => cordon_wire::IsolationMode::Manual,
+            };
+            rules::HostIsolation { mode, deadline_ms: self.expires_at_ms, isolated_by: self.isolated_by.clone() }
+        });
         HostForRules { operator_tags: self.operator_tags.clone(), isolation }
     }
 
@@ -639,8 +641,8 @@ pub fn extend(
         }
         release @ cordon_wire::Action::Release { .. } => release,
     };
-    // The rules behind the isolation still are; a rule matching again never shortens it.
-    record.isolated_by.insert(operator.to_owned(), 0);
+    // `isolated_by` is kept: the rules behind the isolation still are, and a rule matching again
+    // is judged against the later deadline.
     Ok(record.step(HostState::Isolating, Some(command), Cause::new(operator, why), now))
 }
 

@@ -921,7 +921,9 @@ impl Store {
     /// Earlier versions kept who isolated a host (for a rule's retrigger) in the engine's state
     /// as well as the host's record; the record is its only owner now. Each host still isolating
     /// or isolated gets it in its record (unless it has it already), and the old entries go, in
-    /// one commit.
+    /// one commit. Never fatal: a record that cannot be read keeps its host out of it (said), and
+    /// if the commit fails the old entries stay for the next reading (the loop's own commit then
+    /// finds the store unwritable and reopens it).
     fn adopt_legacy_isolations(&self, state: &mut rules::EngineState) -> Result<()> {
         let legacy = state.take_legacy_isolations();
         if legacy.is_empty() {
@@ -929,7 +931,14 @@ impl Store {
         }
         let mut adopted = 0;
         for (host, isolation) in legacy {
-            let Some(previous) = self.host(&host)? else { continue };
+            let previous = match self.host(&host) {
+                Ok(Some(previous)) => previous,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::warn!(host_id = %host, "{host}: who isolated it is not carried over: {error:#}");
+                    continue;
+                }
+            };
             if !matches!(previous.state, HostState::Isolating | HostState::Isolated) || !previous.isolated_by.is_empty() {
                 continue;
             }
@@ -939,7 +948,12 @@ impl Store {
             adopted += 1;
         }
         self.put_engine_changes(state);
-        self.commit().context("cannot move the hosts' isolations out of the rules engine's state")?;
+        if let Err(error) = self.commit() {
+            tracing::error!("cannot move the hosts' isolations out of the rules engine's state (tried again when it is next read): {error:#}");
+            // What the failed commit held is written again with the next one.
+            state.touch_all();
+            return Ok(());
+        }
         tracing::info!("{adopted} host record(s) now keep who isolated them (the rules engine's state kept it before).");
         Ok(())
     }

@@ -217,7 +217,7 @@ fn the_record_alone_says_who_isolated_the_host_and_the_rules_see_it_while_in_for
     extend(&mut host, 600, "more time", "operator bob", T0 + 2).unwrap();
     let seen = host.for_rules().isolation.unwrap();
     assert_eq!(seen.deadline_ms, Some(T0 + 660_000));
-    assert_eq!(seen.isolated_by.keys().collect::<Vec<_>>(), ["operator bob", "ransomware", "strike"]);
+    assert_eq!(seen.isolated_by, decision.isolated_by, "the rules are still behind it");
     operator_release(&mut host, "cleaned", "operator bob", T0 + 3).unwrap();
     assert_eq!(host.state, HostState::Releasing);
     assert_eq!(host.for_rules().isolation, None, "being lifted: the next match isolates anew");
@@ -225,10 +225,21 @@ fn the_record_alone_says_who_isolated_the_host_and_the_rules_see_it_while_in_for
     operator_isolate(&mut host, &timed(600), seed(), "incident 9", "operator alice", T0 + 4);
     let seen = host.for_rules().isolation.unwrap();
     assert_eq!(seen.isolated_by, BTreeMap::from([("operator alice".to_owned(), 0)]), "the operator alone");
+    // Manual, confirmed by an agent (or a forged report) that says it is timed: the rules still
+    // see an isolation held until someone releases it, never one that has ended.
+    operator_isolate(&mut host, &IsolationPlan::default(), seed(), "x", "operator a", T0 + 5);
+    let mut says_timed = status("web-01", host.generation, true, cordon_wire::StatusKind::Applied);
+    says_timed.mode = Some(cordon_wire::IsolationMode::Automatic);
+    on_status(&mut host, &says_timed, T0 + 6, OnTamper::AlertOnly);
+    assert_eq!((host.state, host.mode), (HostState::Isolated, Some(cordon_wire::IsolationMode::Automatic)));
+    let seen = host.for_rules().isolation.unwrap();
+    assert_eq!((seen.mode, seen.deadline_ms), (rules::IsolationMode::Manual, None));
+    assert!(seen.in_force(i64::MAX));
     // The record keeps it (an old record without it reads as no one).
     let json = serde_json::to_string(&host).unwrap();
     assert_eq!(serde_json::from_str::<HostRecord>(&json).unwrap().isolated_by, host.isolated_by);
-    let without = json.replace(r#""isolated_by":{"operator alice":0},"#, "");
+    let without = json.replace(r#""isolated_by":{"operator a":0},"#, "");
+    assert_ne!(without, json);
     assert!(serde_json::from_str::<HostRecord>(&without).unwrap().isolated_by.is_empty());
 }
 
