@@ -14,7 +14,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::events::{DecisionMade, DetectionFailed};
 use super::lifecycle::{self, HostRecord, IsolationPlan};
 use super::outbox::DeadLetterKind;
-use super::reader::{parse_batch, ConsumedBatch, DetectionConsumer, InputRules};
+use super::reader::{ConsumedBatch, DetectionConsumer, InputRules};
 use super::trace::{Consumed, DecisionTrace, DetectionTrace};
 use super::{is_store_fault, now_ms, Acting, Service, Transition};
 
@@ -25,8 +25,7 @@ impl Service {
     /// (nothing of it is committed then).
     pub(super) fn handle_batch(&mut self, consumer: &DetectionConsumer, batch: &mut ConsumedBatch) -> Result<()> {
         if !Arc::ptr_eq(&batch.projection, &self.projection) {
-            // Read before the rules changed: the new rules may look at fields it left out.
-            batch.events = parse_batch(&batch.messages, &InputRules::of(&self.config), &self.projection);
+            batch.parse_again(&InputRules::of(&self.config), &self.projection);
         }
         let now = now_ms();
         let (mut detections, mut invalid, mut reports) = (0, 0, 0);

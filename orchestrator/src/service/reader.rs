@@ -277,10 +277,23 @@ pub(super) struct ConsumedBatch {
     /// The parser thread that parsed it, and frees it once it is handled.
     parser: usize,
     /// The projection the detections were parsed through (the rule set's when the batch was
-    /// read; the loop parses again if the rules changed since).
+    /// read; the loop parses again if the rules changed since: [`ConsumedBatch::parse_again`]).
     pub projection: Arc<rules::Projection>,
     /// When the first message of the batch arrived: where a detection's trace starts.
     pub received_at: SystemTime,
+    /// Events parsed through an earlier projection, kept for the parser thread to free with the
+    /// batch (where they were allocated).
+    superseded: Vec<Vec<Option<Parsed>>>,
+}
+
+impl ConsumedBatch {
+    /// Parses the detections again through `projection` (the rules changed since the batch was
+    /// read, and the new rules may look at fields the old projection left out).
+    pub(super) fn parse_again(&mut self, input: &InputRules, projection: &Arc<rules::Projection>) {
+        let events = parse_batch(&self.messages, input, projection);
+        self.superseded.push(std::mem::replace(&mut self.events, events));
+        self.projection = Arc::clone(projection);
+    }
 }
 
 /// The reader thread: consumes batches of up to [`MAX_BATCH`] messages, has their detections
@@ -382,7 +395,14 @@ impl Parsers {
                     match job {
                         ParserJob::Parse { messages, projection, received_at, parsed } => {
                             let events = parse_batch(&messages, &input, &projection);
-                            let batch = ConsumedBatch { messages, events, parser, projection, received_at };
+                            let batch = ConsumedBatch {
+                                messages,
+                                events,
+                                parser,
+                                projection,
+                                received_at,
+                                superseded: Vec::new(),
+                            };
                             // The reader gone: the batch is freed here.
                             let _ = parsed.send(batch);
                         }
@@ -513,4 +533,47 @@ pub(super) fn parse_batch(
         .iter()
         .map(|message| (message.topic() != input.status_topic).then(|| parse_detection(message, input, projection)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules_reading(field: &str) -> rules::Ruleset {
+        let text = format!(
+            "id: r\ntitle: r\ndetection: {{sel: {{{field}: x}}, condition: sel}}\nresponse: {{isolate: {{mode: manual}}}}\n"
+        );
+        let files = [rules::SourceFile { name: "r.yaml".into(), text }];
+        rules::RuleDirectory::load(&files, None).unwrap_or_else(|d| panic!("{}", d[0])).ruleset().clone()
+    }
+
+    #[test]
+    fn a_batch_parsed_again_keeps_the_fields_the_new_rules_read_and_its_old_events_for_the_parser() {
+        let input = InputRules {
+            status_topic: "cordon.status".into(),
+            formats: HashMap::from([("edr.detections".to_owned(), rules::Format::Ocsf)]),
+            max_detection_bytes: 1 << 20,
+        };
+        let text = br#"{"time":1,"severity_id":5,"device":{"uid":"web-01"},"finding_info":{"uid":"e1"},
+            "process":{"name":"x"},"actor":{"user":{"name":"x"}}}"#;
+        let message = |topic: &str, offset| {
+            OwnedMessage::new(Some(text.to_vec()), None, topic.into(), rdkafka::Timestamp::NotAvailable, 0, offset, None)
+        };
+        let messages = vec![message("edr.detections", 0), message("cordon.status", 1)];
+        let old = Arc::new(rules_reading("process.name").projection().clone());
+        let events = parse_batch(&messages, &input, &old);
+        let mut batch =
+            ConsumedBatch { messages, events, parser: 0, projection: old, received_at: SystemTime::now(), superseded: Vec::new() };
+        let fields = |batch: &ConsumedBatch| match &batch.events[0] {
+            Some(Ok(event)) => event.fields().clone(),
+            other => panic!("expected a detection, got {other:?}"),
+        };
+        assert!(fields(&batch).get("actor").is_none(), "left out by the old rules");
+        let new = Arc::new(rules_reading("actor.user.name").projection().clone());
+        batch.parse_again(&input, &new);
+        assert_eq!(fields(&batch)["actor"]["user"]["name"], "x");
+        assert!(batch.events[1].is_none(), "an agent's report is still not a detection");
+        assert!(Arc::ptr_eq(&batch.projection, &new), "parsed once for these rules");
+        assert_eq!(batch.superseded.len(), 1, "the old events go back to their parser with the batch");
+    }
 }
