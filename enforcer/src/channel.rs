@@ -484,7 +484,7 @@ impl Channel {
                 status.isolated = local.isolated;
                 status.mode = local.mode;
                 status.expires_at_ms = local.expires_at_unix_ms;
-                status.exclusions = local.exclusions;
+                status.exclusions = local.exclusions.iter().map(ToString::to_string).collect();
                 status.tags = local.tags.iter().map(|t| (*t).to_owned()).collect();
                 status.packets_dropped = local.counters.packets_dropped;
                 status.packets_allowed = local.counters.packets_allowed;

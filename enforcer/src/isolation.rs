@@ -164,14 +164,8 @@ pub struct EffectiveExclusions {
 }
 
 /// Every exclusion the kernel enforces for `record`.
-pub fn effective_exclusions(record: &IsolationRecord) -> Result<EffectiveExclusions> {
-    let parse = |specs: &[String]| -> Result<Vec<Exclusion>> {
-        specs
-            .iter()
-            .map(|spec| spec.parse().with_context(|| format!("stored exclusion '{spec}' is invalid")))
-            .collect()
-    };
-    let mut shared = parse(&record.exclusions)?;
+pub fn effective_exclusions(record: &IsolationRecord) -> EffectiveExclusions {
+    let mut shared = record.exclusions.clone();
     if record.allow_dns {
         let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         shared.extend(dns_exclusions(&resolvers(&text)));
@@ -179,7 +173,7 @@ pub fn effective_exclusions(record: &IsolationRecord) -> Result<EffectiveExclusi
     if record.allow_dhcp {
         shared.extend(rule_table::dhcp_exclusions());
     }
-    Ok(EffectiveExclusions { shared, management: parse(&record.management)? })
+    EffectiveExclusions { shared, management: record.management.clone() }
 }
 
 /// Isolates the target, or updates the isolation in force without ever opening it.
@@ -203,8 +197,8 @@ pub fn isolate(target: &Target, request: &IsolateRequest) -> Result<IsolateOutco
             started_at_unix_ms: now,
             expires_at_unix_ms,
             reason: request.reason.clone(),
-            exclusions: request.exclusions.iter().map(ToString::to_string).collect(),
-            management: request.management.iter().map(ToString::to_string).collect(),
+            exclusions: request.exclusions.clone(),
+            management: request.management.clone(),
             allowed_processes: request.allowed_processes.clone(),
             allow_dns: request.allow_dns,
             allow_dhcp: request.allow_dhcp,
@@ -283,7 +277,7 @@ fn apply_record(
     before: Before,
     agent: Option<u32>,
 ) -> Result<IsolateOutcome> {
-    let exclusions = effective_exclusions(record)?;
+    let exclusions = effective_exclusions(record);
     let tables = rule_table::compile(&exclusions.shared, &exclusions.management)?;
     let exempt_names: Vec<_> = record.allowed_processes.iter().map(|n| comm_key(n)).collect();
     let pids = sever::cgroup_pids(&target.cgroup);
@@ -381,11 +375,10 @@ pub fn update_management(target: &Target, management: &[Exclusion]) -> Result<bo
     }
     let store = Store::open(&target.state_dir)?;
     let Some(mut record) = store.current()? else { return Ok(false) };
-    let wanted: Vec<String> = management.iter().map(ToString::to_string).collect();
-    if record.management == wanted {
+    if record.management == management {
         return Ok(false);
     }
-    record.management = wanted;
+    record.management = management.to_vec();
     apply_record(target, &record, Before::read(&target.pins), Some(std::process::id()))?;
     store.set_current(&record, None, None)?;
     drop(store);
@@ -453,8 +446,8 @@ pub struct Status {
     pub started_at: Option<String>,
     pub reason: Option<String>,
     pub tags: Vec<&'static str>,
-    pub exclusions: Vec<String>,
-    pub management: Vec<String>,
+    pub exclusions: Vec<Exclusion>,
+    pub management: Vec<Exclusion>,
     pub allowed_processes: Vec<String>,
     pub allow_dns: bool,
     pub allow_dhcp: bool,

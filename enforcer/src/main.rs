@@ -302,7 +302,11 @@ fn isolate(target: &Target, config: &EnforcerConfig, args: IsolateArgs) -> Resul
         outcome.severed.spared,
         record.exclusions.len(),
         outcome.exempt_processes,
-        if record.management.is_empty() { "none configured".to_owned() } else { record.management.join(" ") }
+        if record.management.is_empty() {
+            "none configured".to_owned()
+        } else {
+            record.management.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+        }
     );
     Ok(())
 }

@@ -20,16 +20,9 @@ pub fn print_status(status: &isolation::Status) {
         if let Some(reason) = &status.reason {
             println!("  reason:       {reason}");
         }
-        let list = |items: &[String]| {
-            if items.is_empty() {
-                "none".to_owned()
-            } else {
-                items.join(", ")
-            }
-        };
-        println!("  exclusions:   {}", list(&status.exclusions));
-        println!("  management:   {}", list(&status.management));
-        println!("  processes:    {}", list(&status.allowed_processes));
+        println!("  exclusions:   {}", listed(&status.exclusions));
+        println!("  management:   {}", listed(&status.management));
+        println!("  processes:    {}", listed(&status.allowed_processes));
         println!("  dns / dhcp:   {} / {}", status.allow_dns, status.allow_dhcp);
     } else if status.armed {
         println!("Not isolated (armed: programs loaded, ready to isolate at once).");
@@ -87,5 +80,14 @@ pub fn print_status(status: &isolation::Status) {
 pub fn print_history(trail: &[store::AuditEntry]) {
     for entry in trail {
         println!("{}  {:<9} {:<8} {}", isolation::format_time(entry.at_unix_ms), entry.event, entry.actor, entry.detail);
+    }
+}
+
+/// `items` separated by commas, or `none`.
+fn listed<T: ToString>(items: &[T]) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
     }
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use cordon_wire::spec::Exclusion;
 use serde::{Deserialize, Serialize};
 
 const CURRENT_KEY: &[u8] = b"current";
@@ -29,10 +30,10 @@ pub struct IsolationRecord {
     /// `None` for manual isolation.
     pub expires_at_unix_ms: Option<i64>,
     pub reason: Option<String>,
-    /// As the user gave them (canonical SPEC form).
-    pub exclusions: Vec<String>,
+    /// As the user gave them (stored as canonical SPEC text).
+    pub exclusions: Vec<Exclusion>,
     /// The agent's own channel, always allowed.
-    pub management: Vec<String>,
+    pub management: Vec<Exclusion>,
     pub allowed_processes: Vec<String>,
     pub allow_dns: bool,
     pub allow_dhcp: bool,
@@ -267,5 +268,24 @@ mod tests {
         assert_eq!((record.change_seq, record.mode), (4, Mode::Automatic));
         let written_now = serde_json::to_value(&record).unwrap();
         assert_eq!((written_now["change_seq"].as_u64(), written_now.get("generation")), (Some(4), None));
+    }
+
+    #[test]
+    fn exclusions_are_kept_as_spec_text_and_read_back_parsed_once() {
+        let stored = |exclusions: &str| {
+            format!(
+                r#"{{"version":2,"mode":"manual","started_at_unix_ms":1,"expires_at_unix_ms":null,"reason":null,
+                "exclusions":{exclusions},"management":["out,tcp,192.0.2.9/32,9092"],"allowed_processes":[],
+                "allow_dns":false,"allow_dhcp":false,"cgroup":"/sys/fs/cgroup","interfaces":[],"change_seq":1}}"#
+            )
+        };
+        let record: IsolationRecord = serde_json::from_str(&stored(r#"["in,tcp,0.0.0.0/0,22"]"#)).unwrap();
+        assert_eq!(record.exclusions, vec!["in,tcp,0.0.0.0/0,22".parse::<cordon_wire::spec::Exclusion>().unwrap()]);
+        assert_eq!(record.management[0].to_string(), "out,tcp,192.0.2.9/32,9092");
+        let written = serde_json::to_value(&record).unwrap();
+        assert_eq!(written["exclusions"], serde_json::json!(["in,tcp,0.0.0.0/0,22"]), "the same text on disk");
+        // A record whose SPEC does not parse (written by hand, or damaged) is refused, the SPEC named.
+        let error = serde_json::from_str::<IsolationRecord>(&stored(r#"["in,tcp,10.0.0.1/8"]"#)).unwrap_err();
+        assert!(error.to_string().contains("10.0.0.0/8"), "{error}");
     }
 }
