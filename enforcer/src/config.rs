@@ -102,8 +102,8 @@ impl EnforcerConfig {
         let brokers = crate::endpoints::Endpoints::load(state_dir).bootstrap(&self.brokers());
         Ok(Some(crate::channel::ChannelSettings {
             brokers,
-            commands_topic: kafka.commands_topic.clone().unwrap_or_else(|| "cordon.commands".into()),
-            status_topic: kafka.status_topic.clone().unwrap_or_else(|| "cordon.status".into()),
+            commands_topic: kafka.commands_topic.clone().unwrap_or_else(|| cordon_wire::topics::COMMANDS.into()),
+            status_topic: kafka.status_topic.clone().unwrap_or_else(|| cordon_wire::topics::STATUS.into()),
             fetch_wait_ms: kafka.fetch_wait_ms.unwrap_or(500),
             host_id,
             public_keys,

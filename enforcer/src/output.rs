@@ -6,10 +6,7 @@ use crate::{isolation, store};
 /// The isolation, the kernel's counters, the recent trail, the pins and the agent, one per line.
 pub fn print_status(status: &isolation::Status) {
     if status.isolated {
-        let mode = match status.mode {
-            Some(store::Mode::Automatic) => "automatic",
-            _ => "manual",
-        };
+        let mode = status.mode.unwrap_or(store::Mode::Manual).name();
         println!("{} ({mode})", isolation::ISOLATED_TAG);
         if let Some(expires) = &status.expires_at {
             println!("  lifted at:    {expires}");

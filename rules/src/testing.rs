@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::config::{ExpectedAction, ExpectedDecision, Policy, Rule, TestCase};
-use crate::decision::{Action, Decision, IsolationMode};
+use crate::decision::{Action, Decision};
 use crate::diagnostic::{Diagnostic, Position};
 use crate::duration::format_duration;
 use crate::event::Event;
@@ -234,8 +234,8 @@ fn compare(number: usize, expected: &ExpectedDecision, decision: &Decision, mism
         if mode != isolation.mode {
             differences.push(format!(
                 "mode: expected {}, got {}",
-                mode_name(mode),
-                mode_name(isolation.mode)
+                mode.name(),
+                isolation.mode.name()
             ));
         }
     }
@@ -281,13 +281,6 @@ fn compare(number: usize, expected: &ExpectedDecision, decision: &Decision, mism
     }
 }
 
-fn mode_name(mode: IsolationMode) -> &'static str {
-    match mode {
-        IsolationMode::Automatic => "automatic",
-        IsolationMode::Manual => "manual",
-    }
-}
-
 fn optional_duration(duration: Option<std::time::Duration>) -> String {
     duration.map_or_else(|| "none".to_owned(), format_duration)
 }
@@ -302,7 +295,7 @@ pub fn describe_decision(decision: &Decision) -> String {
         decision.event_id,
         decision.host,
         decision.action.name(),
-        mode_name(isolation.mode)
+        isolation.mode.name()
     );
     if let Some(duration) = isolation.duration {
         let _ = write!(line, " for {}", format_duration(duration));

@@ -55,6 +55,16 @@ impl IsolationMode {
 /// agent confirms), in the operators' views and filters.
 pub const ISOLATED_TAG: &str = "ISOLATED FROM NETWORK";
 
+/// The topics' names when a configuration names none, for `cordon serve` and `cordon-enforcer`
+/// alike (the commands and status topics join them).
+pub mod topics {
+    pub const DETECTIONS: &str = "edr.detections";
+    pub const DEAD_LETTER: &str = "cordon.dead-letter";
+    pub const COMMANDS: &str = "cordon.commands";
+    pub const STATUS: &str = "cordon.status";
+    pub const LEASE: &str = "cordon.lease";
+}
+
 /// A signed command, as it is stored in the commands topic (keyed by host id).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

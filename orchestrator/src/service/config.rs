@@ -396,19 +396,19 @@ impl Default for CommandsSection {
 }
 
 fn default_detections_topic() -> String {
-    "edr.detections".into()
+    cordon_wire::topics::DETECTIONS.into()
 }
 fn default_dead_letter_topic() -> String {
-    "cordon.dead-letter".into()
+    cordon_wire::topics::DEAD_LETTER.into()
 }
 fn default_commands_topic() -> String {
-    "cordon.commands".into()
+    cordon_wire::topics::COMMANDS.into()
 }
 fn default_status_topic() -> String {
-    "cordon.status".into()
+    cordon_wire::topics::STATUS.into()
 }
 fn default_lease_topic() -> String {
-    "cordon.lease".into()
+    cordon_wire::topics::LEASE.into()
 }
 fn default_group() -> String {
     "cordon".into()
