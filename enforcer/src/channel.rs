@@ -405,7 +405,7 @@ impl Channel {
             applying.span().end();
         }
         match outcome {
-            Ok(()) => {
+            Ok(recorded) => {
                 // Recorded on disk by the isolation or release itself, in the same write.
                 self.last_generation.set(Some(command.generation));
                 tracing::info!(
@@ -416,7 +416,9 @@ impl Channel {
                     command.command_id,
                     command.generation
                 );
-                Some(self.snapshot(apply.target, Answer::Applied { command_id }))
+                // The store as the command left it is known: the report reads only the kernel.
+                let local = isolation::status_of(apply.target, recorded);
+                Some(self.status_message(Answer::Applied { command_id }, local))
             }
             Err((refusal, error)) => {
                 tracing::error!(command_id = %command.command_id, "command {} failed: {error}", command.command_id);
@@ -457,6 +459,11 @@ impl Channel {
     /// The host's state as a status message: one read of the store (it is opened per use, since
     /// the command line opens it too, and an open costs as much as attaching the programs).
     pub fn snapshot(&self, target: &Target, answer: Answer) -> Status {
+        self.status_message(answer, isolation::status(target))
+    }
+
+    /// `local` as a status message answering as `answer` says.
+    fn status_message(&self, answer: Answer, local: Result<isolation::Status>) -> Status {
         let (kind, command_id, refusal, error) = answer.into_parts();
         let sent_at_ms = isolation::now_unix_ms().max(self.last_sent_at_ms.get().saturating_add(1));
         self.last_sent_at_ms.set(sent_at_ms);
@@ -478,7 +485,7 @@ impl Channel {
             packets_dropped: 0,
             packets_allowed: 0,
         };
-        match isolation::status(target) {
+        match local {
             Ok(local) => {
                 status.generation = local.last_command_generation;
                 status.isolated = local.isolated;
@@ -542,8 +549,8 @@ impl Channel {
     }
 }
 
-/// Carries out an authentic command for this host.
-fn execute(command: &Command, apply: &Apply<'_>) -> Result<(), (Refusal, String)> {
+/// Carries out an authentic command for this host; what the store holds after it.
+fn execute(command: &Command, apply: &Apply<'_>) -> Result<isolation::Recorded, (Refusal, String)> {
     let actor = format!("command {}", command.command_id);
     match &command.action {
         Action::Isolate {
@@ -572,14 +579,14 @@ fn execute(command: &Command, apply: &Apply<'_>) -> Result<(), (Refusal, String)
                         agent_tgid: Some(std::process::id()),
                     };
                     isolation::isolate(apply.target, &request)
-                        .map(|_| ())
+                        .map(|outcome| isolation::Recorded::after_command(Some(outcome.record), command.generation))
                         .map_err(|e| (Refusal::Failed, format!("{e:#}")))
                 }
             }
         }
         Action::Release { .. } => {
             isolation::release(apply.target, &actor, "released", Some(command.generation))
-                .map(|_| ())
+                .map(|_| isolation::Recorded::after_command(None, command.generation))
                 .map_err(|e| (Refusal::Failed, format!("{e:#}")))
         }
     }

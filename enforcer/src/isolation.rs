@@ -474,12 +474,37 @@ pub struct Status {
 }
 
 pub fn status(target: &Target) -> Result<Status> {
-    let kernel = bpf::read_state(&target.pins)?;
     let store = Store::open(&target.state_dir)?;
-    let record = store.current()?;
-    let history = store.recent_audit(5)?;
-    let last_command_generation = store.last_command_generation()?;
+    let recorded = Recorded {
+        record: store.current()?,
+        history: store.recent_audit(5)?,
+        last_command_generation: store.last_command_generation()?,
+    };
     drop(store);
+    status_of(target, recorded)
+}
+
+/// What the store holds of the isolation, for [`status_of`].
+pub struct Recorded {
+    pub record: Option<IsolationRecord>,
+    /// The last changes, oldest first (none when the caller has no use for them).
+    pub history: Vec<AuditEntry>,
+    pub last_command_generation: u64,
+}
+
+impl Recorded {
+    /// What the store holds right after a command was carried out: `record` in force (none
+    /// after a release), the command's generation the last applied.
+    pub fn after_command(record: Option<IsolationRecord>, generation: u64) -> Recorded {
+        Recorded { record, history: Vec::new(), last_command_generation: generation }
+    }
+}
+
+/// [`status`] from what the store holds, as the caller knows it (the agent, right after it
+/// carried out a command, without opening the store again): reads only the kernel.
+pub fn status_of(target: &Target, recorded: Recorded) -> Result<Status> {
+    let Recorded { record, history, last_command_generation } = recorded;
+    let kernel = bpf::read_state(&target.pins)?;
     let now_coarse = now_coarse_ns();
     let enforcing = kernel.as_ref().is_some_and(|k| k.config.enforcing_at(now_coarse) && !k.links.is_empty());
     let armed = target.pins.armed();
