@@ -6,6 +6,31 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::observe::Metrics;
+use super::Transition;
+
+/// A host's move is durable (its audit entry committed): one line per move, with the ids its
+/// spans carry, so a log search finds the move from a trace and the other way round.
+pub(super) struct TransitionDurable<'a>(pub &'a Transition);
+
+impl TransitionDurable<'_> {
+    pub fn emit(&self) {
+        let Transition { audit, event_id, command_id, trace_id } = self.0;
+        tracing::info!(
+            host_id = %audit.host,
+            state = audit.to.name(),
+            event_id = event_id.as_deref().unwrap_or(""),
+            command_id = command_id.as_deref().unwrap_or(""),
+            trace_id = %trace_id,
+            "{}: {} -> {} by {} (generation {}): {}",
+            audit.host,
+            audit.from.name(),
+            audit.to.name(),
+            audit.by,
+            audit.generation,
+            audit.why
+        );
+    }
+}
 
 /// The rules decided something about a host (counted by mode and by rule).
 pub(super) struct DecisionMade<'a> {

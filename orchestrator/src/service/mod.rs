@@ -486,21 +486,8 @@ impl Service {
         if !transitions.is_empty() {
             self.metrics.show_counts(&self.store.counts());
         }
-        for Transition { audit, event_id, command_id, trace_id } in transitions {
-            tracing::info!(
-                host_id = %audit.host,
-                state = audit.to.name(),
-                event_id = event_id.as_deref().unwrap_or(""),
-                command_id = command_id.as_deref().unwrap_or(""),
-                trace_id = %trace_id,
-                "{}: {} -> {} by {} (generation {}): {}",
-                audit.host,
-                audit.from.name(),
-                audit.to.name(),
-                audit.by,
-                audit.generation,
-                audit.why
-            );
+        for transition in &transitions {
+            events::TransitionDurable(transition).emit();
         }
         Ok(())
     }
