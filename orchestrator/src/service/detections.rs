@@ -11,7 +11,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::events::{DecisionMade, DetectionFailed};
+use super::events::{DecisionMade, DetectionFailed, EventDeadLettered};
 use super::lifecycle::{self, HostRecord, IsolationPlan};
 use super::outbox::DeadLetterKind;
 use super::reader::{ConsumedBatch, DetectionConsumer, InputRules};
@@ -86,15 +86,7 @@ impl Service {
     /// the reason, its size and hash, and as much of its bytes as fits.
     pub(super) fn dead_letter(&mut self, message: &OwnedMessage, kind: DeadLetterKind, reason: &str) -> Result<()> {
         self.outbox.dead_letter(message, kind, reason)?;
-        let shown: String = reason.chars().take(512).collect();
-        tracing::warn!(
-            topic = message.topic(),
-            partition = message.partition(),
-            offset = message.offset(),
-            "dead-lettered an event at offset {} ({} bytes): {shown}",
-            message.offset(),
-            message.payload().map_or(0, <[u8]>::len)
-        );
+        EventDeadLettered { message, reason }.emit();
         Ok(())
     }
 

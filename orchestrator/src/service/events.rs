@@ -8,6 +8,63 @@ use std::time::Duration;
 use super::observe::Metrics;
 use super::Transition;
 
+/// An event was put in the dead-letter topic's outbox, with why (its first 512 characters said).
+pub(super) struct EventDeadLettered<'a> {
+    pub message: &'a rdkafka::message::OwnedMessage,
+    pub reason: &'a str,
+}
+
+impl EventDeadLettered<'_> {
+    pub fn emit(&self) {
+        use rdkafka::Message as _;
+        let message = self.message;
+        let shown: String = self.reason.chars().take(512).collect();
+        tracing::warn!(
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            "dead-lettered an event at offset {} ({} bytes): {shown}",
+            message.offset(),
+            message.payload().map_or(0, <[u8]>::len)
+        );
+    }
+}
+
+/// An agent reported its isolation undone, not by cordon (newly, for this host): said as an
+/// error and counted.
+pub(super) struct HostTampered<'a> {
+    pub host: &'a str,
+    pub tampering: &'a super::lifecycle::Tampering,
+}
+
+impl HostTampered<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.hosts_tampered.add(1);
+        tracing::error!(
+            host_id = %self.host,
+            "{}: TAMPERED: {}; {}",
+            self.host,
+            self.tampering.what,
+            self.tampering.response
+        );
+    }
+}
+
+/// The agent confirmed an isolation a detection began: the detection-to-enforced latency.
+pub(super) struct DetectionEnforced {
+    /// When cordon consumed the detection (cordon's clock).
+    pub detected_at_ms: i64,
+    pub enforced_at_ms: i64,
+}
+
+impl DetectionEnforced {
+    pub fn emit(&self, metrics: &Metrics) {
+        #[allow(clippy::cast_precision_loss, reason = "milliseconds of latency")]
+        let seconds = (self.enforced_at_ms - self.detected_at_ms).max(0) as f64 / 1e3;
+        metrics.detection_to_enforced.observe(seconds);
+    }
+}
+
 /// A host's move is durable (its audit entry committed): one line per move, with the ids its
 /// spans carry, so a log search finds the move from a trace and the other way round.
 pub(super) struct TransitionDurable<'a>(pub &'a Transition);

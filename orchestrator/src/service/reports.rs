@@ -13,6 +13,7 @@ use opentelemetry::KeyValue;
 use rdkafka::message::{Message, OwnedMessage};
 
 use super::agents::{self, Claim};
+use super::events::{DetectionEnforced, HostTampered};
 use super::lifecycle::{self, AuditEntry, HostRecord, HostState};
 use super::Service;
 
@@ -195,22 +196,13 @@ impl Service {
         self.count_packets(status);
         let mut record = previous.cloned().unwrap_or_else(|| HostRecord::new(&status.host_id, now));
         let effects = lifecycle::on_status(&mut record, status, now, self.config.agents.on_tamper);
-        if record.tampered.is_some() && previous.is_none_or(|p| p.tampered != record.tampered) {
-            if let Some(tampering) = &record.tampered {
-                self.metrics.hosts_tampered.add(1);
-                tracing::error!(
-                    host_id = %record.host,
-                    "{}: TAMPERED: {}; {}",
-                    record.host,
-                    tampering.what,
-                    tampering.response
-                );
-            }
+        let newly_tampered = previous.is_none_or(|p| p.tampered != record.tampered);
+        if let Some(tampering) = record.tampered.as_ref().filter(|_| newly_tampered) {
+            HostTampered { host: &record.host, tampering }.emit(&self.metrics);
         }
         if record.state == HostState::Isolated && previous.is_some_and(|p| p.state == HostState::Isolating) {
-            if let Some(detected) = record.detected_at_ms {
-                #[allow(clippy::cast_precision_loss, reason = "milliseconds of latency")]
-                self.metrics.detection_to_enforced.observe((now - detected).max(0) as f64 / 1e3);
+            if let Some(detected_at_ms) = record.detected_at_ms {
+                DetectionEnforced { detected_at_ms, enforced_at_ms: now }.emit(&self.metrics);
             }
         }
         self.apply(previous, &mut record, effects, now, consume.as_ref())?;
