@@ -65,6 +65,64 @@ impl DetectionEnforced {
     }
 }
 
+/// A command is sent again: its agent has not answered it.
+pub(super) struct CommandResent<'a> {
+    pub record: &'a super::lifecycle::HostRecord,
+}
+
+impl CommandResent<'_> {
+    pub fn emit(&self) {
+        let record = self.record;
+        tracing::info!(
+            host_id = %record.host,
+            "{}: resending command {} (no answer from its agent, attempt {}).",
+            record.host,
+            record.generation,
+            record.resends
+        );
+    }
+}
+
+/// The retention job removed old audit entries and API call records (said when it removed any).
+pub(super) struct RetentionApplied(pub super::store::RetentionOutcome);
+
+impl RetentionApplied {
+    pub fn emit(&self) {
+        let outcome = &self.0;
+        if outcome.audit_entries + outcome.api_calls > 0 {
+            tracing::info!(
+                "retention: removed {} audit entries and {} API call records ([state] *_retention_days, \
+                 audit_max_per_host).",
+                outcome.audit_entries,
+                outcome.api_calls
+            );
+        }
+    }
+}
+
+/// A new version of the isolation policy is in force (durable), with what it changed and how
+/// many isolations in force it updated live.
+pub(super) struct PolicyChanged<'a> {
+    pub version: &'a super::profiles::PolicyVersion,
+    pub changes: &'a [super::profiles::Change],
+    pub updated: usize,
+}
+
+impl PolicyChanged<'_> {
+    pub fn emit(&self) {
+        let version = self.version;
+        let listed: Vec<String> = self.changes.iter().map(ToString::to_string).collect();
+        tracing::info!(
+            "isolation policy version {} by {}: {}; {} isolation(s) in force updated live. Changes: {}",
+            version.version,
+            version.author,
+            version.reason,
+            self.updated,
+            if listed.is_empty() { "none".to_owned() } else { listed.join("; ") }
+        );
+    }
+}
+
 /// A host's move is durable (its audit entry committed): one line per move, with the ids its
 /// spans carry, so a log search finds the move from a trace and the other way round.
 pub(super) struct TransitionDurable<'a>(pub &'a Transition);

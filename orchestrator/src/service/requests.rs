@@ -11,6 +11,7 @@ use super::api::{
     ApiRequest, BulkAction, BulkOutcome, BulkRequest, NotDone, Operation, OperatorRequest, PolicyChange,
     PolicyChangeRequest,
 };
+use super::events::PolicyChanged;
 use super::lifecycle::{self, HostRecord, IsolationPlan};
 use super::{now_ms, profiles, Service};
 
@@ -267,14 +268,7 @@ impl Service {
         });
         match result {
             Ok(updated) => {
-                let listed: Vec<String> = changes.iter().map(ToString::to_string).collect();
-                tracing::info!(
-                    "isolation policy version {} by {}: {}; {updated} isolation(s) in force updated live. Changes: {}",
-                    version.version,
-                    version.author,
-                    version.reason,
-                    if listed.is_empty() { "none".to_owned() } else { listed.join("; ") }
-                );
+                PolicyChanged { version: &version, changes: &changes, updated }.emit();
                 let _ = request.reply.send(Ok(version));
                 Ok(())
             }

@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use opentelemetry::trace::{SpanKind, TraceContextExt as _};
 use opentelemetry::{Context as TraceContext, KeyValue};
 
-use super::events::{RulesNotReloaded, RulesReloaded};
+use super::events::{CommandResent, RetentionApplied, RulesNotReloaded, RulesReloaded};
 use super::jobs::{self, Job};
 use super::outbox::Enqueued;
 use super::{lifecycle, load_rules, now_ms, observe, Acting, Service};
@@ -58,13 +58,7 @@ impl Service {
                 for previous in self.store.hosts()? {
                     let mut record = previous.clone();
                     if let Some(action) = lifecycle::resend_due(&mut record, after_ms, now) {
-                        tracing::info!(
-                            host_id = %record.host,
-                            "{}: resending command {} (no answer from its agent, attempt {}).",
-                            record.host,
-                            record.generation,
-                            record.resends
-                        );
+                        CommandResent { record: &record }.emit();
                         if let Enqueued::TooLarge { command_id, reason } =
                             self.enqueue(&record, action, now, None)?
                         {
@@ -91,14 +85,7 @@ impl Service {
             }
             Job::Retention => {
                 let outcome = self.store.apply_retention(&self.config.state.retention(), now)?;
-                if outcome.audit_entries + outcome.api_calls > 0 {
-                    tracing::info!(
-                        "retention: removed {} audit entries and {} API call records ([state] *_retention_days, \
-                         audit_max_per_host).",
-                        outcome.audit_entries,
-                        outcome.api_calls
-                    );
-                }
+                RetentionApplied(outcome).emit();
             }
             Job::CheckRules => {
                 let fingerprint = jobs::Fingerprint::of(&self.config.rules.dir);
