@@ -123,6 +123,41 @@ impl PolicyChanged<'_> {
     }
 }
 
+/// A status report was refused (counted where it is judged): said once a minute per host, and at
+/// most [`super::agents::MAX_REFUSAL_LINES_PER_MINUTE`] lines a minute in all, with how many went
+/// unsaid before.
+pub(super) struct ReportRefused<'a> {
+    pub host: &'a str,
+    pub refusal: cordon_wire::ReportRefusal,
+    /// What became of the key that signed it (a claim on the host), and what to do about it.
+    pub claim_note: &'a str,
+    pub allowance: cordon_telemetry::logs::Allowance,
+}
+
+impl ReportRefused<'_> {
+    pub fn emit(&self) {
+        if self.allowance.unsaid_before > 0 {
+            tracing::warn!(
+                "{} more refused status reports (other hosts) were not said in the last minute: more than {} \
+                 a minute are not logged one by one (all are counted in cordon_status_refused_total)",
+                self.allowance.unsaid_before,
+                super::agents::MAX_REFUSAL_LINES_PER_MINUTE
+            );
+        }
+        if self.allowance.say {
+            tracing::warn!(
+                host_id = %self.host,
+                reason = self.refusal.name(),
+                "refused a status report for {:?}: {}{} (said once a minute per host; all are counted \
+                 in cordon_status_refused_total)",
+                self.host,
+                self.refusal,
+                self.claim_note
+            );
+        }
+    }
+}
+
 /// A host's move is durable (its audit entry committed): one line per move, with the ids its
 /// spans carry, so a log search finds the move from a trace and the other way round.
 pub(super) struct TransitionDurable<'a>(pub &'a Transition);

@@ -13,7 +13,7 @@ use opentelemetry::KeyValue;
 use rdkafka::message::{Message, OwnedMessage};
 
 use super::agents::{self, Claim};
-use super::events::{DetectionEnforced, HostTampered};
+use super::events::{DetectionEnforced, HostTampered, ReportRefused};
 use super::lifecycle::{self, AuditEntry, HostRecord, HostState};
 use super::Service;
 
@@ -118,24 +118,7 @@ impl Service {
             return Ok(());
         }
         let allowance = self.report_budget.take(now);
-        if allowance.unsaid_before > 0 {
-            tracing::warn!(
-                "{} more refused status reports (other hosts) were not said in the last minute: more than {} \
-                 a minute are not logged one by one (all are counted in cordon_status_refused_total)",
-                allowance.unsaid_before,
-                agents::MAX_REFUSAL_LINES_PER_MINUTE
-            );
-        }
-        if allowance.say {
-            tracing::warn!(
-                host_id = %refused.host,
-                reason = refused.refusal.name(),
-                "refused a status report for {:?}: {}{claim_note} (said once a minute per host; all are counted \
-                 in cordon_status_refused_total)",
-                refused.host,
-                refused.refusal
-            );
-        }
+        ReportRefused { host: refused.host, refusal: refused.refusal, claim_note: &claim_note, allowance }.emit();
         if let Some(record) = self.store.host(refused.host)? {
             let signed_by =
                 refused.signer.as_deref().map(|key| format!(", signed by {key}")).unwrap_or_default();
