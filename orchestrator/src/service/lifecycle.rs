@@ -60,6 +60,11 @@ impl HostState {
     pub fn may_be_isolated(self) -> bool {
         matches!(self, HostState::Isolating | HostState::Isolated | HostState::Releasing)
     }
+
+    /// Isolating or isolated: cordon wants the isolation in force (none is being lifted).
+    pub fn isolation_in_force(self) -> bool {
+        matches!(self, HostState::Isolating | HostState::Isolated)
+    }
 }
 
 /// What an isolation leaves open and how long it lasts: what an operator asks for, what a rule
@@ -235,7 +240,7 @@ impl HostRecord {
     /// agent's word, and a forged report must not make a manual isolation look timed or over):
     /// timed until `expires_at_ms`, or else held until someone releases it.
     pub fn for_rules(&self) -> HostForRules {
-        let isolation = matches!(self.state, HostState::Isolating | HostState::Isolated).then(|| {
+        let isolation = self.state.isolation_in_force().then(|| {
             let mode = match self.expires_at_ms {
                 Some(_) => cordon_wire::IsolationMode::Automatic,
                 None => cordon_wire::IsolationMode::Manual,
@@ -418,7 +423,7 @@ impl HostRecord {
     fn step(&mut self, to: HostState, command: Option<cordon_wire::Action>, cause: Cause<'_>, now: i64) -> Effects {
         let from = self.state;
         self.state = to;
-        if !matches!(to, HostState::Isolating | HostState::Isolated) {
+        if !to.isolation_in_force() {
             self.isolated_by.clear();
         }
         let mut command = command;
@@ -770,7 +775,7 @@ pub fn apply_profile(record: &mut HostRecord, profile: ProfileInForce<'_>, by: &
 /// What the rule or operator behind the isolation in force asked for (before its profile), when
 /// one is in force (isolating or isolated): what a new profile goes under.
 pub fn isolation_asked(record: &HostRecord) -> Option<IsolationPlan> {
-    if !matches!(record.state, HostState::Isolating | HostState::Isolated) {
+    if !record.state.isolation_in_force() {
         return None;
     }
     match &record.last_command {
@@ -958,7 +963,7 @@ fn mark_repaired_tampering(record: &mut HostRecord, status: &cordon_wire::Status
 fn is_tampering(record: &HostRecord, status: &cordon_wire::Status, now: i64) -> bool {
     !status.isolated
         && status.kind != cordon_wire::StatusKind::Refused
-        && matches!(record.state, HostState::Isolating | HostState::Isolated)
+        && record.state.isolation_in_force()
         && matches!(record.last_command, Some(cordon_wire::Action::Isolate { .. }))
         && record.expires_at_ms.is_none_or(|deadline| now < deadline.saturating_sub(DEADLINE_SLACK_MS))
 }

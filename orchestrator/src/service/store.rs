@@ -672,9 +672,7 @@ impl Store {
         if let Some(deadline) = previous.and_then(|p| p.expires_at_ms) {
             self.stage(Slot::Deadlines, &deadline_key(deadline, &record.host), None);
         }
-        if let (Some(deadline), HostState::Isolating | HostState::Isolated) =
-            (record.expires_at_ms, record.state)
-        {
+        if let Some(deadline) = record.expires_at_ms.filter(|_| record.state.isolation_in_force()) {
             self.stage(Slot::Deadlines, &deadline_key(deadline, &record.host), Some(record.host.as_bytes().to_vec()));
         }
         self.stage(Slot::Hosts, record.host.as_bytes(), Some(serde_json::to_vec(record)?));
@@ -939,7 +937,7 @@ impl Store {
                     continue;
                 }
             };
-            if !matches!(previous.state, HostState::Isolating | HostState::Isolated) || !previous.isolated_by.is_empty() {
+            if !previous.state.isolation_in_force() || !previous.isolated_by.is_empty() {
                 continue;
             }
             let mut record = previous.clone();

@@ -580,7 +580,7 @@ fn host_actions(viewer: &Viewer, record: &HostRecord, url: &str, failed: Option<
     let value = |action: &str, field: &str| -> String {
         failed.filter(|f| f.action == action).map(|f| f.fields.get(field).to_owned()).unwrap_or_default()
     };
-    let timed = matches!(record.state, HostState::Isolating | HostState::Isolated) && record.expires_at_ms.is_some();
+    let timed = record.state.isolation_in_force() && record.expires_at_ms.is_some();
     html! {
         section.actions aria-labelledby="actions-h" {
             h2 #actions-h { "Actions" }
