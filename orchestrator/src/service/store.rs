@@ -1246,15 +1246,19 @@ mod tests {
         let mut pruned: rules::EngineState = serde_json::from_str(r#"{"seen":[7],"thresholds":{},"escalations":{},"recent_isolations":[]}"#).unwrap();
         pruned.take_legacy_isolations();
         assert_eq!(store.engine_state().unwrap(), pruned);
-        // An old isolation kept by entries is adopted the same way.
+        // An old isolation kept by entries is adopted the same way; a host whose record cannot be
+        // read (damaged) is left out, and the state is read all the same.
         let record = HostRecord { host: "web-03".into(), ..isolated.clone() };
         store.put_host(None, &record).unwrap();
         store.commit().unwrap();
+        store.trees().unwrap().hosts.insert(b"web-04", &b"{not a record"[..]).unwrap();
         let entry = br#"{"mode":"automatic","deadline_ms":9,"rules":{"strike":60000}}"#;
         store.trees().unwrap().engine.insert(b"aweb-03", &entry[..]).unwrap();
-        store.engine_state().unwrap();
+        store.trees().unwrap().engine.insert(b"aweb-04", &entry[..]).unwrap();
+        assert_eq!(store.engine_state().unwrap(), pruned, "read despite the damaged record");
         assert_eq!(store.host("web-03").unwrap().unwrap().isolated_by, BTreeMap::from([("strike".to_owned(), 60_000)]));
         assert!(store.trees().unwrap().engine.get(b"aweb-03").unwrap().is_none());
+        assert!(store.host("web-04").is_err(), "still damaged, untouched");
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
