@@ -24,6 +24,11 @@ fuzz_target!(|data: &[u8]| {
         let whole = rules::Event::parse_as(text, format);
         let projected = rules::Event::parse_projected_as(text, ruleset().projection(), format);
         assert_eq!(whole.is_ok(), projected.is_ok(), "{format}: whole: {whole:?}, projected: {projected:?}");
+        if let (Ok(whole), false) = (&whole, format.has_dotted_keys()) {
+            // The event's own tree reads like serde_json's (repeated keys, numbers, escapes).
+            let value: serde_json::Value = serde_json::from_str(text).expect("a parsed event is JSON");
+            assert_eq!(whole.fields().root().to_value(), value, "{format}");
+        }
         if let (Ok(whole), Ok(projected)) = (whole, projected) {
             assert!(!whole.host().is_empty() && !whole.id().is_empty() && whole.severity_id() <= 6, "{format}: {whole:?}");
             let none: [&str; 0] = [];

@@ -11,6 +11,7 @@ use crate::config::{ResponseMode, Retrigger, Rule, Threshold};
 use crate::decision::{Action, Decision, Isolation, IsolationMode, Reason};
 use crate::duration::millis;
 use crate::event::Event;
+use crate::fields::Field;
 use crate::matcher::Subject;
 use crate::ruleset::Ruleset;
 use crate::state::{
@@ -208,10 +209,10 @@ fn group_key(threshold: &Threshold, event: &Event) -> String {
         if i > 0 {
             key.push('\u{1f}');
         }
-        path.any_value(event.fields(), &mut |value| {
+        path.any_value(event.fields().root(), &mut |value| {
             match value {
-                serde_json::Value::String(text) => key.push_str(text),
-                serde_json::Value::Null => return false,
+                Field::String(text) => key.push_str(text),
+                Field::Null => return false,
                 other => key.push_str(&other.to_string()),
             }
             true

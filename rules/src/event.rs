@@ -9,16 +9,17 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::Value;
+use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Number, Value};
 use thiserror::Error;
 
+use crate::fields::{Builder, Field, Fields, Slot};
 use crate::format::Format;
 
 /// A validated event: its JSON and the four fields every decision needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    fields: Value,
+    fields: Fields,
     host: String,
     id: String,
     time_ms: i64,
@@ -41,6 +42,19 @@ pub enum EventError {
     WrongType { field: &'static str, expected: &'static str, found: String },
     #[error("field `severity_id` must be 0-6, found {0}")]
     SeverityOutOfRange(String),
+    #[error("an event must be smaller than 4 GiB")]
+    TooLarge,
+}
+
+fn field_kind(value: Field<'_>) -> &'static str {
+    match value {
+        Field::Null => "null",
+        Field::Bool(_) => "a boolean",
+        Field::Number(_) => "a number",
+        Field::String(_) => "a string",
+        Field::Array(_) => "an array",
+        Field::Object(_) => "an object",
+    }
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -62,9 +76,12 @@ impl Event {
 
     /// Parses one JSON text of `format` into an event.
     pub fn parse_as(text: &str, format: Format) -> Result<Self, EventError> {
-        let fields: Value =
-            serde_json::from_str(text).map_err(|error| EventError::NotJson(error.to_string()))?;
-        Self::from_json_as(fields, format)
+        if format.has_dotted_keys() {
+            let fields: Value =
+                serde_json::from_str(text).map_err(|error| EventError::NotJson(error.to_string()))?;
+            return Self::from_json_as(fields, format);
+        }
+        Self::parse_through(text, &Projection::everything(), format)
     }
 
     /// Parses one JSON text into an event that keeps only the fields of `projection` (and the
@@ -80,13 +97,20 @@ impl Event {
         if format.has_dotted_keys() {
             return Self::parse_as(text, format);
         }
+        Self::parse_through(text, projection, format)
+    }
+
+    fn parse_through(text: &str, projection: &Projection, format: Format) -> Result<Self, EventError> {
         let mut deserializer = serde_json::Deserializer::from_str(text);
         let mut texts = projection.keep_texts.then(|| String::with_capacity(text.len() / 2));
-        let fields = NodeSeed(&projection.root, texts.as_mut())
-            .deserialize(&mut deserializer)
-            .and_then(|fields| deserializer.end().map(|()| fields))
-            .map_err(|error| EventError::NotJson(error.to_string()))?;
-        let mut event = Self::from_json_as(fields, format)?;
+        let fields = Builder::with(|builder| {
+            let root = NodeSeed { node: &projection.root, builder: &mut *builder, texts: texts.as_mut() }
+                .deserialize(&mut deserializer)?;
+            deserializer.end()?;
+            Ok(builder.finish(root))
+        })
+        .map_err(|error: serde_json::Error| EventError::NotJson(error.to_string()))?;
+        let mut event = Self::from_fields(fields, format)?;
         event.folded_texts = texts.map(String::into_boxed_str);
         Ok(event)
     }
@@ -104,7 +128,16 @@ impl Event {
             return Err(EventError::NotAnObject(json_kind(&fields)));
         }
         let fields = if format.has_dotted_keys() { crate::format::expand_dotted_keys(fields) } else { fields };
-        let facts = format.facts(&fields)?;
+        let fields = Fields::from_value(&fields).map_err(|_| EventError::TooLarge)?;
+        Self::from_fields(fields, format)
+    }
+
+    fn from_fields(fields: Fields, format: Format) -> Result<Self, EventError> {
+        let root = fields.root();
+        if !matches!(root, Field::Object(_)) {
+            return Err(EventError::NotAnObject(field_kind(root)));
+        }
+        let facts = format.facts(root)?;
         Ok(Self {
             fields,
             host: facts.host,
@@ -138,8 +171,9 @@ impl Event {
         self.severity_id
     }
 
+    /// The event's JSON (the fields its projection kept, when it was parsed through one).
     #[must_use]
-    pub fn fields(&self) -> &Value {
+    pub fn fields(&self) -> &Fields {
         &self.fields
     }
 
@@ -154,9 +188,9 @@ impl Event {
     pub fn device_group_names(&self) -> Vec<String> {
         let mut names = Vec::new();
         let path = FieldPath::new("device.groups.name");
-        path.any_value(&self.fields, &mut |value| {
-            if let Value::String(name) = value {
-                names.push(name.clone());
+        path.any_value(self.fields.root(), &mut |value| {
+            if let Field::String(name) = value {
+                names.push(name.to_owned());
             }
             false
         });
@@ -184,7 +218,11 @@ struct Node {
 }
 
 impl Node {
+    /// The node of a member: all of a whole value's members are kept whole.
     fn child(&self, key: &str) -> Option<&Node> {
+        if self.whole {
+            return Some(self);
+        }
         self.children.iter().find(|(name, _)| **name == *key).map(|(_, node)| node)
     }
 
@@ -258,16 +296,6 @@ fn capture(texts: Option<&mut String>, text: &str) {
     }
 }
 
-/// Captures every string of a value kept whole.
-fn capture_all(texts: &mut String, value: &Value) {
-    match value {
-        Value::String(text) => capture(Some(texts), text),
-        Value::Array(items) => items.iter().for_each(|item| capture_all(texts, item)),
-        Value::Object(map) => map.values().for_each(|item| capture_all(texts, item)),
-        Value::Null | Value::Bool(_) | Value::Number(_) => {}
-    }
-}
-
 impl<'de> Visitor<'de> for SkippedSeed<'_> {
     type Value = Skipped;
 
@@ -313,83 +341,81 @@ impl<'de> Visitor<'de> for SkippedSeed<'_> {
     }
 }
 
-/// Deserializes a value as `.0` keeps it, capturing its strings into `.1` when asked.
-struct NodeSeed<'n, 't>(&'n Node, Option<&'t mut String>);
+/// Reads a value into the tree as `node` keeps it, capturing its strings into `texts` when asked.
+struct NodeSeed<'a> {
+    node: &'a Node,
+    builder: &'a mut Builder,
+    texts: Option<&'a mut String>,
+}
 
-impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_> {
-    type Value = Value;
+impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
+    type Value = Slot;
 
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
-        if self.0.whole {
-            let value: Value = serde::Deserialize::deserialize(deserializer)?;
-            if let Some(texts) = self.1 {
-                capture_all(texts, &value);
-            }
-            Ok(value)
-        } else {
-            deserializer.deserialize_any(self)
-        }
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Slot, D::Error> {
+        deserializer.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for NodeSeed<'_, '_> {
-    type Value = Value;
+impl<'de> Visitor<'de> for NodeSeed<'_> {
+    type Value = Slot;
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str("any valid JSON value")
     }
 
-    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Value, A::Error> {
-        let mut kept = serde_json::Map::new();
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Slot, A::Error> {
+        let mark = self.builder.mark();
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            match self.0.child(&key) {
+            match self.node.child(&key) {
                 Some(child) => {
-                    let value = map.next_value_seed(NodeSeed(child, self.1.as_deref_mut()))?;
-                    kept.insert(key.into_owned(), value);
+                    let texts = self.texts.as_deref_mut();
+                    let value = map.next_value_seed(NodeSeed { node: child, builder: &mut *self.builder, texts })?;
+                    self.builder.push_member(&key, value).map_err(A::Error::custom)?;
                 }
                 None => {
-                    map.next_value_seed(SkippedSeed(self.1.as_deref_mut()))?;
+                    map.next_value_seed(SkippedSeed(self.texts.as_deref_mut()))?;
                 }
             }
         }
-        Ok(Value::Object(kept))
+        self.builder.close_object(mark).map_err(A::Error::custom)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(NodeSeed(self.0, self.1.as_deref_mut()))? {
-            items.push(item);
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Slot, A::Error> {
+        let mark = self.builder.mark();
+        loop {
+            let texts = self.texts.as_deref_mut();
+            let Some(item) = seq.next_element_seed(NodeSeed { node: self.node, builder: &mut *self.builder, texts })?
+            else {
+                break;
+            };
+            self.builder.push_item(item);
         }
-        Ok(Value::Array(items))
+        self.builder.close_array(mark).map_err(A::Error::custom)
     }
 
-    // Scalars above the end of every path: no path reaches into them, but they are kept so that
-    // the event reads the same as parsed whole (a required field's error names what is there).
-    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
-        Ok(Value::Bool(value))
+    // Scalars above the end of every path are kept too (no path reaches into them), so that the
+    // event reads the same as parsed whole (a required field's error names what is there).
+    fn visit_bool<E>(self, value: bool) -> Result<Slot, E> {
+        Ok(Builder::bool(value))
     }
-    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
-        Ok(Value::from(value))
+    fn visit_i64<E>(self, value: i64) -> Result<Slot, E> {
+        Ok(Builder::number(Number::from(value)))
     }
-    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
-        Ok(Value::from(value))
+    fn visit_u64<E>(self, value: u64) -> Result<Slot, E> {
+        Ok(Builder::number(Number::from(value)))
     }
-    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number))
+    fn visit_f64<E>(self, value: f64) -> Result<Slot, E> {
+        Ok(Number::from_f64(value).map_or_else(Builder::null, Builder::number))
     }
-    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
-        capture(self.1, value);
-        Ok(Value::String(value.to_owned()))
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Slot, E> {
+        capture(self.texts, value);
+        self.builder.string(value).map_err(E::custom)
     }
-    fn visit_string<E>(self, value: String) -> Result<Value, E> {
-        capture(self.1, &value);
-        Ok(Value::String(value))
+    fn visit_unit<E>(self) -> Result<Slot, E> {
+        Ok(Builder::null())
     }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
+    fn visit_none<E>(self) -> Result<Slot, E> {
+        Ok(Builder::null())
     }
 }
 
@@ -434,20 +460,20 @@ impl FieldPath {
 
     /// Calls `visit` on every value the path reaches, stepping into arrays on the way and at the
     /// end, until `visit` returns true. Returns whether it did.
-    pub fn any_value(&self, root: &Value, visit: &mut impl FnMut(&Value) -> bool) -> bool {
+    pub fn any_value<'e>(&self, root: Field<'e>, visit: &mut impl FnMut(Field<'e>) -> bool) -> bool {
         walk(root, &self.segments, visit)
     }
 }
 
-fn walk(value: &Value, segments: &[Box<str>], visit: &mut impl FnMut(&Value) -> bool) -> bool {
+fn walk<'e>(value: Field<'e>, segments: &[Box<str>], visit: &mut impl FnMut(Field<'e>) -> bool) -> bool {
     match segments.split_first() {
         None => match value {
-            Value::Array(items) => items.iter().any(&mut *visit),
+            Field::Array(items) => items.values().any(&mut *visit),
             other => visit(other),
         },
         Some((head, rest)) => match value {
-            Value::Object(map) => map.get(&**head).is_some_and(|child| walk(child, rest, visit)),
-            Value::Array(items) => items.iter().any(|item| walk(item, segments, visit)),
+            Field::Object(members) => members.get(head).is_some_and(|child| walk(child, rest, visit)),
+            Field::Array(items) => items.values().any(|item| walk(item, segments, visit)),
             _ => false,
         },
     }
@@ -475,8 +501,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            event.fields(),
-            &json!({"device":{"uid":"ws-1","groups":[{"name":"ot"}]},
+            event.fields().root().to_value(),
+            json!({"device":{"uid":"ws-1","groups":[{"name":"ot"}]},
                 "finding_info":{"uid":"e1","attacks":[{"technique":{"uid":"T1486"}},{"technique":{"uid":"T1059"}},"odd"]},
                 "time":1_700_000_000_000_i64,"severity_id":4,"process":{"name":"a.exe"},"process2":{"name":"b"}})
         );
@@ -511,6 +537,15 @@ mod tests {
                 Event::parse_projected(text, &projection).map(|e| (e.host().to_owned(), e.id().to_owned()));
             assert_eq!(projected, whole, "{text}");
         }
+    }
+
+    #[test]
+    fn a_parsed_event_reads_as_serde_json_reads_the_text() {
+        let text = r#"{"device":{"uid":"a","uid":"b"},"finding_info":{"uid":"e\u00e9\n"},"time":1,"severity_id":4,
+            "n":[-1,18446744073709551615,1.5e3,-0.0,1e-7],"o":{"k":1,"k":{"x":[]},"k":[true,null]},"":""}"#;
+        let event = Event::parse(text).unwrap();
+        assert_eq!(event.fields().root().to_value(), serde_json::from_str::<Value>(text).unwrap());
+        assert_eq!((event.host(), event.id()), ("b", "eé\n"), "the last of repeated keys");
     }
 
     fn minimal() -> Value {
@@ -583,13 +618,14 @@ mod tests {
     #[test]
     fn paths_step_through_arrays() {
         let fields = json!({"finding_info": {"attacks": [{"technique": {"uid": "T1003"}}, {"technique": {"uid": "T1486"}}]}, "tags": ["a", "b"]});
+        let fields = Fields::from_value(&fields).unwrap();
         let mut seen = Vec::new();
-        FieldPath::new("finding_info.attacks.technique.uid").any_value(&fields, &mut |v| {
-            seen.push(v.clone());
+        FieldPath::new("finding_info.attacks.technique.uid").any_value(fields.root(), &mut |v| {
+            seen.push(v.to_value());
             false
         });
         assert_eq!(seen, vec![json!("T1003"), json!("T1486")]);
-        assert!(FieldPath::new("tags").any_value(&fields, &mut |v| v == "b"));
-        assert!(!FieldPath::new("finding_info.missing").any_value(&fields, &mut |_| true));
+        assert!(FieldPath::new("tags").any_value(fields.root(), &mut |v| matches!(v, Field::String("b"))));
+        assert!(!FieldPath::new("finding_info.missing").any_value(fields.root(), &mut |_| true));
     }
 }

@@ -7,6 +7,7 @@
 use serde_json::{Map, Value};
 
 use crate::event::EventError;
+use crate::fields::Field;
 
 /// An alert format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
@@ -80,7 +81,7 @@ impl Format {
     }
 
     /// The facts of `fields`, or what is missing or wrong, named as this format names it.
-    pub(crate) fn facts(self, fields: &Value) -> Result<Facts, EventError> {
+    pub(crate) fn facts(self, fields: Field<'_>) -> Result<Facts, EventError> {
         match self {
             Format::Ocsf => ocsf(fields),
             Format::Ecs => ecs(fields),
@@ -97,27 +98,27 @@ impl std::fmt::Display for Format {
 }
 
 /// The value at a dotted path of nested objects.
-fn at<'v>(fields: &'v Value, path: &str) -> Option<&'v Value> {
-    path.split('.').try_fold(fields, |value, key| value.get(key)).filter(|value| !value.is_null())
+fn at<'e>(fields: Field<'e>, path: &str) -> Option<Field<'e>> {
+    path.split('.').try_fold(fields, Field::get).filter(|value| !value.is_null())
 }
 
-pub(crate) fn describe(value: &Value) -> String {
+pub(crate) fn describe(value: Field<'_>) -> String {
     match value {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => format!("the string {s:?}"),
-        Value::Null => "null".to_owned(),
-        Value::Bool(_) => "a boolean".to_owned(),
-        Value::Array(_) => "an array".to_owned(),
-        Value::Object(_) => "an object".to_owned(),
+        Field::Number(n) => n.to_string(),
+        Field::String(s) => format!("the string {s:?}"),
+        Field::Null => "null".to_owned(),
+        Field::Bool(_) => "a boolean".to_owned(),
+        Field::Array(_) => "an array".to_owned(),
+        Field::Object(_) => "an object".to_owned(),
     }
 }
 
 /// A non-empty string at `path`, if there is a value there.
-fn text(fields: &Value, path: &'static str) -> Result<Option<String>, EventError> {
+fn text(fields: Field<'_>, path: &'static str) -> Result<Option<String>, EventError> {
     match at(fields, path) {
         None => Ok(None),
-        Some(Value::String(text)) if !text.is_empty() => Ok(Some(text.clone())),
-        Some(Value::String(_)) => {
+        Some(Field::String(text)) if !text.is_empty() => Ok(Some(text.to_owned())),
+        Some(Field::String(_)) => {
             Err(EventError::WrongType { field: path, expected: "a non-empty string", found: "an empty string".into() })
         }
         Some(other) => Err(EventError::WrongType { field: path, expected: "a string", found: describe(other) }),
@@ -125,7 +126,7 @@ fn text(fields: &Value, path: &'static str) -> Result<Option<String>, EventError
 }
 
 /// The first of `paths` that holds a string; the error names the first.
-fn first_text(fields: &Value, paths: &[&'static str]) -> Result<String, EventError> {
+fn first_text(fields: Field<'_>, paths: &[&'static str]) -> Result<String, EventError> {
     for path in paths {
         if let Some(text) = text(fields, path)? {
             return Ok(text);
@@ -135,11 +136,11 @@ fn first_text(fields: &Value, paths: &[&'static str]) -> Result<String, EventErr
 }
 
 /// An RFC 3339 time (Falco's nanoseconds and Wazuh's `+0000` offsets included) in epoch ms.
-fn time_text(fields: &Value, paths: &[&'static str]) -> Result<i64, EventError> {
+fn time_text(fields: Field<'_>, paths: &[&'static str]) -> Result<i64, EventError> {
     let field = paths.iter().copied().find(|path| at(fields, path).is_some()).ok_or(EventError::Missing(paths[0]))?;
-    let value = at(fields, field).unwrap_or(&Value::Null);
+    let value = at(fields, field).unwrap_or(Field::Null);
     let wrong = || EventError::WrongType { field, expected: "an RFC 3339 time", found: describe(value) };
-    let Value::String(text) = value else { return Err(wrong()) };
+    let Field::String(text) = value else { return Err(wrong()) };
     parse_time(text).ok_or_else(wrong)
 }
 
@@ -158,12 +159,12 @@ pub(crate) fn parse_date_time(text: &str) -> Option<time::OffsetDateTime> {
     })
 }
 
-fn ocsf(fields: &Value) -> Result<Facts, EventError> {
+fn ocsf(fields: Field<'_>) -> Result<Facts, EventError> {
     let host = first_text(fields, &["device.uid", "device.hostname"])?;
     let id = first_text(fields, &["finding_info.uid"])?;
     let time_ms = match fields.get("time") {
-        None | Some(Value::Null) => return Err(EventError::Missing("time")),
-        Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64().unwrap_or_default(),
+        None | Some(Field::Null) => return Err(EventError::Missing("time")),
+        Some(Field::Number(n)) if n.as_i64().is_some() => n.as_i64().unwrap_or_default(),
         Some(other) => {
             return Err(EventError::WrongType {
                 field: "time",
@@ -173,8 +174,8 @@ fn ocsf(fields: &Value) -> Result<Facts, EventError> {
         }
     };
     let severity_id = match fields.get("severity_id") {
-        None | Some(Value::Null) => return Err(EventError::Missing("severity_id")),
-        Some(Value::Number(n)) => match n.as_i64() {
+        None | Some(Field::Null) => return Err(EventError::Missing("severity_id")),
+        Some(Field::Number(n)) => match n.as_i64() {
             Some(value @ 0..=6) => u8::try_from(value).unwrap_or_default(),
             _ => return Err(EventError::SeverityOutOfRange(n.to_string())),
         },
@@ -190,7 +191,7 @@ fn ocsf(fields: &Value) -> Result<Facts, EventError> {
 }
 
 /// ECS: `kibana.alert.severity` low, medium, high, critical → OCSF 2, 3, 4, 5.
-fn ecs(fields: &Value) -> Result<Facts, EventError> {
+fn ecs(fields: Field<'_>) -> Result<Facts, EventError> {
     let host = first_text(fields, &["host.id", "host.name"])?;
     let id = first_text(fields, &["kibana.alert.uuid"])?;
     let time_ms = time_text(fields, &["kibana.alert.original_time", "@timestamp"])?;
@@ -213,7 +214,7 @@ fn ecs(fields: &Value) -> Result<Facts, EventError> {
 
 /// Falco: `priority` Debug, Informational 1; Notice 2; Warning 3; Error 4; Critical, Alert 5;
 /// Emergency 6. Without a `uuid` (Falco before 0.33), the id is a hash of time, rule and host.
-fn falco(fields: &Value) -> Result<Facts, EventError> {
+fn falco(fields: Field<'_>) -> Result<Facts, EventError> {
     let host = first_text(fields, &["hostname"])?;
     let time_ms = time_text(fields, &["time"])?;
     let id = if let Some(uuid) = text(fields, "uuid")? {
@@ -245,15 +246,15 @@ fn falco(fields: &Value) -> Result<Facts, EventError> {
 /// Wazuh: `rule.level` 0-15 → 0-3 informational (1), 4-7 low (2), 8-11 medium (3), 12-13 high
 /// (4), 14 critical (5), 15 fatal (6). The host is `agent.name` (the machine's name, which agents
 /// are configured with), else `agent.id` (Wazuh's own number for the agent).
-fn wazuh(fields: &Value) -> Result<Facts, EventError> {
+fn wazuh(fields: Field<'_>) -> Result<Facts, EventError> {
     let host = first_text(fields, &["agent.name", "agent.id"])?;
     let id = first_text(fields, &["id"])?;
     let time_ms = time_text(fields, &["timestamp"])?;
     let level = match at(fields, "rule.level") {
         None => return Err(EventError::Missing("rule.level")),
-        Some(Value::Number(n)) => n.as_i64(),
+        Some(Field::Number(n)) => n.as_i64(),
         // Some pipelines quote numbers.
-        Some(Value::String(text)) => text.parse().ok(),
+        Some(Field::String(text)) => text.parse().ok(),
         Some(other) => {
             return Err(EventError::WrongType { field: "rule.level", expected: "an integer 0-15", found: describe(other) })
         }
@@ -329,6 +330,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn facts_of(format: Format, fields: &Value) -> Result<Facts, EventError> {
+        format.facts(crate::fields::Fields::from_value(fields).unwrap().root())
+    }
+
     #[test]
     fn each_format_has_its_facts_where_its_producer_puts_them() {
         let ecs = expand_dotted_keys(json!({
@@ -339,39 +344,41 @@ mod tests {
             "kibana.alert.severity": "critical",
             "kibana.alert.rule.name": "Ransomware"
         }));
-        let facts = Format::Ecs.facts(&ecs).unwrap();
+        let facts = facts_of(Format::Ecs, &ecs).unwrap();
         assert_eq!((facts.host.as_str(), facts.id.as_str(), facts.severity_id), ("web-01", "5d2e...a1", 5));
         assert_eq!(facts.time_ms, 1_796_630_400_000);
-        assert_eq!(at(&ecs, "kibana.alert.rule.name"), Some(&json!("Ransomware")), "dotted keys read as nested");
+        let ecs_fields = crate::fields::Fields::from_value(&ecs).unwrap();
+        let rule_name = at(ecs_fields.root(), "kibana.alert.rule.name").map(Field::to_value);
+        assert_eq!(rule_name, Some(json!("Ransomware")), "dotted keys read as nested");
 
         let falco = json!({"hostname": "node-3", "time": "2026-12-07T08:00:00.123456789Z", "rule": "Terminal shell in container", "priority": "Warning", "output": "..."});
-        let facts = Format::Falco.facts(&falco).unwrap();
+        let facts = facts_of(Format::Falco, &falco).unwrap();
         assert_eq!((facts.host.as_str(), facts.severity_id, facts.time_ms), ("node-3", 3, 1_796_630_400_123));
         assert!(facts.id.starts_with("falco-"), "no uuid: a hash, {}", facts.id);
-        assert_eq!(Format::Falco.facts(&falco).unwrap().id, facts.id, "the same alert, the same id");
+        assert_eq!(facts_of(Format::Falco, &falco).unwrap().id, facts.id, "the same alert, the same id");
 
         let wazuh = json!({"timestamp": "2026-12-07T08:00:00.000+0000", "rule": {"level": 12, "description": "x"}, "agent": {"id": "001", "name": "plc-07"}, "id": "1796630400.123"});
-        let facts = Format::Wazuh.facts(&wazuh).unwrap();
+        let facts = facts_of(Format::Wazuh, &wazuh).unwrap();
         assert_eq!((facts.host.as_str(), facts.id.as_str(), facts.severity_id, facts.time_ms), ("plc-07", "1796630400.123", 4, 1_796_630_400_000));
     }
 
     #[test]
     fn what_is_missing_or_wrong_is_named_as_the_format_names_it() {
-        assert_eq!(Format::Ecs.facts(&json!({"host": {"name": "a"}})).unwrap_err(), EventError::Missing("kibana.alert.uuid"));
+        assert_eq!(facts_of(Format::Ecs, &json!({"host": {"name": "a"}})).unwrap_err(), EventError::Missing("kibana.alert.uuid"));
         let bad = json!({"host": {"id": "a"}, "kibana": {"alert": {"uuid": "u", "original_time": "yesterday", "severity": "high"}}});
         assert_eq!(
-            Format::Ecs.facts(&bad).unwrap_err().to_string(),
+            facts_of(Format::Ecs, &bad).unwrap_err().to_string(),
             "field `kibana.alert.original_time` must be an RFC 3339 time, found the string \"yesterday\""
         );
         let loud = json!({"hostname": "n", "uuid": "u", "time": "2026-12-07T08:00:00Z", "priority": "LOUD"});
-        assert!(Format::Falco.facts(&loud).unwrap_err().to_string().contains("a Falco priority"));
+        assert!(facts_of(Format::Falco, &loud).unwrap_err().to_string().contains("a Falco priority"));
         let level = json!({"agent": {"name": "a"}, "id": "1", "timestamp": "2026-12-07T08:00:00.000+0000", "rule": {"level": 16}});
-        assert_eq!(Format::Wazuh.facts(&level).unwrap_err().to_string(), "field `rule.level` must be an integer 0-15, found 16");
-        assert_eq!(Format::Wazuh.facts(&json!({})).unwrap_err(), EventError::Missing("agent.name"));
+        assert_eq!(facts_of(Format::Wazuh, &level).unwrap_err().to_string(), "field `rule.level` must be an integer 0-15, found 16");
+        assert_eq!(facts_of(Format::Wazuh, &json!({})).unwrap_err(), EventError::Missing("agent.name"));
         // A hostile time whose last five bytes split a character: refused, not a panic.
         for time in ["2026-12-07T08:00:00.000+00\u{e9}", "\u{1F600}\u{1F600}", "\u{e9}\u{e9}\u{e9}"] {
             let hostile = json!({"agent": {"name": "a"}, "id": "1", "timestamp": time, "rule": {"level": 3}});
-            assert!(Format::Wazuh.facts(&hostile).unwrap_err().to_string().contains("RFC 3339"), "{time}");
+            assert!(facts_of(Format::Wazuh, &hostile).unwrap_err().to_string().contains("RFC 3339"), "{time}");
         }
     }
 

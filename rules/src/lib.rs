@@ -12,6 +12,7 @@ mod diagnostic;
 mod duration;
 mod engine;
 mod event;
+mod fields;
 mod format;
 mod matcher;
 mod ruleset;
@@ -31,6 +32,7 @@ pub use diagnostic::{Diagnostic, Position};
 pub use duration::{format_duration, parse_duration, DurationError, MAX_DURATION};
 pub use engine::{dry_run, dry_run_rule, evaluate, DryRun, RuleVerdict};
 pub use event::{Event, EventError, Projection};
+pub use fields::{Field, Fields, Members};
 pub use format::{expand_dotted_keys, Format};
 pub use ruleset::Ruleset;
 pub use sigma_import::{

@@ -13,7 +13,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use cordon_wire::spec::Network;
 use regex::{Regex, RegexBuilder};
 use rustc_hash::FxHashSet;
-use serde_json::Value;
+use crate::fields::Field;
 
 use crate::diagnostic::{choices_hint, Position, Report};
 use crate::event::FieldPath;
@@ -234,7 +234,7 @@ pub(crate) enum Target {
 
 impl Target {
     /// Calls `visit` on every value the target reaches until it returns true; returns whether it did.
-    pub fn any_value(&self, event: &Value, visit: &mut impl FnMut(&Value) -> bool) -> bool {
+    pub fn any_value<'e>(&self, event: Field<'e>, visit: &mut impl FnMut(Field<'e>) -> bool) -> bool {
         match self {
             Self::Field(path) => path.any_value(event, visit),
             Self::Keywords(fields) if fields.is_empty() => any_text(event, visit),
@@ -261,7 +261,7 @@ impl Target {
 
 /// The event being matched, with what its matchers share computed once, when first needed.
 pub(crate) struct Subject<'e> {
-    fields: &'e Value,
+    fields: Field<'e>,
     /// Every string of the event, lowercased, each followed by a NUL, as the projected parse
     /// captured them.
     captured: Option<&'e str>,
@@ -271,15 +271,15 @@ pub(crate) struct Subject<'e> {
 
 impl<'e> Subject<'e> {
     pub fn new(event: &'e crate::event::Event) -> Self {
-        Self { fields: event.fields(), captured: event.folded_texts(), folded_texts: OnceCell::new() }
+        Self { fields: event.fields().root(), captured: event.folded_texts(), folded_texts: OnceCell::new() }
     }
 
     #[cfg(test)]
-    pub fn of_fields(fields: &'e Value) -> Self {
+    pub fn of_fields(fields: Field<'e>) -> Self {
         Self { fields, captured: None, folded_texts: OnceCell::new() }
     }
 
-    pub fn fields(&self) -> &'e Value {
+    pub fn fields(&self) -> Field<'e> {
         self.fields
     }
 
@@ -293,14 +293,14 @@ impl<'e> Subject<'e> {
             // One allocation of the right size (lowercasing keeps the length of ASCII text).
             let mut length = 0;
             any_text(self.fields, &mut |value| {
-                if let Value::String(text) = value {
+                if let Field::String(text) = value {
                     length += text.len() + 1;
                 }
                 false
             });
             let mut joined = String::with_capacity(length);
             any_text(self.fields, &mut |value| {
-                if let Value::String(text) = value {
+                if let Field::String(text) = value {
                     push_folded(&mut joined, text);
                     joined.push('\0');
                 }
@@ -323,12 +323,11 @@ pub(crate) fn folded_automaton<'n>(needles: impl IntoIterator<Item = &'n str>) -
 }
 
 /// Every string in `value`, at any depth.
-fn any_text(value: &Value, visit: &mut impl FnMut(&Value) -> bool) -> bool {
+fn any_text<'e>(value: Field<'e>, visit: &mut impl FnMut(Field<'e>) -> bool) -> bool {
     match value {
-        Value::String(_) => visit(value),
-        Value::Array(items) => items.iter().any(|item| any_text(item, visit)),
-        Value::Object(map) => map.values().any(|item| any_text(item, visit)),
-        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+        Field::String(_) => visit(value),
+        Field::Array(items) | Field::Object(items) => items.values().any(|item| any_text(item, visit)),
+        Field::Null | Field::Bool(_) | Field::Number(_) => false,
     }
 }
 
@@ -489,7 +488,7 @@ impl FieldMatcher {
         holds != self.negated
     }
 
-    fn test_holds(&self, event: &Value) -> bool {
+    fn test_holds(&self, event: Field<'_>) -> bool {
         let target = &self.target;
         match &self.test {
             Test::Exists(expected) => target.any_value(event, &mut |_| true) == *expected,
@@ -542,20 +541,20 @@ fn compare_texts(text: &str, reference: &str, kind: Kind, cased: bool) -> bool {
 }
 
 /// The text of a scalar event value as string patterns see it; None for null, arrays and objects.
-fn scalar_text(value: &Value) -> Option<Cow<'_, str>> {
+fn scalar_text(value: Field<'_>) -> Option<Cow<'_, str>> {
     match value {
-        Value::String(text) => Some(Cow::Borrowed(text)),
-        Value::Number(number) => Some(Cow::Owned(number.to_string())),
-        Value::Bool(true) => Some(Cow::Borrowed("true")),
-        Value::Bool(false) => Some(Cow::Borrowed("false")),
-        Value::Null | Value::Array(_) | Value::Object(_) => None,
+        Field::String(text) => Some(Cow::Borrowed(text)),
+        Field::Number(number) => Some(Cow::Owned(number.to_string())),
+        Field::Bool(true) => Some(Cow::Borrowed("true")),
+        Field::Bool(false) => Some(Cow::Borrowed("false")),
+        Field::Null | Field::Array(_) | Field::Object(_) => None,
     }
 }
 
-fn scalar_number(value: &Value) -> Option<f64> {
+fn scalar_number(value: Field<'_>) -> Option<f64> {
     match value {
-        Value::Number(number) => number.as_f64(),
-        Value::String(text) => text.trim().parse::<f64>().ok().filter(|n| n.is_finite()),
+        Field::Number(number) => number.as_f64(),
+        Field::String(text) => text.trim().parse::<f64>().ok().filter(|n| n.is_finite()),
         _ => None,
     }
 }
@@ -563,10 +562,10 @@ fn scalar_number(value: &Value) -> Option<f64> {
 /// The part of a date value: RFC 3339 text (with its own offset, not converted), or a number of
 /// epoch milliseconds (OCSF's timestamps, read as UTC).
 #[expect(clippy::cast_possible_truncation, reason = "epoch milliseconds as f64 are whole numbers in range")]
-fn time_part(value: &Value, part: TimePart) -> Option<f64> {
+fn time_part(value: Field<'_>, part: TimePart) -> Option<f64> {
     let date = match value {
-        Value::String(text) => crate::format::parse_date_time(text)?,
-        Value::Number(number) => {
+        Field::String(text) => crate::format::parse_date_time(text)?,
+        Field::Number(number) => {
             let ms = number.as_i64().or_else(|| number.as_f64().filter(|n| n.is_finite()).map(|n| n as i64))?;
             time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?
         }
@@ -615,10 +614,10 @@ pub(crate) fn with_folded<R>(text: &str, f: impl FnOnce(&str) -> R) -> R {
 }
 
 impl AnyOf {
-    fn matches(&self, value: &Value) -> bool {
+    fn matches(&self, value: Field<'_>) -> bool {
         match self {
             Self::Literals { texts, numbers } => {
-                if let Value::Number(number) = value {
+                if let Field::Number(number) = value {
                     return number.as_f64().is_some_and(|n| numbers.contains(&n));
                 }
                 scalar_text(value).is_some_and(|text| with_folded(&text, |folded| texts.contains(folded)))
@@ -639,11 +638,11 @@ impl Pattern {
         }
     }
 
-    fn matches(&self, value: &Value) -> bool {
+    fn matches(&self, value: Field<'_>) -> bool {
         match self {
             Self::Null => value.is_null(),
             Self::Equals { folded, number } => {
-                if let (Value::Number(n), Some(expected)) = (value, number) {
+                if let (Field::Number(n), Some(expected)) = (value, number) {
                     return n.as_f64() == Some(*expected);
                 }
                 scalar_text(value).is_some_and(|text| with_folded(&text, |text| text == &**folded))
@@ -654,7 +653,7 @@ impl Pattern {
                 scalar_text(value).is_some_and(|text| regex.is_match(&text))
             }
             Self::Cidr(network) => match value {
-                Value::String(text) => text.parse::<IpAddr>().is_ok_and(|address| network.contains(address)),
+                Field::String(text) => text.parse::<IpAddr>().is_ok_and(|address| network.contains(address)),
                 _ => false,
             },
             Self::Compare(comparison, bound) => scalar_number(value).is_some_and(|n| comparison.holds(n, *bound)),
@@ -1421,10 +1420,11 @@ mod tests {
         for keyword in keywords {
             let matcher = matcher(keyword);
             for event in &events {
-                let subject = Subject::of_fields(event);
+                let fields = crate::fields::Fields::from_value(event).unwrap();
+                let subject = Subject::of_fields(fields.root());
                 assert_eq!(
                     matcher.matches(&subject),
-                    matcher.test_holds(event) != matcher.negated,
+                    matcher.test_holds(fields.root()) != matcher.negated,
                     "{keyword} on {event}"
                 );
             }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use serde_json::Value;
+use crate::fields::Field;
 
 use crate::condition::Condition;
 use crate::config::{Policy, Rule, Selection};
@@ -148,9 +148,9 @@ impl Ruleset {
         for dispatch in &self.dispatch {
             dispatch.path.any_value(subject.fields(), &mut |value| {
                 let text = match value {
-                    Value::String(text) => text.as_str(),
-                    Value::Bool(true) => "true",
-                    Value::Bool(false) => "false",
+                    Field::String(text) => text,
+                    Field::Bool(true) => "true",
+                    Field::Bool(false) => "false",
                     _ => return false,
                 };
                 with_folded(text, |folded| {
@@ -171,9 +171,9 @@ impl Ruleset {
             }
             dispatch.path.any_value(subject.fields(), &mut |value| {
                 let text = match value {
-                    Value::String(text) => std::borrow::Cow::Borrowed(text.as_str()),
-                    Value::Number(number) => std::borrow::Cow::Owned(number.to_string()),
-                    Value::Bool(flag) => std::borrow::Cow::Borrowed(if *flag { "true" } else { "false" }),
+                    Field::String(text) => std::borrow::Cow::Borrowed(text),
+                    Field::Number(number) => std::borrow::Cow::Owned(number.to_string()),
+                    Field::Bool(flag) => std::borrow::Cow::Borrowed(if flag { "true" } else { "false" }),
                     _ => return false,
                 };
                 dispatch.needles.for_each_found(&text, &mut |needle| {
