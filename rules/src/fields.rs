@@ -210,7 +210,12 @@ impl<'e> Members<'e> {
     /// The value of `key` (objects keep one member per key).
     #[must_use]
     pub fn get(self, key: &str) -> Option<Field<'e>> {
-        self.entries().find(|(name, _)| *name == key).map(|(_, value)| value)
+        // Lengths first, then bytes: no `Field` is built for the members passed over.
+        let text = self.fields.text.as_bytes();
+        let found = self.members.iter().find(|member| {
+            member.key.len as usize == key.len() && text[member.key.range()] == *key.as_bytes()
+        })?;
+        Some(self.fields.field(&found.value))
     }
 
     #[must_use]
