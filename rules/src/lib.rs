@@ -40,7 +40,7 @@ pub use sigma_import::{
     Logsource, Pipeline, IMPORTED_HEADER,
 };
 pub use tags::TagSources;
-pub use state::{EngineState, HostIsolation, HostIsolations, DEDUP_CAPACITY, MAX_THRESHOLD_GROUPS};
+pub use state::{EngineState, HostIsolation, HostIsolations, DEDUP_CAPACITY, MAX_KEPT_ISOLATIONS, MAX_THRESHOLD_GROUPS};
 pub use testing::{describe_decision, run_test, RuleDirectory, SourceFile, TestOutcome, TestResult};
 
 /// An exclusion SPEC of `allow:`, `DIR,PROTO,CIDR[,PORTS]`: the grammar the enforcer's `--allow`

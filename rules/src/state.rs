@@ -215,8 +215,14 @@ impl HostIsolation {
     }
 }
 
+/// How many hosts [`HostIsolations`] keeps isolations for. Detections name any host id they
+/// like: a flood of made-up ones matching a manual (never-ending) shadow rule must not grow it.
+pub const MAX_KEPT_ISOLATIONS: usize = 65_536;
+
 /// Hosts' isolations where no one else keeps them (replaying a rule's tests, `cordon rules`,
-/// shadow rules, benchmarks): what the engine's decisions put in force, until they end.
+/// shadow rules, benchmarks): what the engine's decisions put in force, until they end, for at
+/// most [`MAX_KEPT_ISOLATIONS`] hosts. Past that, ended ones go first, then an eighth of the rest
+/// (whose next match then counts as new: shadow rules report more, and act on nothing).
 #[derive(Debug, Clone, Default)]
 pub struct HostIsolations(HashMap<String, HostIsolation>);
 
@@ -245,10 +251,36 @@ impl HostIsolations {
         let decisions = evaluate(ruleset, state, event, self.in_force(event.host(), now_ms), now_ms, host_tags);
         for decision in &decisions {
             if let Some(isolation) = HostIsolation::decided(decision) {
-                self.0.insert(decision.host.clone(), isolation);
+                self.keep(&decision.host, isolation, now_ms);
             }
         }
         decisions
+    }
+
+    fn keep(&mut self, host: &str, isolation: HostIsolation, now_ms: i64) {
+        if !self.0.contains_key(host) && self.0.len() >= MAX_KEPT_ISOLATIONS {
+            self.prune(now_ms);
+            if self.0.len() >= MAX_KEPT_ISOLATIONS {
+                // An eighth at once: a flood costs one pass per eighth, not one per host.
+                let mut dropped = 0;
+                self.0.retain(|_, _| {
+                    dropped += 1;
+                    dropped > MAX_KEPT_ISOLATIONS / 8
+                });
+            }
+        }
+        self.0.insert(host.to_owned(), isolation);
+    }
+
+    /// How many hosts' isolations are kept.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Forgets `host`'s isolation (it was released).
@@ -473,6 +505,26 @@ fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_isolations_are_bounded_ended_ones_going_first() {
+        let manual = HostIsolation { mode: IsolationMode::Manual, deadline_ms: None, isolated_by: BTreeMap::new() };
+        let timed = |deadline_ms| HostIsolation { mode: IsolationMode::Automatic, deadline_ms: Some(deadline_ms), ..manual.clone() };
+        let mut kept = HostIsolations::new();
+        kept.keep("ends-soon", timed(1_000), 0);
+        for i in 1..MAX_KEPT_ISOLATIONS {
+            kept.keep(&format!("made-up-{i}"), manual.clone(), 0);
+        }
+        assert_eq!(kept.len(), MAX_KEPT_ISOLATIONS);
+        kept.keep("made-up-1", manual.clone(), 2_000);
+        assert_eq!(kept.len(), MAX_KEPT_ISOLATIONS, "a host kept already is only updated");
+        kept.keep("next", manual.clone(), 2_000);
+        assert_eq!(kept.len(), MAX_KEPT_ISOLATIONS, "the ended isolation made room");
+        assert!(kept.in_force("ends-soon", 0).is_none() && kept.in_force("next", 2_000).is_some());
+        kept.keep("one-more", manual.clone(), 2_000);
+        assert_eq!(kept.len(), MAX_KEPT_ISOLATIONS - MAX_KEPT_ISOLATIONS / 8 + 1, "an eighth went at once");
+        assert!(kept.in_force("one-more", 2_000).is_some());
+    }
 
     #[test]
     fn dedup_forgets_the_oldest_beyond_its_capacity() {
