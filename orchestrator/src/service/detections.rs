@@ -11,7 +11,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::events::{DecisionMade, DetectionFailed, EventDeadLettered};
+use super::events::{DecisionMade, DetectionFailed, EventDeadLettered, OffsetsNotCommitted};
 use super::lifecycle::{self, HostRecord, IsolationPlan};
 use super::outbox::DeadLetterKind;
 use super::reader::{ConsumedBatch, DetectionConsumer, InputRules};
@@ -74,9 +74,7 @@ impl Service {
             list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
         }
         if let Err(error) = consumer.commit(&list, CommitMode::Async) {
-            // The changes are durable: the batch comes again after a restart,
-            // and its events are deduplicated then.
-            tracing::warn!("cannot commit the offsets of a handled batch ({error}); its messages may be read again.");
+            OffsetsNotCommitted { error: &error }.emit();
         }
         self.failpoint("after-commit");
         Ok(())

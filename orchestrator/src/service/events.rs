@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::observe::Metrics;
+use super::profiles;
 use super::Transition;
 
 /// An event was put in the dead-letter topic's outbox, with why (its first 512 characters said).
@@ -311,6 +312,353 @@ impl RulesNotReloaded<'_> {
             "rules NOT reloaded after {}; the {} running rule(s) stay in force. {error:#}",
             self.why,
             self.running
+        );
+    }
+}
+
+/// A test failpoint (`CORDON_FAILPOINT`) is about to abort the process.
+pub(super) struct FailpointAborting<'a>(pub &'a str);
+
+impl FailpointAborting<'_> {
+    pub fn emit(&self) {
+        tracing::warn!("failpoint {}: aborting", self.0);
+    }
+}
+
+/// The sender could not read or update the outbox in the store; the entries stay and the next
+/// round tries again.
+pub(super) struct OutboxNotUpdated<'a> {
+    pub doing: &'static str,
+    pub error: &'a anyhow::Error,
+}
+
+impl OutboxNotUpdated<'_> {
+    pub fn emit(&self) {
+        let error = self.error;
+        tracing::error!(error = %format!("{error:#}"), "{}: {error:#}", self.doing);
+    }
+}
+
+/// The broker refuses a command for good (larger than its limit, ...): parked, not sent, and
+/// counted.
+pub(super) struct CommandParked<'a> {
+    pub host: &'a str,
+    pub reason: &'a str,
+}
+
+impl CommandParked<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.commands_parked.add("refused_by_broker", 1);
+        tracing::error!(host_id = %self.host, "{}: {}", self.host, self.reason);
+    }
+}
+
+/// The broker refused a dead letter as too large: it goes again without the original bytes, or,
+/// refused even so, is parked.
+pub(super) enum DeadLetterRefused<'a> {
+    Shrunk { error: &'a rdkafka::error::KafkaError },
+    Parked { error: &'a rdkafka::error::KafkaError },
+}
+
+impl DeadLetterRefused<'_> {
+    pub fn emit(&self) {
+        match self {
+            Self::Shrunk { error } => {
+                tracing::warn!(error = %error, "the broker refused a dead letter ({error}): sending it without the original bytes");
+            }
+            Self::Parked { error } => {
+                tracing::error!(error = %error, "the broker refuses a dead letter even without the original bytes ({error}); parked");
+            }
+        }
+    }
+}
+
+/// Sending to Kafka failed; the entry stays in the outbox. Said at most every `retry_every` by
+/// the sender's throttle, with how many failures were not said (`repeats`).
+pub(super) struct SendFailed<'a> {
+    pub what: &'a str,
+    pub error: &'a rdkafka::error::KafkaError,
+    pub retry_every: Duration,
+    pub repeats: &'a str,
+}
+
+impl SendFailed<'_> {
+    pub fn emit(&self) {
+        let error = self.error;
+        tracing::error!(
+            error = %error,
+            "{}: {error}; it stays in the outbox and is tried again every {} s (the service goes on){}.",
+            self.what,
+            self.retry_every.as_secs(),
+            self.repeats
+        );
+    }
+}
+
+/// Kafka works again after failures: the reader got a message, or the sender emptied the
+/// outbox.
+pub(super) enum KafkaWorksAgain {
+    Reading,
+    Sending,
+}
+
+impl KafkaWorksAgain {
+    pub fn emit(&self) {
+        match self {
+            Self::Reading => tracing::info!("reading Kafka again."),
+            Self::Sending => tracing::info!("sending to Kafka again: the outbox is empty."),
+        }
+    }
+}
+
+/// The reader consumes these partitions now (all it was assigned).
+pub(super) struct PartitionsAssigned<'a> {
+    pub partitions: &'a [String],
+}
+
+impl PartitionsAssigned<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.consumer_partitions.set(i64::try_from(self.partitions.len()).unwrap_or(i64::MAX));
+        tracing::info!("consuming {}.", self.partitions.join(", "));
+    }
+}
+
+/// The consumer refused the assignment of new partitions; tried again in 1 s.
+pub(super) struct PartitionsNotAssigned<'a> {
+    pub partitions: &'a rdkafka::TopicPartitionList,
+    pub error: &'a rdkafka::error::KafkaError,
+}
+
+impl PartitionsNotAssigned<'_> {
+    pub fn emit(&self) {
+        let (partitions, error) = (self.partitions, self.error);
+        tracing::error!(
+            error = %error,
+            "cannot assign the partitions {partitions:?} to the consumer: {error}; trying again in 1 s."
+        );
+    }
+}
+
+/// The broker does not list a topic the reader consumes (said at most every minute by the
+/// reader's throttle, with the count not said); `what` says what is consumed meanwhile.
+pub(super) struct TopicMissing<'a> {
+    pub error: &'a anyhow::Error,
+    pub what: &'static str,
+    pub repeats: &'a str,
+}
+
+impl TopicMissing<'_> {
+    pub fn emit(&self) {
+        tracing::warn!("{}: {}{}.", self.error, self.what, self.repeats);
+    }
+}
+
+/// The Kafka consumer did not close within `waited`; the service stops without it.
+pub(super) struct ConsumerCloseHung {
+    pub waited: Duration,
+}
+
+impl ConsumerCloseHung {
+    pub fn emit(&self) {
+        tracing::warn!(
+            "the Kafka consumer did not close within {} s (a known librdkafka hang); stopping without it: nothing is \
+             lost.",
+            self.waited.as_secs()
+        );
+    }
+}
+
+/// A parser thread stopped: the reader reads no detection from now on.
+pub(super) struct ParserStopped;
+
+impl ParserStopped {
+    #[expect(clippy::unused_self, reason = "every happening has the one shape: the struct, then emit()")]
+    pub fn emit(&self) {
+        tracing::error!("a parser thread stopped; no detection is read from now on.");
+    }
+}
+
+/// Reading Kafka failed (said at most every 30 s by the reader's throttle): the error, what it
+/// means for the service and what to check (`hint`), and the count not said (`repeats`).
+pub(super) struct KafkaReadFailed<'a> {
+    pub error: &'a rdkafka::error::KafkaError,
+    pub hint: &'a str,
+    pub repeats: &'a str,
+}
+
+impl KafkaReadFailed<'_> {
+    pub fn emit(&self) {
+        let error = self.error;
+        tracing::error!(error = %error, "reading Kafka: {error}{}{}.", self.hint, self.repeats);
+    }
+}
+
+/// The broker did not answer the reader's look at its topics' partitions yet (the reader's poll
+/// says why it does not answer); debug only.
+pub(super) struct PartitionsNotListedYet<'a> {
+    pub topics: &'a [String],
+    pub error: &'a anyhow::Error,
+}
+
+impl PartitionsNotListedYet<'_> {
+    pub fn emit(&self) {
+        tracing::debug!("cannot read the partitions of {} yet: {}", self.topics.join(" and "), self.error);
+    }
+}
+
+/// The once-only move of isolations an earlier version kept in the rules engine's state into the
+/// hosts' records: a host skipped (its record unreadable), the move not committed (tried again
+/// when the state is next read), or done.
+pub(super) enum LegacyIsolationsAdopted<'a> {
+    HostSkipped { host: &'a str, error: &'a anyhow::Error },
+    NotCommitted { error: &'a anyhow::Error },
+    Done { hosts: usize },
+}
+
+impl LegacyIsolationsAdopted<'_> {
+    pub fn emit(&self) {
+        match self {
+            Self::HostSkipped { host, error } => {
+                tracing::warn!(host_id = %host, "{host}: who isolated it is not carried over: {error:#}");
+            }
+            Self::NotCommitted { error } => tracing::error!(
+                "cannot move the hosts' isolations out of the rules engine's state (tried again when it is next \
+                 read): {error:#}"
+            ),
+            Self::Done { hosts } => tracing::info!(
+                "{hosts} host record(s) now keep who isolated them (the rules engine's state kept it before)."
+            ),
+        }
+    }
+}
+
+/// Shadow rules are in force: what they decide is recorded, never done.
+pub(super) struct ShadowRulesInForce<'a> {
+    pub rule_ids: &'a [&'a str],
+}
+
+impl ShadowRulesInForce<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            "{} shadow rule(s) ({}): what they decide is recorded, never done.",
+            self.rule_ids.len(),
+            self.rule_ids.join(", ")
+        );
+    }
+}
+
+/// The sender did not end its round within `waited` of the stop: what it had not sent stays in
+/// the outbox for the next start.
+pub(super) struct SenderStoppedLate;
+
+impl SenderStoppedLate {
+    #[expect(clippy::unused_self, reason = "every happening has the one shape: the struct, then emit()")]
+    pub fn emit(&self) {
+        tracing::warn!("stopped with commands still on their way to the broker; they stay in the outbox.");
+    }
+}
+
+/// What the service serves, said once it is ready to: operators (and tests) wait for the last
+/// line, `... API on URL.`
+pub(super) struct Serving<'a> {
+    pub telemetry: &'a str,
+    pub policy: &'a profiles::PolicyVersion,
+    /// Where the console is served, when it is.
+    pub console: Option<String>,
+    pub rules: usize,
+    pub rules_dir: &'a Path,
+    pub api: String,
+}
+
+impl Serving<'_> {
+    pub fn emit(&self) {
+        tracing::info!("telemetry: {}.", self.telemetry);
+        let policy = self.policy;
+        tracing::info!(
+            "isolation policy version {} ({} profile(s); automatic isolations without a duration last {}).",
+            policy.version,
+            policy.policy.profiles.len(),
+            profiles::format_seconds(policy.policy.profile_for(&[]).automatic_duration_seconds)
+        );
+        if let Some(console) = &self.console {
+            tracing::info!("console on {console}/console (sign in with an API token).");
+        }
+        tracing::info!("serving {} rule(s) from {}; API on {}.", self.rules, self.rules_dir.display(), self.api);
+    }
+}
+
+/// No rules are in force: detections decide nothing, only operators isolate.
+pub(super) struct NoRulesInForce<'a> {
+    pub rules_dir: &'a Path,
+}
+
+impl NoRulesInForce<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(
+            "no rules in force (no rule files in {}): detections are read but decide nothing; only operators' \
+             isolations (API, CLI, console) will happen. Add rule files there to respond automatically.",
+            self.rules_dir.display()
+        );
+    }
+}
+
+/// Another service holds this one's lease (`why`): it stops acting until restarted.
+pub(super) struct ServiceFenced<'a> {
+    pub why: &'a str,
+}
+
+impl ServiceFenced<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.fenced.set(1);
+        metrics.consumer_partitions.set(0);
+        tracing::error!(
+            "{}. This service stops acting: it takes no detections or reports, lifts no deadline, sends no \
+             command and refuses operators' changes until it is restarted; its API still answers reads. Stop one of \
+             the two (or give them different [kafka] instance_id and state).",
+            self.why
+        );
+    }
+}
+
+/// The state store still refuses writes after a retry (said at most as often as the fault's
+/// throttle allows, with the count not said).
+pub(super) struct StoreStillRefusing<'a> {
+    pub error: &'a anyhow::Error,
+    pub repeats: &'a str,
+}
+
+impl StoreStillRefusing<'_> {
+    pub fn emit(&self) {
+        let error = self.error;
+        tracing::error!("the state store still cannot be written: {error:#}{}.", self.repeats);
+    }
+}
+
+/// A command is larger than the broker takes: never sent; the host's record says why.
+pub(super) struct CommandTooLarge<'a> {
+    pub host: &'a str,
+    pub command_id: &'a str,
+    pub reason: &'a str,
+}
+
+impl CommandTooLarge<'_> {
+    pub fn emit(&self) {
+        tracing::error!(host_id = %self.host, "{}: command {}: {}", self.host, self.command_id, self.reason);
+    }
+}
+
+/// The broker did not take a handled batch's offsets: its changes are durable, so its messages
+/// come again after a restart and are deduplicated then.
+pub(super) struct OffsetsNotCommitted<'a> {
+    pub error: &'a rdkafka::error::KafkaError,
+}
+
+impl OffsetsNotCommitted<'_> {
+    pub fn emit(&self) {
+        let error = self.error;
+        tracing::warn!(
+            error = %error,
+            "cannot commit the offsets of a handled batch ({error}); its messages may be read again."
         );
     }
 }

@@ -49,6 +49,10 @@ use tokio::sync::mpsc;
 
 use self::api::ApiRequest;
 use self::config::ServiceConfig;
+use self::events::{
+    CommandTooLarge, FailpointAborting, NoRulesInForce, SenderStoppedLate, Serving, ServiceFenced, ShadowRulesInForce,
+    StoreStillRefusing,
+};
 use self::jobs::Job;
 use self::lifecycle::{Effects, HostRecord};
 use self::observe::Metrics;
@@ -141,11 +145,7 @@ impl Acting {
     fn of(ruleset: &rules::Ruleset, mode: config::RulesMode) -> Acting {
         let (live, shadow) = ruleset.split_shadow(mode == config::RulesMode::Shadow);
         if !shadow.is_empty() {
-            tracing::info!(
-                "{} shadow rule(s) ({}): what they decide is recorded, never done.",
-                shadow.len(),
-                shadow.rule_ids().collect::<Vec<_>>().join(", ")
-            );
+            ShadowRulesInForce { rule_ids: &shadow.rule_ids().collect::<Vec<_>>() }.emit();
         }
         Acting { live, shadow, shadow_engine: rules::EngineState::new(), shadow_hosts: rules::HostIsolations::new() }
     }
@@ -291,7 +291,7 @@ pub async fn serve(config: ServiceConfig, brokers: &str, shutdown: impl Future<O
 async fn stop_sending(service: Service, sender: tokio::task::JoinHandle<()>) {
     drop(service);
     if tokio::time::timeout(Duration::from_secs(5), sender).await.is_err() {
-        tracing::warn!("stopped with commands still on their way to the broker; they stay in the outbox.");
+        SenderStoppedLate.emit();
     }
 }
 
@@ -310,34 +310,26 @@ impl Service {
         (api_address, scheme): (std::net::SocketAddr, &str),
         console_address: Option<std::net::SocketAddr>,
     ) {
-        tracing::info!("telemetry: {}.", telemetry.description());
         self.say_if_no_rules();
-        let policy = self.store.policy();
-        tracing::info!(
-            "isolation policy version {} ({} profile(s); automatic isolations without a duration last {}).",
-            policy.version,
-            policy.policy.profiles.len(),
-            profiles::format_seconds(policy.policy.profile_for(&[]).automatic_duration_seconds)
-        );
-        if self.config.console.enabled {
-            let at = console_address.unwrap_or(api_address);
-            tracing::info!("console on {scheme}://{at}/console (sign in with an API token).");
+        Serving {
+            telemetry: telemetry.description(),
+            policy: &self.store.policy(),
+            console: self
+                .config
+                .console
+                .enabled
+                .then(|| format!("{scheme}://{}", console_address.unwrap_or(api_address))),
+            rules: self.ruleset.len(),
+            rules_dir: &self.config.rules.dir,
+            api: format!("{scheme}://{api_address}"),
         }
-        tracing::info!(
-            "serving {} rule(s) from {}; API on {scheme}://{api_address}.",
-            self.ruleset.len(),
-            self.config.rules.dir.display()
-        );
+        .emit();
     }
 
     /// With no rules, says plainly what the service does: only operators isolate.
     fn say_if_no_rules(&self) {
         if self.ruleset.is_empty() {
-            tracing::warn!(
-                "no rules in force (no rule files in {}): detections are read but decide nothing; only operators' \
-                 isolations (API, CLI, console) will happen. Add rule files there to respond automatically.",
-                self.config.rules.dir.display()
-            );
+            NoRulesInForce { rules_dir: &self.config.rules.dir }.emit();
         }
     }
 
@@ -345,7 +337,7 @@ impl Service {
     /// tests stop the service exactly between two steps, as a `kill -9` there would.
     fn failpoint(&self, name: &str) {
         if self.failpoint.as_deref() == Some(name) {
-            tracing::warn!("failpoint {name}: aborting");
+            FailpointAborting(name).emit();
             std::process::abort();
         }
     }
@@ -403,13 +395,7 @@ impl Service {
         let Some(why) = self.fence.reason() else { return false };
         self.fenced = true;
         let _ = consumer.unassign();
-        self.metrics.fenced.set(1);
-        self.metrics.consumer_partitions.set(0);
-        tracing::error!(
-            "{why}. This service stops acting: it takes no detections or reports, lifts no deadline, sends no \
-             command and refuses operators' changes until it is restarted; its API still answers reads. Stop one of \
-             the two (or give them different [kafka] instance_id and state)."
-        );
+        ServiceFenced { why: &why }.emit(&self.metrics);
         true
     }
 
@@ -460,7 +446,7 @@ impl Service {
             Ok(engine) => engine,
             Err(error) => {
                 if let Some(repeats) = fault.still.failure("store") {
-                    tracing::error!("the state store still cannot be written: {error:#}{repeats}.");
+                    StoreStillRefusing { error: &error, repeats: &repeats }.emit();
                 }
                 return;
             }
@@ -509,7 +495,7 @@ impl Service {
                 Enqueued::Queued { command_id } => command_id,
                 Enqueued::TooLarge { command_id, reason } => {
                     // Never sent, never resent: the host shows why.
-                    tracing::error!(host_id = %record.host, "{}: command {command_id}: {reason}", record.host);
+                    CommandTooLarge { host: &record.host, command_id: &command_id, reason: &reason }.emit();
                     record.command_not_sent(&command_id, &reason);
                     if let Some(audit) = &mut audit {
                         audit.why = format!("{} (command NOT sent: {reason})", audit.why);

@@ -28,6 +28,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use sha2::Digest as _;
 use tokio::sync::{mpsc, watch};
 
+use super::events::{CommandParked, DeadLetterRefused, FailpointAborting, OutboxNotUpdated, KafkaWorksAgain, SendFailed};
 use super::lifecycle::HostRecord;
 use super::observe::Metrics;
 use super::store::{DeadLetterEntry, OutboxEntry, Outgoing, Store};
@@ -394,7 +395,7 @@ impl Sender {
         let (commands, dead_letters) = match (self.store.outbox_up_to(up_to), self.store.dead_letters_up_to(up_to)) {
             (Ok(commands), Ok(dead_letters)) => (commands, dead_letters),
             (Err(error), _) | (_, Err(error)) => {
-                tracing::error!("reading the outbox: {error:#}");
+                OutboxNotUpdated { doing: "reading the outbox", error: &error }.emit();
                 return Round::Retry;
             }
         };
@@ -403,7 +404,7 @@ impl Sender {
             return Round::Done;
         }
         if self.config.failpoint.as_deref() == Some("before-send") {
-            tracing::warn!("failpoint before-send: aborting");
+            FailpointAborting("before-send").emit();
             std::process::abort();
         }
         let mut round = Round::Done;
@@ -453,7 +454,7 @@ impl Sender {
                 self.errors.recovered();
             }
             if let Err(error) = self.store.flush() {
-                tracing::error!("{error:#}");
+                OutboxNotUpdated { doing: "flushing the sent entries' removal", error: &error }.emit();
             }
         }
         round
@@ -473,7 +474,7 @@ impl Sender {
             match (pending, error) {
                 (Pending::Command { key, .. }, None) => {
                     if let Err(error) = self.store.sent(key) {
-                        tracing::error!("{error:#}");
+                        OutboxNotUpdated { doing: "removing a sent command", error: &error }.emit();
                     }
                     if let Some(trace) = self.in_flight.remove(&key) {
                         trace.span().end();
@@ -483,7 +484,7 @@ impl Sender {
                 }
                 (Pending::DeadLetter { key, .. }, None) => {
                     if let Err(error) = self.store.dead_letter_sent(key) {
-                        tracing::error!("{error:#}");
+                        OutboxNotUpdated { doing: "removing a sent dead letter", error: &error }.emit();
                     }
                     removed += 1;
                 }
@@ -521,12 +522,11 @@ impl Sender {
              parked, not sent",
             self.max_message_bytes
         );
-        tracing::error!(host_id = %entry.host, "{}: {reason}", entry.host);
         if let Err(error) = self.store.park(key, &reason) {
-            tracing::error!("{error:#}");
+            OutboxNotUpdated { doing: "parking a command the broker refuses", error: &error }.emit();
             return;
         }
-        self.metrics.commands_parked.add("refused_by_broker", 1);
+        CommandParked { host: &entry.host, reason: &reason }.emit(&self.metrics);
         if let Some(trace) = self.in_flight.remove(&key) {
             trace.span().set_status(SpanStatus::error(reason.clone()));
             trace.span().end();
@@ -551,13 +551,13 @@ impl Sender {
             record["original_truncated"] = serde_json::Value::Bool(true);
             let smaller = DeadLetterEntry { key: entry.key.clone(), record: serde_json::to_vec(&record).unwrap_or_default() };
             match self.store.replace_dead_letter(key, &smaller) {
-                Ok(()) => tracing::warn!("the broker refused a dead letter ({error}): sending it without the original bytes"),
-                Err(error) => tracing::error!("{error:#}"),
+                Ok(()) => DeadLetterRefused::Shrunk { error }.emit(),
+                Err(error) => OutboxNotUpdated { doing: "shrinking a dead letter", error: &error }.emit(),
             }
         } else {
-            tracing::error!("the broker refuses a dead letter even without the original bytes ({error}); parked");
+            DeadLetterRefused::Parked { error }.emit();
             if let Err(error) = self.store.park_dead_letter(key, &error.to_string()) {
-                tracing::error!("{error:#}");
+                OutboxNotUpdated { doing: "parking a dead letter", error: &error }.emit();
             }
         }
     }
@@ -576,15 +576,12 @@ impl Default for SendErrors {
 impl SendErrors {
     fn say(&mut self, what: &str, error: &KafkaError) {
         let Some(repeats) = self.0.failure("errors") else { return };
-        tracing::error!(
-            "{what}: {error}; it stays in the outbox and is tried again every {} s (the service goes on){repeats}.",
-            RETRY_EVERY.as_secs()
-        );
+        SendFailed { what, error, retry_every: RETRY_EVERY, repeats: &repeats }.emit();
     }
 
     fn recovered(&mut self) {
         if self.0.success() {
-            tracing::info!("sending to Kafka again: the outbox is empty.");
+            KafkaWorksAgain::Sending.emit();
         }
     }
 }

@@ -14,6 +14,10 @@ use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::config::{self, ServiceConfig};
+use super::events::{
+    ConsumerCloseHung, KafkaReadFailed, KafkaWorksAgain, ParserStopped, PartitionsAssigned, PartitionsNotAssigned,
+    PartitionsNotListedYet, TopicMissing,
+};
 use super::lease;
 use super::observe::Metrics;
 use super::outbox::DeadLetterKind;
@@ -196,20 +200,18 @@ impl Assignment {
                     for element in new.elements() {
                         self.assigned.insert((element.topic().to_owned(), element.partition()));
                     }
-                    let count = i64::try_from(self.assigned.len()).unwrap_or(i64::MAX);
-                    consumer.context().metrics.consumer_partitions.set(count);
-                    let parts: Vec<String> = self.assigned.iter().map(|(t, p)| format!("{t}/{p}")).collect();
-                    tracing::info!("consuming {}.", parts.join(", "));
+                    let partitions: Vec<String> = self.assigned.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+                    PartitionsAssigned { partitions: &partitions }.emit(&consumer.context().metrics);
                     true
                 }
                 Err(error) => {
-                    tracing::error!("cannot assign the partitions {new:?} to the consumer: {error}; trying again in 1 s.");
+                    PartitionsNotAssigned { partitions: &new, error: &error }.emit();
                     false
                 }
             },
             // An unreachable broker is said by the reader's poll; a missing topic here.
             Err(error) if error.downcast_ref::<rdkafka::error::KafkaError>().is_some() => {
-                tracing::debug!("cannot read the partitions of {} yet: {error}", self.topics.join(" and "));
+                PartitionsNotListedYet { topics: &self.topics, error: &error }.emit();
                 false
             }
             Err(error) => {
@@ -219,7 +221,7 @@ impl Assignment {
                     } else {
                         "still consuming what was assigned"
                     };
-                    tracing::warn!("{error}: {what}{repeats}.");
+                    TopicMissing { error: &error, what, repeats: &repeats }.emit();
                 }
                 false
             }
@@ -258,11 +260,9 @@ pub(super) fn close_consumer(consumer: Arc<DetectionConsumer>) {
         drop(consumer);
         let _ = closed.send(());
     });
-    if spawned.is_ok() && done.recv_timeout(Duration::from_secs(5)).is_err() {
-        tracing::warn!(
-            "the Kafka consumer did not close within 5 s (a known librdkafka hang); stopping without it: nothing is \
-             lost."
-        );
+    let waited = Duration::from_secs(5);
+    if spawned.is_ok() && done.recv_timeout(waited).is_err() {
+        ConsumerCloseHung { waited }.emit();
     }
 }
 
@@ -315,7 +315,7 @@ fn read_batches(
         if let Ok(batch) = parsed.recv() {
             channels.batches.blocking_send(batch).is_ok()
         } else {
-            tracing::error!("a parser thread stopped; no detection is read from now on.");
+            ParserStopped.emit();
             false
         }
     };
@@ -484,13 +484,13 @@ impl<'a> ReadErrors<'a> {
         } else {
             String::new()
         };
-        tracing::error!("reading Kafka: {error}{hint}{repeats}.");
+        KafkaReadFailed { error, hint: &hint, repeats: &repeats }.emit();
     }
 
     /// A message arrived: the next error is news again.
     fn recovered(&mut self) {
         if self.throttled.success() {
-            tracing::info!("reading Kafka again.");
+            KafkaWorksAgain::Reading.emit();
         }
     }
 }

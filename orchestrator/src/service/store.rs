@@ -17,6 +17,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sled::Transactional as _;
 
+use super::events::LegacyIsolationsAdopted;
+
 pub use super::agents::{AgentRecord, Claim};
 pub use super::lifecycle::{AuditEntry, HostForRules, HostRecord, HostState, HostSummary};
 pub use super::profiles::{IsolationPolicy, PolicyVersion};
@@ -933,7 +935,7 @@ impl Store {
                 Ok(Some(previous)) => previous,
                 Ok(None) => continue,
                 Err(error) => {
-                    tracing::warn!(host_id = %host, "{host}: who isolated it is not carried over: {error:#}");
+                    LegacyIsolationsAdopted::HostSkipped { host: &host, error: &error }.emit();
                     continue;
                 }
             };
@@ -947,12 +949,12 @@ impl Store {
         }
         self.put_engine_changes(state);
         if let Err(error) = self.commit() {
-            tracing::error!("cannot move the hosts' isolations out of the rules engine's state (tried again when it is next read): {error:#}");
+            LegacyIsolationsAdopted::NotCommitted { error: &error }.emit();
             // What the failed commit held is written again with the next one.
             state.touch_all();
             return Ok(());
         }
-        tracing::info!("{adopted} host record(s) now keep who isolated them (the rules engine's state kept it before).");
+        LegacyIsolationsAdopted::Done { hosts: adopted }.emit();
         Ok(())
     }
 
