@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use tokio::sync::mpsc;
 
 use super::config::ServiceConfig;
+use super::events::Starting;
 use super::observe::Metrics;
 use super::outbox::{self, Outbox, Parked};
 use super::store::{self, Store};
@@ -54,10 +55,7 @@ pub fn run_from_config(path: &std::path::Path) -> Result<()> {
                 let lease = &config.kafka.lease_topic;
                 embedded.create_topic(lease, 1, 1).with_context(|| format!("cannot create topic {lease}"))?;
                 let brokers = embedded.bootstrap_servers();
-                tracing::warn!(
-                    "no brokers configured: embedded Kafka-protocol broker at {brokers}. It keeps nothing across \
-                     restarts; configure [kafka] brokers for production."
-                );
+                Starting::EmbeddedBroker { brokers: &brokers }.emit();
                 brokers
             }
             Some(brokers) => brokers.to_owned(),
@@ -97,7 +95,7 @@ fn api_token(config: &ServiceConfig) -> Result<String> {
         if !path.exists() {
             let token = cordon_wire::key_to_base64(&cordon_wire::generate_signing_key().to_bytes());
             crate::keygen::write_secret(&path, &token).with_context(|| format!("cannot create {}", path.display()))?;
-            tracing::info!("created an API token in {} (readable by its owner only).", path.display());
+            Starting::ApiTokenCreated { path: &path }.emit();
         }
         path
     };
@@ -163,13 +161,13 @@ async fn serve_on(
         let listener = tls::TlsListener::new(listener, tls)?;
         tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, app).await {
-                tracing::error!("the server on {address} stopped: {error}");
+                Starting::ServerStopped { address, error: &error }.emit();
             }
         });
     } else {
         tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, app).await {
-                tracing::error!("the server on {address} stopped: {error}");
+                Starting::ServerStopped { address, error: &error }.emit();
             }
         });
     }
@@ -234,13 +232,13 @@ pub(super) async fn open_store_when_there_is_room(
         match Store::open(dir) {
             Ok(store) => {
                 if said {
-                    tracing::info!("the state store's disk has room again: opened {}.", dir.display());
+                    Starting::StoreHasRoomAgain { dir }.emit();
                 }
                 return Ok(Some(store));
             }
             Err(error) if error.downcast_ref::<store::NoRoomToOpen>().is_some() => {
                 if !said {
-                    tracing::error!("{error:#}; trying again every 2 s.");
+                    Starting::StoreHasNoRoom { error: &error }.emit();
                     said = true;
                 }
             }
@@ -268,11 +266,6 @@ pub(super) fn say_if_rules_do_not_fit(store: &Store, ruleset: &rules::Ruleset) {
     let policy = store.policy();
     let misfits = policy.policy.problems(ruleset.exclusions_by_rule());
     if !misfits.is_empty() {
-        tracing::error!(
-            "with the isolation policy in force (version {}), rules would not fit an agent's kernel tables: {}. Fix \
-             the rules or the policy.",
-            policy.version,
-            misfits.join("; ")
-        );
+        Starting::RulesDoNotFit { policy_version: policy.version, misfits: &misfits }.emit();
     }
 }

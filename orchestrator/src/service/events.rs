@@ -662,3 +662,82 @@ impl OffsetsNotCommitted<'_> {
         );
     }
 }
+
+/// What the lease watcher (the fence against a twin service) runs into on the lease topic.
+/// Repeating failures are throttled by the watcher (`repeats` counts those not said).
+pub(super) enum LeaseTopicRead<'a> {
+    /// The topic cannot be assigned: a twin would not be fenced.
+    Unreadable { topic: &'a str },
+    /// This start's claim was read back: the lease is ours.
+    Claimed { instance_id: &'a str, incarnation: &'a str, topic: &'a str },
+    EndNotReadYet { topic: &'a str, error: &'a dyn std::fmt::Display, repeats: &'a str },
+    NotAClaim { topic: &'a str, offset: i64, refusal: &'a dyn std::fmt::Display, repeats: &'a str },
+    TopicMissing { topic: &'a str, instance_id: &'a str },
+    MetadataNotReadYet { error: &'a dyn std::fmt::Display, repeats: &'a str },
+}
+
+impl LeaseTopicRead<'_> {
+    pub fn emit(&self) {
+        match self {
+            Self::Unreadable { topic } => {
+                tracing::error!("cannot read the lease topic {topic}: a twin of this service would not be fenced.");
+            }
+            Self::Claimed { instance_id, incarnation, topic } => {
+                tracing::info!("claimed the lease for instance_id {instance_id} (incarnation {incarnation}) on {topic}.");
+            }
+            Self::EndNotReadYet { topic, error, repeats } => {
+                tracing::warn!("cannot read the end of the lease topic {topic} yet: {error}{repeats}");
+            }
+            Self::NotAClaim { topic, offset, refusal, repeats } => tracing::warn!(
+                "a message on the lease topic {topic} at offset {offset} is not a claim of cordon's ({refusal}): \
+                 ignored{repeats}."
+            ),
+            Self::TopicMissing { topic, instance_id } => tracing::warn!(
+                "the lease topic {topic} does not exist (create it with `cordon topics`): another cordon serve \
+                 started with instance_id {instance_id} would not be fenced off."
+            ),
+            Self::MetadataNotReadYet { error, repeats } => {
+                tracing::debug!("cannot read the lease topic's metadata yet: {error}{repeats}");
+            }
+        }
+    }
+}
+
+/// What starting the service says beside its `Serving` lines.
+pub(super) enum Starting<'a> {
+    /// No `[kafka] brokers`: the embedded broker, which keeps nothing across restarts.
+    EmbeddedBroker { brokers: &'a str },
+    ApiTokenCreated { path: &'a Path },
+    /// The state store's disk is full: tried again every 2 s (said once), then opened.
+    StoreHasNoRoom { error: &'a anyhow::Error },
+    StoreHasRoomAgain { dir: &'a Path },
+    /// Rules' `allow:` and a profile of the policy in force would not fit an agent's kernel
+    /// tables: the service starts anyway, those isolations are refused by the agents.
+    RulesDoNotFit { policy_version: u64, misfits: &'a [String] },
+    /// An HTTP server (API or console) stopped.
+    ServerStopped { address: std::net::SocketAddr, error: &'a dyn std::fmt::Display },
+}
+
+impl Starting<'_> {
+    pub fn emit(&self) {
+        match self {
+            Self::EmbeddedBroker { brokers } => tracing::warn!(
+                "no brokers configured: embedded Kafka-protocol broker at {brokers}. It keeps nothing across \
+                 restarts; configure [kafka] brokers for production."
+            ),
+            Self::ApiTokenCreated { path } => {
+                tracing::info!("created an API token in {} (readable by its owner only).", path.display());
+            }
+            Self::StoreHasNoRoom { error } => tracing::error!("{error:#}; trying again every 2 s."),
+            Self::StoreHasRoomAgain { dir } => {
+                tracing::info!("the state store's disk has room again: opened {}.", dir.display());
+            }
+            Self::RulesDoNotFit { policy_version, misfits } => tracing::error!(
+                "with the isolation policy in force (version {policy_version}), rules would not fit an agent's kernel \
+                 tables: {}. Fix the rules or the policy.",
+                misfits.join("; ")
+            ),
+            Self::ServerStopped { address, error } => tracing::error!("the server on {address} stopped: {error}"),
+        }
+    }
+}

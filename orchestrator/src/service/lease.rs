@@ -22,6 +22,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::config::KafkaSection;
+use super::events::LeaseTopicRead;
 use super::now_ms;
 
 /// Whether this service was fenced by a twin, and why: set by the lease watcher, read by the
@@ -124,7 +125,7 @@ impl Watcher {
         if assignment.add_partition_offset(&self.topic, 0, Offset::Beginning).is_err()
             || consumer.assign(&assignment).is_err()
         {
-            tracing::error!("cannot read the lease topic {}: a twin of this service would not be fenced.", self.topic);
+            LeaseTopicRead::Unreadable { topic: &self.topic }.emit();
             return;
         }
         let mut refused = cordon_telemetry::logs::Throttled::new(Duration::from_mins(1));
@@ -143,12 +144,8 @@ impl Watcher {
             let Some(claim) = self.claim_in(&message, &mut refused) else { continue };
             if claim == ours {
                 if our_offset.is_none() {
-                    tracing::info!(
-                        "claimed the lease for instance_id {} (incarnation {}) on {}.",
-                        ours.instance_id,
-                        ours.incarnation,
-                        self.topic
-                    );
+                    LeaseTopicRead::Claimed { instance_id: &ours.instance_id, incarnation: &ours.incarnation, topic: &self.topic }
+                        .emit();
                 }
                 our_offset.get_or_insert(message.offset());
             } else if claim.fences(message.offset(), &ours, our_offset) {
@@ -174,7 +171,7 @@ impl Watcher {
                 Ok((_, high)) => break high,
                 Err(error) => {
                     if let Some(repeats) = unreachable.failure("attempts") {
-                        tracing::warn!("cannot read the end of the lease topic {} yet: {error}{repeats}", self.topic);
+                        LeaseTopicRead::EndNotReadYet { topic: &self.topic, error: &error, repeats: &repeats }.emit();
                     }
                     std::thread::sleep(Duration::from_secs(1));
                 }
@@ -207,12 +204,8 @@ impl Watcher {
             Ok(claim) => Some(claim),
             Err(refusal) => {
                 if let Some(repeats) = refused.failure("messages") {
-                    tracing::warn!(
-                        "a message on the lease topic {} at offset {} is not a claim of cordon's ({refusal}): \
-                         ignored{repeats}.",
-                        self.topic,
-                        message.offset()
-                    );
+                    let (topic, offset) = (&self.topic, message.offset());
+                    LeaseTopicRead::NotAClaim { topic, offset, refusal: &refusal, repeats: &repeats }.emit();
                 }
                 None
             }
@@ -231,18 +224,13 @@ impl Watcher {
                         .iter()
                         .any(|topic| topic.name() == self.topic && topic.error().is_none() && !topic.partitions().is_empty());
                     if !known {
-                        tracing::warn!(
-                            "the lease topic {} does not exist (create it with `cordon topics`): another cordon serve \
-                             started with instance_id {} would not be fenced off.",
-                            self.topic,
-                            self.instance_id
-                        );
+                        LeaseTopicRead::TopicMissing { topic: &self.topic, instance_id: &self.instance_id }.emit();
                     }
                     return known;
                 }
                 Err(error) => {
                     if let Some(repeats) = unreachable.failure("attempts") {
-                        tracing::debug!("cannot read the lease topic's metadata yet: {error}{repeats}");
+                        LeaseTopicRead::MetadataNotReadYet { error: &error, repeats: &repeats }.emit();
                     }
                     std::thread::sleep(Duration::from_secs(1));
                 }
