@@ -148,9 +148,15 @@ impl Harness {
 
     /// Puts a rule of `tests/fixtures/service-rules/` into the service's rules directory.
     fn add_rule(&self, file: &str) {
-        let fixture = crate_dir().join("tests/fixtures/service-rules").join(file);
-        std::fs::copy(&fixture, self.dir.join("rules").join(file))
-            .unwrap_or_else(|error| panic!("copy {}: {error}", fixture.display()));
+        self.put_rule(&format!("service-rules/{file}"));
+    }
+
+    /// Puts the rule file `tests/fixtures/FIXTURE` into the service's rules directory.
+    fn put_rule(&self, fixture: &str) {
+        let source = crate_dir().join("tests/fixtures").join(fixture);
+        let name = source.file_name().expect("a file");
+        std::fs::copy(&source, self.dir.join("rules").join(name))
+            .unwrap_or_else(|error| panic!("copy {}: {error}", source.display()));
     }
 
     /// Starts `cordon serve` (with the failpoint `failpoint`, if any); returns the channel of its
@@ -735,7 +741,7 @@ fn rules_reload_on_change_and_sighup_and_a_broken_set_is_refused() {
     let key = harness.public_key();
     let commands = harness.consumer("cordon.commands");
 
-    std::fs::write(harness.dir.join("rules/broken.yaml"), "id: broken\ndetection: [\n").unwrap();
+    harness.put_rule("refused-rules/broken.yaml");
     let refused = wait_for_line(&lines, "rules NOT reloaded");
     assert!(refused.contains("the 2 running rule(s) stay in force"), "{refused}");
     harness.produce("edr.detections", "h-1", &detection("h-1", "r-1", 5));
@@ -2719,16 +2725,7 @@ fn a_policy_or_rules_that_would_not_fit_an_isolation_in_force_are_refused() {
     )
     .unwrap();
     harness.cordon_ok(&["policy", "set", &narrow.to_string_lossy(), "--reason", "eight"]);
-    let allow: Vec<String> = (20..=25).map(|port| format!("\"out,tcp,10.1.0.0/16,{port}\"")).collect();
-    std::fs::write(
-        harness.dir.join("rules/wide.yaml"),
-        format!(
-            "id: wide\ntitle: Wide\ndetection:\n  selection:\n    severity_id: 9\n  condition: selection\n\
-             response:\n  isolate:\n    mode: automatic\n    duration: 1h\n    allow: [{}]\n",
-            allow.join(", ")
-        ),
-    )
-    .unwrap();
+    harness.put_rule("refused-rules/wide.yaml");
     let refused = wait_for_line(&lines, "rules NOT reloaded");
     assert!(refused.contains("would not fit an agent's kernel tables"), "{refused}");
     let detail = wait_for_line(&lines, "profile default with rule wide");

@@ -23,6 +23,7 @@ use super::lifecycle::{HostRecord, Refused};
 use super::now_ms;
 use super::observe::Metrics;
 use super::lease::Fence;
+use super::events::ApiCallNotRecorded;
 use super::profiles::{IsolationPolicy, PolicyVersion};
 use super::store::{ApiCall, Store};
 use crate::api::{
@@ -386,7 +387,7 @@ async fn authenticate(
     };
     let call = ApiCall { at_ms: now_ms(), caller, method, path, status: response.status().as_u16() };
     if let Err(error) = state.store.record_api_call(&call) {
-        eprintln!("cordon: error: cannot record an API call: {error:#}");
+        ApiCallNotRecorded { via: "API", error: &error }.emit();
     }
     response
 }

@@ -15,8 +15,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use super::events::WallClockStepped;
+
 /// A difference between the wall clock and cordon's clock above this is a step worth saying.
-const STEP_MS: i64 = 1_000;
+pub(super) const STEP_MS: i64 = 1_000;
 
 /// The wall clock at the first reading, and when that was on the monotonic clock.
 static ANCHOR: OnceLock<(i64, Instant)> = OnceLock::new();
@@ -51,17 +53,7 @@ pub fn check_for_step() {
         return;
     }
     SAID_STEP_MS.store(step, Ordering::Relaxed);
-    if step.abs() <= STEP_MS {
-        tracing::info!("the wall clock agrees with cordon's clock again.");
-        return;
-    }
-    #[allow(clippy::cast_precision_loss, reason = "seconds for a person")]
-    let seconds = step as f64 / 1e3;
-    tracing::warn!(
-        "the wall clock stepped: it is now {seconds:+.1} s from cordon's clock. cordon keeps counting on the \
-         monotonic clock, so no isolation ends early and none later than the step; times in the audit trail \
-         follow cordon's clock until the service restarts."
-    );
+    WallClockStepped { step_ms: step }.emit();
 }
 
 #[cfg(test)]

@@ -741,3 +741,79 @@ impl Starting<'_> {
         }
     }
 }
+
+/// The wall clock and cordon's own (monotonic) clock: a step of `step_ms` said once, or their
+/// agreeing again.
+pub(super) struct WallClockStepped {
+    pub step_ms: i64,
+}
+
+impl WallClockStepped {
+    pub fn emit(&self) {
+        if self.step_ms.abs() <= super::clock::STEP_MS {
+            tracing::info!("the wall clock agrees with cordon's clock again.");
+            return;
+        }
+        #[expect(clippy::cast_precision_loss, reason = "seconds for a person")]
+        let seconds = self.step_ms as f64 / 1e3;
+        tracing::warn!(
+            step_ms = self.step_ms,
+            "the wall clock stepped: it is now {seconds:+.1} s from cordon's clock. cordon keeps counting on the \
+             monotonic clock, so no isolation ends early and none later than the step; times in the audit trail \
+             follow cordon's clock until the service restarts."
+        );
+    }
+}
+
+/// What the API's TLS acceptor runs into: an accept failing, a connection closed at once while
+/// too many handshakes are under way (throttled: `repeats` counts those not said), a handshake
+/// failing or too slow (debug only: any client can cause them).
+pub(super) enum TlsAccept<'a> {
+    AcceptFailed { error: &'a std::io::Error },
+    TooManyHandshakes { peer: std::net::SocketAddr, under_way: usize, timeout: Duration, repeats: &'a str },
+    HandshakeFailed { peer: std::net::SocketAddr, error: &'a std::io::Error },
+    HandshakeTooSlow { peer: std::net::SocketAddr, timeout: Duration },
+}
+
+impl TlsAccept<'_> {
+    pub fn emit(&self) {
+        match self {
+            Self::AcceptFailed { error } => tracing::warn!("the API cannot accept a connection: {error}"),
+            Self::TooManyHandshakes { peer, under_way, timeout, repeats } => tracing::warn!(
+                "the API closed a connection from {peer} at once: {under_way} TLS handshakes are already under way (a \
+                 client flooding the API? each waits at most {timeout:?}; said once a minute){repeats}"
+            ),
+            Self::HandshakeFailed { peer, error } => tracing::debug!("TLS handshake with {peer} failed: {error}"),
+            Self::HandshakeTooSlow { peer, timeout } => {
+                tracing::debug!("TLS handshake with {peer} took longer than {timeout:?}");
+            }
+        }
+    }
+}
+
+/// An operator signed in to the console.
+pub(super) struct ConsoleSignIn<'a> {
+    pub operator: &'a str,
+    pub role: &'static str,
+    pub peer: &'a dyn std::fmt::Display,
+}
+
+impl ConsoleSignIn<'_> {
+    pub fn emit(&self) {
+        tracing::info!(operator = %self.operator, role = self.role, "console sign-in from {}.", self.peer);
+    }
+}
+
+/// A call to the API (`via` "API" or "console") could not be kept in the API-call trail; the
+/// call itself was answered.
+pub(super) struct ApiCallNotRecorded<'a> {
+    pub via: &'static str,
+    pub error: &'a anyhow::Error,
+}
+
+impl ApiCallNotRecorded<'_> {
+    pub fn emit(&self) {
+        let error = self.error;
+        tracing::error!(error = %format!("{error:#}"), "cannot record a call to the {}: {error:#}", self.via);
+    }
+}

@@ -18,6 +18,8 @@ use tokio::sync::mpsc;
 use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
 
+use super::events::TlsAccept;
+
 /// The longest a client may take to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -67,7 +69,7 @@ impl TlsListener {
                 let (stream, peer) = match tcp.accept().await {
                     Ok(accepted) => accepted,
                     Err(error) => {
-                        tracing::warn!("the API cannot accept a connection: {error}");
+                        TlsAccept::AcceptFailed { error: &error }.emit();
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
@@ -75,11 +77,8 @@ impl TlsListener {
                 let Ok(permit) = pending.clone().try_acquire_owned() else {
                     drop(stream);
                     if let Some(repeats) = full.failure("connections closed") {
-                        tracing::warn!(
-                            "the API closed a connection from {peer} at once: {MAX_PENDING_HANDSHAKES} TLS handshakes are \
-                             already under way (a client flooding the API? each waits at most {HANDSHAKE_TIMEOUT:?}; \
-                             said once a minute){repeats}"
-                        );
+                        let (under_way, timeout) = (MAX_PENDING_HANDSHAKES, HANDSHAKE_TIMEOUT);
+                        TlsAccept::TooManyHandshakes { peer, under_way, timeout, repeats: &repeats }.emit();
                     }
                     continue;
                 };
@@ -90,8 +89,8 @@ impl TlsListener {
                         Ok(Ok(tls)) => {
                             let _ = done.send((tls, peer)).await;
                         }
-                        Ok(Err(error)) => tracing::debug!("TLS handshake with {peer} failed: {error}"),
-                        Err(_) => tracing::debug!("TLS handshake with {peer} took longer than {HANDSHAKE_TIMEOUT:?}"),
+                        Ok(Err(error)) => TlsAccept::HandshakeFailed { peer, error: &error }.emit(),
+                        Err(_) => TlsAccept::HandshakeTooSlow { peer, timeout: HANDSHAKE_TIMEOUT }.emit(),
                     }
                 });
             }

@@ -31,6 +31,7 @@ use self::session::{Session, Sessions};
 use self::views::{Section, Viewer};
 use super::access::Role;
 use super::api::{change_host, change_hosts, change_policy_version, ApiState, NotDone, Operation, PolicyChange};
+use super::events::{ApiCallNotRecorded, ConsoleSignIn};
 use super::lifecycle::{AuditEntry, HostRecord};
 use super::now_ms;
 use super::store::ApiCall;
@@ -120,7 +121,7 @@ async fn record_changes(
     let response = next.run(request).await;
     let call = ApiCall { at_ms: now_ms(), caller, method, path, status: response.status().as_u16() };
     if let Err(error) = console.api.store.record_api_call(&call) {
-        tracing::error!(error = %error, "cannot record a console call.");
+        ApiCallNotRecorded { via: "console", error: &error }.emit();
     }
     response
 }
@@ -292,7 +293,7 @@ async fn sign_in(
     };
     let id = console.sessions.open(&name, holder.role, now);
     let cookie = session::cookie(&id, console.sessions.lifetime_seconds(), console.options.secure_cookies);
-    tracing::info!(operator = %name, role = holder.role.name(), "console sign-in from {peer}.");
+    ConsoleSignIn { operator: &name, role: holder.role.name(), peer: &peer }.emit();
     ([(header::SET_COOKIE, cookie)], Redirect::to("/console")).into_response()
 }
 
