@@ -111,10 +111,10 @@ impl<'a> Agent<'a> {
             }
         }
         self.connect()?;
-        let wait = lift_if_due(target, self.channel.as_ref());
+        let wait = lift_if_due(target, self.channel.as_mut());
         let heartbeat_due = Instant::now() >= self.next_heartbeat;
         if heartbeat_due {
-            repair_detached_links(target, self.channel.as_ref());
+            repair_detached_links(target, self.channel.as_mut());
             if self.guards_every_interface {
                 guard_new_interfaces(target);
             }
@@ -123,9 +123,10 @@ impl<'a> Agent<'a> {
         if heartbeat_due {
             self.next_heartbeat = Instant::now() + self.heartbeat;
         }
-        if let Some(channel) = &self.channel {
+        if let Some(channel) = &mut self.channel {
             if heartbeat_due {
-                channel.report(&channel.snapshot(target, channel::Answer::Heartbeat));
+                let status = channel.snapshot(target, channel::Answer::Heartbeat);
+                channel.report(&status);
             }
             let apply =
                 channel::Apply { target, management: &self.management, interfaces: &self.interfaces };
@@ -198,13 +199,14 @@ fn learn_advertised_brokers(
 }
 
 /// Lifts the isolation at its deadline (and says so); returns how long the loop may wait.
-fn lift_if_due(target: &Target, channel: Option<&channel::Channel>) -> Duration {
+fn lift_if_due(target: &Target, channel: Option<&mut channel::Channel>) -> Duration {
     match isolation::expire_if_due(target) {
         Ok(isolation::Deadline::Pending(remaining)) => remaining.min(Duration::from_millis(500)),
         Ok(isolation::Deadline::Lifted) => {
             tracing::info!("deadline reached: isolation lifted.");
             if let Some(channel) = channel {
-                channel.report(&channel.snapshot(target, channel::Answer::Changed));
+                let status = channel.snapshot(target, channel::Answer::Changed);
+                channel.report(&status);
             }
             Duration::ZERO
         }
@@ -218,7 +220,7 @@ fn lift_if_due(target: &Target, channel: Option<&channel::Channel>) -> Duration 
 
 /// Attaches again the links someone detached on the host, and says so loudly (log, audit trail,
 /// and a report to cordon that carries it as `tampering`).
-fn repair_detached_links(target: &Target, channel: Option<&channel::Channel>) {
+fn repair_detached_links(target: &Target, channel: Option<&mut channel::Channel>) {
     if !target.pins.installed() {
         return;
     }

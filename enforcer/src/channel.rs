@@ -69,25 +69,26 @@ pub struct Channel {
     settings: ChannelSettings,
     consumer: BaseConsumer<BrokerWatch>,
     producer: ThreadedProducer<DefaultProducerContext>,
-    /// The generation of the last command applied, read from the store once and kept here:
-    /// only this channel changes it, and checking a command should not wait on the store.
-    last_generation: std::cell::Cell<Option<u64>>,
+    /// The generation of the last command applied, read from the store at the first command and
+    /// kept here: only this channel changes it, and checking a command should not wait on the
+    /// store.
+    last_generation: Option<u64>,
     /// -1 until the first statistics arrive.
     brokers_up: Arc<AtomicI64>,
-    last_command: std::cell::RefCell<Option<LastCommand>>,
+    last_command: Option<LastCommand>,
     /// The `sent_at_ms` of the last report: each report's is later than the one before, since
     /// cordon refuses a report not newer than the last it applied (a replay).
-    last_sent_at_ms: std::cell::Cell<i64>,
+    last_sent_at_ms: i64,
     /// The brokers the cluster advertised when the channel connected (`host:port`).
     advertised: Vec<String>,
     spans: Spans,
     /// Refusals reported (and logged) this minute: anyone who can write to the commands topic
     /// can make the agent refuse, and each report would cost a record read and a message.
-    refusals: std::cell::RefCell<cordon_telemetry::logs::PerMinuteBudget>,
+    refusals: cordon_telemetry::logs::PerMinuteBudget,
     /// Offsets of other hosts' commands are committed at most every [`COMMIT_EVERY`]: their
     /// commands share the partition, and a commit each would make a flood of them slow to skip.
-    uncommitted: std::cell::Cell<bool>,
-    last_commit: std::cell::Cell<std::time::Instant>,
+    uncommitted: bool,
+    last_commit: std::time::Instant,
 }
 
 /// At most this many refused commands a minute are reported (and logged); the rest are counted
@@ -195,17 +196,15 @@ impl Channel {
             settings,
             consumer,
             producer,
-            last_generation: std::cell::Cell::new(None),
+            last_generation: None,
             brokers_up,
-            last_command: std::cell::RefCell::new(None),
-            last_sent_at_ms: std::cell::Cell::new(0),
+            last_command: None,
+            last_sent_at_ms: 0,
             advertised,
             spans,
-            refusals: std::cell::RefCell::new(cordon_telemetry::logs::PerMinuteBudget::new(
-                MAX_REFUSAL_REPORTS_PER_MINUTE,
-            )),
-            uncommitted: std::cell::Cell::new(false),
-            last_commit: std::cell::Cell::new(std::time::Instant::now()),
+            refusals: cordon_telemetry::logs::PerMinuteBudget::new(MAX_REFUSAL_REPORTS_PER_MINUTE),
+            uncommitted: false,
+            last_commit: std::time::Instant::now(),
         })
     }
 
@@ -222,7 +221,7 @@ impl Channel {
 
     /// The last command for this host the channel handled, and its outcome.
     pub fn last_command(&self) -> Option<LastCommand> {
-        self.last_command.borrow().clone()
+        self.last_command.clone()
     }
 
     pub fn partition(&self) -> Result<i32> {
@@ -236,7 +235,7 @@ impl Channel {
     /// Waits up to `timeout` for a message; skips other hosts' messages (up to
     /// [`MAX_SKIPPED_PER_POLL`] at once, without waiting again); applies the first one for this
     /// host and reports the outcome. Returns whether a command for this host was handled.
-    pub fn poll(&self, timeout: Duration, apply: &Apply<'_>) -> Result<bool> {
+    pub fn poll(&mut self, timeout: Duration, apply: &Apply<'_>) -> Result<bool> {
         let mut wait = timeout;
         for _ in 0..MAX_SKIPPED_PER_POLL {
             let Some(result) = self.consumer.poll(wait) else {
@@ -253,16 +252,18 @@ impl Channel {
             };
             // Other hosts share the partition: their commands are not ours to judge, only to skip.
             if message.key() == Some(self.settings.host_id.as_bytes()) {
+                // Detached (a copy of one small command) so that handling it may change the channel.
+                let message = message.detach();
                 return self.take(&message, apply);
             }
-            self.uncommitted.set(true);
+            self.uncommitted = true;
             self.commit_skipped(false);
         }
         Ok(false)
     }
 
     /// Handles one message keyed with this host's id.
-    fn take(&self, message: &rdkafka::message::BorrowedMessage<'_>, apply: &Apply<'_>) -> Result<bool> {
+    fn take(&mut self, message: &rdkafka::message::OwnedMessage, apply: &Apply<'_>) -> Result<bool> {
         let consume = if self.spans.enabled() {
             let parent = cordon_telemetry::propagation::context_of_message(message);
             parent.and_then(|parent| {
@@ -286,7 +287,7 @@ impl Channel {
         let payload = message.payload().unwrap_or_default();
         let report = self.handle(payload, apply, consume.as_ref());
         if let Some(report) = &report {
-            *self.last_command.borrow_mut() = Some(LastCommand {
+            self.last_command = Some(LastCommand {
                 command_id: report.command_id.clone(),
                 generation: report.command_id.as_ref().map(|_| report.generation),
                 outcome: match (&report.kind, report.refusal) {
@@ -303,36 +304,38 @@ impl Channel {
         }
         if report.is_none() {
             // A refusal held back: skipped like another host's message.
-            self.uncommitted.set(true);
+            self.uncommitted = true;
             self.commit_skipped(false);
             return Ok(true);
         }
-        self.consumer
-            .commit_message(message, CommitMode::Sync)
-            .context("cannot commit the command's offset")?;
-        self.uncommitted.set(false);
-        self.last_commit.set(std::time::Instant::now());
+        let mut offsets = rdkafka::TopicPartitionList::new();
+        offsets
+            .add_partition_offset(message.topic(), message.partition(), Offset::Offset(message.offset() + 1))
+            .context("cannot name the command's offset")?;
+        self.consumer.commit(&offsets, CommitMode::Sync).context("cannot commit the command's offset")?;
+        self.uncommitted = false;
+        self.last_commit = std::time::Instant::now();
         Ok(true)
     }
 
     /// Commits the offsets of skipped messages, if some are uncommitted and the last commit was
     /// [`COMMIT_EVERY`] ago (or at once when `idle`). A failed commit only means they are
     /// skipped again after a restart.
-    fn commit_skipped(&self, idle: bool) {
-        if !self.uncommitted.get() || (!idle && self.last_commit.get().elapsed() < COMMIT_EVERY) {
+    fn commit_skipped(&mut self, idle: bool) {
+        if !self.uncommitted || (!idle && self.last_commit.elapsed() < COMMIT_EVERY) {
             return;
         }
         if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Async) {
             tracing::debug!("committing skipped commands' offsets: {error}");
         }
-        self.uncommitted.set(false);
-        self.last_commit.set(std::time::Instant::now());
+        self.uncommitted = false;
+        self.last_commit = std::time::Instant::now();
     }
 
     /// Checks and applies one command; returns the status that answers it, or `None` for a
     /// refusal beyond this minute's [`MAX_REFUSAL_REPORTS_PER_MINUTE`]. `trace`: the command's
     /// "consume command" span, parent of "check command" and "apply".
-    fn handle(&self, bytes: &[u8], apply: &Apply<'_>, trace: Option<&TraceContext>) -> Option<Status> {
+    fn handle(&mut self, bytes: &[u8], apply: &Apply<'_>, trace: Option<&TraceContext>) -> Option<Status> {
         let check = trace.and_then(|parent| {
             self.spans.start("check command", SpanKind::Internal, SystemTime::now(), parent, Vec::new())
         });
@@ -357,7 +360,7 @@ impl Channel {
         let command = match checked {
             Ok(command) => command,
             Err((refusal, command_id)) => {
-                let allowance = self.refusals.borrow_mut().take(isolation::now_unix_ms());
+                let allowance = self.refusals.take(isolation::now_unix_ms());
                 if allowance.unsaid_before > 0 {
                     tracing::warn!(
                         "{} more commands were refused in the last minute, neither reported nor logged one by one \
@@ -407,7 +410,7 @@ impl Channel {
         match outcome {
             Ok(recorded) => {
                 // Recorded on disk by the isolation or release itself, in the same write.
-                self.last_generation.set(Some(command.generation));
+                self.last_generation = Some(command.generation);
                 tracing::info!(
                     command_id = %command.command_id,
                     generation = command.generation,
@@ -429,7 +432,7 @@ impl Channel {
     }
 
     /// Signature, version, host, expiry and generation, in that order.
-    fn check(&self, bytes: &[u8], target: &Target) -> Result<Command, (Refusal, Option<String>)> {
+    fn check(&mut self, bytes: &[u8], target: &Target) -> Result<Command, (Refusal, Option<String>)> {
         let command = cordon_wire::open_with_any(bytes, &self.settings.public_keys)
             .map_err(|refusal| (refusal, None))?;
         let id = Some(command.command_id.clone());
@@ -439,11 +442,11 @@ impl Channel {
         if command.expires_at_ms < isolation::now_unix_ms() {
             return Err((Refusal::Expired, id));
         }
-        let last = match self.last_generation.get() {
+        let last = match self.last_generation {
             Some(last) => last,
             None => match Store::open(&target.state_dir).and_then(|s| s.last_command_generation()) {
                 Ok(last) => {
-                    self.last_generation.set(Some(last));
+                    self.last_generation = Some(last);
                     last
                 }
                 // Unknown: refuse rather than risk applying a replay.
@@ -458,15 +461,15 @@ impl Channel {
 
     /// The host's state as a status message: one read of the store (it is opened per use, since
     /// the command line opens it too, and an open costs as much as attaching the programs).
-    pub fn snapshot(&self, target: &Target, answer: Answer) -> Status {
+    pub fn snapshot(&mut self, target: &Target, answer: Answer) -> Status {
         self.status_message(answer, isolation::status(target))
     }
 
     /// `local` as a status message answering as `answer` says.
-    fn status_message(&self, answer: Answer, local: Result<isolation::Status>) -> Status {
+    fn status_message(&mut self, answer: Answer, local: Result<isolation::Status>) -> Status {
         let (kind, command_id, refusal, error) = answer.into_parts();
-        let sent_at_ms = isolation::now_unix_ms().max(self.last_sent_at_ms.get().saturating_add(1));
-        self.last_sent_at_ms.set(sent_at_ms);
+        let sent_at_ms = isolation::now_unix_ms().max(self.last_sent_at_ms.saturating_add(1));
+        self.last_sent_at_ms = sent_at_ms;
         let mut status = Status {
             version: WIRE_VERSION,
             host_id: self.settings.host_id.clone(),
@@ -498,7 +501,7 @@ impl Channel {
             }
             Err(e) => {
                 // What this agent last applied, if it knows (no other process applies commands).
-                status.generation = self.last_generation.get().unwrap_or(0);
+                status.generation = self.last_generation.unwrap_or(0);
                 let reading = format!("cannot read local status: {e:#}");
                 status.error =
                     Some(status.error.map_or(reading.clone(), |first| format!("{first}; {reading}")));
