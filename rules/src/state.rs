@@ -221,8 +221,9 @@ pub const MAX_KEPT_ISOLATIONS: usize = 65_536;
 
 /// Hosts' isolations where no one else keeps them (replaying a rule's tests, `cordon rules`,
 /// shadow rules, benchmarks): what the engine's decisions put in force, until they end, for at
-/// most [`MAX_KEPT_ISOLATIONS`] hosts. Past that, ended ones go first, then an eighth of the rest
-/// (whose next match then counts as new: shadow rules report more, and act on nothing).
+/// most [`MAX_KEPT_ISOLATIONS`] hosts. Past that, ended ones go first, then as many others as
+/// make room for an eighth more (whose next match then counts as new: shadow rules report more,
+/// and act on nothing).
 #[derive(Debug, Clone, Default)]
 pub struct HostIsolations(HashMap<String, HostIsolation>);
 
@@ -260,14 +261,14 @@ impl HostIsolations {
     fn keep(&mut self, host: &str, isolation: HostIsolation, now_ms: i64) {
         if !self.0.contains_key(host) && self.0.len() >= MAX_KEPT_ISOLATIONS {
             self.prune(now_ms);
-            if self.0.len() >= MAX_KEPT_ISOLATIONS {
-                // An eighth at once: a flood costs one pass per eighth, not one per host.
-                let mut dropped = 0;
-                self.0.retain(|_, _| {
-                    dropped += 1;
-                    dropped > MAX_KEPT_ISOLATIONS / 8
-                });
-            }
+            // Room for at least an eighth more before the next pass: a flood of new hosts costs
+            // one pass per eighth, not one per host, however few isolations had ended.
+            let mut excess = self.0.len().saturating_sub(MAX_KEPT_ISOLATIONS - MAX_KEPT_ISOLATIONS / 8);
+            self.0.retain(|_, _| {
+                let keep = excess == 0;
+                excess = excess.saturating_sub(1);
+                keep
+            });
         }
         self.0.insert(host.to_owned(), isolation);
     }
@@ -510,20 +511,32 @@ mod tests {
     fn kept_isolations_are_bounded_ended_ones_going_first() {
         let manual = HostIsolation { mode: IsolationMode::Manual, deadline_ms: None, isolated_by: BTreeMap::new() };
         let timed = |deadline_ms| HostIsolation { mode: IsolationMode::Automatic, deadline_ms: Some(deadline_ms), ..manual.clone() };
+        let room = MAX_KEPT_ISOLATIONS - MAX_KEPT_ISOLATIONS / 8;
         let mut kept = HostIsolations::new();
-        kept.keep("ends-soon", timed(1_000), 0);
-        for i in 1..MAX_KEPT_ISOLATIONS {
-            kept.keep(&format!("made-up-{i}"), manual.clone(), 0);
+        let ending = MAX_KEPT_ISOLATIONS / 8 + 1;
+        for i in 0..MAX_KEPT_ISOLATIONS {
+            let isolation = if i < ending { timed(1_000) } else { manual.clone() };
+            kept.keep(&format!("host-{i}"), isolation, 0);
         }
         assert_eq!(kept.len(), MAX_KEPT_ISOLATIONS);
-        kept.keep("made-up-1", manual.clone(), 2_000);
+        kept.keep("host-1", timed(1_000), 2_000);
         assert_eq!(kept.len(), MAX_KEPT_ISOLATIONS, "a host kept already is only updated");
         kept.keep("next", manual.clone(), 2_000);
-        assert_eq!(kept.len(), MAX_KEPT_ISOLATIONS, "the ended isolation made room");
-        assert!(kept.in_force("ends-soon", 0).is_none() && kept.in_force("next", 2_000).is_some());
+        assert_eq!(kept.len(), MAX_KEPT_ISOLATIONS - ending + 1, "the ended isolations made room, and only they went");
+        assert!((ending..MAX_KEPT_ISOLATIONS).all(|i| kept.in_force(&format!("host-{i}"), 2_000).is_some()));
+        assert!(kept.in_force("next", 2_000).is_some());
+        // Full of isolations that never end: an eighth goes at once, not one per new host.
+        for i in 0..ending - 1 {
+            kept.keep(&format!("flood-{i}"), manual.clone(), 2_000);
+        }
+        assert_eq!(kept.len(), MAX_KEPT_ISOLATIONS);
         kept.keep("one-more", manual.clone(), 2_000);
-        assert_eq!(kept.len(), MAX_KEPT_ISOLATIONS - MAX_KEPT_ISOLATIONS / 8 + 1, "an eighth went at once");
+        assert_eq!(kept.len(), room + 1, "room for an eighth more");
         assert!(kept.in_force("one-more", 2_000).is_some());
+        for i in 0..MAX_KEPT_ISOLATIONS / 8 - 1 {
+            kept.keep(&format!("second-flood-{i}"), manual.clone(), 2_000);
+        }
+        assert_eq!(kept.len(), MAX_KEPT_ISOLATIONS, "no pass until it is full again");
     }
 
     #[test]

@@ -340,16 +340,28 @@ impl OutboxNotUpdated<'_> {
 }
 
 /// The broker refuses a command for good (larger than its limit, ...): parked, not sent, and
-/// counted.
-pub(super) struct CommandParked<'a> {
+/// counted; or, when the store could not park it, said with why (the next round tries again).
+pub(super) struct CommandRefusedForGood<'a> {
     pub host: &'a str,
     pub reason: &'a str,
+    /// Why the store could not park it, if it could not.
+    pub not_parked: Option<&'a anyhow::Error>,
 }
 
-impl CommandParked<'_> {
+impl CommandRefusedForGood<'_> {
     pub fn emit(&self, metrics: &Metrics) {
-        metrics.commands_parked.add("refused_by_broker", 1);
-        tracing::error!(host_id = %self.host, "{}: {}", self.host, self.reason);
+        let (host, reason) = (self.host, self.reason);
+        match self.not_parked {
+            None => {
+                metrics.commands_parked.add("refused_by_broker", 1);
+                tracing::error!(host_id = %host, "{host}: {reason}");
+            }
+            Some(error) => tracing::error!(
+                host_id = %host,
+                error = %format!("{error:#}"),
+                "{host}: {reason}; it could not be parked either ({error:#}): tried again next round"
+            ),
+        }
     }
 }
 

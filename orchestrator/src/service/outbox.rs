@@ -28,7 +28,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use sha2::Digest as _;
 use tokio::sync::{mpsc, watch};
 
-use super::events::{CommandParked, DeadLetterRefused, FailpointAborting, OutboxNotUpdated, KafkaWorksAgain, SendFailed};
+use super::events::{CommandRefusedForGood, DeadLetterRefused, FailpointAborting, OutboxNotUpdated, KafkaWorksAgain, SendFailed};
 use super::lifecycle::HostRecord;
 use super::observe::Metrics;
 use super::store::{DeadLetterEntry, OutboxEntry, Outgoing, Store};
@@ -522,11 +522,12 @@ impl Sender {
              parked, not sent",
             self.max_message_bytes
         );
-        if let Err(error) = self.store.park(key, &reason) {
-            OutboxNotUpdated { doing: "parking a command the broker refuses", error: &error }.emit();
+        let parked = self.store.park(key, &reason);
+        CommandRefusedForGood { host: &entry.host, reason: &reason, not_parked: parked.as_ref().err() }
+            .emit(&self.metrics);
+        if parked.is_err() {
             return;
         }
-        CommandParked { host: &entry.host, reason: &reason }.emit(&self.metrics);
         if let Some(trace) = self.in_flight.remove(&key) {
             trace.span().set_status(SpanStatus::error(reason.clone()));
             trace.span().end();
