@@ -10,9 +10,13 @@ use libfuzzer_sys::fuzz_target;
 fn ruleset() -> &'static rules::Ruleset {
     static RULES: OnceLock<rules::Ruleset> = OnceLock::new();
     RULES.get_or_init(|| {
+        // A keyword search of every text too: the projected parse then captures the texts itself,
+        // and must capture what the whole parse's tree holds (repeated keys included).
         let text = "id: fuzz\ntitle: Fuzz\ndetection:\n  selection:\n    severity_id|gte: 4\n    \
                     process.name|contains: [crypt, ransom]\n  other:\n    device.os.name: Linux\n  \
-                    condition: selection or other\nresponse:\n  isolate:\n    mode: automatic\n    duration: 1h\n";
+                    words:\n    '|contains': [mimikatz, lsass]\n  \
+                    condition: selection or other or words\nresponse:\n  isolate:\n    mode: automatic\n    \
+                    duration: 1h\n";
         let files = [rules::SourceFile { name: "fuzz.yaml".into(), text: text.into() }];
         rules::RuleDirectory::load(&files, None).expect("the fuzz rule validates").ruleset().clone()
     })

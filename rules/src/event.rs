@@ -329,15 +329,58 @@ impl<'de> Visitor<'de> for SkippedSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Skipped, A::Error> {
-        while map.next_key::<IgnoredAny>()?.is_some() {
-            map.next_value_seed(SkippedSeed(self.0.as_deref_mut()))?;
+        if self.0.is_none() {
+            while map.next_key::<IgnoredAny>()?.is_some() {
+                map.next_value_seed(SkippedSeed(None))?;
+            }
+            return Ok(Skipped);
         }
+        let mut members = MemberTexts::default();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            let start = self.0.as_ref().map_or(0, |texts| texts.len());
+            map.next_value_seed(SkippedSeed(self.0.as_deref_mut()))?;
+            members.note(key, start, self.0.as_ref().map(|texts| texts.len()));
+        }
+        members.drop_overridden(self.0.as_deref_mut());
         Ok(Skipped)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Skipped, A::Error> {
         while seq.next_element_seed(SkippedSeed(self.0.as_deref_mut()))?.is_some() {}
         Ok(Skipped)
+    }
+}
+
+/// The texts an object's members captured, by key, while the texts are captured: when the object
+/// ends, those of a member that a later member of the same key overrides are taken out again, so
+/// that the captured texts are those of the event as parsed whole (which keeps the last of
+/// repeated keys, as `serde_json` does).
+#[derive(Default)]
+struct MemberTexts<'de> {
+    members: Vec<(Cow<'de, str>, std::ops::Range<usize>)>,
+}
+
+impl<'de> MemberTexts<'de> {
+    /// A member read: its key and where its texts start; none kept when nothing is captured.
+    fn note(&mut self, key: Cow<'de, str>, start: usize, end: Option<usize>) {
+        if let Some(end) = end {
+            self.members.push((key, start..end));
+        }
+    }
+
+    fn drop_overridden(self, texts: Option<&mut String>) {
+        let Some(texts) = texts else { return };
+        if self.members.len() < 2 {
+            return;
+        }
+        // From the last member back: a key seen already is overridden; its texts go, the later
+        // ranges first so that the earlier ones stay where they are.
+        let mut seen = std::collections::HashSet::with_capacity(self.members.len());
+        for (key, range) in self.members.iter().rev() {
+            if !seen.insert(&**key) && !range.is_empty() {
+                texts.replace_range(range.clone(), "");
+            }
+        }
     }
 }
 
@@ -365,7 +408,9 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Slot, A::Error> {
         let mark = self.builder.mark();
+        let mut members = MemberTexts::default();
         while let Some(key) = map.next_key_seed(KeySeed)? {
+            let start = self.texts.as_ref().map_or(0, |texts| texts.len());
             match self.node.child(&key) {
                 Some(child) => {
                     let texts = self.texts.as_deref_mut();
@@ -376,7 +421,9 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
                     map.next_value_seed(SkippedSeed(self.texts.as_deref_mut()))?;
                 }
             }
+            members.note(key, start, self.texts.as_ref().map(|texts| texts.len()));
         }
+        members.drop_overridden(self.texts.as_deref_mut());
         self.builder.close_object(mark).map_err(A::Error::custom)
     }
 
@@ -537,6 +584,23 @@ mod tests {
                 Event::parse_projected(text, &projection).map(|e| (e.host().to_owned(), e.id().to_owned()));
             assert_eq!(projected, whole, "{text}");
         }
+    }
+
+    #[test]
+    fn captured_texts_leave_out_what_a_repeated_key_overrides_as_the_whole_parse_does() {
+        let text = r#"{"device":{"uid":"a"},"finding_info":{"uid":"e1"},"time":1,"severity_id":4,
+            "process":{"cmd":"Mimikatz","cmd":"ls","args":["x",{"a":"Gone","a":"kept"}]},
+            "skipped":{"a":"Secret","a":"x","b":{"c":"deep","c":"deeper"}},"kept":{"k":"One","k":"two"},"kept":"last"}"#;
+        let sorted = |texts: &str| {
+            let mut texts: Vec<String> = texts.split('\0').filter(|t| !t.is_empty()).map(str::to_owned).collect();
+            texts.sort();
+            texts
+        };
+        let projected = Event::parse_projected(text, &projection(&["kept", "process.cmd"]).with_texts()).unwrap();
+        let whole = Event::parse(text).unwrap();
+        let whole_texts = crate::matcher::Subject::new(&whole).folded_texts().to_owned();
+        assert_eq!(sorted(projected.folded_texts().unwrap()), sorted(&whole_texts));
+        assert_eq!(sorted(&whole_texts), ["a", "deeper", "e1", "kept", "last", "ls", "x", "x"]);
     }
 
     #[test]
