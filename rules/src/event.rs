@@ -374,9 +374,17 @@ impl<'de> MemberTexts<'de> {
             return;
         }
         // From the last member back: a key seen already is overridden; its texts go, the later
-        // ranges first so that the earlier ones stay where they are.
-        let mut seen = std::collections::HashSet::with_capacity(self.members.len());
-        for (key, range) in self.members.iter().rev() {
+        // ranges first so that the earlier ones stay where they are. Most objects are small and
+        // have no repeated key: checked pair by pair, no set built.
+        let members = &self.members;
+        let repeated = |(i, (key, _)): (usize, &(Cow<'de, str>, std::ops::Range<usize>))| {
+            members[i + 1..].iter().any(|(later, _)| later == key)
+        };
+        if members.len() <= 16 && !members.iter().enumerate().any(repeated) {
+            return;
+        }
+        let mut seen = std::collections::HashSet::with_capacity(members.len());
+        for (key, range) in members.iter().rev() {
             if !seen.insert(&**key) && !range.is_empty() {
                 texts.replace_range(range.clone(), "");
             }
