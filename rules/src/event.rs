@@ -57,17 +57,6 @@ fn field_kind(value: Field<'_>) -> &'static str {
     }
 }
 
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 impl Event {
     /// Parses one JSON text into an event (OCSF).
     pub fn parse(text: &str) -> Result<Self, EventError> {
@@ -124,9 +113,7 @@ impl Event {
 
     /// Finds the facts every decision needs where `format` keeps them (see [`Format`]).
     pub fn from_json_as(fields: Value, format: Format) -> Result<Self, EventError> {
-        if !fields.is_object() {
-            return Err(EventError::NotAnObject(json_kind(&fields)));
-        }
+        // Not an object: refused by `from_fields`, which names what the root is.
         let fields = if format.has_dotted_keys() { crate::format::expand_dotted_keys(fields) } else { fields };
         let fields = Fields::from_value(&fields).map_err(|_| EventError::TooLarge)?;
         Self::from_fields(fields, format)
