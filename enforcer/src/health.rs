@@ -127,11 +127,8 @@ pub fn view(state_dir: &Path, now_ms: i64) -> AgentView {
 mod tests {
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("cordon-health-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    fn scratch(name: &str) -> cordon_tests::ScratchDir {
+        cordon_tests::ScratchDir::new(&format!("health-{name}"))
     }
 
     #[test]

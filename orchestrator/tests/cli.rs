@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use cordon_tests::ScratchDir;
 use serde_json::json;
 
 fn repo() -> PathBuf {
@@ -205,12 +206,9 @@ fn replay_marks_what_shadow_rules_would_do() {
     assert_eq!(shadow, [true, false, true]);
 }
 
-/// A fresh directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cordon-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory for one test, removed after it.
+fn scratch(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("cli-{name}"))
 }
 
 /// Every `SigmaHQ` Linux rule (vendored, rules/tests/sigmahq) either converts into a rule that
