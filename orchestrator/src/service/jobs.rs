@@ -1,6 +1,6 @@
 //! The service's recurring jobs, run by tokio-cron-scheduler: each only posts a [`Job`] to the
 //! service loop, which does the work (one writer of the state). Deadlines are not among them:
-//! they live in sled's deadline index and the loop checks it every 100 ms.
+//! the host records hold them, the store indexes them, and the loop checks the index every 100 ms.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};

@@ -1,5 +1,5 @@
-//! The service's durable state in sled: one record per host, the deadline index the scheduler
-//! scans, the rules engine's state, the audit trail, the registry of agent keys (and the keys
+//! The service's durable state in sled: one record per host (and, in memory, the deadline index
+//! the scheduler scans, read from the records), the rules engine's state, the audit trail, the registry of agent keys (and the keys
 //! that claimed a host without being enrolled), and the outbox of signed commands and dead
 //! letters (with the entries parked because the broker can never take them), and every version
 //! of the central isolation policy.
@@ -8,7 +8,7 @@
 //! and sent (then removed) only after that flush: a crash at any moment loses no command, and a
 //! command sent twice is refused by the agent as a stale generation.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -198,7 +198,6 @@ pub struct ApiCall {
 struct Trees {
     db: sled::Db,
     hosts: sled::Tree,
-    deadlines: sled::Tree,
     /// Keyed by host, then a sequence number: one host's trail is one range.
     audit: sled::Tree,
     outbox: sled::Tree,
@@ -225,7 +224,6 @@ enum Slot {
     /// The database's default tree (the engine state).
     Default,
     Hosts,
-    Deadlines,
     Audit,
     Outbox,
     DeadLetters,
@@ -235,10 +233,9 @@ enum Slot {
     Policy,
 }
 
-const SLOTS: [Slot; 10] = [
+const SLOTS: [Slot; 9] = [
     Slot::Default,
     Slot::Hosts,
-    Slot::Deadlines,
     Slot::Audit,
     Slot::Outbox,
     Slot::DeadLetters,
@@ -253,7 +250,6 @@ impl Trees {
         match slot {
             Slot::Default => &self.db,
             Slot::Hosts => &self.hosts,
-            Slot::Deadlines => &self.deadlines,
             Slot::Audit => &self.audit,
             Slot::Outbox => &self.outbox,
             Slot::DeadLetters => &self.dead_letters,
@@ -283,8 +279,10 @@ pub struct Store {
     /// The loop's changes not yet committed: one handler's changes (a whole batch) go to sled
     /// in one transaction, so that a crash or a failed write keeps all of them or none (sled
     /// alone writes pages, not operations: a failed flush can keep a host's audit entry and
-    /// lose its record, or its record and lose its deadline).
+    /// lose its record, or its record and lose its audit entry).
     staged: Arc<Mutex<Staged>>,
+    /// The deadline index: the hosts whose isolation in force has a deadline, by deadline.
+    deadlines: Arc<Mutex<DeadlineIndex>>,
     /// What the rules engine is told of every known host (its trusted tags and the isolation in
     /// force), read once from its record and kept in step by `put_host`: the engine needs it for
     /// every detection, and decoding the record each time is most of the cost of a detection
@@ -319,10 +317,31 @@ const ENGINE_KEY: &[u8] = b"engine";
 /// Where `check_writable` writes.
 const WRITE_CHECK_KEY: &[u8] = b"write_check";
 
-fn deadline_key(expires_at_ms: i64, host: &str) -> Vec<u8> {
-    let mut key = expires_at_ms.to_be_bytes().to_vec();
-    key.extend_from_slice(host.as_bytes());
-    key
+/// The hosts whose isolation in force has a deadline, by deadline then host: what the tick
+/// scans. Not a tree of its own: the host records own the deadline, so the index is read from
+/// them when the store opens, and each commit changes it by what it made durable (it answers for
+/// what the store holds, never for what is only staged). Earlier versions kept it in sled, one
+/// more key to remove and one to write for each isolating decision.
+#[derive(Debug, Default)]
+struct DeadlineIndex {
+    durable: BTreeSet<(i64, String)>,
+    /// Changes staged with the records they come from, in order: the entry, and whether it is
+    /// added (or removed).
+    staged: Vec<((i64, String), bool)>,
+}
+
+/// What the deadline index reads of a host record.
+#[derive(Deserialize)]
+struct RecordDeadline {
+    state: HostState,
+    expires_at_ms: Option<i64>,
+}
+
+impl RecordDeadline {
+    /// The deadline of an isolation in force, if it has one.
+    fn in_force(&self) -> Option<i64> {
+        self.expires_at_ms.filter(|_| self.state.isolation_in_force())
+    }
 }
 
 /// The free space sled must have to open the store. Opening runs sled's recovery, which writes
@@ -402,9 +421,11 @@ impl Trees {
             other => anyhow::Error::new(other).context(format!("cannot open state store {}", path.display())),
         })?;
         check_identity(&db, dir, &path)?;
+        // Earlier versions kept the deadline index in this tree; it is read from the records now,
+        // and a copy no longer kept in step must not stay behind.
+        db.drop_tree("deadlines").context("cannot drop the old deadline index")?;
         Ok(Trees {
             hosts: db.open_tree("hosts")?,
-            deadlines: db.open_tree("deadlines")?,
             audit: db.open_tree("audit")?,
             outbox: db.open_tree("outbox")?,
             dead_letters: db.open_tree("dead_letters")?,
@@ -427,6 +448,7 @@ impl Store {
             trees: Arc::new(RwLock::new(Some(Arc::new(Trees::open(dir)?)))),
             fault: Arc::default(),
             staged: Arc::default(),
+            deadlines: Arc::default(),
             claims_len: Arc::default(),
             for_rules: Arc::default(),
             counts: Arc::default(),
@@ -441,9 +463,27 @@ impl Store {
     fn load_memory(&self) -> Result<()> {
         self.for_rules.lock().unwrap_or_else(PoisonError::into_inner).clear();
         self.fleet.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.load_deadlines()?;
         self.load_counts()?;
         self.claims_len.store(self.trees()?.claims.len(), Ordering::SeqCst);
         self.load_policy()
+    }
+
+    /// Reads the deadline index from the host records.
+    fn load_deadlines(&self) -> Result<()> {
+        let trees = self.trees()?;
+        let mut durable = BTreeSet::new();
+        for item in &trees.hosts {
+            let (host, bytes) = item?;
+            let host = String::from_utf8_lossy(&host).into_owned();
+            let record: RecordDeadline = serde_json::from_slice(&bytes)
+                .with_context(|| format!("the record of host {host} is unreadable"))?;
+            if let Some(deadline) = record.in_force() {
+                durable.insert((deadline, host));
+            }
+        }
+        *self.deadlines.lock().unwrap_or_else(PoisonError::into_inner) = DeadlineIndex { durable, staged: Vec::new() };
+        Ok(())
     }
 
     /// Reads the policy version in force; a store without one gets the seed, durably.
@@ -483,6 +523,8 @@ impl Store {
         // may fall between taking the staged writes and their landing in the trees.
         let fleet = self.fleet.lock().unwrap_or_else(PoisonError::into_inner);
         let staged = std::mem::take(&mut *self.staged.lock().unwrap_or_else(PoisonError::into_inner));
+        let deadline_changes =
+            std::mem::take(&mut self.deadlines.lock().unwrap_or_else(PoisonError::into_inner).staged);
         if !staged.is_empty() {
             let all: Vec<&sled::Tree> = SLOTS.iter().map(|slot| trees.slot(*slot)).collect();
             all.as_slice()
@@ -504,6 +546,14 @@ impl Store {
         }
         drop(fleet);
         trees.db.flush().context("cannot flush the state store")?;
+        let mut deadlines = self.deadlines.lock().unwrap_or_else(PoisonError::into_inner);
+        for (entry, added) in deadline_changes {
+            if added {
+                deadlines.durable.insert(entry);
+            } else {
+                deadlines.durable.remove(&entry);
+            }
+        }
         Ok(())
     }
 
@@ -522,6 +572,7 @@ impl Store {
     /// database, or while the disk still refuses it.
     pub fn reopen(&self) -> Result<()> {
         self.staged.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.deadlines.lock().unwrap_or_else(PoisonError::into_inner).staged.clear();
         let mut slot = self.trees.write().unwrap_or_else(PoisonError::into_inner);
         drop(slot.take());
         *slot = Some(Arc::new(Trees::open_when_released(&self.dir)?));
@@ -671,12 +722,14 @@ impl Store {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(record.host.clone(), Arc::new(record.for_rules()));
+        let mut deadlines = self.deadlines.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(deadline) = previous.and_then(|p| p.expires_at_ms) {
-            self.stage(Slot::Deadlines, &deadline_key(deadline, &record.host), None);
+            deadlines.staged.push(((deadline, record.host.clone()), false));
         }
         if let Some(deadline) = record.expires_at_ms.filter(|_| record.state.isolation_in_force()) {
-            self.stage(Slot::Deadlines, &deadline_key(deadline, &record.host), Some(record.host.as_bytes().to_vec()));
+            deadlines.staged.push(((deadline, record.host.clone()), true));
         }
+        drop(deadlines);
         self.stage(Slot::Hosts, record.host.as_bytes(), Some(serde_json::to_vec(record)?));
         self.count_change(previous, record);
         if let Some(fleet) = self.fleet.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
@@ -776,19 +829,11 @@ impl Store {
 
     /// Hosts whose deadline is at or before `now_ms`, earliest first.
     pub fn due(&self, now_ms: i64) -> Result<Vec<String>> {
-        let trees = self.trees()?;
-        let end = deadline_key(now_ms.saturating_add(1), "");
-        trees.deadlines
-            .range(..end)
-            .values()
-            .map(|value| Ok(String::from_utf8_lossy(&value?).into_owned()))
-            .collect()
-    }
-
-    /// The next deadline, if any.
-    pub fn next_deadline(&self) -> Result<Option<i64>> {
-        let trees = self.trees()?;
-        Ok(trees.deadlines.first()?.and_then(|(key, _)| key.get(..8)?.try_into().ok().map(i64::from_be_bytes)))
+        // None while the store is being reopened (the index is read again with it).
+        self.trees()?;
+        let deadlines = self.deadlines.lock().unwrap_or_else(PoisonError::into_inner);
+        let due = deadlines.durable.iter().take_while(|(deadline, _)| *deadline <= now_ms);
+        Ok(due.map(|(_, host)| host.clone()).collect())
     }
 
     /// Staged until `commit` (the loop's entries go with the change they tell of).
@@ -1142,6 +1187,59 @@ mod tests {
         assert_eq!(store.due(10_000).unwrap(), vec!["web-01".to_owned()]);
         assert_eq!(store.counts().by_state.get("isolating"), Some(&1));
         drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_deadline_index_follows_committed_records_and_is_read_from_them_at_open() {
+        let (dir, store) = scratch("deadlines");
+        let isolated = |host: &str, deadline: i64| {
+            let mut record = HostRecord::new(host, 0);
+            record.state = HostState::Isolated;
+            record.expires_at_ms = Some(deadline);
+            record
+        };
+        let (web_01, web_02, web_03) = (isolated("web-01", 5_000), isolated("web-02", 3_000), isolated("web-03", 4_000));
+        for record in [&web_01, &web_02, &web_03] {
+            store.put_host(None, record).unwrap();
+        }
+        store.commit().unwrap();
+        assert_eq!(store.due(10_000).unwrap(), ["web-02", "web-03", "web-01"], "earliest first");
+        assert_eq!(store.due(3_999).unwrap(), ["web-02"]);
+        // web-01's isolation extended, web-02's being lifted (its deadline kept on the record).
+        let extended = isolated("web-01", 20_000);
+        let mut releasing = web_02.clone();
+        releasing.state = HostState::Releasing;
+        store.put_host(Some(&web_01), &extended).unwrap();
+        store.put_host(Some(&web_02), &releasing).unwrap();
+        assert_eq!(store.due(10_000).unwrap(), ["web-02", "web-03", "web-01"], "staged changes are not due");
+        store.commit().unwrap();
+        assert_eq!(store.due(10_000).unwrap(), ["web-03"]);
+        assert_eq!(store.due(20_000).unwrap(), ["web-03", "web-01"]);
+        drop(store);
+        // An earlier version kept the index in a tree of its own; a stale copy of it is dropped at
+        // open, and the index is read from the records.
+        let started = std::time::Instant::now();
+        let db = loop {
+            match sled::open(dir.join("orchestrator.sled")) {
+                Ok(db) => break db,
+                Err(error) if started.elapsed().as_secs() < 10 => {
+                    assert!(format!("{error}").contains("could not acquire lock"), "{error}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(error) => panic!("{error}"),
+            }
+        };
+        let mut stale_key = 1_000_i64.to_be_bytes().to_vec();
+        stale_key.extend_from_slice(b"web-02");
+        db.open_tree("deadlines").unwrap().insert(stale_key, b"web-02").unwrap();
+        db.flush().unwrap();
+        drop(db);
+        let store = reopen(&dir).unwrap();
+        assert_eq!(store.due(20_000).unwrap(), ["web-03", "web-01"]);
+        let trees = store.trees().unwrap();
+        assert!(!trees.db.tree_names().iter().any(|name| name.as_ref() == b"deadlines"), "the old tree is dropped");
+        drop((trees, store));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
