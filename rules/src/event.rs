@@ -91,16 +91,16 @@ impl Event {
 
     fn parse_through(text: &str, projection: &Projection, format: Format) -> Result<Self, EventError> {
         let mut deserializer = serde_json::Deserializer::from_str(text);
-        let mut texts = projection.keep_texts.then(|| String::with_capacity(text.len() / 2));
+        let mut captured = projection.keep_texts.then(|| Captured::with_capacity(text.len() / 2));
         let fields = Builder::with(|builder| {
-            let root = NodeSeed { node: &projection.root, builder: &mut *builder, texts: texts.as_mut() }
+            let root = NodeSeed { node: &projection.root, builder: &mut *builder, texts: captured.as_mut() }
                 .deserialize(&mut deserializer)?;
             deserializer.end()?;
             Ok(builder.finish(root))
         })
         .map_err(|error: serde_json::Error| EventError::NotJson(error.to_string()))?;
         let mut event = Self::from_fields(fields, format)?;
-        event.folded_texts = texts.map(String::into_boxed_str);
+        event.folded_texts = captured.map(|captured| captured.texts.into_boxed_str());
         Ok(event)
     }
 
@@ -265,9 +265,9 @@ impl Projection {
 struct Skipped;
 
 /// Reads and drops a value, capturing its strings (lowercased) into `.0` when asked.
-struct SkippedSeed<'t>(Option<&'t mut String>);
+struct SkippedSeed<'t, 'de>(Option<&'t mut Captured<'de>>);
 
-impl<'de> DeserializeSeed<'de> for SkippedSeed<'_> {
+impl<'de> DeserializeSeed<'de> for SkippedSeed<'_, 'de> {
     type Value = Skipped;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Skipped, D::Error> {
@@ -276,14 +276,14 @@ impl<'de> DeserializeSeed<'de> for SkippedSeed<'_> {
 }
 
 /// Appends `text`, lowercased, and a NUL to the captured texts.
-fn capture(texts: Option<&mut String>, text: &str) {
-    if let Some(texts) = texts {
-        crate::matcher::push_folded(texts, text);
-        texts.push('\0');
+fn capture(captured: Option<&mut Captured<'_>>, text: &str) {
+    if let Some(captured) = captured {
+        crate::matcher::push_folded(&mut captured.texts, text);
+        captured.texts.push('\0');
     }
 }
 
-impl<'de> Visitor<'de> for SkippedSeed<'_> {
+impl<'de> Visitor<'de> for SkippedSeed<'_, 'de> {
     type Value = Skipped;
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -322,13 +322,13 @@ impl<'de> Visitor<'de> for SkippedSeed<'_> {
             }
             return Ok(Skipped);
         }
-        let mut members = MemberTexts::default();
+        let object = Captured::object_start(self.0.as_deref());
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            let start = self.0.as_ref().map_or(0, |texts| texts.len());
+            let start = Captured::texts_end(self.0.as_deref());
             map.next_value_seed(SkippedSeed(self.0.as_deref_mut()))?;
-            members.note(key, start, self.0.as_ref().map(|texts| texts.len()));
+            Captured::note(self.0.as_deref_mut(), key, start);
         }
-        members.drop_overridden(self.0.as_deref_mut());
+        Captured::object_end(self.0.as_deref_mut(), object);
         Ok(Skipped)
     }
 
@@ -338,55 +338,70 @@ impl<'de> Visitor<'de> for SkippedSeed<'_> {
     }
 }
 
-/// The texts an object's members captured, by key, while the texts are captured: when the object
-/// ends, those of a member that a later member of the same key overrides are taken out again, so
-/// that the captured texts are those of the event as parsed whole (which keeps the last of
-/// repeated keys, as `serde_json` does).
-#[derive(Default)]
-struct MemberTexts<'de> {
+/// What a parse captures when asked: every string of the event, lowercased, each followed by a
+/// NUL; and the members of the objects being read, by key and where their texts are. When an
+/// object ends, the texts of a member that a later member of the same key overrides are taken
+/// out again, so that the captured texts are those of the event as parsed whole (which keeps the
+/// last of repeated keys, as `serde_json` does). One of each per parse: the members of the
+/// objects open are runs at the end of `members`, the innermost last, and go when it ends.
+struct Captured<'de> {
+    texts: String,
     members: Vec<(Cow<'de, str>, std::ops::Range<usize>)>,
 }
 
-impl<'de> MemberTexts<'de> {
-    /// A member read: its key and where its texts start; none kept when nothing is captured.
-    fn note(&mut self, key: Cow<'de, str>, start: usize, end: Option<usize>) {
-        if let Some(end) = end {
-            self.members.push((key, start..end));
+impl<'de> Captured<'de> {
+    fn with_capacity(texts: usize) -> Self {
+        Captured { texts: String::with_capacity(texts), members: Vec::new() }
+    }
+
+    /// Where an object's members start (0 when nothing is captured).
+    fn object_start(captured: Option<&Self>) -> usize {
+        captured.map_or(0, |captured| captured.members.len())
+    }
+
+    /// Where the next member's texts start (0 when nothing is captured).
+    fn texts_end(captured: Option<&Self>) -> usize {
+        captured.map_or(0, |captured| captured.texts.len())
+    }
+
+    /// A member read: its key, and where its texts start.
+    fn note(captured: Option<&mut Self>, key: Cow<'de, str>, start: usize) {
+        if let Some(captured) = captured {
+            let end = captured.texts.len();
+            captured.members.push((key, start..end));
         }
     }
 
-    fn drop_overridden(self, texts: Option<&mut String>) {
-        let Some(texts) = texts else { return };
-        if self.members.len() < 2 {
-            return;
-        }
+    /// The object whose members start at `start` ended: the texts of its overridden members go.
+    fn object_end(captured: Option<&mut Self>, start: usize) {
+        let Some(captured) = captured else { return };
+        let object = &captured.members[start..];
         // From the last member back: a key seen already is overridden; its texts go, the later
         // ranges first so that the earlier ones stay where they are. Most objects are small and
         // have no repeated key: checked pair by pair, no set built.
-        let members = &self.members;
         let repeated = |(i, (key, _)): (usize, &(Cow<'de, str>, std::ops::Range<usize>))| {
-            members[i + 1..].iter().any(|(later, _)| later == key)
+            object[i + 1..].iter().any(|(later, _)| later == key)
         };
-        if members.len() <= 16 && !members.iter().enumerate().any(repeated) {
-            return;
-        }
-        let mut seen = std::collections::HashSet::with_capacity(members.len());
-        for (key, range) in members.iter().rev() {
-            if !seen.insert(&**key) && !range.is_empty() {
-                texts.replace_range(range.clone(), "");
+        if object.len() >= 2 && (object.len() > 16 || object.iter().enumerate().any(repeated)) {
+            let mut seen = std::collections::HashSet::with_capacity(object.len());
+            for (key, range) in object.iter().rev() {
+                if !seen.insert(&**key) && !range.is_empty() {
+                    captured.texts.replace_range(range.clone(), "");
+                }
             }
         }
+        captured.members.truncate(start);
     }
 }
 
 /// Reads a value into the tree as `node` keeps it, capturing its strings into `texts` when asked.
-struct NodeSeed<'a> {
+struct NodeSeed<'a, 'de> {
     node: &'a Node,
     builder: &'a mut Builder,
-    texts: Option<&'a mut String>,
+    texts: Option<&'a mut Captured<'de>>,
 }
 
-impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
+impl<'de> DeserializeSeed<'de> for NodeSeed<'_, 'de> {
     type Value = Slot;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Slot, D::Error> {
@@ -394,7 +409,7 @@ impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for NodeSeed<'_> {
+impl<'de> Visitor<'de> for NodeSeed<'_, 'de> {
     type Value = Slot;
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -403,9 +418,9 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Slot, A::Error> {
         let mark = self.builder.mark();
-        let mut members = MemberTexts::default();
+        let object = Captured::object_start(self.texts.as_deref());
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            let start = self.texts.as_ref().map_or(0, |texts| texts.len());
+            let start = Captured::texts_end(self.texts.as_deref());
             match self.node.child(&key) {
                 Some(child) => {
                     let texts = self.texts.as_deref_mut();
@@ -416,9 +431,9 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
                     map.next_value_seed(SkippedSeed(self.texts.as_deref_mut()))?;
                 }
             }
-            members.note(key, start, self.texts.as_ref().map(|texts| texts.len()));
+            Captured::note(self.texts.as_deref_mut(), key, start);
         }
-        members.drop_overridden(self.texts.as_deref_mut());
+        Captured::object_end(self.texts.as_deref_mut(), object);
         self.builder.close_object(mark).map_err(A::Error::custom)
     }
 
