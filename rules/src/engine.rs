@@ -51,19 +51,47 @@ pub fn evaluate<T: AsRef<str>>(
     now_ms: i64,
     host_tags: &[T],
 ) -> Vec<Decision> {
+    screen(ruleset, state, event)
+        .map_or_else(Vec::new, |screened| screened.decide(state, isolation, now_ms, host_tags))
+}
+
+/// An event [`screen`] let through: new to the engine, with rules that may decide on it.
+pub struct Screened<'a> {
+    ruleset: &'a Ruleset,
+    event: &'a Event,
+    subject: Subject<'a>,
+    candidates: Vec<u32>,
+}
+
+/// The first half of [`evaluate`], which needs nothing of the host: remembers the event and
+/// selects the rules that may decide on it. None for an event seen already, or one no rule can
+/// match (most events): its host's isolation and tags need not be looked up.
+pub fn screen<'a>(ruleset: &'a Ruleset, state: &mut EngineState, event: &'a Event) -> Option<Screened<'a>> {
     if !state.remember_event(event_key(event.host(), event.id())) {
-        return Vec::new();
+        return None;
     }
     let subject = Subject::new(event);
     let candidates = ruleset.candidates(&subject);
-    if candidates.is_empty() {
-        return Vec::new();
+    (!candidates.is_empty()).then_some(Screened { ruleset, event, subject, candidates })
+}
+
+impl Screened<'_> {
+    /// The second half of [`evaluate`] (see there for `isolation` and `host_tags`): what the
+    /// rules decide, the state updated.
+    pub fn decide<T: AsRef<str>>(
+        &self,
+        state: &mut EngineState,
+        isolation: Option<&HostIsolation>,
+        now_ms: i64,
+        host_tags: &[T],
+    ) -> Vec<Decision> {
+        let Screened { ruleset, event, subject, candidates } = self;
+        let plan = plan(ruleset, state, event, isolation, subject, now_ms, host_tags, candidates);
+        for change in plan.changes {
+            apply(state, change);
+        }
+        plan.decisions
     }
-    let plan = plan(ruleset, state, event, isolation, &subject, now_ms, host_tags, &candidates);
-    for change in plan.changes {
-        apply(state, change);
-    }
-    plan.decisions
 }
 
 /// What `evaluate` would decide, without changing anything.

@@ -30,7 +30,7 @@ pub use config::{
 pub use decision::{Action, Decision, Exclusions, Isolation, IsolationMode, Reason, ReasonKind};
 pub use diagnostic::{Diagnostic, Position};
 pub use duration::{format_duration, parse_duration, DurationError, MAX_DURATION};
-pub use engine::{dry_run, dry_run_rule, evaluate, DryRun, RuleVerdict};
+pub use engine::{dry_run, dry_run_rule, evaluate, screen, DryRun, RuleVerdict, Screened};
 pub use event::{Event, EventError, Projection};
 pub use fields::{Field, Fields, Members};
 pub use format::{expand_dotted_keys, Format};

@@ -2,7 +2,7 @@
 //! hosts' records, invalid ones dead-lettered with the reason, agents' reports verified
 //! ([`super::reports`]); everything durable in one commit, then the offsets.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -64,13 +64,14 @@ impl Service {
         self.failpoint("before-flush");
         self.flush()?;
         self.failpoint("after-flush");
-        let mut offsets: HashMap<(&str, i32), i64> = HashMap::new();
+        // A handful of partitions, thousands of messages: no hashing of the topic's name per message.
+        let mut offsets: BTreeMap<(i32, &str), i64> = BTreeMap::new();
         for message in &batch.messages {
-            let next = offsets.entry((message.topic(), message.partition())).or_insert(0);
+            let next = offsets.entry((message.partition(), message.topic())).or_insert(0);
             *next = (*next).max(message.offset() + 1);
         }
         let mut list = TopicPartitionList::new();
-        for ((topic, partition), offset) in offsets {
+        for ((partition, topic), offset) in offsets {
             list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
         }
         if let Err(error) = consumer.commit(&list, CommitMode::Async) {
@@ -98,15 +99,22 @@ impl Service {
         now: i64,
         received_at: SystemTime,
     ) -> Result<()> {
-        let known = self.store.for_rules(event.host())?;
-        let (trusted_tags, isolation) = match known.as_deref() {
-            Some(known) => (&known.operator_tags[..], known.isolation.as_ref()),
-            None => (&[][..], None),
-        };
-        let tags = self.tag_sources.tags_for(event, trusted_tags);
         let evaluating_since = self.spans.enabled().then(SystemTime::now);
-        let decisions = rules::evaluate(&self.acting.live, &mut self.engine, event, isolation, now, &tags);
-        self.on_shadow_decisions(event, now, &tags)?;
+        // Most events no rule can match: their host's isolation and tags are not looked up.
+        let screened = rules::screen(&self.acting.live, &mut self.engine, event);
+        let mut decisions = Vec::new();
+        if screened.is_some() || !self.acting.shadow.is_empty() {
+            let known = self.store.for_rules(event.host())?;
+            let (trusted_tags, isolation) = match known.as_deref() {
+                Some(known) => (&known.operator_tags[..], known.isolation.as_ref()),
+                None => (&[][..], None),
+            };
+            let tags = self.tag_sources.tags_for(event, trusted_tags);
+            if let Some(screened) = screened {
+                decisions = screened.decide(&mut self.engine, isolation, now, &tags);
+            }
+            self.on_shadow_decisions(event, now, &tags)?;
+        }
         if let Some(failing) = self.failpoint.as_deref().and_then(|name| name.strip_prefix("fail-event:")) {
             // CORDON_FAILPOINT=fail-event:ID: handling event ID fails after its evaluation, as
             // an unexpected error there would (the tests of the per-event failure path).

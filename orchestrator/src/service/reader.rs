@@ -3,7 +3,7 @@
 //! loop by parser threads, and hands the batches to the loop in order; the loop alone commits
 //! offsets.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -136,8 +136,9 @@ struct Channels {
 #[derive(Clone)]
 pub(super) struct InputRules {
     status_topic: String,
-    /// The alert format of each alert topic (`[kafka] detections_topic` and `[[inputs]]`).
-    formats: HashMap<String, rules::Format>,
+    /// The alert format of each alert topic (`[kafka] detections_topic` and `[[inputs]]`): a
+    /// handful, looked up for every message (no hashing of its topic's name).
+    formats: BTreeMap<String, rules::Format>,
     /// A detection larger than this is not parsed.
     max_detection_bytes: usize,
 }
@@ -551,7 +552,7 @@ mod tests {
     fn a_batch_parsed_again_keeps_the_fields_the_new_rules_read_and_its_old_events_for_the_parser() {
         let input = InputRules {
             status_topic: "cordon.status".into(),
-            formats: HashMap::from([("edr.detections".to_owned(), rules::Format::Ocsf)]),
+            formats: BTreeMap::from([("edr.detections".to_owned(), rules::Format::Ocsf)]),
             max_detection_bytes: 1 << 20,
         };
         let text = br#"{"time":1,"severity_id":5,"device":{"uid":"web-01"},"finding_info":{"uid":"e1"},
