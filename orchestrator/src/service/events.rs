@@ -544,6 +544,23 @@ impl LegacyIsolationsAdopted<'_> {
     }
 }
 
+/// A host record the store could not read when it opened: its deadline is not watched.
+pub(super) struct DeadlineNotIndexed<'a> {
+    pub host: &'a str,
+    pub error: &'a anyhow::Error,
+}
+
+impl DeadlineNotIndexed<'_> {
+    pub fn emit(&self) {
+        let Self { host, error } = self;
+        tracing::error!(
+            host_id = %host,
+            "{host}: its record is unreadable, so cordon does not watch its deadline (its agent still lifts a timed \
+             isolation at its own deadline; an operator can release the host): {error:#}"
+        );
+    }
+}
+
 /// Shadow rules are in force: what they decide is recorded, never done.
 pub(super) struct ShadowRulesInForce<'a> {
     pub rule_ids: &'a [&'a str],

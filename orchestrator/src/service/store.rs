@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sled::Transactional as _;
 
-use super::events::LegacyIsolationsAdopted;
+use super::events::{DeadlineNotIndexed, LegacyIsolationsAdopted};
 
 pub use super::agents::{AgentRecord, Claim};
 pub use super::lifecycle::{AuditEntry, HostForRules, HostRecord, HostState, HostSummary};
@@ -469,17 +469,21 @@ impl Store {
         self.load_policy()
     }
 
-    /// Reads the deadline index from the host records.
+    /// Reads the deadline index from the host records. An unreadable record is said and passed
+    /// over: one damaged record must not keep cordon from watching every other host.
     fn load_deadlines(&self) -> Result<()> {
         let trees = self.trees()?;
         let mut durable = BTreeSet::new();
         for item in &trees.hosts {
             let (host, bytes) = item?;
             let host = String::from_utf8_lossy(&host).into_owned();
-            let record: RecordDeadline = serde_json::from_slice(&bytes)
-                .with_context(|| format!("the record of host {host} is unreadable"))?;
-            if let Some(deadline) = record.in_force() {
-                durable.insert((deadline, host));
+            match serde_json::from_slice::<RecordDeadline>(&bytes) {
+                Ok(record) => {
+                    if let Some(deadline) = record.in_force() {
+                        durable.insert((deadline, host));
+                    }
+                }
+                Err(error) => DeadlineNotIndexed { host: &host, error: &anyhow::Error::new(error) }.emit(),
             }
         }
         *self.deadlines.lock().unwrap_or_else(PoisonError::into_inner) = DeadlineIndex { durable, staged: Vec::new() };
@@ -1233,6 +1237,8 @@ mod tests {
         let mut stale_key = 1_000_i64.to_be_bytes().to_vec();
         stale_key.extend_from_slice(b"web-02");
         db.open_tree("deadlines").unwrap().insert(stale_key, b"web-02").unwrap();
+        // A damaged record does not keep the others from being watched.
+        db.open_tree("hosts").unwrap().insert(b"web-04", b"{\"state\":\"isolat".to_vec()).unwrap();
         db.flush().unwrap();
         drop(db);
         let store = reopen(&dir).unwrap();
