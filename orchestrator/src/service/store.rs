@@ -1,5 +1,5 @@
-//! The service's durable state in sled: one record per host (and, in memory, the deadline index
-//! the scheduler scans, read from the records), the rules engine's state, the audit trail, the registry of agent keys (and the keys
+//! The service's durable state in sled: one record per host (and, in memory, the indexes the
+//! scheduled work scans, read from the records), the rules engine's state, the audit trail, the registry of agent keys (and the keys
 //! that claimed a host without being enrolled), and the outbox of signed commands and dead
 //! letters (with the entries parked because the broker can never take them), and every version
 //! of the central isolation policy.
@@ -281,8 +281,9 @@ pub struct Store {
     /// alone writes pages, not operations: a failed flush can keep a host's audit entry and
     /// lose its record, or its record and lose its audit entry).
     staged: Arc<Mutex<Staged>>,
-    /// The deadline index: the hosts whose isolation in force has a deadline, by deadline.
-    deadlines: Arc<Mutex<DeadlineIndex>>,
+    /// What the loop's scheduled work looks for among the hosts (deadlines, unanswered
+    /// commands), indexed.
+    watched: Arc<Mutex<Watched>>,
     /// What the rules engine is told of every known host (its trusted tags and the isolation in
     /// force), read once from its record and kept in step by `put_host`: the engine needs it for
     /// every detection, and decoding the record each time is most of the cost of a detection
@@ -317,30 +318,74 @@ const ENGINE_KEY: &[u8] = b"engine";
 /// Where `check_writable` writes.
 const WRITE_CHECK_KEY: &[u8] = b"write_check";
 
-/// The hosts whose isolation in force has a deadline, by deadline then host: what the tick
-/// scans. Not a tree of its own: the host records own the deadline, so the index is read from
-/// them when the store opens, and each commit changes it by what it made durable (it answers for
-/// what the store holds, never for what is only staged). Earlier versions kept it in sled, one
-/// more key to remove and one to write for each isolating decision.
+/// What the loop's scheduled work looks for among the hosts, so that it need not read every
+/// record to find it: the isolations in force with a deadline, by deadline (the tick lifts them,
+/// every 100 ms) and the hosts whose last command awaits its agent's answer (the resend job sends
+/// it again, every few seconds). Not trees of their own: the host records own these facts, so
+/// the indexes are read from them when the store opens, and each commit changes them by what it
+/// made durable (they answer for what the store holds, never for what is only staged). Earlier
+/// versions kept the deadlines in sled, one more key to remove and one to write for each
+/// isolating decision, and the resend job read every record each time.
 #[derive(Debug, Default)]
-struct DeadlineIndex {
-    durable: BTreeSet<(i64, String)>,
-    /// Changes staged with the records they come from, in order: the entry, and whether it is
-    /// added (or removed).
-    staged: Vec<((i64, String), bool)>,
+struct Watched {
+    deadlines: BTreeSet<(i64, String)>,
+    awaiting_answer: BTreeSet<String>,
+    /// Changes staged with the records they come from, in order: the host, what was indexed of
+    /// its previous record, and what is of its new one.
+    staged: Vec<(String, WatchedFacts, WatchedFacts)>,
 }
 
-/// What the deadline index reads of a host record.
+/// What is indexed of one host record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct WatchedFacts {
+    /// The deadline of the isolation in force, if it has one.
+    deadline: Option<i64>,
+    /// Its last command awaits an answer: a command was sent, and the host is isolating or
+    /// releasing (what `lifecycle::resend_due` may send again).
+    awaiting_answer: bool,
+}
+
+/// What the indexes read of a host record (the fields of [`HostRecord`] they need).
 #[derive(Deserialize)]
-struct RecordDeadline {
+struct RecordFacts {
     state: HostState,
     expires_at_ms: Option<i64>,
+    #[serde(default)]
+    command_issued_at_ms: Option<i64>,
 }
 
-impl RecordDeadline {
-    /// The deadline of an isolation in force, if it has one.
-    fn in_force(&self) -> Option<i64> {
-        self.expires_at_ms.filter(|_| self.state.isolation_in_force())
+impl WatchedFacts {
+    fn of(state: HostState, expires_at_ms: Option<i64>, command_issued_at_ms: Option<i64>) -> WatchedFacts {
+        WatchedFacts {
+            deadline: expires_at_ms.filter(|_| state.isolation_in_force()),
+            awaiting_answer: command_issued_at_ms.is_some()
+                && matches!(state, HostState::Isolating | HostState::Releasing),
+        }
+    }
+
+    fn of_record(record: &HostRecord) -> WatchedFacts {
+        WatchedFacts::of(record.state, record.expires_at_ms, record.command_issued_at_ms)
+    }
+}
+
+impl Watched {
+    /// Indexes (or, `add` false, unindexes) `facts` of `host`.
+    fn index(&mut self, host: &str, facts: WatchedFacts, add: bool) {
+        if let Some(deadline) = facts.deadline {
+            let entry = (deadline, host.to_owned());
+            if add {
+                self.deadlines.insert(entry);
+            } else {
+                self.deadlines.remove(&entry);
+            }
+        }
+        if facts.awaiting_answer {
+            if add {
+                self.awaiting_answer.insert(host.to_owned());
+            } else {
+                self.awaiting_answer.remove(host);
+            }
+        }
     }
 }
 
@@ -448,7 +493,7 @@ impl Store {
             trees: Arc::new(RwLock::new(Some(Arc::new(Trees::open(dir)?)))),
             fault: Arc::default(),
             staged: Arc::default(),
-            deadlines: Arc::default(),
+            watched: Arc::default(),
             claims_len: Arc::default(),
             for_rules: Arc::default(),
             counts: Arc::default(),
@@ -463,30 +508,30 @@ impl Store {
     fn load_memory(&self) -> Result<()> {
         self.for_rules.lock().unwrap_or_else(PoisonError::into_inner).clear();
         self.fleet.lock().unwrap_or_else(PoisonError::into_inner).take();
-        self.load_deadlines()?;
+        self.load_watched()?;
         self.load_counts()?;
         self.claims_len.store(self.trees()?.claims.len(), Ordering::SeqCst);
         self.load_policy()
     }
 
-    /// Reads the deadline index from the host records. An unreadable record is said and passed
-    /// over: one damaged record must not keep cordon from watching every other host.
-    fn load_deadlines(&self) -> Result<()> {
+    /// Reads the indexes of what the scheduled work looks for from the host records. An
+    /// unreadable record is said and passed over: one damaged record must not keep cordon from
+    /// watching every other host.
+    fn load_watched(&self) -> Result<()> {
         let trees = self.trees()?;
-        let mut durable = BTreeSet::new();
+        let mut watched = Watched::default();
         for item in &trees.hosts {
             let (host, bytes) = item?;
             let host = String::from_utf8_lossy(&host).into_owned();
-            match serde_json::from_slice::<RecordDeadline>(&bytes) {
+            match serde_json::from_slice::<RecordFacts>(&bytes) {
                 Ok(record) => {
-                    if let Some(deadline) = record.in_force() {
-                        durable.insert((deadline, host));
-                    }
+                    let facts = WatchedFacts::of(record.state, record.expires_at_ms, record.command_issued_at_ms);
+                    watched.index(&host, facts, true);
                 }
                 Err(error) => DeadlineNotIndexed { host: &host, error: &anyhow::Error::new(error) }.emit(),
             }
         }
-        *self.deadlines.lock().unwrap_or_else(PoisonError::into_inner) = DeadlineIndex { durable, staged: Vec::new() };
+        *self.watched.lock().unwrap_or_else(PoisonError::into_inner) = watched;
         Ok(())
     }
 
@@ -527,8 +572,8 @@ impl Store {
         // may fall between taking the staged writes and their landing in the trees.
         let fleet = self.fleet.lock().unwrap_or_else(PoisonError::into_inner);
         let staged = std::mem::take(&mut *self.staged.lock().unwrap_or_else(PoisonError::into_inner));
-        let deadline_changes =
-            std::mem::take(&mut self.deadlines.lock().unwrap_or_else(PoisonError::into_inner).staged);
+        let watched_changes =
+            std::mem::take(&mut self.watched.lock().unwrap_or_else(PoisonError::into_inner).staged);
         if !staged.is_empty() {
             let all: Vec<&sled::Tree> = SLOTS.iter().map(|slot| trees.slot(*slot)).collect();
             all.as_slice()
@@ -550,13 +595,10 @@ impl Store {
         }
         drop(fleet);
         trees.db.flush().context("cannot flush the state store")?;
-        let mut deadlines = self.deadlines.lock().unwrap_or_else(PoisonError::into_inner);
-        for (entry, added) in deadline_changes {
-            if added {
-                deadlines.durable.insert(entry);
-            } else {
-                deadlines.durable.remove(&entry);
-            }
+        let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        for (host, before, after) in watched_changes {
+            watched.index(&host, before, false);
+            watched.index(&host, after, true);
         }
         Ok(())
     }
@@ -576,7 +618,7 @@ impl Store {
     /// database, or while the disk still refuses it.
     pub fn reopen(&self) -> Result<()> {
         self.staged.lock().unwrap_or_else(PoisonError::into_inner).clear();
-        self.deadlines.lock().unwrap_or_else(PoisonError::into_inner).staged.clear();
+        self.watched.lock().unwrap_or_else(PoisonError::into_inner).staged.clear();
         let mut slot = self.trees.write().unwrap_or_else(PoisonError::into_inner);
         drop(slot.take());
         *slot = Some(Arc::new(Trees::open_when_released(&self.dir)?));
@@ -720,20 +762,16 @@ impl Store {
         self.for_rules.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
-    /// Stores `record` and keeps the deadline index in step with it. Staged until `commit`.
+    /// Stores `record` and keeps the indexes of what the scheduled work looks for in step with
+    /// it (once committed). Staged until `commit`.
     pub fn put_host(&self, previous: Option<&HostRecord>, record: &HostRecord) -> Result<()> {
         self.for_rules
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(record.host.clone(), Arc::new(record.for_rules()));
-        let mut deadlines = self.deadlines.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(deadline) = previous.and_then(|p| p.expires_at_ms) {
-            deadlines.staged.push(((deadline, record.host.clone()), false));
-        }
-        if let Some(deadline) = record.expires_at_ms.filter(|_| record.state.isolation_in_force()) {
-            deadlines.staged.push(((deadline, record.host.clone()), true));
-        }
-        drop(deadlines);
+        let before = previous.map(WatchedFacts::of_record).unwrap_or_default();
+        let change = (record.host.clone(), before, WatchedFacts::of_record(record));
+        self.watched.lock().unwrap_or_else(PoisonError::into_inner).staged.push(change);
         self.stage(Slot::Hosts, record.host.as_bytes(), Some(serde_json::to_vec(record)?));
         self.count_change(previous, record);
         if let Some(fleet) = self.fleet.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
@@ -835,9 +873,16 @@ impl Store {
     pub fn due(&self, now_ms: i64) -> Result<Vec<String>> {
         // None while the store is being reopened (the index is read again with it).
         self.trees()?;
-        let deadlines = self.deadlines.lock().unwrap_or_else(PoisonError::into_inner);
-        let due = deadlines.durable.iter().take_while(|(deadline, _)| *deadline <= now_ms);
+        let watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        let due = watched.deadlines.iter().take_while(|(deadline, _)| *deadline <= now_ms);
         Ok(due.map(|(_, host)| host.clone()).collect())
+    }
+
+    /// Hosts whose last command awaits its agent's answer, by host id.
+    pub fn awaiting_answer(&self) -> Result<Vec<String>> {
+        // None while the store is being reopened (the index is read again with it).
+        self.trees()?;
+        Ok(self.watched.lock().unwrap_or_else(PoisonError::into_inner).awaiting_answer.iter().cloned().collect())
     }
 
     /// Staged until `commit` (the loop's entries go with the change they tell of).
@@ -1246,6 +1291,39 @@ mod tests {
         let trees = store.trees().unwrap();
         assert!(!trees.db.tree_names().iter().any(|name| name.as_ref() == b"deadlines"), "the old tree is dropped");
         drop((trees, store));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn hosts_awaiting_an_answer_are_indexed_from_committed_records_and_at_open() {
+        let (dir, store) = scratch("awaiting");
+        let sent = |host: &str, state: HostState| {
+            let mut record = HostRecord::new(host, 0);
+            record.state = state;
+            record.command_issued_at_ms = Some(1_000);
+            record
+        };
+        let isolating = sent("web-01", HostState::Isolating);
+        let releasing = sent("web-02", HostState::Releasing);
+        // A command sent, but the host neither isolating nor releasing: nothing to resend.
+        let released = sent("web-03", HostState::Released);
+        for record in [&isolating, &releasing, &released] {
+            store.put_host(None, record).unwrap();
+        }
+        assert!(store.awaiting_answer().unwrap().is_empty(), "not before the commit");
+        store.commit().unwrap();
+        assert_eq!(store.awaiting_answer().unwrap(), ["web-01", "web-02"]);
+        // web-01's agent answered.
+        let mut answered = isolating.clone();
+        answered.state = HostState::Isolated;
+        answered.command_issued_at_ms = None;
+        store.put_host(Some(&isolating), &answered).unwrap();
+        store.commit().unwrap();
+        assert_eq!(store.awaiting_answer().unwrap(), ["web-02"]);
+        drop(store);
+        let store = reopen(&dir).unwrap();
+        assert_eq!(store.awaiting_answer().unwrap(), ["web-02"], "read from the records at open");
+        drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

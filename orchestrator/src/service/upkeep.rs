@@ -55,7 +55,9 @@ impl Service {
         match job {
             Job::Reconcile => {
                 let after_ms = i64::try_from(self.config.agents.resend_after_seconds).unwrap_or(15) * 1_000;
-                for previous in self.store.hosts()? {
+                // Only the hosts whose last command awaits an answer (indexed): not every record.
+                for host in self.store.awaiting_answer()? {
+                    let Some(previous) = self.store.host(&host)? else { continue };
                     let mut record = previous.clone();
                     if let Some(action) = lifecycle::resend_due(&mut record, after_ms, now) {
                         CommandResent { record: &record }.emit();
