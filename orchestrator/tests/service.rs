@@ -40,6 +40,8 @@ struct Harness {
     api_config: String,
     /// Extra lines of the `[rules]` section.
     rules_config: String,
+    /// Extra lines of the `[agents]` section.
+    agents_config: String,
     /// The key the test's agents sign their reports with, and the hosts it is enrolled for.
     agent_key: cordon_wire::SigningKey,
     enrolled: std::cell::RefCell<std::collections::HashSet<String>>,
@@ -116,6 +118,7 @@ impl Harness {
             kafka_config: String::new(),
             api_config: String::new(),
             rules_config: String::new(),
+            agents_config: String::new(),
             agent_key: cordon_wire::generate_signing_key(),
             enrolled: std::cell::RefCell::default(),
             last_sent_at_ms: std::cell::Cell::new(0),
@@ -173,14 +176,15 @@ impl Harness {
             &config,
             format!(
                 "[kafka]\nbrokers = \"{}\"\n{}[rules]\ndir = \"{}\"\npoll_seconds = 1\n{}[state]\ndir = \"{}\"\n\
-                 [signing]\nkey_file = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n{}[agents]\nresend_after_seconds = 2\n",
+                 [signing]\nkey_file = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n{}[agents]\nresend_after_seconds = 2\n{}",
                 self.brokers,
                 self.kafka_config,
                 self.dir.join("rules").display(),
                 self.rules_config,
                 self.dir.join(self.state).display(),
                 keys.join("signing.key").display(),
-                self.api_config
+                self.api_config,
+                self.agents_config
             ),
         )
         .expect("write config");
@@ -1552,6 +1556,45 @@ fn heartbeat(host: &str, generation: u64, isolated: bool) -> serde_json::Value {
         "tags": if isolated { vec!["ISOLATED FROM NETWORK", "linux"] } else { vec!["linux"] },
         "refusal": null, "error": null, "packets_dropped": 0, "packets_allowed": 0
     })
+}
+
+/// An agent that falls silent is marked stale once `[agents] stale_after_seconds` have passed
+/// since it was last heard from, not before, and its next report makes it current again.
+#[test]
+fn a_silent_agent_is_marked_stale_in_time_and_a_report_brings_it_back() {
+    let mut harness = Harness::start("stale");
+    harness.agents_config = "stale_after_seconds = 2\n".to_owned();
+    let _lines = harness.serve();
+    // The host's agent as the API shows it (null until cordon knows the host).
+    let agent = |harness: &Harness| {
+        let output = harness.cordon(&["host", "quiet-01", "--json"]);
+        let host: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        host["agent"].clone()
+    };
+    let until = |harness: &Harness, what: &str, done: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let agent = agent(harness);
+            if done(&agent) {
+                return agent;
+            }
+            assert!(Instant::now() < deadline, "{what}: the agent is {agent}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    harness.publish_status(heartbeat("quiet-01", 0, false));
+    let heard = until(&harness, "heard from", &|agent| !agent.is_null() && !agent["last_seen"].is_null());
+    let heard_at = Instant::now();
+    assert_eq!(heard["stale"], false, "{heard}");
+    until(&harness, "marked stale", &|agent| agent["stale"] == true);
+    // The job runs every second (a quarter of the 2 s): stale after 2 s, by 3.5 s at the latest.
+    let waited = heard_at.elapsed();
+    assert!(waited >= Duration::from_millis(1_900), "marked stale after {waited:?} only");
+    assert!(waited <= Duration::from_millis(3_500) + Duration::from_millis(500), "marked stale after {waited:?}");
+    harness.publish_status(heartbeat("quiet-01", 0, false));
+    until(&harness, "current again", &|agent| agent["stale"] == false);
+    // And stale again when it falls silent again (the report put it back among those watched).
+    until(&harness, "marked stale again", &|agent| agent["stale"] == true);
 }
 
 /// A signed envelope, changed by `change` (a forger's edit).

@@ -1,7 +1,8 @@
 //! The service's recurring jobs, run by tokio-cron-scheduler: each only posts a [`Job`] to the
 //! service loop, which does the work (one writer of the state). Deadlines are not among them:
 //! the host records hold them, the store indexes them, and the loop checks the index every 100 ms.
-//! The resend job reads only the hosts the store indexes as awaiting an answer.
+//! The resend and stale jobs read only the hosts the store indexes for them (commands awaiting
+//! an answer, agents silent for too long), never every record.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};

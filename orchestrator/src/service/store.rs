@@ -320,16 +320,18 @@ const WRITE_CHECK_KEY: &[u8] = b"write_check";
 
 /// What the loop's scheduled work looks for among the hosts, so that it need not read every
 /// record to find it: the isolations in force with a deadline, by deadline (the tick lifts them,
-/// every 100 ms) and the hosts whose last command awaits its agent's answer (the resend job sends
-/// it again, every few seconds). Not trees of their own: the host records own these facts, so
+/// every 100 ms), the hosts whose last command awaits its agent's answer (the resend job sends
+/// it again, every few seconds) and the agents not marked stale, by when they were last heard
+/// from (the stale job marks the silent ones). Not trees of their own: the host records own these facts, so
 /// the indexes are read from them when the store opens, and each commit changes them by what it
 /// made durable (they answer for what the store holds, never for what is only staged). Earlier
 /// versions kept the deadlines in sled, one more key to remove and one to write for each
-/// isolating decision, and the resend job read every record each time.
+/// isolating decision, and the resend and stale jobs read every record each time.
 #[derive(Debug, Default)]
 struct Watched {
     deadlines: BTreeSet<(i64, String)>,
     awaiting_answer: BTreeSet<String>,
+    heard_from: BTreeSet<(i64, String)>,
     /// Changes staged with the records they come from, in order: the host, what was indexed of
     /// its previous record, and what is of its new one.
     staged: Vec<(String, WatchedFacts, WatchedFacts)>,
@@ -343,6 +345,9 @@ struct WatchedFacts {
     /// Its last command awaits an answer: a command was sent, and the host is isolating or
     /// releasing (what `lifecycle::resend_due` may send again).
     awaiting_answer: bool,
+    /// When its agent was last heard from, unless it is marked stale already (what
+    /// `lifecycle::check_stale` may mark).
+    heard_from: Option<i64>,
 }
 
 /// What the indexes read of a host record (the fields of [`HostRecord`] they need).
@@ -352,39 +357,51 @@ struct RecordFacts {
     expires_at_ms: Option<i64>,
     #[serde(default)]
     command_issued_at_ms: Option<i64>,
+    #[serde(default)]
+    last_seen_ms: Option<i64>,
+    #[serde(default)]
+    agent_stale: bool,
 }
 
-impl WatchedFacts {
-    fn of(state: HostState, expires_at_ms: Option<i64>, command_issued_at_ms: Option<i64>) -> WatchedFacts {
-        WatchedFacts {
-            deadline: expires_at_ms.filter(|_| state.isolation_in_force()),
-            awaiting_answer: command_issued_at_ms.is_some()
-                && matches!(state, HostState::Isolating | HostState::Releasing),
+impl RecordFacts {
+    fn of(record: &HostRecord) -> RecordFacts {
+        RecordFacts {
+            state: record.state,
+            expires_at_ms: record.expires_at_ms,
+            command_issued_at_ms: record.command_issued_at_ms,
+            last_seen_ms: record.last_seen_ms,
+            agent_stale: record.agent_stale,
         }
     }
 
-    fn of_record(record: &HostRecord) -> WatchedFacts {
-        WatchedFacts::of(record.state, record.expires_at_ms, record.command_issued_at_ms)
+    fn watched(&self) -> WatchedFacts {
+        WatchedFacts {
+            deadline: self.expires_at_ms.filter(|_| self.state.isolation_in_force()),
+            awaiting_answer: self.command_issued_at_ms.is_some()
+                && matches!(self.state, HostState::Isolating | HostState::Releasing),
+            heard_from: self.last_seen_ms.filter(|_| !self.agent_stale),
+        }
     }
 }
 
 impl Watched {
     /// Indexes (or, `add` false, unindexes) `facts` of `host`.
     fn index(&mut self, host: &str, facts: WatchedFacts, add: bool) {
-        if let Some(deadline) = facts.deadline {
-            let entry = (deadline, host.to_owned());
+        fn put<T: Ord>(set: &mut BTreeSet<T>, entry: T, add: bool) {
             if add {
-                self.deadlines.insert(entry);
+                set.insert(entry);
             } else {
-                self.deadlines.remove(&entry);
+                set.remove(&entry);
             }
         }
+        if let Some(deadline) = facts.deadline {
+            put(&mut self.deadlines, (deadline, host.to_owned()), add);
+        }
         if facts.awaiting_answer {
-            if add {
-                self.awaiting_answer.insert(host.to_owned());
-            } else {
-                self.awaiting_answer.remove(host);
-            }
+            put(&mut self.awaiting_answer, host.to_owned(), add);
+        }
+        if let Some(heard_from) = facts.heard_from {
+            put(&mut self.heard_from, (heard_from, host.to_owned()), add);
         }
     }
 }
@@ -524,10 +541,7 @@ impl Store {
             let (host, bytes) = item?;
             let host = String::from_utf8_lossy(&host).into_owned();
             match serde_json::from_slice::<RecordFacts>(&bytes) {
-                Ok(record) => {
-                    let facts = WatchedFacts::of(record.state, record.expires_at_ms, record.command_issued_at_ms);
-                    watched.index(&host, facts, true);
-                }
+                Ok(record) => watched.index(&host, record.watched(), true),
                 Err(error) => DeadlineNotIndexed { host: &host, error: &anyhow::Error::new(error) }.emit(),
             }
         }
@@ -769,8 +783,8 @@ impl Store {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(record.host.clone(), Arc::new(record.for_rules()));
-        let before = previous.map(WatchedFacts::of_record).unwrap_or_default();
-        let change = (record.host.clone(), before, WatchedFacts::of_record(record));
+        let before = previous.map(|previous| RecordFacts::of(previous).watched()).unwrap_or_default();
+        let change = (record.host.clone(), before, RecordFacts::of(record).watched());
         self.watched.lock().unwrap_or_else(PoisonError::into_inner).staged.push(change);
         self.stage(Slot::Hosts, record.host.as_bytes(), Some(serde_json::to_vec(record)?));
         self.count_change(previous, record);
@@ -876,6 +890,16 @@ impl Store {
         let watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
         let due = watched.deadlines.iter().take_while(|(deadline, _)| *deadline <= now_ms);
         Ok(due.map(|(_, host)| host.clone()).collect())
+    }
+
+    /// Hosts whose agent, not marked stale, was last heard from before `before_ms`, the longest
+    /// silent first.
+    pub fn heard_from_before(&self, before_ms: i64) -> Result<Vec<String>> {
+        // None while the store is being reopened (the index is read again with it).
+        self.trees()?;
+        let watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        let silent = watched.heard_from.iter().take_while(|(heard_from, _)| *heard_from < before_ms);
+        Ok(silent.map(|(_, host)| host.clone()).collect())
     }
 
     /// Hosts whose last command awaits its agent's answer, by host id.
@@ -1323,6 +1347,39 @@ mod tests {
         drop(store);
         let store = reopen(&dir).unwrap();
         assert_eq!(store.awaiting_answer().unwrap(), ["web-02"], "read from the records at open");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn agents_not_marked_stale_are_indexed_by_when_they_were_last_heard_from() {
+        let (dir, store) = scratch("heard");
+        let heard = |host: &str, at_ms: i64, stale: bool| {
+            let mut record = HostRecord::new(host, 0);
+            record.last_seen_ms = Some(at_ms);
+            record.agent_stale = stale;
+            record
+        };
+        let (web_01, web_02) = (heard("web-01", 1_000, false), heard("web-02", 5_000, false));
+        let (web_03, web_04) = (heard("web-03", 500, true), HostRecord::new("web-04", 0));
+        for record in [&web_01, &web_02, &web_03, &web_04] {
+            store.put_host(None, record).unwrap();
+        }
+        store.commit().unwrap();
+        // web-03 is marked stale already; web-04's agent was never heard from.
+        assert_eq!(store.heard_from_before(2_000).unwrap(), ["web-01"]);
+        assert_eq!(store.heard_from_before(5_000).unwrap(), ["web-01"], "strictly before");
+        assert_eq!(store.heard_from_before(9_000).unwrap(), ["web-01", "web-02"], "the longest silent first");
+        // web-01 reports again; web-02 is marked stale.
+        let again = heard("web-01", 8_000, false);
+        let stale = heard("web-02", 5_000, true);
+        store.put_host(Some(&web_01), &again).unwrap();
+        store.put_host(Some(&web_02), &stale).unwrap();
+        store.commit().unwrap();
+        assert!(store.heard_from_before(8_000).unwrap().is_empty());
+        drop(store);
+        let store = reopen(&dir).unwrap();
+        assert_eq!(store.heard_from_before(9_000).unwrap(), ["web-01"], "read from the records at open");
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -72,7 +72,9 @@ impl Service {
             }
             Job::MarkStale => {
                 let after_ms = i64::try_from(self.config.agents.stale_after_seconds).unwrap_or(90) * 1_000;
-                for previous in self.store.hosts()? {
+                // Only the agents silent for longer than allowed (indexed): not every record.
+                for host in self.store.heard_from_before(now.saturating_sub(after_ms))? {
+                    let Some(previous) = self.store.host(&host)? else { continue };
                     let mut record = previous.clone();
                     let effects = lifecycle::check_stale(&mut record, after_ms, now);
                     self.apply(Some(&previous), &mut record, effects, now, None)?;
