@@ -544,19 +544,20 @@ impl LegacyIsolationsAdopted<'_> {
     }
 }
 
-/// A host record the store could not read when it opened: its deadline is not watched.
-pub(super) struct DeadlineNotIndexed<'a> {
+/// A host record the store could not read when it opened: its deadline, unanswered command and
+/// agent's silence are not watched.
+pub(super) struct UnreadableRecordNotWatched<'a> {
     pub host: &'a str,
     pub error: &'a anyhow::Error,
 }
 
-impl DeadlineNotIndexed<'_> {
+impl UnreadableRecordNotWatched<'_> {
     pub fn emit(&self) {
         let Self { host, error } = self;
         tracing::error!(
             host_id = %host,
-            "{host}: its record is unreadable, so cordon does not watch its deadline (its agent still lifts a timed \
-             isolation at its own deadline; an operator can release the host): {error:#}"
+            "{host}: its record is unreadable, so cordon does not watch its deadline, its unanswered command or its \
+             agent's silence (its agent still lifts a timed isolation at its own deadline): {error:#}"
         );
     }
 }

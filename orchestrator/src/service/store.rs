@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sled::Transactional as _;
 
-use super::events::{DeadlineNotIndexed, LegacyIsolationsAdopted};
+use super::events::{UnreadableRecordNotWatched, LegacyIsolationsAdopted};
 
 pub use super::agents::{AgentRecord, Claim};
 pub use super::lifecycle::{AuditEntry, HostForRules, HostRecord, HostState, HostSummary};
@@ -542,7 +542,7 @@ impl Store {
             let host = String::from_utf8_lossy(&host).into_owned();
             match serde_json::from_slice::<RecordFacts>(&bytes) {
                 Ok(record) => watched.index(&host, record.watched(), true),
-                Err(error) => DeadlineNotIndexed { host: &host, error: &anyhow::Error::new(error) }.emit(),
+                Err(error) => UnreadableRecordNotWatched { host: &host, error: &anyhow::Error::new(error) }.emit(),
             }
         }
         *self.watched.lock().unwrap_or_else(PoisonError::into_inner) = watched;
