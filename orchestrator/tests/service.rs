@@ -1582,15 +1582,17 @@ fn a_silent_agent_is_marked_stale_in_time_and_a_report_brings_it_back() {
             std::thread::sleep(Duration::from_millis(50));
         }
     };
+    // cordon hears from the agent after `published`, and sees it heard from by `heard_at`.
+    let published = Instant::now();
     harness.publish_status(heartbeat("quiet-01", 0, false));
     let heard = until(&harness, "heard from", &|agent| !agent.is_null() && !agent["last_seen"].is_null());
     let heard_at = Instant::now();
     assert_eq!(heard["stale"], false, "{heard}");
     until(&harness, "marked stale", &|agent| agent["stale"] == true);
-    // The job runs every second (a quarter of the 2 s): stale after 2 s, by 3.5 s at the latest.
-    let waited = heard_at.elapsed();
-    assert!(waited >= Duration::from_millis(1_900), "marked stale after {waited:?} only");
-    assert!(waited <= Duration::from_millis(3_500) + Duration::from_millis(500), "marked stale after {waited:?}");
+    // The job runs every second (a quarter of the 2 s): stale after 2 s, by 3 s (4 s with slack).
+    let (since_published, since_heard) = (published.elapsed(), heard_at.elapsed());
+    assert!(since_published >= Duration::from_secs(2), "marked stale {since_published:?} after the report");
+    assert!(since_heard <= Duration::from_secs(4), "marked stale {since_heard:?} after it was heard from");
     harness.publish_status(heartbeat("quiet-01", 0, false));
     until(&harness, "current again", &|agent| agent["stale"] == false);
     // And stale again when it falls silent again (the report put it back among those watched).

@@ -350,36 +350,13 @@ struct WatchedFacts {
     heard_from: Option<i64>,
 }
 
-/// What the indexes read of a host record (the fields of [`HostRecord`] they need).
-#[derive(Deserialize)]
-struct RecordFacts {
-    state: HostState,
-    expires_at_ms: Option<i64>,
-    #[serde(default)]
-    command_issued_at_ms: Option<i64>,
-    #[serde(default)]
-    last_seen_ms: Option<i64>,
-    #[serde(default)]
-    agent_stale: bool,
-}
-
-impl RecordFacts {
-    fn of(record: &HostRecord) -> RecordFacts {
-        RecordFacts {
-            state: record.state,
-            expires_at_ms: record.expires_at_ms,
-            command_issued_at_ms: record.command_issued_at_ms,
-            last_seen_ms: record.last_seen_ms,
-            agent_stale: record.agent_stale,
-        }
-    }
-
-    fn watched(&self) -> WatchedFacts {
+impl WatchedFacts {
+    fn of(record: &HostRecord) -> WatchedFacts {
         WatchedFacts {
-            deadline: self.expires_at_ms.filter(|_| self.state.isolation_in_force()),
-            awaiting_answer: self.command_issued_at_ms.is_some()
-                && matches!(self.state, HostState::Isolating | HostState::Releasing),
-            heard_from: self.last_seen_ms.filter(|_| !self.agent_stale),
+            deadline: record.expires_at_ms.filter(|_| record.state.isolation_in_force()),
+            awaiting_answer: record.command_issued_at_ms.is_some()
+                && matches!(record.state, HostState::Isolating | HostState::Releasing),
+            heard_from: record.last_seen_ms.filter(|_| !record.agent_stale),
         }
     }
 }
@@ -540,8 +517,9 @@ impl Store {
         for item in &trees.hosts {
             let (host, bytes) = item?;
             let host = String::from_utf8_lossy(&host).into_owned();
-            match serde_json::from_slice::<RecordFacts>(&bytes) {
-                Ok(record) => watched.index(&host, record.watched(), true),
+            // Read whole, as `host` reads it: a record indexed here is one the loop can act on.
+            match serde_json::from_slice::<HostRecord>(&bytes) {
+                Ok(record) => watched.index(&host, WatchedFacts::of(&record), true),
                 Err(error) => UnreadableRecordNotWatched { host: &host, error: &anyhow::Error::new(error) }.emit(),
             }
         }
@@ -783,8 +761,8 @@ impl Store {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(record.host.clone(), Arc::new(record.for_rules()));
-        let before = previous.map(|previous| RecordFacts::of(previous).watched()).unwrap_or_default();
-        let change = (record.host.clone(), before, RecordFacts::of(record).watched());
+        let before = previous.map(WatchedFacts::of).unwrap_or_default();
+        let change = (record.host.clone(), before, WatchedFacts::of(record));
         self.watched.lock().unwrap_or_else(PoisonError::into_inner).staged.push(change);
         self.stage(Slot::Hosts, record.host.as_bytes(), Some(serde_json::to_vec(record)?));
         self.count_change(previous, record);
@@ -1380,6 +1358,50 @@ mod tests {
         drop(store);
         let store = reopen(&dir).unwrap();
         assert_eq!(store.heard_from_before(9_000).unwrap(), ["web-01"], "read from the records at open");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_jobs_select_exactly_the_hosts_lifecycle_acts_on() {
+        use super::super::lifecycle::{check_stale, resend_due, Effects};
+        let (dir, store) = scratch("selections");
+        let (after_ms, now) = (2_000, 10_000);
+        let mut records = Vec::new();
+        for last_seen in [now - after_ms - 1, now - after_ms, now - after_ms + 1] {
+            for stale in [false, true] {
+                let mut record = HostRecord::new(&format!("heard-{last_seen}-{stale}"), 0);
+                (record.last_seen_ms, record.agent_stale) = (Some(last_seen), stale);
+                records.push(record);
+            }
+        }
+        for state in HostState::ALL {
+            for issued in [None, Some(1_000)] {
+                let mut record = HostRecord::new(&format!("sent-{}-{issued:?}", state.name()), 0);
+                (record.state, record.command_issued_at_ms) = (state, issued);
+                record.last_command = Some(cordon_wire::Action::Release { reason: "r".into() });
+                records.push(record);
+            }
+        }
+        for record in &records {
+            store.put_host(None, record).unwrap();
+        }
+        store.commit().unwrap();
+        let acted_on = |acts: &dyn Fn(&mut HostRecord) -> bool| -> Vec<String> {
+            let mut hosts: Vec<String> =
+                records.iter().filter(|record| acts(&mut (*record).clone())).map(|r| r.host.clone()).collect();
+            hosts.sort();
+            hosts
+        };
+        let mut silent = store.heard_from_before(now - after_ms).unwrap();
+        silent.sort();
+        let marked = |record: &mut HostRecord| check_stale(record, after_ms, now) != Effects::default();
+        assert_eq!(silent, acted_on(&marked));
+        assert_eq!(silent, [format!("heard-{}-false", now - after_ms - 1)]);
+        // Resent whenever its wait is over (a wait of 0 here): the index holds every candidate.
+        let awaiting = store.awaiting_answer().unwrap();
+        assert_eq!(awaiting, acted_on(&|record| resend_due(record, 0, now).is_some()));
+        assert_eq!(awaiting.len(), 2, "{awaiting:?}");
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -23,6 +23,10 @@ impl Service {
         }
         for host in due {
             let Some(previous) = self.store.host(&host)? else { continue };
+            // The index answers for the records; the record, not the index, decides a release.
+            if !previous.state.isolation_in_force() || previous.expires_at_ms.is_none_or(|deadline| deadline > now) {
+                continue;
+            }
             if let Some(deadline) = previous.expires_at_ms {
                 let late_ms = (now - deadline).max(0);
                 self.metrics.lifts.add(if late_ms <= observe::ON_TIME_MS { "on_time" } else { "late" }, 1);
