@@ -641,7 +641,9 @@ impl Store {
         let trees = self.trees()?;
         let mut counts = HostCounts::default();
         if trees.counts_tree.is_empty() && !trees.hosts.is_empty() {
-            for record in self.hosts()? {
+            for item in &trees.hosts {
+                // An unreadable record is not counted (`load_watched` has said it, at this open).
+                let Ok(record) = serde_json::from_slice::<HostRecord>(&item?.1) else { continue };
                 *counts.by_state.entry(record.state.name()).or_default() += 1;
                 counts.stale_agents += i64::from(record.agent_stale);
             }
@@ -1286,13 +1288,37 @@ mod tests {
         db.open_tree("deadlines").unwrap().insert(stale_key, b"web-02").unwrap();
         // A damaged record does not keep the others from being watched.
         db.open_tree("hosts").unwrap().insert(b"web-04", b"{\"state\":\"isolat".to_vec()).unwrap();
+        // Nor from being counted, on a store from before the counts were kept.
+        db.open_tree("counts").unwrap().clear().unwrap();
         db.flush().unwrap();
         drop(db);
         let store = reopen(&dir).unwrap();
         assert_eq!(store.due(20_000).unwrap(), ["web-03", "web-01"]);
+        let counts = store.counts().by_state;
+        assert_eq!((counts.get("isolated"), counts.get("releasing")), (Some(&2), Some(&1)), "{counts:?}");
         let trees = store.trees().unwrap();
         assert!(!trees.db.tree_names().iter().any(|name| name.as_ref() == b"deadlines"), "the old tree is dropped");
         drop((trees, store));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_host_changed_twice_in_one_commit_is_indexed_as_it_last_is() {
+        let (dir, store) = scratch("twice");
+        let isolated = |deadline: i64| {
+            let mut record = HostRecord::new("web-01", 0);
+            (record.state, record.expires_at_ms) = (HostState::Isolated, Some(deadline));
+            record
+        };
+        let (first, second, third) = (isolated(5_000), isolated(6_000), isolated(7_000));
+        store.put_host(None, &first).unwrap();
+        store.commit().unwrap();
+        store.put_host(Some(&first), &second).unwrap();
+        store.put_host(Some(&second), &third).unwrap();
+        store.commit().unwrap();
+        assert!(store.due(6_999).unwrap().is_empty(), "neither earlier deadline stays");
+        assert_eq!(store.due(7_000).unwrap(), ["web-01"]);
+        drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
