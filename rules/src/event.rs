@@ -377,12 +377,8 @@ impl<'de> Captured<'de> {
         let Some(captured) = captured else { return };
         let object = &captured.members[start..];
         // From the last member back: a key seen already is overridden; its texts go, the later
-        // ranges first so that the earlier ones stay where they are. Most objects are small and
-        // have no repeated key: checked pair by pair, no set built.
-        let repeated = |(i, (key, _)): (usize, &(Cow<'de, str>, std::ops::Range<usize>))| {
-            object[i + 1..].iter().any(|(later, _)| later == key)
-        };
-        if object.len() >= 2 && (object.len() > 16 || object.iter().enumerate().any(repeated)) {
+        // ranges first so that the earlier ones stay where they are.
+        if crate::fields::has_repeated_key(object, |(key, _)| key) {
             let mut seen = std::collections::HashSet::with_capacity(object.len());
             for (key, range) in object.iter().rev() {
                 if !seen.insert(&**key) && !range.is_empty() {

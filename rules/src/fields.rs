@@ -254,6 +254,18 @@ const KEEP: usize = 1 << 16;
 /// order; wider ones are checked with a hash set and kept sorted by key.
 const PAIRWISE_MAX: usize = 16;
 
+/// Whether two of an object's `members` have the same key: pair by pair for a small object (no
+/// set built: most objects have a few members and no repeated key), with a hash set for a wide
+/// one (a hostile event's 100,000 keys must not cost their square).
+pub(crate) fn has_repeated_key<'k, T>(members: &'k [T], key: impl Fn(&'k T) -> &'k str) -> bool {
+    if members.len() <= PAIRWISE_MAX {
+        members.iter().enumerate().any(|(i, member)| members[i + 1..].iter().any(|later| key(later) == key(member)))
+    } else {
+        let mut seen = HashSet::with_capacity(members.len());
+        !members.iter().all(|member| seen.insert(key(member)))
+    }
+}
+
 thread_local! {
     static BUILDER: std::cell::RefCell<Builder> = std::cell::RefCell::new(Builder::default());
 }
@@ -335,14 +347,7 @@ impl Builder {
     pub(crate) fn close_object(&mut self, mark: usize) -> Result<Slot, TooLarge> {
         let text = &self.text;
         let key = |member: &Member| &text[member.key.range()];
-        let open = &self.open[mark..];
-        let repeated = if open.len() <= PAIRWISE_MAX {
-            open.iter().enumerate().any(|(i, member)| open[i + 1..].iter().any(|later| key(later) == key(member)))
-        } else {
-            let mut seen = HashSet::with_capacity(open.len());
-            !open.iter().all(|member| seen.insert(key(member)))
-        };
-        if repeated {
+        if has_repeated_key(&self.open[mark..], |member| &text[member.key.range()]) {
             let mut seen = HashSet::new();
             let mut kept: Vec<Member> = self.open.drain(mark..).rev().filter(|member| seen.insert(key(member))).collect();
             kept.reverse();
