@@ -250,6 +250,23 @@ impl HostRecord {
         HostForRules { operator_tags: self.operator_tags.clone(), isolation }
     }
 
+    /// The deadline of the isolation in force, if it is timed: what the tick lifts.
+    pub fn deadline_in_force(&self) -> Option<i64> {
+        self.expires_at_ms.filter(|_| self.state.isolation_in_force())
+    }
+
+    /// When the last command was sent, while it awaits its agent's answer (the host isolating or
+    /// releasing): what [`resend_due`] may send again.
+    pub fn awaiting_answer_since(&self) -> Option<i64> {
+        self.command_issued_at_ms.filter(|_| matches!(self.state, HostState::Isolating | HostState::Releasing))
+    }
+
+    /// When its agent was last heard from, unless it is marked stale already: what
+    /// [`check_stale`] may mark.
+    pub fn heard_from_unless_stale(&self) -> Option<i64> {
+        self.last_seen_ms.filter(|_| !self.agent_stale)
+    }
+
     pub fn summary(&self) -> HostSummary {
         HostSummary {
             host: self.host.clone(),
@@ -1050,8 +1067,8 @@ fn reissue_desired_state(record: &mut HostRecord, status: &cordon_wire::Status, 
 
 /// Marks the host's agent stale when it has been silent for longer than `stale_after_ms`.
 pub fn check_stale(record: &mut HostRecord, stale_after_ms: i64, now: i64) -> Effects {
-    let Some(last_seen) = record.last_seen_ms else { return Effects::default() };
-    if record.agent_stale || now.saturating_sub(last_seen) <= stale_after_ms {
+    let Some(last_seen) = record.heard_from_unless_stale() else { return Effects::default() };
+    if now.saturating_sub(last_seen) <= stale_after_ms {
         return Effects::default();
     }
     record.agent_stale = true;
@@ -1061,10 +1078,7 @@ pub fn check_stale(record: &mut HostRecord, stale_after_ms: i64, now: i64) -> Ef
 
 /// The unanswered command to send again, when the last one has waited longer than `after_ms`.
 pub fn resend_due(record: &mut HostRecord, after_ms: i64, now: i64) -> Option<cordon_wire::Action> {
-    let issued = record.command_issued_at_ms?;
-    if !matches!(record.state, HostState::Isolating | HostState::Releasing) {
-        return None;
-    }
+    let issued = record.awaiting_answer_since()?;
     let waited = now.saturating_sub(issued);
     // Back off: after_ms, then 2x, 4x... up to 32x, so a dead agent does not flood its partition.
     let backoff = after_ms.saturating_mul(1 << record.resends.min(5));

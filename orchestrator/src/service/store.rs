@@ -1,6 +1,6 @@
 //! The service's durable state in sled: one record per host (and, in memory, the indexes the
-//! scheduled work scans, read from the records), the rules engine's state, the audit trail, the registry of agent keys (and the keys
-//! that claimed a host without being enrolled), and the outbox of signed commands and dead
+//! scheduled work scans, read from the records), the rules engine's state, the audit trail, the
+//! registry of agent keys (and the keys that claimed a host without being enrolled), and the outbox of signed commands and dead
 //! letters (with the entries parked because the broker can never take them), and every version
 //! of the central isolation policy.
 //!
@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sled::Transactional as _;
 
-use super::events::{UnreadableRecordNotWatched, LegacyIsolationsAdopted};
+use super::events::{LegacyIsolationsAdopted, UnreadableRecordNotWatched};
 
 pub use super::agents::{AgentRecord, Claim};
 pub use super::lifecycle::{AuditEntry, HostForRules, HostRecord, HostState, HostSummary};
@@ -282,7 +282,7 @@ pub struct Store {
     /// lose its record, or its record and lose its audit entry).
     staged: Arc<Mutex<Staged>>,
     /// What the loop's scheduled work looks for among the hosts (deadlines, unanswered
-    /// commands), indexed.
+    /// commands, silent agents), indexed.
     watched: Arc<Mutex<Watched>>,
     /// What the rules engine is told of every known host (its trusted tags and the isolation in
     /// force), read once from its record and kept in step by `put_host`: the engine needs it for
@@ -322,11 +322,11 @@ const WRITE_CHECK_KEY: &[u8] = b"write_check";
 /// record to find it: the isolations in force with a deadline, by deadline (the tick lifts them,
 /// every 100 ms), the hosts whose last command awaits its agent's answer (the resend job sends
 /// it again, every few seconds) and the agents not marked stale, by when they were last heard
-/// from (the stale job marks the silent ones). Not trees of their own: the host records own these facts, so
-/// the indexes are read from them when the store opens, and each commit changes them by what it
-/// made durable (they answer for what the store holds, never for what is only staged). Earlier
-/// versions kept the deadlines in sled, one more key to remove and one to write for each
-/// isolating decision, and the resend and stale jobs read every record each time.
+/// from (the stale job marks the silent ones). Not trees of their own: the host records own
+/// these facts, so the indexes are read from them when the store opens, and each commit changes
+/// them by what it made durable (they answer for what the store holds, never for what is only
+/// staged). Earlier versions kept the deadlines in sled, one more key to remove and one to write
+/// for each isolating decision, and the resend and stale jobs read every record each time.
 #[derive(Debug, Default)]
 struct Watched {
     deadlines: BTreeSet<(i64, String)>,
@@ -340,23 +340,20 @@ struct Watched {
 /// What is indexed of one host record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct WatchedFacts {
-    /// The deadline of the isolation in force, if it has one.
+    /// [`HostRecord::deadline_in_force`].
     deadline: Option<i64>,
-    /// Its last command awaits an answer: a command was sent, and the host is isolating or
-    /// releasing (what `lifecycle::resend_due` may send again).
+    /// Its last command awaits an answer ([`HostRecord::awaiting_answer_since`]).
     awaiting_answer: bool,
-    /// When its agent was last heard from, unless it is marked stale already (what
-    /// `lifecycle::check_stale` may mark).
+    /// [`HostRecord::heard_from_unless_stale`].
     heard_from: Option<i64>,
 }
 
 impl WatchedFacts {
     fn of(record: &HostRecord) -> WatchedFacts {
         WatchedFacts {
-            deadline: record.expires_at_ms.filter(|_| record.state.isolation_in_force()),
-            awaiting_answer: record.command_issued_at_ms.is_some()
-                && matches!(record.state, HostState::Isolating | HostState::Releasing),
-            heard_from: record.last_seen_ms.filter(|_| !record.agent_stale),
+            deadline: record.deadline_in_force(),
+            awaiting_answer: record.awaiting_answer_since().is_some(),
+            heard_from: record.heard_from_unless_stale(),
         }
     }
 }
@@ -865,9 +862,7 @@ impl Store {
 
     /// Hosts whose deadline is at or before `now_ms`, earliest first.
     pub fn due(&self, now_ms: i64) -> Result<Vec<String>> {
-        // None while the store is being reopened (the index is read again with it).
-        self.trees()?;
-        let watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        let watched = self.watched()?;
         let due = watched.deadlines.iter().take_while(|(deadline, _)| *deadline <= now_ms);
         Ok(due.map(|(_, host)| host.clone()).collect())
     }
@@ -875,18 +870,21 @@ impl Store {
     /// Hosts whose agent, not marked stale, was last heard from before `before_ms`, the longest
     /// silent first.
     pub fn heard_from_before(&self, before_ms: i64) -> Result<Vec<String>> {
-        // None while the store is being reopened (the index is read again with it).
-        self.trees()?;
-        let watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        let watched = self.watched()?;
         let silent = watched.heard_from.iter().take_while(|(heard_from, _)| *heard_from < before_ms);
         Ok(silent.map(|(_, host)| host.clone()).collect())
     }
 
     /// Hosts whose last command awaits its agent's answer, by host id.
     pub fn awaiting_answer(&self) -> Result<Vec<String>> {
-        // None while the store is being reopened (the index is read again with it).
+        Ok(self.watched()?.awaiting_answer.iter().cloned().collect())
+    }
+
+    /// The indexes of what the scheduled work looks for; an error while the store is being
+    /// reopened (they are read again with it).
+    fn watched(&self) -> Result<std::sync::MutexGuard<'_, Watched>> {
         self.trees()?;
-        Ok(self.watched.lock().unwrap_or_else(PoisonError::into_inner).awaiting_answer.iter().cloned().collect())
+        Ok(self.watched.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Staged until `commit` (the loop's entries go with the change they tell of).
@@ -1246,13 +1244,8 @@ mod tests {
     #[test]
     fn the_deadline_index_follows_committed_records_and_is_read_from_them_at_open() {
         let (dir, store) = scratch("deadlines");
-        let isolated = |host: &str, deadline: i64| {
-            let mut record = HostRecord::new(host, 0);
-            record.state = HostState::Isolated;
-            record.expires_at_ms = Some(deadline);
-            record
-        };
-        let (web_01, web_02, web_03) = (isolated("web-01", 5_000), isolated("web-02", 3_000), isolated("web-03", 4_000));
+        let (web_01, web_02) = (isolated_until("web-01", 5_000), isolated_until("web-02", 3_000));
+        let web_03 = isolated_until("web-03", 4_000);
         for record in [&web_01, &web_02, &web_03] {
             store.put_host(None, record).unwrap();
         }
@@ -1260,7 +1253,7 @@ mod tests {
         assert_eq!(store.due(10_000).unwrap(), ["web-02", "web-03", "web-01"], "earliest first");
         assert_eq!(store.due(3_999).unwrap(), ["web-02"]);
         // web-01's isolation extended, web-02's being lifted (its deadline kept on the record).
-        let extended = isolated("web-01", 20_000);
+        let extended = isolated_until("web-01", 20_000);
         let mut releasing = web_02.clone();
         releasing.state = HostState::Releasing;
         store.put_host(Some(&web_01), &extended).unwrap();
@@ -1272,17 +1265,7 @@ mod tests {
         drop(store);
         // An earlier version kept the index in a tree of its own; a stale copy of it is dropped at
         // open, and the index is read from the records.
-        let started = std::time::Instant::now();
-        let db = loop {
-            match sled::open(dir.join("orchestrator.sled")) {
-                Ok(db) => break db,
-                Err(error) if started.elapsed().as_secs() < 10 => {
-                    assert!(format!("{error}").contains("could not acquire lock"), "{error}");
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(error) => panic!("{error}"),
-            }
-        };
+        let db = when_released(|| sled::open(dir.join("orchestrator.sled")), ToString::to_string).unwrap();
         let mut stale_key = 1_000_i64.to_be_bytes().to_vec();
         stale_key.extend_from_slice(b"web-02");
         db.open_tree("deadlines").unwrap().insert(stale_key, b"web-02").unwrap();
@@ -1305,11 +1288,7 @@ mod tests {
     #[test]
     fn a_host_changed_twice_in_one_commit_is_indexed_as_it_last_is() {
         let (dir, store) = scratch("twice");
-        let isolated = |deadline: i64| {
-            let mut record = HostRecord::new("web-01", 0);
-            (record.state, record.expires_at_ms) = (HostState::Isolated, Some(deadline));
-            record
-        };
+        let isolated = |deadline: i64| isolated_until("web-01", deadline);
         let (first, second, third) = (isolated(5_000), isolated(6_000), isolated(7_000));
         store.put_host(None, &first).unwrap();
         store.commit().unwrap();
@@ -1599,18 +1578,27 @@ mod tests {
     /// Opens the store again once the last instance's sled threads have let go of its lock
     /// (they hold it a moment after the drop; a test reopening at once can meet it).
     fn reopen(dir: &std::path::Path) -> anyhow::Result<Store> {
+        when_released(|| Store::open(dir), |error| format!("{error:#}"))
+    }
+
+    /// `open`, tried again while the last handle's file lock is still held (at most 10 s).
+    fn when_released<T, E>(open: impl Fn() -> Result<T, E>, say: impl Fn(&E) -> String) -> Result<T, E> {
         let started = std::time::Instant::now();
         loop {
-            match Store::open(dir) {
-                Err(error)
-                    if format!("{error:#}").contains("could not acquire lock")
-                        && started.elapsed().as_secs() < 10 =>
-                {
+            match open() {
+                Err(error) if say(&error).contains("could not acquire lock") && started.elapsed().as_secs() < 10 => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 other => return other,
             }
         }
+    }
+
+    /// `host`'s record, isolated until `deadline`.
+    fn isolated_until(host: &str, deadline: i64) -> HostRecord {
+        let mut record = HostRecord::new(host, 0);
+        (record.state, record.expires_at_ms) = (HostState::Isolated, Some(deadline));
+        record
     }
 
     #[test]

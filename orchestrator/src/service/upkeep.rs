@@ -24,15 +24,11 @@ impl Service {
         for host in due {
             let Some(previous) = self.store.host(&host)? else { continue };
             // The index answers for the records; the record, not the index, decides a release.
-            if !previous.state.isolation_in_force() || previous.expires_at_ms.is_none_or(|deadline| deadline > now) {
-                continue;
-            }
-            if let Some(deadline) = previous.expires_at_ms {
-                let late_ms = (now - deadline).max(0);
-                self.metrics.lifts.add(if late_ms <= observe::ON_TIME_MS { "on_time" } else { "late" }, 1);
-                #[allow(clippy::cast_precision_loss, reason = "milliseconds of lateness")]
-                self.metrics.lift_lateness.observe(late_ms as f64 / 1e3);
-            }
+            let Some(deadline) = previous.deadline_in_force().filter(|deadline| *deadline <= now) else { continue };
+            let late_ms = now - deadline;
+            self.metrics.lifts.add(if late_ms <= observe::ON_TIME_MS { "on_time" } else { "late" }, 1);
+            #[allow(clippy::cast_precision_loss, reason = "milliseconds of lateness")]
+            self.metrics.lift_lateness.observe(late_ms as f64 / 1e3);
             let trace = self.spans.start(
                 "deadline reached",
                 SpanKind::Internal,
@@ -40,7 +36,7 @@ impl Service {
                 &TraceContext::new(),
                 vec![
                     KeyValue::new("cordon.host_id", host.clone()),
-                    KeyValue::new("cordon.deadline_ms", previous.expires_at_ms.unwrap_or(0)),
+                    KeyValue::new("cordon.deadline_ms", deadline),
                 ],
             );
             let mut record = previous.clone();
